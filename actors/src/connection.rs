@@ -1,0 +1,355 @@
+//! The connection actor: one downstream TCP connection, either accepted by a local service's
+//! listener or dialled to a remote service's `addr`, carried as one stream of a tunnel.
+//!
+//! It reads its socket only against credit granted by its tunnel, and reports bytes back to the
+//! tunnel only once they are written to its socket, so a slow client slows exactly its own stream.
+//! Reads and writes run as futures of this actor that own the socket half while they run: the
+//! actor never blocks and never buffers beyond the stream window.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use log::{debug, info, warn};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::cipher::Keystream;
+use crate::io::{read_data_frame, write_all_vectored};
+use crate::protocol::HEADER_LEN;
+use crate::tunnel::{FromConnection, Tunnel};
+
+/// Tunnel -> connection.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum StreamEvent {
+    /// The stream id of a locally accepted connection.
+    Assigned(u32),
+    /// The far end reached its target: data may flow.
+    Opened,
+    /// Credit to read this many more bytes from the socket.
+    Grant(u64),
+    /// Bytes from the far end, to be written to the socket.
+    Data(Bytes),
+    /// The far end will send no more: shut down our write side once the queue is written.
+    Fin,
+    /// The stream is gone (reset, refused, tunnel closed): drop the socket now.
+    Abort,
+}
+
+/// The two keystreams of a keyed stream: (to the tunnel, from the tunnel).
+pub type Ciphers = (Keystream, Keystream);
+
+pub struct Connection {
+    tunnel: Addr<Tunnel>,
+    service: String,
+    stream: Option<u32>,
+    /// The remote end's target, dialled when the actor starts.
+    target: Option<(SocketAddr, Duration)>,
+    peer: Option<SocketAddr>,
+    reader: Option<OwnedReadHalf>,
+    writer: Option<OwnedWriteHalf>,
+    reading: bool,
+    writing: bool,
+    opened: bool,
+    grant: u64,
+    read_done: bool,
+    peer_fin: bool,
+    write_done: bool,
+    out: VecDeque<Bytes>,
+    ciphers: Option<Ciphers>,
+    idle_timeout: Option<Duration>,
+    last_active: Instant,
+    reported: bool,
+}
+
+impl Connection {
+    fn new(
+        tunnel: Addr<Tunnel>,
+        service: String,
+        ciphers: Option<Ciphers>,
+        idle_timeout: Option<Duration>,
+    ) -> Connection {
+        Connection {
+            tunnel,
+            service,
+            stream: None,
+            target: None,
+            peer: None,
+            reader: None,
+            writer: None,
+            reading: false,
+            writing: false,
+            opened: false,
+            grant: 0,
+            read_done: false,
+            peer_fin: false,
+            write_done: false,
+            out: VecDeque::new(),
+            ciphers,
+            idle_timeout,
+            last_active: Instant::now(),
+            reported: false,
+        }
+    }
+
+    /// A client accepted by a local service; its stream id comes from the tunnel.
+    pub fn accepted(
+        sock: TcpStream,
+        tunnel: Addr<Tunnel>,
+        service: String,
+        ciphers: Option<Ciphers>,
+        idle_timeout: Option<Duration>,
+    ) -> Connection {
+        let mut c = Connection::new(tunnel, service, ciphers, idle_timeout);
+        c.peer = sock.peer_addr().ok();
+        c.attach(sock);
+        c
+    }
+
+    /// The remote end of stream `stream`, to be dialled to `target`.
+    pub fn dialing(
+        stream: u32,
+        target: SocketAddr,
+        connect_timeout: Duration,
+        tunnel: Addr<Tunnel>,
+        service: String,
+        ciphers: Option<Ciphers>,
+        idle_timeout: Option<Duration>,
+    ) -> Connection {
+        let mut c = Connection::new(tunnel, service, ciphers, idle_timeout);
+        c.stream = Some(stream);
+        c.target = Some((target, connect_timeout));
+        c
+    }
+
+    fn attach(&mut self, sock: TcpStream) {
+        // Latency over coalescing: we already write whole chunks.
+        let _ = sock.set_nodelay(true);
+        let (r, w) = sock.into_split();
+        self.reader = Some(r);
+        self.writer = Some(w);
+    }
+
+    fn report(&mut self, msg: FromConnection) {
+        self.tunnel.do_send(msg);
+    }
+
+    fn read_more(&mut self, ctx: &mut Context<Self>) {
+        if self.reading || self.read_done || !self.opened || self.grant == 0 {
+            return;
+        }
+        let (Some(stream), Some(reader)) = (self.stream, self.reader.take()) else {
+            return;
+        };
+        self.reading = true;
+        let max = self.grant.min(usize::MAX as u64) as usize;
+        ctx.spawn(
+            async move {
+                let result = read_data_frame(&reader, stream, max).await;
+                (reader, result)
+            }
+            .into_actor(self)
+            .map(move |(reader, result), act, ctx| {
+                act.reading = false;
+                act.reader = Some(reader);
+                match result {
+                    Ok(Some(frame)) => act.on_read(stream, frame, ctx),
+                    Ok(None) => {
+                        act.read_done = true;
+                        act.report(FromConnection::Fin { stream });
+                        act.finish_if_done(ctx);
+                    }
+                    Err(e) => act.abort(ctx, format!("read failed: {e}")),
+                }
+            }),
+        );
+    }
+
+    fn on_read(&mut self, stream: u32, mut frame: BytesMut, ctx: &mut Context<Self>) {
+        let n = (frame.len() - HEADER_LEN) as u64;
+        self.grant = self.grant.saturating_sub(n);
+        self.last_active = Instant::now();
+        if let Some((tx, _)) = self.ciphers.as_mut() {
+            tx.apply(&mut frame[HEADER_LEN..]);
+        }
+        self.report(FromConnection::Data {
+            stream,
+            frame: frame.freeze(),
+        });
+        self.read_more(ctx);
+    }
+
+    fn write_more(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.write_done {
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        if self.out.is_empty() {
+            if self.peer_fin {
+                // Dropping the write half shuts down our side: the half-close travels on.
+                drop(writer);
+                self.write_done = true;
+                self.finish_if_done(ctx);
+            } else {
+                self.writer = Some(writer);
+            }
+            return;
+        }
+        let batch: Vec<Bytes> = self.out.drain(..).collect();
+        let bytes: u64 = batch.iter().map(|b| b.len() as u64).sum();
+        self.writing = true;
+        ctx.spawn(
+            async move {
+                let result = write_all_vectored(&mut writer, batch).await;
+                (writer, result)
+            }
+            .into_actor(self)
+            .map(move |(writer, result), act, ctx| {
+                act.writing = false;
+                act.writer = Some(writer);
+                match result {
+                    Ok(()) => {
+                        act.last_active = Instant::now();
+                        if let Some(stream) = act.stream {
+                            act.report(FromConnection::Consumed { stream, bytes });
+                        }
+                        act.write_more(ctx);
+                    }
+                    Err(e) => act.abort(ctx, format!("write failed: {e}")),
+                }
+            }),
+        );
+    }
+
+    fn finish_if_done(&mut self, ctx: &mut Context<Self>) {
+        if self.read_done && self.write_done && !self.writing {
+            if let Some(stream) = self.stream {
+                self.report(FromConnection::Closed {
+                    stream,
+                    failure: None,
+                });
+            }
+            self.reported = true;
+            ctx.stop();
+        }
+    }
+
+    /// Ends the stream abnormally: the tunnel resets it (or refuses it if not yet open).
+    fn abort(&mut self, ctx: &mut Context<Self>, why: String) {
+        debug!(
+            "service {}: stream {:?} ({:?}): {why}",
+            self.service, self.stream, self.peer
+        );
+        if let (Some(stream), false) = (self.stream, self.reported) {
+            self.report(FromConnection::Closed {
+                stream,
+                failure: Some(why),
+            });
+        }
+        self.reported = true;
+        ctx.stop();
+    }
+
+    fn dial(&mut self, target: SocketAddr, timeout: Duration, ctx: &mut Context<Self>) {
+        ctx.spawn(
+            async move { tokio::time::timeout(timeout, TcpStream::connect(target)).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    let error = match result {
+                        Ok(Ok(sock)) => {
+                            act.attach(sock);
+                            act.opened = true;
+                            if let Some(stream) = act.stream {
+                                act.report(FromConnection::Dialed { stream });
+                            }
+                            return;
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+                    };
+                    warn!(
+                        "service {}: cannot reach {target}: {error}; refusing the stream",
+                        act.service
+                    );
+                    act.abort(ctx, format!("cannot reach the service: {error}"));
+                }),
+        );
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some((target, timeout)) = self.target.take() {
+            self.dial(target, timeout, ctx);
+        }
+        if let Some(idle) = self.idle_timeout {
+            let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            ctx.run_interval(period, move |act, ctx| {
+                if act.last_active.elapsed() >= idle {
+                    info!(
+                        "service {}: connection {:?} idle for {} ms; closing",
+                        act.service,
+                        act.peer,
+                        idle.as_millis()
+                    );
+                    act.abort(ctx, "idle timeout".to_owned());
+                }
+            });
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let (Some(stream), false) = (self.stream, self.reported) {
+            self.report(FromConnection::Closed {
+                stream,
+                failure: Some("connection closed".to_owned()),
+            });
+        }
+    }
+}
+
+impl Handler<StreamEvent> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
+        match msg {
+            StreamEvent::Assigned(id) => self.stream = Some(id),
+            StreamEvent::Opened => {
+                self.opened = true;
+                self.read_more(ctx);
+            }
+            StreamEvent::Grant(n) => {
+                self.grant += n;
+                self.read_more(ctx);
+            }
+            StreamEvent::Data(payload) => {
+                self.last_active = Instant::now();
+                let payload = match self.ciphers.as_mut() {
+                    Some((_, rx)) => {
+                        let mut plain = BytesMut::zeroed(payload.len());
+                        rx.apply_into(&payload, &mut plain);
+                        plain.freeze()
+                    }
+                    None => payload,
+                };
+                self.out.push_back(payload);
+                self.write_more(ctx);
+            }
+            StreamEvent::Fin => {
+                self.peer_fin = true;
+                self.write_more(ctx);
+            }
+            StreamEvent::Abort => {
+                self.reported = true;
+                ctx.stop();
+            }
+        }
+    }
+}

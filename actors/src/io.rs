@@ -1,0 +1,85 @@
+//! Socket helpers shared by the tunnel and connection actors.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+
+use crate::protocol::{put_data_header, HEADER_LEN, MAX_DATA};
+
+/// How many buffers one `writev` call takes at most.
+const MAX_IOV: usize = 64;
+
+/// Writes every buffer, in order, with vectored writes (no copy into a staging buffer).
+pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bufs: Vec<Bytes>,
+) -> io::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        if bufs[first].is_empty() {
+            first += 1;
+            continue;
+        }
+        let mut n = {
+            let slices: Vec<IoSlice<'_>> = bufs[first..]
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let b = &mut bufs[first];
+            if n >= b.len() {
+                n -= b.len();
+                first += 1;
+            } else {
+                b.advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// One read buffer per thread: an idle connection holds no buffer at all, and each chunk read
+    /// is copied once into an allocation of exactly its size (with room for the frame header).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATA].into_boxed_slice());
+}
+
+/// Waits until the socket has bytes and reads at most `max` of them into a new DATA frame for
+/// `stream`: `Ok(None)` at end of stream. The payload starts at [`HEADER_LEN`].
+pub async fn read_data_frame(
+    rd: &OwnedReadHalf,
+    stream: u32,
+    max: usize,
+) -> io::Result<Option<BytesMut>> {
+    let max = max.clamp(1, MAX_DATA);
+    loop {
+        rd.readable().await?;
+        let got = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match rd.try_read(&mut scratch[..max]) {
+                Ok(0) => Ok(Some(None)),
+                Ok(n) => {
+                    let mut frame = BytesMut::with_capacity(HEADER_LEN + n);
+                    put_data_header(&mut frame, stream, n);
+                    frame.extend_from_slice(&scratch[..n]);
+                    Ok(Some(Some(frame)))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        if let Some(result) = got {
+            return Ok(result);
+        }
+    }
+}

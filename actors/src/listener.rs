@@ -1,0 +1,136 @@
+//! Listening sockets: a local service's listener actor, and the tunnel port's acceptor.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use actix::prelude::*;
+use log::{info, warn};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::registry::{Accepted, Registry, TunnelAccepted};
+use crate::tunnel;
+use crate::Settings;
+
+/// Pause after an accept error (out of file descriptors, say) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The listening socket of a local service, shared with the Registry so that closing it frees the
+/// port at once: a DELETE or a move followed by a POST on the same port must not race the actor.
+pub type SharedSocket = Rc<RefCell<Option<TcpListener>>>;
+
+/// Binds a listening socket for a local service.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let std = std::net::TcpListener::bind(addr)?;
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
+}
+
+/// Accepts clients of one local service and hands them to the Registry.
+pub struct Listener {
+    service: String,
+    registry: Addr<Registry>,
+    socket: SharedSocket,
+}
+
+impl Listener {
+    pub fn new(service: String, registry: Addr<Registry>, socket: SharedSocket) -> Listener {
+        Listener {
+            service,
+            registry,
+            socket,
+        }
+    }
+}
+
+impl Actor for Listener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let socket = self.socket.clone();
+        ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
+            match socket.borrow().as_ref() {
+                Some(l) => l.poll_accept(cx).map(Some),
+                None => Poll::Ready(None),
+            }
+        }));
+    }
+}
+
+impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for Listener {
+    fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, ctx: &mut Self::Context) {
+        match item {
+            Ok((sock, peer)) => self.registry.do_send(Accepted {
+                service: self.service.clone(),
+                sock,
+                peer,
+            }),
+            Err(e) => {
+                warn!("service {}: accept failed: {e}", self.service);
+                ctx.wait(tokio::time::sleep(ACCEPT_BACKOFF).into_actor(self));
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Registry -> listener: the socket is closed, stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopListener;
+
+impl Handler<StopListener> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, _: StopListener, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Accepts tunnels on the tunnel port: each dialer gets `settings.handshake_timeout` to say hello,
+/// then the Registry takes the tunnel.
+pub fn serve_tunnel_port(listener: TcpListener, registry: Addr<Registry>, settings: Settings) {
+    actix_rt::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((sock, peer)) => {
+                    actix_rt::spawn(handshake(sock, peer, registry.clone(), settings));
+                }
+                Err(e) => {
+                    warn!("tunnel port: accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    });
+}
+
+async fn handshake(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    registry: Addr<Registry>,
+    settings: Settings,
+) {
+    let limit = settings.handshake_timeout;
+    match tokio::time::timeout(limit, tunnel::accept(&mut sock, settings.windows())).await {
+        Ok(Ok(hello)) => {
+            info!("tunnel port: {peer} opened tunnel {}", hello.name);
+            registry.do_send(TunnelAccepted {
+                name: hello.name,
+                sock,
+                peer: hello.windows,
+            });
+        }
+        Ok(Err(e)) => warn!("tunnel port: {peer}: bad handshake: {e}; connection closed"),
+        Err(_) => warn!(
+            "tunnel port: {peer}: no handshake within {} ms; connection closed",
+            limit.as_millis()
+        ),
+    }
+}

@@ -1,0 +1,549 @@
+//! The tunnel wire protocol, version 1. `actors/PROTOCOL.md` is the prose description; this module is
+//! the one implementation of it: the handshake and the frame codec.
+
+use std::io;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// First bytes of both handshake messages.
+pub const MAGIC: [u8; 4] = *b"MNET";
+pub const VERSION: u8 = 1;
+/// Frame header: payload length (u32), kind (u8), stream id (u32), all big-endian.
+pub const HEADER_LEN: usize = 9;
+/// Largest DATA payload a sender may put in one frame.
+pub const MAX_DATA: usize = 64 * 1024;
+/// Largest payload of any control frame.
+pub const MAX_CONTROL: usize = 1024;
+/// Stream 0 is the tunnel itself (WINDOW, PING, PONG, GOAWAY).
+pub const TUNNEL_STREAM: u32 = 0;
+pub const NONCE_LEN: usize = 16;
+pub const CHECK_LEN: usize = 16;
+pub const MAX_NAME: usize = 255;
+
+#[derive(Debug, Error)]
+pub enum ProtocolError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad magic: not a menet peer")]
+    BadMagic,
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    #[error("frame of kind {kind} with {len} bytes is over the limit")]
+    TooLarge { kind: u8, len: usize },
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed {0} frame")]
+    Malformed(&'static str),
+    #[error("handshake refused by peer: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+mod kind {
+    pub const OPEN: u8 = 1;
+    pub const OPEN_OK: u8 = 2;
+    pub const OPEN_FAIL: u8 = 3;
+    pub const DATA: u8 = 4;
+    pub const FIN: u8 = 5;
+    pub const RESET: u8 = 6;
+    pub const WINDOW: u8 = 7;
+    pub const PING: u8 = 8;
+    pub const PONG: u8 = 9;
+    pub const GOAWAY: u8 = 10;
+}
+
+/// What the opener of a keyed stream sends so the other end can derive the same keys and check
+/// that both ends hold the same service key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedOpen {
+    pub nonce: [u8; NONCE_LEN],
+    pub check: [u8; CHECK_LEN],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Open {
+        stream: u32,
+        service: String,
+        keyed: Option<KeyedOpen>,
+    },
+    OpenOk {
+        stream: u32,
+    },
+    OpenFail {
+        stream: u32,
+        reason: String,
+    },
+    Data {
+        stream: u32,
+        payload: Bytes,
+    },
+    Fin {
+        stream: u32,
+    },
+    Reset {
+        stream: u32,
+    },
+    Window {
+        stream: u32,
+        increment: u32,
+    },
+    Ping(u64),
+    Pong(u64),
+    GoAway {
+        reason: String,
+    },
+}
+
+/// Writes the header of a DATA frame; the caller appends `len` payload bytes.
+pub fn put_data_header(dst: &mut BytesMut, stream: u32, len: usize) {
+    put_header(dst, kind::DATA, stream, len);
+}
+
+fn put_header(dst: &mut BytesMut, kind: u8, stream: u32, len: usize) {
+    dst.put_u32(len as u32);
+    dst.put_u8(kind);
+    dst.put_u32(stream);
+}
+
+fn put_text(dst: &mut BytesMut, text: &str) {
+    let bytes = truncate_utf8(text, MAX_NAME);
+    dst.put_u8(bytes.len() as u8);
+    dst.put_slice(bytes);
+}
+
+fn truncate_utf8(text: &str, max: usize) -> &[u8] {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text.as_bytes()[..end]
+}
+
+fn get_text(src: &mut Bytes, what: &'static str) -> Result<String, ProtocolError> {
+    if src.is_empty() {
+        return Err(ProtocolError::Malformed(what));
+    }
+    let len = src.get_u8() as usize;
+    if src.len() < len {
+        return Err(ProtocolError::Malformed(what));
+    }
+    let raw = src.split_to(len);
+    String::from_utf8(raw.to_vec()).map_err(|_| ProtocolError::Malformed(what))
+}
+
+impl Frame {
+    /// Encodes the frame. DATA payloads are copied; the data path builds DATA frames itself with
+    /// [`put_data_header`] to avoid that copy.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            Frame::Open {
+                stream,
+                service,
+                keyed,
+            } => {
+                let name = truncate_utf8(service, MAX_NAME);
+                let len = 2 + name.len() + keyed.map_or(0, |_| NONCE_LEN + CHECK_LEN);
+                put_header(dst, kind::OPEN, *stream, len);
+                dst.put_u8(u8::from(keyed.is_some()));
+                dst.put_u8(name.len() as u8);
+                dst.put_slice(name);
+                if let Some(k) = keyed {
+                    dst.put_slice(&k.nonce);
+                    dst.put_slice(&k.check);
+                }
+            }
+            Frame::OpenOk { stream } => put_header(dst, kind::OPEN_OK, *stream, 0),
+            Frame::OpenFail { stream, reason } => {
+                let text = truncate_utf8(reason, MAX_NAME);
+                put_header(dst, kind::OPEN_FAIL, *stream, 1 + text.len());
+                put_text(dst, reason);
+            }
+            Frame::Data { stream, payload } => {
+                put_data_header(dst, *stream, payload.len());
+                dst.put_slice(payload);
+            }
+            Frame::Fin { stream } => put_header(dst, kind::FIN, *stream, 0),
+            Frame::Reset { stream } => put_header(dst, kind::RESET, *stream, 0),
+            Frame::Window { stream, increment } => {
+                put_header(dst, kind::WINDOW, *stream, 4);
+                dst.put_u32(*increment);
+            }
+            Frame::Ping(v) => {
+                put_header(dst, kind::PING, TUNNEL_STREAM, 8);
+                dst.put_u64(*v);
+            }
+            Frame::Pong(v) => {
+                put_header(dst, kind::PONG, TUNNEL_STREAM, 8);
+                dst.put_u64(*v);
+            }
+            Frame::GoAway { reason } => {
+                let text = truncate_utf8(reason, MAX_NAME);
+                put_header(dst, kind::GOAWAY, TUNNEL_STREAM, 1 + text.len());
+                put_text(dst, reason);
+            }
+        }
+    }
+
+    fn decode_body(kind: u8, stream: u32, mut body: Bytes) -> Result<Frame, ProtocolError> {
+        let frame = match kind {
+            kind::OPEN => {
+                if body.is_empty() {
+                    return Err(ProtocolError::Malformed("OPEN"));
+                }
+                let keyed = body.get_u8();
+                let service = get_text(&mut body, "OPEN")?;
+                let keyed = match keyed {
+                    0 if body.is_empty() => None,
+                    1 if body.len() == NONCE_LEN + CHECK_LEN => {
+                        let mut k = KeyedOpen {
+                            nonce: [0; NONCE_LEN],
+                            check: [0; CHECK_LEN],
+                        };
+                        body.copy_to_slice(&mut k.nonce);
+                        body.copy_to_slice(&mut k.check);
+                        Some(k)
+                    }
+                    _ => return Err(ProtocolError::Malformed("OPEN")),
+                };
+                Frame::Open {
+                    stream,
+                    service,
+                    keyed,
+                }
+            }
+            kind::OPEN_OK => Frame::OpenOk { stream },
+            kind::OPEN_FAIL => Frame::OpenFail {
+                stream,
+                reason: get_text(&mut body, "OPEN_FAIL")?,
+            },
+            kind::DATA => {
+                if body.is_empty() {
+                    return Err(ProtocolError::Malformed("DATA"));
+                }
+                return Ok(Frame::Data {
+                    stream,
+                    payload: body,
+                });
+            }
+            kind::FIN => Frame::Fin { stream },
+            kind::RESET => Frame::Reset { stream },
+            kind::WINDOW => {
+                if body.len() != 4 {
+                    return Err(ProtocolError::Malformed("WINDOW"));
+                }
+                let increment = body.get_u32();
+                if increment == 0 {
+                    return Err(ProtocolError::Malformed("WINDOW"));
+                }
+                return Ok(Frame::Window { stream, increment });
+            }
+            kind::PING | kind::PONG => {
+                if body.len() != 8 {
+                    return Err(ProtocolError::Malformed("PING"));
+                }
+                let v = body.get_u64();
+                return Ok(if kind == kind::PING {
+                    Frame::Ping(v)
+                } else {
+                    Frame::Pong(v)
+                });
+            }
+            kind::GOAWAY => Frame::GoAway {
+                reason: get_text(&mut body, "GOAWAY")?,
+            },
+            other => return Err(ProtocolError::UnknownKind(other)),
+        };
+        if !body.is_empty() {
+            return Err(ProtocolError::Malformed("control"));
+        }
+        Ok(frame)
+    }
+}
+
+/// Frame codec for the tunnel connection once the handshake is done.
+#[derive(Debug, Default)]
+pub struct FrameCodec;
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        if src.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        let kind = src[4];
+        let limit = if kind == kind::DATA {
+            MAX_DATA
+        } else {
+            MAX_CONTROL
+        };
+        if len > limit {
+            return Err(ProtocolError::TooLarge { kind, len });
+        }
+        if src.len() < HEADER_LEN + len {
+            // Read the rest of a large frame in one go rather than in 8 KiB steps.
+            src.reserve(HEADER_LEN + len - src.len());
+            return Ok(None);
+        }
+        let stream = u32::from_be_bytes([src[5], src[6], src[7], src[8]]);
+        src.advance(HEADER_LEN);
+        let body = src.split_to(len).freeze();
+        Frame::decode_body(kind, stream, body).map(Some)
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        frame.encode(dst);
+        Ok(())
+    }
+}
+
+/// Receive windows a side grants its peer, announced in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub stream: u32,
+    pub tunnel: u32,
+}
+
+/// Dialer -> acceptor: `MAGIC, VERSION, name (u8 len + utf8), stream window u32, tunnel window u32,
+/// auth (u16 len + bytes, empty in version 1)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub name: String,
+    pub windows: Windows,
+    pub auth: Vec<u8>,
+}
+
+/// Acceptor -> dialer: `MAGIC, VERSION, status u8 (0 accepted), stream window u32, tunnel window
+/// u32, message (u8 len + utf8)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub accepted: Result<Windows, String>,
+}
+
+const MAX_AUTH: usize = 4096;
+
+impl Hello {
+    pub fn to_bytes(&self) -> BytesMut {
+        let mut b = BytesMut::with_capacity(64 + self.name.len() + self.auth.len());
+        b.put_slice(&MAGIC);
+        b.put_u8(VERSION);
+        put_text(&mut b, &self.name);
+        b.put_u32(self.windows.stream);
+        b.put_u32(self.windows.tunnel);
+        b.put_u16(self.auth.len() as u16);
+        b.put_slice(&self.auth);
+        b
+    }
+
+    pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Hello, ProtocolError> {
+        read_preamble(r).await?;
+        let name = read_text(r).await?;
+        if name.is_empty() {
+            return Err(ProtocolError::Invalid("empty tunnel name in handshake"));
+        }
+        let windows = read_windows(r).await?;
+        let auth_len = r.read_u16().await? as usize;
+        if auth_len > MAX_AUTH {
+            return Err(ProtocolError::Invalid("authentication block too large"));
+        }
+        let mut auth = vec![0; auth_len];
+        r.read_exact(&mut auth).await?;
+        Ok(Hello {
+            name,
+            windows,
+            auth,
+        })
+    }
+}
+
+impl Welcome {
+    pub fn to_bytes(&self) -> BytesMut {
+        let mut b = BytesMut::with_capacity(300);
+        b.put_slice(&MAGIC);
+        b.put_u8(VERSION);
+        match &self.accepted {
+            Ok(w) => {
+                b.put_u8(0);
+                b.put_u32(w.stream);
+                b.put_u32(w.tunnel);
+                put_text(&mut b, "");
+            }
+            Err(msg) => {
+                b.put_u8(1);
+                b.put_u32(0);
+                b.put_u32(0);
+                put_text(&mut b, msg);
+            }
+        }
+        b
+    }
+
+    pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Windows, ProtocolError> {
+        read_preamble(r).await?;
+        let status = r.read_u8().await?;
+        let windows = read_windows(r).await?;
+        let msg = read_text(r).await?;
+        if status != 0 {
+            return Err(ProtocolError::Refused(msg));
+        }
+        Ok(windows)
+    }
+}
+
+async fn read_preamble<R: AsyncRead + Unpin>(r: &mut R) -> Result<(), ProtocolError> {
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).await?;
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic);
+    }
+    let version = r.read_u8().await?;
+    if version != VERSION {
+        return Err(ProtocolError::BadVersion(version));
+    }
+    Ok(())
+}
+
+async fn read_windows<R: AsyncRead + Unpin>(r: &mut R) -> Result<Windows, ProtocolError> {
+    let stream = r.read_u32().await?;
+    let tunnel = r.read_u32().await?;
+    if stream as usize > (1 << 30) || tunnel as usize > (1 << 30) {
+        return Err(ProtocolError::Invalid("window over 1 GiB"));
+    }
+    Ok(Windows { stream, tunnel })
+}
+
+async fn read_text<R: AsyncRead + Unpin>(r: &mut R) -> Result<String, ProtocolError> {
+    let len = r.read_u8().await? as usize;
+    let mut raw = vec![0; len];
+    r.read_exact(&mut raw).await?;
+    String::from_utf8(raw).map_err(|_| ProtocolError::Invalid("text is not UTF-8"))
+}
+
+/// Writes a whole handshake message.
+pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, msg: &[u8]) -> io::Result<()> {
+    w.write_all(msg).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(frame: Frame) {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let decoded = FrameCodec
+            .decode(&mut buf)
+            .expect("decodes")
+            .expect("complete");
+        assert_eq!(decoded, frame);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frames_roundtrip() {
+        roundtrip(Frame::Open {
+            stream: 7,
+            service: "service1".into(),
+            keyed: None,
+        });
+        roundtrip(Frame::Open {
+            stream: 9,
+            service: "s".into(),
+            keyed: Some(KeyedOpen {
+                nonce: [3; NONCE_LEN],
+                check: [4; CHECK_LEN],
+            }),
+        });
+        roundtrip(Frame::OpenOk { stream: 1 });
+        roundtrip(Frame::OpenFail {
+            stream: 1,
+            reason: "no such service".into(),
+        });
+        roundtrip(Frame::Data {
+            stream: 3,
+            payload: Bytes::from_static(b"hello"),
+        });
+        roundtrip(Frame::Fin { stream: 3 });
+        roundtrip(Frame::Reset { stream: 3 });
+        roundtrip(Frame::Window {
+            stream: 0,
+            increment: 65536,
+        });
+        roundtrip(Frame::Ping(42));
+        roundtrip(Frame::Pong(42));
+        roundtrip(Frame::GoAway {
+            reason: "deleted".into(),
+        });
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let mut full = BytesMut::new();
+        Frame::Ping(1).encode(&mut full);
+        let mut part = BytesMut::from(&full[..HEADER_LEN + 3]);
+        assert_eq!(FrameCodec.decode(&mut part).expect("ok"), None);
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_errors() {
+        let mut buf = BytesMut::new();
+        put_header(&mut buf, kind::DATA, 1, MAX_DATA + 1);
+        assert!(matches!(
+            FrameCodec.decode(&mut buf),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+        let mut buf = BytesMut::new();
+        put_header(&mut buf, 77, 1, 0);
+        assert!(matches!(
+            FrameCodec.decode(&mut buf),
+            Err(ProtocolError::UnknownKind(77))
+        ));
+        let mut buf = BytesMut::new();
+        put_header(&mut buf, kind::WINDOW, 1, 3);
+        buf.put_slice(&[0, 0, 1]);
+        assert!(matches!(
+            FrameCodec.decode(&mut buf),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn handshake_roundtrip() {
+        let hello = Hello {
+            name: "tunnel1".into(),
+            windows: Windows {
+                stream: 1 << 18,
+                tunnel: 1 << 24,
+            },
+            auth: vec![],
+        };
+        let bytes = hello.to_bytes();
+        let got = Hello::read(&mut &bytes[..]).await.expect("hello");
+        assert_eq!(got, hello);
+        let welcome = Welcome {
+            accepted: Err("busy".into()),
+        };
+        let bytes = welcome.to_bytes();
+        assert!(matches!(
+            Welcome::read(&mut &bytes[..]).await,
+            Err(ProtocolError::Refused(m)) if m == "busy"
+        ));
+        let garbage = b"GET / HTTP/1.1\r\n\r\n";
+        assert!(matches!(
+            Hello::read(&mut &garbage[..]).await,
+            Err(ProtocolError::BadMagic)
+        ));
+    }
+}

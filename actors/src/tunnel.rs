@@ -1,0 +1,881 @@
+//! The tunnel actor: one per tunnel TCP connection. It multiplexes the streams of every service
+//! bound to the tunnel, and owns both levels of flow control.
+//!
+//! Sending: a connection actor reads its socket only against a *grant* from this actor, and a grant
+//! is carved out of the peer's stream window and the peer's tunnel window together. So every byte a
+//! connection hands over already has credit, the outgoing queue is bounded by the tunnel window, and
+//! nothing waits here for credit. Grants are capped per stream ([`GRANT_MAX`]) and streams starved
+//! of tunnel credit are served round-robin, so one bulk stream cannot take the whole tunnel.
+//!
+//! Receiving: a DATA frame is handed straight to its connection actor (the reader never waits on a
+//! stream); credit goes back to the peer only once the connection reports the bytes written to its
+//! socket. A peer that sends past a stream's window gets that stream reset; past the tunnel window,
+//! the tunnel is closed.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use log::{debug, info, warn};
+use serde::Serialize;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+
+use crate::connection::{Connection, StreamEvent};
+use crate::io::write_all_vectored;
+use crate::protocol::{
+    write_message, Frame, FrameCodec, Hello, KeyedOpen, ProtocolError, Welcome, Windows,
+    HEADER_LEN, MAX_DATA, TUNNEL_STREAM,
+};
+use crate::registry::{IncomingOpen, Registry, TunnelDown};
+use crate::{Settings, Side};
+
+/// Most credit one stream holds at once; a stream is topped up when below half of it.
+const GRANT_MAX: u64 = 128 * 1024;
+/// One write to the tunnel socket carries at most about this much data, so that control frames
+/// queued meanwhile wait for no more than this.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Control frames a peer can make us queue (pongs, window updates) while not reading them.
+const MAX_CONTROL_QUEUE: usize = 1 << 20;
+/// Streams one tunnel carries at once.
+pub const MAX_STREAMS: usize = 1 << 16;
+/// How long a closing tunnel may take to flush its goodbye.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Dialer,
+    Acceptor,
+}
+
+/// Dials a peer's tunnel port and performs the handshake.
+pub async fn dial(
+    dest: SocketAddr,
+    name: &str,
+    ours: Windows,
+) -> Result<(TcpStream, Windows), ProtocolError> {
+    let mut sock = TcpStream::connect(dest).await?;
+    sock.set_nodelay(true)?;
+    let hello = Hello {
+        name: name.to_owned(),
+        windows: ours,
+        auth: Vec::new(),
+    };
+    write_message(&mut sock, &hello.to_bytes()).await?;
+    let theirs = Welcome::read(&mut sock).await?;
+    Ok((sock, theirs))
+}
+
+/// Answers a dialer on the tunnel port: reads its hello and accepts it.
+pub async fn accept(sock: &mut TcpStream, ours: Windows) -> Result<Hello, ProtocolError> {
+    sock.set_nodelay(true)?;
+    let hello = Hello::read(sock).await?;
+    let welcome = Welcome { accepted: Ok(ours) };
+    write_message(sock, &welcome.to_bytes()).await?;
+    Ok(hello)
+}
+
+/// One multiplexed stream, as the tunnel sees it.
+struct StreamEntry {
+    /// `None` while the Registry decides on an OPEN from the peer.
+    conn: Option<Addr<Connection>>,
+    service: String,
+    side: Side,
+    /// OPEN_OK has been exchanged: data may flow.
+    open: bool,
+    /// The local end has sent FIN: it reads no more, so it needs no more credit.
+    local_fin: bool,
+    /// Peer's credit for this stream that has not been granted to the connection yet.
+    send_avail: u64,
+    /// Granted to the connection and not yet come back as data.
+    granted: u64,
+    starving: bool,
+    /// How much the peer may still send on this stream.
+    recv_left: u64,
+    /// Written downstream but not yet returned to the peer as credit.
+    recv_unacked: u64,
+    /// Handed to the connection but not yet written downstream.
+    delivered: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+/// Counters of one tunnel, for `GET /config`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TunnelStats {
+    pub peer: Option<String>,
+    pub streams: usize,
+    pub streams_opened: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub send_window: u64,
+    pub queued_bytes: usize,
+    pub connections: Vec<StreamStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStats {
+    pub stream: u32,
+    pub service: String,
+    pub side: Side,
+    pub state: &'static str,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+pub struct Tunnel {
+    name: String,
+    generation: u64,
+    role: Role,
+    registry: Addr<Registry>,
+    settings: Settings,
+    peer: Windows,
+    peer_addr: Option<SocketAddr>,
+    /// Moved into the frame reader once the actor starts.
+    sock: Option<TcpStream>,
+    writer: Option<OwnedWriteHalf>,
+    writing: bool,
+    control: BytesMut,
+    data: VecDeque<Bytes>,
+    data_queued: usize,
+    streams: HashMap<u32, StreamEntry>,
+    next_id: u32,
+    /// Peer's tunnel-level credit not yet granted to any stream.
+    send_window: u64,
+    starving: VecDeque<u32>,
+    /// How much the peer may still send over the whole tunnel.
+    recv_left: u64,
+    recv_unacked: u64,
+    last_heard: Instant,
+    pings: u64,
+    closing: bool,
+    down_reason: Option<String>,
+    goaway_received: bool,
+    streams_opened: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+impl Tunnel {
+    pub fn new(
+        name: String,
+        generation: u64,
+        role: Role,
+        sock: TcpStream,
+        peer: Windows,
+        registry: Addr<Registry>,
+        settings: Settings,
+    ) -> Tunnel {
+        Tunnel {
+            name,
+            generation,
+            role,
+            registry,
+            settings,
+            peer,
+            peer_addr: sock.peer_addr().ok(),
+            sock: Some(sock),
+            writer: None,
+            writing: false,
+            control: BytesMut::new(),
+            data: VecDeque::new(),
+            data_queued: 0,
+            streams: HashMap::new(),
+            // The dialer opens odd streams, the acceptor even ones, so ids never collide.
+            next_id: if role == Role::Dialer { 1 } else { 2 },
+            send_window: u64::from(peer.tunnel),
+            starving: VecDeque::new(),
+            recv_left: u64::from(settings.tunnel_window),
+            recv_unacked: 0,
+            last_heard: Instant::now(),
+            pings: 0,
+            closing: false,
+            down_reason: None,
+            goaway_received: false,
+            streams_opened: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    fn queue_control(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
+        frame.encode(&mut self.control);
+        if self.control.len() > MAX_CONTROL_QUEUE {
+            self.fail(
+                ctx,
+                "peer does not read its control frames; closing".to_owned(),
+            );
+            return;
+        }
+        self.flush(ctx);
+    }
+
+    fn queue_data(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+        self.data_queued += frame.len();
+        self.data.push_back(frame);
+        self.flush(ctx);
+    }
+
+    /// Starts a write of what is queued, control frames first, unless one is under way.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
+            return;
+        }
+        if self.control.is_empty() && self.data.is_empty() {
+            if self.closing {
+                ctx.stop();
+            }
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(1 + self.data.len().min(64));
+        if !self.control.is_empty() {
+            batch.push(self.control.split().freeze());
+        }
+        let mut size = 0;
+        while size < WRITE_BATCH {
+            let Some(frame) = self.data.pop_front() else {
+                break;
+            };
+            size += frame.len();
+            batch.push(frame);
+        }
+        self.data_queued -= size;
+        self.writing = true;
+        ctx.spawn(
+            async move {
+                let result = write_all_vectored(&mut writer, batch).await;
+                (writer, result)
+            }
+            .into_actor(self)
+            .map(|(writer, result), act, ctx| {
+                act.writing = false;
+                match result {
+                    Ok(()) => {
+                        act.writer = Some(writer);
+                        act.flush(ctx);
+                    }
+                    Err(e) => act.fail(ctx, format!("write failed: {e}")),
+                }
+            }),
+        );
+    }
+
+    fn fail(&mut self, ctx: &mut Context<Self>, reason: String) {
+        if self.down_reason.is_none() {
+            self.down_reason = Some(reason);
+        }
+        ctx.stop();
+    }
+
+    fn alloc_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(2);
+            if self.next_id == 0 || self.next_id == 1 {
+                self.next_id = if self.role == Role::Dialer { 1 } else { 2 };
+            }
+            if !self.streams.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn peer_may_open(&self, id: u32) -> bool {
+        id != TUNNEL_STREAM && (id % 2 == 1) == (self.role == Role::Acceptor)
+    }
+
+    /// Tops up a stream's grant from its own window and the tunnel window.
+    fn grant(&mut self, id: u32) {
+        let Some(e) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !e.open || e.local_fin || e.granted >= GRANT_MAX / 2 {
+            return;
+        }
+        let Some(conn) = e.conn.as_ref() else {
+            return;
+        };
+        let want = (GRANT_MAX - e.granted).min(e.send_avail);
+        if want == 0 {
+            return;
+        }
+        let g = want.min(self.send_window);
+        if g > 0 {
+            e.send_avail -= g;
+            e.granted += g;
+            self.send_window -= g;
+            conn.do_send(StreamEvent::Grant(g));
+        }
+        if g < want && !e.starving {
+            e.starving = true;
+            self.starving.push_back(id);
+        }
+    }
+
+    /// Round-robin over the streams that wait for tunnel credit.
+    fn serve_starving(&mut self) {
+        for _ in 0..self.starving.len() {
+            if self.send_window == 0 {
+                break;
+            }
+            let Some(id) = self.starving.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.streams.get_mut(&id) {
+                e.starving = false;
+                self.grant(id);
+            }
+        }
+    }
+
+    /// Forgets a stream, returning its unused credit in both directions.
+    fn remove_stream(&mut self, id: u32, ctx: &mut Context<Self>) -> Option<StreamEntry> {
+        let e = self.streams.remove(&id)?;
+        self.send_window += e.granted;
+        self.serve_starving();
+        self.credit_tunnel(e.delivered, ctx);
+        Some(e)
+    }
+
+    fn credit_tunnel(&mut self, n: u64, ctx: &mut Context<Self>) {
+        self.recv_unacked += n;
+        if self.recv_unacked > 0 && self.recv_unacked >= u64::from(self.settings.tunnel_window) / 2
+        {
+            let increment = self.recv_unacked as u32;
+            self.recv_left += self.recv_unacked;
+            self.recv_unacked = 0;
+            self.queue_control(
+                &Frame::Window {
+                    stream: TUNNEL_STREAM,
+                    increment,
+                },
+                ctx,
+            );
+        }
+    }
+
+    fn reset_stream(&mut self, id: u32, why: &str, ctx: &mut Context<Self>) {
+        if let Some(e) = self.remove_stream(id, ctx) {
+            debug!("tunnel {}: stream {id} reset: {why}", self.name);
+            if let Some(conn) = e.conn {
+                conn.do_send(StreamEvent::Abort);
+            }
+            self.queue_control(&Frame::Reset { stream: id }, ctx);
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        match frame {
+            Frame::Data { stream, payload } => self.on_data(stream, payload, ctx),
+            Frame::Window { stream, increment } => {
+                let inc = u64::from(increment);
+                if stream == TUNNEL_STREAM {
+                    self.send_window += inc;
+                    if self.send_window > 1 << 32 {
+                        self.fail(ctx, "peer overflowed the tunnel window".to_owned());
+                        return;
+                    }
+                    self.serve_starving();
+                } else if let Some(e) = self.streams.get_mut(&stream) {
+                    e.send_avail += inc;
+                    self.grant(stream);
+                }
+            }
+            Frame::Open {
+                stream,
+                service,
+                keyed,
+            } => self.on_open(stream, service, keyed, ctx),
+            Frame::OpenOk { stream } => match self.streams.get_mut(&stream) {
+                Some(e) if e.side == Side::Local && !e.open => {
+                    e.open = true;
+                    e.send_avail = u64::from(self.peer.stream);
+                    if let Some(conn) = &e.conn {
+                        conn.do_send(StreamEvent::Opened);
+                    }
+                    self.grant(stream);
+                }
+                _ => debug!("tunnel {}: OPEN_OK for unknown stream {stream}", self.name),
+            },
+            Frame::OpenFail { stream, reason } => {
+                let known = matches!(self.streams.get(&stream), Some(e) if e.side == Side::Local && !e.open);
+                if known {
+                    if let Some(e) = self.remove_stream(stream, ctx) {
+                        warn!(
+                            "tunnel {}: service {} refused by the peer: {reason}; closing the client",
+                            self.name, e.service
+                        );
+                        if let Some(conn) = e.conn {
+                            conn.do_send(StreamEvent::Abort);
+                        }
+                    }
+                }
+            }
+            Frame::Fin { stream } => {
+                if let Some(conn) = self.streams.get(&stream).and_then(|e| e.conn.as_ref()) {
+                    conn.do_send(StreamEvent::Fin);
+                }
+            }
+            Frame::Reset { stream } => {
+                if let Some(e) = self.remove_stream(stream, ctx) {
+                    debug!("tunnel {}: stream {stream} reset by the peer", self.name);
+                    if let Some(conn) = e.conn {
+                        conn.do_send(StreamEvent::Abort);
+                    }
+                }
+            }
+            Frame::Ping(v) => self.queue_control(&Frame::Pong(v), ctx),
+            Frame::Pong(_) => {}
+            Frame::GoAway { reason } => {
+                info!("tunnel {}: peer closed the tunnel: {reason}", self.name);
+                self.goaway_received = true;
+                self.fail(ctx, format!("closed by the peer: {reason}"));
+            }
+        }
+    }
+
+    fn on_data(&mut self, id: u32, payload: Bytes, ctx: &mut Context<Self>) {
+        let len = payload.len() as u64;
+        if len > self.recv_left {
+            self.fail(ctx, "peer overran the tunnel window".to_owned());
+            return;
+        }
+        self.recv_left -= len;
+        self.bytes_received += len;
+        let Some(e) = self.streams.get_mut(&id) else {
+            // A stream that was just reset: drop the bytes but give the tunnel credit back.
+            self.credit_tunnel(len, ctx);
+            return;
+        };
+        if len > e.recv_left || !e.open {
+            warn!(
+                "tunnel {}: peer overran the window of stream {id}; resetting it",
+                self.name
+            );
+            self.credit_tunnel(len, ctx);
+            self.reset_stream(id, "window overrun", ctx);
+            return;
+        }
+        e.recv_left -= len;
+        e.delivered += len;
+        e.bytes_received += len;
+        if let Some(conn) = &e.conn {
+            conn.do_send(StreamEvent::Data(payload));
+        }
+    }
+
+    fn on_open(
+        &mut self,
+        id: u32,
+        service: String,
+        keyed: Option<KeyedOpen>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.peer_may_open(id) {
+            self.fail(
+                ctx,
+                format!("peer opened stream {id} with the wrong parity"),
+            );
+            return;
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            self.queue_control(
+                &Frame::OpenFail {
+                    stream: id,
+                    reason: "too many streams on this tunnel".to_owned(),
+                },
+                ctx,
+            );
+            return;
+        }
+        match self.streams.entry(id) {
+            Entry::Occupied(_) => {
+                self.fail(ctx, format!("peer reopened live stream {id}"));
+                return;
+            }
+            Entry::Vacant(v) => {
+                v.insert(StreamEntry::new(
+                    None,
+                    service.clone(),
+                    Side::Remote,
+                    self.settings.stream_window,
+                ));
+            }
+        }
+        self.streams_opened += 1;
+        self.registry.do_send(IncomingOpen {
+            tunnel: self.name.clone(),
+            addr: ctx.address(),
+            stream: id,
+            service,
+            keyed,
+        });
+    }
+
+    fn snapshot(&self) -> TunnelStats {
+        let connections = self
+            .streams
+            .iter()
+            .map(|(id, e)| StreamStats {
+                stream: *id,
+                service: e.service.clone(),
+                side: e.side,
+                state: match (e.open, e.local_fin) {
+                    (false, _) => "opening",
+                    (true, false) => "open",
+                    (true, true) => "half-closed",
+                },
+                bytes_sent: e.bytes_sent,
+                bytes_received: e.bytes_received,
+            })
+            .collect();
+        TunnelStats {
+            peer: self.peer_addr.map(|a| a.to_string()),
+            streams: self.streams.len(),
+            streams_opened: self.streams_opened,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            send_window: self.send_window,
+            queued_bytes: self.data_queued + self.control.len(),
+            connections,
+        }
+    }
+}
+
+impl StreamEntry {
+    fn new(conn: Option<Addr<Connection>>, service: String, side: Side, window: u32) -> Self {
+        StreamEntry {
+            conn,
+            service,
+            side,
+            open: false,
+            local_fin: false,
+            send_avail: 0,
+            granted: 0,
+            starving: false,
+            recv_left: u64::from(window),
+            recv_unacked: 0,
+            delivered: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+}
+
+impl Actor for Tunnel {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(256);
+        if let Some(sock) = self.sock.take() {
+            let (reader, writer) = sock.into_split();
+            self.writer = Some(writer);
+            ctx.add_stream(FramedRead::with_capacity(
+                reader,
+                FrameCodec,
+                HEADER_LEN + MAX_DATA,
+            ));
+        }
+        let interval = self.settings.heartbeat_interval;
+        ctx.run_interval(interval, |act, ctx| {
+            let silent = act.last_heard.elapsed();
+            if silent > act.settings.heartbeat_timeout {
+                act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
+                return;
+            }
+            act.pings += 1;
+            let ping = Frame::Ping(act.pings);
+            act.queue_control(&ping, ctx);
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let reason = self
+            .down_reason
+            .take()
+            .unwrap_or_else(|| "closed".to_owned());
+        info!(
+            "tunnel {} down ({} streams closed): {reason}",
+            self.name,
+            self.streams.len()
+        );
+        for (_, e) in self.streams.drain() {
+            if let Some(conn) = e.conn {
+                conn.do_send(StreamEvent::Abort);
+            }
+        }
+        self.registry.do_send(TunnelDown {
+            name: self.name.clone(),
+            generation: self.generation,
+            reason,
+            closed_by_peer: self.goaway_received,
+        });
+    }
+}
+
+impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
+    fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match item {
+            Ok(frame) => self.on_frame(frame, ctx),
+            Err(e) => {
+                warn!("tunnel {}: {e}; closing the tunnel", self.name);
+                self.fail(ctx, e.to_string());
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.fail(ctx, "the peer closed the connection".to_owned());
+    }
+}
+
+/// Registry -> tunnel: carry a newly accepted local connection as a new stream.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OpenStream {
+    pub conn: Addr<Connection>,
+    pub service: String,
+    pub keyed: Option<KeyedOpen>,
+}
+
+impl Handler<OpenStream> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: OpenStream, ctx: &mut Self::Context) {
+        if self.closing || self.streams.len() >= MAX_STREAMS {
+            msg.conn.do_send(StreamEvent::Abort);
+            return;
+        }
+        let id = self.alloc_id();
+        msg.conn.do_send(StreamEvent::Assigned(id));
+        let frame = Frame::Open {
+            stream: id,
+            service: msg.service.clone(),
+            keyed: msg.keyed,
+        };
+        self.streams.insert(
+            id,
+            StreamEntry::new(
+                Some(msg.conn),
+                msg.service,
+                Side::Local,
+                self.settings.stream_window,
+            ),
+        );
+        self.streams_opened += 1;
+        self.queue_control(&frame, ctx);
+    }
+}
+
+/// Registry -> tunnel: the peer's OPEN is accepted and served by this connection actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachStream {
+    pub stream: u32,
+    pub conn: Addr<Connection>,
+}
+
+impl Handler<AttachStream> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachStream, _ctx: &mut Self::Context) {
+        match self.streams.get_mut(&msg.stream) {
+            Some(e) if e.conn.is_none() => e.conn = Some(msg.conn),
+            _ => msg.conn.do_send(StreamEvent::Abort),
+        }
+    }
+}
+
+/// Registry -> tunnel: the peer's OPEN is refused.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefuseStream {
+    pub stream: u32,
+    pub reason: String,
+}
+
+impl Handler<RefuseStream> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: RefuseStream, ctx: &mut Self::Context) {
+        if self.remove_stream(msg.stream, ctx).is_some() {
+            self.queue_control(
+                &Frame::OpenFail {
+                    stream: msg.stream,
+                    reason: msg.reason,
+                },
+                ctx,
+            );
+        }
+    }
+}
+
+/// Connection -> tunnel: what happens on a stream's downstream socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum FromConnection {
+    /// The remote end reached its target: the stream is open.
+    Dialed { stream: u32 },
+    /// A DATA frame, header included, built against a grant.
+    Data { stream: u32, frame: Bytes },
+    /// End of the downstream socket's input.
+    Fin { stream: u32 },
+    /// This many received bytes have been written downstream.
+    Consumed { stream: u32, bytes: u64 },
+    /// The connection is gone; `failure` says why if it did not end cleanly.
+    Closed {
+        stream: u32,
+        failure: Option<String>,
+    },
+}
+
+impl Handler<FromConnection> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromConnection, ctx: &mut Self::Context) {
+        match msg {
+            FromConnection::Data { stream, frame } => {
+                let payload = (frame.len() - HEADER_LEN) as u64;
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                e.granted = e.granted.saturating_sub(payload);
+                e.bytes_sent += payload;
+                self.bytes_sent += payload;
+                self.queue_data(frame, ctx);
+                self.grant(stream);
+            }
+            FromConnection::Consumed { stream, bytes } => {
+                let window = u64::from(self.settings.stream_window);
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                e.delivered = e.delivered.saturating_sub(bytes);
+                e.recv_unacked += bytes;
+                let update = (e.recv_unacked >= window / 2).then(|| {
+                    let inc = e.recv_unacked;
+                    e.recv_left += inc;
+                    e.recv_unacked = 0;
+                    inc
+                });
+                if let Some(inc) = update {
+                    self.queue_control(
+                        &Frame::Window {
+                            stream,
+                            increment: inc as u32,
+                        },
+                        ctx,
+                    );
+                }
+                self.credit_tunnel(bytes, ctx);
+            }
+            FromConnection::Fin { stream } => {
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                e.local_fin = true;
+                self.send_window += std::mem::take(&mut e.granted);
+                self.serve_starving();
+                let mut fin = BytesMut::with_capacity(HEADER_LEN);
+                Frame::Fin { stream }.encode(&mut fin);
+                self.queue_data(fin.freeze(), ctx);
+            }
+            FromConnection::Dialed { stream } => {
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                e.open = true;
+                e.send_avail = u64::from(self.peer.stream);
+                self.queue_control(&Frame::OpenOk { stream }, ctx);
+                self.grant(stream);
+            }
+            FromConnection::Closed { stream, failure } => {
+                let Some(e) = self.remove_stream(stream, ctx) else {
+                    return;
+                };
+                match failure {
+                    None => {}
+                    Some(reason) if !e.open && e.side == Side::Remote => {
+                        self.queue_control(&Frame::OpenFail { stream, reason }, ctx)
+                    }
+                    Some(_) => self.queue_control(&Frame::Reset { stream }, ctx),
+                }
+            }
+        }
+    }
+}
+
+/// Registry -> tunnel: close. With a goodbye, the peer forgets the tunnel instead of marking it down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseTunnel {
+    pub goodbye: Option<String>,
+}
+
+impl Handler<CloseTunnel> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseTunnel, ctx: &mut Self::Context) {
+        self.down_reason = Some(msg.goodbye.clone().unwrap_or_else(|| "replaced".to_owned()));
+        match msg.goodbye {
+            Some(reason) => {
+                for (_, e) in self.streams.drain() {
+                    if let Some(conn) = e.conn {
+                        conn.do_send(StreamEvent::Abort);
+                    }
+                }
+                self.data.clear();
+                self.data_queued = 0;
+                self.closing = true;
+                self.queue_control(&Frame::GoAway { reason }, ctx);
+                ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+            }
+            None => ctx.stop(),
+        }
+    }
+}
+
+/// Registry -> tunnel: a service was deleted; close its streams.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseService {
+    pub service: String,
+    pub side: Side,
+}
+
+impl Handler<CloseService> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseService, ctx: &mut Self::Context) {
+        let ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, e)| e.side == msg.side && e.service == msg.service)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.reset_stream(id, "service deleted", ctx);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "TunnelStats")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for Tunnel {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}

@@ -1,0 +1,181 @@
+//! The node's start-up configuration: the TOML file and the command line that overrides it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+use thiserror::Error;
+
+pub const DEFAULT_PATH: &str = "config/menet.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "menet", version, about = "A dynamic TCP tunnel proxy")]
+pub struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Admin API listen address (IP:PORT), overriding [admin] in the file.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Tunnel port listen address (IP:PORT), overriding [tunnel] in the file.
+    #[arg(long)]
+    pub tunnel: Option<SocketAddr>,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    admin: Admin,
+    #[serde(default)]
+    tunnel: Tunnel,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Admin {
+    #[serde(default = "loopback")]
+    ip: IpAddr,
+    #[serde(default = "admin_port")]
+    port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tunnel {
+    #[serde(default = "any")]
+    ip: IpAddr,
+    #[serde(default = "tunnel_port")]
+    port: u16,
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn any() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+fn admin_port() -> u16 {
+    1234
+}
+fn tunnel_port() -> u16 {
+    4321
+}
+
+impl Default for Admin {
+    fn default() -> Admin {
+        Admin {
+            ip: loopback(),
+            port: admin_port(),
+        }
+    }
+}
+
+impl Default for Tunnel {
+    fn default() -> Tunnel {
+        Tunnel {
+            ip: any(),
+            port: tunnel_port(),
+        }
+    }
+}
+
+/// What the node listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub admin: SocketAddr,
+    pub tunnel: SocketAddr,
+}
+
+impl Config {
+    /// Reads the file (the default path may be absent: built-in defaults then apply) and applies
+    /// the command-line overrides.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match std::fs::read_to_string(&cli.config) {
+            Ok(text) => parse(&text, &cli.config)?,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && cli.config == Path::new(DEFAULT_PATH) =>
+            {
+                log::warn!("no {DEFAULT_PATH}: using built-in defaults");
+                parse("", &cli.config)?
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: cli.config.clone(),
+                    source,
+                })
+            }
+        };
+        Ok(Config {
+            admin: cli
+                .admin
+                .unwrap_or(SocketAddr::new(file.admin.ip, file.admin.port)),
+            tunnel: cli
+                .tunnel
+                .unwrap_or(SocketAddr::new(file.tunnel.ip, file.tunnel.port)),
+        })
+    }
+}
+
+fn parse(text: &str, path: &Path) -> Result<File, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("menet").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_file_and_overrides() {
+        let dir = std::env::temp_dir().join(format!("menet-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("m.toml");
+        std::fs::write(
+            &path,
+            "[admin]\nport = 1300\n[tunnel]\nip = \"127.0.0.1\"\nport = 4400\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8 path");
+        let c = Config::load(&cli(&["--config", p])).expect("loads");
+        assert_eq!(c.admin, "127.0.0.1:1300".parse().expect("addr"));
+        assert_eq!(c.tunnel, "127.0.0.1:4400".parse().expect("addr"));
+        let c = Config::load(&cli(&["--config", p, "--admin", "127.0.0.2:9"])).expect("loads");
+        assert_eq!(c.admin, "127.0.0.2:9".parse().expect("addr"));
+
+        std::fs::write(&path, "[admin]\nprot = 1\n").expect("write");
+        let err = Config::load(&cli(&["--config", p])).expect_err("unknown key");
+        assert!(err.to_string().contains("prot"), "{err}");
+        assert!(err.to_string().contains("m.toml"), "{err}");
+
+        let missing = dir.join("missing.toml");
+        let m = missing.to_str().expect("utf-8 path");
+        assert!(matches!(
+            Config::load(&cli(&["--config", m])),
+            Err(ConfigError::Read { .. })
+        ));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
