@@ -1,0 +1,243 @@
+//! Reconfiguration at runtime and what happens to connections: unbind, rebind, moving a listener,
+//! deleting and recreating a tunnel, unreachable backends, key mismatch, idle timeout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// One echo exchange on an open connection.
+fn echo_once(s: &mut std::net::TcpStream, seed: u64) {
+    let data = pattern(10_000, seed);
+    s.write_all(&data).expect("send");
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).expect("echo back");
+    assert_eq!(back, data);
+}
+
+const BIND_LOCAL: &str = r#"{"tunnel": "tunnel1", "service":"service1", "type": "local"}"#;
+
+#[test]
+fn unbind_rebind_and_move_leave_live_connections_alone() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, Some("k"));
+    let mut live = connect(local);
+    echo_once(&mut live, 1);
+
+    // Unbound: new connections are closed at once, the live one keeps working.
+    a.ok("DELETE", "/bind", BIND_LOCAL);
+    let mut refused = connect(local);
+    assert!(closed_within(&mut refused, Duration::from_secs(2)));
+    echo_once(&mut live, 2);
+    assert_eq!(a.request("DELETE", "/bind", BIND_LOCAL).0, 404);
+
+    // Rebound: new connections flow again.
+    a.ok("POST", "/bind", BIND_LOCAL);
+    assert_eq!(roundtrip(local, b"again"), b"again");
+
+    // Moved to another port: the old port stops listening, the new one serves, the live
+    // connection accepted on the old port is untouched.
+    let port = free_port();
+    a.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"service1", "key":"k", "type": "local", "addr":["127.0.0.1", "{port}"]}}"#
+        ),
+    );
+    assert!(
+        std::net::TcpStream::connect(local).is_err(),
+        "old port closed"
+    );
+    let moved = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(roundtrip(moved, b"moved"), b"moved");
+    echo_once(&mut live, 3);
+
+    // Moved back at once: the port is free again (no race with the old listener).
+    a.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"service1", "key":"k", "type": "local", "addr":["127.0.0.1", "{}"]}}"#,
+            local.port()
+        ),
+    );
+    assert_eq!(roundtrip(local, b"back"), b"back");
+
+    // Another tunnel and another service added meanwhile disturb nothing.
+    let c = Node::start();
+    a.ok(
+        "POST",
+        "/tunnel",
+        &format!(
+            r#"{{"name":"tunnel2", "dest":["127.0.0.1", "{}"]}}"#,
+            c.tunnel.port()
+        ),
+    );
+    let other = free_port();
+    a.ok(
+        "POST",
+        "/service",
+        &format!(r#"{{"name":"other", "type": "local", "addr":["127.0.0.1", "{other}"]}}"#),
+    );
+    echo_once(&mut live, 4);
+}
+
+#[test]
+fn deleting_a_tunnel_closes_its_connections_on_both_ends_and_it_can_be_recreated() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    let mut live = connect(local);
+    echo_once(&mut live, 5);
+
+    let started = Instant::now();
+    a.ok("DELETE", "/tunnel", r#"{"name":"tunnel1"}"#);
+    assert!(
+        closed_within(&mut live, Duration::from_secs(2)),
+        "live connection closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(eventually(Duration::from_secs(3), || b.config()["tunnels"]
+        .get("tunnel1")
+        .is_none()));
+    assert!(a.config()["tunnels"].get("tunnel1").is_none());
+    assert_eq!(
+        a.request("DELETE", "/tunnel", r#"{"name":"tunnel1"}"#).0,
+        404
+    );
+
+    // While the tunnel is gone, a client is closed at once, not held.
+    let mut refused = connect(local);
+    assert!(closed_within(&mut refused, Duration::from_secs(2)));
+
+    // Recreated: binds were kept, traffic flows again.
+    a.ok(
+        "POST",
+        "/tunnel",
+        &format!(
+            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
+            b.tunnel.port()
+        ),
+    );
+    assert_eq!(roundtrip(local, b"recreated"), b"recreated");
+}
+
+#[test]
+fn replacing_a_tunnel_by_name_keeps_serving() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    a.ok(
+        "POST",
+        "/tunnel",
+        &format!(
+            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
+            b.tunnel.port()
+        ),
+    );
+    assert_eq!(roundtrip(local, b"replaced"), b"replaced");
+    assert!(eventually(Duration::from_secs(2), || b.config()["tunnels"]
+        ["tunnel1"]["state"]
+        == "connected"));
+}
+
+#[test]
+fn unreachable_backend_closes_the_client_promptly() {
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, dead, None);
+    let started = Instant::now();
+    let mut s = connect(local);
+    s.write_all(b"hello?").expect("send");
+    assert!(closed_within(&mut s, Duration::from_secs(4)));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(b.wait_log("cannot reach", Duration::from_secs(2)));
+}
+
+#[test]
+fn missing_remote_service_closes_the_client() {
+    let (a, b) = (Node::start(), Node::start());
+    let backend = Backend::echo();
+    let local = wire(&a, &b, backend.addr, None);
+    b.ok(
+        "DELETE",
+        "/service",
+        r#"{"name":"service1", "type":"remote"}"#,
+    );
+    let mut s = connect(local);
+    assert!(closed_within(&mut s, Duration::from_secs(2)));
+    assert!(b.wait_log("no remote service named service1", Duration::from_secs(2)));
+}
+
+#[test]
+fn key_mismatch_refuses_the_stream_on_both_ends() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, Some("right"));
+    b.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"service1", "key":"wrong", "type": "remote", "addr":["127.0.0.1", "{}"]}}"#,
+            backend.addr.port()
+        ),
+    );
+    let mut s = connect(local);
+    s.write_all(b"anyone?").expect("send");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "the client never receives garbage");
+    assert!(b.wait_log("key mismatch", Duration::from_secs(2)));
+    assert!(a.wait_log("key mismatch", Duration::from_secs(2)));
+}
+
+#[test]
+fn idle_timeout_closes_quiet_connections_only() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    a.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"service1", "timeout": 400, "type": "local", "addr":["127.0.0.1", "{}"]}}"#,
+            local.port()
+        ),
+    );
+    let mut busy = connect(local);
+    let mut quiet = connect(local);
+    echo_once(&mut quiet, 6);
+    for i in 0..6 {
+        echo_once(&mut busy, 10 + i);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        closed_within(&mut quiet, Duration::from_millis(100)),
+        "idle one closed"
+    );
+    echo_once(&mut busy, 20);
+}
+
+#[test]
+fn deleting_a_service_stops_its_listener_and_connections() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    let mut live = connect(local);
+    echo_once(&mut live, 7);
+    a.ok(
+        "DELETE",
+        "/service",
+        r#"{"name":"service1", "type":"local"}"#,
+    );
+    assert!(closed_within(&mut live, Duration::from_secs(2)));
+    assert!(std::net::TcpStream::connect(local).is_err());
+    let config = a.config();
+    assert!(config["services"]["local"].get("service1").is_none());
+    assert!(config["bind"]["local"].get("service1").is_none());
+}

@@ -1,0 +1,294 @@
+//! Bytes through real nodes: the seed scenario, both dial directions, many streams, half-close,
+//! and what crosses the tunnel of a keyed service.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use common::*;
+
+fn files(path: &str) -> Option<Vec<u8>> {
+    match path {
+        "/" => Some(b"<html>hello from the backend</html>\n".to_vec()),
+        "/big" => Some(pattern(10 * 1024 * 1024, 7)),
+        _ => None,
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Vec<u8> {
+    let mut s = connect(addr);
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    assert!(raw.starts_with(b"HTTP/1.0 200"), "status");
+    raw[split + 4..].to_vec()
+}
+
+/// The issue's five curl calls, verbatim but for the ports, then a small page and 10 MiB through
+/// a real HTTP server.
+#[test]
+fn seed_scenario_serves_http_byte_exact() {
+    let backend = Backend::http(files);
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, Some("UHI@&s8sa*S"));
+
+    assert_eq!(http_get(local, "/"), files("/").expect("page"));
+    assert_eq!(http_get(local, "/big"), files("/big").expect("big"));
+
+    let config = a.config();
+    assert_eq!(config["tunnels"]["tunnel1"]["state"], "connected");
+    assert_eq!(config["tunnels"]["tunnel1"]["role"], "dialer");
+    assert_eq!(config["services"]["local"]["service1"]["key"], "***");
+    assert_eq!(config["bind"]["local"]["service1"], "tunnel1");
+    let config_b = b.config();
+    assert_eq!(config_b["tunnels"]["tunnel1"]["role"], "acceptor");
+    assert_eq!(config_b["bind"]["remote"]["service1"], "tunnel1");
+    assert!(
+        !config_b.to_string().contains("UHI@"),
+        "keys are never shown"
+    );
+    assert!(
+        !a.log_contains("UHI@") && !b.log_contains("UHI@"),
+        "keys are never logged"
+    );
+}
+
+/// B dials A: the same tunnel, used from A's side.
+#[test]
+fn reverse_dial_carries_the_service() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    b.ok(
+        "POST",
+        "/tunnel",
+        &format!(
+            r#"{{"name":"tunnel1", "dest":["127.0.0.1", {}]}}"#,
+            a.tunnel.port()
+        ),
+    );
+    let port = free_port();
+    a.ok(
+        "POST",
+        "/service",
+        &format!(r#"{{"name":"s", "type":"local", "addr":["127.0.0.1", {port}]}}"#),
+    );
+    b.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"s", "type":"remote", "addr":["127.0.0.1", {}]}}"#,
+            backend.addr.port()
+        ),
+    );
+    a.ok(
+        "POST",
+        "/bind",
+        r#"{"tunnel":"tunnel1","service":"s","type":"local"}"#,
+    );
+    b.ok(
+        "POST",
+        "/bind",
+        r#"{"tunnel":"tunnel1","service":"s","type":"remote"}"#,
+    );
+    let data = pattern(300_000, 1);
+    assert_eq!(
+        roundtrip(SocketAddr::from(([127, 0, 0, 1], port)), &data),
+        data
+    );
+    assert_eq!(a.config()["tunnels"]["tunnel1"]["role"], "acceptor");
+}
+
+/// A tunnel carries services both ways at once.
+#[test]
+fn one_tunnel_carries_services_in_both_directions() {
+    let (echo_a, echo_b) = (Backend::echo(), Backend::echo());
+    let (a, b) = (Node::start(), Node::start());
+    let to_b = wire(&a, &b, echo_b.addr, None);
+    let port = free_port();
+    b.ok(
+        "POST",
+        "/service",
+        &format!(r#"{{"name":"back", "key":"k2", "type":"local", "addr":["127.0.0.1", {port}]}}"#),
+    );
+    a.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"back", "key":"k2", "type":"remote", "addr":["127.0.0.1", {}]}}"#,
+            echo_a.addr.port()
+        ),
+    );
+    b.ok(
+        "POST",
+        "/bind",
+        r#"{"tunnel":"tunnel1","service":"back","type":"local"}"#,
+    );
+    a.ok(
+        "POST",
+        "/bind",
+        r#"{"tunnel":"tunnel1","service":"back","type":"remote"}"#,
+    );
+    let data = pattern(100_000, 2);
+    assert_eq!(roundtrip(to_b, &data), data);
+    assert_eq!(
+        roundtrip(SocketAddr::from(([127, 0, 0, 1], port)), &data),
+        data
+    );
+}
+
+#[test]
+fn hundred_concurrent_connections_echo_256k_each() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, Some("secret"));
+    let workers: Vec<_> = (0..100u64)
+        .map(|i| {
+            thread::spawn(move || {
+                let data = pattern(256 * 1024, 100 + i);
+                let got = roundtrip(local, &data);
+                assert!(
+                    got == data,
+                    "stream {i}: {} bytes back, content differs",
+                    got.len()
+                );
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("stream ok");
+    }
+    let config = a.config();
+    assert_eq!(config["tunnels"]["tunnel1"]["streams_opened"], 100);
+}
+
+/// The client sends its request and shuts down its write side; the answer still arrives.
+#[test]
+fn half_close_is_carried_through() {
+    // Answers only after the client's EOF: the reversed request.
+    let backend = Backend::start(|mut s| {
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).expect("read request");
+        req.reverse();
+        s.write_all(&req).expect("answer");
+    });
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    let data = pattern(50_000, 3);
+    let mut want = data.clone();
+    want.reverse();
+    assert_eq!(roundtrip(local, &data), want);
+}
+
+/// A relay between the nodes records what crosses the tunnel: a keyed service's plaintext never
+/// does (and, as a control, a plaintext service's does).
+#[test]
+fn no_plaintext_of_a_keyed_service_crosses_the_tunnel() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let wire_log = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let relay = relay_to(b.tunnel, wire_log.clone());
+    a.ok(
+        "POST",
+        "/tunnel",
+        &format!(
+            r#"{{"name":"tunnel1", "dest":["127.0.0.1", {}]}}"#,
+            relay.port()
+        ),
+    );
+    let plain_port = free_port();
+    let keyed_port = free_port();
+    for (name, key, port) in [
+        ("plain", "", plain_port),
+        ("keyed", "UHI@&s8sa*S", keyed_port),
+    ] {
+        a.ok(
+            "POST",
+            "/service",
+            &format!(r#"{{"name":"{name}", "key":"{key}", "type":"local", "addr":["127.0.0.1", {port}]}}"#),
+        );
+        b.ok(
+            "POST",
+            "/service",
+            &format!(
+                r#"{{"name":"{name}", "key":"{key}", "type":"remote", "addr":["127.0.0.1", {}]}}"#,
+                backend.addr.port()
+            ),
+        );
+        a.ok(
+            "POST",
+            "/bind",
+            &format!(r#"{{"tunnel":"tunnel1","service":"{name}","type":"local"}}"#),
+        );
+        b.ok(
+            "POST",
+            "/bind",
+            &format!(r#"{{"tunnel":"tunnel1","service":"{name}","type":"remote"}}"#),
+        );
+    }
+    let secret = b"THE-PLAINTEXT-MARKER-0123456789".repeat(64);
+    let keyed = SocketAddr::from(([127, 0, 0, 1], keyed_port));
+    assert_eq!(roundtrip(keyed, &secret), secret);
+    let seen = wire_log.lock().expect("lock").clone();
+    assert!(
+        !contains(&seen, b"THE-PLAINTEXT-MARKER"),
+        "keyed plaintext crossed the tunnel"
+    );
+
+    let plain = SocketAddr::from(([127, 0, 0, 1], plain_port));
+    assert_eq!(roundtrip(plain, &secret), secret);
+    let seen = wire_log.lock().expect("lock").clone();
+    assert!(
+        contains(&seen, b"THE-PLAINTEXT-MARKER"),
+        "the relay sees plaintext services"
+    );
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A TCP relay to `to` that appends every byte it forwards (both ways) to `log`.
+fn relay_to(to: SocketAddr, log: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { break };
+            let Ok(server) = TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                ),
+                (server, client),
+            ] {
+                let log = log.clone();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                log.lock().expect("lock").extend_from_slice(&buf[..n]);
+                                if into.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = into.shutdown(Shutdown::Write);
+                });
+            }
+        }
+    });
+    addr
+}
