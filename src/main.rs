@@ -35,6 +35,7 @@ enum StartError {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    raise_fd_limit();
     let result = Config::load(&cli)
         .map_err(StartError::from)
         .and_then(|config| actix_rt::System::new().block_on(run(config)));
@@ -68,4 +69,21 @@ async fn run(config: Config) -> Result<(), StartError> {
     info!("tunnel port listening on {tunnel_addr}");
     info!("admin API listening on {admin_addr}");
     server.run().await.map_err(StartError::Server)
+}
+
+/// Every connection costs a descriptor or two: lift the soft limit to the hard one, as servers do.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!("cannot raise the open-file limit");
+            }
+        }
+    }
 }

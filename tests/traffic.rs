@@ -292,3 +292,42 @@ fn relay_to(to: SocketAddr, log: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
     });
     addr
 }
+
+/// Regression: credit handed back when a socket runs dry must return to the stream's window too,
+/// or a chatty connection stalls after a few exchanges.
+#[test]
+fn many_small_exchanges_on_one_connection() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, Some("k"));
+    let mut s = connect(local);
+    for i in 0..2_000u64 {
+        let req = pattern(64 + (i as usize % 200), i);
+        s.write_all(&req).expect("request");
+        let mut resp = vec![0u8; req.len()];
+        s.read_exact(&mut resp).expect("response");
+        assert_eq!(resp, req, "exchange {i}");
+    }
+}
+
+/// Regression: idle streams must not hold the tunnel's credit, or a few hundred of them starve
+/// every other stream of the tunnel.
+#[test]
+fn idle_connections_hold_no_tunnel_credit() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    let idle: Vec<TcpStream> = (0..300u64)
+        .map(|i| {
+            let mut s = connect(local);
+            s.write_all(&[i as u8]).expect("hello");
+            let mut r = [0u8; 1];
+            s.read_exact(&mut r).expect("echo");
+            s
+        })
+        .collect();
+    let data = pattern(24 << 20, 12);
+    assert_eq!(roundtrip(local, &data), data);
+    assert_eq!(a.config()["tunnels"]["tunnel1"]["streams"], 300);
+    drop(idle);
+}

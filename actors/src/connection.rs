@@ -7,6 +7,7 @@
 //! actor never blocks and never buffers beyond the stream window.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::cipher::Keystream;
-use crate::io::{read_data_frame, write_all_vectored};
-use crate::protocol::HEADER_LEN;
+use crate::io::{try_read_data_frame, write_all_vectored};
+use crate::protocol::{HEADER_LEN, MAX_DATA};
 use crate::tunnel::{FromConnection, Tunnel};
 
 /// Tunnel -> connection.
@@ -51,7 +52,10 @@ pub struct Connection {
     peer: Option<SocketAddr>,
     reader: Option<OwnedReadHalf>,
     writer: Option<OwnedWriteHalf>,
-    reading: bool,
+    /// A readability watch is under way.
+    watching: bool,
+    /// Credit was asked for (the socket has data) and not handed back since.
+    wanting: bool,
     writing: bool,
     opened: bool,
     grant: u64,
@@ -80,7 +84,8 @@ impl Connection {
             peer: None,
             reader: None,
             writer: None,
-            reading: false,
+            watching: false,
+            wanting: false,
             writing: false,
             opened: false,
             grant: 0,
@@ -137,30 +142,67 @@ impl Connection {
         self.tunnel.do_send(msg);
     }
 
+    /// Reads what the socket has ready, against the grant. When the socket runs dry the unused
+    /// grant goes back to the tunnel and the actor waits for readability before asking again: an
+    /// idle connection holds no credit and no buffer.
     fn read_more(&mut self, ctx: &mut Context<Self>) {
-        if self.reading || self.read_done || !self.opened || self.grant == 0 {
+        if self.watching || self.read_done || !self.opened {
             return;
         }
+        let Some(stream) = self.stream else {
+            return;
+        };
+        while self.grant > 0 {
+            let max = self.grant.min(MAX_DATA as u64) as usize;
+            let Some(reader) = self.reader.as_ref() else {
+                return;
+            };
+            match try_read_data_frame(reader, stream, max) {
+                Ok(Some(frame)) => self.send_frame(stream, frame),
+                Ok(None) => {
+                    self.read_done = true;
+                    self.report(FromConnection::Fin { stream });
+                    self.finish_if_done(ctx);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let unused = std::mem::take(&mut self.grant);
+                    self.report(FromConnection::Return {
+                        stream,
+                        bytes: unused,
+                    });
+                    self.wanting = false;
+                }
+                Err(e) => {
+                    self.abort(ctx, format!("read failed: {e}"));
+                    return;
+                }
+            }
+        }
+        if !self.wanting {
+            self.watch(ctx);
+        }
+    }
+
+    /// Waits until the socket is readable, then asks the tunnel for credit.
+    fn watch(&mut self, ctx: &mut Context<Self>) {
         let (Some(stream), Some(reader)) = (self.stream, self.reader.take()) else {
             return;
         };
-        self.reading = true;
-        let max = self.grant.min(usize::MAX as u64) as usize;
+        self.watching = true;
         ctx.spawn(
             async move {
-                let result = read_data_frame(&reader, stream, max).await;
-                (reader, result)
+                let ready = reader.readable().await;
+                (reader, ready)
             }
             .into_actor(self)
-            .map(move |(reader, result), act, ctx| {
-                act.reading = false;
+            .map(move |(reader, ready), act, ctx| {
                 act.reader = Some(reader);
-                match result {
-                    Ok(Some(frame)) => act.on_read(stream, frame, ctx),
-                    Ok(None) => {
-                        act.read_done = true;
-                        act.report(FromConnection::Fin { stream });
-                        act.finish_if_done(ctx);
+                act.watching = false;
+                match ready {
+                    Ok(()) => {
+                        act.wanting = true;
+                        act.report(FromConnection::Want { stream });
                     }
                     Err(e) => act.abort(ctx, format!("read failed: {e}")),
                 }
@@ -168,7 +210,7 @@ impl Connection {
         );
     }
 
-    fn on_read(&mut self, stream: u32, mut frame: BytesMut, ctx: &mut Context<Self>) {
+    fn send_frame(&mut self, stream: u32, mut frame: BytesMut) {
         let n = (frame.len() - HEADER_LEN) as u64;
         self.grant = self.grant.saturating_sub(n);
         self.last_active = Instant::now();
@@ -179,7 +221,6 @@ impl Connection {
             stream,
             frame: frame.freeze(),
         });
-        self.read_more(ctx);
     }
 
     fn write_more(&mut self, ctx: &mut Context<Self>) {
@@ -267,6 +308,7 @@ impl Connection {
                             if let Some(stream) = act.stream {
                                 act.report(FromConnection::Dialed { stream });
                             }
+                            act.read_more(ctx);
                             return;
                         }
                         Ok(Err(e)) => e.to_string(),
@@ -325,10 +367,16 @@ impl Handler<StreamEvent> for Connection {
                 self.opened = true;
                 self.read_more(ctx);
             }
-            StreamEvent::Grant(n) => {
-                self.grant += n;
-                self.read_more(ctx);
-            }
+            StreamEvent::Grant(n) => match self.stream {
+                // Credit that crossed our hand-back in flight: return it too.
+                Some(stream) if !self.wanting => {
+                    self.report(FromConnection::Return { stream, bytes: n })
+                }
+                _ => {
+                    self.grant += n;
+                    self.read_more(ctx);
+                }
+            },
             StreamEvent::Data(payload) => {
                 self.last_active = Instant::now();
                 let payload = match self.ciphers.as_mut() {

@@ -54,32 +54,24 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATA].into_boxed_slice());
 }
 
-/// Waits until the socket has bytes and reads at most `max` of them into a new DATA frame for
-/// `stream`: `Ok(None)` at end of stream. The payload starts at [`HEADER_LEN`].
-pub async fn read_data_frame(
+/// Reads at most `max` bytes that are ready now into a new DATA frame for `stream` (payload at
+/// [`HEADER_LEN`]): `Ok(None)` at end of stream, `WouldBlock` when nothing is ready.
+pub fn try_read_data_frame(
     rd: &OwnedReadHalf,
     stream: u32,
     max: usize,
 ) -> io::Result<Option<BytesMut>> {
     let max = max.clamp(1, MAX_DATA);
-    loop {
-        rd.readable().await?;
-        let got = SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            match rd.try_read(&mut scratch[..max]) {
-                Ok(0) => Ok(Some(None)),
-                Ok(n) => {
-                    let mut frame = BytesMut::with_capacity(HEADER_LEN + n);
-                    put_data_header(&mut frame, stream, n);
-                    frame.extend_from_slice(&scratch[..n]);
-                    Ok(Some(Some(frame)))
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e),
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        match rd.try_read(&mut scratch[..max])? {
+            0 => Ok(None),
+            n => {
+                let mut frame = BytesMut::with_capacity(HEADER_LEN + n);
+                put_data_header(&mut frame, stream, n);
+                frame.extend_from_slice(&scratch[..n]);
+                Ok(Some(frame))
             }
-        })?;
-        if let Some(result) = got {
-            return Ok(result);
         }
-    }
+    })
 }

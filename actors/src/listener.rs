@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use log::{info, warn};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::registry::{Accepted, Registry, TunnelAccepted};
 use crate::tunnel;
@@ -22,11 +22,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// port at once: a DELETE or a move followed by a POST on the same port must not race the actor.
 pub type SharedSocket = Rc<RefCell<Option<TcpListener>>>;
 
-/// Binds a listening socket for a local service.
+/// Pending connections the kernel queues per listener: bursts of new clients must not be refused.
+const BACKLOG: u32 = 1024;
+
+/// Binds a listening socket (a local service's, or the tunnel port).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let std = std::net::TcpListener::bind(addr)?;
-    std.set_nonblocking(true)?;
-    TcpListener::from_std(std)
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Accepts clients of one local service and hands them to the Registry.

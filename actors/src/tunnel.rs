@@ -2,7 +2,9 @@
 //! bound to the tunnel, and owns both levels of flow control.
 //!
 //! Sending: a connection actor reads its socket only against a *grant* from this actor, and a grant
-//! is carved out of the peer's stream window and the peer's tunnel window together. So every byte a
+//! is carved out of the peer's stream window and the peer's tunnel window together. A connection
+//! asks for credit only when its socket is readable and hands back what it did not use when the
+//! socket runs dry, so idle streams reserve none of the tunnel window. So every byte a
 //! connection hands over already has credit, the outgoing queue is bounded by the tunnel window, and
 //! nothing waits here for credit. Grants are capped per stream ([`GRANT_MAX`]) and streams starved
 //! of tunnel credit are served round-robin, so one bulk stream cannot take the whole tunnel.
@@ -92,8 +94,10 @@ struct StreamEntry {
     local_fin: bool,
     /// Peer's credit for this stream that has not been granted to the connection yet.
     send_avail: u64,
-    /// Granted to the connection and not yet come back as data.
+    /// Granted to the connection and not yet come back as data or handed back.
     granted: u64,
+    /// The connection has data to send; idle streams hold no credit.
+    wanting: bool,
     starving: bool,
     /// How much the peer may still send on this stream.
     recv_left: u64,
@@ -297,7 +301,7 @@ impl Tunnel {
         let Some(e) = self.streams.get_mut(&id) else {
             return;
         };
-        if !e.open || e.local_fin || e.granted >= GRANT_MAX / 2 {
+        if !e.open || !e.wanting || e.local_fin || e.granted >= GRANT_MAX / 2 {
             return;
         }
         let Some(conn) = e.conn.as_ref() else {
@@ -560,6 +564,7 @@ impl StreamEntry {
             local_fin: false,
             send_avail: 0,
             granted: 0,
+            wanting: false,
             starving: false,
             recv_left: u64::from(window),
             recv_unacked: 0,
@@ -725,6 +730,10 @@ impl Handler<RefuseStream> for Tunnel {
 pub enum FromConnection {
     /// The remote end reached its target: the stream is open.
     Dialed { stream: u32 },
+    /// The socket has data: the connection wants credit.
+    Want { stream: u32 },
+    /// Credit granted but not used: the socket ran dry.
+    Return { stream: u32, bytes: u64 },
     /// A DATA frame, header included, built against a grant.
     Data { stream: u32, frame: Bytes },
     /// End of the downstream socket's input.
@@ -753,6 +762,24 @@ impl Handler<FromConnection> for Tunnel {
                 self.bytes_sent += payload;
                 self.queue_data(frame, ctx);
                 self.grant(stream);
+            }
+            FromConnection::Want { stream } => {
+                if let Some(e) = self.streams.get_mut(&stream) {
+                    e.wanting = true;
+                    self.grant(stream);
+                }
+            }
+            FromConnection::Return { stream, bytes } => {
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                // Unused credit goes back to both windows it was carved from.
+                let bytes = bytes.min(e.granted);
+                e.granted -= bytes;
+                e.send_avail += bytes;
+                e.wanting = false;
+                self.send_window += bytes;
+                self.serve_starving();
             }
             FromConnection::Consumed { stream, bytes } => {
                 let window = u64::from(self.settings.stream_window);
