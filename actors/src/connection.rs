@@ -32,8 +32,8 @@ pub enum StreamEvent {
     Opened,
     /// Credit to read this many more bytes from the socket.
     Grant(u64),
-    /// Bytes from the far end, to be written to the socket.
-    Data(Bytes),
+    /// Bytes from the far end, to be written to the socket (decrypted here, in place).
+    Data(BytesMut),
     /// The far end will send no more: shut down our write side once the queue is written.
     Fin,
     /// The stream is gone (reset, refused, tunnel closed): drop the socket now.
@@ -377,17 +377,12 @@ impl Handler<StreamEvent> for Connection {
                     self.read_more(ctx);
                 }
             },
-            StreamEvent::Data(payload) => {
+            StreamEvent::Data(mut payload) => {
                 self.last_active = Instant::now();
-                let payload = match self.ciphers.as_mut() {
-                    Some((_, rx)) => {
-                        let mut plain = BytesMut::zeroed(payload.len());
-                        rx.apply_into(&payload, &mut plain);
-                        plain.freeze()
-                    }
-                    None => payload,
-                };
-                self.out.push_back(payload);
+                if let Some((_, rx)) = self.ciphers.as_mut() {
+                    rx.apply(&mut payload);
+                }
+                self.out.push_back(payload.freeze());
                 self.write_more(ctx);
             }
             StreamEvent::Fin => {

@@ -78,9 +78,10 @@ pub enum Frame {
         stream: u32,
         reason: String,
     },
+    /// Mutable so a keyed stream decrypts it in place.
     Data {
         stream: u32,
-        payload: Bytes,
+        payload: BytesMut,
     },
     Fin {
         stream: u32,
@@ -189,7 +190,17 @@ impl Frame {
         }
     }
 
-    fn decode_body(kind: u8, stream: u32, mut body: Bytes) -> Result<Frame, ProtocolError> {
+    fn decode_body(kind: u8, stream: u32, body: BytesMut) -> Result<Frame, ProtocolError> {
+        if kind == kind::DATA {
+            if body.is_empty() {
+                return Err(ProtocolError::Malformed("DATA"));
+            }
+            return Ok(Frame::Data {
+                stream,
+                payload: body,
+            });
+        }
+        let mut body = body.freeze();
         let frame = match kind {
             kind::OPEN => {
                 if body.is_empty() {
@@ -221,15 +232,6 @@ impl Frame {
                 stream,
                 reason: get_text(&mut body, "OPEN_FAIL")?,
             },
-            kind::DATA => {
-                if body.is_empty() {
-                    return Err(ProtocolError::Malformed("DATA"));
-                }
-                return Ok(Frame::Data {
-                    stream,
-                    payload: body,
-                });
-            }
             kind::FIN => Frame::Fin { stream },
             kind::RESET => Frame::Reset { stream },
             kind::WINDOW => {
@@ -294,7 +296,7 @@ impl Decoder for FrameCodec {
         }
         let stream = u32::from_be_bytes([src[5], src[6], src[7], src[8]]);
         src.advance(HEADER_LEN);
-        let body = src.split_to(len).freeze();
+        let body = src.split_to(len);
         Frame::decode_body(kind, stream, body).map(Some)
     }
 }
@@ -473,7 +475,7 @@ mod tests {
         });
         roundtrip(Frame::Data {
             stream: 3,
-            payload: Bytes::from_static(b"hello"),
+            payload: BytesMut::from(&b"hello"[..]),
         });
         roundtrip(Frame::Fin { stream: 3 });
         roundtrip(Frame::Reset { stream: 3 });

@@ -446,7 +446,7 @@ impl Tunnel {
         }
     }
 
-    fn on_data(&mut self, id: u32, payload: Bytes, ctx: &mut Context<Self>) {
+    fn on_data(&mut self, id: u32, payload: BytesMut, ctx: &mut Context<Self>) {
         let len = payload.len() as u64;
         if len > self.recv_left {
             self.fail(ctx, "peer overran the tunnel window".to_owned());

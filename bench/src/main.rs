@@ -5,13 +5,16 @@
 //!     cargo build --release && cargo run --release -p menet-bench [-- --quick]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+
+use futures_util::future::join_all;
 use std::thread;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream as Stream;
+use tokio::runtime::Runtime;
 
 use menet_actors::cipher::ServiceKey;
 
@@ -52,8 +55,8 @@ fn main() {
     println!("menet benchmark: two nodes on loopback, each measure beside direct loopback");
     println!("raw RC4 keystream, one core: {rc4:.0} MiB/s (the ceiling of one keyed stream)\n");
 
-    let bulk = serve(bulk_backend);
-    let echo = serve(echo_backend);
+    let rt = runtime();
+    let (bulk, echo, hold) = backends();
     let (a, b) = (Node::start(&menet), Node::start(&menet));
     a.post(
         "/tunnel",
@@ -67,6 +70,12 @@ fn main() {
         "{:<44} {:>12} {:>12} {:>7}",
         "measure", "direct", "menet", "ratio"
     );
+    if std::env::args().any(|a| a == "--connections-only") {
+        // For profiling the connection set-up path: a long run of that measure alone.
+        let m = connections_per_second(&rt, echoed, 32, Duration::from_secs(8));
+        println!("new connections/s: {m:.0}");
+        return;
+    }
     let row = |name: &str, direct: f64, menet: f64| {
         println!(
             "{name:<44} {direct:>12.1} {menet:>12.1} {:>7.2}",
@@ -75,8 +84,8 @@ fn main() {
     };
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
-            let d = throughput(bulk, streams, plan.bulk_plain, upload);
-            let m = throughput(plain, streams, plan.bulk_plain, upload);
+            let d = throughput(&rt, bulk, streams, plan.bulk_plain, upload);
+            let m = throughput(&rt, plain, streams, plan.bulk_plain, upload);
             row(
                 &format!("bulk {streams} stream(s) {dir}, plaintext (MiB/s)"),
                 d,
@@ -86,7 +95,7 @@ fn main() {
     }
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
-            let m = throughput(keyed, streams, plan.bulk_keyed, upload);
+            let m = throughput(&rt, keyed, streams, plan.bulk_keyed, upload);
             row(
                 &format!("bulk {streams} stream(s) {dir}, keyed vs RC4 (MiB/s)"),
                 rc4,
@@ -101,16 +110,22 @@ fn main() {
     println!("{:<44} {:>12.1}", "  added p99 latency (us)", m99 - d99);
     row(
         "requests/s, 32 keep-alive connections",
-        requests_per_second(echo, 32, plan.window),
-        requests_per_second(echoed, 32, plan.window),
+        requests_per_second(&rt, echo, 32, plan.window),
+        requests_per_second(&rt, echoed, 32, plan.window),
     );
     row(
-        "new connections/s (connect, 32 B echo, close)",
-        connections_per_second(echo, 8, plan.window),
-        connections_per_second(echoed, 8, plan.window),
+        "new connections/s, 32 clients (32 B echo)",
+        connections_per_second(&rt, echo, 32, plan.window),
+        connections_per_second(&rt, echoed, 32, plan.window),
     );
 
-    let hold = serve(hold_backend);
+    // Fresh nodes: memory freed by the bulk runs above would hide what connections cost.
+    drop((a, b));
+    let (a, b) = (Node::start(&menet), Node::start(&menet));
+    a.post(
+        "/tunnel",
+        &format!(r#"{{"name":"t","dest":["127.0.0.1","{}"]}}"#, b.tunnel),
+    );
     let held = a.carry(&b, "hold", None, hold);
     let per_conn = idle_memory(&a, &b, held, plan.idle_conns);
     println!(
@@ -250,117 +265,144 @@ impl Drop for Node {
     }
 }
 
-/// Starts a thread-per-connection backend.
-fn serve(handler: fn(TcpStream)) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
+#[derive(Clone, Copy)]
+enum Backend {
+    /// 'U': swallow until EOF, answer the count. 'D' + u64: send that many bytes, then close.
+    Bulk,
+    Echo,
+    /// Answers one byte, then holds the connection open until the client closes it.
+    Hold,
+}
+
+/// Starts the backends on one thread of their own (one async runtime), so that the load they add
+/// is the same for the direct and the tunnelled measures.
+fn backends() -> (SocketAddr, SocketAddr, SocketAddr) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listeners = [
+        (bind(), Backend::Bulk),
+        (bind(), Backend::Echo),
+        (bind(), Backend::Hold),
+    ];
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|(l, _)| l.local_addr().expect("addr"))
+        .collect();
     thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let _ = conn.set_nodelay(true);
-            thread::Builder::new()
-                .stack_size(128 * 1024)
-                .spawn(move || handler(conn))
-                .ok();
-        }
+        runtime().block_on(async move {
+            for (l, kind) in listeners {
+                l.set_nonblocking(true).expect("nonblocking");
+                let l = tokio::net::TcpListener::from_std(l).expect("listener");
+                tokio::spawn(async move {
+                    while let Ok((s, _)) = l.accept().await {
+                        let _ = s.set_nodelay(true);
+                        tokio::spawn(backend(kind, s));
+                    }
+                });
+            }
+            std::future::pending::<()>().await
+        })
     });
-    addr
+    (addrs[0], addrs[1], addrs[2])
 }
 
-/// 'U': swallow until EOF, answer the count. 'D' + u64: send that many bytes, then close.
-fn bulk_backend(mut s: TcpStream) {
-    let mut cmd = [0u8; 1];
-    if s.read_exact(&mut cmd).is_err() {
-        return;
-    }
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn backend(kind: Backend, mut s: Stream) {
     let mut buf = vec![0u8; CHUNK];
-    if cmd[0] == b'U' {
-        let mut total = 0u64;
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
+    match kind {
+        Backend::Bulk => {
+            let Ok(cmd) = s.read_u8().await else { return };
+            if cmd == b'U' {
+                let mut total = 0u64;
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                let _ = s.write_all(&total.to_be_bytes()).await;
+            } else {
+                let Ok(mut left) = s.read_u64().await else {
+                    return;
+                };
+                while left > 0 {
+                    let n = left.min(CHUNK as u64) as usize;
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+                let _ = s.shutdown().await;
             }
-            total += n as u64;
         }
-        let _ = s.write_all(&total.to_be_bytes());
-    } else {
-        let mut len = [0u8; 8];
-        if s.read_exact(&mut len).is_err() {
-            return;
-        }
-        let mut left = u64::from_be_bytes(len);
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            if s.write_all(&buf[..n]).is_err() {
-                return;
+        Backend::Echo => {
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
             }
-            left -= n as u64;
         }
-        let _ = s.shutdown(Shutdown::Write);
-    }
-}
-
-fn echo_backend(mut s: TcpStream) {
-    let mut buf = vec![0u8; 16 * 1024];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 || s.write_all(&buf[..n]).is_err() {
-            break;
+        Backend::Hold => {
+            if let Ok(b) = s.read_u8().await {
+                if s.write_u8(b).await.is_ok() {
+                    let _ = s.read(&mut buf).await;
+                }
+            }
         }
-    }
-}
-
-/// Answers one byte, then holds the connection open until the client closes it.
-fn hold_backend(mut s: TcpStream) {
-    let mut b = [0u8; 1];
-    if s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {
-        let _ = s.read(&mut b);
     }
 }
 
 /// MiB/s over `streams` parallel connections moving `total` bytes in all.
-fn throughput(addr: SocketAddr, streams: usize, total: u64, upload: bool) -> f64 {
+fn throughput(rt: &Runtime, addr: SocketAddr, streams: usize, total: u64, upload: bool) -> f64 {
     let each = total / streams as u64;
     let started = Instant::now();
-    let workers: Vec<_> = (0..streams)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).expect("connect");
-                let buf = vec![0x5au8; CHUNK];
-                if upload {
-                    s.write_all(b"U").expect("cmd");
-                    let mut left = each;
-                    while left > 0 {
-                        let n = left.min(CHUNK as u64) as usize;
-                        s.write_all(&buf[..n]).expect("upload");
-                        left -= n as u64;
-                    }
-                    s.shutdown(Shutdown::Write).expect("half-close");
-                    let mut count = [0u8; 8];
-                    s.read_exact(&mut count).expect("count");
-                    assert_eq!(u64::from_be_bytes(count), each, "upload lost bytes");
-                } else {
-                    s.write_all(b"D").expect("cmd");
-                    s.write_all(&each.to_be_bytes()).expect("len");
-                    let mut buf = buf;
-                    let mut got = 0u64;
-                    loop {
-                        let n = s.read(&mut buf).expect("download");
-                        if n == 0 {
-                            break;
-                        }
-                        got += n as u64;
-                    }
-                    assert_eq!(got, each, "download lost bytes");
+    rt.block_on(join_all((0..streams).map(|_| async move {
+        let mut s = dial(addr).await;
+        let mut buf = vec![0x5au8; CHUNK];
+        if upload {
+            s.write_u8(b'U').await.expect("cmd");
+            let mut left = each;
+            while left > 0 {
+                let n = left.min(CHUNK as u64) as usize;
+                s.write_all(&buf[..n]).await.expect("upload");
+                left -= n as u64;
+            }
+            s.shutdown().await.expect("half-close");
+            assert_eq!(
+                s.read_u64().await.expect("count"),
+                each,
+                "upload lost bytes"
+            );
+        } else {
+            s.write_u8(b'D').await.expect("cmd");
+            s.write_u64(each).await.expect("len");
+            let mut got = 0u64;
+            loop {
+                let n = s.read(&mut buf).await.expect("download");
+                if n == 0 {
+                    break;
                 }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("stream");
-    }
+                got += n as u64;
+            }
+            assert_eq!(got, each, "download lost bytes");
+        }
+    })));
     (each * streams as u64) as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// p50 and p99 in microseconds of a 64-byte request/response on one connection.
+async fn dial(addr: SocketAddr) -> Stream {
+    let s = Stream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+/// p50 and p99 in microseconds of a 64-byte request/response on one connection, from a plain
+/// blocking socket (the least client overhead).
 fn latency(addr: SocketAddr, pings: usize) -> (f64, f64) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).expect("nodelay");
@@ -380,64 +422,48 @@ fn latency(addr: SocketAddr, pings: usize) -> (f64, f64) {
     (pct(0.50), pct(0.99))
 }
 
-fn requests_per_second(addr: SocketAddr, conns: usize, window: Duration) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..conns)
-        .map(|_| {
-            let (done, stop) = (done.clone(), stop.clone());
-            thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).expect("connect");
-                s.set_nodelay(true).expect("nodelay");
-                let req = [1u8; 128];
-                let mut resp = [0u8; 128];
-                while !stop.load(Ordering::Relaxed) {
-                    s.write_all(&req).expect("request");
-                    s.read_exact(&mut resp).expect("response");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+/// Requests per second over `conns` keep-alive connections, 128-byte request and response.
+fn requests_per_second(rt: &Runtime, addr: SocketAddr, conns: usize, window: Duration) -> f64 {
+    let deadline = Instant::now() + window;
     let started = Instant::now();
-    thread::sleep(window);
-    let n = done.load(Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("worker");
-    }
-    n as f64 / secs
+    let done: u64 = rt
+        .block_on(join_all((0..conns).map(|_| async move {
+            let mut s = dial(addr).await;
+            let req = [1u8; 128];
+            let mut resp = [0u8; 128];
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                s.write_all(&req).await.expect("request");
+                s.read_exact(&mut resp).await.expect("response");
+                n += 1;
+            }
+            n
+        })))
+        .into_iter()
+        .sum();
+    done as f64 / started.elapsed().as_secs_f64()
 }
 
-fn connections_per_second(addr: SocketAddr, workers: usize, window: Duration) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..workers)
-        .map(|_| {
-            let (done, stop) = (done.clone(), stop.clone());
-            thread::spawn(move || {
-                let req = [3u8; 32];
-                let mut resp = [0u8; 32];
-                while !stop.load(Ordering::Relaxed) {
-                    let mut s = TcpStream::connect(addr).expect("connect");
-                    s.set_nodelay(true).expect("nodelay");
-                    s.write_all(&req).expect("request");
-                    s.read_exact(&mut resp).expect("response");
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+/// New connections per second from `workers` concurrent clients: connect, 32-byte echo, close.
+fn connections_per_second(rt: &Runtime, addr: SocketAddr, workers: usize, window: Duration) -> f64 {
+    let deadline = Instant::now() + window;
     let started = Instant::now();
-    thread::sleep(window);
-    let n = done.load(Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().expect("worker");
-    }
-    n as f64 / secs
+    let done: u64 = rt
+        .block_on(join_all((0..workers).map(|_| async move {
+            let req = [3u8; 32];
+            let mut resp = [0u8; 32];
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let mut s = dial(addr).await;
+                s.write_all(&req).await.expect("request");
+                s.read_exact(&mut resp).await.expect("response");
+                n += 1;
+            }
+            n
+        })))
+        .into_iter()
+        .sum();
+    done as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Resident memory both nodes gain per connection held open through the tunnel, in KiB.
@@ -453,9 +479,9 @@ fn idle_memory(a: &Node, b: &Node, addr: SocketAddr, count: usize) -> f64 {
             })
             .collect()
     };
-    // Warm the allocators with a round of the same size first.
-    drop(open(count));
-    thread::sleep(Duration::from_millis(500));
+    // A few first connections set up what every node sets up once.
+    drop(open(10));
+    thread::sleep(Duration::from_millis(300));
     let before = a.rss_kib() + b.rss_kib();
     let held = open(count);
     thread::sleep(Duration::from_millis(500));
