@@ -1,6 +1,5 @@
 //! Socket helpers shared by the tunnel and connection actors.
 
-use std::cell::RefCell;
 use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -48,30 +47,32 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-thread_local! {
-    /// One read buffer per thread: an idle connection holds no buffer at all, and each chunk read
-    /// is copied once into an allocation of exactly its size (with room for the frame header).
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATA].into_boxed_slice());
-}
-
 /// Reads at most `max` bytes that are ready now into a new DATA frame for `stream` (payload at
 /// [`HEADER_LEN`]): `Ok(None)` at end of stream, `WouldBlock` when nothing is ready.
+///
+/// The socket is read straight into the frame. A short read is moved to a buffer of its own size,
+/// so a queued frame never holds more than twice its bytes, and an idle connection holds nothing.
 pub fn try_read_data_frame(
     rd: &OwnedReadHalf,
     stream: u32,
     max: usize,
 ) -> io::Result<Option<BytesMut>> {
     let max = max.clamp(1, MAX_DATA);
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        match rd.try_read(&mut scratch[..max])? {
-            0 => Ok(None),
-            n => {
-                let mut frame = BytesMut::with_capacity(HEADER_LEN + n);
-                put_data_header(&mut frame, stream, n);
-                frame.extend_from_slice(&scratch[..n]);
-                Ok(Some(frame))
-            }
-        }
-    })
+    let mut frame = BytesMut::with_capacity(HEADER_LEN + max);
+    put_data_header(&mut frame, stream, max);
+    let mut payload = frame.split_off(HEADER_LEN);
+    let n = rd.try_read_buf(&mut payload)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if (HEADER_LEN + n) * 2 < frame.capacity() + payload.capacity() + HEADER_LEN {
+        let mut exact = BytesMut::with_capacity(HEADER_LEN + n);
+        put_data_header(&mut exact, stream, n);
+        exact.extend_from_slice(&payload);
+        return Ok(Some(exact));
+    }
+    frame.clear();
+    put_data_header(&mut frame, stream, n);
+    frame.unsplit(payload);
+    Ok(Some(frame))
 }

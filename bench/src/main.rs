@@ -82,26 +82,37 @@ fn main() {
             menet / direct
         );
     };
+    let mut cpu_rows: Vec<(String, u64, u64)> = Vec::new();
+    // Node CPU time spent on one tunnelled run, beside what it moved.
+    let mut tunnelled =
+        |addr: SocketAddr, streams: usize, bytes: u64, upload: bool, name: String| {
+            let before = a.cpu_ms() + b.cpu_ms();
+            let m = throughput(&rt, addr, streams, bytes, upload);
+            cpu_rows.push((name, a.cpu_ms() + b.cpu_ms() - before, bytes));
+            m
+        };
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
             let d = throughput(&rt, bulk, streams, plan.bulk_plain, upload);
-            let m = throughput(&rt, plain, streams, plan.bulk_plain, upload);
-            row(
-                &format!("bulk {streams} stream(s) {dir}, plaintext (MiB/s)"),
-                d,
-                m,
-            );
+            let name = format!("bulk {streams} stream(s) {dir}, plaintext");
+            let m = tunnelled(plain, streams, plan.bulk_plain, upload, name.clone());
+            row(&format!("{name} (MiB/s)"), d, m);
         }
     }
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
-            let m = throughput(&rt, keyed, streams, plan.bulk_keyed, upload);
-            row(
-                &format!("bulk {streams} stream(s) {dir}, keyed vs RC4 (MiB/s)"),
-                rc4,
-                m,
-            );
+            let name = format!("bulk {streams} stream(s) {dir}, keyed");
+            let m = tunnelled(keyed, streams, plan.bulk_keyed, upload, name.clone());
+            row(&format!("{name} vs RC4 (MiB/s)"), rc4, m);
         }
+    }
+    for (name, ms, bytes) in &cpu_rows {
+        let per_gib = *ms as f64 / (*bytes as f64 / (1u64 << 30) as f64);
+        println!(
+            "{:<44} {:>12} {per_gib:>12.0}",
+            format!("  CPU ms/GiB, both nodes: {}", &name[5..]),
+            "-"
+        );
     }
     let (d50, d99) = latency(echo, plan.pings);
     let (m50, m99) = latency(echoed, plan.pings);
@@ -245,6 +256,22 @@ impl Node {
             &format!(r#"{{"tunnel":"t","service":"{name}","type":"remote"}}"#),
         );
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// CPU time (user + system) the process has used, in ms.
+    fn cpu_ms(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+        let rest = stat.rsplit(')').next().unwrap_or_default();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        ticks * 1000 / hz
     }
 
     fn rss_kib(&self) -> u64 {
