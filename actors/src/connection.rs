@@ -18,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::cipher::Keystream;
-use crate::io::{try_read_data_frame, write_all_vectored};
+use crate::io::{try_read_data_frame, write_all_vectored, Chunk};
 use crate::protocol::{HEADER_LEN, MAX_DATA};
 use crate::tunnel::{FromConnection, Tunnel};
 
@@ -158,21 +158,19 @@ impl Connection {
                 return;
             };
             match try_read_data_frame(reader, stream, max) {
-                Ok(Some(frame)) => self.send_frame(stream, frame),
-                Ok(None) => {
+                Ok(Chunk::Frame { frame, drained }) => {
+                    self.send_frame(stream, frame);
+                    if drained {
+                        self.hand_back(stream);
+                    }
+                }
+                Ok(Chunk::Eof) => {
                     self.read_done = true;
                     self.report(FromConnection::Fin { stream });
                     self.finish_if_done(ctx);
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let unused = std::mem::take(&mut self.grant);
-                    self.report(FromConnection::Return {
-                        stream,
-                        bytes: unused,
-                    });
-                    self.wanting = false;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.hand_back(stream),
                 Err(e) => {
                     self.abort(ctx, format!("read failed: {e}"));
                     return;
@@ -182,6 +180,18 @@ impl Connection {
         if !self.wanting {
             self.watch(ctx);
         }
+    }
+
+    /// The socket ran dry: give the unused grant back and stop wanting.
+    fn hand_back(&mut self, stream: u32) {
+        let unused = std::mem::take(&mut self.grant);
+        if unused > 0 {
+            self.report(FromConnection::Return {
+                stream,
+                bytes: unused,
+            });
+        }
+        self.wanting = false;
     }
 
     /// Waits until the socket is readable, then asks the tunnel for credit.

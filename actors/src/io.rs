@@ -3,6 +3,7 @@
 use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::Interest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 
@@ -47,32 +48,58 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads at most `max` bytes that are ready now into a new DATA frame for `stream` (payload at
-/// [`HEADER_LEN`]): `Ok(None)` at end of stream, `WouldBlock` when nothing is ready.
+/// What one read of a downstream socket gave.
+pub enum Chunk {
+    /// A DATA frame (payload at [`HEADER_LEN`]); `drained` when the read came up short, so the
+    /// socket had nothing more.
+    Frame {
+        frame: BytesMut,
+        drained: bool,
+    },
+    Eof,
+}
+
+/// Reads at most `max` bytes that are ready now into a new DATA frame for `stream`; `WouldBlock`
+/// when nothing is ready.
 ///
 /// The socket is read straight into the frame. A short read is moved to a buffer of its own size,
 /// so a queued frame never holds more than twice its bytes, and an idle connection holds nothing.
-pub fn try_read_data_frame(
-    rd: &OwnedReadHalf,
-    stream: u32,
-    max: usize,
-) -> io::Result<Option<BytesMut>> {
+/// A short read also clears the socket's readiness (through `try_io`, which keeps it if data came
+/// in meanwhile), which saves the read that would only say `EAGAIN`.
+pub fn try_read_data_frame(rd: &OwnedReadHalf, stream: u32, max: usize) -> io::Result<Chunk> {
     let max = max.clamp(1, MAX_DATA);
     let mut frame = BytesMut::with_capacity(HEADER_LEN + max);
     put_data_header(&mut frame, stream, max);
     let mut payload = frame.split_off(HEADER_LEN);
-    let n = rd.try_read_buf(&mut payload)?;
+    let mut got = None;
+    let result = rd.as_ref().try_io(Interest::READABLE, || {
+        let n = rd.try_read_buf(&mut payload)?;
+        got = Some(n);
+        if n > 0 && n < max {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    let n = match (got, result) {
+        (Some(n), _) => n,
+        (None, Err(e)) => return Err(e),
+        (None, Ok(n)) => n,
+    };
     if n == 0 {
-        return Ok(None);
+        return Ok(Chunk::Eof);
     }
-    if (HEADER_LEN + n) * 2 < frame.capacity() + payload.capacity() + HEADER_LEN {
+    let drained = n < max;
+    if (HEADER_LEN + n) * 2 < HEADER_LEN + max {
         let mut exact = BytesMut::with_capacity(HEADER_LEN + n);
         put_data_header(&mut exact, stream, n);
         exact.extend_from_slice(&payload);
-        return Ok(Some(exact));
+        return Ok(Chunk::Frame {
+            frame: exact,
+            drained,
+        });
     }
     frame.clear();
     put_data_header(&mut frame, stream, n);
     frame.unsplit(payload);
-    Ok(Some(frame))
+    Ok(Chunk::Frame { frame, drained })
 }

@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -70,6 +71,12 @@ fn main() {
         "{:<44} {:>12} {:>12} {:>7}",
         "measure", "direct", "menet", "ratio"
     );
+    if std::env::args().any(|a| a == "--requests-only") {
+        // For profiling the request/response path: a long run of that measure alone.
+        let m = requests_per_second(&rt, echoed, 32, Duration::from_secs(8));
+        println!("requests/s: {m:.0}");
+        return;
+    }
     if std::env::args().any(|a| a == "--connections-only") {
         // For profiling the connection set-up path: a long run of that measure alone.
         let m = connections_per_second(&rt, echoed, 32, Duration::from_secs(8));
@@ -188,14 +195,20 @@ struct Node {
 
 impl Node {
     fn start(menet: &PathBuf) -> Node {
-        let mut child = Command::new(menet)
-            .args(["--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
+        let mut cmd = Command::new(menet);
+        cmd.args(["--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
             .args(["--config", "/dev/null"])
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start menet");
+            .stdout(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it makes the node die with the benchmark.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start menet");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let (mut admin, mut tunnel) = (None, None);
         while admin.is_none() || tunnel.is_none() {
