@@ -43,6 +43,8 @@ const GRANT_MAX: u64 = 128 * 1024;
 const WRITE_BATCH: usize = 256 * 1024;
 /// Control frames a peer can make us queue (pongs, window updates) while not reading them.
 const MAX_CONTROL_QUEUE: usize = 1 << 20;
+/// Most credit a peer may extend, per stream or per tunnel.
+const MAX_CREDIT: u64 = 1 << 32;
 /// Streams one tunnel carries at once.
 pub const MAX_STREAMS: usize = 1 << 16;
 /// How long a closing tunnel may take to flush its goodbye.
@@ -380,16 +382,24 @@ impl Tunnel {
         match frame {
             Frame::Data { stream, payload } => self.on_data(stream, payload, ctx),
             Frame::Window { stream, increment } => {
+                // Credit past 4 GiB is a broken or hostile peer: windows are at most 1 GiB.
                 let inc = u64::from(increment);
                 if stream == TUNNEL_STREAM {
                     self.send_window += inc;
-                    if self.send_window > 1 << 32 {
+                    if self.send_window > MAX_CREDIT {
                         self.fail(ctx, "peer overflowed the tunnel window".to_owned());
                         return;
                     }
                     self.serve_starving();
                 } else if let Some(e) = self.streams.get_mut(&stream) {
                     e.send_avail += inc;
+                    if e.send_avail + e.granted > MAX_CREDIT {
+                        self.fail(
+                            ctx,
+                            format!("peer overflowed the window of stream {stream}"),
+                        );
+                        return;
+                    }
                     self.grant(stream);
                 }
             }
