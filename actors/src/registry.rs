@@ -88,8 +88,9 @@ pub struct ServiceSpec {
 pub struct Registry {
     settings: Settings,
     tunnels: BTreeMap<String, TunnelEntry>,
-    /// Latest dial under way per tunnel name; a later request or a DELETE supersedes it.
-    dialing: HashMap<String, u64>,
+    /// Latest dial under way per tunnel name (generation, destination); a later request or a
+    /// DELETE supersedes it.
+    dialing: HashMap<String, (u64, SocketAddr)>,
     local: BTreeMap<String, LocalService>,
     remote: BTreeMap<String, RemoteService>,
     binds: BTreeMap<Side, BTreeMap<String, String>>,
@@ -163,7 +164,11 @@ impl Registry {
             info!("tunnel {name}: replaced by a new connection");
             old_actor.do_send(CloseTunnel { goodbye: None });
         }
-        info!("tunnel {name} up ({role:?})");
+        let role = match role {
+            Role::Dialer => "dialled",
+            Role::Acceptor => "accepted",
+        };
+        info!("tunnel {name} up ({role})");
     }
 
     fn snapshot_config(&self) -> Value {
@@ -258,7 +263,8 @@ impl Handler<AddTunnel> for Registry {
 
     fn handle(&mut self, msg: AddTunnel, _ctx: &mut Self::Context) -> Self::Result {
         let generation = self.next_generation();
-        self.dialing.insert(msg.name.clone(), generation);
+        self.dialing
+            .insert(msg.name.clone(), (generation, msg.dest));
         info!("tunnel {}: dialing {}", msg.name, msg.dest);
         let (name, dest) = (msg.name, msg.dest);
         let limit = self.settings.dial_timeout;
@@ -268,7 +274,7 @@ impl Handler<AddTunnel> for Registry {
             async move { tokio::time::timeout(limit, tunnel::dial(dest, &dial_name, windows)).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| {
-                    if act.dialing.get(&name) != Some(&generation) {
+                    if act.dialing.get(&name).map(|d| d.0) != Some(generation) {
                         return Err(AdminError::Conflict(format!(
                             "tunnel {name}: superseded by a later request while dialing"
                         )));
