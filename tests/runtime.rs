@@ -46,7 +46,7 @@ fn unbind_rebind_and_move_leave_live_connections_alone() {
         "POST",
         "/service",
         &format!(
-            r#"{{"name":"service1", "key":"k", "type": "local", "addr":["127.0.0.1", "{port}"]}}"#
+            r#"{{"name":"service1", "key":"k", "type": "local", "addr":["0.0.0.0", "{port}"]}}"#
         ),
     );
     assert!(
@@ -56,6 +56,30 @@ fn unbind_rebind_and_move_leave_live_connections_alone() {
     let moved = SocketAddr::from(([127, 0, 0, 1], port));
     assert_eq!(roundtrip(moved, b"moved"), b"moved");
     echo_once(&mut live, 3);
+
+    // Same port, another address (0.0.0.0 to 127.0.0.1): the service's own old listener is
+    // what holds the port, so it is released first.
+    a.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"service1", "key":"k", "type": "local", "addr":["127.0.0.1", "{port}"]}}"#
+        ),
+    );
+    assert_eq!(roundtrip(moved, b"narrowed"), b"narrowed");
+    // Widening back to 0.0.0.0 while someone else holds 127.0.0.2 on that port: refused, and
+    // the service keeps listening where it was.
+    let squatter = std::net::TcpListener::bind(("127.0.0.2", port)).expect("bind");
+    let (status, reply) = a.request(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"service1", "key":"k", "type": "local", "addr":["0.0.0.0", "{port}"]}}"#
+        ),
+    );
+    assert_eq!(status, 409, "{reply}");
+    assert_eq!(roundtrip(moved, b"kept"), b"kept");
+    drop(squatter);
 
     // Moved back at once: the port is free again (no race with the old listener).
     a.ok(
@@ -70,14 +94,7 @@ fn unbind_rebind_and_move_leave_live_connections_alone() {
 
     // Another tunnel and another service added meanwhile disturb nothing.
     let c = Node::start();
-    a.ok(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel2", "dest":["127.0.0.1", "{}"]}}"#,
-            c.tunnel.port()
-        ),
-    );
+    dial(&a, &c, "tunnel2");
     let other = free_port();
     a.ok(
         "POST",
@@ -116,14 +133,7 @@ fn deleting_a_tunnel_closes_its_connections_on_both_ends_and_it_can_be_recreated
     assert!(closed_within(&mut refused, Duration::from_secs(2)));
 
     // Recreated: binds were kept, traffic flows again.
-    a.ok(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
-            b.tunnel.port()
-        ),
-    );
+    dial(&a, &b, "tunnel1");
     assert_eq!(roundtrip(local, b"recreated"), b"recreated");
 }
 
@@ -132,14 +142,7 @@ fn replacing_a_tunnel_by_name_keeps_serving() {
     let backend = Backend::echo();
     let (a, b) = (Node::start(), Node::start());
     let local = wire(&a, &b, backend.addr, None);
-    a.ok(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
-            b.tunnel.port()
-        ),
-    );
+    dial(&a, &b, "tunnel1");
     assert_eq!(roundtrip(local, b"replaced"), b"replaced");
     assert!(eventually(Duration::from_secs(2), || b.config()["tunnels"]
         ["tunnel1"]["state"]

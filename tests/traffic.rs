@@ -65,43 +65,10 @@ fn seed_scenario_serves_http_byte_exact() {
 fn reverse_dial_carries_the_service() {
     let backend = Backend::echo();
     let (a, b) = (Node::start(), Node::start());
-    b.ok(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel1", "dest":["127.0.0.1", {}]}}"#,
-            a.tunnel.port()
-        ),
-    );
-    let port = free_port();
-    a.ok(
-        "POST",
-        "/service",
-        &format!(r#"{{"name":"s", "type":"local", "addr":["127.0.0.1", {port}]}}"#),
-    );
-    b.ok(
-        "POST",
-        "/service",
-        &format!(
-            r#"{{"name":"s", "type":"remote", "addr":["127.0.0.1", {}]}}"#,
-            backend.addr.port()
-        ),
-    );
-    a.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel":"tunnel1","service":"s","type":"local"}"#,
-    );
-    b.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel":"tunnel1","service":"s","type":"remote"}"#,
-    );
+    dial(&b, &a, "tunnel1");
+    let local = carry(&a, &b, "tunnel1", "s", None, backend.addr);
     let data = pattern(300_000, 1);
-    assert_eq!(
-        roundtrip(SocketAddr::from(([127, 0, 0, 1], port)), &data),
-        data
-    );
+    assert_eq!(roundtrip(local, &data), data);
     assert_eq!(a.config()["tunnels"]["tunnel1"]["role"], "acceptor");
 }
 
@@ -111,36 +78,10 @@ fn one_tunnel_carries_services_in_both_directions() {
     let (echo_a, echo_b) = (Backend::echo(), Backend::echo());
     let (a, b) = (Node::start(), Node::start());
     let to_b = wire(&a, &b, echo_b.addr, None);
-    let port = free_port();
-    b.ok(
-        "POST",
-        "/service",
-        &format!(r#"{{"name":"back", "key":"k2", "type":"local", "addr":["127.0.0.1", {port}]}}"#),
-    );
-    a.ok(
-        "POST",
-        "/service",
-        &format!(
-            r#"{{"name":"back", "key":"k2", "type":"remote", "addr":["127.0.0.1", {}]}}"#,
-            echo_a.addr.port()
-        ),
-    );
-    b.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel":"tunnel1","service":"back","type":"local"}"#,
-    );
-    a.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel":"tunnel1","service":"back","type":"remote"}"#,
-    );
+    let to_a = carry(&b, &a, "tunnel1", "back", Some("k2"), echo_a.addr);
     let data = pattern(100_000, 2);
     assert_eq!(roundtrip(to_b, &data), data);
-    assert_eq!(
-        roundtrip(SocketAddr::from(([127, 0, 0, 1], port)), &data),
-        data
-    );
+    assert_eq!(roundtrip(to_a, &data), data);
 }
 
 #[test]
@@ -202,38 +143,16 @@ fn no_plaintext_of_a_keyed_service_crosses_the_tunnel() {
             relay.port()
         ),
     );
-    let plain_port = free_port();
-    let keyed_port = free_port();
-    for (name, key, port) in [
-        ("plain", "", plain_port),
-        ("keyed", "UHI@&s8sa*S", keyed_port),
-    ] {
-        a.ok(
-            "POST",
-            "/service",
-            &format!(r#"{{"name":"{name}", "key":"{key}", "type":"local", "addr":["127.0.0.1", {port}]}}"#),
-        );
-        b.ok(
-            "POST",
-            "/service",
-            &format!(
-                r#"{{"name":"{name}", "key":"{key}", "type":"remote", "addr":["127.0.0.1", {}]}}"#,
-                backend.addr.port()
-            ),
-        );
-        a.ok(
-            "POST",
-            "/bind",
-            &format!(r#"{{"tunnel":"tunnel1","service":"{name}","type":"local"}}"#),
-        );
-        b.ok(
-            "POST",
-            "/bind",
-            &format!(r#"{{"tunnel":"tunnel1","service":"{name}","type":"remote"}}"#),
-        );
-    }
+    let keyed = carry(
+        &a,
+        &b,
+        "tunnel1",
+        "keyed",
+        Some("UHI@&s8sa*S"),
+        backend.addr,
+    );
+    let plain = carry(&a, &b, "tunnel1", "plain", None, backend.addr);
     let secret = b"THE-PLAINTEXT-MARKER-0123456789".repeat(64);
-    let keyed = SocketAddr::from(([127, 0, 0, 1], keyed_port));
     assert_eq!(roundtrip(keyed, &secret), secret);
     let seen = wire_log.lock().expect("lock").clone();
     assert!(
@@ -241,7 +160,6 @@ fn no_plaintext_of_a_keyed_service_crosses_the_tunnel() {
         "keyed plaintext crossed the tunnel"
     );
 
-    let plain = SocketAddr::from(([127, 0, 0, 1], plain_port));
     assert_eq!(roundtrip(plain, &secret), secret);
     let seen = wire_log.lock().expect("lock").clone();
     assert!(

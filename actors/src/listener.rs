@@ -101,6 +101,17 @@ impl Handler<StopListener> for Listener {
     }
 }
 
+/// Registry -> listener: the shared socket is a new one; poll it so that it wakes this actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SocketReplaced;
+
+impl Handler<SocketReplaced> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, _: SocketReplaced, _ctx: &mut Self::Context) {}
+}
+
 /// Accepts tunnels on the tunnel port: each dialer gets `settings.handshake_timeout` to say hello,
 /// then the Registry takes the tunnel.
 pub fn serve_tunnel_port(listener: TcpListener, registry: Addr<Registry>, settings: Settings) {

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::cipher::{stream_pair, ServiceKey};
 use crate::connection::Connection;
-use crate::listener::{self, Listener, SharedSocket, StopListener};
+use crate::listener::{self, Listener, SharedSocket, SocketReplaced, StopListener};
 use crate::protocol::{KeyedOpen, Windows};
 use crate::tunnel::{
     self, AttachStream, CloseService, CloseTunnel, OpenStream, RefuseStream, Role, Snapshot,
@@ -242,6 +242,52 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The listening socket for a local service (new, or moving). The new address is bound before
+    /// the old one is let go, so a refusal keeps the old; only when the service's own old listener
+    /// is what holds the port (0.0.0.0:P to 127.0.0.1:P, say) is it released first, and restored
+    /// if the new address still cannot be bound.
+    fn rebind(&mut self, spec: &ServiceSpec) -> Result<tokio::net::TcpListener, AdminError> {
+        let refused = |e: std::io::Error| {
+            let msg = format!("service {}: cannot listen on {}: {e}", spec.name, spec.addr);
+            warn!("{msg}");
+            if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+                AdminError::Invalid(msg)
+            } else {
+                AdminError::Conflict(msg)
+            }
+        };
+        let err = match listener::bind(spec.addr) {
+            Ok(socket) => return Ok(socket),
+            Err(e) => e,
+        };
+        let Some(old) = self.local.get(&spec.name) else {
+            return Err(refused(err));
+        };
+        if err.kind() != std::io::ErrorKind::AddrInUse || old.addr.port() != spec.addr.port() {
+            return Err(refused(err));
+        }
+        let released = old.socket.borrow_mut().take();
+        drop(released);
+        match listener::bind(spec.addr) {
+            Ok(socket) => Ok(socket),
+            Err(e) => {
+                match listener::bind(old.addr) {
+                    Ok(back) => {
+                        *old.socket.borrow_mut() = Some(back);
+                        old.listener.do_send(SocketReplaced);
+                    }
+                    Err(e) => warn!(
+                        "service {}: lost its listener on {} while moving: {e}",
+                        spec.name, old.addr
+                    ),
+                }
+                Err(refused(e))
+            }
+        }
+    }
+}
+
 impl Actor for Registry {
     type Context = Context<Self>;
 
@@ -367,16 +413,7 @@ impl Handler<AddService> for Registry {
                         return Ok(());
                     }
                 }
-                // Bind the new port before letting go of the old one: a refusal keeps the old.
-                let socket = listener::bind(spec.addr).map_err(|e| {
-                    let msg = format!("service {}: cannot listen on {}: {e}", spec.name, spec.addr);
-                    warn!("{msg}");
-                    if e.kind() == std::io::ErrorKind::AddrNotAvailable {
-                        AdminError::Invalid(msg)
-                    } else {
-                        AdminError::Conflict(msg)
-                    }
-                })?;
+                let socket = self.rebind(&spec)?;
                 let socket: SharedSocket = Rc::new(RefCell::new(Some(socket)));
                 let listener =
                     Listener::new(spec.name.clone(), ctx.address(), socket.clone()).start();

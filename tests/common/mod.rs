@@ -185,44 +185,58 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Two nodes with `service1` carried over `tunnel1` from A (local, listening on `port`) to B
-/// (remote, `target`). Returns the local service's address.
-pub fn wire(a: &Node, b: &Node, target: SocketAddr, key: Option<&str>) -> SocketAddr {
-    a.ok(
+/// `POST /tunnel` on `from`, dialling `to`'s tunnel port.
+pub fn dial(from: &Node, to: &Node, tunnel: &str) {
+    from.ok(
         "POST",
         "/tunnel",
         &format!(
-            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
-            b.tunnel.port()
+            r#"{{"name":"{tunnel}", "dest":["127.0.0.1", "{}"]}}"#,
+            to.tunnel.port()
         ),
     );
+}
+
+/// Carries service `name` over `tunnel`: local on `local` (listening on a free port, returned),
+/// remote on `remote` (sent to `target`); the bodies are the seed's curl calls.
+pub fn carry(
+    local: &Node,
+    remote: &Node,
+    tunnel: &str,
+    name: &str,
+    key: Option<&str>,
+    target: SocketAddr,
+) -> SocketAddr {
     let key = key.map(|k| format!(r#""key":"{k}", "#)).unwrap_or_default();
     let port = free_port();
-    a.ok(
+    local.ok(
         "POST",
         "/service",
-        &format!(r#"{{"name":"service1", {key}"type": "local", "addr":["127.0.0.1", "{port}"]}}"#),
+        &format!(r#"{{"name":"{name}", {key}"type": "local", "addr":["0.0.0.0", "{port}"]}}"#),
     );
-    b.ok(
+    remote.ok(
         "POST",
         "/service",
         &format!(
-            r#"{{"name":"service1", {key}"type": "remote", "addr":["{}", "{}"]}}"#,
+            r#"{{"name":"{name}", {key}"type": "remote", "addr":["{}", "{}"]}}"#,
             target.ip(),
             target.port()
         ),
     );
-    a.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel": "tunnel1", "service":"service1", "type": "local"}"#,
-    );
-    b.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel": "tunnel1", "service":"service1", "type": "remote"}"#,
-    );
+    for (node, side) in [(local, "local"), (remote, "remote")] {
+        node.ok(
+            "POST",
+            "/bind",
+            &format!(r#"{{"tunnel": "{tunnel}", "service":"{name}", "type": "{side}"}}"#),
+        );
+    }
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The seed scenario: A dials B as `tunnel1`, `service1` local on A and remote on B (`target`).
+pub fn wire(a: &Node, b: &Node, target: SocketAddr, key: Option<&str>) -> SocketAddr {
+    dial(a, b, "tunnel1");
+    carry(a, b, "tunnel1", "service1", key, target)
 }
 
 /// A backend server that runs `serve` on each connection in its own thread; stops accepting when
