@@ -1,10 +1,12 @@
 //! The connection actor: one downstream TCP connection, either accepted by a local service's
 //! listener or dialled to a remote service's `addr`, carried as one stream of a tunnel.
 //!
-//! It reads its socket only against credit granted by its tunnel, and reports bytes back to the
-//! tunnel only once they are written to its socket, so a slow client slows exactly its own stream.
-//! Reads and writes run as futures of this actor that own the socket half while they run: the
-//! actor never blocks and never buffers beyond the stream window.
+//! It reads its socket only against credit granted by its tunnel, asked for once the socket is
+//! readable and handed back when it runs dry, and reports bytes back to the tunnel only once they
+//! are written to its socket, so a slow client slows exactly its own stream. Reads are
+//! non-blocking and happen in the handlers; waiting for readability and writing run as futures of
+//! this actor that own the socket half meanwhile. The actor never blocks and never buffers beyond
+//! the stream window.
 
 use std::collections::VecDeque;
 use std::io;
