@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use menet_actors::Settings;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -35,6 +36,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +65,10 @@ struct Tunnel {
     ip: IpAddr,
     #[serde(default = "tunnel_port")]
     port: u16,
+    /// Receive window per stream, bytes.
+    stream_window: Option<u32>,
+    /// Receive window per tunnel, bytes.
+    tunnel_window: Option<u32>,
 }
 
 fn loopback() -> IpAddr {
@@ -91,16 +98,22 @@ impl Default for Tunnel {
         Tunnel {
             ip: any(),
             port: tunnel_port(),
+            stream_window: None,
+            tunnel_window: None,
         }
     }
 }
 
-/// What the node listens on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the node listens on, and the engine's tunables.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub admin: SocketAddr,
     pub tunnel: SocketAddr,
+    pub settings: Settings,
 }
+
+/// Windows the protocol accepts: big enough for a full frame, at most 1 GiB.
+const WINDOW_RANGE: std::ops::RangeInclusive<u32> = (64 * 1024)..=(1 << 30);
 
 impl Config {
     /// Reads the file (the default path may be absent: built-in defaults then apply) and applies
@@ -122,7 +135,39 @@ impl Config {
                 })
             }
         };
+        let mut settings = Settings::default();
+        let invalid = |message: String| ConfigError::Invalid {
+            path: cli.config.clone(),
+            message,
+        };
+        for (key, value, slot) in [
+            (
+                "stream_window",
+                file.tunnel.stream_window,
+                &mut settings.stream_window,
+            ),
+            (
+                "tunnel_window",
+                file.tunnel.tunnel_window,
+                &mut settings.tunnel_window,
+            ),
+        ] {
+            if let Some(v) = value {
+                if !WINDOW_RANGE.contains(&v) {
+                    return Err(invalid(format!(
+                        "[tunnel] {key} = {v} is outside 65536..=1073741824 bytes"
+                    )));
+                }
+                *slot = v;
+            }
+        }
+        if settings.tunnel_window < settings.stream_window {
+            return Err(invalid(
+                "[tunnel] tunnel_window must be at least stream_window".to_owned(),
+            ));
+        }
         Ok(Config {
+            settings,
             admin: cli
                 .admin
                 .unwrap_or(SocketAddr::new(file.admin.ip, file.admin.port)),
@@ -169,6 +214,13 @@ mod tests {
         let err = Config::load(&cli(&["--config", p])).expect_err("unknown key");
         assert!(err.to_string().contains("prot"), "{err}");
         assert!(err.to_string().contains("m.toml"), "{err}");
+
+        std::fs::write(&path, "[tunnel]\nstream_window = 2097152\n").expect("write");
+        let c = Config::load(&cli(&["--config", p])).expect("loads");
+        assert_eq!(c.settings.stream_window, 2 << 20);
+        std::fs::write(&path, "[tunnel]\nstream_window = 100\n").expect("write");
+        let err = Config::load(&cli(&["--config", p])).expect_err("too small");
+        assert!(err.to_string().contains("stream_window"), "{err}");
 
         let missing = dir.join("missing.toml");
         let m = missing.to_str().expect("utf-8 path");

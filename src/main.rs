@@ -12,7 +12,6 @@ use log::{error, info};
 use thiserror::Error;
 
 use config::{Cli, Config, ConfigError};
-use menet_actors::Settings;
 
 #[derive(Debug, Error)]
 enum StartError {
@@ -55,7 +54,7 @@ async fn run(config: Config) -> Result<(), StartError> {
             source,
         })?;
     let tunnel_addr = tunnel_port.local_addr().unwrap_or(config.tunnel);
-    let registry = menet_actors::start(Settings::default(), tunnel_port);
+    let registry = menet_actors::start(config.settings, tunnel_port);
     let server =
         HttpServer::new(move || App::new().configure(|c| api::routes(c, registry.clone())))
             .workers(1)

@@ -61,8 +61,8 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            stream_window: 256 * 1024,
-            tunnel_window: 16 * 1024 * 1024,
+            stream_window: 1024 * 1024,
+            tunnel_window: 32 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
