@@ -244,3 +244,59 @@ fn deleting_a_service_stops_its_listener_and_connections() {
     assert!(config["services"]["local"].get("service1").is_none());
     assert!(config["bind"]["local"].get("service1").is_none());
 }
+
+/// A backend that never answers (its accept queue is full, so SYNs are dropped): the client is
+/// closed once the 3 s connect timeout passes, not held for the kernel's minutes of retries.
+#[test]
+fn silent_backend_closes_the_client_after_the_connect_timeout() {
+    use std::os::fd::AsRawFd;
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // SAFETY: listen() on a socket we own; a backlog of 0 queues one connection at most.
+    assert_eq!(unsafe { libc::listen(blackhole.as_raw_fd(), 0) }, 0);
+    let target = blackhole.local_addr().expect("addr");
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(300)) {
+            fillers.push(s);
+        }
+    }
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, target, None);
+    let started = Instant::now();
+    let mut s = connect(local);
+    assert!(closed_within(&mut s, Duration::from_secs(6)));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    assert!(b.wait_log("no answer within 3000 ms", Duration::from_secs(1)));
+}
+
+/// The backend half-closes first (a greeting, then EOF) and still receives what the client
+/// sends afterwards.
+#[test]
+fn half_close_from_the_backend_side() {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::start(move |mut s| {
+        s.write_all(b"hello, then silence").expect("greet");
+        s.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read the client");
+        let _ = tx.lock().expect("lock").send(got);
+    });
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, Some("k"));
+    let mut s = connect(local);
+    let mut greeting = Vec::new();
+    s.read_to_end(&mut greeting).expect("greeting and EOF");
+    assert_eq!(greeting, b"hello, then silence");
+    let data = pattern(200_000, 21);
+    s.write_all(&data).expect("send after the backend's EOF");
+    s.shutdown(std::net::Shutdown::Write).expect("close");
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("backend got it");
+    assert_eq!(got, data);
+}
