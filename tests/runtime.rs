@@ -300,3 +300,40 @@ fn half_close_from_the_backend_side() {
         .expect("backend got it");
     assert_eq!(got, data);
 }
+
+/// A peer that goes silent (its process stopped: the kernel still ACKs, but no frame comes) is
+/// detected by the heartbeat within its 15 s timeout (counted from the last frame, which may be a
+/// ping up to 5 s before the stop); the tunnel's clients are closed then.
+#[test]
+fn a_silent_peer_is_detected_by_the_heartbeat() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    let mut live = connect(local);
+    echo_once(&mut live, 30);
+    let b_pid = b.pid() as libc::pid_t;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(b_pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let detected = eventually(Duration::from_secs(18), || {
+        a.config()["tunnels"]["tunnel1"]["state"] == "down"
+    });
+    // SAFETY: as above; let it run again so that it can be killed and reaped normally.
+    unsafe { libc::kill(b_pid, libc::SIGCONT) };
+    assert!(
+        detected,
+        "tunnel still shown up after {:?}",
+        started.elapsed()
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took <= Duration::from_secs(17),
+        "{took:?}"
+    );
+    assert!(closed_within(&mut live, Duration::from_secs(1)));
+    let config = a.config();
+    let reason = config["tunnels"]["tunnel1"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("silent"), "{reason}");
+}

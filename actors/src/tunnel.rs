@@ -599,16 +599,19 @@ impl Actor for Tunnel {
                 HEADER_LEN + MAX_DATA,
             ));
         }
-        let interval = self.settings.heartbeat_interval;
-        ctx.run_interval(interval, |act, ctx| {
-            let silent = act.last_heard.elapsed();
-            if silent > act.settings.heartbeat_timeout {
-                act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
-                return;
-            }
+        // Pings keep an idle tunnel audible; silence is checked on a shorter period of its own,
+        // so a dead peer is declared within the timeout, not the timeout plus an interval.
+        ctx.run_interval(self.settings.heartbeat_interval, |act, ctx| {
             act.pings += 1;
             let ping = Frame::Ping(act.pings);
             act.queue_control(&ping, ctx);
+        });
+        let check = (self.settings.heartbeat_timeout / 8).min(Duration::from_secs(1));
+        ctx.run_interval(check, |act, ctx| {
+            let silent = act.last_heard.elapsed();
+            if silent > act.settings.heartbeat_timeout {
+                act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
+            }
         });
     }
 
