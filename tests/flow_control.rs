@@ -69,8 +69,9 @@ fn a_stalled_reader_stalls_only_its_own_stream_and_memory_stays_bounded() {
 
     thread::sleep(Duration::from_millis(500));
     let growth = (a.rss_kib() + b.rss_kib()).saturating_sub(baseline);
+    // About one stream window (1 MiB) is expected; 8 MiB leaves room for allocator slack.
     assert!(
-        growth < 32 * 1024,
+        growth < 8 * 1024,
         "nodes grew by {growth} KiB while a reader stalled"
     );
     assert_eq!(
