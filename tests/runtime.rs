@@ -249,17 +249,8 @@ fn deleting_a_service_stops_its_listener_and_connections() {
 /// closed once the 3 s connect timeout passes, not held for the kernel's minutes of retries.
 #[test]
 fn silent_backend_closes_the_client_after_the_connect_timeout() {
-    use std::os::fd::AsRawFd;
-    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    // SAFETY: listen() on a socket we own; a backlog of 0 queues one connection at most.
-    assert_eq!(unsafe { libc::listen(blackhole.as_raw_fd(), 0) }, 0);
-    let target = blackhole.local_addr().expect("addr");
-    let mut fillers = Vec::new();
-    for _ in 0..2 {
-        if let Ok(s) = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(300)) {
-            fillers.push(s);
-        }
-    }
+    let hole = Blackhole::new();
+    let target = hole.addr;
     let (a, b) = (Node::start(), Node::start());
     let local = wire(&a, &b, target, None);
     let started = Instant::now();
@@ -336,4 +327,31 @@ fn a_silent_peer_is_detected_by_the_heartbeat() {
         .as_str()
         .unwrap_or_default();
     assert!(reason.contains("silent"), "{reason}");
+}
+
+/// `POST /tunnel` to a peer that never answers: shown as connecting (with its destination)
+/// meanwhile, answered 502 within the 5 s limit, and nothing is kept.
+#[test]
+fn dialling_a_silent_peer_answers_502_within_five_seconds() {
+    let hole = Blackhole::new();
+    let a = Node::start();
+    let admin = a.admin;
+    let body = format!(
+        r#"{{"name":"t", "dest":["127.0.0.1", "{}"]}}"#,
+        hole.addr.port()
+    );
+    let started = Instant::now();
+    let post = std::thread::spawn(move || http(admin, "POST", "/tunnel", &body));
+    assert!(eventually(Duration::from_secs(2), || {
+        let t = &a.config()["tunnels"]["t"];
+        t["state"] == "connecting" && t["dest"][1] == hole.addr.port()
+    }));
+    let (status, reply) = post.join().expect("request");
+    let took = started.elapsed();
+    assert_eq!(status, 502, "{reply}");
+    assert!(
+        took < Duration::from_millis(6500),
+        "answered after {took:?}"
+    );
+    assert!(a.config()["tunnels"].get("t").is_none(), "nothing kept");
 }

@@ -195,12 +195,13 @@ impl Registry {
             })
             .chain(
                 self.dialing
-                    .keys()
-                    .filter(|n| !self.tunnels.contains_key(*n))
-                    .map(|n| {
+                    .iter()
+                    .filter(|(n, _)| !self.tunnels.contains_key(*n))
+                    .map(|(n, (_, dest))| {
                         (
                             n.clone(),
-                            json!({"dest": null, "role": Role::Dialer, "state": "connecting"}),
+                            json!({"dest": endpoint(dest), "role": Role::Dialer,
+                                   "state": "connecting"}),
                         )
                     }),
             )
@@ -240,9 +241,7 @@ impl Registry {
             "connections": {},
         })
     }
-}
 
-impl Registry {
     /// The listening socket for a local service (new, or moving). The new address is bound before
     /// the old one is let go, so a refusal keeps the old; only when the service's own old listener
     /// is what holds the port (0.0.0.0:P to 127.0.0.1:P, say) is it released first, and restored
