@@ -1,5 +1,17 @@
 //! The tunnel wire protocol, version 1. `actors/PROTOCOL.md` is the prose description; this module is
 //! the one implementation of it: the handshake and the frame codec.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use menet_actors::protocol::{Frame, FrameCodec, HEADER_LEN};
+//! use tokio_util::codec::Decoder;
+//!
+//! let mut wire = BytesMut::new();
+//! Frame::Window { stream: 3, increment: 65536 }.encode(&mut wire);
+//! assert_eq!(wire.len(), HEADER_LEN + 4);
+//! let frame = FrameCodec.decode(&mut wire).unwrap();
+//! assert_eq!(frame, Some(Frame::Window { stream: 3, increment: 65536 }));
+//! ```
 
 use std::io;
 
