@@ -28,8 +28,6 @@ use crate::tunnel::{FromConnection, Tunnel};
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum StreamEvent {
-    /// The stream id of a locally accepted connection.
-    Assigned(u32),
     /// The far end reached its target: data may flow.
     Opened,
     /// Credit to read this many more bytes from the socket.
@@ -48,7 +46,7 @@ pub type Ciphers = (Keystream, Keystream);
 pub struct Connection {
     tunnel: Addr<Tunnel>,
     service: String,
-    stream: Option<u32>,
+    stream: u32,
     /// The remote end's target, dialled when the actor starts.
     target: Option<(SocketAddr, Duration)>,
     peer: Option<SocketAddr>,
@@ -73,6 +71,7 @@ pub struct Connection {
 
 impl Connection {
     fn new(
+        stream: u32,
         tunnel: Addr<Tunnel>,
         service: String,
         ciphers: Option<Ciphers>,
@@ -81,7 +80,7 @@ impl Connection {
         Connection {
             tunnel,
             service,
-            stream: None,
+            stream,
             target: None,
             peer: None,
             reader: None,
@@ -102,15 +101,16 @@ impl Connection {
         }
     }
 
-    /// A client accepted by a local service; its stream id comes from the tunnel.
+    /// A client accepted by a local service, carried as stream `stream`.
     pub fn accepted(
+        stream: u32,
         sock: TcpStream,
         tunnel: Addr<Tunnel>,
         service: String,
         ciphers: Option<Ciphers>,
         idle_timeout: Option<Duration>,
     ) -> Connection {
-        let mut c = Connection::new(tunnel, service, ciphers, idle_timeout);
+        let mut c = Connection::new(stream, tunnel, service, ciphers, idle_timeout);
         c.peer = sock.peer_addr().ok();
         c.attach(sock);
         c
@@ -126,8 +126,7 @@ impl Connection {
         ciphers: Option<Ciphers>,
         idle_timeout: Option<Duration>,
     ) -> Connection {
-        let mut c = Connection::new(tunnel, service, ciphers, idle_timeout);
-        c.stream = Some(stream);
+        let mut c = Connection::new(stream, tunnel, service, ciphers, idle_timeout);
         c.target = Some((target, connect_timeout));
         c
     }
@@ -151,9 +150,7 @@ impl Connection {
         if self.watching || self.read_done || !self.opened {
             return;
         }
-        let Some(stream) = self.stream else {
-            return;
-        };
+        let stream = self.stream;
         while self.grant > 0 {
             let max = self.grant.min(MAX_DATA as u64) as usize;
             let Some(reader) = self.reader.as_ref() else {
@@ -198,7 +195,8 @@ impl Connection {
 
     /// Waits until the socket is readable, then asks the tunnel for credit.
     fn watch(&mut self, ctx: &mut Context<Self>) {
-        let (Some(stream), Some(reader)) = (self.stream, self.reader.take()) else {
+        let stream = self.stream;
+        let Some(reader) = self.reader.take() else {
             return;
         };
         self.watching = true;
@@ -268,9 +266,8 @@ impl Connection {
                 match result {
                     Ok(()) => {
                         act.last_active = Instant::now();
-                        if let Some(stream) = act.stream {
-                            act.report(FromConnection::Consumed { stream, bytes });
-                        }
+                        let stream = act.stream;
+                        act.report(FromConnection::Consumed { stream, bytes });
                         act.write_more(ctx);
                     }
                     Err(e) => act.abort(ctx, format!("write failed: {e}")),
@@ -281,12 +278,10 @@ impl Connection {
 
     fn finish_if_done(&mut self, ctx: &mut Context<Self>) {
         if self.read_done && self.write_done && !self.writing {
-            if let Some(stream) = self.stream {
-                self.report(FromConnection::Closed {
-                    stream,
-                    failure: None,
-                });
-            }
+            self.report(FromConnection::Closed {
+                stream: self.stream,
+                failure: None,
+            });
             self.reported = true;
             ctx.stop();
         }
@@ -295,12 +290,12 @@ impl Connection {
     /// Ends the stream abnormally: the tunnel resets it (or refuses it if not yet open).
     fn abort(&mut self, ctx: &mut Context<Self>, why: String) {
         debug!(
-            "service {}: stream {:?} ({:?}): {why}",
+            "service {}: stream {} ({:?}): {why}",
             self.service, self.stream, self.peer
         );
-        if let (Some(stream), false) = (self.stream, self.reported) {
+        if !self.reported {
             self.report(FromConnection::Closed {
-                stream,
+                stream: self.stream,
                 failure: Some(why),
             });
         }
@@ -317,9 +312,8 @@ impl Connection {
                         Ok(Ok(sock)) => {
                             act.attach(sock);
                             act.opened = true;
-                            if let Some(stream) = act.stream {
-                                act.report(FromConnection::Dialed { stream });
-                            }
+                            let stream = act.stream;
+                            act.report(FromConnection::Dialed { stream });
                             act.read_more(ctx);
                             return;
                         }
@@ -360,9 +354,9 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if let (Some(stream), false) = (self.stream, self.reported) {
+        if !self.reported {
             self.report(FromConnection::Closed {
-                stream,
+                stream: self.stream,
                 failure: Some("connection closed".to_owned()),
             });
         }
@@ -374,21 +368,19 @@ impl Handler<StreamEvent> for Connection {
 
     fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
         match msg {
-            StreamEvent::Assigned(id) => self.stream = Some(id),
             StreamEvent::Opened => {
                 self.opened = true;
                 self.read_more(ctx);
             }
-            StreamEvent::Grant(n) => match self.stream {
-                // Credit that crossed our hand-back in flight: return it too.
-                Some(stream) if !self.wanting => {
-                    self.report(FromConnection::Return { stream, bytes: n })
-                }
-                _ => {
-                    self.grant += n;
-                    self.read_more(ctx);
-                }
-            },
+            // Credit that crossed our hand-back in flight: return it too.
+            StreamEvent::Grant(n) if !self.wanting => self.report(FromConnection::Return {
+                stream: self.stream,
+                bytes: n,
+            }),
+            StreamEvent::Grant(n) => {
+                self.grant += n;
+                self.read_more(ctx);
+            }
             StreamEvent::Data(mut payload) => {
                 self.last_active = Instant::now();
                 if let Some((_, rx)) = self.ciphers.as_mut() {

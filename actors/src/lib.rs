@@ -1,7 +1,8 @@
 //! menet's engine: the actors that carry TCP connections through multiplexed tunnels.
 //!
-//! - [`registry::Registry`] owns the configuration and starts the other actors.
-//! - [`tunnel::Tunnel`] is one tunnel connection: framing, multiplexing, flow control, heartbeats.
+//! - [`registry::Registry`] owns the configuration and supervises the tunnels and listeners.
+//! - [`tunnel::Tunnel`] is one tunnel connection: framing, multiplexing, flow control, heartbeats;
+//!   it starts and supervises the connection actors of its streams.
 //! - [`listener::Listener`] accepts the clients of one local service.
 //! - [`connection::Connection`] is one client or backend connection, carried as one stream.
 //!

@@ -1,6 +1,8 @@
 //! The Registry actor: the one owner of a node's configuration (tunnels, services, binds). It
-//! starts and stops tunnel, listener and connection actors, and wires each new connection to its
-//! tunnel. After that the bytes flow between the connection and the tunnel; never through here.
+//! starts and stops the tunnel and listener actors, and decides where each new connection goes:
+//! which tunnel carries a client, whether a stream the peer opens is served. The tunnel then starts
+//! that connection's actor itself and supervises it, so no connection ever exists that its tunnel
+//! does not know. The bytes flow between a connection and its tunnel; never through here.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -16,11 +18,10 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::cipher::{stream_pair, ServiceKey};
-use crate::connection::Connection;
 use crate::listener::{self, Listener, SharedSocket, SocketReplaced, StopListener};
 use crate::protocol::{KeyedOpen, Windows};
 use crate::tunnel::{
-    self, AttachStream, CloseService, CloseTunnel, OpenStream, RefuseStream, Role, Snapshot,
+    self, CarryClient, CloseService, CloseTunnel, RefuseStream, Role, ServeStream, Snapshot,
     Tunnel, TunnelStats,
 };
 use crate::{Settings, Side};
@@ -671,18 +672,12 @@ impl Handler<Accepted> for Registry {
             .as_ref()
             .zip(keyed.as_ref())
             .map(|(k, o)| stream_pair(k, &o.nonce, true));
-        let conn = Connection::accepted(
-            msg.sock,
-            tunnel.clone(),
-            msg.service.clone(),
-            ciphers,
-            service.timeout,
-        )
-        .start();
-        tunnel.do_send(OpenStream {
-            conn,
+        tunnel.do_send(CarryClient {
+            sock: msg.sock,
             service: msg.service,
             keyed,
+            ciphers,
+            idle_timeout: service.timeout,
         });
     }
 }
@@ -746,19 +741,12 @@ impl Handler<IncomingOpen> for Registry {
             .as_ref()
             .zip(msg.keyed.as_ref())
             .map(|(k, o)| stream_pair(k, &o.nonce, false));
-        let conn = Connection::dialing(
-            msg.stream,
-            service.addr,
-            self.settings.connect_timeout,
-            msg.addr.clone(),
-            msg.service,
-            ciphers,
-            service.timeout,
-        )
-        .start();
-        msg.addr.do_send(AttachStream {
+        msg.addr.do_send(ServeStream {
             stream: msg.stream,
-            conn,
+            target: service.addr,
+            connect_timeout: self.settings.connect_timeout,
+            ciphers,
+            idle_timeout: service.timeout,
         });
     }
 }

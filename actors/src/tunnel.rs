@@ -27,7 +27,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
-use crate::connection::{Connection, StreamEvent};
+use crate::connection::{Ciphers, Connection, StreamEvent};
 use crate::io::write_all_vectored;
 use crate::protocol::{
     write_message, Frame, FrameCodec, Hello, KeyedOpen, ProtocolError, Welcome, Windows,
@@ -656,25 +656,42 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
     }
 }
 
-/// Registry -> tunnel: carry a newly accepted local connection as a new stream.
+/// Registry -> tunnel: carry a client just accepted by a local service as a new stream.
+///
+/// The tunnel starts the connection actor itself, so a connection exists only once its tunnel
+/// knows it: if the tunnel is gone, this message and the socket in it are dropped, and the client
+/// sees its connection closed at once.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct OpenStream {
-    pub conn: Addr<Connection>,
+pub struct CarryClient {
+    pub sock: TcpStream,
     pub service: String,
     pub keyed: Option<KeyedOpen>,
+    pub ciphers: Option<Ciphers>,
+    pub idle_timeout: Option<Duration>,
 }
 
-impl Handler<OpenStream> for Tunnel {
+impl Handler<CarryClient> for Tunnel {
     type Result = ();
 
-    fn handle(&mut self, msg: OpenStream, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: CarryClient, ctx: &mut Self::Context) {
         if self.closing || self.streams.len() >= MAX_STREAMS {
-            msg.conn.do_send(StreamEvent::Abort);
+            warn!(
+                "tunnel {}: cannot carry another stream of service {}; closing the client",
+                self.name, msg.service
+            );
             return;
         }
         let id = self.alloc_id();
-        msg.conn.do_send(StreamEvent::Assigned(id));
+        let conn = Connection::accepted(
+            id,
+            msg.sock,
+            ctx.address(),
+            msg.service.clone(),
+            msg.ciphers,
+            msg.idle_timeout,
+        )
+        .start();
         let frame = Frame::Open {
             stream: id,
             service: msg.service.clone(),
@@ -683,7 +700,7 @@ impl Handler<OpenStream> for Tunnel {
         self.streams.insert(
             id,
             StreamEntry::new(
-                Some(msg.conn),
+                Some(conn),
                 msg.service,
                 Side::Local,
                 self.settings.stream_window,
@@ -694,22 +711,40 @@ impl Handler<OpenStream> for Tunnel {
     }
 }
 
-/// Registry -> tunnel: the peer's OPEN is accepted and served by this connection actor.
+/// Registry -> tunnel: the peer's OPEN is accepted; dial the remote service's `addr` for it.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AttachStream {
+pub struct ServeStream {
     pub stream: u32,
-    pub conn: Addr<Connection>,
+    pub target: SocketAddr,
+    pub connect_timeout: Duration,
+    pub ciphers: Option<Ciphers>,
+    pub idle_timeout: Option<Duration>,
 }
 
-impl Handler<AttachStream> for Tunnel {
+impl Handler<ServeStream> for Tunnel {
     type Result = ();
 
-    fn handle(&mut self, msg: AttachStream, _ctx: &mut Self::Context) {
-        match self.streams.get_mut(&msg.stream) {
-            Some(e) if e.conn.is_none() => e.conn = Some(msg.conn),
-            _ => msg.conn.do_send(StreamEvent::Abort),
+    fn handle(&mut self, msg: ServeStream, ctx: &mut Self::Context) {
+        let address = ctx.address();
+        // The peer may have reset the stream while the Registry was deciding.
+        let Some(e) = self.streams.get_mut(&msg.stream) else {
+            return;
+        };
+        if e.conn.is_some() {
+            return;
         }
+        let conn = Connection::dialing(
+            msg.stream,
+            msg.target,
+            msg.connect_timeout,
+            address,
+            e.service.clone(),
+            msg.ciphers,
+            msg.idle_timeout,
+        )
+        .start();
+        e.conn = Some(conn);
     }
 }
 
