@@ -86,3 +86,70 @@ fn a_stalled_reader_stalls_only_its_own_stream_and_memory_stays_bounded() {
     let chunk = pattern(64 * 1024, 9);
     assert!(got.chunks(chunk.len()).all(|c| c == &chunk[..c.len()]));
 }
+
+/// While one stream saturates the tunnel, small exchanges on another stream of the same tunnel
+/// keep going: queued bulk data never starves them.
+#[test]
+fn a_bulk_stream_does_not_starve_small_exchanges() {
+    // First byte 'B': stream bytes until the client goes away. Otherwise echo.
+    let backend = Backend::start(|mut s| {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        if first[0] == b'B' {
+            let chunk = vec![7u8; 256 * 1024];
+            while s.write_all(&chunk).is_ok() {}
+            return;
+        }
+        let _ = s.write_all(&first);
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let bulk = thread::spawn(move || {
+        let mut s = connect(local);
+        s.write_all(b"B").expect("start");
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        while !flag.load(Ordering::SeqCst) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+        total
+    });
+    thread::sleep(Duration::from_millis(300));
+    let mut chat = connect(local);
+    chat.write_all(b"E").expect("start");
+    let mut one = [0u8; 1];
+    chat.read_exact(&mut one).expect("echo");
+    let mut worst = Duration::ZERO;
+    for i in 0..300u32 {
+        let req = i.to_be_bytes();
+        let started = Instant::now();
+        chat.write_all(&req).expect("request");
+        let mut resp = [0u8; 4];
+        chat.read_exact(&mut resp).expect("response");
+        assert_eq!(resp, req);
+        worst = worst.max(started.elapsed());
+    }
+    done.store(true, Ordering::SeqCst);
+    let moved = bulk.join().expect("bulk");
+    assert!(
+        moved > 64 << 20,
+        "the bulk stream was running: {moved} bytes"
+    );
+    assert!(
+        worst < Duration::from_millis(250),
+        "worst exchange took {worst:?}"
+    );
+}
