@@ -73,13 +73,13 @@ fn main() {
     );
     if std::env::args().any(|a| a == "--requests-only") {
         // For profiling the request/response path: a long run of that measure alone.
-        let m = requests_per_second(&rt, echoed, 32, Duration::from_secs(8));
+        let m = exchanges_per_second(&rt, echoed, 32, 128, false, Duration::from_secs(8));
         println!("requests/s: {m:.0}");
         return;
     }
     if std::env::args().any(|a| a == "--connections-only") {
         // For profiling the connection set-up path: a long run of that measure alone.
-        let m = connections_per_second(&rt, echoed, 32, Duration::from_secs(8));
+        let m = exchanges_per_second(&rt, echoed, 32, 32, true, Duration::from_secs(8));
         println!("new connections/s: {m:.0}");
         return;
     }
@@ -128,13 +128,13 @@ fn main() {
     println!("{:<44} {:>12.1}", "  added p99 latency (us)", m99 - d99);
     row(
         "requests/s, 32 keep-alive connections",
-        requests_per_second(&rt, echo, 32, plan.window),
-        requests_per_second(&rt, echoed, 32, plan.window),
+        exchanges_per_second(&rt, echo, 32, 128, false, plan.window),
+        exchanges_per_second(&rt, echoed, 32, 128, false, plan.window),
     );
     row(
         "new connections/s, 32 clients (32 B echo)",
-        connections_per_second(&rt, echo, 32, plan.window),
-        connections_per_second(&rt, echoed, 32, plan.window),
+        exchanges_per_second(&rt, echo, 32, 32, true, plan.window),
+        exchanges_per_second(&rt, echoed, 32, 32, true, plan.window),
     );
 
     // Fresh nodes: memory freed by the bulk runs above would hide what connections cost.
@@ -462,39 +462,28 @@ fn latency(addr: SocketAddr, pings: usize) -> (f64, f64) {
     (pct(0.50), pct(0.99))
 }
 
-/// Requests per second over `conns` keep-alive connections, 128-byte request and response.
-fn requests_per_second(rt: &Runtime, addr: SocketAddr, conns: usize, window: Duration) -> f64 {
+/// Request/response exchanges per second from `clients` concurrent clients, `size` bytes each
+/// way; with `reconnect`, each exchange on a new connection (connect, echo, close).
+fn exchanges_per_second(
+    rt: &Runtime,
+    addr: SocketAddr,
+    clients: usize,
+    size: usize,
+    reconnect: bool,
+    window: Duration,
+) -> f64 {
     let deadline = Instant::now() + window;
     let started = Instant::now();
     let done: u64 = rt
-        .block_on(join_all((0..conns).map(|_| async move {
+        .block_on(join_all((0..clients).map(|_| async move {
+            let req = vec![1u8; size];
+            let mut resp = vec![0u8; size];
             let mut s = dial(addr).await;
-            let req = [1u8; 128];
-            let mut resp = [0u8; 128];
             let mut n = 0u64;
             while Instant::now() < deadline {
-                s.write_all(&req).await.expect("request");
-                s.read_exact(&mut resp).await.expect("response");
-                n += 1;
-            }
-            n
-        })))
-        .into_iter()
-        .sum();
-    done as f64 / started.elapsed().as_secs_f64()
-}
-
-/// New connections per second from `workers` concurrent clients: connect, 32-byte echo, close.
-fn connections_per_second(rt: &Runtime, addr: SocketAddr, workers: usize, window: Duration) -> f64 {
-    let deadline = Instant::now() + window;
-    let started = Instant::now();
-    let done: u64 = rt
-        .block_on(join_all((0..workers).map(|_| async move {
-            let req = [3u8; 32];
-            let mut resp = [0u8; 32];
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let mut s = dial(addr).await;
+                if reconnect && n > 0 {
+                    s = dial(addr).await;
+                }
                 s.write_all(&req).await.expect("request");
                 s.read_exact(&mut resp).await.expect("response");
                 n += 1;
