@@ -18,7 +18,7 @@ use std::io;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 /// First bytes of both handshake messages.
 pub const MAGIC: [u8; 4] = *b"MNET";
@@ -279,7 +279,7 @@ impl Frame {
     }
 }
 
-/// Frame codec for the tunnel connection once the handshake is done.
+/// Frame decoder for the tunnel connection once the handshake is done (encoding is [`Frame::encode`]).
 #[derive(Debug, Default)]
 pub struct FrameCodec;
 
@@ -310,15 +310,6 @@ impl Decoder for FrameCodec {
         src.advance(HEADER_LEN);
         let body = src.split_to(len);
         Frame::decode_body(kind, stream, body).map(Some)
-    }
-}
-
-impl Encoder<&Frame> for FrameCodec {
-    type Error = ProtocolError;
-
-    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        frame.encode(dst);
-        Ok(())
     }
 }
 

@@ -39,17 +39,11 @@ pub enum AdminError {
     Unreachable(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TunnelState {
-    Connected,
-    Down,
-}
-
 struct TunnelEntry {
     dest: Option<SocketAddr>,
     role: Role,
-    state: TunnelState,
     generation: u64,
+    /// The live tunnel actor; `None` once the tunnel is down.
     actor: Option<Addr<Tunnel>>,
     last_error: Option<String>,
 }
@@ -124,10 +118,7 @@ impl Registry {
     }
 
     fn connected_tunnel(&self, name: &str) -> Option<Addr<Tunnel>> {
-        self.tunnels
-            .get(name)
-            .filter(|t| t.state == TunnelState::Connected)
-            .and_then(|t| t.actor.clone())
+        self.tunnels.get(name).and_then(|t| t.actor.clone())
     }
 
     fn install_tunnel(
@@ -155,7 +146,6 @@ impl Registry {
             TunnelEntry {
                 dest,
                 role,
-                state: TunnelState::Connected,
                 generation,
                 actor: Some(actor),
                 last_error: None,
@@ -180,9 +170,10 @@ impl Registry {
             .tunnels
             .iter()
             .map(|(name, t)| {
-                let state = match t.state {
-                    TunnelState::Connected => "connected",
-                    TunnelState::Down => "down",
+                let state = if t.actor.is_some() {
+                    "connected"
+                } else {
+                    "down"
                 };
                 (
                     name.clone(),
@@ -624,7 +615,6 @@ impl Handler<TunnelDown> for Registry {
         }
         if t.role == Role::Dialer && !msg.closed_by_peer {
             warn!("tunnel {} is down: {}", msg.name, msg.reason);
-            t.state = TunnelState::Down;
             t.actor = None;
             t.last_error = Some(msg.reason);
         } else {

@@ -2,11 +2,11 @@
 //! bound to the tunnel, and owns both levels of flow control.
 //!
 //! Sending: a connection actor reads its socket only against a *grant* from this actor, and a grant
-//! is carved out of the peer's stream window and the peer's tunnel window together. A connection
-//! asks for credit only when its socket is readable and hands back what it did not use when the
-//! socket runs dry, so idle streams reserve none of the tunnel window. So every byte a
-//! connection hands over already has credit, the outgoing queue is bounded by the tunnel window, and
-//! nothing waits here for credit. Grants are capped per stream ([`GRANT_MAX`]) and streams starved
+//! is carved out of the peer's stream window and the peer's tunnel window together. So every byte
+//! a connection hands over already has credit, the outgoing queue is bounded by the tunnel window,
+//! and nothing waits here for credit. A connection asks for credit only when its socket is
+//! readable and hands back what it did not use when the socket runs dry, so idle streams reserve
+//! none of the tunnel window. Grants are capped per stream ([`GRANT_MAX`]) and streams starved
 //! of tunnel credit are served round-robin, so one bulk stream cannot take the whole tunnel.
 //!
 //! Receiving: a DATA frame is handed straight to its connection actor (the reader never waits on a
