@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use menet_actors::Settings;
@@ -22,6 +23,9 @@ pub struct Cli {
     /// Tunnel port listen address (IP:PORT), overriding [tunnel] in the file.
     #[arg(long)]
     pub tunnel: Option<SocketAddr>,
+    /// The state file, overriding [state] path in the file.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -47,6 +51,15 @@ struct File {
     admin: Admin,
     #[serde(default)]
     tunnel: Tunnel,
+    #[serde(default)]
+    state: StateTable,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateTable {
+    /// Where the runtime configuration is kept; none: nothing is kept.
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +82,8 @@ struct Tunnel {
     stream_window: Option<u32>,
     /// Receive window per tunnel, bytes.
     tunnel_window: Option<u32>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
 }
 
 fn loopback() -> IpAddr {
@@ -100,6 +115,8 @@ impl Default for Tunnel {
             port: tunnel_port(),
             stream_window: None,
             tunnel_window: None,
+            heartbeat_interval_ms: None,
+            heartbeat_timeout_ms: None,
         }
     }
 }
@@ -110,10 +127,14 @@ pub struct Config {
     pub admin: SocketAddr,
     pub tunnel: SocketAddr,
     pub settings: Settings,
+    /// The state file, if runtime configuration is kept.
+    pub state: Option<PathBuf>,
 }
 
 /// Windows the protocol accepts: big enough for a full frame, at most 1 GiB.
 const WINDOW_RANGE: std::ops::RangeInclusive<u32> = (64 * 1024)..=(1 << 30);
+/// Heartbeat periods accepted, in milliseconds.
+const HEARTBEAT_RANGE: std::ops::RangeInclusive<u64> = 10..=3_600_000;
 
 impl Config {
     /// Reads the file (the default path may be absent: built-in defaults then apply) and applies
@@ -166,8 +187,37 @@ impl Config {
                 "[tunnel] tunnel_window must be at least stream_window".to_owned(),
             ));
         }
+        for (key, value, slot) in [
+            (
+                "heartbeat_interval_ms",
+                file.tunnel.heartbeat_interval_ms,
+                &mut settings.heartbeat_interval,
+            ),
+            (
+                "heartbeat_timeout_ms",
+                file.tunnel.heartbeat_timeout_ms,
+                &mut settings.heartbeat_timeout,
+            ),
+        ] {
+            if let Some(ms) = value {
+                if !HEARTBEAT_RANGE.contains(&ms) {
+                    return Err(invalid(format!(
+                        "[tunnel] {key} = {ms} is outside 10..=3600000 ms"
+                    )));
+                }
+                *slot = Duration::from_millis(ms);
+            }
+        }
+        if settings.heartbeat_timeout <= settings.heartbeat_interval {
+            return Err(invalid(format!(
+                "[tunnel] heartbeat_timeout_ms ({} ms) must be longer than heartbeat_interval_ms ({} ms)",
+                settings.heartbeat_timeout.as_millis(),
+                settings.heartbeat_interval.as_millis()
+            )));
+        }
         Ok(Config {
             settings,
+            state: cli.state.clone().or(file.state.path),
             admin: cli
                 .admin
                 .unwrap_or(SocketAddr::new(file.admin.ip, file.admin.port)),
@@ -221,6 +271,21 @@ mod tests {
         std::fs::write(&path, "[tunnel]\nstream_window = 100\n").expect("write");
         let err = Config::load(&cli(&["--config", p])).expect_err("too small");
         assert!(err.to_string().contains("stream_window"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[tunnel]\nheartbeat_interval_ms = 200\nheartbeat_timeout_ms = 900\n[state]\npath = \"s/m.json\"\n",
+        )
+        .expect("write");
+        let c = Config::load(&cli(&["--config", p])).expect("loads");
+        assert_eq!(c.settings.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.settings.heartbeat_timeout, Duration::from_millis(900));
+        assert_eq!(c.state, Some(PathBuf::from("s/m.json")));
+        let c = Config::load(&cli(&["--config", p, "--state", "o.json"])).expect("loads");
+        assert_eq!(c.state, Some(PathBuf::from("o.json")));
+        std::fs::write(&path, "[tunnel]\nheartbeat_timeout_ms = 4000\n").expect("write");
+        let err = Config::load(&cli(&["--config", p])).expect_err("timeout below interval");
+        assert!(err.to_string().contains("heartbeat_timeout_ms"), "{err}");
 
         let missing = dir.join("missing.toml");
         let m = missing.to_str().expect("utf-8 path");

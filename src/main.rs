@@ -5,11 +5,16 @@ mod api;
 mod config;
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
+use actix::Addr;
 use actix_web::{App, HttpServer};
 use clap::Parser;
 use log::{error, info};
+use menet_actors::registry::{Registry, Shutdown};
+use menet_actors::state::{StateError, StateStore};
 use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
 
 use config::{Cli, Config, ConfigError};
 
@@ -27,12 +32,24 @@ enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot watch for signals: {0}")]
+    Signals(std::io::Error),
     #[error("admin API server failed: {0}")]
     Server(std::io::Error),
+    #[error("admin API server stopped")]
+    ServerGone,
+    #[error("the registry actor died (it panicked); exiting so that a supervisor restarts the node from its state file")]
+    RegistryLost,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // A panic is caught where its actor's task ends and the node goes on; log it like any error.
+    std::panic::set_hook(Box::new(|info| {
+        error!("panic: {info}\n{}", std::backtrace::Backtrace::capture());
+    }));
     let cli = Cli::parse();
     raise_fd_limit();
     let result = Config::load(&cli)
@@ -48,26 +65,72 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), StartError> {
+    let (store, restore) = match &config.state {
+        Some(path) => {
+            let (store, state) = StateStore::open(path)?;
+            info!(
+                "state file {}{}",
+                path.display(),
+                if state.is_some() { "" } else { " (new)" }
+            );
+            (Some(store), state)
+        }
+        None => (None, None),
+    };
+    let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let tunnel_port =
         menet_actors::listener::bind(config.tunnel).map_err(|source| StartError::TunnelPort {
             addr: config.tunnel,
             source,
         })?;
     let tunnel_addr = tunnel_port.local_addr().unwrap_or(config.tunnel);
-    let registry = menet_actors::start(config.settings, tunnel_port);
-    let server =
-        HttpServer::new(move || App::new().configure(|c| api::routes(c, registry.clone())))
-            .workers(1)
-            .shutdown_timeout(1)
-            .bind(config.admin)
-            .map_err(|source| StartError::AdminPort {
-                addr: config.admin,
-                source,
-            })?;
+    let registry = menet_actors::start(config.settings, tunnel_port, store, restore);
+    let routes = registry.clone();
+    let server = HttpServer::new(move || App::new().configure(|c| api::routes(c, routes.clone())))
+        .workers(1)
+        .shutdown_timeout(1)
+        .disable_signals()
+        .bind(config.admin)
+        .map_err(|source| StartError::AdminPort {
+            addr: config.admin,
+            source,
+        })?;
     let admin_addr = server.addrs().first().copied().unwrap_or(config.admin);
     info!("tunnel port listening on {tunnel_addr}");
     info!("admin API listening on {admin_addr}");
-    server.run().await.map_err(StartError::Server)
+    let server = server.run();
+    let admin = server.handle();
+    let mut server = actix_rt::spawn(server);
+    let outcome = tokio::select! {
+        _ = terminate.recv() => {
+            info!("SIGTERM: shutting down");
+            Ok(())
+        }
+        _ = interrupt.recv() => {
+            info!("SIGINT: shutting down");
+            Ok(())
+        }
+        done = &mut server => Err(match done {
+            Ok(Err(e)) => StartError::Server(e),
+            _ => StartError::ServerGone,
+        }),
+        () = registry_lost(&registry) => Err(StartError::RegistryLost),
+    };
+    // Admin first, so no change races the shutdown; then the engine says goodbye to its peers.
+    let began = Instant::now();
+    admin.stop(true).await;
+    if registry.send(Shutdown).await.is_ok() {
+        info!("stopped in {} ms", began.elapsed().as_millis());
+    }
+    outcome
+}
+
+/// Resolves if the Registry actor is gone, which only a panic in it can cause.
+async fn registry_lost(registry: &Addr<Registry>) {
+    while registry.connected() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Every connection costs a descriptor or two: lift the soft limit to the hard one, as servers do.

@@ -307,7 +307,7 @@ fn a_silent_peer_is_detected_by_the_heartbeat() {
     unsafe { libc::kill(b_pid, libc::SIGSTOP) };
     let started = Instant::now();
     let detected = eventually(Duration::from_secs(18), || {
-        a.config()["tunnels"]["tunnel1"]["state"] == "down"
+        a.config()["tunnels"]["tunnel1"]["state"] == "reconnecting"
     });
     // SAFETY: as above; let it run again so that it can be killed and reaped normally.
     unsafe { libc::kill(b_pid, libc::SIGCONT) };

@@ -25,16 +25,21 @@ pub const DISCARD: usize = 3072;
 
 /// A service's shared secret. Never printed: `Debug` shows `***`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ServiceKey(Arc<[u8]>);
+pub struct ServiceKey(Arc<str>);
 
 impl ServiceKey {
     pub fn new(key: &str) -> ServiceKey {
-        ServiceKey(Arc::from(key.as_bytes()))
+        ServiceKey(Arc::from(key))
+    }
+
+    /// The key itself, for the state file only.
+    pub fn secret(&self) -> &str {
+        &self.0
     }
 
     fn mac(&self) -> HmacSha256 {
         // HMAC takes keys of any length, so this cannot fail.
-        <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+        <HmacSha256 as Mac>::new_from_slice(self.0.as_bytes()).expect("HMAC accepts any key length")
     }
 
     /// What the opener of a stream sends: a fresh nonce and the key check for it.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -353,11 +353,21 @@ impl Actor for Connection {
         }
     }
 
+    /// Also runs when a handler panicked: the tunnel then resets the stream and forgets it.
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let failure = if std::thread::panicking() {
+            error!(
+                "service {}: stream {}: the connection actor panicked; resetting the stream",
+                self.service, self.stream
+            );
+            "the connection actor panicked"
+        } else {
+            "connection closed"
+        };
         if !self.reported {
             self.report(FromConnection::Closed {
                 stream: self.stream,
-                failure: Some("connection closed".to_owned()),
+                failure: Some(failure.to_owned()),
             });
         }
     }
@@ -398,5 +408,17 @@ impl Handler<StreamEvent> for Connection {
                 ctx.stop();
             }
         }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::Crash> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::Crash, _ctx: &mut Self::Context) {
+        panic!(
+            "fault injected into the connection of service {}, stream {}",
+            self.service, self.stream
+        );
     }
 }

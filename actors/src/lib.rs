@@ -1,6 +1,7 @@
 //! menet's engine: the actors that carry TCP connections through multiplexed tunnels.
 //!
-//! - [`registry::Registry`] owns the configuration and supervises the tunnels and listeners.
+//! - [`registry::Registry`] owns the configuration (kept on disk by [`state`]) and supervises the
+//!   tunnels and listeners.
 //! - [`tunnel::Tunnel`] is one tunnel connection: framing, multiplexing, flow control, heartbeats;
 //!   it starts and supervises the connection actors of its streams.
 //! - [`listener::Listener`] accepts the clients of one local service.
@@ -14,6 +15,7 @@ mod io;
 pub mod listener;
 pub mod protocol;
 pub mod registry;
+pub mod state;
 pub mod tunnel;
 
 use std::fmt;
@@ -82,9 +84,19 @@ impl Settings {
     }
 }
 
-/// Starts the Registry and the tunnel port's acceptor on the current actix system.
-pub fn start(settings: Settings, tunnel_port: tokio::net::TcpListener) -> Addr<Registry> {
-    let registry = Registry::new(settings).start();
-    listener::serve_tunnel_port(tunnel_port, registry.clone(), settings);
-    registry
+/// Starts the Registry on the current actix system: it listens on the tunnel port and restores
+/// `restore` (what the state file held).
+pub fn start(
+    settings: Settings,
+    tunnel_port: tokio::net::TcpListener,
+    store: Option<state::StateStore>,
+    restore: Option<state::State>,
+) -> Addr<Registry> {
+    Registry::new(settings, tunnel_port, store, restore).start()
 }
+
+/// Test-only fault hook: the actor that receives it panics.
+#[cfg(feature = "fault-injection")]
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Crash;

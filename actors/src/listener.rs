@@ -1,4 +1,4 @@
-//! Listening sockets: a local service's listener actor, and the tunnel port's acceptor.
+//! Listening sockets: the listener actor of a local service or of the tunnel port.
 
 use std::cell::RefCell;
 use std::io;
@@ -8,10 +8,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{info, warn};
+use log::{error, info, warn};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::registry::{Accepted, Registry, TunnelAccepted};
+use crate::registry::{Accepted, ListenerDown, MayAccept, Registry, TunnelAccepted};
 use crate::tunnel;
 use crate::Settings;
 
@@ -37,19 +37,49 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Accepts clients of one local service and hands them to the Registry.
+/// What a listener accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepts {
+    /// Clients of this local service, handed to the Registry.
+    Service(String),
+    /// Peers dialling tunnels: each gets its handshake, then the Registry takes the tunnel.
+    Tunnels,
+}
+
+impl std::fmt::Display for Accepts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Accepts::Service(name) => write!(f, "service {name}"),
+            Accepts::Tunnels => f.write_str("tunnel port"),
+        }
+    }
+}
+
+/// Accepts on one listening socket. The Registry starts it and restarts it if it stops without
+/// being told to.
 pub struct Listener {
-    service: String,
+    accepts: Accepts,
+    /// Which incarnation this is, so the Registry can tell a stale report from a current one.
+    id: u64,
     registry: Addr<Registry>,
     socket: SharedSocket,
+    settings: Settings,
 }
 
 impl Listener {
-    pub fn new(service: String, registry: Addr<Registry>, socket: SharedSocket) -> Listener {
+    pub fn new(
+        accepts: Accepts,
+        id: u64,
+        registry: Addr<Registry>,
+        socket: SharedSocket,
+        settings: Settings,
+    ) -> Listener {
         Listener {
-            service,
+            accepts,
+            id,
             registry,
             socket,
+            settings,
         }
     }
 }
@@ -66,18 +96,36 @@ impl Actor for Listener {
             }
         }));
     }
+
+    /// Also runs when a handler panicked: keep it to logging and a send.
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let panicked = std::thread::panicking();
+        if panicked {
+            error!("{}: the listener actor panicked", self.accepts);
+        }
+        self.registry.do_send(ListenerDown {
+            accepts: self.accepts.clone(),
+            id: self.id,
+            panicked,
+        });
+    }
 }
 
 impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for Listener {
     fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, ctx: &mut Self::Context) {
         match item {
-            Ok((sock, peer)) => self.registry.do_send(Accepted {
-                service: self.service.clone(),
-                sock,
-                peer,
-            }),
+            Ok((sock, peer)) => match &self.accepts {
+                Accepts::Service(service) => self.registry.do_send(Accepted {
+                    service: service.clone(),
+                    sock,
+                    peer,
+                }),
+                Accepts::Tunnels => {
+                    actix_rt::spawn(handshake(sock, peer, self.registry.clone(), self.settings));
+                }
+            },
             Err(e) => {
-                warn!("service {}: accept failed: {e}", self.service);
+                warn!("{}: accept failed: {e}", self.accepts);
                 ctx.wait(tokio::time::sleep(ACCEPT_BACKOFF).into_actor(self));
             }
         }
@@ -112,24 +160,17 @@ impl Handler<SocketReplaced> for Listener {
     fn handle(&mut self, _: SocketReplaced, _ctx: &mut Self::Context) {}
 }
 
-/// Accepts tunnels on the tunnel port: each dialer gets `settings.handshake_timeout` to say hello,
-/// then the Registry takes the tunnel.
-pub fn serve_tunnel_port(listener: TcpListener, registry: Addr<Registry>, settings: Settings) {
-    actix_rt::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((sock, peer)) => {
-                    actix_rt::spawn(handshake(sock, peer, registry.clone(), settings));
-                }
-                Err(e) => {
-                    warn!("tunnel port: accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            }
-        }
-    });
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::Crash> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::Crash, _ctx: &mut Self::Context) {
+        panic!("fault injected into the listener of {}", self.accepts);
+    }
 }
 
+/// A dialer on the tunnel port gets `settings.handshake_timeout` to say hello; the Registry
+/// decides whether the name it asks for is welcome before we answer.
 async fn handshake(
     mut sock: TcpStream,
     peer: SocketAddr,
@@ -137,8 +178,29 @@ async fn handshake(
     settings: Settings,
 ) {
     let limit = settings.handshake_timeout;
-    match tokio::time::timeout(limit, tunnel::accept(&mut sock, settings.windows())).await {
-        Ok(Ok(hello)) => {
+    let hello = match tokio::time::timeout(limit, tunnel::read_hello(&mut sock)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => return warn!("tunnel port: {peer}: bad handshake: {e}; connection closed"),
+        Err(_) => {
+            return warn!(
+                "tunnel port: {peer}: no handshake within {} ms; connection closed",
+                limit.as_millis()
+            )
+        }
+    };
+    let verdict = match registry
+        .send(MayAccept {
+            name: hello.name.clone(),
+        })
+        .await
+    {
+        Ok(verdict) => verdict,
+        Err(_) => Err("the node is stopping".to_owned()),
+    };
+    let welcome = verdict.clone().map(|()| settings.windows());
+    let answered = tokio::time::timeout(limit, tunnel::welcome(&mut sock, welcome)).await;
+    match (verdict, answered) {
+        (Ok(()), Ok(Ok(()))) => {
             info!("tunnel port: {peer} opened tunnel {}", hello.name);
             registry.do_send(TunnelAccepted {
                 name: hello.name,
@@ -146,10 +208,7 @@ async fn handshake(
                 peer: hello.windows,
             });
         }
-        Ok(Err(e)) => warn!("tunnel port: {peer}: bad handshake: {e}; connection closed"),
-        Err(_) => warn!(
-            "tunnel port: {peer}: no handshake within {} ms; connection closed",
-            limit.as_millis()
-        ),
+        (Err(why), _) => warn!("tunnel port: {peer}: refused tunnel {}: {why}", hello.name),
+        (Ok(()), _) => warn!("tunnel port: {peer}: handshake not completed; connection closed"),
     }
 }

@@ -108,8 +108,27 @@ pub enum Frame {
     Ping(u64),
     Pong(u64),
     GoAway {
+        code: GoAway,
         reason: String,
     },
+}
+
+/// Why a tunnel is being closed, which tells the other end what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoAway {
+    /// The tunnel was deleted: forget it, do not re-dial.
+    Deleted,
+    /// The node is shutting down (or restarting): a dialer re-dials, an acceptor drops the tunnel.
+    Leaving,
+}
+
+impl GoAway {
+    fn code(self) -> u8 {
+        match self {
+            GoAway::Deleted => 0,
+            GoAway::Leaving => 1,
+        }
+    }
 }
 
 /// Writes the header of a DATA frame; the caller appends `len` payload bytes.
@@ -194,9 +213,10 @@ impl Frame {
                 put_header(dst, kind::PONG, TUNNEL_STREAM, 8);
                 dst.put_u64(*v);
             }
-            Frame::GoAway { reason } => {
+            Frame::GoAway { code, reason } => {
                 let text = truncate_utf8(reason, MAX_NAME);
-                put_header(dst, kind::GOAWAY, TUNNEL_STREAM, 1 + text.len());
+                put_header(dst, kind::GOAWAY, TUNNEL_STREAM, 2 + text.len());
+                dst.put_u8(code.code());
                 put_text(dst, reason);
             }
         }
@@ -267,9 +287,18 @@ impl Frame {
                     Frame::Pong(v)
                 });
             }
-            kind::GOAWAY => Frame::GoAway {
-                reason: get_text(&mut body, "GOAWAY")?,
-            },
+            kind::GOAWAY => {
+                let code = match body.first() {
+                    Some(0) => GoAway::Deleted,
+                    Some(1) => GoAway::Leaving,
+                    _ => return Err(ProtocolError::Malformed("GOAWAY")),
+                };
+                body.advance(1);
+                Frame::GoAway {
+                    code,
+                    reason: get_text(&mut body, "GOAWAY")?,
+                }
+            }
             other => return Err(ProtocolError::UnknownKind(other)),
         };
         if !body.is_empty() {
@@ -489,7 +518,12 @@ mod tests {
         roundtrip(Frame::Ping(42));
         roundtrip(Frame::Pong(42));
         roundtrip(Frame::GoAway {
+            code: GoAway::Deleted,
             reason: "deleted".into(),
+        });
+        roundtrip(Frame::GoAway {
+            code: GoAway::Leaving,
+            reason: "shutting down".into(),
         });
     }
 

@@ -3,30 +3,37 @@
 //! which tunnel carries a client, whether a stream the peer opens is served. The tunnel then starts
 //! that connection's actor itself and supervises it, so no connection ever exists that its tunnel
 //! does not know. The bytes flow between a connection and its tunnel; never through here.
+//!
+//! It also supervises: a dialled tunnel that drops is re-dialled with back-off until it is deleted,
+//! a listener that stops unbidden (or panics) is restarted with back-off, and every accepted admin
+//! change is written to the state file before it is answered.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures_util::future::join_all;
-use log::{info, warn};
+use futures_util::future::{join_all, LocalBoxFuture};
+use log::{error, info, warn};
+use rand::Rng;
 use serde_json::{json, Map, Value};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::cipher::{stream_pair, ServiceKey};
-use crate::listener::{self, Listener, SharedSocket, SocketReplaced, StopListener};
-use crate::protocol::{KeyedOpen, Windows};
+use crate::listener::{self, Accepts, Listener, SharedSocket, SocketReplaced, StopListener};
+use crate::protocol::{GoAway, KeyedOpen, Windows};
+use crate::state::{ServiceRecord, State, StateStore, TunnelRecord};
 use crate::tunnel::{
     self, CarryClient, CloseService, CloseTunnel, RefuseStream, Role, ServeStream, Snapshot,
     Tunnel, TunnelStats,
 };
 use crate::{Settings, Side};
 
-/// Why an admin request was refused. A refused request changes nothing.
+/// Why an admin request was refused. A refused request changes nothing, except `Unsaved`: the
+/// change is live but the state file could not be written.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AdminError {
     #[error("{0}")]
@@ -37,31 +44,89 @@ pub enum AdminError {
     Invalid(String),
     #[error("{0}")]
     Unreachable(String),
+    #[error("{0}")]
+    Unsaved(String),
+}
+
+/// Re-dials and listener restarts wait `backoff(n)` before attempt `n` (from 1): exponential from
+/// 200 ms to 30 s, with "equal jitter" (a random point in the upper half of the step) so that many
+/// nodes cut at once do not re-dial in lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MOST: Duration = Duration::from_secs(30);
+    let step = FIRST
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MOST);
+    step.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+        .max(FIRST)
+}
+
+/// A listener that has lived this long is healthy again: its next restart starts the back-off anew.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the tunnels to flush their goodbyes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+enum Link {
+    Up(Addr<Tunnel>),
+    /// Waiting for, or making, re-dial attempt `attempt` (dialled tunnels only).
+    Retrying {
+        attempt: u32,
+        task: SpawnHandle,
+    },
 }
 
 struct TunnelEntry {
     dest: Option<SocketAddr>,
     role: Role,
+    /// The incarnation: a new tunnel connection gets a new one, so stale reports are ignored.
     generation: u64,
-    /// The live tunnel actor; `None` once the tunnel is down.
-    actor: Option<Addr<Tunnel>>,
+    link: Link,
     last_error: Option<String>,
 }
 
-struct LocalService {
+/// A listening socket the Registry keeps open: a local service's, or the tunnel port.
+struct Listening {
     addr: SocketAddr,
-    key: Option<ServiceKey>,
-    timeout: Option<Duration>,
+    /// Shared with the listener actor so that closing it frees the port at once.
     socket: SharedSocket,
-    listener: Addr<Listener>,
+    actor: Option<Addr<Listener>>,
+    id: u64,
+    started: Instant,
+    restarts: u32,
+    retry: Option<SpawnHandle>,
+    last_error: Option<String>,
 }
 
-impl LocalService {
-    fn close(self) {
+impl Listening {
+    fn new(addr: SocketAddr, socket: Option<tokio::net::TcpListener>) -> Listening {
+        Listening {
+            addr,
+            socket: Rc::new(RefCell::new(socket)),
+            actor: None,
+            id: 0,
+            started: Instant::now(),
+            restarts: 0,
+            retry: None,
+            last_error: None,
+        }
+    }
+
+    fn close(self, ctx: &mut Context<Registry>) {
         // Dropping the socket frees the port now; the actor goes when it reads the message.
         self.socket.borrow_mut().take();
-        self.listener.do_send(StopListener);
+        if let Some(actor) = self.actor {
+            actor.do_send(StopListener);
+        }
+        if let Some(retry) = self.retry {
+            ctx.cancel_future(retry);
+        }
     }
+}
+
+struct LocalService {
+    key: Option<ServiceKey>,
+    timeout: Option<Duration>,
+    listening: Listening,
 }
 
 struct RemoteService {
@@ -80,20 +145,36 @@ pub struct ServiceSpec {
     pub addr: SocketAddr,
 }
 
+/// The state file's verdict on a change, awaited before the API answers.
+type Saved = LocalBoxFuture<'static, Result<(), AdminError>>;
+
 pub struct Registry {
     settings: Settings,
     tunnels: BTreeMap<String, TunnelEntry>,
-    /// Latest dial under way per tunnel name (generation, destination); a later request or a
-    /// DELETE supersedes it.
+    /// Latest `POST /tunnel` dial under way per tunnel name (generation, destination); a later
+    /// request or a DELETE supersedes it.
     dialing: HashMap<String, (u64, SocketAddr)>,
     local: BTreeMap<String, LocalService>,
     remote: BTreeMap<String, RemoteService>,
     binds: BTreeMap<Side, BTreeMap<String, String>>,
+    tunnel_port: Option<Listening>,
+    store: Option<StateStore>,
+    /// Restored when the actor starts.
+    restore: Option<State>,
+    shutting_down: bool,
     generation: u64,
 }
 
 impl Registry {
-    pub fn new(settings: Settings) -> Registry {
+    pub fn new(
+        settings: Settings,
+        tunnel_port: tokio::net::TcpListener,
+        store: Option<StateStore>,
+        restore: Option<State>,
+    ) -> Registry {
+        let port_addr = tunnel_port
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         Registry {
             settings,
             tunnels: BTreeMap::new(),
@@ -104,6 +185,10 @@ impl Registry {
                 (Side::Local, BTreeMap::new()),
                 (Side::Remote, BTreeMap::new()),
             ]),
+            tunnel_port: Some(Listening::new(port_addr, Some(tunnel_port))),
+            store,
+            restore,
+            shutting_down: false,
             generation: 0,
         }
     }
@@ -118,7 +203,21 @@ impl Registry {
     }
 
     fn connected_tunnel(&self, name: &str) -> Option<Addr<Tunnel>> {
-        self.tunnels.get(name).and_then(|t| t.actor.clone())
+        match self.tunnels.get(name).map(|t| &t.link) {
+            Some(Link::Up(actor)) => Some(actor.clone()),
+            _ => None,
+        }
+    }
+
+    /// Ends a tunnel entry's life: its connection closed (with `goodbye` if given), its re-dial
+    /// cancelled.
+    fn retire(entry: TunnelEntry, goodbye: Option<(GoAway, String)>, ctx: &mut Context<Self>) {
+        match entry.link {
+            Link::Up(actor) => actor.do_send(CloseTunnel { goodbye }),
+            Link::Retrying { task, .. } => {
+                ctx.cancel_future(task);
+            }
+        }
     }
 
     fn install_tunnel(
@@ -147,19 +246,240 @@ impl Registry {
                 dest,
                 role,
                 generation,
-                actor: Some(actor),
+                link: Link::Up(actor),
                 last_error: None,
             },
         );
-        if let Some(old_actor) = old.and_then(|t| t.actor) {
-            info!("tunnel {name}: replaced by a new connection");
-            old_actor.do_send(CloseTunnel { goodbye: None });
+        if let Some(old) = old {
+            if matches!(old.link, Link::Up(_)) {
+                info!("tunnel {name}: replaced by a new connection");
+            }
+            Registry::retire(old, None, ctx);
         }
         let role = match role {
             Role::Dialer => "dialled",
             Role::Acceptor => "accepted",
         };
         info!("tunnel {name} up ({role})");
+    }
+
+    /// Schedules re-dial attempt `attempt` of a dialled tunnel after `delay`.
+    fn retry_tunnel(&mut self, name: &str, attempt: u32, delay: Duration, ctx: &mut Context<Self>) {
+        let Some(t) = self.tunnels.get_mut(name) else {
+            return;
+        };
+        let generation = t.generation;
+        let owned = name.to_owned();
+        let task = ctx.run_later(delay, move |act, ctx| act.redial(owned, generation, ctx));
+        if let Link::Retrying { task: old, .. } =
+            std::mem::replace(&mut t.link, Link::Retrying { attempt, task })
+        {
+            ctx.cancel_future(old);
+        }
+    }
+
+    fn redial(&mut self, name: String, generation: u64, ctx: &mut Context<Self>) {
+        let Some(t) = self.tunnels.get(&name) else {
+            return;
+        };
+        let (Some(dest), Link::Retrying { attempt, .. }, true) =
+            (t.dest, &t.link, t.generation == generation)
+        else {
+            return;
+        };
+        let attempt = *attempt;
+        let limit = self.settings.dial_timeout;
+        let windows = self.settings.windows();
+        let dial_name = name.clone();
+        let entry = name.clone();
+        let dial = async move {
+            match tokio::time::timeout(limit, tunnel::dial(dest, &dial_name, windows)).await {
+                Ok(Ok(done)) => Ok(done),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no handshake within {} ms", limit.as_millis())),
+            }
+        }
+        .into_actor(self)
+        .map(move |result, act, ctx| {
+            let Some(t) = act.tunnels.get_mut(&name) else {
+                return;
+            };
+            if t.generation != generation || act.shutting_down {
+                return;
+            }
+            match result {
+                Ok((sock, peer)) => {
+                    info!("tunnel {name}: re-dial attempt {attempt} to {dest} succeeded");
+                    act.install_tunnel(name, Some(dest), Role::Dialer, sock, peer, ctx);
+                }
+                Err(e) => {
+                    let delay = backoff(attempt + 1);
+                    warn!(
+                        "tunnel {name}: re-dial attempt {attempt} to {dest} failed: {e}; next in {} ms",
+                        delay.as_millis()
+                    );
+                    t.last_error = Some(e);
+                    act.retry_tunnel(&name, attempt + 1, delay, ctx);
+                }
+            }
+        });
+        let task = ctx.spawn(dial);
+        if let Some(t) = self.tunnels.get_mut(&entry) {
+            t.link = Link::Retrying { attempt, task };
+        }
+    }
+
+    fn listening_mut(&mut self, accepts: &Accepts) -> Option<&mut Listening> {
+        match accepts {
+            Accepts::Service(name) => self.local.get_mut(name).map(|s| &mut s.listening),
+            Accepts::Tunnels => self.tunnel_port.as_mut(),
+        }
+    }
+
+    /// Starts a listener actor on `accepts`'s socket, binding the socket first if it has none. A
+    /// bind that fails is retried with back-off.
+    fn start_listener(&mut self, accepts: Accepts, ctx: &mut Context<Self>) {
+        let id = self.next_generation();
+        let (registry, settings) = (ctx.address(), self.settings);
+        let Some(l) = self.listening_mut(&accepts) else {
+            return;
+        };
+        l.retry = None;
+        if l.socket.borrow().is_none() {
+            match listener::bind(l.addr) {
+                Ok(socket) => *l.socket.borrow_mut() = Some(socket),
+                Err(e) => {
+                    l.restarts += 1;
+                    let delay = backoff(l.restarts);
+                    error!(
+                        "{accepts}: cannot listen on {}: {e}; retrying in {} ms",
+                        l.addr,
+                        delay.as_millis()
+                    );
+                    l.last_error = Some(format!("cannot listen on {}: {e}", l.addr));
+                    let again = accepts.clone();
+                    l.retry =
+                        Some(ctx.run_later(delay, move |act, ctx| act.start_listener(again, ctx)));
+                    return;
+                }
+            }
+        }
+        l.id = id;
+        l.started = Instant::now();
+        l.last_error = None;
+        l.actor = Some(Listener::new(accepts, id, registry, l.socket.clone(), settings).start());
+    }
+
+    fn to_state(&self) -> State {
+        let record = |addr: SocketAddr, key: &Option<ServiceKey>, timeout: &Option<Duration>| {
+            ServiceRecord {
+                addr,
+                key: key.as_ref().map(|k| k.secret().to_owned()),
+                timeout_ms: timeout.map(|d| d.as_millis() as u64),
+            }
+        };
+        let mut state = State::new();
+        state.tunnels = self
+            .tunnels
+            .iter()
+            .filter(|(_, t)| t.role == Role::Dialer)
+            .filter_map(|(n, t)| Some((n.clone(), TunnelRecord { dest: t.dest? })))
+            .collect();
+        state.services.local = self
+            .local
+            .iter()
+            .map(|(n, s)| (n.clone(), record(s.listening.addr, &s.key, &s.timeout)))
+            .collect();
+        state.services.remote = self
+            .remote
+            .iter()
+            .map(|(n, s)| (n.clone(), record(s.addr, &s.key, &s.timeout)))
+            .collect();
+        state.bind.local = self.binds.get(&Side::Local).cloned().unwrap_or_default();
+        state.bind.remote = self.binds.get(&Side::Remote).cloned().unwrap_or_default();
+        state
+    }
+
+    /// Writes the configuration to the state file (if there is one); resolves once it is on disk.
+    fn persist(&self) -> Saved {
+        let Some(store) = &self.store else {
+            return Box::pin(async { Ok(()) });
+        };
+        let written = store.save(&self.to_state());
+        let path = store.path().display().to_string();
+        Box::pin(async move {
+            let why = match written.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+                Err(_) => "the state writer has stopped".to_owned(),
+            };
+            Err(AdminError::Unsaved(format!(
+                "the change is made but could not be saved to {path}: {why}"
+            )))
+        })
+    }
+
+    /// An admin change's answer: its refusal, or its outcome once saved.
+    fn commit(&self, change: Result<(), AdminError>) -> Saved {
+        match change {
+            Ok(()) => self.persist(),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    /// Puts back what the state file holds: services listening, binds known, dialled tunnels
+    /// re-dialled at once and then with back-off, so a peer that is down holds nothing up.
+    fn restore(&mut self, state: State, ctx: &mut Context<Self>) {
+        let count = (
+            state.tunnels.len(),
+            state.services.local.len() + state.services.remote.len(),
+        );
+        let key = |k: Option<String>| k.as_deref().map(ServiceKey::new);
+        let timeout = |t: Option<u64>| t.map(Duration::from_millis);
+        for (name, s) in state.services.remote {
+            self.remote.insert(
+                name,
+                RemoteService {
+                    addr: s.addr,
+                    key: key(s.key),
+                    timeout: timeout(s.timeout_ms),
+                },
+            );
+        }
+        for (name, s) in state.services.local {
+            self.local.insert(
+                name.clone(),
+                LocalService {
+                    key: key(s.key),
+                    timeout: timeout(s.timeout_ms),
+                    listening: Listening::new(s.addr, None),
+                },
+            );
+            self.start_listener(Accepts::Service(name), ctx);
+        }
+        self.binds.insert(Side::Local, state.bind.local);
+        self.binds.insert(Side::Remote, state.bind.remote);
+        for (name, t) in state.tunnels {
+            let generation = self.next_generation();
+            self.tunnels.insert(
+                name.clone(),
+                TunnelEntry {
+                    dest: Some(t.dest),
+                    role: Role::Dialer,
+                    generation,
+                    link: Link::Retrying {
+                        attempt: 1,
+                        task: SpawnHandle::default(),
+                    },
+                    last_error: None,
+                },
+            );
+            self.retry_tunnel(&name, 1, Duration::ZERO, ctx);
+        }
+        info!(
+            "restored {} tunnels and {} services from the state file",
+            count.0, count.1
+        );
     }
 
     fn snapshot_config(&self) -> Value {
@@ -170,20 +490,19 @@ impl Registry {
             .tunnels
             .iter()
             .map(|(name, t)| {
-                let state = if t.actor.is_some() {
-                    "connected"
-                } else {
-                    "down"
-                };
-                (
-                    name.clone(),
-                    json!({
-                        "dest": t.dest.as_ref().map(endpoint),
-                        "role": t.role,
-                        "state": state,
-                        "last_error": t.last_error,
-                    }),
-                )
+                let mut v = json!({
+                    "dest": t.dest.as_ref().map(endpoint),
+                    "role": t.role,
+                    "last_error": t.last_error,
+                });
+                match &t.link {
+                    Link::Up(_) => v["state"] = json!("connected"),
+                    Link::Retrying { attempt, .. } => {
+                        v["state"] = json!("reconnecting");
+                        v["attempt"] = json!(attempt);
+                    }
+                }
+                (name.clone(), v)
             })
             .chain(
                 self.dialing
@@ -202,7 +521,8 @@ impl Registry {
             .local
             .iter()
             .map(|(name, s)| {
-                let listening = s
+                let l = &s.listening;
+                let listening = l
                     .socket
                     .borrow()
                     .as_ref()
@@ -210,8 +530,9 @@ impl Registry {
                     .map(|a| a.to_string());
                 (
                     name.clone(),
-                    json!({"addr": endpoint(&s.addr), "key": key(&s.key),
-                           "timeout": millis(&s.timeout), "listening": listening}),
+                    json!({"addr": endpoint(&l.addr), "key": key(&s.key),
+                           "timeout": millis(&s.timeout), "listening": listening,
+                           "last_error": l.last_error}),
                 )
             })
             .collect();
@@ -252,7 +573,7 @@ impl Registry {
             Ok(socket) => return Ok(socket),
             Err(e) => e,
         };
-        let Some(old) = self.local.get(&spec.name) else {
+        let Some(old) = self.local.get(&spec.name).map(|s| &s.listening) else {
             return Err(refused(err));
         };
         if err.kind() != std::io::ErrorKind::AddrInUse || old.addr.port() != spec.addr.port() {
@@ -266,7 +587,9 @@ impl Registry {
                 match listener::bind(old.addr) {
                     Ok(back) => {
                         *old.socket.borrow_mut() = Some(back);
-                        old.listener.do_send(SocketReplaced);
+                        if let Some(actor) = &old.actor {
+                            actor.do_send(SocketReplaced);
+                        }
                     }
                     Err(e) => warn!(
                         "service {}: lost its listener on {} while moving: {e}",
@@ -284,6 +607,10 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        self.start_listener(Accepts::Tunnels, ctx);
+        if let Some(state) = self.restore.take() {
+            self.restore(state, ctx);
+        }
     }
 }
 
@@ -329,7 +656,8 @@ impl Handler<AddTunnel> for Registry {
                     Err(AdminError::Unreachable(format!(
                         "tunnel {name}: cannot reach {dest}: {error}"
                     )))
-                }),
+                })
+                .then(|change, act, _ctx| act.commit(change).into_actor(act)),
         )
     }
 }
@@ -342,17 +670,13 @@ pub struct DeleteTunnel {
 }
 
 impl Handler<DeleteTunnel> for Registry {
-    type Result = Result<(), AdminError>;
+    type Result = ResponseFuture<Result<(), AdminError>>;
 
-    fn handle(&mut self, msg: DeleteTunnel, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: DeleteTunnel, ctx: &mut Self::Context) -> Self::Result {
         let dialing = self.dialing.remove(&msg.name).is_some();
-        match self.tunnels.remove(&msg.name) {
+        let change = match self.tunnels.remove(&msg.name) {
             Some(t) => {
-                if let Some(actor) = t.actor {
-                    actor.do_send(CloseTunnel {
-                        goodbye: Some("deleted".to_owned()),
-                    });
-                }
+                Registry::retire(t, Some((GoAway::Deleted, "deleted".to_owned())), ctx);
                 info!("tunnel {}: deleted", msg.name);
                 Ok(())
             }
@@ -364,7 +688,8 @@ impl Handler<DeleteTunnel> for Registry {
                 "no tunnel named {}",
                 msg.name
             ))),
-        }
+        };
+        self.commit(change)
     }
 }
 
@@ -373,10 +698,12 @@ impl Handler<DeleteTunnel> for Registry {
 #[rtype(result = "Result<(), AdminError>")]
 pub struct AddService(pub ServiceSpec);
 
-impl Handler<AddService> for Registry {
-    type Result = Result<(), AdminError>;
-
-    fn handle(&mut self, AddService(spec): AddService, ctx: &mut Self::Context) -> Self::Result {
+impl Registry {
+    fn add_service(
+        &mut self,
+        spec: ServiceSpec,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), AdminError> {
         let key = spec.key.as_deref().map(ServiceKey::new);
         match spec.side {
             Side::Remote => {
@@ -397,7 +724,7 @@ impl Handler<AddService> for Registry {
             }
             Side::Local => {
                 if let Some(s) = self.local.get_mut(&spec.name) {
-                    if s.addr == spec.addr {
+                    if s.listening.addr == spec.addr {
                         s.key = key;
                         s.timeout = spec.timeout;
                         info!("service {} (local) on {}: updated", spec.name, spec.addr);
@@ -405,30 +732,35 @@ impl Handler<AddService> for Registry {
                     }
                 }
                 let socket = self.rebind(&spec)?;
-                let socket: SharedSocket = Rc::new(RefCell::new(Some(socket)));
-                let listener =
-                    Listener::new(spec.name.clone(), ctx.address(), socket.clone()).start();
                 let old = self.local.insert(
                     spec.name.clone(),
                     LocalService {
-                        addr: spec.addr,
                         key,
                         timeout: spec.timeout,
-                        socket,
-                        listener,
+                        listening: Listening::new(spec.addr, Some(socket)),
                     },
                 );
                 if let Some(old) = old {
                     info!(
                         "service {} (local): stopped listening on {}",
-                        spec.name, old.addr
+                        spec.name, old.listening.addr
                     );
-                    old.close();
+                    old.listening.close(ctx);
                 }
+                self.start_listener(Accepts::Service(spec.name.clone()), ctx);
                 info!("service {} (local): listening on {}", spec.name, spec.addr);
             }
         }
         Ok(())
+    }
+}
+
+impl Handler<AddService> for Registry {
+    type Result = ResponseFuture<Result<(), AdminError>>;
+
+    fn handle(&mut self, AddService(spec): AddService, ctx: &mut Self::Context) -> Self::Result {
+        let change = self.add_service(spec, ctx);
+        self.commit(change)
     }
 }
 
@@ -441,26 +773,26 @@ pub struct DeleteService {
 }
 
 impl Handler<DeleteService> for Registry {
-    type Result = Result<(), AdminError>;
+    type Result = ResponseFuture<Result<(), AdminError>>;
 
-    fn handle(&mut self, msg: DeleteService, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: DeleteService, ctx: &mut Self::Context) -> Self::Result {
         let existed = match msg.side {
             Side::Local => self
                 .local
                 .remove(&msg.name)
-                .map(LocalService::close)
+                .map(|s| s.listening.close(ctx))
                 .is_some(),
             Side::Remote => self.remote.remove(&msg.name).is_some(),
         };
         if !existed {
-            return Err(AdminError::NotFound(format!(
+            return self.commit(Err(AdminError::NotFound(format!(
                 "no {} service named {}",
                 msg.side, msg.name
-            )));
+            ))));
         }
         self.binds(msg.side).remove(&msg.name);
         for t in self.tunnels.values() {
-            if let Some(actor) = &t.actor {
+            if let Link::Up(actor) = &t.link {
                 actor.do_send(CloseService {
                     service: msg.name.clone(),
                     side: msg.side,
@@ -468,7 +800,7 @@ impl Handler<DeleteService> for Registry {
             }
         }
         info!("service {} ({}): deleted", msg.name, msg.side);
-        Ok(())
+        self.commit(Ok(()))
     }
 }
 
@@ -482,10 +814,8 @@ pub struct SetBind {
     pub bound: bool,
 }
 
-impl Handler<SetBind> for Registry {
-    type Result = Result<(), AdminError>;
-
-    fn handle(&mut self, msg: SetBind, _ctx: &mut Self::Context) -> Self::Result {
+impl Registry {
+    fn set_bind(&mut self, msg: SetBind) -> Result<(), AdminError> {
         let exists = match msg.side {
             Side::Local => self.local.contains_key(&msg.service),
             Side::Remote => self.remote.contains_key(&msg.service),
@@ -521,6 +851,15 @@ impl Handler<SetBind> for Registry {
     }
 }
 
+impl Handler<SetBind> for Registry {
+    type Result = ResponseFuture<Result<(), AdminError>>;
+
+    fn handle(&mut self, msg: SetBind, _ctx: &mut Self::Context) -> Self::Result {
+        let change = self.set_bind(msg);
+        self.commit(change)
+    }
+}
+
 /// `GET /config`: the live configuration with the tunnels' counters and connections.
 #[derive(Message)]
 #[rtype(result = "Value")]
@@ -534,7 +873,10 @@ impl Handler<GetConfig> for Registry {
         let asks: Vec<(String, Addr<Tunnel>)> = self
             .tunnels
             .iter()
-            .filter_map(|(n, t)| t.actor.clone().map(|a| (n.clone(), a)))
+            .filter_map(|(n, t)| match &t.link {
+                Link::Up(a) => Some((n.clone(), a.clone())),
+                Link::Retrying { .. } => None,
+            })
             .collect();
         Box::pin(
             async move {
@@ -575,7 +917,38 @@ impl Handler<GetConfig> for Registry {
     }
 }
 
-/// Tunnel port -> Registry: a peer dialled in and completed the handshake.
+/// Tunnel port -> Registry: may a peer open a tunnel under this name? Asked before the handshake
+/// is answered, so a refused dialer learns why.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct MayAccept {
+    pub name: String,
+}
+
+impl Registry {
+    fn may_accept(&self, name: &str) -> Result<(), String> {
+        if self.shutting_down {
+            return Err("the node is shutting down".to_owned());
+        }
+        match self.tunnels.get(name) {
+            Some(t) if t.role == Role::Dialer => Err(format!(
+                "this node dials a tunnel named {name} itself; pick another name"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Handler<MayAccept> for Registry {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: MayAccept, _ctx: &mut Self::Context) -> Self::Result {
+        self.may_accept(&msg.name)
+    }
+}
+
+/// Tunnel port -> Registry: a peer dialled in and completed the handshake. An older tunnel of the
+/// same name (a dead one the peer has given up on) is replaced.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TunnelAccepted {
@@ -588,6 +961,10 @@ impl Handler<TunnelAccepted> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: TunnelAccepted, ctx: &mut Self::Context) {
+        if let Err(why) = self.may_accept(&msg.name) {
+            warn!("tunnel {}: accepted connection dropped: {why}", msg.name);
+            return;
+        }
         self.install_tunnel(msg.name, None, Role::Acceptor, msg.sock, msg.peer, ctx);
     }
 }
@@ -599,28 +976,93 @@ pub struct TunnelDown {
     pub name: String,
     pub generation: u64,
     pub reason: String,
-    /// The peer said goodbye (deleted the tunnel): forget it here too.
-    pub closed_by_peer: bool,
+    /// The peer's goodbye, if it said one.
+    pub goaway: Option<GoAway>,
 }
 
 impl Handler<TunnelDown> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: TunnelDown, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: TunnelDown, ctx: &mut Self::Context) {
         let Some(t) = self.tunnels.get_mut(&msg.name) else {
             return;
         };
-        if t.generation != msg.generation {
+        if t.generation != msg.generation || !matches!(t.link, Link::Up(_)) {
             return;
         }
-        if t.role == Role::Dialer && !msg.closed_by_peer {
-            warn!("tunnel {} is down: {}", msg.name, msg.reason);
-            t.actor = None;
-            t.last_error = Some(msg.reason);
-        } else {
-            info!("tunnel {} removed: {}", msg.name, msg.reason);
-            self.tunnels.remove(&msg.name);
+        match (t.role, msg.goaway) {
+            (Role::Dialer, Some(GoAway::Deleted)) => {
+                info!("tunnel {} removed: {}", msg.name, msg.reason);
+                self.tunnels.remove(&msg.name);
+                let saved = self.persist();
+                ctx.spawn(
+                    async move {
+                        if let Err(e) = saved.await {
+                            error!("{e}");
+                        }
+                    }
+                    .into_actor(self),
+                );
+            }
+            (Role::Dialer, _) if !self.shutting_down => {
+                let delay = backoff(1);
+                warn!(
+                    "tunnel {} is down: {}; re-dialing in {} ms",
+                    msg.name,
+                    msg.reason,
+                    delay.as_millis()
+                );
+                t.last_error = Some(msg.reason);
+                self.retry_tunnel(&msg.name, 1, delay, ctx);
+            }
+            _ => {
+                info!("tunnel {} removed: {}", msg.name, msg.reason);
+                if t.role == Role::Acceptor {
+                    self.tunnels.remove(&msg.name);
+                }
+            }
         }
+    }
+}
+
+/// Listener -> Registry: a listener actor stopped. Unless the Registry stopped it (the service is
+/// gone or has a newer listener), it is restarted with back-off.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ListenerDown {
+    pub accepts: Accepts,
+    pub id: u64,
+    pub panicked: bool,
+}
+
+impl Handler<ListenerDown> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ListenerDown, ctx: &mut Self::Context) {
+        if self.shutting_down {
+            return;
+        }
+        let Some(l) = self.listening_mut(&msg.accepts) else {
+            return;
+        };
+        if l.id != msg.id || l.retry.is_some() {
+            return;
+        }
+        l.actor = None;
+        if l.started.elapsed() >= HEALTHY_AFTER {
+            l.restarts = 0;
+        }
+        l.restarts += 1;
+        let delay = backoff(l.restarts);
+        let why = if msg.panicked { "panicked" } else { "stopped" };
+        error!(
+            "{}: the listener {why}; restarting it in {} ms",
+            msg.accepts,
+            delay.as_millis()
+        );
+        l.last_error = Some(format!("the listener {why}"));
+        let accepts = msg.accepts;
+        l.retry = Some(ctx.run_later(delay, move |act, ctx| act.start_listener(accepts, ctx)));
     }
 }
 
@@ -640,6 +1082,9 @@ impl Handler<Accepted> for Registry {
         let Some(service) = self.local.get(&msg.service) else {
             return;
         };
+        if self.shutting_down {
+            return;
+        }
         let refuse = |why: String| {
             info!(
                 "service {}: closing connection from {}: {why}",
@@ -654,6 +1099,8 @@ impl Handler<Accepted> for Registry {
             return refuse("the service is not bound to a tunnel".to_owned());
         };
         let Some(tunnel) = self.connected_tunnel(tunnel_name) else {
+            // A reset, not a FIN: the client learns at once that nothing is behind the port.
+            let _ = msg.sock.set_zero_linger();
             return refuse(format!("tunnel {tunnel_name} is not connected"));
         };
         let keyed: Option<KeyedOpen> = service.key.as_ref().map(ServiceKey::open);
@@ -738,5 +1185,94 @@ impl Handler<IncomingOpen> for Registry {
             ciphers,
             idle_timeout: service.timeout,
         });
+    }
+}
+
+/// The node is stopping (SIGTERM, SIGINT): stop accepting, say goodbye to every peer (dialers
+/// re-dial, acceptors drop the tunnel at once instead of waiting for the heartbeat), close every
+/// connection, flush the state file. Resolves once the tunnels have stopped, or after a grace.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        if let Some(port) = self.tunnel_port.take() {
+            port.close(ctx);
+        }
+        let services: Vec<String> = self.local.keys().cloned().collect();
+        for name in services {
+            if let Some(s) = self.local.get_mut(&name) {
+                let addr = s.listening.addr;
+                let listening = std::mem::replace(&mut s.listening, Listening::new(addr, None));
+                listening.close(ctx);
+            }
+        }
+        self.dialing.clear();
+        let mut closing = Vec::new();
+        for t in self.tunnels.values_mut() {
+            match &t.link {
+                Link::Up(actor) => {
+                    actor.do_send(CloseTunnel {
+                        goodbye: Some((GoAway::Leaving, "the node is shutting down".to_owned())),
+                    });
+                    closing.push(actor.clone());
+                }
+                Link::Retrying { task, .. } => {
+                    ctx.cancel_future(*task);
+                }
+            }
+        }
+        info!("shutting down: {} tunnels told", closing.len());
+        let saved = self.persist();
+        Box::pin(async move {
+            if let Err(e) = saved.await {
+                error!("{e}");
+            }
+            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            while closing.iter().any(Addr::connected) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    }
+}
+
+/// Test-only fault hook: makes one actor panic, to prove that the node notices and recovers.
+#[cfg(feature = "fault-injection")]
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), AdminError>")]
+pub enum InjectFault {
+    Listener { service: String },
+    Tunnel { name: String },
+    Connection { tunnel: String, stream: u32 },
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectFault> for Registry {
+    type Result = Result<(), AdminError>;
+
+    fn handle(&mut self, msg: InjectFault, _ctx: &mut Self::Context) -> Self::Result {
+        warn!("fault injection: {msg:?}");
+        let missing = || AdminError::NotFound(format!("no live actor for {msg:?}"));
+        match &msg {
+            InjectFault::Listener { service } => self
+                .local
+                .get(service)
+                .and_then(|s| s.listening.actor.as_ref())
+                .ok_or_else(missing)?
+                .do_send(crate::Crash),
+            InjectFault::Tunnel { name } => self
+                .connected_tunnel(name)
+                .ok_or_else(missing)?
+                .do_send(crate::Crash),
+            InjectFault::Connection { tunnel, stream } => self
+                .connected_tunnel(tunnel)
+                .ok_or_else(missing)?
+                .do_send(tunnel::CrashStream { stream: *stream }),
+        }
+        Ok(())
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use serde::Serialize;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -30,7 +30,7 @@ use tokio_util::codec::FramedRead;
 use crate::connection::{Ciphers, Connection, StreamEvent};
 use crate::io::write_all_vectored;
 use crate::protocol::{
-    write_message, Frame, FrameCodec, Hello, KeyedOpen, ProtocolError, Welcome, Windows,
+    write_message, Frame, FrameCodec, GoAway, Hello, KeyedOpen, ProtocolError, Welcome, Windows,
     HEADER_LEN, MAX_DATA, TUNNEL_STREAM,
 };
 use crate::registry::{IncomingOpen, Registry, TunnelDown};
@@ -75,13 +75,19 @@ pub async fn dial(
     Ok((sock, theirs))
 }
 
-/// Answers a dialer on the tunnel port: reads its hello and accepts it.
-pub async fn accept(sock: &mut TcpStream, ours: Windows) -> Result<Hello, ProtocolError> {
+/// The first half of answering a dialer on the tunnel port: its hello.
+pub async fn read_hello(sock: &mut TcpStream) -> Result<Hello, ProtocolError> {
     sock.set_nodelay(true)?;
-    let hello = Hello::read(sock).await?;
-    let welcome = Welcome { accepted: Ok(ours) };
-    write_message(sock, &welcome.to_bytes()).await?;
-    Ok(hello)
+    Hello::read(sock).await
+}
+
+/// The second half: accept with our windows, or refuse with a reason the dialer reports.
+pub async fn welcome(
+    sock: &mut TcpStream,
+    accepted: Result<Windows, String>,
+) -> Result<(), ProtocolError> {
+    write_message(sock, &Welcome { accepted }.to_bytes()).await?;
+    Ok(())
 }
 
 /// One multiplexed stream, as the tunnel sees it.
@@ -161,7 +167,8 @@ pub struct Tunnel {
     pings: u64,
     closing: bool,
     down_reason: Option<String>,
-    goaway_received: bool,
+    /// The peer said goodbye, and why.
+    goaway_received: Option<GoAway>,
     streams_opened: u64,
     bytes_sent: u64,
     bytes_received: u64,
@@ -202,7 +209,7 @@ impl Tunnel {
             pings: 0,
             closing: false,
             down_reason: None,
-            goaway_received: false,
+            goaway_received: None,
             streams_opened: 0,
             bytes_sent: 0,
             bytes_received: 0,
@@ -448,9 +455,9 @@ impl Tunnel {
             }
             Frame::Ping(v) => self.queue_control(&Frame::Pong(v), ctx),
             Frame::Pong(_) => {}
-            Frame::GoAway { reason } => {
+            Frame::GoAway { code, reason } => {
                 info!("tunnel {}: peer closed the tunnel: {reason}", self.name);
-                self.goaway_received = true;
+                self.goaway_received = Some(code);
                 self.fail(ctx, format!("closed by the peer: {reason}"));
             }
         }
@@ -615,16 +622,28 @@ impl Actor for Tunnel {
         });
     }
 
+    /// Also runs when a handler panicked (actix stops the actor as its task unwinds): keep it
+    /// to sends and logging, which cannot panic again.
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        let reason = self
-            .down_reason
-            .take()
-            .unwrap_or_else(|| "closed".to_owned());
-        info!(
-            "tunnel {} down ({} streams closed): {reason}",
-            self.name,
-            self.streams.len()
-        );
+        let reason = if std::thread::panicking() {
+            error!(
+                "tunnel {}: the tunnel actor panicked; closing its {} streams",
+                self.name,
+                self.streams.len()
+            );
+            "the tunnel actor panicked".to_owned()
+        } else {
+            let reason = self
+                .down_reason
+                .take()
+                .unwrap_or_else(|| "closed".to_owned());
+            info!(
+                "tunnel {} down ({} streams closed): {reason}",
+                self.name,
+                self.streams.len()
+            );
+            reason
+        };
         for (_, e) in self.streams.drain() {
             if let Some(conn) = e.conn {
                 conn.do_send(StreamEvent::Abort);
@@ -634,7 +653,7 @@ impl Actor for Tunnel {
             name: self.name.clone(),
             generation: self.generation,
             reason,
-            closed_by_peer: self.goaway_received,
+            goaway: self.goaway_received,
         });
     }
 }
@@ -889,20 +908,24 @@ impl Handler<FromConnection> for Tunnel {
     }
 }
 
-/// Registry -> tunnel: close. With a goodbye, the peer forgets the tunnel instead of marking it down.
+/// Registry -> tunnel: close. With a goodbye the peer learns why at once (and forgets the tunnel
+/// if it was deleted) instead of finding out from a broken connection or the heartbeat.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseTunnel {
-    pub goodbye: Option<String>,
+    pub goodbye: Option<(GoAway, String)>,
 }
 
 impl Handler<CloseTunnel> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CloseTunnel, ctx: &mut Self::Context) {
-        self.down_reason = Some(msg.goodbye.clone().unwrap_or_else(|| "replaced".to_owned()));
+        self.down_reason = Some(match &msg.goodbye {
+            Some((_, reason)) => reason.clone(),
+            None => "replaced".to_owned(),
+        });
         match msg.goodbye {
-            Some(reason) => {
+            Some((code, reason)) => {
                 for (_, e) in self.streams.drain() {
                     if let Some(conn) = e.conn {
                         conn.do_send(StreamEvent::Abort);
@@ -911,7 +934,7 @@ impl Handler<CloseTunnel> for Tunnel {
                 self.data.clear();
                 self.data_queued = 0;
                 self.closing = true;
-                self.queue_control(&Frame::GoAway { reason }, ctx);
+                self.queue_control(&Frame::GoAway { code, reason }, ctx);
                 ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
             }
             None => ctx.stop(),
@@ -939,6 +962,34 @@ impl Handler<CloseService> for Tunnel {
             .collect();
         for id in ids {
             self.reset_stream(id, "service deleted", ctx);
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::Crash> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::Crash, _ctx: &mut Self::Context) {
+        panic!("fault injected into tunnel {}", self.name);
+    }
+}
+
+/// Test-only fault hook: make the connection actor of one stream panic.
+#[cfg(feature = "fault-injection")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CrashStream {
+    pub stream: u32,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<CrashStream> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CrashStream, _ctx: &mut Self::Context) {
+        if let Some(conn) = self.streams.get(&msg.stream).and_then(|e| e.conn.as_ref()) {
+            conn.do_send(crate::Crash);
         }
     }
 }

@@ -3,8 +3,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,20 +19,69 @@ pub struct Node {
     child: Child,
     pub admin: SocketAddr,
     pub tunnel: SocketAddr,
+    config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// A directory of its own for a test's files; removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("menet-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Node {
+    /// A node on the repository's default configuration, on free loopback ports.
     pub fn start() -> Node {
+        let config = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/menet.toml"));
+        Node::spawn(config, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// A node whose configuration file is `toml`, written as `name`.toml in `dir`, on free ports.
+    pub fn with_config(dir: &TempDir, name: &str, toml: &str) -> Node {
+        let config = dir.path(&format!("{name}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        Node::spawn(config, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// A node with a state file (`name`.json in `dir`) and the given `[tunnel]` heartbeat.
+    pub fn persistent(dir: &TempDir, name: &str, heartbeat_ms: Option<(u64, u64)>) -> Node {
+        let state = dir.path(&format!("{name}.json"));
+        let heartbeat = heartbeat_ms
+            .map(|(i, t)| format!("heartbeat_interval_ms = {i}\nheartbeat_timeout_ms = {t}\n"))
+            .unwrap_or_default();
+        Node::with_config(
+            dir,
+            name,
+            &format!(
+                "[tunnel]\n{heartbeat}[state]\npath = {:?}\n",
+                state.display().to_string()
+            ),
+        )
+    }
+
+    fn spawn(config: PathBuf, admin: &str, tunnel: &str) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_menet"))
-            .args([
-                "--config",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/config/menet.toml"),
-                "--admin",
-                "127.0.0.1:0",
-                "--tunnel",
-                "127.0.0.1:0",
-            ])
+            .arg("--config")
+            .arg(&config)
+            .args(["--admin", admin, "--tunnel", tunnel])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -50,7 +100,7 @@ impl Node {
         let (mut admin, mut tunnel) = (None, None);
         while admin.is_none() || tunnel.is_none() {
             assert!(
-                Instant::now() < deadline,
+                Instant::now() < deadline && matches!(child.try_wait(), Ok(None)),
                 "node did not start: {:?}",
                 log.lock()
             );
@@ -68,8 +118,51 @@ impl Node {
             child,
             admin: admin.expect("admin addr"),
             tunnel: tunnel.expect("tunnel addr"),
+            config,
             log,
         }
+    }
+
+    /// Starts the node again, same configuration and same addresses, once it has exited.
+    pub fn restart(&mut self) {
+        assert!(!self.alive(), "restart of a running node");
+        let again = Node::spawn(
+            self.config.clone(),
+            &self.admin.to_string(),
+            &self.tunnel.to_string(),
+        );
+        *self = again;
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; the exit code and how long the node took to exit (or `None` after 10 s).
+    pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status.code(), started.elapsed());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        (None, started.elapsed())
+    }
+
+    /// Lines of its log (this run's) containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 
     /// Fails with a config error instead of starting.
@@ -176,13 +269,21 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Val
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), never the same one twice in a test run.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut given = GIVEN.lock().expect("ports lock");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `POST /tunnel` on `from`, dialling `to`'s tunnel port.
@@ -344,6 +445,135 @@ pub fn roundtrip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     (&s).read_to_end(&mut got).expect("receive");
     w.join().expect("writer");
     got
+}
+
+/// Like [`roundtrip`], but an error (the tunnel is down, say) is returned, not a panic.
+pub fn try_roundtrip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut writer = s.try_clone()?;
+    let data = data.to_vec();
+    let w = thread::spawn(move || {
+        let _ = writer
+            .write_all(&data)
+            .and_then(|()| writer.shutdown(Shutdown::Write));
+    });
+    let mut got = Vec::new();
+    let read = (&s).read_to_end(&mut got);
+    let _ = w.join();
+    read.map(|_| got)
+}
+
+/// Polls until `data` comes back through `addr` byte-exact; how long that took.
+pub fn healed(addr: SocketAddr, data: &[u8], within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if try_roundtrip(addr, data).is_ok_and(|got| got == data) {
+            return Some(started.elapsed());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A TCP relay in front of `target`, to break the path between two nodes on demand: `cut` resets
+/// every connection through it; `freeze` stops forwarding without closing anything (a silent
+/// partition: no FIN, no RST), `thaw` resumes it.
+pub struct Relay {
+    pub addr: SocketAddr,
+    frozen: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let addr = listener.local_addr().expect("addr");
+        let frozen = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, c, st) = (frozen.clone(), conns.clone(), stop.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut list = c.lock().expect("relay lock");
+                for s in [&client, &server] {
+                    if let Ok(clone) = s.try_clone() {
+                        list.push(clone);
+                    }
+                }
+                drop(list);
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    let frozen = f.clone();
+                    thread::spawn(move || pump(from, to, &frozen));
+                }
+            }
+        });
+        Relay {
+            addr,
+            frozen,
+            conns,
+            stop,
+        }
+    }
+
+    pub fn cut(&self) {
+        for s in self.conns.lock().expect("relay lock").drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thaw();
+        self.cut();
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool) {
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if frozen.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so every test checks distinct content.

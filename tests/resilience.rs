@@ -1,0 +1,218 @@
+//! Crashes, restarts and partitions: real nodes killed, stopped and cut apart on loopback. What
+//! the admin API configured must survive, and tunnels must heal without anyone calling the API.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// `GET /config` without what changes by itself (counters, connections, peer addresses, errors).
+fn shape(mut config: Value) -> Value {
+    if let Some(tunnels) = config["tunnels"].as_object_mut() {
+        for t in tunnels.values_mut() {
+            *t = serde_json::json!({"dest": t["dest"], "role": t["role"], "state": t["state"]});
+        }
+    }
+    config["connections"] = Value::Null;
+    config
+}
+
+fn connected(node: &Node, tunnel: &str) -> bool {
+    node.config()["tunnels"][tunnel]["state"] == "connected"
+}
+
+fn echo_once(s: &mut std::net::TcpStream, seed: u64) {
+    let data = pattern(4096, seed);
+    s.write_all(&data).expect("send");
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).expect("echo");
+    assert_eq!(got, data);
+}
+
+/// kill -9 of the node behind the tunnel while 10 connections are open: the clients are closed at
+/// once, the dialler shows `reconnecting` with its attempts, and once the node is started again
+/// (restoring its services from its state file) the tunnel is back and traffic flows, with no
+/// API call anywhere.
+#[test]
+fn kill_of_the_remote_node_heals_by_itself() {
+    let dir = TempDir::new("kill-remote");
+    let backend = Backend::echo();
+    let a = Node::persistent(&dir, "a", None);
+    let mut b = Node::persistent(&dir, "b", None);
+    let local = wire(&a, &b, backend.addr, Some("k1"));
+    let mut clients: Vec<_> = (0..10).map(|_| connect(local)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        echo_once(c, i as u64);
+    }
+    b.kill9();
+    let killed = Instant::now();
+    for c in &mut clients {
+        assert!(closed_within(c, Duration::from_secs(3)), "client held open");
+    }
+    eprintln!("10 clients closed {:?} after kill -9", killed.elapsed());
+    assert!(eventually(Duration::from_secs(3), || {
+        let t = &a.config()["tunnels"]["tunnel1"];
+        t["state"] == "reconnecting" && t["attempt"].as_u64() >= Some(2)
+    }));
+    // While the tunnel is down a new client is refused at once, not held.
+    let mut refused = connect(local);
+    assert!(closed_within(&mut refused, Duration::from_secs(1)));
+
+    b.restart();
+    let restarted = Instant::now();
+    let data = pattern(300_000, 7);
+    let took = healed(local, &data, Duration::from_secs(10)).expect("tunnel healed");
+    eprintln!("traffic flows again {took:?} after the remote node restarted");
+    assert!(restarted.elapsed() < Duration::from_secs(10));
+    assert!(connected(&a, "tunnel1"));
+}
+
+/// kill -9 of the dialling node: started again, it restores its state and re-dials by itself.
+#[test]
+fn kill_of_the_dialling_node_restores_and_redials() {
+    let dir = TempDir::new("kill-dialer");
+    let backend = Backend::echo();
+    let mut a = Node::persistent(&dir, "a", None);
+    let b = Node::persistent(&dir, "b", None);
+    let local = wire(&a, &b, backend.addr, None);
+    let before = shape(a.config());
+    a.kill9();
+    assert!(eventually(Duration::from_secs(3), || b.config()["tunnels"]
+        .as_object()
+        .is_some_and(|t| t.is_empty())));
+    a.restart();
+    let data = pattern(100_000, 8);
+    let took = healed(local, &data, Duration::from_secs(10)).expect("tunnel re-dialled");
+    eprintln!("dialling node: traffic flows {took:?} after its restart");
+    assert_eq!(shape(a.config()), before);
+}
+
+/// SIGTERM: the node says goodbye (the peer notices at once, not after the heartbeat timeout),
+/// exits 0 within 5 s, and started again shows the same configuration and carries traffic.
+#[test]
+fn sigterm_says_goodbye_and_a_restart_is_identical() {
+    let dir = TempDir::new("sigterm");
+    let backend = Backend::echo();
+    let mut a = Node::persistent(&dir, "a", None);
+    let mut b = Node::persistent(&dir, "b", None);
+    let local = wire(&a, &b, backend.addr, Some("k2"));
+    let mut client = connect(local);
+    echo_once(&mut client, 1);
+    let before = shape(a.config());
+
+    // The dialler leaves: the acceptor drops the tunnel at once.
+    let (code, took) = a.terminate();
+    assert_eq!(code, Some(0), "exit code after SIGTERM");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    eprintln!("dialling node exited {took:?} after SIGTERM");
+    assert!(closed_within(&mut client, Duration::from_secs(1)));
+    assert!(b.config()["tunnels"]
+        .as_object()
+        .is_some_and(|t| t.is_empty()));
+    a.restart();
+    assert!(healed(local, &pattern(50_000, 2), Duration::from_secs(10)).is_some());
+    assert_eq!(shape(a.config()), before);
+
+    // The acceptor leaves: the dialler starts re-dialling at once.
+    let (code, took) = b.terminate();
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(a.config()["tunnels"]["tunnel1"]["state"], "reconnecting");
+    b.restart();
+    let took = healed(local, &pattern(50_000, 3), Duration::from_secs(10)).expect("healed");
+    eprintln!("traffic flows {took:?} after the accepting node restarted");
+}
+
+/// A silent partition (a relay that stops forwarding: no FIN, no RST) is detected within the
+/// heartbeat timeout, and the tunnel heals once packets flow again.
+#[test]
+fn a_silent_partition_is_detected_and_healed() {
+    let dir = TempDir::new("partition");
+    let backend = Backend::echo();
+    let heartbeat = Some((250, 1000));
+    let a = Node::persistent(&dir, "a", heartbeat);
+    let b = Node::persistent(&dir, "b", heartbeat);
+    let relay = Relay::start(b.tunnel);
+    a.ok(
+        "POST",
+        "/tunnel",
+        &format!(
+            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
+            relay.addr.port()
+        ),
+    );
+    let local = carry(&a, &b, "tunnel1", "service1", None, backend.addr);
+    let mut client = connect(local);
+    echo_once(&mut client, 4);
+
+    relay.freeze();
+    let frozen = Instant::now();
+    assert!(eventually(Duration::from_secs(3), || !connected(
+        &a, "tunnel1"
+    )));
+    let detected = frozen.elapsed();
+    eprintln!("silent partition detected after {detected:?} (timeout 1 s)");
+    assert!(detected >= Duration::from_millis(900), "{detected:?}");
+    assert!(detected <= Duration::from_millis(1600), "{detected:?}");
+    assert!(closed_within(&mut client, Duration::from_secs(1)));
+    let last_error = a.config()["tunnels"]["tunnel1"]["last_error"].clone();
+    assert!(
+        last_error.as_str().is_some_and(|e| e.contains("silent")),
+        "{last_error}"
+    );
+    assert!(eventually(Duration::from_secs(3), || b.config()["tunnels"]
+        .as_object()
+        .is_some_and(|t| t.is_empty())));
+
+    thread::sleep(Duration::from_secs(1));
+    relay.thaw();
+    let took = healed(local, &pattern(100_000, 5), Duration::from_secs(15)).expect("healed");
+    eprintln!("traffic flows {took:?} after the partition ended");
+}
+
+/// The tunnel cut a hundred times in a row: healed each time, and neither node's memory grows.
+#[test]
+fn a_hundred_cuts_heal_and_memory_stays_flat() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let relay = Relay::start(b.tunnel);
+    a.ok(
+        "POST",
+        "/tunnel",
+        &format!(
+            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
+            relay.addr.port()
+        ),
+    );
+    let local = carry(&a, &b, "tunnel1", "service1", Some("k3"), backend.addr);
+    let data = pattern(20_000, 6);
+    let mut baseline = 0;
+    let mut worst = Duration::ZERO;
+    for cut in 0..100 {
+        let mut held = connect(local);
+        echo_once(&mut held, cut);
+        relay.cut();
+        assert!(
+            closed_within(&mut held, Duration::from_secs(2)),
+            "cut {cut}"
+        );
+        let took = healed(local, &data, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("not healed after cut {cut}"));
+        worst = worst.max(took);
+        if cut == 9 {
+            baseline = a.rss_kib() + b.rss_kib();
+        }
+    }
+    let after = a.rss_kib() + b.rss_kib();
+    eprintln!(
+        "100 cuts: worst heal {worst:?}; RSS both nodes {baseline} KiB after 10, {after} KiB after 100"
+    );
+    assert!(
+        after < baseline + 1024,
+        "RSS grew from {baseline} KiB to {after} KiB"
+    );
+}
