@@ -48,7 +48,11 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // A panic is caught where its actor's task ends and the node goes on; log it like any error.
     std::panic::set_hook(Box::new(|info| {
-        error!("panic: {info}\n{}", std::backtrace::Backtrace::capture());
+        let trace = std::backtrace::Backtrace::capture();
+        match trace.status() {
+            std::backtrace::BacktraceStatus::Captured => error!("panic: {info}\n{trace}"),
+            _ => error!("panic: {info}"),
+        }
     }));
     let cli = Cli::parse();
     raise_fd_limit();

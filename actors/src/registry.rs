@@ -1015,11 +1015,10 @@ impl Handler<TunnelDown> for Registry {
                 t.last_error = Some(msg.reason);
                 self.retry_tunnel(&msg.name, 1, delay, ctx);
             }
-            _ => {
+            (Role::Dialer, _) => info!("tunnel {} closed: {}", msg.name, msg.reason),
+            (Role::Acceptor, _) => {
                 info!("tunnel {} removed: {}", msg.name, msg.reason);
-                if t.role == Role::Acceptor {
-                    self.tunnels.remove(&msg.name);
-                }
+                self.tunnels.remove(&msg.name);
             }
         }
     }

@@ -102,12 +102,12 @@ impl State {
         }
     }
 
-    fn parse(text: &str, path: &Path) -> Result<State, StateError> {
+    fn parse(text: &[u8], path: &Path) -> Result<State, StateError> {
         let corrupt = |source| StateError::Corrupt {
             path: path.to_owned(),
             source,
         };
-        let value: serde_json::Value = serde_json::from_str(text).map_err(corrupt)?;
+        let value: serde_json::Value = serde_json::from_slice(text).map_err(corrupt)?;
         match value.get("version") {
             Some(v) if v.as_u64() == Some(VERSION) => {}
             found => {
@@ -170,7 +170,7 @@ impl StateStore {
                 lock: lock_path,
             });
         }
-        let state = match fs::read_to_string(path) {
+        let state = match fs::read(path) {
             Ok(text) => Some(State::parse(&text, path)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err(e)),
@@ -329,7 +329,7 @@ mod tests {
                 "local service s",
             ),
         ] {
-            let err = State::parse(text, &path).expect_err(text);
+            let err = State::parse(text.as_bytes(), &path).expect_err(text);
             assert!(err.to_string().contains(want), "{text}: {err}");
             assert!(err.to_string().contains("menet.json"), "{err}");
         }

@@ -1,0 +1,106 @@
+//! Supervision, proved with the test-only fault hook (`POST /fault`, cargo feature
+//! `fault-injection`): an actor that panics is noticed, logged and replaced, and nothing else on
+//! the node is disturbed.
+#![cfg(feature = "fault-injection")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+fn echo_once(s: &mut TcpStream, seed: u64) {
+    let data = pattern(4096, seed);
+    s.write_all(&data).expect("send");
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).expect("echo");
+    assert_eq!(got, data);
+}
+
+/// The stream ids `node` carries on `tunnel`.
+fn streams(node: &Node) -> Vec<u64> {
+    let config = node.config();
+    let mut ids: Vec<u64> = config["connections"]
+        .as_object()
+        .map(|c| c.values().filter_map(|v| v["stream"].as_u64()).collect())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_panicking_connection_is_cleaned_up_and_nothing_else_notices() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, Some("k"));
+    let mut victims: Vec<TcpStream> = (0..2).map(|_| connect(local)).collect();
+    let mut bystander = connect(local);
+    for (i, s) in victims.iter_mut().enumerate() {
+        echo_once(s, i as u64);
+    }
+    echo_once(&mut bystander, 9);
+    let ids = streams(&a);
+    assert_eq!(ids.len(), 3);
+
+    // One on the client's side (node a), one on the backend's side (node b).
+    for (node, stream) in [(&a, ids[0]), (&b, ids[1])] {
+        node.ok(
+            "POST",
+            "/fault",
+            &format!(r#"{{"actor":"connection", "tunnel":"tunnel1", "stream":{stream}}}"#),
+        );
+        assert!(node.wait_log("connection actor panicked", Duration::from_secs(2)));
+    }
+    for s in &mut victims {
+        assert!(closed_within(s, Duration::from_secs(2)), "victim held open");
+    }
+    echo_once(&mut bystander, 10);
+    assert!(eventually(Duration::from_secs(2), || streams(&a).len()
+        == 1
+        && streams(&b).len() == 1));
+    let data = pattern(200_000, 11);
+    assert_eq!(roundtrip(local, &data), data);
+}
+
+#[test]
+fn a_panicking_listener_is_restarted() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    let mut held = connect(local);
+    echo_once(&mut held, 1);
+    a.ok(
+        "POST",
+        "/fault",
+        r#"{"actor":"listener", "service":"service1"}"#,
+    );
+    assert!(a.wait_log("the listener actor panicked", Duration::from_secs(2)));
+    assert!(a.wait_log("restarting it in", Duration::from_secs(2)));
+    let took = healed(local, b"listening again", Duration::from_secs(5)).expect("restarted");
+    eprintln!("listener back {took:?} after its panic");
+    echo_once(&mut held, 2);
+}
+
+#[test]
+fn a_panicking_tunnel_is_redialled() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    for (node, round) in [(&a, 1u64), (&b, 2)] {
+        let mut held = connect(local);
+        echo_once(&mut held, round);
+        node.ok(
+            "POST",
+            "/fault",
+            r#"{"actor":"tunnel", "tunnel":"tunnel1"}"#,
+        );
+        assert!(node.wait_log("the tunnel actor panicked", Duration::from_secs(2)));
+        assert!(closed_within(&mut held, Duration::from_secs(2)));
+        let took = healed(local, &pattern(10_000, round), Duration::from_secs(5)).expect("healed");
+        eprintln!("tunnel back {took:?} after a panic on node {round}");
+    }
+    let (status, _) = a.request("POST", "/fault", r#"{"actor":"tunnel", "tunnel":"nope"}"#);
+    assert_eq!(status, 404);
+}
