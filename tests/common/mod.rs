@@ -244,8 +244,18 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// One HTTP/1.1 request as `curl -d` sends it (form Content-Type, JSON body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    try_http(addr, method, path, body).expect("admin request")
+}
+
+/// Like [`http`], but a node that is not there is an error, not a panic.
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, Value)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
     let head = if body.is_empty() {
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
     } else {
@@ -255,8 +265,8 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Val
             body.len()
         )
     };
-    s.write_all(head.as_bytes()).expect("write head");
-    s.write_all(body.as_bytes()).expect("write body");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
@@ -266,7 +276,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Val
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
 /// A free loopback port (bound then released), never the same one twice in a test run.
