@@ -106,32 +106,32 @@ pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
     cfg.service(web::resource("/fault").route(web::post().to(post_fault)));
 }
 
-/// Test-only: `{"actor": "listener", "service": S}`, `{"actor": "tunnel", "tunnel": T}` or
+/// Test-only: `{"actor": "registry"}`, `{"actor": "listener", "service": S}`, `{"actor": "tunnel", "tunnel": T}` or
 /// `{"actor": "connection", "tunnel": T, "stream": N}` makes that actor panic.
 #[cfg(feature = "fault-injection")]
 async fn post_fault(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     use menet_actors::registry::InjectFault;
     let body = read_object(body).await?;
-    let msg = match field(&body, "actor")?.as_str() {
-        Some("listener") => InjectFault::Listener {
-            service: name(&body, "service")?,
-        },
-        Some("tunnel") => InjectFault::Tunnel {
-            name: name(&body, "tunnel")?,
-        },
-        Some("connection") => InjectFault::Connection {
-            tunnel: name(&body, "tunnel")?,
-            stream: field(&body, "stream")?
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| ApiError::bad("field \"stream\" must be a stream id"))?,
-        },
-        _ => {
-            return Err(ApiError::bad(
-                "field \"actor\" must be \"listener\", \"tunnel\" or \"connection\"",
-            ))
-        }
-    };
+    let msg =
+        match field(&body, "actor")?.as_str() {
+            Some("registry") => InjectFault::Registry,
+            Some("listener") => InjectFault::Listener {
+                service: name(&body, "service")?,
+            },
+            Some("tunnel") => InjectFault::Tunnel {
+                name: name(&body, "tunnel")?,
+            },
+            Some("connection") => InjectFault::Connection {
+                tunnel: name(&body, "tunnel")?,
+                stream: field(&body, "stream")?
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| ApiError::bad("field \"stream\" must be a stream id"))?,
+            },
+            _ => return Err(ApiError::bad(
+                "field \"actor\" must be \"registry\", \"listener\", \"tunnel\" or \"connection\"",
+            )),
+        };
     registry.send(msg).await??;
     ok()
 }

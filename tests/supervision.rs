@@ -104,3 +104,19 @@ fn a_panicking_tunnel_is_redialled() {
     let (status, _) = a.request("POST", "/fault", r#"{"actor":"tunnel", "tunnel":"nope"}"#);
     assert_eq!(status, 404);
 }
+
+/// The Registry itself panicking loses the node's brain: the process exits 1 at once rather than
+/// run headless, and started again it restores everything from its state file.
+#[test]
+fn a_panicking_registry_exits_and_the_restart_restores_it() {
+    let dir = TempDir::new("registry-panic");
+    let backend = Backend::echo();
+    let mut a = Node::persistent(&dir, "a", None);
+    let b = Node::persistent(&dir, "b", None);
+    let local = wire(&a, &b, backend.addr, Some("k"));
+    let _ = a.request("POST", "/fault", r#"{"actor":"registry"}"#);
+    assert!(a.wait_log("the registry actor died", Duration::from_secs(3)));
+    assert!(eventually(Duration::from_secs(5), || !a.alive()));
+    a.restart();
+    assert!(healed(local, b"restored", Duration::from_secs(10)).is_some());
+}

@@ -51,7 +51,7 @@ pub enum AdminError {
 /// Re-dials and listener restarts wait `backoff(n)` before attempt `n` (from 1): exponential from
 /// 200 ms to 30 s, with "equal jitter" (a random point in the upper half of the step) so that many
 /// nodes cut at once do not re-dial in lockstep.
-pub fn backoff(attempt: u32) -> Duration {
+fn backoff(attempt: u32) -> Duration {
     const FIRST: Duration = Duration::from_millis(200);
     const MOST: Duration = Duration::from_secs(30);
     let step = FIRST
@@ -1244,6 +1244,7 @@ impl Handler<Shutdown> for Registry {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<(), AdminError>")]
 pub enum InjectFault {
+    Registry,
     Listener { service: String },
     Tunnel { name: String },
     Connection { tunnel: String, stream: u32 },
@@ -1257,6 +1258,7 @@ impl Handler<InjectFault> for Registry {
         warn!("fault injection: {msg:?}");
         let missing = || AdminError::NotFound(format!("no live actor for {msg:?}"));
         match &msg {
+            InjectFault::Registry => panic!("fault injected into the registry"),
             InjectFault::Listener { service } => self
                 .local
                 .get(service)
@@ -1273,5 +1275,31 @@ impl Handler<InjectFault> for Registry {
                 .do_send(tunnel::CrashStream { stream: *stream }),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_200_ms_to_30_s_with_jitter() {
+        for _ in 0..200 {
+            assert_eq!(backoff(1), Duration::from_millis(200));
+            let second = backoff(2);
+            assert!((200..=400).contains(&second.as_millis()), "{second:?}");
+            let sixth = backoff(6);
+            assert!((3200..=6400).contains(&sixth.as_millis()), "{sixth:?}");
+            for n in [9, 10, 40, u32::MAX] {
+                let late = backoff(n);
+                assert!(
+                    (15_000..=30_000).contains(&late.as_millis()),
+                    "{n}: {late:?}"
+                );
+            }
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| backoff(8).as_millis()).collect();
+        assert!(spread.len() > 10, "jitter: {spread:?}");
     }
 }

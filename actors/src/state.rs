@@ -237,7 +237,7 @@ fn write_loop(path: &Path, queue: &Receiver<Job>, _lock: File) {
 }
 
 /// Writes `bytes` to `path` so that a crash at any point leaves either the old or the new file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = with_suffix(path, ".tmp");
     let mut file = OpenOptions::new()
         .create(true)
