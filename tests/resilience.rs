@@ -121,7 +121,10 @@ fn sigterm_says_goodbye_and_a_restart_is_identical() {
     let (code, took) = b.terminate();
     assert_eq!(code, Some(0));
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert_eq!(a.config()["tunnels"]["tunnel1"]["state"], "reconnecting");
+    // At once: well before the 15 s heartbeat timeout would have told it.
+    assert!(eventually(Duration::from_secs(1), || a.config()["tunnels"]
+        ["tunnel1"]["state"]
+        == "reconnecting"));
     b.restart();
     let took = healed(local, &pattern(50_000, 3), Duration::from_secs(10)).expect("healed");
     eprintln!("traffic flows {took:?} after the accepting node restarted");
@@ -157,7 +160,7 @@ fn a_silent_partition_is_detected_and_healed() {
     let detected = frozen.elapsed();
     eprintln!("silent partition detected after {detected:?} (timeout 1 s)");
     assert!(detected >= Duration::from_millis(900), "{detected:?}");
-    assert!(detected <= Duration::from_millis(1600), "{detected:?}");
+    assert!(detected <= Duration::from_millis(2000), "{detected:?}");
     assert!(closed_within(&mut client, Duration::from_secs(1)));
     let last_error = a.config()["tunnels"]["tunnel1"]["last_error"].clone();
     assert!(
