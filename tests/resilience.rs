@@ -91,8 +91,9 @@ fn kill_of_the_dialling_node_restores_and_redials() {
     assert_eq!(shape(a.config()), before);
 }
 
-/// SIGTERM: the node says goodbye (the peer notices at once, not after the heartbeat timeout),
-/// exits 0 within 5 s, and started again shows the same configuration and carries traffic.
+/// SIGTERM (and SIGINT, as Ctrl-C sends): the node says goodbye (the peer notices at once, not
+/// after the heartbeat timeout), exits 0 within 5 s, and started again shows the same
+/// configuration and carries traffic.
 #[test]
 fn sigterm_says_goodbye_and_a_restart_is_identical() {
     let dir = TempDir::new("sigterm");
@@ -117,8 +118,8 @@ fn sigterm_says_goodbye_and_a_restart_is_identical() {
     assert!(healed(local, &pattern(50_000, 2), Duration::from_secs(10)).is_some());
     assert_eq!(shape(a.config()), before);
 
-    // The acceptor leaves: the dialler starts re-dialling at once.
-    let (code, took) = b.terminate();
+    // The acceptor leaves (Ctrl-C): the dialler starts re-dialling at once.
+    let (code, took) = b.stop_with(libc::SIGINT);
     assert_eq!(code, Some(0));
     assert!(took < Duration::from_secs(5), "took {took:?}");
     // At once: well before the 15 s heartbeat timeout would have told it.

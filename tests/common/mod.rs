@@ -142,9 +142,14 @@ impl Node {
 
     /// SIGTERM; the exit code and how long the node took to exit (or `None` after 10 s).
     pub fn terminate(&mut self) -> (Option<i32>, Duration) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal`; the exit code and how long the node took to exit (or `None` after 10 s).
+    pub fn stop_with(&mut self, signal: libc::c_int) -> (Option<i32>, Duration) {
         let started = Instant::now();
         // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         while started.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return (status.code(), started.elapsed());
