@@ -131,15 +131,22 @@ fn sigterm_says_goodbye_and_a_restart_is_identical() {
     eprintln!("traffic flows {took:?} after the accepting node restarted");
 }
 
-/// A silent partition (a relay that stops forwarding: no FIN, no RST) is detected within the
-/// heartbeat timeout, and the tunnel heals once packets flow again.
-#[test]
-fn a_silent_partition_is_detected_and_healed() {
+/// Two nodes with their own heartbeats, `a` dialling `b` through a relay, service1 carried to an
+/// echo backend.
+struct Partitioned {
+    a: Node,
+    b: Node,
+    relay: Relay,
+    local: std::net::SocketAddr,
+    _backend: Backend,
+    _dir: TempDir,
+}
+
+fn partitioned(a_heartbeat: (u64, u64), b_heartbeat: (u64, u64)) -> Partitioned {
     let dir = TempDir::new("partition");
     let backend = Backend::echo();
-    let heartbeat = Some((250, 1000));
-    let a = Node::persistent(&dir, "a", heartbeat);
-    let b = Node::persistent(&dir, "b", heartbeat);
+    let a = Node::persistent(&dir, "a", Some(a_heartbeat));
+    let b = Node::persistent(&dir, "b", Some(b_heartbeat));
     let relay = Relay::start(b.tunnel);
     a.ok(
         "POST",
@@ -150,13 +157,29 @@ fn a_silent_partition_is_detected_and_healed() {
         ),
     );
     let local = carry(&a, &b, "tunnel1", "service1", None, backend.addr);
+    Partitioned {
+        a,
+        b,
+        relay,
+        local,
+        _backend: backend,
+        _dir: dir,
+    }
+}
+
+/// A silent partition (a relay that stops forwarding: no FIN, no RST) is detected within the
+/// heartbeat timeout on both sides, and the tunnel heals once packets flow again.
+#[test]
+fn a_silent_partition_is_detected_and_healed() {
+    let p = partitioned((250, 1000), (250, 1000));
+    let (a, b, relay, local) = (&p.a, &p.b, &p.relay, p.local);
     let mut client = connect(local);
     echo_once(&mut client, 4);
 
     relay.freeze();
     let frozen = Instant::now();
     assert!(eventually(Duration::from_secs(3), || !connected(
-        &a, "tunnel1"
+        a, "tunnel1"
     )));
     let detected = frozen.elapsed();
     eprintln!("silent partition detected after {detected:?} (timeout 1 s)");
@@ -176,6 +199,31 @@ fn a_silent_partition_is_detected_and_healed() {
     relay.thaw();
     let took = healed(local, &pattern(100_000, 5), Duration::from_secs(15)).expect("healed");
     eprintln!("traffic flows {took:?} after the partition ended");
+}
+
+/// The tunnel's path goes silent for good while a new path works (a NAT that lost its mapping,
+/// say), and the accepting side has not noticed yet (its timeout is long) when the dialler's
+/// re-dial arrives: its stale tunnel is replaced, never in the way.
+#[test]
+fn a_stale_accepted_tunnel_never_blocks_the_redial() {
+    let p = partitioned((250, 1000), (250, 30_000));
+    let (a, b, relay, local) = (&p.a, &p.b, &p.relay, p.local);
+    relay.strand();
+    assert!(eventually(Duration::from_secs(3), || !connected(
+        a, "tunnel1"
+    )));
+    assert!(
+        connected(b, "tunnel1"),
+        "b still believes in the old tunnel"
+    );
+    assert!(healed(local, &pattern(50_000, 6), Duration::from_secs(10)).is_some());
+    assert!(b.wait_log(
+        "tunnel1: replaced by a new connection",
+        Duration::from_secs(2)
+    ));
+    let tunnels = b.config()["tunnels"].clone();
+    assert_eq!(tunnels.as_object().map(|t| t.len()), Some(1), "{tunnels}");
+    assert_eq!(tunnels["tunnel1"]["state"], "connected");
 }
 
 /// The tunnel cut a hundred times in a row: healed each time, and neither node's memory grows.

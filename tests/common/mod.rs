@@ -494,10 +494,12 @@ pub fn healed(addr: SocketAddr, data: &[u8], within: Duration) -> Option<Duratio
 
 /// A TCP relay in front of `target`, to break the path between two nodes on demand: `cut` resets
 /// every connection through it; `freeze` stops forwarding without closing anything (a silent
-/// partition: no FIN, no RST), `thaw` resumes it.
+/// partition: no FIN, no RST), `thaw` resumes it; `strand` freezes only the connections open now,
+/// for good, while new ones pass.
 pub struct Relay {
     pub addr: SocketAddr,
     frozen: Arc<AtomicBool>,
+    stranded: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
@@ -507,9 +509,15 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let addr = listener.local_addr().expect("addr");
         let frozen = Arc::new(AtomicBool::new(false));
+        let stranded = Arc::new(Mutex::new(Vec::new()));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, c, st) = (frozen.clone(), conns.clone(), stop.clone());
+        let (f, sd, c, st) = (
+            frozen.clone(),
+            stranded.clone(),
+            conns.clone(),
+            stop.clone(),
+        );
         thread::spawn(move || {
             for client in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
@@ -526,18 +534,21 @@ impl Relay {
                     }
                 }
                 drop(list);
+                let mine = Arc::new(AtomicBool::new(false));
+                sd.lock().expect("relay lock").push(mine.clone());
                 for (from, to) in [(&client, &server), (&server, &client)] {
                     let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
                         continue;
                     };
-                    let frozen = f.clone();
-                    thread::spawn(move || pump(from, to, &frozen));
+                    let (frozen, mine) = (f.clone(), mine.clone());
+                    thread::spawn(move || pump(from, to, &[&frozen, &mine]));
                 }
             }
         });
         Relay {
             addr,
             frozen,
+            stranded,
             conns,
             stop,
         }
@@ -556,22 +567,31 @@ impl Relay {
     pub fn thaw(&self) {
         self.frozen.store(false, Ordering::SeqCst);
     }
+
+    pub fn strand(&self) {
+        for flag in self.stranded.lock().expect("relay lock").iter() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.thaw();
+        for flag in self.stranded.lock().expect("relay lock").drain(..) {
+            flag.store(false, Ordering::SeqCst);
+        }
         self.cut();
         let _ = TcpStream::connect(self.addr);
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool) {
+fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &[&AtomicBool]) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if frozen.load(Ordering::SeqCst) {
+        if frozen.iter().any(|f| f.load(Ordering::SeqCst)) {
             thread::sleep(Duration::from_millis(10));
             continue;
         }
