@@ -453,3 +453,41 @@ fn acknowledged_changes_survive_kill_at_any_instant() {
         acknowledged.len()
     );
 }
+
+/// A peer that completes the handshake and drops the tunnel at once, again and again, is not
+/// hammered: a tunnel that closed before its peer said a word does not restart the back-off.
+#[test]
+fn a_peer_that_accepts_and_drops_is_not_hammered() {
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = peer.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    thread::spawn(move || {
+        for conn in peer.incoming() {
+            let Ok(mut conn) = conn else { break };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut hello = [0u8; 4 + 1 + 1 + 7 + 8 + 2];
+            if conn.read_exact(&mut hello).is_err() {
+                continue;
+            }
+            let mut welcome = b"MNET\x01\x00".to_vec();
+            welcome.extend_from_slice(&(1u32 << 20).to_be_bytes());
+            welcome.extend_from_slice(&(32u32 << 20).to_be_bytes());
+            welcome.push(0);
+            let _ = conn.write_all(&welcome);
+        }
+    });
+    let a = Node::start();
+    a.ok(
+        "POST",
+        "/tunnel",
+        &format!(r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{port}"]}}"#),
+    );
+    thread::sleep(Duration::from_secs(3));
+    let dials = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let attempt = a.config()["tunnels"]["tunnel1"]["attempt"].clone();
+    eprintln!("a peer that drops at once: {dials} dials in 3 s, now at attempt {attempt}");
+    // 0.2 + 0.4 + 0.8 + 1.6 s of back-off (at least half of each): at most 7 dials, not 15.
+    assert!((3..=7).contains(&dials), "{dials} dials in 3 s");
+    assert!(attempt.as_u64() >= Some(3), "{attempt}");
+}

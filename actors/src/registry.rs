@@ -82,6 +82,10 @@ struct TunnelEntry {
     generation: u64,
     link: Link,
     last_error: Option<String>,
+    /// The re-dial attempt that made this connection (0: the admin API did). A tunnel that drops
+    /// before its peer said a word goes on from there instead of starting the back-off anew, so
+    /// a peer that accepts and drops at once is not hammered.
+    attempt: u32,
 }
 
 /// A listening socket the Registry keeps open: a local service's, or the tunnel port.
@@ -220,11 +224,13 @@ impl Registry {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn install_tunnel(
         &mut self,
         name: String,
         dest: Option<SocketAddr>,
         role: Role,
+        attempt: u32,
         sock: TcpStream,
         peer: Windows,
         ctx: &mut Context<Self>,
@@ -248,6 +254,7 @@ impl Registry {
                 generation,
                 link: Link::Up(actor),
                 last_error: None,
+                attempt,
             },
         );
         if let Some(old) = old {
@@ -310,7 +317,7 @@ impl Registry {
             match result {
                 Ok((sock, peer)) => {
                     info!("tunnel {name}: re-dial attempt {attempt} to {dest} succeeded");
-                    act.install_tunnel(name, Some(dest), Role::Dialer, sock, peer, ctx);
+                    act.install_tunnel(name, Some(dest), Role::Dialer, attempt, sock, peer, ctx);
                 }
                 Err(e) => {
                     let delay = backoff(attempt + 1);
@@ -472,6 +479,7 @@ impl Registry {
                         task: SpawnHandle::default(),
                     },
                     last_error: None,
+                    attempt: 0,
                 },
             );
             self.retry_tunnel(&name, 1, Duration::ZERO, ctx);
@@ -646,7 +654,7 @@ impl Handler<AddTunnel> for Registry {
                     act.dialing.remove(&name);
                     let error = match result {
                         Ok(Ok((sock, peer))) => {
-                            act.install_tunnel(name, Some(dest), Role::Dialer, sock, peer, ctx);
+                            act.install_tunnel(name, Some(dest), Role::Dialer, 0, sock, peer, ctx);
                             return Ok(());
                         }
                         Ok(Err(e)) => e.to_string(),
@@ -965,7 +973,7 @@ impl Handler<TunnelAccepted> for Registry {
             warn!("tunnel {}: accepted connection dropped: {why}", msg.name);
             return;
         }
-        self.install_tunnel(msg.name, None, Role::Acceptor, msg.sock, msg.peer, ctx);
+        self.install_tunnel(msg.name, None, Role::Acceptor, 0, msg.sock, msg.peer, ctx);
     }
 }
 
@@ -978,6 +986,8 @@ pub struct TunnelDown {
     pub reason: String,
     /// The peer's goodbye, if it said one.
     pub goaway: Option<GoAway>,
+    /// The peer sent at least one frame.
+    pub heard: bool,
 }
 
 impl Handler<TunnelDown> for Registry {
@@ -1005,7 +1015,8 @@ impl Handler<TunnelDown> for Registry {
                 );
             }
             (Role::Dialer, _) if !self.shutting_down => {
-                let delay = backoff(1);
+                let attempt = if msg.heard { 1 } else { t.attempt + 1 };
+                let delay = backoff(attempt);
                 warn!(
                     "tunnel {} is down: {}; re-dialing in {} ms",
                     msg.name,
@@ -1013,7 +1024,7 @@ impl Handler<TunnelDown> for Registry {
                     delay.as_millis()
                 );
                 t.last_error = Some(msg.reason);
-                self.retry_tunnel(&msg.name, 1, delay, ctx);
+                self.retry_tunnel(&msg.name, attempt, delay, ctx);
             }
             (Role::Dialer, _) => info!("tunnel {} closed: {}", msg.name, msg.reason),
             (Role::Acceptor, _) => {

@@ -164,6 +164,8 @@ pub struct Tunnel {
     recv_left: u64,
     recv_unacked: u64,
     last_heard: Instant,
+    /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
+    heard: bool,
     pings: u64,
     closing: bool,
     down_reason: Option<String>,
@@ -206,6 +208,7 @@ impl Tunnel {
             recv_left: u64::from(settings.tunnel_window),
             recv_unacked: 0,
             last_heard: Instant::now(),
+            heard: false,
             pings: 0,
             closing: false,
             down_reason: None,
@@ -606,8 +609,10 @@ impl Actor for Tunnel {
                 HEADER_LEN + MAX_DATA,
             ));
         }
-        // Pings keep an idle tunnel audible; silence is checked on a shorter period of its own,
-        // so a dead peer is declared within the timeout, not the timeout plus an interval.
+        // A first ping at once, so a working peer is heard within a round trip. Pings keep an
+        // idle tunnel audible; silence is checked on a shorter period of its own, so a dead peer
+        // is declared within the timeout, not the timeout plus an interval.
+        self.queue_control(&Frame::Ping(0), ctx);
         ctx.run_interval(self.settings.heartbeat_interval, |act, ctx| {
             act.pings += 1;
             let ping = Frame::Ping(act.pings);
@@ -654,6 +659,7 @@ impl Actor for Tunnel {
             generation: self.generation,
             reason,
             goaway: self.goaway_received,
+            heard: self.heard,
         });
     }
 }
@@ -661,6 +667,7 @@ impl Actor for Tunnel {
 impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
     fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
+        self.heard = true;
         match item {
             Ok(frame) => self.on_frame(frame, ctx),
             Err(e) => {
