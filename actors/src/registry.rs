@@ -88,6 +88,14 @@ struct TunnelEntry {
     attempt: u32,
 }
 
+/// How a tunnel connection came to be.
+enum Origin {
+    /// This node dialled `dest`: by the admin API (attempt 0) or re-dial attempt `attempt`.
+    Dialled { dest: SocketAddr, attempt: u32 },
+    /// A peer dialled in.
+    Accepted,
+}
+
 /// A listening socket the Registry keeps open: a local service's, or the tunnel port.
 struct Listening {
     addr: SocketAddr,
@@ -224,17 +232,18 @@ impl Registry {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn install_tunnel(
         &mut self,
         name: String,
-        dest: Option<SocketAddr>,
-        role: Role,
-        attempt: u32,
+        origin: Origin,
         sock: TcpStream,
         peer: Windows,
         ctx: &mut Context<Self>,
     ) {
+        let (dest, role, attempt) = match origin {
+            Origin::Dialled { dest, attempt } => (Some(dest), Role::Dialer, attempt),
+            Origin::Accepted => (None, Role::Acceptor, 0),
+        };
         let generation = self.next_generation();
         let actor = Tunnel::new(
             name.clone(),
@@ -317,7 +326,8 @@ impl Registry {
             match result {
                 Ok((sock, peer)) => {
                     info!("tunnel {name}: re-dial attempt {attempt} to {dest} succeeded");
-                    act.install_tunnel(name, Some(dest), Role::Dialer, attempt, sock, peer, ctx);
+                    let origin = Origin::Dialled { dest, attempt };
+                    act.install_tunnel(name, origin, sock, peer, ctx);
                 }
                 Err(e) => {
                     let delay = backoff(attempt + 1);
@@ -654,7 +664,8 @@ impl Handler<AddTunnel> for Registry {
                     act.dialing.remove(&name);
                     let error = match result {
                         Ok(Ok((sock, peer))) => {
-                            act.install_tunnel(name, Some(dest), Role::Dialer, 0, sock, peer, ctx);
+                            let origin = Origin::Dialled { dest, attempt: 0 };
+                            act.install_tunnel(name, origin, sock, peer, ctx);
                             return Ok(());
                         }
                         Ok(Err(e)) => e.to_string(),
@@ -973,7 +984,7 @@ impl Handler<TunnelAccepted> for Registry {
             warn!("tunnel {}: accepted connection dropped: {why}", msg.name);
             return;
         }
-        self.install_tunnel(msg.name, None, Role::Acceptor, 0, msg.sock, msg.peer, ctx);
+        self.install_tunnel(msg.name, Origin::Accepted, msg.sock, msg.peer, ctx);
     }
 }
 
