@@ -25,14 +25,6 @@ fn connected(node: &Node, tunnel: &str) -> bool {
     node.config()["tunnels"][tunnel]["state"] == "connected"
 }
 
-fn echo_once(s: &mut std::net::TcpStream, seed: u64) {
-    let data = pattern(4096, seed);
-    s.write_all(&data).expect("send");
-    let mut got = vec![0u8; data.len()];
-    s.read_exact(&mut got).expect("echo");
-    assert_eq!(got, data);
-}
-
 /// kill -9 of the node behind the tunnel while 10 connections are open: the clients are closed at
 /// once, the dialler shows `reconnecting` with its attempts, and once the node is started again
 /// (restoring its services from its state file) the tunnel is back and traffic flows, with no
@@ -148,14 +140,7 @@ fn partitioned(a_heartbeat: (u64, u64), b_heartbeat: (u64, u64)) -> Partitioned 
     let a = Node::persistent(&dir, "a", Some(a_heartbeat));
     let b = Node::persistent(&dir, "b", Some(b_heartbeat));
     let relay = Relay::start(b.tunnel);
-    a.ok(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
-            relay.addr.port()
-        ),
-    );
+    dial_addr(&a, relay.addr, "tunnel1");
     let local = carry(&a, &b, "tunnel1", "service1", None, backend.addr);
     Partitioned {
         a,
@@ -232,14 +217,7 @@ fn a_hundred_cuts_heal_and_memory_stays_flat() {
     let backend = Backend::echo();
     let (a, b) = (Node::start(), Node::start());
     let relay = Relay::start(b.tunnel);
-    a.ok(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel1", "dest":["127.0.0.1", "{}"]}}"#,
-            relay.addr.port()
-        ),
-    );
+    dial_addr(&a, relay.addr, "tunnel1");
     let local = carry(&a, &b, "tunnel1", "service1", Some("k3"), backend.addr);
     let data = pattern(20_000, 6);
     let mut baseline = 0;

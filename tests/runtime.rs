@@ -9,15 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// One echo exchange on an open connection.
-fn echo_once(s: &mut std::net::TcpStream, seed: u64) {
-    let data = pattern(10_000, seed);
-    s.write_all(&data).expect("send");
-    let mut back = vec![0u8; data.len()];
-    s.read_exact(&mut back).expect("echo back");
-    assert_eq!(back, data);
-}
-
 const BIND_LOCAL: &str = r#"{"tunnel": "tunnel1", "service":"service1", "type": "local"}"#;
 
 #[test]

@@ -5,19 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-
-fn echo_once(s: &mut TcpStream, seed: u64) {
-    let data = pattern(4096, seed);
-    s.write_all(&data).expect("send");
-    let mut got = vec![0u8; data.len()];
-    s.read_exact(&mut got).expect("echo");
-    assert_eq!(got, data);
-}
 
 /// The stream ids `node` carries on `tunnel`.
 fn streams(node: &Node) -> Vec<u64> {

@@ -303,12 +303,18 @@ pub fn free_port() -> u16 {
 
 /// `POST /tunnel` on `from`, dialling `to`'s tunnel port.
 pub fn dial(from: &Node, to: &Node, tunnel: &str) {
+    dial_addr(from, to.tunnel, tunnel);
+}
+
+/// `POST /tunnel` on `from`, dialling `dest` (a relay in front of a node, say).
+pub fn dial_addr(from: &Node, dest: SocketAddr, tunnel: &str) {
     from.ok(
         "POST",
         "/tunnel",
         &format!(
-            r#"{{"name":"{tunnel}", "dest":["127.0.0.1", "{}"]}}"#,
-            to.tunnel.port()
+            r#"{{"name":"{tunnel}", "dest":["{}", "{}"]}}"#,
+            dest.ip(),
+            dest.port()
         ),
     );
 }
@@ -609,6 +615,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &[&AtomicBool]) {
         }
     }
     let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Sends 4 KiB through `s` to an echo backend and checks they come back byte-exact.
+pub fn echo_once(s: &mut TcpStream, seed: u64) {
+    let data = pattern(4096, seed);
+    s.write_all(&data).expect("send");
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).expect("echo");
+    assert_eq!(got, data);
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so every test checks distinct content.
