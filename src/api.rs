@@ -106,7 +106,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
     cfg.service(web::resource("/fault").route(web::post().to(post_fault)));
 }
 
-/// Test-only: `{"actor": "registry"}`, `{"actor": "listener", "service": S}`, `{"actor": "tunnel", "tunnel": T}` or
+/// Test-only: `{"actor": "registry"}`, `{"actor": "tunnel-port"}`,
+/// `{"actor": "listener", "service": S}`, `{"actor": "tunnel", "tunnel": T}` or
 /// `{"actor": "connection", "tunnel": T, "stream": N}` makes that actor panic.
 #[cfg(feature = "fault-injection")]
 async fn post_fault(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
@@ -115,6 +116,7 @@ async fn post_fault(registry: web::Data<Addr<Registry>>, body: web::Payload) -> 
     let msg =
         match field(&body, "actor")?.as_str() {
             Some("registry") => InjectFault::Registry,
+        Some("tunnel-port") => InjectFault::TunnelPort,
             Some("listener") => InjectFault::Listener {
                 service: name(&body, "service")?,
             },
@@ -129,7 +131,7 @@ async fn post_fault(registry: web::Data<Addr<Registry>>, body: web::Payload) -> 
                     .ok_or_else(|| ApiError::bad("field \"stream\" must be a stream id"))?,
             },
             _ => return Err(ApiError::bad(
-                "field \"actor\" must be \"registry\", \"listener\", \"tunnel\" or \"connection\"",
+                "field \"actor\" must be \"registry\", \"tunnel-port\", \"listener\", \"tunnel\" or \"connection\"",
             )),
         };
     registry.send(msg).await??;

@@ -55,6 +55,34 @@ fn a_panicking_connection_is_cleaned_up_and_nothing_else_notices() {
     assert_eq!(roundtrip(local, &data), data);
 }
 
+/// The tunnel port's listener is supervised the same way: peers can dial in again at once.
+#[test]
+fn a_panicking_tunnel_port_is_restarted() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    b.ok("POST", "/fault", r#"{"actor":"tunnel-port"}"#);
+    assert!(b.wait_log(
+        "tunnel port: the listener actor panicked",
+        Duration::from_secs(2)
+    ));
+    assert!(b.wait_log("restarting it in", Duration::from_secs(2)));
+    // The tunnel already up never noticed; a new one can be dialled once the port is back.
+    assert_eq!(roundtrip(local, b"unharmed"), b"unharmed");
+    let c = Node::start();
+    assert!(eventually(Duration::from_secs(5), || {
+        c.request(
+            "POST",
+            "/tunnel",
+            &format!(
+                r#"{{"name":"tunnel2", "dest":["127.0.0.1", "{}"]}}"#,
+                b.tunnel.port()
+            ),
+        )
+        .0 == 200
+    }));
+}
+
 #[test]
 fn a_panicking_listener_is_restarted() {
     let backend = Backend::echo();

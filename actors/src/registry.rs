@@ -1267,6 +1267,7 @@ impl Handler<Shutdown> for Registry {
 #[rtype(result = "Result<(), AdminError>")]
 pub enum InjectFault {
     Registry,
+    TunnelPort,
     Listener { service: String },
     Tunnel { name: String },
     Connection { tunnel: String, stream: u32 },
@@ -1281,6 +1282,12 @@ impl Handler<InjectFault> for Registry {
         let missing = || AdminError::NotFound(format!("no live actor for {msg:?}"));
         match &msg {
             InjectFault::Registry => panic!("fault injected into the registry"),
+            InjectFault::TunnelPort => self
+                .tunnel_port
+                .as_ref()
+                .and_then(|l| l.actor.as_ref())
+                .ok_or_else(missing)?
+                .do_send(crate::Crash),
             InjectFault::Listener { service } => self
                 .local
                 .get(service)
