@@ -85,7 +85,7 @@ struct TunnelEntry {
     /// The re-dial attempt that made this connection (0: the admin API did). A tunnel that drops
     /// before its peer said a word goes on from there instead of starting the back-off anew, so
     /// a peer that accepts and drops at once is not hammered.
-    attempt: u32,
+    dialled_on: u32,
 }
 
 /// How a tunnel connection came to be.
@@ -240,7 +240,7 @@ impl Registry {
         peer: Windows,
         ctx: &mut Context<Self>,
     ) {
-        let (dest, role, attempt) = match origin {
+        let (dest, role, dialled_on) = match origin {
             Origin::Dialled { dest, attempt } => (Some(dest), Role::Dialer, attempt),
             Origin::Accepted => (None, Role::Acceptor, 0),
         };
@@ -263,7 +263,7 @@ impl Registry {
                 generation,
                 link: Link::Up(actor),
                 last_error: None,
-                attempt,
+                dialled_on,
             },
         );
         if let Some(old) = old {
@@ -489,7 +489,7 @@ impl Registry {
                         task: SpawnHandle::default(),
                     },
                     last_error: None,
-                    attempt: 0,
+                    dialled_on: 0,
                 },
             );
             self.retry_tunnel(&name, 1, Duration::ZERO, ctx);
@@ -1026,7 +1026,7 @@ impl Handler<TunnelDown> for Registry {
                 );
             }
             (Role::Dialer, _) if !self.shutting_down => {
-                let attempt = if msg.heard { 1 } else { t.attempt + 1 };
+                let attempt = if msg.heard { 1 } else { t.dialled_on + 1 };
                 let delay = backoff(attempt);
                 warn!(
                     "tunnel {} is down: {}; re-dialing in {} ms",
