@@ -1,20 +1,35 @@
-//! The admin HTTP API: each handler validates a request into a Registry message and turns the
-//! Registry's answer into a response. Every error is JSON `{"error": ...}` naming what is wrong.
+//! The admin HTTP API: each handler parses a request into a Registry message ([`parse`], a plain
+//! function, fuzzed and unit-tested without a server) and turns the Registry's answer into a
+//! response. Every error is JSON `{"error": ...}` naming what is wrong; no error repeats a key,
+//! a secret or a token.
+//!
+//! [`guard`] runs before every route: the `Host` must be this API's (an IP literal, `localhost`
+//! or a configured name: DNS rebinding is refused), a browser's cross-site request is refused
+//! (`Origin`, `Sec-Fetch-Site`), and with a token configured the request must carry it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::http::StatusCode;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use menet_actors::cipher::CipherKind;
+use menet_actors::limits::{printable, Escaped};
+use menet_actors::log_limited;
 use menet_actors::registry::{
     AddService, AddTunnel, AdminError, DeleteService, DeleteTunnel, GetConfig, Registry,
     ServiceSpec, SetBind,
 };
+use menet_actors::tunnel::Role;
 use menet_actors::Side;
 
 /// Largest request body accepted.
@@ -40,6 +55,10 @@ impl ApiError {
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
 }
 
 impl ResponseError for ApiError {
@@ -48,7 +67,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({ "error": self.message }))
+        let mut reply = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            reply.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"menet\""));
+        }
+        reply.json(json!({ "error": self.message }))
     }
 }
 
@@ -75,6 +98,110 @@ impl From<actix::MailboxError> for ApiError {
 }
 
 type Reply = Result<HttpResponse, ApiError>;
+
+/// Who may use the admin API, checked by [`guard`] before every route.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// `Authorization: Bearer` token every request must carry, if set.
+    pub token: Option<String>,
+    /// Host names (beside IP literals and `localhost`) a request may address the API by.
+    pub hosts: Vec<String>,
+}
+
+impl AdminAccess {
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = host_name(host);
+        name.eq_ignore_ascii_case("localhost")
+            || name.parse::<IpAddr>().is_ok()
+            || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    fn token_matches(&self, given: Option<&str>) -> bool {
+        match &self.token {
+            None => true,
+            Some(token) => given.is_some_and(|g| same_secret(g, token)),
+        }
+    }
+}
+
+/// The host part of a `Host` header (`[::1]:80` -> `::1`, `a:80` -> `a`).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Compares two secrets in constant time (of their hashes, so the length leaks nothing either).
+fn same_secret(a: &str, b: &str) -> bool {
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
+}
+
+/// Why [`check_request`] refuses a request.
+fn refuse(req: &ServiceRequest, access: &AdminAccess) -> Option<ApiError> {
+    let headers = req.headers();
+    let text =
+        |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let host = text(header::HOST);
+    if let Some(host) = host {
+        if !access.host_allowed(host) {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the Host header names another server (a DNS rebinding attempt?); \
+                 add the name to [admin] hosts to allow it",
+            ));
+        }
+    }
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
+        if site != "same-origin" && site != "none" {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross-site requests are refused",
+            ));
+        }
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let own = host.map(|h| format!("http://{h}"));
+        if own.as_deref() != Some(origin) {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross-site requests are refused (Origin is not this admin API)",
+            ));
+        }
+    }
+    let bearer = text(header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
+    if !access.token_matches(bearer.map(str::trim)) {
+        return Some(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this admin API needs \"Authorization: Bearer TOKEN\"",
+        ));
+    }
+    None
+}
+
+/// Runs before every route: Host, cross-site and token checks.
+pub async fn guard(
+    access: web::Data<Arc<AdminAccess>>,
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if let Some(e) = refuse(&req, &access) {
+        let client = req.peer_addr().map_or("?".to_owned(), |a| a.to_string());
+        log_limited!(
+            warn,
+            "admin-refused",
+            "admin API: {} {} from {client} refused: {e}",
+            req.method(),
+            Escaped(req.path())
+        );
+        return Ok(req.into_response(e.error_response()));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
     cfg.app_data(web::Data::new(registry))
@@ -112,28 +239,32 @@ pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
 #[cfg(feature = "fault-injection")]
 async fn post_fault(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     use menet_actors::registry::InjectFault;
-    let body = read_object(body).await?;
-    let msg =
-        match field(&body, "actor")?.as_str() {
-            Some("registry") => InjectFault::Registry,
+    let body = object(
+        &read_body(body).await?,
+        &["actor", "service", "tunnel", "stream"],
+    )?;
+    let msg = match field(&body, "actor")?.as_str() {
+        Some("registry") => InjectFault::Registry,
         Some("tunnel-port") => InjectFault::TunnelPort,
-            Some("listener") => InjectFault::Listener {
-                service: name(&body, "service")?,
-            },
-            Some("tunnel") => InjectFault::Tunnel {
-                name: name(&body, "tunnel")?,
-            },
-            Some("connection") => InjectFault::Connection {
-                tunnel: name(&body, "tunnel")?,
-                stream: field(&body, "stream")?
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| ApiError::bad("field \"stream\" must be a stream id"))?,
-            },
-            _ => return Err(ApiError::bad(
+        Some("listener") => InjectFault::Listener {
+            service: name(&body, "service")?,
+        },
+        Some("tunnel") => InjectFault::Tunnel {
+            name: name(&body, "tunnel")?,
+        },
+        Some("connection") => InjectFault::Connection {
+            tunnel: name(&body, "tunnel")?,
+            stream: field(&body, "stream")?
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| ApiError::bad("field \"stream\" must be a stream id"))?,
+        },
+        _ => {
+            return Err(ApiError::bad(
                 "field \"actor\" must be \"registry\", \"tunnel-port\", \"listener\", \"tunnel\" or \"connection\"",
-            )),
-        };
+            ))
+        }
+    };
     registry.send(msg).await??;
     ok()
 }
@@ -156,66 +287,141 @@ async fn not_found() -> Reply {
     ))
 }
 
-async fn post_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
-    let body = read_object(body).await?;
-    let msg = AddTunnel {
-        name: name(&body, "name")?,
-        dest: endpoint(&body, "dest")?,
+/// The body-carrying routes, for [`parse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    PostTunnel,
+    DeleteTunnel,
+    PostService,
+    DeleteService,
+    PostBind,
+    DeleteBind,
+}
+
+/// A request parsed and validated: the Registry message it becomes.
+pub enum Request {
+    AddTunnel(AddTunnel),
+    DeleteTunnel(DeleteTunnel),
+    AddService(AddService),
+    DeleteService(DeleteService),
+    SetBind(SetBind),
+}
+
+const TUNNEL_FIELDS: &[&str] = &["name", "dest", "secret", "role"];
+const SERVICE_FIELDS: &[&str] = &["name", "key", "cipher", "timeout", "type", "addr"];
+const BIND_FIELDS: &[&str] = &["tunnel", "service", "type"];
+
+/// Parses a request body for `route`. Never panics, whatever the bytes.
+pub fn parse(route: Route, body: &[u8]) -> Result<Request, ApiError> {
+    // A DELETE may carry the whole body of its POST (people copy it); the extra fields are
+    // known, so they are accepted and ignored. Anything else is a 400 naming it.
+    let allowed = match route {
+        Route::PostTunnel | Route::DeleteTunnel => TUNNEL_FIELDS,
+        Route::PostService | Route::DeleteService => SERVICE_FIELDS,
+        Route::PostBind | Route::DeleteBind => BIND_FIELDS,
     };
-    registry.send(msg).await??;
+    let body = object(body, allowed)?;
+    Ok(match route {
+        Route::PostTunnel => {
+            let role = match body.get("role") {
+                None | Some(Value::Null) => Role::Dialer,
+                Some(Value::String(r)) if r == "dialer" => Role::Dialer,
+                Some(Value::String(r)) if r == "acceptor" => Role::Acceptor,
+                Some(_) => {
+                    return Err(ApiError::bad(
+                        "field \"role\" must be \"dialer\" or \"acceptor\"",
+                    ))
+                }
+            };
+            let dest = match role {
+                Role::Dialer => Some(endpoint(&body, "dest")?),
+                Role::Acceptor if present(&body, "dest") => {
+                    return Err(ApiError::bad(
+                        "field \"dest\": an accepted tunnel is dialled by its peer; omit it",
+                    ))
+                }
+                Role::Acceptor => None,
+            };
+            Request::AddTunnel(AddTunnel {
+                name: name(&body, "name")?,
+                role,
+                dest,
+                secret: secret(&body, "secret")?,
+            })
+        }
+        Route::DeleteTunnel => Request::DeleteTunnel(DeleteTunnel {
+            name: name(&body, "name")?,
+        }),
+        Route::PostService => {
+            let key = secret(&body, "key")?;
+            let cipher = match body.get("cipher") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(c)) => Some(
+                    c.parse::<CipherKind>()
+                        .map_err(|e| ApiError::bad(format!("field \"cipher\" {e}")))?,
+                ),
+                Some(_) => return Err(ApiError::bad("field \"cipher\" must be a string")),
+            };
+            if cipher.is_some() && key.is_none() {
+                return Err(ApiError::bad(
+                    "field \"cipher\" needs a \"key\": a plaintext service has no cipher",
+                ));
+            }
+            Request::AddService(AddService(ServiceSpec {
+                name: name(&body, "name")?,
+                key,
+                cipher,
+                timeout: timeout(&body)?,
+                side: side(&body)?,
+                addr: endpoint(&body, "addr")?,
+            }))
+        }
+        Route::DeleteService => Request::DeleteService(DeleteService {
+            name: name(&body, "name")?,
+            side: side(&body)?,
+        }),
+        Route::PostBind | Route::DeleteBind => Request::SetBind(SetBind {
+            tunnel: name(&body, "tunnel")?,
+            service: name(&body, "service")?,
+            side: side(&body)?,
+            bound: route == Route::PostBind,
+        }),
+    })
+}
+
+async fn handle(registry: web::Data<Addr<Registry>>, body: web::Payload, route: Route) -> Reply {
+    match parse(route, &read_body(body).await?)? {
+        Request::AddTunnel(m) => registry.send(m).await??,
+        Request::DeleteTunnel(m) => registry.send(m).await??,
+        Request::AddService(m) => registry.send(m).await??,
+        Request::DeleteService(m) => registry.send(m).await??,
+        Request::SetBind(m) => registry.send(m).await??,
+    }
     ok()
+}
+
+async fn post_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+    handle(registry, body, Route::PostTunnel).await
 }
 
 async fn delete_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
-    let body = read_object(body).await?;
-    let msg = DeleteTunnel {
-        name: name(&body, "name")?,
-    };
-    registry.send(msg).await??;
-    ok()
+    handle(registry, body, Route::DeleteTunnel).await
 }
 
 async fn post_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
-    let body = read_object(body).await?;
-    let spec = ServiceSpec {
-        name: name(&body, "name")?,
-        key: key(&body)?,
-        timeout: timeout(&body)?,
-        side: side(&body)?,
-        addr: endpoint(&body, "addr")?,
-    };
-    registry.send(AddService(spec)).await??;
-    ok()
+    handle(registry, body, Route::PostService).await
 }
 
 async fn delete_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
-    let body = read_object(body).await?;
-    let msg = DeleteService {
-        name: name(&body, "name")?,
-        side: side(&body)?,
-    };
-    registry.send(msg).await??;
-    ok()
+    handle(registry, body, Route::DeleteService).await
 }
 
 async fn post_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
-    bind(registry, body, true).await
+    handle(registry, body, Route::PostBind).await
 }
 
 async fn delete_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
-    bind(registry, body, false).await
-}
-
-async fn bind(registry: web::Data<Addr<Registry>>, body: web::Payload, bound: bool) -> Reply {
-    let body = read_object(body).await?;
-    let msg = SetBind {
-        tunnel: name(&body, "tunnel")?,
-        service: name(&body, "service")?,
-        side: side(&body)?,
-        bound,
-    };
-    registry.send(msg).await??;
-    ok()
+    handle(registry, body, Route::DeleteBind).await
 }
 
 async fn get_config(registry: web::Data<Addr<Registry>>) -> Reply {
@@ -223,8 +429,8 @@ async fn get_config(registry: web::Data<Addr<Registry>>) -> Reply {
     Ok(HttpResponse::Ok().json(config))
 }
 
-/// Reads the body as JSON whatever the Content-Type says (`curl -d` sends a form type).
-async fn read_object(mut payload: web::Payload) -> Result<Map<String, Value>, ApiError> {
+/// Reads the body, at most [`MAX_BODY`] bytes.
+async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad(format!("cannot read the body: {e}")))?;
@@ -236,11 +442,36 @@ async fn read_object(mut payload: web::Payload) -> Result<Map<String, Value>, Ap
         }
         body.extend_from_slice(&chunk);
     }
-    match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad("body must be a JSON object")),
-        Err(e) => Err(ApiError::bad(format!("body is not valid JSON: {e}"))),
+    Ok(body)
+}
+
+/// The body as a JSON object whatever the Content-Type says (`curl -d` sends a form type), with
+/// no field outside `allowed` (a misspelt `"Key"` must not silently make a plaintext service).
+fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    if body.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is over {MAX_BODY} bytes"),
+        ));
     }
+    let map = match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ApiError::bad("body must be a JSON object")),
+        Err(e) => return Err(ApiError::bad(format!("body is not valid JSON: {e}"))),
+    };
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        let mut shown: String = unknown.chars().take(64).collect();
+        shown = Escaped(&shown).to_string();
+        return Err(ApiError::bad(format!(
+            "unknown field \"{shown}\" (known: {})",
+            allowed.join(", ")
+        )));
+    }
+    Ok(map)
+}
+
+fn present(body: &Map<String, Value>, field: &str) -> bool {
+    !matches!(body.get(field), None | Some(Value::Null))
 }
 
 fn field<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a Value, ApiError> {
@@ -257,6 +488,9 @@ fn name(body: &Map<String, Value>, f: &str) -> Result<String, ApiError> {
         }
         Value::String(s) if s.len() > MAX_NAME => Err(ApiError::bad(format!(
             "field \"{f}\" is longer than {MAX_NAME} bytes"
+        ))),
+        Value::String(s) if !printable(s) => Err(ApiError::bad(format!(
+            "field \"{f}\" must not contain control characters"
         ))),
         Value::String(s) => Ok(s.clone()),
         _ => Err(ApiError::bad(format!("field \"{f}\" must be a string"))),
@@ -280,10 +514,14 @@ fn endpoint(body: &Map<String, Value>, f: &str) -> Result<SocketAddr, ApiError> 
     let [ip, port] = pair.as_slice() else {
         return Err(shape());
     };
+    let shown =
+        |v: &Value| Escaped(&v.to_string().chars().take(64).collect::<String>()).to_string();
     let ip: IpAddr = ip
         .as_str()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| ApiError::bad(format!("field \"{f}\": {ip} is not an IP address")))?;
+        .ok_or_else(|| {
+            ApiError::bad(format!("field \"{f}\": {} is not an IP address", shown(ip)))
+        })?;
     let port = match port {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse::<u64>().ok(),
@@ -292,19 +530,20 @@ fn endpoint(body: &Map<String, Value>, f: &str) -> Result<SocketAddr, ApiError> 
     .filter(|p| (1..=65535).contains(p))
     .ok_or_else(|| {
         ApiError::bad(format!(
-            "field \"{f}\": port {port} is not a number in 1..65535"
+            "field \"{f}\": port {} is not a number in 1..65535",
+            shown(port)
         ))
     })?;
     Ok(SocketAddr::new(ip, port as u16))
 }
 
-/// Optional; an empty key is the same as none (plaintext).
-fn key(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
-    match body.get("key") {
+/// An optional secret (a service key, a tunnel secret); empty is the same as none. Never echoed.
+fn secret(body: &Map<String, Value>, f: &str) -> Result<Option<String>, ApiError> {
+    match body.get(f) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::bad("field \"key\" must be a string")),
+        Some(_) => Err(ApiError::bad(format!("field \"{f}\" must be a string"))),
     }
 }
 
@@ -328,6 +567,13 @@ mod tests {
         match v {
             Value::Object(m) => m,
             _ => Map::new(),
+        }
+    }
+
+    fn refused(route: Route, body: &str) -> ApiError {
+        match parse(route, body.as_bytes()) {
+            Ok(_) => panic!("accepted: {body}"),
+            Err(e) => e,
         }
     }
 
@@ -358,13 +604,99 @@ mod tests {
     fn names_types_keys_and_timeouts() {
         assert!(name(&obj(json!({"name": ""})), "name").is_err());
         assert!(name(&obj(json!({"name": 5})), "name").is_err());
+        assert!(name(&obj(json!({"name": "a\nb"})), "name").is_err());
         assert!(side(&obj(json!({"type": "both"}))).is_err());
-        assert_eq!(key(&obj(json!({"key": ""}))).expect("ok"), None);
-        assert!(key(&obj(json!({"key": 1}))).is_err());
+        assert_eq!(secret(&obj(json!({"key": ""})), "key").expect("ok"), None);
+        assert!(secret(&obj(json!({"key": 1})), "key").is_err());
         assert_eq!(
             timeout(&obj(json!({"timeout": "250"}))).expect("ok"),
             Some(Duration::from_millis(250))
         );
         assert!(timeout(&obj(json!({"timeout": -1}))).is_err());
+    }
+
+    #[test]
+    fn the_seed_bodies_parse_and_unknown_fields_are_named() {
+        for (route, body) in [
+            (
+                Route::PostTunnel,
+                r#"{"name":"tunnel1", "dest":["127.0.0.1", "4322"]}"#,
+            ),
+            (
+                Route::PostService,
+                r#"{"name":"service1", "key":"UHI@&s8sa*S", "type": "local", "addr":["0.0.0.0", "8080"]}"#,
+            ),
+            (
+                Route::PostBind,
+                r#"{"tunnel": "tunnel1", "service":"service1", "type": "local"}"#,
+            ),
+        ] {
+            assert!(parse(route, body.as_bytes()).is_ok(), "{body}");
+        }
+        let e = refused(
+            Route::PostService,
+            r#"{"name":"s", "Key":"k", "type": "local", "addr":["0.0.0.0", "8080"]}"#,
+        );
+        assert!(e.message.contains("unknown field \"Key\""), "{}", e.message);
+        let e = refused(
+            Route::PostService,
+            r#"{"name":"s", "cipher":"aes-256-gcm", "type": "local", "addr":["0.0.0.0", "8080"]}"#,
+        );
+        assert!(e.message.contains("needs a \"key\""), "{}", e.message);
+        let e = refused(
+            Route::PostTunnel,
+            r#"{"name":"t", "role":"acceptor", "dest":["127.0.0.1", "1"]}"#,
+        );
+        assert!(e.message.contains("\"dest\""), "{}", e.message);
+        let e = refused(Route::PostTunnel, r#"{"name":"t", "secret":"hunter2"}"#);
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+    }
+
+    #[test]
+    fn hosts_and_tokens() {
+        let access = AdminAccess {
+            token: Some("t0ken".into()),
+            hosts: vec!["menet.example".into()],
+        };
+        for ok in [
+            "127.0.0.1:1234",
+            "[::1]:80",
+            "localhost:1",
+            "menet.example",
+            "10.1.2.3",
+        ] {
+            assert!(access.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example:1234", "127.0.0.1.evil.example"] {
+            assert!(!access.host_allowed(bad), "{bad}");
+        }
+        assert!(access.token_matches(Some("t0ken")));
+        assert!(!access.token_matches(Some("t0ke")));
+        assert!(!access.token_matches(None));
+        assert!(AdminAccess::default().token_matches(None));
+    }
+
+    /// Random and mutated bodies: a request or an error, never a panic.
+    #[test]
+    fn random_bodies_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1234);
+        let seed = br#"{"name":"service1", "key":"k", "cipher":"rc4", "timeout": 5, "type": "local", "addr":["0.0.0.0", "8080"]}"#;
+        let routes = [
+            Route::PostTunnel,
+            Route::DeleteTunnel,
+            Route::PostService,
+            Route::DeleteService,
+            Route::PostBind,
+            Route::DeleteBind,
+        ];
+        for round in 0..20_000 {
+            let mut v = seed.to_vec();
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..v.len());
+                v[i] = rng.gen();
+            }
+            let _ = parse(routes[round % routes.len()], &v);
+        }
     }
 }

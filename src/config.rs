@@ -5,14 +5,28 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use menet_actors::Settings;
+use menet_actors::cipher::Secret;
+use menet_actors::limits::Limits;
+use menet_actors::{Access, Settings};
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::api::AdminAccess;
+
+/// Environment variable with the tunnel secret (overrides the file).
+pub const ENV_TUNNEL_SECRET: &str = "MENET_TUNNEL_SECRET";
+/// Environment variable with the admin token (overrides the file).
+pub const ENV_ADMIN_TOKEN: &str = "MENET_ADMIN_TOKEN";
 
 pub const DEFAULT_PATH: &str = "config/menet.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "menet", version, about = "A dynamic TCP tunnel proxy")]
+#[command(
+    name = "menet",
+    version,
+    about = "A dynamic TCP tunnel proxy",
+    after_help = "Environment:\n  MENET_TUNNEL_SECRET  the tunnel secret (overrides [tunnel] secret and secret_file)\n  MENET_ADMIN_TOKEN    the admin API token (overrides [admin] token and token_file)\n  RUST_LOG             log level (default info)"
+)]
 pub struct Cli {
     /// The TOML configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]
@@ -53,6 +67,20 @@ struct File {
     tunnel: Tunnel,
     #[serde(default)]
     state: StateTable,
+    #[serde(default)]
+    limits: LimitsTable,
+}
+
+/// `[limits]`: what peers and clients may use of this node.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsTable {
+    max_handshakes: Option<usize>,
+    max_tunnels: Option<usize>,
+    max_streams: Option<u32>,
+    max_connections_per_service: Option<usize>,
+    max_dials_per_second: Option<u32>,
+    fd_reserve: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +97,15 @@ struct Admin {
     ip: IpAddr,
     #[serde(default = "admin_port")]
     port: u16,
+    /// Bearer token every request must carry.
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    /// Listen beyond loopback without a token.
+    #[serde(default)]
+    allow_insecure_admin: bool,
+    /// Host names the API may be addressed by, beside IP literals and localhost.
+    #[serde(default)]
+    hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +121,11 @@ struct Tunnel {
     tunnel_window: Option<u32>,
     heartbeat_interval_ms: Option<u64>,
     heartbeat_timeout_ms: Option<u64>,
+    /// The node's tunnel secret: peers must prove it.
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    /// `any` (default) or `known`: admit only names declared on this node.
+    accept: Option<String>,
 }
 
 fn loopback() -> IpAddr {
@@ -104,6 +146,10 @@ impl Default for Admin {
         Admin {
             ip: loopback(),
             port: admin_port(),
+            token: None,
+            token_file: None,
+            allow_insecure_admin: false,
+            hosts: Vec::new(),
         }
     }
 }
@@ -117,6 +163,9 @@ impl Default for Tunnel {
             tunnel_window: None,
             heartbeat_interval_ms: None,
             heartbeat_timeout_ms: None,
+            secret: None,
+            secret_file: None,
+            accept: None,
         }
     }
 }
@@ -129,6 +178,12 @@ pub struct Config {
     pub settings: Settings,
     /// The state file, if runtime configuration is kept.
     pub state: Option<PathBuf>,
+    /// Tunnel secret and who may dial in.
+    pub access: Access,
+    /// Admin token and host names.
+    pub admin_access: AdminAccess,
+    /// The admin API may listen beyond loopback without a token.
+    pub allow_insecure_admin: bool,
 }
 
 /// Windows the protocol accepts: big enough for a full frame, at most 1 GiB.
@@ -215,8 +270,69 @@ impl Config {
                 settings.heartbeat_interval.as_millis()
             )));
         }
+        let l = &file.limits;
+        let d = Limits::default();
+        settings.limits = Limits {
+            max_handshakes: l.max_handshakes.unwrap_or(d.max_handshakes),
+            max_tunnels: l.max_tunnels.unwrap_or(d.max_tunnels),
+            max_streams: l.max_streams.unwrap_or(d.max_streams),
+            max_connections_per_service: l
+                .max_connections_per_service
+                .unwrap_or(d.max_connections_per_service),
+            max_dials_per_second: l.max_dials_per_second.unwrap_or(d.max_dials_per_second),
+            fd_reserve: l.fd_reserve.unwrap_or(d.fd_reserve),
+        };
+        for (key, v) in [
+            ("max_handshakes", settings.limits.max_handshakes),
+            ("max_tunnels", settings.limits.max_tunnels),
+            ("max_streams", settings.limits.max_streams as usize),
+            (
+                "max_connections_per_service",
+                settings.limits.max_connections_per_service,
+            ),
+            (
+                "max_dials_per_second",
+                settings.limits.max_dials_per_second as usize,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("[limits] {key} must be at least 1")));
+            }
+        }
+        let secret = from_sources(
+            ENV_TUNNEL_SECRET,
+            file.tunnel.secret,
+            file.tunnel.secret_file,
+            "[tunnel] secret",
+            &invalid,
+        )?;
+        let token = from_sources(
+            ENV_ADMIN_TOKEN,
+            file.admin.token,
+            file.admin.token_file,
+            "[admin] token",
+            &invalid,
+        )?;
+        let known_only = match file.tunnel.accept.as_deref() {
+            None | Some("any") => false,
+            Some("known") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "[tunnel] accept = {other:?}: must be \"any\" or \"known\""
+                )))
+            }
+        };
         Ok(Config {
             settings,
+            access: Access {
+                secret: secret.as_deref().map(Secret::new),
+                known_only,
+            },
+            admin_access: AdminAccess {
+                token,
+                hosts: file.admin.hosts,
+            },
+            allow_insecure_admin: file.admin.allow_insecure_admin,
             state: cli.state.clone().or(file.state.path),
             admin: cli
                 .admin
@@ -225,6 +341,38 @@ impl Config {
                 .tunnel
                 .unwrap_or(SocketAddr::new(file.tunnel.ip, file.tunnel.port)),
         })
+    }
+}
+
+/// A secret from the environment, else from its file, else from the config file itself. An empty
+/// secret is refused (it would look set and protect nothing).
+fn from_sources(
+    env: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    what: &str,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<Option<String>, ConfigError> {
+    if inline.is_some() && file.is_some() {
+        return Err(invalid(format!(
+            "{what} and {what}_file are both set; keep one"
+        )));
+    }
+    let value = match std::env::var(env) {
+        Ok(v) => Some(v),
+        Err(_) => match file {
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| invalid(format!("{what}_file {}: {e}", path.display())))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => inline,
+        },
+    };
+    match value {
+        Some(v) if v.is_empty() => Err(invalid(format!("{what} is empty"))),
+        v => Ok(v),
     }
 }
 

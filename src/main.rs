@@ -1,22 +1,22 @@
 //! menet: a dynamic TCP tunnel proxy. Starts with two listen addresses (the admin API and the tunnel
 //! port); tunnels, services and binds are created at runtime through the admin API.
 
-mod api;
-mod config;
-
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use actix_web::{App, HttpServer};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 use menet_actors::registry::{Registry, Shutdown};
 use menet_actors::state::{StateError, StateStore};
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 
-use config::{Cli, Config, ConfigError};
+use menet::api;
+use menet::config::{Cli, Config, ConfigError};
 
 #[derive(Debug, Error)]
 enum StartError {
@@ -42,6 +42,8 @@ enum StartError {
     ServerGone,
     #[error("the registry actor died (it panicked); exiting so that a supervisor restarts the node from its state file")]
     RegistryLost,
+    #[error("the admin API would listen on {0} with no token: set [admin] token (or token_file, or MENET_ADMIN_TOKEN), or allow_insecure_admin = true")]
+    InsecureAdmin(std::net::SocketAddr),
 }
 
 fn main() -> ExitCode {
@@ -55,10 +57,10 @@ fn main() -> ExitCode {
         }
     }));
     let cli = Cli::parse();
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
     let result = Config::load(&cli)
         .map_err(StartError::from)
-        .and_then(|config| actix_rt::System::new().block_on(run(config)));
+        .and_then(|config| actix_rt::System::new().block_on(run(config, fd_limit)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,7 +70,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> Result<(), StartError> {
+async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
+    if config.admin_access.token.is_none() && !config.admin.ip().is_loopback() {
+        if !config.allow_insecure_admin {
+            return Err(StartError::InsecureAdmin(config.admin));
+        }
+        warn!(
+            "the admin API listens on {} with no token (allow_insecure_admin): anyone who reaches it controls this node",
+            config.admin
+        );
+    }
+    if config.access.secret.is_none() && !config.tunnel.ip().is_loopback() {
+        warn!(
+            "no tunnel secret and the tunnel port listens on {}: any peer can claim a new tunnel name; set [tunnel] secret",
+            config.tunnel
+        );
+    }
     let (store, restore) = match &config.state {
         Some(path) => {
             let (store, state) = StateStore::open(path)?;
@@ -89,17 +106,30 @@ async fn run(config: Config) -> Result<(), StartError> {
             source,
         })?;
     let tunnel_addr = tunnel_port.local_addr().unwrap_or(config.tunnel);
-    let registry = menet_actors::start(config.settings, tunnel_port, store, restore);
+    let registry = menet_actors::start(
+        config.settings,
+        config.access.clone(),
+        tunnel_port,
+        store,
+        restore,
+        fd_limit,
+    );
     let routes = registry.clone();
-    let server = HttpServer::new(move || App::new().configure(|c| api::routes(c, routes.clone())))
-        .workers(1)
-        .shutdown_timeout(1)
-        .disable_signals()
-        .bind(config.admin)
-        .map_err(|source| StartError::AdminPort {
-            addr: config.admin,
-            source,
-        })?;
+    let admin_access = web::Data::new(Arc::new(config.admin_access.clone()));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(admin_access.clone())
+            .wrap(from_fn(api::guard))
+            .configure(|c| api::routes(c, routes.clone()))
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .bind(config.admin)
+    .map_err(|source| StartError::AdminPort {
+        addr: config.admin,
+        source,
+    })?;
     let admin_addr = server.addrs().first().copied().unwrap_or(config.admin);
     info!("tunnel port listening on {tunnel_addr}");
     info!("admin API listening on {admin_addr}");
@@ -137,19 +167,26 @@ async fn registry_lost(registry: &Addr<Registry>) {
     }
 }
 
-/// Every connection costs a descriptor or two: lift the soft limit to the hard one, as servers do.
-fn raise_fd_limit() {
+/// Every connection costs a descriptor or two: lift the soft limit to the hard one, as servers
+/// do. Returns the limit in force, of which a reserve is kept for the admin API and tunnel port.
+fn raise_fd_limit() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let cur = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 log::warn!("cannot raise the open-file limit");
+                lim.rlim_cur = cur;
             }
         }
     }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }

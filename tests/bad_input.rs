@@ -178,16 +178,21 @@ fn garbage_and_silence_on_the_tunnel_port_are_dropped() {
     assert!(closed_within(&mut garbage, Duration::from_secs(2)));
     assert!(b.wait_log("bad handshake", Duration::from_secs(2)));
 
-    // Valid handshake, then a frame over the size limit: the tunnel is closed with a log line.
-    let mut rogue = TcpStream::connect(b.tunnel).expect("connect");
+    // A version-1 peer gets a refusal it can read, and both ends can tell why.
+    let mut old = TcpStream::connect(b.tunnel).expect("connect");
     let mut hello = b"MNET\x01\x05rogue".to_vec();
     hello.extend_from_slice(&(256u32 * 1024).to_be_bytes());
     hello.extend_from_slice(&(16u32 << 20).to_be_bytes());
     hello.extend_from_slice(&0u16.to_be_bytes());
-    rogue.write_all(&hello).expect("hello");
-    let mut welcome = [0u8; 15];
-    rogue.read_exact(&mut welcome).expect("welcome");
-    assert_eq!(&welcome[..6], b"MNET\x01\x00");
+    old.write_all(&hello).expect("hello");
+    let mut answer = Vec::new();
+    let _ = old.read_to_end(&mut answer);
+    assert_eq!(&answer[..6], b"MNET\x01\x01", "a version-1 refusal");
+    assert!(String::from_utf8_lossy(&answer).contains("version 2"));
+    assert!(b.wait_log("version 1", Duration::from_secs(2)));
+
+    // Valid handshake, then a frame over the size limit: the tunnel is closed with a log line.
+    let mut rogue = raw_dial(b.tunnel, "rogue", None, None).expect("handshake");
     let mut huge = (10u32 << 20).to_be_bytes().to_vec();
     huge.extend_from_slice(&[4, 0, 0, 0, 1]);
     rogue.write_all(&huge).expect("frame");

@@ -1,20 +1,34 @@
-//! End-to-end stream encryption of a keyed service: RC4, used so that keystream is never reused.
+//! End-to-end stream encryption of a keyed service: RC4 (the seed's cipher, obfuscation-grade) or
+//! an AEAD (ChaCha20-Poly1305, AES-256-GCM: confidentiality and integrity).
 //!
-//! RC4 is what menet's users ask for; it is obfuscation-grade (no integrity, known biases). The
-//! original system restarted RC4 with the service key for every chunk, so every chunk reused the
-//! same keystream. Here each stream draws a fresh random nonce at open, each direction gets its own
-//! RC4 key `HMAC-SHA256(key, "menet-rc4-v1" || direction || nonce)`, and the first 3072 keystream
-//! bytes are dropped. The open frame carries `HMAC-SHA256(key, "menet-check-v1" || nonce)[..16]`
-//! so the far end refuses a stream whose key does not match instead of emitting garbage.
+//! Every stream gets keys of its own, derived from the service key and fresh randomness from
+//! *both* ends: the opener's 16-byte nonce travels in OPEN, the acceptor's in OPEN_OK. So a
+//! recorded stream replayed to a node never decrypts as the original (the acceptor's nonce is new),
+//! and no keystream or AEAD nonce is ever used twice.
+//!
+//! - RC4: each direction is keyed with `HMAC-SHA256(key, "menet-rc4-v2" || d || Nopen || Naccept)`
+//!   and its first 3072 keystream bytes are dropped. No integrity: flipped bits pass.
+//! - AEAD: each direction's key is `HKDF-SHA256(salt = Nopen || Naccept, ikm = key, info =
+//!   "menet-aead-v2" || cipher || d)`; each DATA frame is sealed on its own with a 16-byte tag and
+//!   the frame's number (0, 1, 2, ...) as the nonce, so a tampered, dropped, reordered or replayed
+//!   frame fails to open and the stream is reset before any of its bytes is written.
+//!
+//! OPEN carries `HMAC-SHA256(key, "menet-check-v2" || cipher || Nopen)[..16]`, so a key mismatch
+//! refuses the stream instead of producing garbage.
 
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use rc4::consts::U32;
 use rc4::{KeyInit, Rc4, StreamCipher};
+use ring::aead::{self, LessSafeKey, UnboundKey};
+use ring::hkdf;
 use sha2::Sha256;
+use thiserror::Error;
 
 use crate::protocol::{KeyedOpen, CHECK_LEN, NONCE_LEN};
 
@@ -22,68 +36,223 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Keystream bytes thrown away after keying (RFC 4345 recommends at least 1536; the design asks 3072).
 pub const DISCARD: usize = 3072;
+/// Bytes an AEAD adds to each DATA frame.
+pub const TAG_LEN: usize = 16;
 
-/// A service's shared secret. Never printed: `Debug` shows `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ServiceKey(Arc<str>);
+/// The cipher of a keyed service. Both ends of a service must name the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CipherKind {
+    Rc4,
+    ChaCha20Poly1305,
+    Aes256Gcm,
+}
 
-impl ServiceKey {
-    pub fn new(key: &str) -> ServiceKey {
-        ServiceKey(Arc::from(key))
-    }
-
-    /// The key itself, for the state file only.
-    pub fn secret(&self) -> &str {
-        &self.0
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        // HMAC takes keys of any length, so this cannot fail.
-        <HmacSha256 as Mac>::new_from_slice(self.0.as_bytes()).expect("HMAC accepts any key length")
-    }
-
-    /// What the opener of a stream sends: a fresh nonce and the key check for it.
-    pub fn open(&self) -> KeyedOpen {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        KeyedOpen {
-            nonce,
-            check: self.check(&nonce),
+impl CipherKind {
+    /// The byte that names the cipher in OPEN.
+    pub fn wire_id(self) -> u8 {
+        match self {
+            CipherKind::Rc4 => 1,
+            CipherKind::ChaCha20Poly1305 => 2,
+            CipherKind::Aes256Gcm => 3,
         }
     }
 
-    fn check(&self, nonce: &[u8; NONCE_LEN]) -> [u8; CHECK_LEN] {
-        let mut mac = self.mac();
-        mac.update(b"menet-check-v1");
+    pub fn from_wire(id: u8) -> Option<CipherKind> {
+        match id {
+            1 => Some(CipherKind::Rc4),
+            2 => Some(CipherKind::ChaCha20Poly1305),
+            3 => Some(CipherKind::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CipherKind::Rc4 => "rc4",
+            CipherKind::ChaCha20Poly1305 => "chacha20-poly1305",
+            CipherKind::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// Bytes this cipher adds to each DATA frame.
+    pub fn overhead(self) -> usize {
+        match self {
+            CipherKind::Rc4 => 0,
+            CipherKind::ChaCha20Poly1305 | CipherKind::Aes256Gcm => TAG_LEN,
+        }
+    }
+
+    fn aead(self) -> Option<&'static aead::Algorithm> {
+        match self {
+            CipherKind::Rc4 => None,
+            CipherKind::ChaCha20Poly1305 => Some(&aead::CHACHA20_POLY1305),
+            CipherKind::Aes256Gcm => Some(&aead::AES_256_GCM),
+        }
+    }
+}
+
+impl fmt::Display for CipherKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CipherKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<CipherKind, String> {
+        [
+            CipherKind::Rc4,
+            CipherKind::ChaCha20Poly1305,
+            CipherKind::Aes256Gcm,
+        ]
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| "must be \"rc4\", \"chacha20-poly1305\" or \"aes-256-gcm\"".to_owned())
+    }
+}
+
+/// A shared secret given by an operator (a service key, a tunnel secret). Never printed:
+/// `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(secret: &str) -> Secret {
+        Secret(Arc::from(secret))
+    }
+
+    /// The secret itself, for the state file and key derivation only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// An HMAC-SHA256 keyed with the secret.
+    pub fn mac(&self) -> HmacSha256 {
+        hmac_with(self.0.as_bytes())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// An HMAC-SHA256 with `key` (any length: HMAC hashes long keys and pads short ones).
+pub fn hmac_with(key: &[u8]) -> HmacSha256 {
+    match <HmacSha256 as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        // new_from_slice never refuses a key for HMAC; keep the type honest anyway.
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    }
+}
+
+/// A keyed service's secret and cipher.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceKey {
+    pub secret: Secret,
+    pub cipher: CipherKind,
+}
+
+impl fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "*** ({})", self.cipher)
+    }
+}
+
+impl ServiceKey {
+    pub fn new(secret: &str, cipher: CipherKind) -> ServiceKey {
+        ServiceKey {
+            secret: Secret::new(secret),
+            cipher,
+        }
+    }
+
+    /// What the opener of a stream sends: the cipher, a fresh nonce and the key check for it.
+    pub fn open(&self) -> KeyedOpen {
+        let nonce = fresh_nonce();
+        KeyedOpen {
+            cipher: self.cipher,
+            nonce,
+            check: self.check(self.cipher, &nonce),
+        }
+    }
+
+    fn check_mac(&self, cipher: CipherKind, nonce: &[u8; NONCE_LEN]) -> HmacSha256 {
+        let mut mac = self.secret.mac();
+        mac.update(b"menet-check-v2");
+        mac.update(&[cipher.wire_id()]);
         mac.update(nonce);
-        let full = mac.finalize().into_bytes();
+        mac
+    }
+
+    fn check(&self, cipher: CipherKind, nonce: &[u8; NONCE_LEN]) -> [u8; CHECK_LEN] {
+        let full = self.check_mac(cipher, nonce).finalize().into_bytes();
         let mut out = [0u8; CHECK_LEN];
         out.copy_from_slice(&full[..CHECK_LEN]);
         out
     }
 
-    /// Constant-time check that the opener holds the same key.
+    /// Constant-time check that the opener holds the same key (for the cipher it named).
     pub fn verify(&self, open: &KeyedOpen) -> bool {
-        let mut mac = self.mac();
-        mac.update(b"menet-check-v1");
-        mac.update(&open.nonce);
-        mac.verify_truncated_left(&open.check).is_ok()
+        self.check_mac(open.cipher, &open.nonce)
+            .verify_truncated_left(&open.check)
+            .is_ok()
     }
 
-    /// The keystream for one direction of one stream.
-    pub fn stream(&self, nonce: &[u8; NONCE_LEN], direction: Direction) -> Keystream {
-        let mut mac = self.mac();
-        mac.update(b"menet-rc4-v1");
-        mac.update(&[direction as u8]);
-        mac.update(nonce);
-        Keystream::new(&mac.finalize().into_bytes())
+    /// The ciphers of one stream end, from both ends' nonces.
+    pub fn stream(
+        &self,
+        opener_nonce: &[u8; NONCE_LEN],
+        acceptor_nonce: &[u8; NONCE_LEN],
+        opener: bool,
+    ) -> StreamCrypto {
+        let (tx, rx) = if opener {
+            (Direction::FromOpener, Direction::ToOpener)
+        } else {
+            (Direction::ToOpener, Direction::FromOpener)
+        };
+        let nonces = [&opener_nonce[..], &acceptor_nonce[..]].concat();
+        StreamCrypto {
+            seal: Sealer(self.direction(&nonces, tx)),
+            open: Opener(self.direction(&nonces, rx)),
+        }
+    }
+
+    fn direction(&self, nonces: &[u8], direction: Direction) -> DirectionCipher {
+        let d = direction as u8;
+        match self.cipher.aead() {
+            None => {
+                let mut mac = self.secret.mac();
+                mac.update(b"menet-rc4-v2");
+                mac.update(&[d]);
+                mac.update(nonces);
+                DirectionCipher::Rc4(Keystream::new(&mac.finalize().into_bytes()))
+            }
+            Some(alg) => {
+                let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, nonces)
+                    .extract(self.secret.expose().as_bytes());
+                let info = [&b"menet-aead-v2"[..], &[self.cipher.wire_id()], &[d]];
+                // expand() refuses only outputs longer than 255 hash lengths; a key is one.
+                let key = match prk.expand(&info, alg) {
+                    Ok(okm) => UnboundKey::from(okm),
+                    Err(_) => unreachable!("HKDF output of one key length"),
+                };
+                DirectionCipher::Aead {
+                    key: LessSafeKey::new(key),
+                    frames: 0,
+                }
+            }
+        }
     }
 }
 
-impl fmt::Debug for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
+/// A fresh random stream nonce.
+pub fn fresh_nonce() -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    nonce
 }
 
 /// Which way the bytes go, relative to the end that opened the stream.
@@ -109,18 +278,87 @@ impl Keystream {
     }
 }
 
-/// The two keystreams of one stream end: `(outgoing, incoming)`.
-pub fn stream_pair(
-    key: &ServiceKey,
-    nonce: &[u8; NONCE_LEN],
-    opener: bool,
-) -> (Keystream, Keystream) {
-    let (tx, rx) = if opener {
-        (Direction::FromOpener, Direction::ToOpener)
-    } else {
-        (Direction::ToOpener, Direction::FromOpener)
-    };
-    (key.stream(nonce, tx), key.stream(nonce, rx))
+/// One direction's cipher state. Both variants are a few hundred bytes (an RC4 state, an AES key
+/// schedule); a stream holds two, so they live in place.
+#[allow(clippy::large_enum_variant)]
+enum DirectionCipher {
+    Rc4(Keystream),
+    Aead {
+        key: LessSafeKey,
+        /// Frames sealed (or opened) so far: the next frame's nonce.
+        frames: u64,
+    },
+}
+
+fn frame_nonce(frames: &mut u64) -> aead::Nonce {
+    let mut nonce = [0u8; aead::NONCE_LEN];
+    nonce[4..].copy_from_slice(&frames.to_be_bytes());
+    *frames += 1;
+    aead::Nonce::assume_unique_for_key(nonce)
+}
+
+/// A frame that does not open: tampered, dropped, reordered, replayed or forged.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("integrity check failed: the frame was altered, dropped, reordered or replayed")]
+pub struct IntegrityError;
+
+/// The outgoing half of a stream's crypto.
+pub struct Sealer(DirectionCipher);
+
+impl Sealer {
+    /// Bytes each sealed frame grows by.
+    pub fn overhead(&self) -> usize {
+        match self.0 {
+            DirectionCipher::Rc4(_) => 0,
+            DirectionCipher::Aead { .. } => TAG_LEN,
+        }
+    }
+
+    /// Encrypts `payload` in place and appends the tag, if any (reserve [`Sealer::overhead`]
+    /// bytes of capacity to avoid a reallocation).
+    pub fn seal(&mut self, payload: &mut BytesMut) {
+        match &mut self.0 {
+            DirectionCipher::Rc4(ks) => ks.apply(payload),
+            DirectionCipher::Aead { key, frames } => {
+                let nonce = frame_nonce(frames);
+                // Sealing fails only for payloads over ~256 GiB; a frame is at most 64 KiB.
+                if let Ok(tag) = key.seal_in_place_separate_tag(nonce, aead::Aad::empty(), payload)
+                {
+                    payload.extend_from_slice(tag.as_ref());
+                }
+            }
+        }
+    }
+}
+
+/// The incoming half of a stream's crypto.
+pub struct Opener(DirectionCipher);
+
+impl Opener {
+    /// Decrypts `payload` in place (an AEAD frame is checked whole first, then its tag removed).
+    pub fn open(&mut self, payload: &mut BytesMut) -> Result<(), IntegrityError> {
+        match &mut self.0 {
+            DirectionCipher::Rc4(ks) => {
+                ks.apply(payload);
+                Ok(())
+            }
+            DirectionCipher::Aead { key, frames } => {
+                let nonce = frame_nonce(frames);
+                let plain = key
+                    .open_in_place(nonce, aead::Aad::empty(), payload)
+                    .map_err(|_| IntegrityError)?
+                    .len();
+                payload.truncate(plain);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Both halves of one stream end's crypto.
+pub struct StreamCrypto {
+    pub seal: Sealer,
+    pub open: Opener,
 }
 
 #[cfg(test)]
@@ -145,14 +383,9 @@ mod tests {
             hex("ea a6 bd 25 88 0b f9 3d 3f 5d 1e 4c a2 61 1d 91")[..]
         );
         assert_eq!(
-            ks[0x10..0x20],
-            hex("cf a4 5c 9f 7e 71 4b 54 bd fa 80 02 7c b1 43 80")[..]
-        );
-        assert_eq!(
             ks[0xff0..0x1000],
             hex("a1 3a 7c 79 c7 e1 19 b5 ab 02 96 ab 28 c3 00 b9")[..]
         );
-
         // Our Keystream drops exactly 3072 bytes, so its first bytes are RFC 6229's offset 0xc00.
         let mut ours = Keystream::new(&key);
         let mut first = [0u8; 16];
@@ -163,41 +396,112 @@ mod tests {
         );
     }
 
-    #[test]
-    fn directions_and_nonces_never_share_keystream() {
-        let key = ServiceKey::new("UHI@&s8sa*S");
+    fn pair(key: &ServiceKey) -> (StreamCrypto, StreamCrypto, [u8; NONCE_LEN]) {
         let open = key.open();
-        let (mut a_tx, mut a_rx) = stream_pair(&key, &open.nonce, true);
-        let (mut b_tx, mut b_rx) = stream_pair(&key, &open.nonce, false);
-
-        let msg = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-        let mut wire = msg.clone();
-        a_tx.apply(&mut wire);
-        assert_ne!(wire, msg);
-        let mut back = wire.clone();
-        b_rx.apply(&mut back);
-        assert_eq!(back, msg);
-
-        let mut reply = msg.clone();
-        b_tx.apply(&mut reply);
-        assert_ne!(reply, wire, "each direction has its own keystream");
-        a_rx.apply(&mut reply);
-        assert_eq!(reply, msg);
-
-        let other = key.open();
-        assert_ne!(other.nonce, open.nonce);
-        let (mut c_tx, _) = stream_pair(&key, &other.nonce, true);
-        let mut wire2 = msg.clone();
-        c_tx.apply(&mut wire2);
-        assert_ne!(wire2, wire, "a fresh nonce gives a fresh keystream");
+        let accept = fresh_nonce();
+        (
+            key.stream(&open.nonce, &accept, true),
+            key.stream(&open.nonce, &accept, false),
+            open.nonce,
+        )
     }
 
     #[test]
-    fn key_check_tells_keys_apart() {
-        let key = ServiceKey::new("right");
+    fn every_cipher_round_trips_both_ways() {
+        for cipher in [
+            CipherKind::Rc4,
+            CipherKind::ChaCha20Poly1305,
+            CipherKind::Aes256Gcm,
+        ] {
+            let key = ServiceKey::new("UHI@&s8sa*S", cipher);
+            let (mut a, mut b, _) = pair(&key);
+            for round in 0..3u8 {
+                let msg = vec![round; 1000 + usize::from(round)];
+                let mut wire = BytesMut::from(&msg[..]);
+                a.seal.seal(&mut wire);
+                assert_eq!(wire.len(), msg.len() + cipher.overhead(), "{cipher}");
+                assert_ne!(&wire[..msg.len()], &msg[..]);
+                b.open.open(&mut wire).expect("opens");
+                assert_eq!(&wire[..], &msg[..], "{cipher}");
+                let mut back = BytesMut::from(&msg[..]);
+                b.seal.seal(&mut back);
+                a.open.open(&mut back).expect("opens");
+                assert_eq!(&back[..], &msg[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn aead_refuses_tampered_dropped_reordered_and_replayed_frames() {
+        for cipher in [CipherKind::ChaCha20Poly1305, CipherKind::Aes256Gcm] {
+            let key = ServiceKey::new("k", cipher);
+            let seal = |s: &mut StreamCrypto, m: &[u8]| {
+                let mut w = BytesMut::from(m);
+                s.seal.seal(&mut w);
+                w
+            };
+            // Tampered: one flipped bit anywhere.
+            let (mut a, mut b, _) = pair(&key);
+            let mut f = seal(&mut a, b"hello");
+            f[2] ^= 1;
+            assert_eq!(b.open.open(&mut f), Err(IntegrityError));
+            // Dropped (frame 0 never arrives), and reordered.
+            let (mut a, mut b, _) = pair(&key);
+            let _lost = seal(&mut a, b"one");
+            let mut second = seal(&mut a, b"two");
+            assert_eq!(b.open.open(&mut second), Err(IntegrityError));
+            // Replayed: frame 0 twice.
+            let (mut a, mut b, _) = pair(&key);
+            let f = seal(&mut a, b"once");
+            b.open.open(&mut f.clone()).expect("first");
+            assert_eq!(b.open.open(&mut f.clone()), Err(IntegrityError));
+            // Replayed into a new stream (a new acceptor nonce): refused.
+            let (mut a, _, nonce) = pair(&key);
+            let mut f = seal(&mut a, b"captured");
+            let mut replay = key.stream(&nonce, &fresh_nonce(), false);
+            assert_eq!(replay.open.open(&mut f), Err(IntegrityError));
+        }
+    }
+
+    #[test]
+    fn rc4_directions_and_nonces_never_share_keystream() {
+        let key = ServiceKey::new("UHI@&s8sa*S", CipherKind::Rc4);
+        let (mut a, mut b, nonce) = pair(&key);
+        let msg = b"GET / HTTP/1.1\r\n\r\n";
+        let mut wire = BytesMut::from(&msg[..]);
+        a.seal.seal(&mut wire);
+        let mut reply = BytesMut::from(&msg[..]);
+        b.seal.seal(&mut reply);
+        assert_ne!(reply, wire, "each direction has its own keystream");
+        // The same opener nonce with another acceptor nonce (a replay) gives another keystream.
+        let mut replayed = key.stream(&nonce, &fresh_nonce(), false);
+        let mut again = wire.clone();
+        replayed
+            .open
+            .open(&mut again)
+            .expect("rc4 has no integrity");
+        assert_ne!(
+            &again[..],
+            &msg[..],
+            "a replay does not decrypt as the original"
+        );
+    }
+
+    #[test]
+    fn key_check_tells_keys_and_ciphers_apart() {
+        let key = ServiceKey::new("right", CipherKind::Rc4);
         let open = key.open();
         assert!(key.verify(&open));
-        assert!(!ServiceKey::new("wrong").verify(&open));
-        assert_eq!(format!("{key:?}"), "***");
+        assert!(!ServiceKey::new("wrong", CipherKind::Rc4).verify(&open));
+        let mut other = open;
+        other.cipher = CipherKind::Aes256Gcm;
+        assert!(!key.verify(&other), "the check covers the cipher");
+        assert_eq!(format!("{key:?}"), "*** (rc4)");
+        assert_eq!(format!("{:?}", Secret::new("x")), "***");
+        assert_eq!(
+            "aes-256-gcm".parse::<CipherKind>(),
+            Ok(CipherKind::Aes256Gcm)
+        );
+        assert!("des".parse::<CipherKind>().is_err());
     }
 }

@@ -7,6 +7,10 @@
 //! non-blocking and happen in the handlers; waiting for readability and writing run as futures of
 //! this actor that own the socket half meanwhile. The actor never blocks and never buffers beyond
 //! the stream window.
+//!
+//! A stream that ends cleanly (a FIN each way) closes its socket with a FIN; one that does not
+//! (a RESET from the peer, a tunnel lost, a failed socket, an idle timeout, a frame that fails
+//! its integrity check) closes it with a TCP reset, so a truncated transfer never looks complete.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,17 +23,19 @@ use log::{debug, error, info, warn};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::cipher::Keystream;
-use crate::io::{try_read_data_frame, write_all_vectored, Chunk};
-use crate::protocol::{HEADER_LEN, MAX_DATA};
+use crate::cipher::{ServiceKey, StreamCrypto};
+use crate::io::{reset_now, try_read_data_frame, write_all_vectored, Chunk};
+use crate::limits::Slot;
+use crate::protocol::{set_frame_len, ResetCode, HEADER_LEN, MAX_DATA, NONCE_LEN};
 use crate::tunnel::{FromConnection, Tunnel};
 
 /// Tunnel -> connection.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum StreamEvent {
-    /// The far end reached its target: data may flow.
-    Opened,
+    /// The far end reached its target: data may flow. `nonce`: the acceptor's stream nonce of
+    /// a keyed stream.
+    Opened { nonce: Option<[u8; NONCE_LEN]> },
     /// Credit to read this many more bytes from the socket.
     Grant(u64),
     /// Bytes from the far end, to be written to the socket (decrypted here, in place).
@@ -40,33 +46,58 @@ pub enum StreamEvent {
     Abort,
 }
 
-/// The two keystreams of a keyed stream: (to the tunnel, from the tunnel).
-pub type Ciphers = (Keystream, Keystream);
+/// A keyed stream's crypto, through its life.
+pub enum Keying {
+    /// We opened the stream: its keys need the acceptor's nonce, which OPEN_OK brings.
+    Opener {
+        key: ServiceKey,
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Keys derived from both nonces (boxed: an RC4 state is large).
+    Ready(Box<StreamCrypto>),
+}
 
 pub struct Connection {
     tunnel: Addr<Tunnel>,
+    /// The service carried, for log lines.
     service: String,
     stream: u32,
     /// The remote end's target, dialled when the actor starts.
     target: Option<(SocketAddr, Duration)>,
+    /// The client's address (local end), for log lines.
     peer: Option<SocketAddr>,
+    /// The socket's descriptor, kept to reset the connection whichever future holds a half.
+    fd: Option<std::os::fd::RawFd>,
+    /// `None` while a readability watch owns it.
     reader: Option<OwnedReadHalf>,
+    /// `None` while a write owns it, and once our side is shut down.
     writer: Option<OwnedWriteHalf>,
     /// A readability watch is under way.
     watching: bool,
     /// Credit was asked for (the socket has data) and not handed back since.
     wanting: bool,
     writing: bool,
+    /// OPEN_OK exchanged: the socket may be read.
     opened: bool,
+    /// Wire bytes the tunnel let us send and we have not used yet.
     grant: u64,
+    /// The socket said EOF and FIN went to the tunnel.
     read_done: bool,
+    /// The far end's FIN arrived: shut our write side once `out` is written.
     peer_fin: bool,
     write_done: bool,
+    /// Decrypted bytes waiting to be written to the socket.
     out: VecDeque<Bytes>,
-    ciphers: Option<Ciphers>,
+    /// Wire bytes (tags included) behind `out`: what goes back to the tunnel as consumed.
+    out_wire: u64,
+    /// `None` for a plaintext service.
+    keying: Option<Keying>,
     idle_timeout: Option<Duration>,
     last_active: Instant,
+    /// The tunnel has been told the stream is over (or told us so).
     reported: bool,
+    /// The connection's descriptor and limit slots, given back when the actor goes.
+    _slots: Vec<Slot>,
 }
 
 impl Connection {
@@ -74,8 +105,9 @@ impl Connection {
         stream: u32,
         tunnel: Addr<Tunnel>,
         service: String,
-        ciphers: Option<Ciphers>,
+        keying: Option<Keying>,
         idle_timeout: Option<Duration>,
+        slots: Vec<Slot>,
     ) -> Connection {
         Connection {
             tunnel,
@@ -83,6 +115,7 @@ impl Connection {
             stream,
             target: None,
             peer: None,
+            fd: None,
             reader: None,
             writer: None,
             watching: false,
@@ -94,10 +127,12 @@ impl Connection {
             peer_fin: false,
             write_done: false,
             out: VecDeque::new(),
-            ciphers,
+            out_wire: 0,
+            keying,
             idle_timeout,
             last_active: Instant::now(),
             reported: false,
+            _slots: slots,
         }
     }
 
@@ -107,33 +142,46 @@ impl Connection {
         sock: TcpStream,
         tunnel: Addr<Tunnel>,
         service: String,
-        ciphers: Option<Ciphers>,
+        keying: Option<Keying>,
         idle_timeout: Option<Duration>,
+        slots: Vec<Slot>,
     ) -> Connection {
-        let mut c = Connection::new(stream, tunnel, service, ciphers, idle_timeout);
+        let mut c = Connection::new(stream, tunnel, service, keying, idle_timeout, slots);
         c.peer = sock.peer_addr().ok();
         c.attach(sock);
         c
     }
 
     /// The remote end of stream `stream`, to be dialled to `target`.
+    #[allow(clippy::too_many_arguments)]
     pub fn dialing(
         stream: u32,
         target: SocketAddr,
         connect_timeout: Duration,
         tunnel: Addr<Tunnel>,
         service: String,
-        ciphers: Option<Ciphers>,
+        keying: Option<Keying>,
         idle_timeout: Option<Duration>,
+        slots: Vec<Slot>,
     ) -> Connection {
-        let mut c = Connection::new(stream, tunnel, service, ciphers, idle_timeout);
+        let mut c = Connection::new(stream, tunnel, service, keying, idle_timeout, slots);
         c.target = Some((target, connect_timeout));
         c
     }
 
+    /// Bytes the cipher adds to each DATA frame.
+    fn overhead(&self) -> usize {
+        match &self.keying {
+            Some(Keying::Ready(c)) => c.seal.overhead(),
+            _ => 0,
+        }
+    }
+
     fn attach(&mut self, sock: TcpStream) {
+        use std::os::fd::AsRawFd;
         // Latency over coalescing: we already write whole chunks.
         let _ = sock.set_nodelay(true);
+        self.fd = Some(sock.as_raw_fd());
         let (r, w) = sock.into_split();
         self.reader = Some(r);
         self.writer = Some(w);
@@ -151,12 +199,19 @@ impl Connection {
             return;
         }
         let stream = self.stream;
+        let overhead = self.overhead();
         while self.grant > 0 {
-            let max = self.grant.min(MAX_DATA as u64) as usize;
+            // The grant counts wire bytes: an AEAD tag takes its share.
+            let room = self.grant.min(MAX_DATA as u64) as usize;
+            if room <= overhead {
+                self.hand_back(stream);
+                break;
+            }
+            let max = room - overhead;
             let Some(reader) = self.reader.as_ref() else {
                 return;
             };
-            match try_read_data_frame(reader, stream, max) {
+            match try_read_data_frame(reader, stream, max, overhead) {
                 Ok(Chunk::Frame { frame, drained }) => {
                     self.send_frame(stream, frame);
                     if drained {
@@ -171,7 +226,7 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.hand_back(stream),
                 Err(e) => {
-                    self.abort(ctx, format!("read failed: {e}"));
+                    self.abort(ctx, ResetCode::Aborted, format!("read failed: {e}"));
                     return;
                 }
             }
@@ -214,19 +269,23 @@ impl Connection {
                         act.wanting = true;
                         act.report(FromConnection::Want { stream });
                     }
-                    Err(e) => act.abort(ctx, format!("read failed: {e}")),
+                    Err(e) => act.abort(ctx, ResetCode::Aborted, format!("read failed: {e}")),
                 }
             }),
         );
     }
 
     fn send_frame(&mut self, stream: u32, mut frame: BytesMut) {
+        if let Some(Keying::Ready(c)) = self.keying.as_mut() {
+            let mut payload = frame.split_off(HEADER_LEN);
+            c.seal.seal(&mut payload);
+            let len = payload.len();
+            frame.unsplit(payload);
+            set_frame_len(&mut frame, len);
+        }
         let n = (frame.len() - HEADER_LEN) as u64;
         self.grant = self.grant.saturating_sub(n);
         self.last_active = Instant::now();
-        if let Some((tx, _)) = self.ciphers.as_mut() {
-            tx.apply(&mut frame[HEADER_LEN..]);
-        }
         self.report(FromConnection::Data {
             stream,
             frame: frame.freeze(),
@@ -240,6 +299,14 @@ impl Connection {
         let Some(mut writer) = self.writer.take() else {
             return;
         };
+        if self.out.is_empty() && self.out_wire > 0 {
+            // Only tags arrived (an empty sealed frame): nothing to write, the credit goes back.
+            let bytes = std::mem::take(&mut self.out_wire);
+            self.report(FromConnection::Consumed {
+                stream: self.stream,
+                bytes,
+            });
+        }
         if self.out.is_empty() {
             if self.peer_fin {
                 // Dropping the write half shuts down our side: the half-close travels on.
@@ -252,7 +319,7 @@ impl Connection {
             return;
         }
         let batch: Vec<Bytes> = self.out.drain(..).collect();
-        let bytes: u64 = batch.iter().map(|b| b.len() as u64).sum();
+        let bytes = std::mem::take(&mut self.out_wire);
         self.writing = true;
         ctx.spawn(
             async move {
@@ -270,7 +337,7 @@ impl Connection {
                         act.report(FromConnection::Consumed { stream, bytes });
                         act.write_more(ctx);
                     }
-                    Err(e) => act.abort(ctx, format!("write failed: {e}")),
+                    Err(e) => act.abort(ctx, ResetCode::Aborted, format!("write failed: {e}")),
                 }
             }),
         );
@@ -287,8 +354,9 @@ impl Connection {
         }
     }
 
-    /// Ends the stream abnormally: the tunnel resets it (or refuses it if not yet open).
-    fn abort(&mut self, ctx: &mut Context<Self>, why: String) {
+    /// Ends the stream abnormally: the tunnel resets it with `code` (or refuses it if not yet
+    /// open), and the socket is reset, not closed with a FIN.
+    fn abort(&mut self, ctx: &mut Context<Self>, code: ResetCode, why: String) {
         debug!(
             "service {}: stream {} ({:?}): {why}",
             self.service, self.stream, self.peer
@@ -296,11 +364,19 @@ impl Connection {
         if !self.reported {
             self.report(FromConnection::Closed {
                 stream: self.stream,
-                failure: Some(why),
+                failure: Some((code, why)),
             });
         }
         self.reported = true;
+        self.reset_socket();
         ctx.stop();
+    }
+
+    /// Sends a TCP reset now, whichever half is where; the descriptor closes with the actor.
+    fn reset_socket(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            crate::io::reset_fd(fd);
+        }
     }
 
     fn dial(&mut self, target: SocketAddr, timeout: Duration, ctx: &mut Context<Self>) {
@@ -309,6 +385,11 @@ impl Connection {
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     let error = match result {
+                        Ok(Ok(sock)) if act.reported => {
+                            // The stream went while we dialled.
+                            reset_now(&sock);
+                            return;
+                        }
                         Ok(Ok(sock)) => {
                             act.attach(sock);
                             act.opened = true;
@@ -320,11 +401,17 @@ impl Connection {
                         Ok(Err(e)) => e.to_string(),
                         Err(_) => format!("no answer within {} ms", timeout.as_millis()),
                     };
-                    warn!(
+                    crate::log_limited!(
+                        warn,
+                        "backend-unreachable",
                         "service {}: cannot reach {target}: {error}; refusing the stream",
                         act.service
                     );
-                    act.abort(ctx, format!("cannot reach the service: {error}"));
+                    act.abort(
+                        ctx,
+                        ResetCode::Aborted,
+                        format!("cannot reach the service: {error}"),
+                    );
                 }),
         );
     }
@@ -347,7 +434,7 @@ impl Actor for Connection {
                         act.peer,
                         idle.as_millis()
                     );
-                    act.abort(ctx, "idle timeout".to_owned());
+                    act.abort(ctx, ResetCode::IdleTimeout, "idle timeout".to_owned());
                 }
             });
         }
@@ -367,8 +454,9 @@ impl Actor for Connection {
         if !self.reported {
             self.report(FromConnection::Closed {
                 stream: self.stream,
-                failure: Some(failure.to_owned()),
+                failure: Some((ResetCode::Aborted, failure.to_owned())),
             });
+            self.reset_socket();
         }
     }
 }
@@ -378,7 +466,17 @@ impl Handler<StreamEvent> for Connection {
 
     fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
         match msg {
-            StreamEvent::Opened => {
+            StreamEvent::Opened { nonce } => {
+                if let Some(Keying::Opener { key, nonce: ours }) = &self.keying {
+                    let Some(theirs) = nonce else {
+                        warn!(
+                            "service {}: stream {}: the peer sent no stream nonce for a keyed stream",
+                            self.service, self.stream
+                        );
+                        return self.abort(ctx, ResetCode::Aborted, "no nonce".to_owned());
+                    };
+                    self.keying = Some(Keying::Ready(Box::new(key.stream(ours, &theirs, true))));
+                }
                 self.opened = true;
                 self.read_more(ctx);
             }
@@ -393,10 +491,33 @@ impl Handler<StreamEvent> for Connection {
             }
             StreamEvent::Data(mut payload) => {
                 self.last_active = Instant::now();
-                if let Some((_, rx)) = self.ciphers.as_mut() {
-                    rx.apply(&mut payload);
+                let wire = payload.len() as u64;
+                match self.keying.as_mut() {
+                    Some(Keying::Ready(c)) => {
+                        if let Err(e) = c.open.open(&mut payload) {
+                            crate::log_limited!(
+                                warn,
+                                "stream-integrity",
+                                "service {}: stream {}: {e}; resetting the stream",
+                                self.service,
+                                self.stream
+                            );
+                            return self.abort(ctx, ResetCode::Integrity, e.to_string());
+                        }
+                    }
+                    Some(Keying::Opener { .. }) => {
+                        return self.abort(
+                            ctx,
+                            ResetCode::Aborted,
+                            "data before the stream was open".to_owned(),
+                        );
+                    }
+                    None => {}
                 }
-                self.out.push_back(payload.freeze());
+                self.out_wire += wire;
+                if !payload.is_empty() {
+                    self.out.push_back(payload.freeze());
+                }
                 self.write_more(ctx);
             }
             StreamEvent::Fin => {
@@ -405,6 +526,7 @@ impl Handler<StreamEvent> for Connection {
             }
             StreamEvent::Abort => {
                 self.reported = true;
+                self.reset_socket();
                 ctx.stop();
             }
         }

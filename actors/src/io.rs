@@ -59,16 +59,21 @@ pub enum Chunk {
     Eof,
 }
 
-/// Reads at most `max` bytes that are ready now into a new DATA frame for `stream`; `WouldBlock`
-/// when nothing is ready.
+/// Reads at most `max` bytes that are ready now into a new DATA frame for `stream`, with `spare`
+/// bytes of capacity left after them (for an AEAD tag); `WouldBlock` when nothing is ready.
 ///
 /// The socket is read straight into the frame. A short read is moved to a buffer of its own size,
 /// so a queued frame never holds more than twice its bytes, and an idle connection holds nothing.
 /// A short read also clears the socket's readiness (through `try_io`, which keeps it if data came
 /// in meanwhile), which saves the read that would only say `EAGAIN`.
-pub fn try_read_data_frame(rd: &OwnedReadHalf, stream: u32, max: usize) -> io::Result<Chunk> {
+pub fn try_read_data_frame(
+    rd: &OwnedReadHalf,
+    stream: u32,
+    max: usize,
+    spare: usize,
+) -> io::Result<Chunk> {
     let max = max.clamp(1, MAX_DATA);
-    let mut frame = BytesMut::with_capacity(HEADER_LEN + max);
+    let mut frame = BytesMut::with_capacity(HEADER_LEN + max + spare);
     put_data_header(&mut frame, stream, max);
     let mut payload = frame.split_off(HEADER_LEN);
     let mut got = None;
@@ -90,7 +95,7 @@ pub fn try_read_data_frame(rd: &OwnedReadHalf, stream: u32, max: usize) -> io::R
     }
     let drained = n < max;
     if (HEADER_LEN + n) * 2 < HEADER_LEN + max {
-        let mut exact = BytesMut::with_capacity(HEADER_LEN + n);
+        let mut exact = BytesMut::with_capacity(HEADER_LEN + n + spare);
         put_data_header(&mut exact, stream, n);
         exact.extend_from_slice(&payload);
         return Ok(Chunk::Frame {
@@ -102,4 +107,41 @@ pub fn try_read_data_frame(rd: &OwnedReadHalf, stream: u32, max: usize) -> io::R
     put_data_header(&mut frame, stream, n);
     frame.unsplit(payload);
     Ok(Chunk::Frame { frame, drained })
+}
+
+/// Resets the TCP connection on `fd` now (a RST, not a FIN), for a stream that did not end
+/// cleanly: a truncated transfer must not look complete.
+///
+/// `SO_LINGER` 0 makes the final close send a reset; disconnecting with `AF_UNSPEC` sends it at
+/// once, before any half of the socket is dropped (dropping a write half would shut it down with
+/// a FIN first). The descriptor stays open until its owners drop it.
+pub fn reset_fd(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: plain system calls on a descriptor the caller owns; the structs are read for the
+    // lengths given. A failure (a socket already closed by the peer) changes nothing.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+        let mut unspec: libc::sockaddr = std::mem::zeroed();
+        unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            fd,
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        );
+    }
+}
+
+/// [`reset_fd`] on a whole socket (one that is dropped right after).
+pub fn reset_now(sock: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    reset_fd(sock.as_raw_fd());
 }

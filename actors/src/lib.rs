@@ -7,11 +7,15 @@
 //! - [`listener::Listener`] accepts the clients of one local service.
 //! - [`connection::Connection`] is one client or backend connection, carried as one stream.
 //!
-//! The wire protocol is [`protocol`] (prose in `PROTOCOL.md`); stream encryption is [`cipher`].
+//! The wire protocol is [`handshake`] and [`protocol`] (prose in `PROTOCOL.md`); stream
+//! encryption is [`cipher`]; what peers and clients may use is [`limits`].
 
 pub mod cipher;
 pub mod connection;
+pub mod handshake;
 mod io;
+#[macro_use]
+pub mod limits;
 pub mod listener;
 pub mod protocol;
 pub mod registry;
@@ -24,6 +28,9 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use serde::Serialize;
 
+use crate::cipher::Secret;
+use crate::handshake::Terms;
+use crate::limits::Limits;
 use crate::protocol::Windows;
 use crate::registry::Registry;
 
@@ -59,6 +66,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// `POST /tunnel` answers within this: dial plus handshake.
     pub dial_timeout: Duration,
+    /// What peers and clients may use of this node.
+    pub limits: Limits,
 }
 
 impl Default for Settings {
@@ -71,6 +80,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             dial_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
         }
     }
 }
@@ -82,17 +92,38 @@ impl Settings {
             tunnel: self.tunnel_window,
         }
     }
+
+    /// What this node grants a peer, announced in the handshake.
+    pub fn terms(&self) -> Terms {
+        Terms {
+            windows: self.windows(),
+            max_streams: self.limits.max_streams,
+        }
+    }
+}
+
+/// Which peers may open tunnels to this node.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The node's tunnel secret: every peer must prove it (unless a tunnel has its own).
+    pub secret: Option<Secret>,
+    /// Admit only tunnel names declared on this node (`[tunnel] accept = "known"`).
+    pub known_only: bool,
 }
 
 /// Starts the Registry on the current actix system: it listens on the tunnel port and restores
 /// `restore` (what the state file held).
+/// `fd_limit` is the process's descriptor limit, of which `settings.limits.fd_reserve` is kept
+/// free for the admin API and the tunnel port.
 pub fn start(
     settings: Settings,
+    access: Access,
     tunnel_port: tokio::net::TcpListener,
     store: Option<state::StateStore>,
     restore: Option<state::State>,
+    fd_limit: usize,
 ) -> Addr<Registry> {
-    Registry::new(settings, tunnel_port, store, restore).start()
+    Registry::new(settings, access, tunnel_port, store, restore, fd_limit).start()
 }
 
 /// Test-only fault hook: the actor that receives it panics.

@@ -8,11 +8,16 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{error, info, warn};
+use log::{error, info};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::registry::{Accepted, ListenerDown, MayAccept, Registry, TunnelAccepted};
-use crate::tunnel;
+use std::sync::Arc;
+
+use crate::handshake::{
+    read_message, refusal, version1_refusal, write_message, Acceptor, HandshakeError, RefuseCode,
+};
+use crate::limits::{printable, Escaped, Gauge, Slot, Usage};
+use crate::registry::{Accepted, ListenerDown, MayAccept, Registry, TunnelAccepted, TunnelSecret};
 use crate::Settings;
 
 /// Pause after an accept error (out of file descriptors, say) so the loop does not spin.
@@ -62,8 +67,13 @@ pub struct Listener {
     /// Which incarnation this is, so the Registry can tell a stale report from a current one.
     id: u64,
     registry: Addr<Registry>,
+    /// The listening socket, shared with the Registry (which closes it).
     socket: SharedSocket,
     settings: Settings,
+    /// Descriptors and handshakes, node-wide.
+    usage: Arc<Usage>,
+    /// A local service's connections at once (`None` for the tunnel port).
+    connections: Option<Arc<Gauge>>,
 }
 
 impl Listener {
@@ -73,6 +83,8 @@ impl Listener {
         registry: Addr<Registry>,
         socket: SharedSocket,
         settings: Settings,
+        usage: Arc<Usage>,
+        connections: Option<Arc<Gauge>>,
     ) -> Listener {
         Listener {
             accepts,
@@ -80,6 +92,43 @@ impl Listener {
             registry,
             socket,
             settings,
+            usage,
+            connections,
+        }
+    }
+
+    /// The slots a new socket needs, or `None` (logged, counted) when a limit is reached.
+    fn admit(&self, peer: SocketAddr) -> Option<Vec<Slot>> {
+        let Some(descriptor) = self.usage.descriptors.try_acquire() else {
+            log_limited!(
+                warn,
+                "descriptors",
+                "{}: out of file descriptors (a reserve of {} is kept for the admin API and \
+                 the tunnel port); closing {peer}",
+                self.accepts,
+                self.usage.limits.fd_reserve
+            );
+            return None;
+        };
+        let second = match (&self.accepts, &self.connections) {
+            (Accepts::Tunnels, _) => self.usage.handshakes.try_acquire().ok_or("handshakes"),
+            (Accepts::Service(_), Some(gate)) => gate.try_acquire().ok_or("connections"),
+            (Accepts::Service(_), None) => return Some(vec![descriptor]),
+        };
+        match second {
+            Ok(slot) => Some(vec![descriptor, slot]),
+            Err(what) => {
+                if what == "connections" {
+                    self.usage.refuse_connection();
+                }
+                log_limited!(
+                    warn,
+                    "listener-limit",
+                    "{}: too many {what} at once; closing {peer}",
+                    self.accepts
+                );
+                None
+            }
         }
     }
 }
@@ -114,18 +163,31 @@ impl Actor for Listener {
 impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for Listener {
     fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, ctx: &mut Self::Context) {
         match item {
-            Ok((sock, peer)) => match &self.accepts {
-                Accepts::Service(service) => self.registry.do_send(Accepted {
-                    service: service.clone(),
-                    sock,
-                    peer,
-                }),
-                Accepts::Tunnels => {
-                    actix_rt::spawn(handshake(sock, peer, self.registry.clone(), self.settings));
+            Ok((sock, peer)) => {
+                let Some(slots) = self.admit(peer) else {
+                    crate::io::reset_now(&sock);
+                    return;
+                };
+                match &self.accepts {
+                    Accepts::Service(service) => self.registry.do_send(Accepted {
+                        service: service.clone(),
+                        sock,
+                        peer,
+                        slots,
+                    }),
+                    Accepts::Tunnels => {
+                        actix_rt::spawn(handshake(
+                            sock,
+                            peer,
+                            self.registry.clone(),
+                            self.settings,
+                            slots,
+                        ));
+                    }
                 }
-            },
+            }
             Err(e) => {
-                warn!("{}: accept failed: {e}", self.accepts);
+                log_limited!(warn, "accept", "{}: accept failed: {e}", self.accepts);
                 ctx.wait(tokio::time::sleep(ACCEPT_BACKOFF).into_actor(self));
             }
         }
@@ -169,46 +231,118 @@ impl Handler<crate::Crash> for Listener {
     }
 }
 
-/// A dialer on the tunnel port gets `settings.handshake_timeout` to say hello; the Registry
-/// decides whether the name it asks for is welcome before we answer.
+/// A dialer on the tunnel port: HELLO, CHALLENGE, PROOF, then the Registry's verdict on the name,
+/// then WELCOME (or REFUSE), all within `settings.handshake_timeout`. Nothing about this node's
+/// tunnels or services is said before the dialer has proved the secret.
 async fn handshake(
-    mut sock: TcpStream,
+    sock: TcpStream,
     peer: SocketAddr,
     registry: Addr<Registry>,
     settings: Settings,
+    slots: Vec<Slot>,
 ) {
     let limit = settings.handshake_timeout;
-    let hello = match tokio::time::timeout(limit, tunnel::read_hello(&mut sock)).await {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(e)) => return warn!("tunnel port: {peer}: bad handshake: {e}; connection closed"),
-        Err(_) => {
-            return warn!(
-                "tunnel port: {peer}: no handshake within {} ms; connection closed",
-                limit.as_millis()
-            )
-        }
-    };
-    let verdict = match registry
-        .send(MayAccept {
-            name: hello.name.clone(),
-        })
-        .await
-    {
-        Ok(verdict) => verdict,
-        Err(_) => Err("the node is stopping".to_owned()),
-    };
-    let welcome = verdict.clone().map(|()| settings.windows());
-    let answered = tokio::time::timeout(limit, tunnel::welcome(&mut sock, welcome)).await;
-    match (verdict, answered) {
-        (Ok(()), Ok(Ok(()))) => {
-            info!("tunnel port: {peer} opened tunnel {}", hello.name);
+    match tokio::time::timeout(limit, answer(sock, peer, &registry, settings)).await {
+        Ok(Ok(accepted)) => {
+            info!(
+                "tunnel port: {peer} opened tunnel {}",
+                Escaped(&accepted.name)
+            );
+            // The handshake slot is given back now; the descriptor lives with the tunnel.
+            let descriptor = slots.into_iter().take(1).collect();
             registry.do_send(TunnelAccepted {
-                name: hello.name,
-                sock,
-                peer: hello.windows,
+                slots: descriptor,
+                ..accepted
             });
         }
-        (Err(why), _) => warn!("tunnel port: {peer}: refused tunnel {}: {why}", hello.name),
-        (Ok(()), _) => warn!("tunnel port: {peer}: handshake not completed; connection closed"),
+        Ok(Err(e)) if e.is_auth_failure() => log_limited!(
+            warn,
+            "handshake-auth",
+            "tunnel port: {peer}: {e}; connection closed"
+        ),
+        Ok(Err(e)) => log_limited!(
+            warn,
+            "handshake",
+            "tunnel port: {peer}: bad handshake: {e}; connection closed"
+        ),
+        Err(_) => log_limited!(
+            warn,
+            "handshake",
+            "tunnel port: {peer}: no handshake within {} ms; connection closed",
+            limit.as_millis()
+        ),
     }
+}
+
+async fn answer(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    registry: &Addr<Registry>,
+    settings: Settings,
+) -> Result<TunnelAccepted, HandshakeError> {
+    sock.set_nodelay(true)?;
+    let (hello, raw) = match read_message(&mut sock).await {
+        Err(HandshakeError::Version(v)) => {
+            let _ = write_message(&mut sock, &version1_refusal()).await;
+            return Err(HandshakeError::Version(v));
+        }
+        other => other?,
+    };
+    let acceptor = Acceptor::on_hello(hello, &raw)?;
+    let name = acceptor.hello.name.clone();
+    if name.is_empty() || !printable(&name) {
+        let _ = write_message(
+            &mut sock,
+            &refusal(
+                RefuseCode::Other,
+                "a tunnel name must be printable and not empty",
+            ),
+        )
+        .await;
+        return Err(HandshakeError::Malformed("HELLO (tunnel name)"));
+    }
+    let secret = registry
+        .send(TunnelSecret { name: name.clone() })
+        .await
+        .map_err(|_| HandshakeError::Refused {
+            code: RefuseCode::ShuttingDown,
+            reason: "the node is stopping".to_owned(),
+        })?;
+    write_message(&mut sock, acceptor.challenge()).await?;
+    let (proof, _) = read_message(&mut sock).await?;
+    if let Err(e) = acceptor.verify(&proof, secret.as_ref()) {
+        let _ = write_message(
+            &mut sock,
+            &refusal(RefuseCode::AuthFailed, "authentication failed"),
+        )
+        .await;
+        return Err(e);
+    }
+    let verdict = registry
+        .send(MayAccept {
+            name: name.clone(),
+            identity: acceptor.hello.identity,
+            secret_proven: secret.is_some(),
+        })
+        .await
+        .unwrap_or_else(|_| Err((RefuseCode::ShuttingDown, "the node is stopping".to_owned())));
+    if let Err((code, reason)) = verdict {
+        let _ = write_message(&mut sock, &refusal(code, &reason)).await;
+        return Err(HandshakeError::Refused {
+            code,
+            reason: format!("tunnel {} from {peer}: {reason}", Escaped(&name)),
+        });
+    }
+    write_message(
+        &mut sock,
+        &acceptor.welcome(secret.as_ref(), settings.terms()),
+    )
+    .await?;
+    Ok(TunnelAccepted {
+        name,
+        sock,
+        peer: acceptor.hello.terms,
+        identity: acceptor.hello.identity,
+        slots: Vec::new(),
+    })
 }

@@ -1,5 +1,5 @@
-//! The tunnel wire protocol, version 1. `actors/PROTOCOL.md` is the prose description; this module is
-//! the one implementation of it: the handshake and the frame codec.
+//! The tunnel wire protocol, version 2: the frame codec. `actors/PROTOCOL.md` is the prose
+//! description; the handshake that precedes the frames is [`crate::handshake`].
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -17,12 +17,10 @@ use std::io;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
-/// First bytes of both handshake messages.
-pub const MAGIC: [u8; 4] = *b"MNET";
-pub const VERSION: u8 = 1;
+use crate::cipher::CipherKind;
+
 /// Frame header: payload length (u32), kind (u8), stream id (u32), all big-endian.
 pub const HEADER_LEN: usize = 9;
 /// Largest DATA payload a sender may put in one frame.
@@ -39,20 +37,12 @@ pub const MAX_NAME: usize = 255;
 pub enum ProtocolError {
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
-    #[error("bad magic: not a menet peer")]
-    BadMagic,
-    #[error("unsupported protocol version {0}")]
-    BadVersion(u8),
     #[error("frame of kind {kind} with {len} bytes is over the limit")]
     TooLarge { kind: u8, len: usize },
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
     #[error("malformed {0} frame")]
     Malformed(&'static str),
-    #[error("handshake refused by peer: {0}")]
-    Refused(String),
-    #[error("{0}")]
-    Invalid(&'static str),
 }
 
 mod kind {
@@ -68,12 +58,56 @@ mod kind {
     pub const GOAWAY: u8 = 10;
 }
 
-/// What the opener of a keyed stream sends so the other end can derive the same keys and check
-/// that both ends hold the same service key.
+/// What the opener of a keyed stream sends so the other end can check that both ends hold the same
+/// service key and cipher, and derive the stream's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyedOpen {
+    pub cipher: CipherKind,
     pub nonce: [u8; NONCE_LEN],
     pub check: [u8; CHECK_LEN],
+}
+
+/// Why a stream was reset, so the other end can log it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetCode {
+    /// The stream's socket failed or closed abnormally, or the stream was closed by the node.
+    Aborted,
+    /// An AEAD frame did not open: tampered, dropped, reordered or replayed.
+    Integrity,
+    /// The stream was idle past its service's timeout.
+    IdleTimeout,
+    /// The peer sent past the stream's window.
+    WindowOverrun,
+}
+
+impl ResetCode {
+    fn code(self) -> u8 {
+        match self {
+            ResetCode::Aborted => 0,
+            ResetCode::Integrity => 1,
+            ResetCode::IdleTimeout => 2,
+            ResetCode::WindowOverrun => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> ResetCode {
+        match code {
+            1 => ResetCode::Integrity,
+            2 => ResetCode::IdleTimeout,
+            3 => ResetCode::WindowOverrun,
+            // Unknown codes from a newer peer are plain aborts.
+            _ => ResetCode::Aborted,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResetCode::Aborted => "aborted",
+            ResetCode::Integrity => "integrity check failed",
+            ResetCode::IdleTimeout => "idle timeout",
+            ResetCode::WindowOverrun => "window overrun",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +117,10 @@ pub enum Frame {
         service: String,
         keyed: Option<KeyedOpen>,
     },
+    /// `nonce`: the acceptor's stream nonce, for a keyed stream.
     OpenOk {
         stream: u32,
+        nonce: Option<[u8; NONCE_LEN]>,
     },
     OpenFail {
         stream: u32,
@@ -100,6 +136,7 @@ pub enum Frame {
     },
     Reset {
         stream: u32,
+        code: ResetCode,
     },
     Window {
         stream: u32,
@@ -120,6 +157,8 @@ pub enum GoAway {
     Deleted,
     /// The node is shutting down (or restarting): a dialer re-dials, an acceptor drops the tunnel.
     Leaving,
+    /// A newer connection of the same tunnel (the same dialer, back) took this one's place.
+    Replaced,
 }
 
 impl GoAway {
@@ -127,6 +166,7 @@ impl GoAway {
         match self {
             GoAway::Deleted => 0,
             GoAway::Leaving => 1,
+            GoAway::Replaced => 2,
         }
     }
 }
@@ -134,6 +174,11 @@ impl GoAway {
 /// Writes the header of a DATA frame; the caller appends `len` payload bytes.
 pub fn put_data_header(dst: &mut BytesMut, stream: u32, len: usize) {
     put_header(dst, kind::DATA, stream, len);
+}
+
+/// Rewrites the length of a frame whose payload changed size (a sealed DATA frame grew its tag).
+pub fn set_frame_len(frame: &mut BytesMut, len: usize) {
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
 }
 
 fn put_header(dst: &mut BytesMut, kind: u8, stream: u32, len: usize) {
@@ -179,9 +224,10 @@ impl Frame {
                 keyed,
             } => {
                 let name = truncate_utf8(service, MAX_NAME);
-                let len = 2 + name.len() + keyed.map_or(0, |_| NONCE_LEN + CHECK_LEN);
+                let len = 3 + name.len() + keyed.map_or(0, |_| NONCE_LEN + CHECK_LEN);
                 put_header(dst, kind::OPEN, *stream, len);
                 dst.put_u8(u8::from(keyed.is_some()));
+                dst.put_u8(keyed.map_or(0, |k| k.cipher.wire_id()));
                 dst.put_u8(name.len() as u8);
                 dst.put_slice(name);
                 if let Some(k) = keyed {
@@ -189,7 +235,12 @@ impl Frame {
                     dst.put_slice(&k.check);
                 }
             }
-            Frame::OpenOk { stream } => put_header(dst, kind::OPEN_OK, *stream, 0),
+            Frame::OpenOk { stream, nonce } => {
+                put_header(dst, kind::OPEN_OK, *stream, nonce.map_or(0, |n| n.len()));
+                if let Some(n) = nonce {
+                    dst.put_slice(n);
+                }
+            }
             Frame::OpenFail { stream, reason } => {
                 let text = truncate_utf8(reason, MAX_NAME);
                 put_header(dst, kind::OPEN_FAIL, *stream, 1 + text.len());
@@ -200,7 +251,10 @@ impl Frame {
                 dst.put_slice(payload);
             }
             Frame::Fin { stream } => put_header(dst, kind::FIN, *stream, 0),
-            Frame::Reset { stream } => put_header(dst, kind::RESET, *stream, 0),
+            Frame::Reset { stream, code } => {
+                put_header(dst, kind::RESET, *stream, 1);
+                dst.put_u8(code.code());
+            }
             Frame::Window { stream, increment } => {
                 put_header(dst, kind::WINDOW, *stream, 4);
                 dst.put_u32(*increment);
@@ -239,11 +293,16 @@ impl Frame {
                     return Err(ProtocolError::Malformed("OPEN"));
                 }
                 let keyed = body.get_u8();
+                if body.is_empty() {
+                    return Err(ProtocolError::Malformed("OPEN"));
+                }
+                let cipher = body.get_u8();
                 let service = get_text(&mut body, "OPEN")?;
-                let keyed = match keyed {
-                    0 if body.is_empty() => None,
-                    1 if body.len() == NONCE_LEN + CHECK_LEN => {
+                let keyed = match (keyed, CipherKind::from_wire(cipher)) {
+                    (0, _) if cipher == 0 && body.is_empty() => None,
+                    (1, Some(cipher)) if body.len() == NONCE_LEN + CHECK_LEN => {
                         let mut k = KeyedOpen {
+                            cipher,
                             nonce: [0; NONCE_LEN],
                             check: [0; CHECK_LEN],
                         };
@@ -259,13 +318,32 @@ impl Frame {
                     keyed,
                 }
             }
-            kind::OPEN_OK => Frame::OpenOk { stream },
+            kind::OPEN_OK => {
+                let nonce = match body.len() {
+                    0 => None,
+                    NONCE_LEN => {
+                        let mut n = [0u8; NONCE_LEN];
+                        body.copy_to_slice(&mut n);
+                        Some(n)
+                    }
+                    _ => return Err(ProtocolError::Malformed("OPEN_OK")),
+                };
+                Frame::OpenOk { stream, nonce }
+            }
             kind::OPEN_FAIL => Frame::OpenFail {
                 stream,
                 reason: get_text(&mut body, "OPEN_FAIL")?,
             },
             kind::FIN => Frame::Fin { stream },
-            kind::RESET => Frame::Reset { stream },
+            kind::RESET => {
+                if body.len() != 1 {
+                    return Err(ProtocolError::Malformed("RESET"));
+                }
+                Frame::Reset {
+                    stream,
+                    code: ResetCode::from_code(body.get_u8()),
+                }
+            }
             kind::WINDOW => {
                 if body.len() != 4 {
                     return Err(ProtocolError::Malformed("WINDOW"));
@@ -291,6 +369,7 @@ impl Frame {
                 let code = match body.first() {
                     Some(0) => GoAway::Deleted,
                     Some(1) => GoAway::Leaving,
+                    Some(2) => GoAway::Replaced,
                     _ => return Err(ProtocolError::Malformed("GOAWAY")),
                 };
                 body.advance(1);
@@ -349,127 +428,6 @@ pub struct Windows {
     pub tunnel: u32,
 }
 
-/// Dialer -> acceptor: `MAGIC, VERSION, name (u8 len + utf8), stream window u32, tunnel window u32,
-/// auth (u16 len + bytes, empty in version 1)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hello {
-    pub name: String,
-    pub windows: Windows,
-    pub auth: Vec<u8>,
-}
-
-/// Acceptor -> dialer: `MAGIC, VERSION, status u8 (0 accepted), stream window u32, tunnel window
-/// u32, message (u8 len + utf8)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Welcome {
-    pub accepted: Result<Windows, String>,
-}
-
-const MAX_AUTH: usize = 4096;
-
-impl Hello {
-    pub fn to_bytes(&self) -> BytesMut {
-        let mut b = BytesMut::with_capacity(64 + self.name.len() + self.auth.len());
-        b.put_slice(&MAGIC);
-        b.put_u8(VERSION);
-        put_text(&mut b, &self.name);
-        b.put_u32(self.windows.stream);
-        b.put_u32(self.windows.tunnel);
-        b.put_u16(self.auth.len() as u16);
-        b.put_slice(&self.auth);
-        b
-    }
-
-    pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Hello, ProtocolError> {
-        read_preamble(r).await?;
-        let name = read_text(r).await?;
-        if name.is_empty() {
-            return Err(ProtocolError::Invalid("empty tunnel name in handshake"));
-        }
-        let windows = read_windows(r).await?;
-        let auth_len = r.read_u16().await? as usize;
-        if auth_len > MAX_AUTH {
-            return Err(ProtocolError::Invalid("authentication block too large"));
-        }
-        let mut auth = vec![0; auth_len];
-        r.read_exact(&mut auth).await?;
-        Ok(Hello {
-            name,
-            windows,
-            auth,
-        })
-    }
-}
-
-impl Welcome {
-    pub fn to_bytes(&self) -> BytesMut {
-        let mut b = BytesMut::with_capacity(300);
-        b.put_slice(&MAGIC);
-        b.put_u8(VERSION);
-        match &self.accepted {
-            Ok(w) => {
-                b.put_u8(0);
-                b.put_u32(w.stream);
-                b.put_u32(w.tunnel);
-                put_text(&mut b, "");
-            }
-            Err(msg) => {
-                b.put_u8(1);
-                b.put_u32(0);
-                b.put_u32(0);
-                put_text(&mut b, msg);
-            }
-        }
-        b
-    }
-
-    pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Windows, ProtocolError> {
-        read_preamble(r).await?;
-        let status = r.read_u8().await?;
-        let windows = read_windows(r).await?;
-        let msg = read_text(r).await?;
-        if status != 0 {
-            return Err(ProtocolError::Refused(msg));
-        }
-        Ok(windows)
-    }
-}
-
-async fn read_preamble<R: AsyncRead + Unpin>(r: &mut R) -> Result<(), ProtocolError> {
-    let mut magic = [0u8; 4];
-    r.read_exact(&mut magic).await?;
-    if magic != MAGIC {
-        return Err(ProtocolError::BadMagic);
-    }
-    let version = r.read_u8().await?;
-    if version != VERSION {
-        return Err(ProtocolError::BadVersion(version));
-    }
-    Ok(())
-}
-
-async fn read_windows<R: AsyncRead + Unpin>(r: &mut R) -> Result<Windows, ProtocolError> {
-    let stream = r.read_u32().await?;
-    let tunnel = r.read_u32().await?;
-    if stream as usize > (1 << 30) || tunnel as usize > (1 << 30) {
-        return Err(ProtocolError::Invalid("window over 1 GiB"));
-    }
-    Ok(Windows { stream, tunnel })
-}
-
-async fn read_text<R: AsyncRead + Unpin>(r: &mut R) -> Result<String, ProtocolError> {
-    let len = r.read_u8().await? as usize;
-    let mut raw = vec![0; len];
-    r.read_exact(&mut raw).await?;
-    String::from_utf8(raw).map_err(|_| ProtocolError::Invalid("text is not UTF-8"))
-}
-
-/// Writes a whole handshake message.
-pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, msg: &[u8]) -> io::Result<()> {
-    w.write_all(msg).await?;
-    w.flush().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,11 +454,19 @@ mod tests {
             stream: 9,
             service: "s".into(),
             keyed: Some(KeyedOpen {
+                cipher: CipherKind::ChaCha20Poly1305,
                 nonce: [3; NONCE_LEN],
                 check: [4; CHECK_LEN],
             }),
         });
-        roundtrip(Frame::OpenOk { stream: 1 });
+        roundtrip(Frame::OpenOk {
+            stream: 1,
+            nonce: None,
+        });
+        roundtrip(Frame::OpenOk {
+            stream: 1,
+            nonce: Some([9; NONCE_LEN]),
+        });
         roundtrip(Frame::OpenFail {
             stream: 1,
             reason: "no such service".into(),
@@ -510,7 +476,10 @@ mod tests {
             payload: BytesMut::from(&b"hello"[..]),
         });
         roundtrip(Frame::Fin { stream: 3 });
-        roundtrip(Frame::Reset { stream: 3 });
+        roundtrip(Frame::Reset {
+            stream: 3,
+            code: ResetCode::Integrity,
+        });
         roundtrip(Frame::Window {
             stream: 0,
             increment: 65536,
@@ -520,6 +489,10 @@ mod tests {
         roundtrip(Frame::GoAway {
             code: GoAway::Deleted,
             reason: "deleted".into(),
+        });
+        roundtrip(Frame::GoAway {
+            code: GoAway::Replaced,
+            reason: "replaced".into(),
         });
         roundtrip(Frame::GoAway {
             code: GoAway::Leaving,
@@ -569,6 +542,7 @@ mod tests {
             stream: 5,
             service: "svc".into(),
             keyed: Some(KeyedOpen {
+                cipher: CipherKind::Rc4,
                 nonce: [1; NONCE_LEN],
                 check: [2; CHECK_LEN],
             }),
@@ -599,56 +573,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[tokio::test]
-    async fn hello_parser_survives_garbage() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(4321);
-        let good = Hello {
-            name: "t".into(),
-            windows: Windows {
-                stream: 1 << 20,
-                tunnel: 1 << 25,
-            },
-            auth: vec![],
-        }
-        .to_bytes();
-        for _ in 0..5_000 {
-            let mut v = good.to_vec();
-            let i = rng.gen_range(0..v.len());
-            v[i] = rng.gen();
-            v.truncate(rng.gen_range(0..=v.len()));
-            let _ = Hello::read(&mut &v[..]).await;
-            let _ = Welcome::read(&mut &v[..]).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn handshake_roundtrip() {
-        let hello = Hello {
-            name: "tunnel1".into(),
-            windows: Windows {
-                stream: 1 << 18,
-                tunnel: 1 << 24,
-            },
-            auth: vec![],
-        };
-        let bytes = hello.to_bytes();
-        let got = Hello::read(&mut &bytes[..]).await.expect("hello");
-        assert_eq!(got, hello);
-        let welcome = Welcome {
-            accepted: Err("busy".into()),
-        };
-        let bytes = welcome.to_bytes();
-        assert!(matches!(
-            Welcome::read(&mut &bytes[..]).await,
-            Err(ProtocolError::Refused(m)) if m == "busy"
-        ));
-        let garbage = b"GET / HTTP/1.1\r\n\r\n";
-        assert!(matches!(
-            Hello::read(&mut &garbage[..]).await,
-            Err(ProtocolError::BadMagic)
-        ));
     }
 }

@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -22,15 +23,19 @@ use serde_json::{json, Map, Value};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::cipher::{stream_pair, ServiceKey};
-use crate::listener::{self, Accepts, Listener, SharedSocket, SocketReplaced, StopListener};
-use crate::protocol::{GoAway, KeyedOpen, Windows};
-use crate::state::{ServiceRecord, State, StateStore, TunnelRecord};
-use crate::tunnel::{
-    self, CarryClient, CloseService, CloseTunnel, RefuseStream, Role, ServeStream, Snapshot,
-    Tunnel, TunnelStats,
+use crate::cipher::{fresh_nonce, CipherKind, Secret, ServiceKey};
+use crate::handshake::{
+    self, fingerprint, HandshakeError, Identity, RefuseCode, Terms, IDENTITY_LEN,
 };
-use crate::{Settings, Side};
+use crate::limits::{Escaped, Gauge, Slot, Usage};
+use crate::listener::{self, Accepts, Listener, SharedSocket, SocketReplaced, StopListener};
+use crate::protocol::{GoAway, KeyedOpen};
+use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
+use crate::tunnel::{
+    CarryClient, CloseService, CloseTunnel, RefuseStream, Role, ServeStream, Snapshot, Tunnel,
+    TunnelStats,
+};
+use crate::{Access, Settings, Side};
 
 /// Why an admin request was refused. A refused request changes nothing, except `Unsaved`: the
 /// change is live but the state file could not be written.
@@ -48,6 +53,26 @@ pub enum AdminError {
     Unsaved(String),
 }
 
+/// Why a dial of a tunnel failed.
+#[derive(Debug, Error)]
+pub enum DialError {
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("no handshake within {} ms", .0.as_millis())]
+    Timeout(Duration),
+}
+
+impl DialError {
+    /// The peer is a menet node that answered and refused (authentication, name held, limits):
+    /// worth re-dialling while its operator fixes things.
+    fn refused_by_peer(&self) -> bool {
+        matches!(
+            self,
+            DialError::Handshake(HandshakeError::Refused { .. } | HandshakeError::AuthFailed(_))
+        )
+    }
+}
+
 /// Re-dials and listener restarts wait `backoff(n)` before attempt `n` (from 1): exponential from
 /// 200 ms to 30 s, with "equal jitter" (a random point in the upper half of the step) so that many
 /// nodes cut at once do not re-dial in lockstep.
@@ -63,6 +88,11 @@ fn backoff(attempt: u32) -> Duration {
 
 /// A listener that has lived this long is healthy again: its next restart starts the back-off anew.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// A dialled tunnel replaced by another connection of its name starts its back-off anew only if
+/// it had lasted this long: two dialers that claim one name do not knock each other off in a loop.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Accepted tunnel names remembered (pinned to their dialer's identity) at most.
+const MAX_PINS: usize = 4096;
 /// How long shutdown waits for the tunnels to flush their goodbyes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -76,12 +106,18 @@ enum Link {
 }
 
 struct TunnelEntry {
+    /// Where a dialled tunnel goes; `None` for an accepted one.
     dest: Option<SocketAddr>,
     role: Role,
     /// The incarnation: a new tunnel connection gets a new one, so stale reports are ignored.
     generation: u64,
     link: Link,
+    /// Why the last attempt or connection failed, for `GET /config`.
     last_error: Option<String>,
+    /// A dialled tunnel's own secret, overriding the node's.
+    secret: Option<Secret>,
+    /// An accepted tunnel's descriptor, given back when the entry goes.
+    _slots: Vec<Slot>,
     /// The re-dial attempt that made this connection (0: the admin API did). A tunnel that drops
     /// before its peer said a word goes on from there instead of starting the back-off anew, so
     /// a peer that accepts and drops at once is not hammered.
@@ -91,9 +127,28 @@ struct TunnelEntry {
 /// How a tunnel connection came to be.
 enum Origin {
     /// This node dialled `dest`: by the admin API (attempt 0) or re-dial attempt `attempt`.
-    Dialled { dest: SocketAddr, attempt: u32 },
-    /// A peer dialled in.
-    Accepted,
+    Dialled {
+        dest: SocketAddr,
+        attempt: u32,
+        secret: Option<Secret>,
+    },
+    /// A peer dialled in, proving `identity`.
+    Accepted {
+        identity: [u8; IDENTITY_LEN],
+        slots: Vec<Slot>,
+    },
+}
+
+/// A tunnel name this node accepts: declared by the admin API (with its own secret, perhaps), or
+/// claimed by a dialer, whose identity it is pinned to.
+#[derive(Debug, Clone, Default)]
+struct AcceptedName {
+    /// Only a dialer proving this secret may claim the name (instead of the node's).
+    secret: Option<Secret>,
+    /// The identity of the dialer that holds the name.
+    pin: Option<[u8; IDENTITY_LEN]>,
+    /// Declared by `POST /tunnel {"role": "acceptor"}`, not just claimed by a dialer.
+    declared: bool,
 }
 
 /// A listening socket the Registry keeps open: a local service's, or the tunnel port.
@@ -136,12 +191,17 @@ impl Listening {
 }
 
 struct LocalService {
+    /// `None`: plaintext.
     key: Option<ServiceKey>,
+    /// Idle timeout of each connection.
     timeout: Option<Duration>,
     listening: Listening,
+    /// Clients carried at once, against `max_connections_per_service`.
+    connections: Arc<Gauge>,
 }
 
 struct RemoteService {
+    /// Where streams of this service are dialled.
     addr: SocketAddr,
     key: Option<ServiceKey>,
     timeout: Option<Duration>,
@@ -152,6 +212,8 @@ struct RemoteService {
 pub struct ServiceSpec {
     pub name: String,
     pub key: Option<String>,
+    /// The cipher of a keyed service (RC4 when not given).
+    pub cipher: Option<CipherKind>,
     pub timeout: Option<Duration>,
     pub side: Side,
     pub addr: SocketAddr,
@@ -162,7 +224,18 @@ type Saved = LocalBoxFuture<'static, Result<(), AdminError>>;
 
 pub struct Registry {
     settings: Settings,
+    /// The node's tunnel secret and who may dial in.
+    access: Access,
+    /// The limits and their counters, shared with every actor.
+    usage: Arc<Usage>,
+    /// This node's own tunnel port, which `POST /tunnel` must not dial.
+    port_addr: SocketAddr,
+    /// This node's identity as a dialer (kept in the state file): acceptors pin the names it
+    /// claims to it.
+    identity: Arc<Identity>,
     tunnels: BTreeMap<String, TunnelEntry>,
+    /// Names peers may claim: declared ones, and the pins of names claimed.
+    accepted: BTreeMap<String, AcceptedName>,
     /// Latest `POST /tunnel` dial under way per tunnel name (generation, destination); a later
     /// request or a DELETE supersedes it.
     dialing: HashMap<String, (u64, SocketAddr)>,
@@ -180,16 +253,30 @@ pub struct Registry {
 impl Registry {
     pub fn new(
         settings: Settings,
+        access: Access,
         tunnel_port: tokio::net::TcpListener,
         store: Option<StateStore>,
         restore: Option<State>,
+        fd_limit: usize,
     ) -> Registry {
         let port_addr = tunnel_port
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let identity = match restore.as_ref().and_then(|s| s.identity.as_deref()) {
+            Some(hex) => Identity::from_hex(hex).unwrap_or_else(|e| {
+                error!("state file: identity: {e}; a new one is made");
+                Identity::generate()
+            }),
+            None => Identity::generate(),
+        };
         Registry {
             settings,
+            access,
+            usage: Usage::new(settings.limits, fd_limit),
+            port_addr,
+            identity: Arc::new(identity),
             tunnels: BTreeMap::new(),
+            accepted: BTreeMap::new(),
             dialing: HashMap::new(),
             local: BTreeMap::new(),
             remote: BTreeMap::new(),
@@ -221,6 +308,28 @@ impl Registry {
         }
     }
 
+    /// Whether `dest` is this node's own tunnel port.
+    fn is_own_port(&self, dest: SocketAddr) -> bool {
+        let own = self.port_addr;
+        dest.port() == own.port()
+            && (dest.ip() == own.ip()
+                || (own.ip().is_unspecified()
+                    && (dest.ip().is_loopback() || dest.ip().is_unspecified())))
+    }
+
+    /// The secret a dialer of `name` must prove: the name's own, else the node's.
+    fn secret_for(&self, name: &str) -> Option<Secret> {
+        self.accepted
+            .get(name)
+            .and_then(|a| a.secret.clone())
+            .or_else(|| self.access.secret.clone())
+    }
+
+    /// The secret this node proves when dialling a tunnel with `own` secret.
+    fn dial_secret(&self, own: &Option<Secret>) -> Option<Secret> {
+        own.clone().or_else(|| self.access.secret.clone())
+    }
+
     /// Ends a tunnel entry's life: its connection closed (with `goodbye` if given), its re-dial
     /// cancelled.
     fn retire(entry: TunnelEntry, goodbye: Option<(GoAway, String)>, ctx: &mut Context<Self>) {
@@ -237,12 +346,28 @@ impl Registry {
         name: String,
         origin: Origin,
         sock: TcpStream,
-        peer: Windows,
+        peer: Terms,
         ctx: &mut Context<Self>,
     ) {
-        let (dest, role, dialled_on) = match origin {
-            Origin::Dialled { dest, attempt } => (Some(dest), Role::Dialer, attempt),
-            Origin::Accepted => (None, Role::Acceptor, 0),
+        let peer_addr = sock.peer_addr().ok();
+        let (dest, role, dialled_on, secret, slots) = match origin {
+            Origin::Dialled {
+                dest,
+                attempt,
+                secret,
+            } => (Some(dest), Role::Dialer, attempt, secret, Vec::new()),
+            Origin::Accepted { identity, slots } => {
+                let entry = self.accepted.entry(name.clone()).or_default();
+                if entry.pin != Some(identity) {
+                    info!(
+                        "tunnel {name}: pinned to the identity {} of its dialer",
+                        fingerprint(&identity)
+                    );
+                    entry.pin = Some(identity);
+                    self.save_in_background(ctx);
+                }
+                (None, Role::Acceptor, 0, None, slots)
+            }
         };
         let generation = self.next_generation();
         let actor = Tunnel::new(
@@ -253,6 +378,7 @@ impl Registry {
             peer,
             ctx.address(),
             self.settings,
+            self.usage.clone(),
         )
         .start();
         let old = self.tunnels.insert(
@@ -264,19 +390,66 @@ impl Registry {
                 link: Link::Up(actor),
                 last_error: None,
                 dialled_on,
+                secret,
+                _slots: slots,
             },
         );
         if let Some(old) = old {
             if matches!(old.link, Link::Up(_)) {
-                info!("tunnel {name}: replaced by a new connection");
+                log_limited!(
+                    info,
+                    "tunnel-replaced",
+                    "tunnel {name}: replaced by a new connection of the same dialer ({})",
+                    peer_addr.map_or("?".to_owned(), |a| a.to_string())
+                );
             }
-            Registry::retire(old, None, ctx);
+            let goodbye = (
+                GoAway::Replaced,
+                "replaced by a newer connection".to_owned(),
+            );
+            Registry::retire(old, Some(goodbye), ctx);
         }
         let role = match role {
             Role::Dialer => "dialled",
             Role::Acceptor => "accepted",
         };
         info!("tunnel {name} up ({role})");
+    }
+
+    /// Writes the state file without anyone waiting for the answer (a change the peer made).
+    fn save_in_background(&self, ctx: &mut Context<Self>) {
+        let saved = self.persist();
+        ctx.spawn(
+            async move {
+                if let Err(e) = saved.await {
+                    error!("{e}");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// Dials tunnel `name` to `dest`, within the dial timeout.
+    fn dial(
+        &self,
+        name: &str,
+        dest: SocketAddr,
+        secret: &Option<Secret>,
+    ) -> impl std::future::Future<Output = Result<(TcpStream, Terms), DialError>> {
+        let identity = self.identity.clone();
+        let limit = self.settings.dial_timeout;
+        let terms = self.settings.terms();
+        let secret = self.dial_secret(secret);
+        let name = name.to_owned();
+        async move {
+            match tokio::time::timeout(limit, handshake::dial(dest, &name, terms, identity, secret))
+                .await
+            {
+                Ok(Ok(done)) => Ok(done),
+                Ok(Err(e)) => Err(DialError::Handshake(e)),
+                Err(_) => Err(DialError::Timeout(limit)),
+            }
+        }
     }
 
     /// Schedules re-dial attempt `attempt` of a dialled tunnel after `delay`.
@@ -304,18 +477,11 @@ impl Registry {
             return;
         };
         let attempt = *attempt;
-        let limit = self.settings.dial_timeout;
-        let windows = self.settings.windows();
-        let dial_name = name.clone();
+        let secret = t.secret.clone();
         let entry = name.clone();
-        let dial = async move {
-            match tokio::time::timeout(limit, tunnel::dial(dest, &dial_name, windows)).await {
-                Ok(Ok(done)) => Ok(done),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no handshake within {} ms", limit.as_millis())),
-            }
-        }
-        .into_actor(self)
+        let dial = self
+            .dial(&name, dest, &secret)
+            .into_actor(self)
         .map(move |result, act, ctx| {
             let Some(t) = act.tunnels.get_mut(&name) else {
                 return;
@@ -326,10 +492,15 @@ impl Registry {
             match result {
                 Ok((sock, peer)) => {
                     info!("tunnel {name}: re-dial attempt {attempt} to {dest} succeeded");
-                    let origin = Origin::Dialled { dest, attempt };
+                    let origin = Origin::Dialled {
+                        dest,
+                        attempt,
+                        secret,
+                    };
                     act.install_tunnel(name, origin, sock, peer, ctx);
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     let delay = backoff(attempt + 1);
                     warn!(
                         "tunnel {name}: re-dial attempt {attempt} to {dest} failed: {e}; next in {} ms",
@@ -357,7 +528,11 @@ impl Registry {
     /// bind that fails is retried with back-off.
     fn start_listener(&mut self, accepts: Accepts, ctx: &mut Context<Self>) {
         let id = self.next_generation();
-        let (registry, settings) = (ctx.address(), self.settings);
+        let (registry, settings, usage) = (ctx.address(), self.settings, self.usage.clone());
+        let gate = match &accepts {
+            Accepts::Service(name) => self.local.get(name).map(|s| s.connections.clone()),
+            Accepts::Tunnels => None,
+        };
         let Some(l) = self.listening_mut(&accepts) else {
             return;
         };
@@ -384,23 +559,61 @@ impl Registry {
         l.id = id;
         l.started = Instant::now();
         l.last_error = None;
-        l.actor = Some(Listener::new(accepts, id, registry, l.socket.clone(), settings).start());
+        l.actor = Some(
+            Listener::new(
+                accepts,
+                id,
+                registry,
+                l.socket.clone(),
+                settings,
+                usage,
+                gate,
+            )
+            .start(),
+        );
     }
 
     fn to_state(&self) -> State {
         let record = |addr: SocketAddr, key: &Option<ServiceKey>, timeout: &Option<Duration>| {
             ServiceRecord {
                 addr,
-                key: key.as_ref().map(|k| k.secret().to_owned()),
+                key: key.as_ref().map(|k| k.secret.expose().to_owned()),
+                cipher: key
+                    .as_ref()
+                    .filter(|k| k.cipher != CipherKind::Rc4)
+                    .map(|k| k.cipher.name().to_owned()),
                 timeout_ms: timeout.map(|d| d.as_millis() as u64),
             }
         };
         let mut state = State::new();
+        state.identity = Some(self.identity.to_hex());
         state.tunnels = self
             .tunnels
             .iter()
             .filter(|(_, t)| t.role == Role::Dialer)
-            .filter_map(|(n, t)| Some((n.clone(), TunnelRecord { dest: t.dest? })))
+            .filter_map(|(n, t)| {
+                Some((
+                    n.clone(),
+                    TunnelRecord {
+                        dest: t.dest?,
+                        secret: t.secret.as_ref().map(|s| s.expose().to_owned()),
+                    },
+                ))
+            })
+            .collect();
+        state.accepted = self
+            .accepted
+            .iter()
+            .map(|(n, a)| {
+                (
+                    n.clone(),
+                    AcceptedRecord {
+                        secret: a.secret.as_ref().map(|s| s.expose().to_owned()),
+                        identity: a.pin.as_ref().map(|p| handshake::to_hex(p)),
+                        declared: a.declared,
+                    },
+                )
+            })
             .collect();
         state.services.local = self
             .local
@@ -451,14 +664,23 @@ impl Registry {
             state.tunnels.len(),
             state.services.local.len() + state.services.remote.len(),
         );
-        let key = |k: Option<String>| k.as_deref().map(ServiceKey::new);
+        // The state file was checked when it was loaded (ciphers, identities); a bad field here
+        // falls back to the safe reading (RC4, a fresh identity) with an error line.
+        let key = |k: Option<String>, c: Option<String>| {
+            let cipher = c.as_deref().map_or(Ok(CipherKind::Rc4), str::parse);
+            let cipher = cipher.unwrap_or_else(|e| {
+                error!("state file: cipher {e}; using rc4");
+                CipherKind::Rc4
+            });
+            k.as_deref().map(|k| ServiceKey::new(k, cipher))
+        };
         let timeout = |t: Option<u64>| t.map(Duration::from_millis);
         for (name, s) in state.services.remote {
             self.remote.insert(
                 name,
                 RemoteService {
                     addr: s.addr,
-                    key: key(s.key),
+                    key: key(s.key, s.cipher),
                     timeout: timeout(s.timeout_ms),
                 },
             );
@@ -467,15 +689,31 @@ impl Registry {
             self.local.insert(
                 name.clone(),
                 LocalService {
-                    key: key(s.key),
+                    key: key(s.key, s.cipher),
                     timeout: timeout(s.timeout_ms),
                     listening: Listening::new(s.addr, None),
+                    connections: Gauge::new(self.settings.limits.max_connections_per_service),
                 },
             );
             self.start_listener(Accepts::Service(name), ctx);
         }
         self.binds.insert(Side::Local, state.bind.local);
         self.binds.insert(Side::Remote, state.bind.remote);
+        for (name, a) in state.accepted {
+            let pin = a
+                .identity
+                .as_deref()
+                .and_then(handshake::from_hex)
+                .and_then(|v| <[u8; IDENTITY_LEN]>::try_from(v).ok());
+            self.accepted.insert(
+                name,
+                AcceptedName {
+                    secret: a.secret.as_deref().map(Secret::new),
+                    pin,
+                    declared: a.declared,
+                },
+            );
+        }
         for (name, t) in state.tunnels {
             let generation = self.next_generation();
             self.tunnels.insert(
@@ -490,6 +728,8 @@ impl Registry {
                     },
                     last_error: None,
                     dialled_on: 0,
+                    secret: t.secret.as_deref().map(Secret::new),
+                    _slots: Vec::new(),
                 },
             );
             self.retry_tunnel(&name, 1, Duration::ZERO, ctx);
@@ -503,6 +743,7 @@ impl Registry {
     fn snapshot_config(&self) -> Value {
         let endpoint = |a: &SocketAddr| json!([a.ip().to_string(), a.port()]);
         let key = |k: &Option<ServiceKey>| k.as_ref().map(|_| "***");
+        let cipher = |k: &Option<ServiceKey>| k.as_ref().map(|k| k.cipher.name());
         let millis = |t: &Option<Duration>| t.map(|d| d.as_millis() as u64);
         let tunnels: Map<String, Value> = self
             .tunnels
@@ -513,6 +754,11 @@ impl Registry {
                     "role": t.role,
                     "last_error": t.last_error,
                 });
+                if t.role == Role::Dialer {
+                    v["secret"] = json!(t.secret.as_ref().map(|_| "***"));
+                } else if let Some(a) = self.accepted.get(name) {
+                    v["identity"] = json!(a.pin.as_ref().map(fingerprint));
+                }
                 match &t.link {
                     Link::Up(_) => v["state"] = json!("connected"),
                     Link::Retrying { attempt, .. } => {
@@ -549,7 +795,9 @@ impl Registry {
                 (
                     name.clone(),
                     json!({"addr": endpoint(&l.addr), "key": key(&s.key),
+                           "cipher": cipher(&s.key),
                            "timeout": millis(&s.timeout), "listening": listening,
+                           "connections": s.connections.in_use(),
                            "last_error": l.last_error}),
                 )
             })
@@ -560,17 +808,43 @@ impl Registry {
             .map(|(name, s)| {
                 (
                     name.clone(),
-                    json!({"addr": endpoint(&s.addr), "key": key(&s.key), "timeout": millis(&s.timeout)}),
+                    json!({"addr": endpoint(&s.addr), "key": key(&s.key),
+                           "cipher": cipher(&s.key), "timeout": millis(&s.timeout)}),
                 )
             })
             .collect();
         let binds = |side| json!(self.binds.get(&side).cloned().unwrap_or_default());
+        let accepted: Map<String, Value> = self
+            .accepted
+            .iter()
+            .map(|(name, a)| {
+                (
+                    name.clone(),
+                    json!({"declared": a.declared, "secret": a.secret.as_ref().map(|_| "***"),
+                           "identity": a.pin.as_ref().map(fingerprint),
+                           "connected": self.connected_tunnel(name).is_some()}),
+                )
+            })
+            .collect();
         json!({
             "tunnels": tunnels,
+            "accepted": accepted,
             "services": {"local": local, "remote": remote},
             "bind": {"local": binds(Side::Local), "remote": binds(Side::Remote)},
             "connections": {},
+            "security": {"tunnel_secret": self.access.secret.is_some(),
+                         "identity": fingerprint(&self.identity.public()),
+                         "accept": if self.access.known_only { "known" } else { "any" }},
+            "limits": self.usage.to_json(self.accepted_count()),
         })
+    }
+
+    /// Accepted tunnels up now, against `max_tunnels`.
+    fn accepted_count(&self) -> usize {
+        self.tunnels
+            .values()
+            .filter(|t| t.role == Role::Acceptor && matches!(t.link, Link::Up(_)))
+            .count()
     }
 
     /// The listening socket for a local service (new, or moving). The new address is bound before
@@ -632,56 +906,167 @@ impl Actor for Registry {
     }
 }
 
-/// `POST /tunnel`: dial `dest` and register the tunnel as `name` once the handshake is done.
+/// `POST /tunnel`: as a dialer, dial `dest` and register the tunnel as `name` once the
+/// handshake is done; as an acceptor, declare a name peers may claim (with its own secret).
 #[derive(Message)]
 #[rtype(result = "Result<(), AdminError>")]
 pub struct AddTunnel {
     pub name: String,
-    pub dest: SocketAddr,
+    pub role: Role,
+    /// Required for a dialer, refused for an acceptor (the API checks).
+    pub dest: Option<SocketAddr>,
+    /// The tunnel's own secret, overriding the node's.
+    pub secret: Option<String>,
+}
+
+impl Registry {
+    fn declare_accepted(&mut self, name: String, secret: Option<String>) -> Result<(), AdminError> {
+        if matches!(self.tunnels.get(&name), Some(t) if t.role == Role::Dialer) {
+            return Err(AdminError::Conflict(format!(
+                "this node dials a tunnel named {name} itself; delete it first"
+            )));
+        }
+        let entry = self.accepted.entry(name.clone()).or_default();
+        entry.declared = true;
+        entry.secret = secret.as_deref().map(Secret::new);
+        info!(
+            "tunnel {name}: accepted from peers{}",
+            if entry.secret.is_some() {
+                ", with its own secret"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
 }
 
 impl Handler<AddTunnel> for Registry {
     type Result = ResponseActFuture<Self, Result<(), AdminError>>;
 
     fn handle(&mut self, msg: AddTunnel, _ctx: &mut Self::Context) -> Self::Result {
+        let dest = match (msg.role, msg.dest) {
+            (Role::Acceptor, _) => {
+                let change = self.declare_accepted(msg.name, msg.secret);
+                return Box::pin(self.commit(change).into_actor(self));
+            }
+            (Role::Dialer, Some(dest)) => dest,
+            (Role::Dialer, None) => {
+                let e = AdminError::Invalid("missing field \"dest\"".to_owned());
+                return Box::pin(fut::ready(Err(e)));
+            }
+        };
+        let refusal = if self.is_own_port(dest) {
+            Some(AdminError::Invalid(format!(
+                "tunnel {}: {dest} is this node's own tunnel port",
+                msg.name
+            )))
+        } else if self.accepted.get(&msg.name).is_some_and(|a| a.declared) {
+            Some(AdminError::Conflict(format!(
+                "tunnel {}: the name is declared as accepted on this node; delete it first",
+                msg.name
+            )))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            return Box::pin(fut::ready(Err(e)));
+        }
         let generation = self.next_generation();
-        self.dialing
-            .insert(msg.name.clone(), (generation, msg.dest));
-        info!("tunnel {}: dialing {}", msg.name, msg.dest);
-        let (name, dest) = (msg.name, msg.dest);
-        let limit = self.settings.dial_timeout;
-        let windows = self.settings.windows();
-        let dial_name = name.clone();
+        self.dialing.insert(msg.name.clone(), (generation, dest));
+        info!("tunnel {}: dialing {dest}", msg.name);
+        let name = msg.name;
+        let secret = msg.secret.as_deref().map(Secret::new);
         Box::pin(
-            async move { tokio::time::timeout(limit, tunnel::dial(dest, &dial_name, windows)).await }
+            self.dial(&name, dest, &secret)
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     if act.dialing.get(&name).map(|d| d.0) != Some(generation) {
-                        return Err(AdminError::Conflict(format!(
-                            "tunnel {name}: superseded by a later request while dialing"
-                        )));
+                        return (
+                            Err(AdminError::Conflict(format!(
+                                "tunnel {name}: superseded by a later request while dialing"
+                            ))),
+                            false,
+                        );
                     }
                     act.dialing.remove(&name);
-                    let error = match result {
-                        Ok(Ok((sock, peer))) => {
-                            let origin = Origin::Dialled { dest, attempt: 0 };
+                    let e = match result {
+                        Ok((sock, peer)) => {
+                            let origin = Origin::Dialled {
+                                dest,
+                                attempt: 0,
+                                secret,
+                            };
                             act.install_tunnel(name, origin, sock, peer, ctx);
-                            return Ok(());
+                            return (Ok(()), true);
                         }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => format!("no handshake within {} ms", limit.as_millis()),
+                        Err(e) => e,
                     };
-                    warn!("tunnel {name}: cannot open to {dest}: {error}");
-                    Err(AdminError::Unreachable(format!(
-                        "tunnel {name}: cannot reach {dest}: {error}"
-                    )))
+                    warn!("tunnel {name}: cannot open to {dest}: {e}");
+                    if !e.refused_by_peer() {
+                        return (
+                            Err(AdminError::Unreachable(format!(
+                                "tunnel {name}: cannot reach {dest}: {e}"
+                            ))),
+                            false,
+                        );
+                    }
+                    // The peer answered and refused: keep the tunnel and re-dial on the back-off,
+                    // as its operator may be fixing the secret. A live tunnel of the name stays.
+                    let live =
+                        matches!(act.tunnels.get(&name), Some(t) if matches!(t.link, Link::Up(_)));
+                    if !live {
+                        let generation = act.next_generation();
+                        let old = act.tunnels.insert(
+                            name.clone(),
+                            TunnelEntry {
+                                dest: Some(dest),
+                                role: Role::Dialer,
+                                generation,
+                                link: Link::Retrying {
+                                    attempt: 1,
+                                    task: SpawnHandle::default(),
+                                },
+                                last_error: Some(e.to_string()),
+                                dialled_on: 0,
+                                secret,
+                                _slots: Vec::new(),
+                            },
+                        );
+                        if let Some(old) = old {
+                            Registry::retire(old, None, ctx);
+                        }
+                        act.retry_tunnel(&name, 1, backoff(1), ctx);
+                    }
+                    let kept = if live {
+                        "the live tunnel of that name stays"
+                    } else {
+                        "kept: re-dialling with back-off until it is deleted"
+                    };
+                    (
+                        Err(AdminError::Unreachable(format!(
+                            "tunnel {name}: {dest} refused it: {e}; {kept}"
+                        ))),
+                        !live,
+                    )
                 })
-                .then(|change, act, _ctx| act.commit(change).into_actor(act)),
+                .then(|(change, save), act, _ctx| {
+                    let saved = match (&change, save) {
+                        (_, false) => Box::pin(async { Ok(()) }),
+                        (_, true) => act.persist(),
+                    };
+                    async move {
+                        saved.await?;
+                        change
+                    }
+                    .into_actor(act)
+                }),
         )
     }
 }
 
-/// `DELETE /tunnel`: close it on both ends, with every connection it carries.
+/// `DELETE /tunnel`: close it on both ends, with every connection it carries; an accepted name
+/// is forgotten (its declaration and its pin), so a new dialer may claim it.
 #[derive(Message)]
 #[rtype(result = "Result<(), AdminError>")]
 pub struct DeleteTunnel {
@@ -693,6 +1078,7 @@ impl Handler<DeleteTunnel> for Registry {
 
     fn handle(&mut self, msg: DeleteTunnel, ctx: &mut Self::Context) -> Self::Result {
         let dialing = self.dialing.remove(&msg.name).is_some();
+        let forgotten = self.accepted.remove(&msg.name).is_some();
         let change = match self.tunnels.remove(&msg.name) {
             Some(t) => {
                 Registry::retire(t, Some((GoAway::Deleted, "deleted".to_owned())), ctx);
@@ -701,6 +1087,10 @@ impl Handler<DeleteTunnel> for Registry {
             }
             None if dialing => {
                 info!("tunnel {}: dial cancelled", msg.name);
+                Ok(())
+            }
+            None if forgotten => {
+                info!("tunnel {}: accepted name forgotten", msg.name);
                 Ok(())
             }
             None => Err(AdminError::NotFound(format!(
@@ -723,7 +1113,8 @@ impl Registry {
         spec: ServiceSpec,
         ctx: &mut Context<Self>,
     ) -> Result<(), AdminError> {
-        let key = spec.key.as_deref().map(ServiceKey::new);
+        let cipher = spec.cipher.unwrap_or(CipherKind::Rc4);
+        let key = spec.key.as_deref().map(|k| ServiceKey::new(k, cipher));
         match spec.side {
             Side::Remote => {
                 let replaced = self.remote.insert(
@@ -751,12 +1142,21 @@ impl Registry {
                     }
                 }
                 let socket = self.rebind(&spec)?;
+                // Connections already carried keep counting against the service's limit.
+                let connections = self
+                    .local
+                    .get(&spec.name)
+                    .map(|s| s.connections.clone())
+                    .unwrap_or_else(|| {
+                        Gauge::new(self.settings.limits.max_connections_per_service)
+                    });
                 let old = self.local.insert(
                     spec.name.clone(),
                     LocalService {
                         key,
                         timeout: spec.timeout,
                         listening: Listening::new(spec.addr, Some(socket)),
+                        connections,
                     },
                 );
                 if let Some(old) = old {
@@ -936,55 +1336,138 @@ impl Handler<GetConfig> for Registry {
     }
 }
 
-/// Tunnel port -> Registry: may a peer open a tunnel under this name? Asked before the handshake
-/// is answered, so a refused dialer learns why.
+/// Tunnel port -> Registry: which secret must a dialer of this name prove? Answered for any
+/// name (the node's secret when the name has none of its own), so the answer tells nothing.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct MayAccept {
+#[rtype(result = "Option<Secret>")]
+pub struct TunnelSecret {
     pub name: String,
 }
 
+impl Handler<TunnelSecret> for Registry {
+    type Result = Option<Secret>;
+
+    fn handle(&mut self, msg: TunnelSecret, _ctx: &mut Self::Context) -> Self::Result {
+        self.secret_for(&msg.name)
+    }
+}
+
+/// Tunnel port -> Registry: a dialer proved the secret (if any) and its identity; may it have
+/// the name? Asked before the handshake is answered, so a refused dialer learns why.
+#[derive(Message)]
+#[rtype(result = "Result<(), (RefuseCode, String)>")]
+pub struct MayAccept {
+    pub name: String,
+    pub identity: [u8; IDENTITY_LEN],
+    /// The dialer proved a secret (the name's or the node's), not just its identity.
+    pub secret_proven: bool,
+}
+
 impl Registry {
-    fn may_accept(&self, name: &str) -> Result<(), String> {
+    fn may_accept(
+        &self,
+        name: &str,
+        identity: &[u8; IDENTITY_LEN],
+        secret_proven: bool,
+    ) -> Result<(), (RefuseCode, String)> {
         if self.shutting_down {
-            return Err("the node is shutting down".to_owned());
+            return Err((
+                RefuseCode::ShuttingDown,
+                "the node is shutting down".to_owned(),
+            ));
         }
+        let live = self.connected_tunnel(name).is_some();
         match self.tunnels.get(name) {
-            Some(t) if t.role == Role::Dialer => Err(format!(
-                "this node dials a tunnel named {name} itself; pick another name"
-            )),
-            _ => Ok(()),
+            Some(t) if t.role == Role::Dialer => {
+                return Err((
+                    RefuseCode::NameHeld,
+                    format!("this node dials a tunnel named {name} itself; pick another name"),
+                ))
+            }
+            _ => {}
         }
+        let known = self.accepted.get(name);
+        if self.access.known_only && !known.is_some_and(|a| a.declared) {
+            return Err((
+                RefuseCode::UnknownName,
+                format!("tunnel name {name} is not declared on this node"),
+            ));
+        }
+        match known.and_then(|a| a.pin) {
+            Some(pin) if pin != *identity && (live || !secret_proven) => {
+                return Err((
+                    RefuseCode::NameHeld,
+                    format!(
+                        "tunnel name {name} is held by another dialer (identity {}){}",
+                        fingerprint(&pin),
+                        if live { ", connected now" } else { "" }
+                    ),
+                ))
+            }
+            None if known.is_none() && self.accepted.len() >= MAX_PINS => {
+                return Err((
+                    RefuseCode::Busy,
+                    format!("this node remembers {MAX_PINS} tunnel names; no new ones"),
+                ))
+            }
+            _ => {}
+        }
+        if !live && self.accepted_count() >= self.settings.limits.max_tunnels {
+            self.usage.refuse_tunnel();
+            return Err((
+                RefuseCode::Busy,
+                format!(
+                    "this node accepts at most {} tunnels",
+                    self.settings.limits.max_tunnels
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
 impl Handler<MayAccept> for Registry {
-    type Result = Result<(), String>;
+    type Result = Result<(), (RefuseCode, String)>;
 
     fn handle(&mut self, msg: MayAccept, _ctx: &mut Self::Context) -> Self::Result {
-        self.may_accept(&msg.name)
+        self.may_accept(&msg.name, &msg.identity, msg.secret_proven)
     }
 }
 
 /// Tunnel port -> Registry: a peer dialled in and completed the handshake. An older tunnel of the
-/// same name (a dead one the peer has given up on) is replaced.
+/// same name and identity (a dead one the peer has given up on) is replaced.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TunnelAccepted {
     pub name: String,
     pub sock: TcpStream,
-    pub peer: Windows,
+    pub peer: Terms,
+    pub identity: [u8; IDENTITY_LEN],
+    /// The tunnel's descriptor.
+    pub slots: Vec<Slot>,
 }
 
 impl Handler<TunnelAccepted> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: TunnelAccepted, ctx: &mut Self::Context) {
-        if let Err(why) = self.may_accept(&msg.name) {
-            warn!("tunnel {}: accepted connection dropped: {why}", msg.name);
+        // Checked again: another dialer may have claimed the name since the first check.
+        let proven = self.secret_for(&msg.name).is_some();
+        if let Err((_, why)) = self.may_accept(&msg.name, &msg.identity, proven) {
+            log_limited!(
+                warn,
+                "tunnel-refused",
+                "tunnel {}: accepted connection dropped: {why}",
+                Escaped(&msg.name)
+            );
+            crate::io::reset_now(&msg.sock);
             return;
         }
-        self.install_tunnel(msg.name, Origin::Accepted, msg.sock, msg.peer, ctx);
+        let origin = Origin::Accepted {
+            identity: msg.identity,
+            slots: msg.slots,
+        };
+        self.install_tunnel(msg.name, origin, msg.sock, msg.peer, ctx);
     }
 }
 
@@ -999,6 +1482,8 @@ pub struct TunnelDown {
     pub goaway: Option<GoAway>,
     /// The peer sent at least one frame.
     pub heard: bool,
+    /// How long the tunnel was up.
+    pub lasted: Duration,
 }
 
 impl Handler<TunnelDown> for Registry {
@@ -1015,18 +1500,18 @@ impl Handler<TunnelDown> for Registry {
             (Role::Dialer, Some(GoAway::Deleted)) => {
                 info!("tunnel {} removed: {}", msg.name, msg.reason);
                 self.tunnels.remove(&msg.name);
-                let saved = self.persist();
-                ctx.spawn(
-                    async move {
-                        if let Err(e) = saved.await {
-                            error!("{e}");
-                        }
-                    }
-                    .into_actor(self),
-                );
+                self.save_in_background(ctx);
             }
             (Role::Dialer, _) if !self.shutting_down => {
-                let attempt = if msg.heard { 1 } else { t.dialled_on + 1 };
+                // Replaced by another connection of the name soon after it came up: another
+                // dialer claims the name too. Going on with the back-off keeps the two from
+                // knocking each other off in a loop.
+                let flapping = msg.goaway == Some(GoAway::Replaced) && msg.lasted < STABLE_AFTER;
+                let attempt = if msg.heard && !flapping {
+                    1
+                } else {
+                    t.dialled_on + 1
+                };
                 let delay = backoff(attempt);
                 warn!(
                     "tunnel {} is down: {}; re-dialing in {} ms",
@@ -1038,9 +1523,19 @@ impl Handler<TunnelDown> for Registry {
                 self.retry_tunnel(&msg.name, attempt, delay, ctx);
             }
             (Role::Dialer, _) => info!("tunnel {} closed: {}", msg.name, msg.reason),
-            (Role::Acceptor, _) => {
+            (Role::Acceptor, goaway) => {
                 info!("tunnel {} removed: {}", msg.name, msg.reason);
                 self.tunnels.remove(&msg.name);
+                if goaway == Some(GoAway::Deleted) {
+                    // Its dialer deleted it: the name is free again (a declaration stays).
+                    match self.accepted.get_mut(&msg.name) {
+                        Some(a) if a.declared => a.pin = None,
+                        _ => {
+                            self.accepted.remove(&msg.name);
+                        }
+                    }
+                    self.save_in_background(ctx);
+                }
             }
         }
     }
@@ -1094,6 +1589,8 @@ pub struct Accepted {
     pub service: String,
     pub sock: TcpStream,
     pub peer: SocketAddr,
+    /// The client's descriptor and its place in the service's limit.
+    pub slots: Vec<Slot>,
 }
 
 impl Handler<Accepted> for Registry {
@@ -1107,10 +1604,15 @@ impl Handler<Accepted> for Registry {
             return;
         }
         let refuse = |why: String| {
-            info!(
-                "service {}: closing connection from {}: {why}",
-                msg.service, msg.peer
+            log_limited!(
+                info,
+                "client-refused",
+                "service {}: resetting connection from {}: {why}",
+                msg.service,
+                msg.peer
             );
+            // A reset, not a FIN: the client learns at once that nothing is behind the port.
+            crate::io::reset_now(&msg.sock);
         };
         let Some(tunnel_name) = self
             .binds
@@ -1120,22 +1622,14 @@ impl Handler<Accepted> for Registry {
             return refuse("the service is not bound to a tunnel".to_owned());
         };
         let Some(tunnel) = self.connected_tunnel(tunnel_name) else {
-            // A reset, not a FIN: the client learns at once that nothing is behind the port.
-            let _ = msg.sock.set_zero_linger();
             return refuse(format!("tunnel {tunnel_name} is not connected"));
         };
-        let keyed: Option<KeyedOpen> = service.key.as_ref().map(ServiceKey::open);
-        let ciphers = service
-            .key
-            .as_ref()
-            .zip(keyed.as_ref())
-            .map(|(k, o)| stream_pair(k, &o.nonce, true));
         tunnel.do_send(CarryClient {
             sock: msg.sock,
             service: msg.service,
-            keyed,
-            ciphers,
+            key: service.key.clone(),
             idle_timeout: service.timeout,
+            slots: msg.slots,
         });
     }
 }
@@ -1155,8 +1649,9 @@ impl Handler<IncomingOpen> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: IncomingOpen, _ctx: &mut Self::Context) {
+        let service = Escaped(&msg.service);
         let refusal = match self.remote.get(&msg.service) {
-            None => Some(format!("no remote service named {}", msg.service)),
+            None => Some(format!("no remote service named {service}")),
             Some(_)
                 if self
                     .binds
@@ -1165,45 +1660,62 @@ impl Handler<IncomingOpen> for Registry {
                     != Some(&msg.tunnel) =>
             {
                 Some(format!(
-                    "remote service {} is not bound to tunnel {}",
-                    msg.service, msg.tunnel
+                    "remote service {service} is not bound to tunnel {}",
+                    msg.tunnel
                 ))
             }
             Some(s) => match (&s.key, &msg.keyed) {
+                (Some(k), Some(open)) if open.cipher != k.cipher => Some(format!(
+                    "cipher mismatch for service {service}: the peer uses {}, this node {}",
+                    open.cipher, k.cipher
+                )),
                 (Some(k), Some(open)) if !k.verify(open) => {
-                    Some(format!("key mismatch for service {}", msg.service))
+                    Some(format!("key mismatch for service {service}"))
                 }
                 (Some(_), None) | (None, Some(_)) => Some(format!(
-                    "key mismatch for service {}: only one end has a key",
-                    msg.service
+                    "key mismatch for service {service}: only one end has a key"
                 )),
                 _ => None,
             },
         };
         if let Some(reason) = refusal {
-            warn!(
+            log_limited!(
+                warn,
+                "stream-refused",
                 "tunnel {}: refusing stream {}: {reason}",
-                msg.tunnel, msg.stream
+                msg.tunnel,
+                msg.stream
             );
+            // A peer that proved a tunnel secret learns why; any other learns only that the
+            // stream is refused: not whether the service exists, is bound elsewhere, or has
+            // another key.
+            let authenticated = match self.tunnels.get(&msg.tunnel) {
+                Some(t) if t.role == Role::Dialer => self.dial_secret(&t.secret).is_some(),
+                Some(_) => self.secret_for(&msg.tunnel).is_some(),
+                None => false,
+            };
             msg.addr.do_send(RefuseStream {
                 stream: msg.stream,
-                reason,
+                reason: if authenticated {
+                    reason
+                } else {
+                    "refused".to_owned()
+                },
             });
             return;
         }
         let Some(service) = self.remote.get(&msg.service) else {
             return;
         };
-        let ciphers = service
-            .key
-            .as_ref()
-            .zip(msg.keyed.as_ref())
-            .map(|(k, o)| stream_pair(k, &o.nonce, false));
+        let crypto = service.key.as_ref().zip(msg.keyed.as_ref()).map(|(k, o)| {
+            let ours = fresh_nonce();
+            (k.stream(&o.nonce, &ours, false), ours)
+        });
         msg.addr.do_send(ServeStream {
             stream: msg.stream,
             target: service.addr,
             connect_timeout: self.settings.connect_timeout,
-            ciphers,
+            crypto,
             idle_timeout: service.timeout,
         });
     }
@@ -1301,7 +1813,7 @@ impl Handler<InjectFault> for Registry {
             InjectFault::Connection { tunnel, stream } => self
                 .connected_tunnel(tunnel)
                 .ok_or_else(missing)?
-                .do_send(tunnel::CrashStream { stream: *stream }),
+                .do_send(crate::tunnel::CrashStream { stream: *stream }),
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
@@ -21,8 +21,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-/// The format this build reads and writes.
-pub const VERSION: u64 = 1;
+/// The format this build writes. It reads version 1 too (which had no identities, secrets,
+/// accepted names or ciphers).
+pub const VERSION: u64 = 2;
+/// Versions this build reads.
+const READS: [u64; 2] = [1, 2];
 
 /// Snapshots waiting for the writer at once: one per admin request in flight, at most.
 const QUEUE: usize = 1024;
@@ -36,7 +39,7 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("state file {path} has version {found}, this menet reads version {VERSION}; it is left as it is")]
+    #[error("state file {path} has version {found}, this menet reads versions 1 and {VERSION}; it is left as it is")]
     Version { path: PathBuf, found: String },
     #[error("state file {path} is inconsistent: {message}")]
     Inconsistent { path: PathBuf, message: String },
@@ -49,9 +52,16 @@ pub enum StateError {
 #[serde(deny_unknown_fields)]
 pub struct State {
     pub version: u64,
+    /// This node's identity key as a dialer (Ed25519 seed, hex): acceptors pin the names it
+    /// claims to it, so it can reclaim them after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Tunnels this node dials, by name. Accepted tunnels are not kept: their dialer re-dials.
     #[serde(default)]
     pub tunnels: BTreeMap<String, TunnelRecord>,
+    /// Names peers may claim: declared ones and those pinned to the identity of their dialer.
+    #[serde(default)]
+    pub accepted: BTreeMap<String, AcceptedRecord>,
     #[serde(default)]
     pub services: Services,
     #[serde(default)]
@@ -62,6 +72,23 @@ pub struct State {
 #[serde(deny_unknown_fields)]
 pub struct TunnelRecord {
     pub dest: SocketAddr,
+    /// The tunnel's own secret, in clear like the keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptedRecord {
+    /// The name's own secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The public identity (hex) of the dialer holding the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Declared by the admin API (not only claimed by a dialer).
+    #[serde(default)]
+    pub declared: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -80,6 +107,9 @@ pub struct ServiceRecord {
     /// Stored in clear: the file is readable by its owner only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// A keyed service's cipher when not RC4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
 }
@@ -109,7 +139,7 @@ impl State {
         };
         let value: serde_json::Value = serde_json::from_slice(text).map_err(corrupt)?;
         match value.get("version") {
-            Some(v) if v.as_u64() == Some(VERSION) => {}
+            Some(v) if v.as_u64().is_some_and(|v| READS.contains(&v)) => {}
             found => {
                 return Err(StateError::Version {
                     path: path.to_owned(),
@@ -117,7 +147,33 @@ impl State {
                 })
             }
         }
-        let state: State = serde_json::from_value(value).map_err(corrupt)?;
+        let mut state: State = serde_json::from_value(value).map_err(corrupt)?;
+        state.version = VERSION;
+        let inconsistent = |message: String| StateError::Inconsistent {
+            path: path.to_owned(),
+            message,
+        };
+        for (name, s) in state.services.local.iter().chain(&state.services.remote) {
+            if let Some(c) = &s.cipher {
+                c.parse::<crate::cipher::CipherKind>()
+                    .map_err(|e| inconsistent(format!("service {name}: cipher {e}")))?;
+            }
+        }
+        if let Some(id) = &state.identity {
+            crate::handshake::Identity::from_hex(id)
+                .map_err(|e| inconsistent(format!("identity: {e}")))?;
+        }
+        for (name, a) in &state.accepted {
+            let ok = a
+                .identity
+                .as_deref()
+                .is_none_or(|id| crate::handshake::from_hex(id).is_some_and(|v| v.len() == 32));
+            if !ok {
+                return Err(inconsistent(format!(
+                    "accepted tunnel {name}: an identity is 64 hex digits"
+                )));
+            }
+        }
         for (side, binds, services) in [
             ("local", &state.bind.local, &state.services.local),
             ("remote", &state.bind.remote, &state.services.remote),
@@ -175,8 +231,8 @@ impl StateStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err(e)),
         };
-        // A temporary file left by a crash mid-write is not state: the rename never happened.
-        let _ = fs::remove_file(with_suffix(path, ".tmp"));
+        // Temporary files left by a crash mid-write are not state: the rename never happened.
+        remove_stale_temporaries(path);
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let target = path.to_owned();
         std::thread::Builder::new()
@@ -236,21 +292,51 @@ fn write_loop(path: &Path, queue: &Receiver<Job>, _lock: File) {
     }
 }
 
+/// The temporary files of `path` are `path.tmp-<random>`.
+const TMP_SUFFIX: &str = ".tmp-";
+
 /// Writes `bytes` to `path` so that a crash at any point leaves either the old or the new file.
+///
+/// The temporary file has an unpredictable name and is created exclusively, without following a
+/// symbolic link, with mode 0600 from the start: no other local user can have it open, or have
+/// planted a link in its place, to read the keys.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = with_suffix(path, ".tmp");
+    let tmp = with_suffix(path, &format!("{TMP_SUFFIX}{:016x}", rand::random::<u64>()));
     let mut file = OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .write(true)
-        .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
     drop(file);
-    fs::rename(&tmp, path)?;
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     File::open(parent(path))?.sync_all()
+}
+
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = base.to_owned();
+    prefix.push(TMP_SUFFIX);
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -269,6 +355,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("menet-state-{tag}-{}", std::process::id()));
@@ -287,10 +374,12 @@ mod tests {
             Err(StateError::Locked { .. })
         ));
         let mut state = State::new();
+        state.identity = Some(crate::handshake::Identity::generate().to_hex());
         state.tunnels.insert(
             "t".into(),
             TunnelRecord {
                 dest: "127.0.0.1:4321".parse().expect("addr"),
+                secret: None,
             },
         );
         state.services.local.insert(
@@ -298,6 +387,7 @@ mod tests {
             ServiceRecord {
                 addr: "0.0.0.0:8080".parse().expect("addr"),
                 key: Some("secret".into()),
+                cipher: Some("aes-256-gcm".into()),
                 timeout_ms: Some(5000),
             },
         );
@@ -321,7 +411,7 @@ mod tests {
 
         for (text, want) in [
             ("{\"version\":1,", "corrupt"),
-            ("{\"version\":2}", "version 2"),
+            ("{\"version\":3}", "version 3"),
             ("[]", "version (none)"),
             ("{\"version\":1,\"tunnels\":{\"t\":{}}}", "corrupt"),
             (

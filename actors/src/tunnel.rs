@@ -14,24 +14,27 @@
 //! socket. A peer that sends past a stream's window gets that stream reset; past the tunnel window,
 //! the tunnel is closed.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use log::{debug, error, info, warn};
+use log::{debug, error, info};
 use serde::Serialize;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
-use crate::connection::{Ciphers, Connection, StreamEvent};
+use crate::cipher::StreamCrypto;
+use crate::connection::{Connection, Keying, StreamEvent};
+use crate::handshake::Terms;
 use crate::io::write_all_vectored;
+use crate::limits::{Escaped, Slot, TokenBucket, Usage};
 use crate::protocol::{
-    write_message, Frame, FrameCodec, GoAway, Hello, KeyedOpen, ProtocolError, Welcome, Windows,
-    HEADER_LEN, MAX_DATA, TUNNEL_STREAM,
+    Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
+    NONCE_LEN, TUNNEL_STREAM,
 };
 use crate::registry::{IncomingOpen, Registry, TunnelDown};
 use crate::{Settings, Side};
@@ -45,8 +48,6 @@ const WRITE_BATCH: usize = 256 * 1024;
 const MAX_CONTROL_QUEUE: usize = 1 << 20;
 /// Most credit a peer may extend, per stream or per tunnel.
 const MAX_CREDIT: u64 = 1 << 32;
-/// Streams one tunnel carries at once.
-pub const MAX_STREAMS: usize = 1 << 16;
 /// How long a closing tunnel may take to flush its goodbye.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -57,45 +58,16 @@ pub enum Role {
     Acceptor,
 }
 
-/// Dials a peer's tunnel port and performs the handshake.
-pub async fn dial(
-    dest: SocketAddr,
-    name: &str,
-    ours: Windows,
-) -> Result<(TcpStream, Windows), ProtocolError> {
-    let mut sock = TcpStream::connect(dest).await?;
-    sock.set_nodelay(true)?;
-    let hello = Hello {
-        name: name.to_owned(),
-        windows: ours,
-        auth: Vec::new(),
-    };
-    write_message(&mut sock, &hello.to_bytes()).await?;
-    let theirs = Welcome::read(&mut sock).await?;
-    Ok((sock, theirs))
-}
-
-/// The first half of answering a dialer on the tunnel port: its hello.
-pub async fn read_hello(sock: &mut TcpStream) -> Result<Hello, ProtocolError> {
-    sock.set_nodelay(true)?;
-    Hello::read(sock).await
-}
-
-/// The second half: accept with our windows, or refuse with a reason the dialer reports.
-pub async fn welcome(
-    sock: &mut TcpStream,
-    accepted: Result<Windows, String>,
-) -> Result<(), ProtocolError> {
-    write_message(sock, &Welcome { accepted }.to_bytes()).await?;
-    Ok(())
-}
-
 /// One multiplexed stream, as the tunnel sees it.
 struct StreamEntry {
     /// `None` while the Registry decides on an OPEN from the peer.
     conn: Option<Addr<Connection>>,
+    /// Which service the stream carries, for `GET /config` and for closing a deleted service.
     service: String,
+    /// Local: we opened it for a client; remote: the peer opened it towards our backend.
     side: Side,
+    /// Our stream nonce of a keyed stream the peer opened, sent in OPEN_OK.
+    accept_nonce: Option<[u8; NONCE_LEN]>,
     /// OPEN_OK has been exchanged: data may flow.
     open: bool,
     /// The local end has sent FIN: it reads no more, so it needs no more credit.
@@ -106,6 +78,7 @@ struct StreamEntry {
     granted: u64,
     /// The connection has data to send; idle streams hold no credit.
     wanting: bool,
+    /// Queued in `Tunnel::starving`, waiting for tunnel credit.
     starving: bool,
     /// How much the peer may still send on this stream.
     recv_left: u64,
@@ -113,6 +86,7 @@ struct StreamEntry {
     recv_unacked: u64,
     /// Handed to the connection but not yet written downstream.
     delivered: u64,
+    /// Wire bytes of this stream, for `GET /config`.
     bytes_sent: u64,
     bytes_received: u64,
 }
@@ -141,24 +115,42 @@ pub struct StreamStats {
 }
 
 pub struct Tunnel {
+    /// The tunnel's name, shared by both ends.
     name: String,
+    /// Which incarnation of the name this is, so the Registry ignores a stale report.
     generation: u64,
+    /// Who dialled: decides stream id parity and what happens after a drop.
     role: Role,
     registry: Addr<Registry>,
     settings: Settings,
-    peer: Windows,
+    /// What the peer granted us in the handshake: its windows and stream limit.
+    peer: Terms,
     peer_addr: Option<SocketAddr>,
+    /// The node's limits and their counters (streams and dials refused).
+    usage: Arc<Usage>,
+    /// Backend dials the peer may still cause this second.
+    dials: TokenBucket,
     /// Moved into the frame reader once the actor starts.
     sock: Option<TcpStream>,
+    /// `None` while a write is under way (the write future owns it).
     writer: Option<OwnedWriteHalf>,
     writing: bool,
+    /// Encoded control frames, written ahead of data.
     control: BytesMut,
+    /// Encoded DATA and FIN frames, in the order the streams produced them.
     data: VecDeque<Bytes>,
     data_queued: usize,
     streams: HashMap<u32, StreamEntry>,
+    /// Streams we opened and streams the peer opened, against the two stream limits.
+    local_streams: u32,
+    remote_streams: u32,
     next_id: u32,
     /// Peer's tunnel-level credit not yet granted to any stream.
     send_window: u64,
+    /// Credit granted to our connections and not yet come back as data: with `data_queued`, what
+    /// we may hold towards the peer, capped by our own tunnel window whatever the peer announced.
+    granted_total: u64,
+    /// Streams waiting for tunnel credit, served round-robin.
     starving: VecDeque<u32>,
     /// How much the peer may still send over the whole tunnel.
     recv_left: u64,
@@ -166,7 +158,10 @@ pub struct Tunnel {
     last_heard: Instant,
     /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
     heard: bool,
+    /// When the tunnel came up, to tell a lasting tunnel from one that flaps.
+    up_since: Instant,
     pings: u64,
+    /// A goodbye is being flushed: stop once the queues are empty.
     closing: bool,
     down_reason: Option<String>,
     /// The peer said goodbye, and why.
@@ -177,14 +172,16 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         generation: u64,
         role: Role,
         sock: TcpStream,
-        peer: Windows,
+        peer: Terms,
         registry: Addr<Registry>,
         settings: Settings,
+        usage: Arc<Usage>,
     ) -> Tunnel {
         Tunnel {
             name,
@@ -194,6 +191,8 @@ impl Tunnel {
             settings,
             peer,
             peer_addr: sock.peer_addr().ok(),
+            dials: TokenBucket::new(settings.limits.max_dials_per_second, Instant::now()),
+            usage,
             sock: Some(sock),
             writer: None,
             writing: false,
@@ -201,14 +200,18 @@ impl Tunnel {
             data: VecDeque::new(),
             data_queued: 0,
             streams: HashMap::new(),
+            local_streams: 0,
+            remote_streams: 0,
             // The dialer opens odd streams, the acceptor even ones, so ids never collide.
             next_id: if role == Role::Dialer { 1 } else { 2 },
-            send_window: u64::from(peer.tunnel),
+            send_window: u64::from(peer.windows.tunnel),
+            granted_total: 0,
             starving: VecDeque::new(),
             recv_left: u64::from(settings.tunnel_window),
             recv_unacked: 0,
             last_heard: Instant::now(),
             heard: false,
+            up_since: Instant::now(),
             pings: 0,
             closing: false,
             down_reason: None,
@@ -276,6 +279,8 @@ impl Tunnel {
                 match result {
                     Ok(()) => {
                         act.writer = Some(writer);
+                        // Room in our send budget again.
+                        act.serve_starving();
                         act.flush(ctx);
                     }
                     Err(e) => act.fail(ctx, format!("write failed: {e}")),
@@ -323,11 +328,15 @@ impl Tunnel {
         if want == 0 {
             return;
         }
-        let g = want.min(self.send_window);
+        // What we hold towards the peer is bounded by our own window, not by what it announced.
+        let room = u64::from(self.settings.tunnel_window)
+            .saturating_sub(self.granted_total + self.data_queued as u64);
+        let g = want.min(self.send_window).min(room);
         if g > 0 {
             e.send_avail -= g;
             e.granted += g;
             self.send_window -= g;
+            self.granted_total += g;
             conn.do_send(StreamEvent::Grant(g));
         }
         if g < want && !e.starving {
@@ -339,7 +348,10 @@ impl Tunnel {
     /// Round-robin over the streams that wait for tunnel credit.
     fn serve_starving(&mut self) {
         for _ in 0..self.starving.len() {
-            if self.send_window == 0 {
+            if self.send_window == 0
+                || self.granted_total + self.data_queued as u64
+                    >= u64::from(self.settings.tunnel_window)
+            {
                 break;
             }
             let Some(id) = self.starving.pop_front() else {
@@ -355,7 +367,12 @@ impl Tunnel {
     /// Forgets a stream, returning its unused credit in both directions.
     fn remove_stream(&mut self, id: u32, ctx: &mut Context<Self>) -> Option<StreamEntry> {
         let e = self.streams.remove(&id)?;
+        match e.side {
+            Side::Local => self.local_streams -= 1,
+            Side::Remote => self.remote_streams -= 1,
+        }
         self.send_window += e.granted;
+        self.granted_total -= e.granted;
         self.serve_starving();
         self.credit_tunnel(e.delivered, ctx);
         Some(e)
@@ -378,14 +395,28 @@ impl Tunnel {
         }
     }
 
-    fn reset_stream(&mut self, id: u32, why: &str, ctx: &mut Context<Self>) {
+    fn reset_stream(&mut self, id: u32, code: ResetCode, ctx: &mut Context<Self>) {
         if let Some(e) = self.remove_stream(id, ctx) {
-            debug!("tunnel {}: stream {id} reset: {why}", self.name);
+            debug!(
+                "tunnel {}: stream {id} reset: {}",
+                self.name,
+                code.describe()
+            );
             if let Some(conn) = e.conn {
                 conn.do_send(StreamEvent::Abort);
             }
-            self.queue_control(&Frame::Reset { stream: id }, ctx);
+            self.queue_control(&Frame::Reset { stream: id, code }, ctx);
         }
+    }
+
+    /// Registers a new stream, counted against its side's limit.
+    fn insert_stream(&mut self, id: u32, entry: StreamEntry) {
+        match entry.side {
+            Side::Local => self.local_streams += 1,
+            Side::Remote => self.remote_streams += 1,
+        }
+        self.streams.insert(id, entry);
+        self.streams_opened += 1;
     }
 
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
@@ -418,12 +449,12 @@ impl Tunnel {
                 service,
                 keyed,
             } => self.on_open(stream, service, keyed, ctx),
-            Frame::OpenOk { stream } => match self.streams.get_mut(&stream) {
+            Frame::OpenOk { stream, nonce } => match self.streams.get_mut(&stream) {
                 Some(e) if e.side == Side::Local && !e.open => {
                     e.open = true;
-                    e.send_avail = u64::from(self.peer.stream);
+                    e.send_avail = u64::from(self.peer.windows.stream);
                     if let Some(conn) = &e.conn {
-                        conn.do_send(StreamEvent::Opened);
+                        conn.do_send(StreamEvent::Opened { nonce });
                     }
                     self.grant(stream);
                 }
@@ -433,9 +464,13 @@ impl Tunnel {
                 let known = matches!(self.streams.get(&stream), Some(e) if e.side == Side::Local && !e.open);
                 if known {
                     if let Some(e) = self.remove_stream(stream, ctx) {
-                        warn!(
-                            "tunnel {}: service {} refused by the peer: {reason}; closing the client",
-                            self.name, e.service
+                        log_limited!(
+                            warn,
+                            "stream-refused-by-peer",
+                            "tunnel {}: service {} refused by the peer: {}; resetting the client",
+                            self.name,
+                            e.service,
+                            Escaped(&reason)
                         );
                         if let Some(conn) = e.conn {
                             conn.do_send(StreamEvent::Abort);
@@ -448,9 +483,24 @@ impl Tunnel {
                     conn.do_send(StreamEvent::Fin);
                 }
             }
-            Frame::Reset { stream } => {
+            Frame::Reset { stream, code } => {
                 if let Some(e) = self.remove_stream(stream, ctx) {
-                    debug!("tunnel {}: stream {stream} reset by the peer", self.name);
+                    if code == ResetCode::Integrity {
+                        log_limited!(
+                            warn,
+                            "stream-integrity",
+                            "tunnel {}: stream {stream} of service {} reset by the peer: {}",
+                            self.name,
+                            e.service,
+                            code.describe()
+                        );
+                    } else {
+                        debug!(
+                            "tunnel {}: stream {stream} reset by the peer: {}",
+                            self.name,
+                            code.describe()
+                        );
+                    }
                     if let Some(conn) = e.conn {
                         conn.do_send(StreamEvent::Abort);
                     }
@@ -459,6 +509,7 @@ impl Tunnel {
             Frame::Ping(v) => self.queue_control(&Frame::Pong(v), ctx),
             Frame::Pong(_) => {}
             Frame::GoAway { code, reason } => {
+                let reason = Escaped(&reason).to_string();
                 info!("tunnel {}: peer closed the tunnel: {reason}", self.name);
                 self.goaway_received = Some(code);
                 self.fail(ctx, format!("closed by the peer: {reason}"));
@@ -480,12 +531,14 @@ impl Tunnel {
             return;
         };
         if len > e.recv_left || !e.open {
-            warn!(
+            log_limited!(
+                warn,
+                "stream-overrun",
                 "tunnel {}: peer overran the window of stream {id}; resetting it",
                 self.name
             );
             self.credit_tunnel(len, ctx);
-            self.reset_stream(id, "window overrun", ctx);
+            self.reset_stream(id, ResetCode::WindowOverrun, ctx);
             return;
         }
         e.recv_left -= len;
@@ -510,31 +563,42 @@ impl Tunnel {
             );
             return;
         }
-        if self.streams.len() >= MAX_STREAMS {
+        if self.streams.contains_key(&id) {
+            self.fail(ctx, format!("peer reopened live stream {id}"));
+            return;
+        }
+        let refusal = if self.remote_streams >= self.settings.limits.max_streams {
+            self.usage.refuse_stream();
+            Some(("streams", "too many streams on this tunnel"))
+        } else if !self.dials.try_take(Instant::now()) {
+            self.usage.refuse_dial();
+            Some(("dials", "too many new streams per second"))
+        } else {
+            None
+        };
+        if let Some((limit, reason)) = refusal {
+            log_limited!(
+                warn,
+                "stream-limit",
+                "tunnel {}: refusing stream {id}: {reason} (limit {limit})",
+                self.name
+            );
             self.queue_control(
                 &Frame::OpenFail {
                     stream: id,
-                    reason: "too many streams on this tunnel".to_owned(),
+                    reason: reason.to_owned(),
                 },
                 ctx,
             );
             return;
         }
-        match self.streams.entry(id) {
-            Entry::Occupied(_) => {
-                self.fail(ctx, format!("peer reopened live stream {id}"));
-                return;
-            }
-            Entry::Vacant(v) => {
-                v.insert(StreamEntry::new(
-                    None,
-                    service.clone(),
-                    Side::Remote,
-                    self.settings.stream_window,
-                ));
-            }
-        }
-        self.streams_opened += 1;
+        let entry = StreamEntry::new(
+            None,
+            service.clone(),
+            Side::Remote,
+            self.settings.stream_window,
+        );
+        self.insert_stream(id, entry);
         self.registry.do_send(IncomingOpen {
             tunnel: self.name.clone(),
             addr: ctx.address(),
@@ -580,6 +644,7 @@ impl StreamEntry {
             conn,
             service,
             side,
+            accept_nonce: None,
             open: false,
             local_fin: false,
             send_avail: 0,
@@ -660,6 +725,7 @@ impl Actor for Tunnel {
             reason,
             goaway: self.goaway_received,
             heard: self.heard,
+            lasted: self.up_since.elapsed(),
         });
     }
 }
@@ -671,7 +737,12 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
         match item {
             Ok(frame) => self.on_frame(frame, ctx),
             Err(e) => {
-                warn!("tunnel {}: {e}; closing the tunnel", self.name);
+                log_limited!(
+                    warn,
+                    "tunnel-protocol",
+                    "tunnel {}: {e}; closing the tunnel",
+                    self.name
+                );
                 self.fail(ctx, e.to_string());
             }
         }
@@ -692,47 +763,58 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
 pub struct CarryClient {
     pub sock: TcpStream,
     pub service: String,
-    pub keyed: Option<KeyedOpen>,
-    pub ciphers: Option<Ciphers>,
+    /// The service key, if keyed: the stream's keys are derived once OPEN_OK brings the
+    /// acceptor's nonce.
+    pub key: Option<crate::cipher::ServiceKey>,
     pub idle_timeout: Option<Duration>,
+    /// Held for the connection's life: its descriptor and its place in the service's limit.
+    pub slots: Vec<Slot>,
 }
 
 impl Handler<CarryClient> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CarryClient, ctx: &mut Self::Context) {
-        if self.closing || self.streams.len() >= MAX_STREAMS {
-            warn!(
-                "tunnel {}: cannot carry another stream of service {}; closing the client",
-                self.name, msg.service
+        if self.closing || self.local_streams >= self.peer.max_streams {
+            log_limited!(
+                warn,
+                "carry-refused",
+                "tunnel {}: the peer takes at most {} streams; resetting a client of service {}",
+                self.name,
+                self.peer.max_streams,
+                msg.service
             );
+            crate::io::reset_now(&msg.sock);
             return;
         }
         let id = self.alloc_id();
+        let open = msg.key.as_ref().map(|k| k.open());
+        let keying = msg.key.zip(open).map(|(key, open)| Keying::Opener {
+            key,
+            nonce: open.nonce,
+        });
         let conn = Connection::accepted(
             id,
             msg.sock,
             ctx.address(),
             msg.service.clone(),
-            msg.ciphers,
+            keying,
             msg.idle_timeout,
+            msg.slots,
         )
         .start();
         let frame = Frame::Open {
             stream: id,
             service: msg.service.clone(),
-            keyed: msg.keyed,
+            keyed: open,
         };
-        self.streams.insert(
-            id,
-            StreamEntry::new(
-                Some(conn),
-                msg.service,
-                Side::Local,
-                self.settings.stream_window,
-            ),
+        let entry = StreamEntry::new(
+            Some(conn),
+            msg.service,
+            Side::Local,
+            self.settings.stream_window,
         );
-        self.streams_opened += 1;
+        self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }
 }
@@ -744,7 +826,8 @@ pub struct ServeStream {
     pub stream: u32,
     pub target: SocketAddr,
     pub connect_timeout: Duration,
-    pub ciphers: Option<Ciphers>,
+    /// A keyed stream's crypto and our nonce for OPEN_OK.
+    pub crypto: Option<(StreamCrypto, [u8; NONCE_LEN])>,
     pub idle_timeout: Option<Duration>,
 }
 
@@ -754,23 +837,51 @@ impl Handler<ServeStream> for Tunnel {
     fn handle(&mut self, msg: ServeStream, ctx: &mut Self::Context) {
         let address = ctx.address();
         // The peer may have reset the stream while the Registry was deciding.
-        let Some(e) = self.streams.get_mut(&msg.stream) else {
+        let Some(e) = self.streams.get(&msg.stream) else {
             return;
         };
         if e.conn.is_some() {
             return;
         }
+        let Some(descriptor) = self.usage.descriptors.try_acquire() else {
+            log_limited!(
+                warn,
+                "descriptors",
+                "tunnel {}: out of file descriptors (reserve kept); refusing stream {}",
+                self.name,
+                msg.stream
+            );
+            if self.remove_stream(msg.stream, ctx).is_some() {
+                self.queue_control(
+                    &Frame::OpenFail {
+                        stream: msg.stream,
+                        reason: "the node is out of connections".to_owned(),
+                    },
+                    ctx,
+                );
+            }
+            return;
+        };
+        let service = e.service.clone();
+        let (crypto, nonce) = match msg.crypto {
+            Some((c, n)) => (Some(c), Some(n)),
+            None => (None, None),
+        };
         let conn = Connection::dialing(
             msg.stream,
             msg.target,
             msg.connect_timeout,
             address,
-            e.service.clone(),
-            msg.ciphers,
+            service,
+            crypto.map(|c| Keying::Ready(Box::new(c))),
             msg.idle_timeout,
+            vec![descriptor],
         )
         .start();
-        e.conn = Some(conn);
+        if let Some(e) = self.streams.get_mut(&msg.stream) {
+            e.conn = Some(conn);
+            e.accept_nonce = nonce;
+        }
     }
 }
 
@@ -812,12 +923,13 @@ pub enum FromConnection {
     Data { stream: u32, frame: Bytes },
     /// End of the downstream socket's input.
     Fin { stream: u32 },
-    /// This many received bytes have been written downstream.
+    /// This many received (wire) bytes have been written downstream.
     Consumed { stream: u32, bytes: u64 },
-    /// The connection is gone; `failure` says why if it did not end cleanly.
+    /// The connection is gone; `failure` says why (and with which code the stream is reset) if
+    /// it did not end cleanly.
     Closed {
         stream: u32,
-        failure: Option<String>,
+        failure: Option<(ResetCode, String)>,
     },
 }
 
@@ -831,7 +943,9 @@ impl Handler<FromConnection> for Tunnel {
                 let Some(e) = self.streams.get_mut(&stream) else {
                     return;
                 };
-                e.granted = e.granted.saturating_sub(payload);
+                let used = payload.min(e.granted);
+                e.granted -= used;
+                self.granted_total -= used;
                 e.bytes_sent += payload;
                 self.bytes_sent += payload;
                 self.queue_data(frame, ctx);
@@ -853,6 +967,7 @@ impl Handler<FromConnection> for Tunnel {
                 e.send_avail += bytes;
                 e.wanting = false;
                 self.send_window += bytes;
+                self.granted_total -= bytes;
                 self.serve_starving();
             }
             FromConnection::Consumed { stream, bytes } => {
@@ -884,7 +999,9 @@ impl Handler<FromConnection> for Tunnel {
                     return;
                 };
                 e.local_fin = true;
-                self.send_window += std::mem::take(&mut e.granted);
+                let unused = std::mem::take(&mut e.granted);
+                self.send_window += unused;
+                self.granted_total -= unused;
                 self.serve_starving();
                 let mut fin = BytesMut::with_capacity(HEADER_LEN);
                 Frame::Fin { stream }.encode(&mut fin);
@@ -895,8 +1012,9 @@ impl Handler<FromConnection> for Tunnel {
                     return;
                 };
                 e.open = true;
-                e.send_avail = u64::from(self.peer.stream);
-                self.queue_control(&Frame::OpenOk { stream }, ctx);
+                e.send_avail = u64::from(self.peer.windows.stream);
+                let nonce = e.accept_nonce.take();
+                self.queue_control(&Frame::OpenOk { stream, nonce }, ctx);
                 self.grant(stream);
             }
             FromConnection::Closed { stream, failure } => {
@@ -905,10 +1023,10 @@ impl Handler<FromConnection> for Tunnel {
                 };
                 match failure {
                     None => {}
-                    Some(reason) if !e.open && e.side == Side::Remote => {
+                    Some((_, reason)) if !e.open && e.side == Side::Remote => {
                         self.queue_control(&Frame::OpenFail { stream, reason }, ctx)
                     }
-                    Some(_) => self.queue_control(&Frame::Reset { stream }, ctx),
+                    Some((code, _)) => self.queue_control(&Frame::Reset { stream, code }, ctx),
                 }
             }
         }
@@ -968,7 +1086,7 @@ impl Handler<CloseService> for Tunnel {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.reset_stream(id, "service deleted", ctx);
+            self.reset_stream(id, ResetCode::Aborted, ctx);
         }
     }
 }

@@ -699,3 +699,84 @@ impl Blackhole {
         }
     }
 }
+
+/// Reads one handshake message from a blocking socket: the message and its bytes as sent.
+pub fn read_handshake(
+    s: &mut TcpStream,
+) -> Result<(menet_actors::handshake::Message, Vec<u8>), String> {
+    let mut raw = vec![0u8; 8];
+    s.read_exact(&mut raw).map_err(|e| e.to_string())?;
+    let len = usize::from(u16::from_be_bytes([raw[6], raw[7]]));
+    raw.resize(8 + len, 0);
+    s.read_exact(&mut raw[8..]).map_err(|e| e.to_string())?;
+    match menet_actors::handshake::Message::parse(&raw) {
+        Ok(Some((msg, _))) => Ok((msg, raw)),
+        Ok(None) => Err("short message".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A hand-made dialer: the v2 handshake to `addr` for `name`, proving `secret` (if any) and a
+/// fresh identity (or `identity`). The socket, once WELCOME checked out; or why not.
+pub fn raw_dial(
+    addr: SocketAddr,
+    name: &str,
+    secret: Option<&str>,
+    identity: Option<Arc<menet_actors::handshake::Identity>>,
+) -> Result<TcpStream, String> {
+    use menet_actors::handshake::{Dialer, Identity, Terms};
+    use menet_actors::protocol::Windows;
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    let terms = Terms {
+        windows: Windows {
+            stream: 1 << 20,
+            tunnel: 32 << 20,
+        },
+        max_streams: 4096,
+    };
+    let identity = identity.unwrap_or_else(|| Arc::new(Identity::generate()));
+    let mut d = Dialer::new(
+        name,
+        terms,
+        identity,
+        secret.map(menet_actors::cipher::Secret::new),
+    );
+    s.write_all(d.hello()).map_err(|e| e.to_string())?;
+    let (msg, raw) = read_handshake(&mut s)?;
+    let proof = d.on_challenge(msg, &raw).map_err(|e| e.to_string())?;
+    s.write_all(&proof).map_err(|e| e.to_string())?;
+    let (msg, _) = read_handshake(&mut s)?;
+    d.on_welcome(msg).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// A hand-made acceptor without a secret: answers a dialer's handshake on `s`; whether it
+/// completed.
+pub fn raw_accept(s: &mut TcpStream) -> bool {
+    use menet_actors::handshake::{Acceptor, Terms};
+    use menet_actors::protocol::Windows;
+    let Ok((hello, raw)) = read_handshake(s) else {
+        return false;
+    };
+    let Ok(a) = Acceptor::on_hello(hello, &raw) else {
+        return false;
+    };
+    if s.write_all(a.challenge()).is_err() {
+        return false;
+    }
+    let Ok((proof, _)) = read_handshake(s) else {
+        return false;
+    };
+    if a.verify(&proof, None).is_err() {
+        return false;
+    }
+    let terms = Terms {
+        windows: Windows {
+            stream: 1 << 20,
+            tunnel: 32 << 20,
+        },
+        max_streams: 4096,
+    };
+    s.write_all(&a.welcome(None, terms)).is_ok()
+}

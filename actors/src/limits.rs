@@ -1,0 +1,327 @@
+//! What one node lets its peers and clients use, and the accounting behind it: plain types, shared
+//! by the actors through an `Arc`, so every limit is enforced where it is hit and counted in one
+//! place for `GET /config`.
+//!
+//! Also the two defences of the log against a flood: [`log_allowed`] rate-limits a category of
+//! lines, and [`Escaped`] prints peer-supplied text with control characters escaped, so a `\n` in
+//! a tunnel name cannot forge a log line.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The configured limits. The defaults let a small VPS survive a hostile peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Handshakes under way on the tunnel port at once; more connections are closed at once.
+    pub max_handshakes: usize,
+    /// Tunnels this node accepts at once (peers dialling in).
+    pub max_tunnels: usize,
+    /// Streams the peer may have open on one tunnel at once, announced in the handshake.
+    pub max_streams: u32,
+    /// Clients one local service carries at once.
+    pub max_connections_per_service: usize,
+    /// Backend dials one tunnel's peer may cause per second (OPENs of remote services).
+    pub max_dials_per_second: u32,
+    /// File descriptors kept free for the admin API, the tunnel port and the state file.
+    pub fd_reserve: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_handshakes: 64,
+            max_tunnels: 256,
+            max_streams: 4096,
+            max_connections_per_service: 4096,
+            max_dials_per_second: 10_000,
+            fd_reserve: 128,
+        }
+    }
+}
+
+/// A count of things in use with a ceiling, and how often the ceiling refused one.
+#[derive(Debug)]
+pub struct Gauge {
+    in_use: AtomicUsize,
+    max: usize,
+    refused: AtomicU64,
+}
+
+impl Gauge {
+    pub fn new(max: usize) -> Arc<Gauge> {
+        Arc::new(Gauge {
+            in_use: AtomicUsize::new(0),
+            max,
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes one unit, or counts a refusal if all are in use. The unit is given back when the
+    /// slot is dropped.
+    pub fn try_acquire(self: &Arc<Gauge>) -> Option<Slot> {
+        let taken = self
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Some(Slot(self.clone())),
+            Err(_) => {
+                self.refuse();
+                None
+            }
+        }
+    }
+
+    /// Counts a refusal made by this limit's own rule (a peer over its stream count, say).
+    pub fn refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Acquire)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"max": self.max, "in_use": self.in_use(), "refused": self.refused()})
+    }
+}
+
+/// One unit of a [`Gauge`], held for as long as the thing it counts lives.
+#[derive(Debug)]
+pub struct Slot(Arc<Gauge>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The node-wide accounting: one per node, shared by every actor.
+#[derive(Debug)]
+pub struct Usage {
+    pub limits: Limits,
+    /// Handshakes under way on the tunnel port.
+    pub handshakes: Arc<Gauge>,
+    /// Sockets of connections and handshakes, against the descriptor limit less the reserve.
+    pub descriptors: Arc<Gauge>,
+    /// The process's descriptor limit (`RLIMIT_NOFILE`).
+    pub fd_limit: usize,
+    /// Tunnels refused because `max_tunnels` were accepted.
+    pub tunnels_refused: AtomicU64,
+    /// OPENs refused because the peer had `max_streams` open.
+    pub streams_refused: AtomicU64,
+    /// OPENs refused because the peer dialled faster than `max_dials_per_second`.
+    pub dials_refused: AtomicU64,
+    /// Clients refused because their service carried `max_connections_per_service`.
+    pub connections_refused: AtomicU64,
+}
+
+impl Usage {
+    pub fn new(limits: Limits, fd_limit: usize) -> Arc<Usage> {
+        Arc::new(Usage {
+            limits,
+            handshakes: Gauge::new(limits.max_handshakes),
+            descriptors: Gauge::new(fd_limit.saturating_sub(limits.fd_reserve)),
+            fd_limit,
+            tunnels_refused: AtomicU64::new(0),
+            streams_refused: AtomicU64::new(0),
+            dials_refused: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+        })
+    }
+
+    pub fn refuse_stream(&self) {
+        self.streams_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refuse_dial(&self) {
+        self.dials_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refuse_tunnel(&self) {
+        self.tunnels_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refuse_connection(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self, tunnels_accepted: usize) -> Value {
+        let l = &self.limits;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "handshakes": self.handshakes.to_json(),
+            "tunnels": {"max": l.max_tunnels, "in_use": tunnels_accepted,
+                        "refused": count(&self.tunnels_refused)},
+            "streams_per_tunnel": {"max": l.max_streams, "refused": count(&self.streams_refused)},
+            "connections_per_service": {"max": l.max_connections_per_service,
+                                        "refused": count(&self.connections_refused)},
+            "dials_per_second": {"max": l.max_dials_per_second, "refused": count(&self.dials_refused)},
+            "descriptors": {"limit": self.fd_limit, "reserve": l.fd_reserve,
+                            "max": self.descriptors.max(), "in_use": self.descriptors.in_use(),
+                            "refused": self.descriptors.refused()},
+        })
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, now: Instant) -> TokenBucket {
+        let rate = f64::from(rate.max(1));
+        TokenBucket {
+            rate,
+            burst: rate,
+            tokens: rate,
+            last: now,
+        }
+    }
+
+    /// Takes a token if one is there.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Lines one category may log in a [`LOG_PERIOD`] before the rest are only counted.
+const LOG_BURST: u32 = 10;
+const LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// One category's lines in the current period.
+struct LogWindow {
+    started: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// Whether a line of `category` may be logged now: `Some(n)` if so, `n` being how many lines of it
+/// were suppressed since the last one logged; `None` if this one is to be suppressed (counted).
+pub fn log_allowed(category: &'static str) -> Option<u64> {
+    static WINDOWS: Mutex<Option<HashMap<&'static str, LogWindow>>> = Mutex::new(None);
+    let Ok(mut guard) = WINDOWS.lock() else {
+        return Some(0);
+    };
+    let windows = guard.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    let w = windows.entry(category).or_insert(LogWindow {
+        started: now,
+        logged: 0,
+        suppressed: 0,
+    });
+    if now.duration_since(w.started) >= LOG_PERIOD {
+        w.started = now;
+        w.logged = 0;
+    }
+    if w.logged < LOG_BURST {
+        w.logged += 1;
+        Some(std::mem::take(&mut w.suppressed))
+    } else {
+        w.suppressed += 1;
+        None
+    }
+}
+
+/// Logs at `level` unless the category has logged its share of the period; the next line logged
+/// says how many were suppressed.
+#[macro_export]
+macro_rules! log_limited {
+    ($level:ident, $category:expr, $($arg:tt)+) => {
+        match $crate::limits::log_allowed($category) {
+            Some(0) => log::$level!($($arg)+),
+            Some(n) => log::$level!("{} ({n} similar lines suppressed)", format_args!($($arg)+)),
+            None => {}
+        }
+    };
+}
+
+/// Peer-supplied text for a log line: control characters (`\r`, `\n`, escapes) are escaped.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a name (of a tunnel or service) is acceptable: no control characters.
+pub fn printable(name: &str) -> bool {
+    !name.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_refuse_past_the_ceiling_and_free_on_drop() {
+        let g = Gauge::new(2);
+        let a = g.try_acquire().expect("one");
+        let _b = g.try_acquire().expect("two");
+        assert!(g.try_acquire().is_none());
+        assert_eq!((g.in_use(), g.refused()), (2, 1));
+        drop(a);
+        assert!(g.try_acquire().is_some());
+        assert_eq!(g.in_use(), 1, "the temporary slot was dropped at once");
+    }
+
+    #[test]
+    fn token_bucket_allows_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100, t0);
+        let burst = (0..1000).filter(|_| b.try_take(t0)).count();
+        assert_eq!(burst, 100);
+        let later = t0 + Duration::from_millis(500);
+        let refill = (0..1000).filter(|_| b.try_take(later)).count();
+        assert!((49..=51).contains(&refill), "{refill}");
+    }
+
+    #[test]
+    fn log_lines_are_rate_limited_and_escaped() {
+        let allowed = (0..1000)
+            .filter(|_| log_allowed("test-category").is_some())
+            .count();
+        assert_eq!(allowed, LOG_BURST as usize);
+        assert_eq!(
+            Escaped("evil\r\n[INFO] forged").to_string(),
+            "evil\\r\\n[INFO] forged"
+        );
+        assert!(printable("tunnel-1 é"));
+        assert!(!printable("a\nb"));
+    }
+}

@@ -1,0 +1,5 @@
+//! The `menet` binary's library half: the command line and config file ([`config`]) and the admin
+//! HTTP API ([`api`]), kept in a library so the fuzz targets and tests can reach the parsers.
+
+pub mod api;
+pub mod config;
