@@ -2,7 +2,7 @@
 
 use std::io::{self, IoSlice};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -78,7 +78,8 @@ pub fn try_read_data_frame(
     let mut payload = frame.split_off(HEADER_LEN);
     let mut got = None;
     let result = rd.as_ref().try_io(Interest::READABLE, || {
-        let n = rd.try_read_buf(&mut payload)?;
+        // At most `max`: the spare capacity is the tag's.
+        let n = rd.try_read_buf(&mut (&mut payload).limit(max))?;
         got = Some(n);
         if n > 0 && n < max {
             return Err(io::ErrorKind::WouldBlock.into());

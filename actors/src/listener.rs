@@ -98,7 +98,25 @@ impl Listener {
     }
 
     /// The slots a new socket needs, or `None` (logged, counted) when a limit is reached.
+    ///
+    /// A client takes a descriptor from the pool that keeps a reserve free; a dialer on the
+    /// tunnel port takes a handshake slot instead, so the tunnel port still answers when clients
+    /// have used every descriptor they may (tunnels are bounded by `max_tunnels`).
     fn admit(&self, peer: SocketAddr) -> Option<Vec<Slot>> {
+        if self.accepts == Accepts::Tunnels {
+            return match self.usage.handshakes.try_acquire() {
+                Some(slot) => Some(vec![slot]),
+                None => {
+                    log_limited!(
+                        warn,
+                        "listener-limit",
+                        "{}: too many handshakes at once; closing {peer}",
+                        self.accepts
+                    );
+                    None
+                }
+            };
+        }
         let Some(descriptor) = self.usage.descriptors.try_acquire() else {
             log_limited!(
                 warn,
@@ -110,22 +128,19 @@ impl Listener {
             );
             return None;
         };
-        let second = match (&self.accepts, &self.connections) {
-            (Accepts::Tunnels, _) => self.usage.handshakes.try_acquire().ok_or("handshakes"),
-            (Accepts::Service(_), Some(gate)) => gate.try_acquire().ok_or("connections"),
-            (Accepts::Service(_), None) => return Some(vec![descriptor]),
+        let Some(gate) = &self.connections else {
+            return Some(vec![descriptor]);
         };
-        match second {
-            Ok(slot) => Some(vec![descriptor, slot]),
-            Err(what) => {
-                if what == "connections" {
-                    self.usage.refuse_connection();
-                }
+        match gate.try_acquire() {
+            Some(slot) => Some(vec![descriptor, slot]),
+            None => {
+                self.usage.refuse_connection();
                 log_limited!(
                     warn,
                     "listener-limit",
-                    "{}: too many {what} at once; closing {peer}",
-                    self.accepts
+                    "{}: too many connections at once (max_connections_per_service {}); resetting {peer}",
+                    self.accepts,
+                    gate.max()
                 );
                 None
             }
@@ -248,12 +263,9 @@ async fn handshake(
                 "tunnel port: {peer} opened tunnel {}",
                 Escaped(&accepted.name)
             );
-            // The handshake slot is given back now; the descriptor lives with the tunnel.
-            let descriptor = slots.into_iter().take(1).collect();
-            registry.do_send(TunnelAccepted {
-                slots: descriptor,
-                ..accepted
-            });
+            // The handshake slot is given back now.
+            drop(slots);
+            registry.do_send(accepted);
         }
         Ok(Err(e)) if e.is_auth_failure() => log_limited!(
             warn,
@@ -343,6 +355,5 @@ async fn answer(
         sock,
         peer: acceptor.hello.terms,
         identity: acceptor.hello.identity,
-        slots: Vec::new(),
     })
 }

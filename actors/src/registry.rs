@@ -116,8 +116,6 @@ struct TunnelEntry {
     last_error: Option<String>,
     /// A dialled tunnel's own secret, overriding the node's.
     secret: Option<Secret>,
-    /// An accepted tunnel's descriptor, given back when the entry goes.
-    _slots: Vec<Slot>,
     /// The re-dial attempt that made this connection (0: the admin API did). A tunnel that drops
     /// before its peer said a word goes on from there instead of starting the back-off anew, so
     /// a peer that accepts and drops at once is not hammered.
@@ -133,10 +131,7 @@ enum Origin {
         secret: Option<Secret>,
     },
     /// A peer dialled in, proving `identity`.
-    Accepted {
-        identity: [u8; IDENTITY_LEN],
-        slots: Vec<Slot>,
-    },
+    Accepted { identity: [u8; IDENTITY_LEN] },
 }
 
 /// A tunnel name this node accepts: declared by the admin API (with its own secret, perhaps), or
@@ -350,13 +345,13 @@ impl Registry {
         ctx: &mut Context<Self>,
     ) {
         let peer_addr = sock.peer_addr().ok();
-        let (dest, role, dialled_on, secret, slots) = match origin {
+        let (dest, role, dialled_on, secret) = match origin {
             Origin::Dialled {
                 dest,
                 attempt,
                 secret,
-            } => (Some(dest), Role::Dialer, attempt, secret, Vec::new()),
-            Origin::Accepted { identity, slots } => {
+            } => (Some(dest), Role::Dialer, attempt, secret),
+            Origin::Accepted { identity } => {
                 let entry = self.accepted.entry(name.clone()).or_default();
                 if entry.pin != Some(identity) {
                     info!(
@@ -366,7 +361,7 @@ impl Registry {
                     entry.pin = Some(identity);
                     self.save_in_background(ctx);
                 }
-                (None, Role::Acceptor, 0, None, slots)
+                (None, Role::Acceptor, 0, None)
             }
         };
         let generation = self.next_generation();
@@ -391,7 +386,6 @@ impl Registry {
                 last_error: None,
                 dialled_on,
                 secret,
-                _slots: slots,
             },
         );
         if let Some(old) = old {
@@ -729,7 +723,6 @@ impl Registry {
                     last_error: None,
                     dialled_on: 0,
                     secret: t.secret.as_deref().map(Secret::new),
-                    _slots: Vec::new(),
                 },
             );
             self.retry_tunnel(&name, 1, Duration::ZERO, ctx);
@@ -1030,7 +1023,6 @@ impl Handler<AddTunnel> for Registry {
                                 last_error: Some(e.to_string()),
                                 dialled_on: 0,
                                 secret,
-                                _slots: Vec::new(),
                             },
                         );
                         if let Some(old) = old {
@@ -1443,8 +1435,6 @@ pub struct TunnelAccepted {
     pub sock: TcpStream,
     pub peer: Terms,
     pub identity: [u8; IDENTITY_LEN],
-    /// The tunnel's descriptor.
-    pub slots: Vec<Slot>,
 }
 
 impl Handler<TunnelAccepted> for Registry {
@@ -1465,7 +1455,6 @@ impl Handler<TunnelAccepted> for Registry {
         }
         let origin = Origin::Accepted {
             identity: msg.identity,
-            slots: msg.slots,
         };
         self.install_tunnel(msg.name, origin, msg.sock, msg.peer, ctx);
     }

@@ -567,21 +567,15 @@ impl Tunnel {
             self.fail(ctx, format!("peer reopened live stream {id}"));
             return;
         }
-        let refusal = if self.remote_streams >= self.settings.limits.max_streams {
+        if self.remote_streams >= self.settings.limits.max_streams {
             self.usage.refuse_stream();
-            Some(("streams", "too many streams on this tunnel"))
-        } else if !self.dials.try_take(Instant::now()) {
-            self.usage.refuse_dial();
-            Some(("dials", "too many new streams per second"))
-        } else {
-            None
-        };
-        if let Some((limit, reason)) = refusal {
+            let reason = "too many streams on this tunnel";
             log_limited!(
                 warn,
                 "stream-limit",
-                "tunnel {}: refusing stream {id}: {reason} (limit {limit})",
-                self.name
+                "tunnel {}: refusing stream {id}: {reason} (max_streams {})",
+                self.name,
+                self.settings.limits.max_streams
             );
             self.queue_control(
                 &Frame::OpenFail {
@@ -841,6 +835,27 @@ impl Handler<ServeStream> for Tunnel {
             return;
         };
         if e.conn.is_some() {
+            return;
+        }
+        if !self.dials.try_take(Instant::now()) {
+            self.usage.refuse_dial();
+            log_limited!(
+                warn,
+                "dial-limit",
+                "tunnel {}: refusing stream {}: the peer opens more than {} streams a second",
+                self.name,
+                msg.stream,
+                self.settings.limits.max_dials_per_second
+            );
+            if self.remove_stream(msg.stream, ctx).is_some() {
+                self.queue_control(
+                    &Frame::OpenFail {
+                        stream: msg.stream,
+                        reason: "too many new streams per second".to_owned(),
+                    },
+                    ctx,
+                );
+            }
             return;
         }
         let Some(descriptor) = self.usage.descriptors.try_acquire() else {

@@ -78,11 +78,50 @@ impl Node {
     }
 
     fn spawn(config: PathBuf, admin: &str, tunnel: &str) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_menet"))
+        Node::spawn_env(config, admin, tunnel, &[])
+    }
+
+    /// A node whose configuration file is `toml` (as in [`Node::with_config`]), started with
+    /// extra environment variables.
+    pub fn with_config_env(dir: &TempDir, name: &str, toml: &str, env: &[(&str, &str)]) -> Node {
+        let config = dir.path(&format!("{name}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        Node::spawn_env(config, "127.0.0.1:0", "127.0.0.1:0", env)
+    }
+
+    /// A node whose configuration file is `toml`, with at most `nofile` open descriptors.
+    pub fn with_config_nofile(dir: &TempDir, name: &str, toml: &str, nofile: u64) -> Node {
+        let config = dir.path(&format!("{name}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        Node::spawn_with(config, "127.0.0.1:0", "127.0.0.1:0", &[], Some(nofile))
+    }
+
+    fn spawn_env(config: PathBuf, admin: &str, tunnel: &str, env: &[(&str, &str)]) -> Node {
+        Node::spawn_with(config, admin, tunnel, env, None)
+    }
+
+    fn spawn_with(
+        config: PathBuf,
+        admin: &str,
+        tunnel: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Node {
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_menet"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_menet")),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config)
             .args(["--admin", admin, "--tunnel", tunnel])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -724,14 +763,25 @@ pub fn raw_dial(
     secret: Option<&str>,
     identity: Option<Arc<menet_actors::handshake::Identity>>,
 ) -> Result<TcpStream, String> {
+    raw_dial_windows(addr, name, secret, identity, (1 << 20, 32 << 20))
+}
+
+/// [`raw_dial`], announcing `windows` (stream, tunnel).
+pub fn raw_dial_windows(
+    addr: SocketAddr,
+    name: &str,
+    secret: Option<&str>,
+    identity: Option<Arc<menet_actors::handshake::Identity>>,
+    windows: (u32, u32),
+) -> Result<TcpStream, String> {
     use menet_actors::handshake::{Dialer, Identity, Terms};
     use menet_actors::protocol::Windows;
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(IO_TIMEOUT)).ok();
     let terms = Terms {
         windows: Windows {
-            stream: 1 << 20,
-            tunnel: 32 << 20,
+            stream: windows.0,
+            tunnel: windows.1,
         },
         max_streams: 4096,
     };
@@ -779,4 +829,82 @@ pub fn raw_accept(s: &mut TcpStream) -> bool {
         max_streams: 4096,
     };
     s.write_all(&a.welcome(None, terms)).is_ok()
+}
+
+/// One HTTP/1.1 request with extra header lines (each ending in `\r\n`): the status, the
+/// response head and the body as JSON.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, Value) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let host = if headers.to_ascii_lowercase().contains("host:") {
+        String::new()
+    } else {
+        format!("Host: {addr}\r\n")
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\n{host}{headers}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("request");
+    s.write_all(body.as_bytes()).expect("body");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        status,
+        head.to_owned(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// Writes one tunnel frame to a blocking socket.
+pub fn send_frame(s: &mut TcpStream, frame: &menet_actors::protocol::Frame) {
+    let mut buf = bytes::BytesMut::new();
+    frame.encode(&mut buf);
+    s.write_all(&buf).expect("send frame");
+}
+
+/// Reads tunnel frames from a blocking socket until `want` matches one (pings are answered);
+/// `None` on close, error or timeout.
+pub fn recv_frame_until(
+    s: &mut TcpStream,
+    within: Duration,
+    mut want: impl FnMut(&menet_actors::protocol::Frame) -> bool,
+) -> Option<menet_actors::protocol::Frame> {
+    use menet_actors::protocol::{Frame, FrameCodec};
+    use tokio_util::codec::Decoder;
+    let deadline = Instant::now() + within;
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        while let Ok(Some(frame)) = FrameCodec.decode(&mut buf) {
+            if let Frame::Ping(v) = frame {
+                send_frame(s, &Frame::Pong(v));
+                continue;
+            }
+            if want(&frame) {
+                return Some(frame);
+            }
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
