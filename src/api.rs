@@ -389,6 +389,22 @@ pub fn parse(route: Route, body: &[u8]) -> Result<Request, ApiError> {
     })
 }
 
+/// The admin fuzz target's entry point (`fuzz/`): the first byte picks the route, the rest is
+/// the body.
+pub fn fuzz_request(data: &[u8]) {
+    const ROUTES: [Route; 6] = [
+        Route::PostTunnel,
+        Route::DeleteTunnel,
+        Route::PostService,
+        Route::DeleteService,
+        Route::PostBind,
+        Route::DeleteBind,
+    ];
+    if let Some((first, body)) = data.split_first() {
+        let _ = parse(ROUTES[usize::from(*first) % ROUTES.len()], body);
+    }
+}
+
 async fn handle(registry: web::Data<Addr<Registry>>, body: web::Payload, route: Route) -> Reply {
     match parse(route, &read_body(body).await?)? {
         Request::AddTunnel(m) => registry.send(m).await??,

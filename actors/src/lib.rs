@@ -12,6 +12,7 @@
 
 pub mod cipher;
 pub mod connection;
+pub mod fuzzing;
 pub mod handshake;
 mod io;
 #[macro_use]

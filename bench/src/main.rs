@@ -55,7 +55,14 @@ fn main() {
 
     let rc4 = cipher_speed(CipherKind::Rc4);
     println!("menet benchmark: two nodes on loopback, each measure beside direct loopback");
-    println!("raw RC4 keystream, one core: {rc4:.0} MiB/s (the ceiling of one keyed stream)\n");
+    println!("raw RC4 keystream, one core: {rc4:.0} MiB/s (the ceiling of one keyed stream)");
+    for cipher in AEADS {
+        println!(
+            "raw {cipher} sealing 64 KiB frames, one core: {:.0} MiB/s",
+            cipher_speed(cipher)
+        );
+    }
+    println!();
 
     let rt = runtime();
     let (bulk, echo, hold) = backends();
@@ -66,6 +73,15 @@ fn main() {
     );
     let plain = a.carry(&b, "bulk", None, bulk);
     let keyed = a.carry(&b, "bulkk", Some(KEY), bulk);
+    let sealed: Vec<(CipherKind, SocketAddr)> = AEADS
+        .iter()
+        .map(|&c| {
+            (
+                c,
+                a.carry_with(&b, &format!("bulk-{c}"), Some((KEY, c)), bulk),
+            )
+        })
+        .collect();
     let echoed = a.carry(&b, "echo", None, echo);
 
     println!(
@@ -99,12 +115,14 @@ fn main() {
             cpu_rows.push((name, a.cpu_ms() + b.cpu_ms() - before, bytes));
             m
         };
+    let mut plaintext = std::collections::HashMap::new();
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
             let d = throughput(&rt, bulk, streams, plan.bulk_plain, upload);
             let name = format!("bulk {streams} stream(s) {dir}, plaintext");
             let m = tunnelled(plain, streams, plan.bulk_plain, upload, name.clone());
             row(&format!("{name} (MiB/s)"), d, m);
+            plaintext.insert((upload, streams), m);
         }
     }
     for (dir, upload) in [("upload", true), ("download", false)] {
@@ -112,6 +130,20 @@ fn main() {
             let name = format!("bulk {streams} stream(s) {dir}, keyed");
             let m = tunnelled(keyed, streams, plan.bulk_keyed, upload, name.clone());
             row(&format!("{name} vs RC4 (MiB/s)"), rc4, m);
+        }
+    }
+    // AEAD streams beside plaintext menet, measured above in this run.
+    for &(cipher, addr) in &sealed {
+        for (dir, upload) in [("upload", true), ("download", false)] {
+            for streams in [1usize, 8] {
+                let name = format!("bulk {streams} stream(s) {dir}, {cipher}");
+                let m = tunnelled(addr, streams, plan.bulk_keyed, upload, name.clone());
+                row(
+                    &format!("{name} vs plaintext (MiB/s)"),
+                    plaintext[&(upload, streams)],
+                    m,
+                );
+            }
         }
     }
     for (name, ms, bytes) in &cpu_rows {
@@ -137,6 +169,20 @@ fn main() {
         exchanges_per_second(&rt, echo, 32, 32, true, plan.window),
         exchanges_per_second(&rt, echoed, 32, 32, true, plan.window),
     );
+
+    // Tunnel handshakes with a secret (HMAC both ways and an Ed25519 signature), one dialer and
+    // eight at once, against a fresh acceptor.
+    let guarded = Node::start_env(&menet, &[("MENET_TUNNEL_SECRET", KEY)]);
+    let port = SocketAddr::from(([127, 0, 0, 1], guarded.tunnel));
+    for dialers in [1usize, 8] {
+        let m = handshakes_per_second(&rt, port, dialers, plan.window);
+        println!(
+            "{:<44} {:>12} {m:>12.0}",
+            format!("tunnels established/s with a secret, {dialers} dialer(s)"),
+            "-"
+        );
+    }
+    drop(guarded);
 
     // Fresh nodes: memory freed by the bulk runs above would hide what connections cost.
     drop((a, b));
@@ -196,7 +242,12 @@ struct Node {
 
 impl Node {
     fn start(menet: &PathBuf) -> Node {
+        Node::start_env(menet, &[])
+    }
+
+    fn start_env(menet: &PathBuf, env: &[(&str, &str)]) -> Node {
         let mut cmd = Command::new(menet);
+        cmd.envs(env.iter().copied());
         cmd.args(["--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
             .args(["--config", "/dev/null"])
             .env("RUST_LOG", "info")
@@ -245,11 +296,24 @@ impl Node {
 
     /// Carries a service from this node (local) to `far` (remote, `target`) over tunnel `t`.
     fn carry(&self, far: &Node, name: &str, key: Option<&str>, target: SocketAddr) -> SocketAddr {
+        self.carry_with(far, name, key.map(|k| (k, CipherKind::Rc4)), target)
+    }
+
+    /// [`Node::carry`] with a cipher.
+    fn carry_with(
+        &self,
+        far: &Node,
+        name: &str,
+        key: Option<(&str, CipherKind)>,
+        target: SocketAddr,
+    ) -> SocketAddr {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let key = key.map(|k| format!(r#""key":"{k}","#)).unwrap_or_default();
+        let key = key
+            .map(|(k, c)| format!(r#""key":"{k}","cipher":"{c}","#))
+            .unwrap_or_default();
         self.post(
             "/service",
             &format!(r#"{{"name":"{name}",{key}"type":"local","addr":["127.0.0.1","{port}"]}}"#),
@@ -519,6 +583,44 @@ fn idle_memory(a: &Node, b: &Node, addr: SocketAddr, count: usize) -> f64 {
     drop(held);
     after.saturating_sub(before) as f64 / count as f64
 }
+
+/// Tunnel handshakes completed per second by `dialers` dialers at once, each dialling, proving
+/// the secret and closing, over and over.
+fn handshakes_per_second(rt: &Runtime, addr: SocketAddr, dialers: usize, window: Duration) -> f64 {
+    use menet_actors::cipher::Secret;
+    use menet_actors::handshake::{self, Identity, Terms};
+    use menet_actors::protocol::Windows;
+    let terms = Terms {
+        windows: Windows {
+            stream: 1 << 20,
+            tunnel: 32 << 20,
+        },
+        max_streams: 4096,
+    };
+    let started = Instant::now();
+    let deadline = started + window;
+    let done: u64 = rt
+        .block_on(join_all((0..dialers).map(|i| async move {
+            // One identity per dialer: each re-dial replaces its own tunnel of the name.
+            let identity = std::sync::Arc::new(Identity::generate());
+            let name = format!("handshake-{i}");
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let secret = Some(Secret::new(KEY));
+                handshake::dial(addr, &name, terms, identity.clone(), secret)
+                    .await
+                    .expect("handshake");
+                n += 1;
+            }
+            n
+        })))
+        .into_iter()
+        .sum();
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The AEADs a keyed service may choose.
+const AEADS: [CipherKind; 2] = [CipherKind::ChaCha20Poly1305, CipherKind::Aes256Gcm];
 
 /// MiB/s of one core sealing a stream's 64 KiB DATA frames with `cipher`.
 fn cipher_speed(cipher: CipherKind) -> f64 {
