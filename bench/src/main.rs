@@ -85,7 +85,7 @@ fn main() {
     let echoed = a.carry(&b, "echo", None, echo);
 
     println!(
-        "{:<44} {:>12} {:>12} {:>7}",
+        "{:<64} {:>12} {:>12} {:>7}",
         "measure", "direct", "menet", "ratio"
     );
     if std::env::args().any(|a| a == "--requests-only") {
@@ -102,7 +102,7 @@ fn main() {
     }
     let row = |name: &str, direct: f64, menet: f64| {
         println!(
-            "{name:<44} {direct:>12.1} {menet:>12.1} {:>7.2}",
+            "{name:<64} {direct:>12.1} {menet:>12.1} {:>7.2}",
             menet / direct
         );
     };
@@ -149,7 +149,7 @@ fn main() {
     for (name, ms, bytes) in &cpu_rows {
         let per_gib = *ms as f64 / (*bytes as f64 / (1u64 << 30) as f64);
         println!(
-            "{:<44} {:>12} {per_gib:>12.0}",
+            "{:<64} {:>12} {per_gib:>12.0}",
             format!("  CPU ms/GiB, both nodes: {}", &name[5..]),
             "-"
         );
@@ -158,7 +158,7 @@ fn main() {
     let (m50, m99) = latency(echoed, plan.pings);
     row("latency p50, 64 B request/response (us)", d50, m50);
     row("latency p99, 64 B request/response (us)", d99, m99);
-    println!("{:<44} {:>12.1}", "  added p99 latency (us)", m99 - d99);
+    println!("{:<64} {:>12.1}", "  added p99 latency (us)", m99 - d99);
     row(
         "requests/s, 32 keep-alive connections",
         exchanges_per_second(&rt, echo, 32, 128, false, plan.window),
@@ -177,7 +177,7 @@ fn main() {
     for dialers in [1usize, 8] {
         let m = handshakes_per_second(&rt, port, dialers, plan.window);
         println!(
-            "{:<44} {:>12} {m:>12.0}",
+            "{:<64} {:>12} {m:>12.0}",
             format!("tunnels established/s with a secret, {dialers} dialer(s)"),
             "-"
         );
@@ -194,7 +194,7 @@ fn main() {
     let held = a.carry(&b, "hold", None, hold);
     let per_conn = idle_memory(&a, &b, held, plan.idle_conns);
     println!(
-        "{:<44} {:>12} {:>12.1}",
+        "{:<64} {:>12} {:>12.1}",
         format!(
             "RSS per idle connection, both nodes (KiB), {}",
             plan.idle_conns
@@ -285,7 +285,8 @@ impl Node {
         let mut s = TcpStream::connect(self.admin).expect("admin");
         write!(
             s,
-            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            self.admin,
             body.len()
         )
         .expect("request");
