@@ -119,6 +119,10 @@ struct Tunnel {
     stream_window: Option<u32>,
     /// Receive window per tunnel, bytes.
     tunnel_window: Option<u32>,
+    /// How far a stream's window may grow, bytes.
+    max_stream_window: Option<u32>,
+    /// How far the tunnel window (and the sum of its streams' windows) may grow, bytes.
+    max_tunnel_window: Option<u32>,
     heartbeat_interval_ms: Option<u64>,
     heartbeat_timeout_ms: Option<u64>,
     /// The node's tunnel secret: peers must prove it.
@@ -161,6 +165,8 @@ impl Default for Tunnel {
             port: tunnel_port(),
             stream_window: None,
             tunnel_window: None,
+            max_stream_window: None,
+            max_tunnel_window: None,
             heartbeat_interval_ms: None,
             heartbeat_timeout_ms: None,
             secret: None,
@@ -227,6 +233,16 @@ impl Config {
                 file.tunnel.tunnel_window,
                 &mut settings.tunnel_window,
             ),
+            (
+                "max_stream_window",
+                file.tunnel.max_stream_window,
+                &mut settings.max_stream_window,
+            ),
+            (
+                "max_tunnel_window",
+                file.tunnel.max_tunnel_window,
+                &mut settings.max_tunnel_window,
+            ),
         ] {
             if let Some(v) = value {
                 if !WINDOW_RANGE.contains(&v) {
@@ -240,6 +256,20 @@ impl Config {
         if settings.tunnel_window < settings.stream_window {
             return Err(invalid(
                 "[tunnel] tunnel_window must be at least stream_window".to_owned(),
+            ));
+        }
+        // A window set without its maximum: the maximum follows, so the setting is honoured.
+        if file.tunnel.max_stream_window.is_none() {
+            settings.max_stream_window = settings.max_stream_window.max(settings.stream_window);
+        }
+        if file.tunnel.max_tunnel_window.is_none() {
+            settings.max_tunnel_window = settings.max_tunnel_window.max(settings.tunnel_window);
+        }
+        if settings.max_stream_window < settings.stream_window
+            || settings.max_tunnel_window < settings.tunnel_window
+        {
+            return Err(invalid(
+                "[tunnel] max_stream_window and max_tunnel_window must be at least stream_window and tunnel_window".to_owned(),
             ));
         }
         for (key, value, slot) in [

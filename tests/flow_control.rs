@@ -153,3 +153,173 @@ fn a_bulk_stream_does_not_starve_small_exchanges() {
         "worst exchange took {worst:?}"
     );
 }
+
+/// A backend for the tests below: 'S' floods forever, 'D' + u32 sends that many bytes of
+/// `pattern(n, 4)` and closes, anything else echoes.
+fn flood_backend() -> Backend {
+    Backend::start(|mut s| {
+        let mut first = [0u8; 1];
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        match first[0] {
+            b'S' => {
+                let chunk = pattern(64 * 1024, 9);
+                while s.write_all(&chunk).is_ok() {}
+            }
+            b'D' => {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).is_ok() {
+                    let data = pattern(u32::from_be_bytes(len) as usize, 4);
+                    let _ = s.write_all(&data);
+                }
+            }
+            other => {
+                let _ = s.write_all(&[other]);
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    })
+}
+
+/// Tunnel credit goes back as soon as a frame reaches its stream, so streams whose readers
+/// stopped hold only their own windows, never the tunnel's.
+#[test]
+fn twenty_four_stalled_streams_leave_room_for_a_live_one() {
+    let backend = flood_backend();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    let before = a.rss_kib() + b.rss_kib();
+    let stalled: Vec<_> = (0..24)
+        .map(|_| {
+            let mut s = connect(local);
+            s.write_all(b"S").expect("flood");
+            s
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    let data = pattern(8 << 20, 11);
+    let mut live = data.clone();
+    live[0] = b'E';
+    let started = Instant::now();
+    assert!(
+        roundtrip(local, &live) == live,
+        "the live stream completes, byte-exact"
+    );
+    let took = started.elapsed();
+    let grown = (a.rss_kib() + b.rss_kib()).saturating_sub(before);
+    eprintln!("24 stalled streams: a live 8 MiB echo took {took:?}; RSS both nodes +{grown} KiB");
+    assert!(took < Duration::from_secs(10));
+    // Each stalled stream holds its 1 MiB window and its sockets' buffers, on two nodes.
+    assert!(grown < 24 * 4 * 1024, "RSS grew {grown} KiB");
+    drop(stalled);
+}
+
+/// Through a 50 ms path, a stream's window grows past its initial 1 MiB (which alone would cap
+/// it at 20 MB/s), and shrinks back once the stream has idled.
+#[test]
+fn a_window_grows_on_a_long_path_and_shrinks_when_idle() {
+    let backend = flood_backend();
+    let (a, b) = (Node::start(), Node::start());
+    let relay = DelayRelay::start(b.tunnel, Duration::from_millis(25), 1024);
+    dial_addr(&a, relay.addr, "tunnel1");
+    let local = carry(&a, &b, "tunnel1", "service1", None, backend.addr);
+    let len = 48 << 20;
+    let mut s = connect(local);
+    s.write_all(b"D").expect("cmd");
+    s.write_all(&(len as u32).to_be_bytes()).expect("len");
+    let started = Instant::now();
+    let mut got = Vec::with_capacity(len);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut widest = 0;
+    while got.len() < len {
+        let n = s.read(&mut buf).expect("download");
+        assert!(n > 0, "closed early at {}", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if let Some(c) = a.config()["connections"].as_object() {
+            for conn in c.values() {
+                widest = widest.max(conn["window"].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rate = len as f64 / secs / 1e6;
+    eprintln!("48 MiB over 50 ms: {rate:.0} MB/s; widest window {widest} bytes");
+    assert!(got == pattern(len, 4), "byte-exact");
+    assert!(widest > 1 << 20, "the window grew: {widest}");
+    assert!(rate > 30.0, "{rate:.0} MB/s is what a 1 MiB window allows");
+    // Idle for more than a second: back to the initial window.
+    drop(s);
+    let mut echo = connect(local);
+    echo.write_all(b"E").expect("echo");
+    let mut one = [0u8; 1];
+    echo.read_exact(&mut one).expect("echo");
+    thread::sleep(Duration::from_millis(1500));
+    echo_once(&mut echo, 5);
+    let windows: Vec<u64> = a.config()["connections"]
+        .as_object()
+        .map(|c| c.values().filter_map(|v| v["window"].as_u64()).collect())
+        .unwrap_or_default();
+    assert!(windows.iter().all(|&w| w <= 1 << 20), "{windows:?}");
+}
+
+/// A client that resets its connection resets the backend's too: an aborted upload never looks
+/// complete to the server.
+#[test]
+fn a_client_reset_reaches_the_backend_as_a_reset() {
+    use std::sync::Mutex;
+    let ended: Arc<Mutex<Vec<bool>>> = Arc::new(Mutex::new(Vec::new()));
+    let sink = ended.clone();
+    let backend = Backend::start(move |mut s| {
+        let mut buf = [0u8; 4096];
+        let reset = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break false,
+                Ok(_) => {}
+                Err(_) => break true,
+            }
+        };
+        sink.lock().expect("lock").push(reset);
+    });
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, None);
+    // Clean: a FIN.
+    let mut s = connect(local);
+    s.write_all(b"complete").expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("fin");
+    let _ = s.read(&mut [0u8; 1]);
+    // Aborted: SO_LINGER 0, then close.
+    let s = connect(local);
+    (&s).write_all(&pattern(100_000, 1)).expect("send");
+    thread::sleep(Duration::from_millis(200));
+    {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on our own socket, reading the struct for its size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                std::ptr::addr_of!(linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+    drop(s);
+    assert!(eventually(Duration::from_secs(3), || ended
+        .lock()
+        .expect("lock")
+        .len()
+        == 2));
+    assert_eq!(*ended.lock().expect("lock"), vec![false, true]);
+}

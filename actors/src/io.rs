@@ -146,3 +146,21 @@ pub fn reset_now(sock: &tokio::net::TcpStream) {
     use std::os::fd::AsRawFd;
     reset_fd(sock.as_raw_fd());
 }
+
+/// Sets `TCP_NOTSENT_LOWAT`: the kernel reports the socket writable, and takes more, only while
+/// its unsent bytes are under `bytes`. What the kernel holds cannot be reordered, so this keeps a
+/// small frame from waiting behind megabytes queued there. Best effort: a failure changes nothing.
+pub fn set_notsent_lowat(sock: &tokio::net::TcpStream, bytes: u32) {
+    use std::os::fd::AsRawFd;
+    let value = bytes as libc::c_int;
+    // SAFETY: setsockopt reads `value` for the length given, on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}

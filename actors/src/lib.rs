@@ -12,6 +12,7 @@
 
 pub mod cipher;
 pub mod connection;
+pub mod credit;
 pub mod fuzzing;
 pub mod handshake;
 mod io;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod protocol;
 pub mod registry;
+pub mod schedule;
 pub mod state;
 pub mod tunnel;
 
@@ -55,10 +57,15 @@ impl fmt::Display for Side {
 /// Engine tunables. The defaults are what the protocol and the admin API promise.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Receive window per stream: the most one stalled stream can hold in memory.
+    /// Initial receive window per stream (announced in the handshake); it grows while the stream
+    /// is window-limited.
     pub stream_window: u32,
-    /// Receive window per tunnel: the most all streams of a tunnel can hold in memory together.
+    /// The most a stream's window grows to: what one stalled stream can hold at most.
+    pub max_stream_window: u32,
+    /// Initial receive window per tunnel: the bytes in flight over all its streams.
     pub tunnel_window: u32,
+    /// The most the tunnel window grows to, and the budget of all stream windows' growth.
+    pub max_tunnel_window: u32,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     /// A connection on the tunnel port must complete its handshake within this.
@@ -75,7 +82,9 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             stream_window: 1024 * 1024,
+            max_stream_window: 16 * 1024 * 1024,
             tunnel_window: 32 * 1024 * 1024,
+            max_tunnel_window: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),

@@ -1307,7 +1307,8 @@ impl Handler<GetConfig> for Registry {
                             format!("{name}/{}", c.stream),
                             json!({"tunnel": name, "stream": c.stream, "service": c.service,
                                    "side": c.side, "state": c.state,
-                                   "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received}),
+                                   "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,
+                                   "window": c.window}),
                         );
                     }
                     if let Some(Value::Object(t)) = config["tunnels"].get_mut(&name) {

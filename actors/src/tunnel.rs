@@ -29,6 +29,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::cipher::StreamCrypto;
 use crate::connection::{Connection, Keying, StreamEvent};
+use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
 use crate::io::write_all_vectored;
 use crate::limits::{Escaped, Slot, TokenBucket, Usage};
@@ -37,13 +38,22 @@ use crate::protocol::{
     NONCE_LEN, TUNNEL_STREAM,
 };
 use crate::registry::{IncomingOpen, Registry, TunnelDown};
+use crate::schedule::SendQueue;
 use crate::{Settings, Side};
 
 /// Most credit one stream holds at once; a stream is topped up when below half of it.
 const GRANT_MAX: u64 = 128 * 1024;
 /// One write to the tunnel socket carries at most about this much data, so that control frames
 /// queued meanwhile wait for no more than this.
-const WRITE_BATCH: usize = 256 * 1024;
+const WRITE_BATCH: usize = 128 * 1024;
+/// What one tunnel holds towards its peer at most (granted to connections, or queued here):
+/// enough to keep the socket busy, little enough that a new frame never waits long.
+const SEND_BUDGET: u64 = 1 << 20;
+/// The same, per stream: one bulk stream cannot fill the tunnel's queue.
+const STREAM_SEND_MAX: u64 = 256 * 1024;
+/// Unsent bytes the kernel may hold for the tunnel socket (`TCP_NOTSENT_LOWAT`): the queue that
+/// no scheduling can reorder is kept this small.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
 /// Control frames a peer can make us queue (pongs, window updates) while not reading them.
 const MAX_CONTROL_QUEUE: usize = 1 << 20;
 /// Most credit a peer may extend, per stream or per tunnel.
@@ -80,12 +90,8 @@ struct StreamEntry {
     wanting: bool,
     /// Queued in `Tunnel::starving`, waiting for tunnel credit.
     starving: bool,
-    /// How much the peer may still send on this stream.
-    recv_left: u64,
-    /// Written downstream but not yet returned to the peer as credit.
-    recv_unacked: u64,
-    /// Handed to the connection but not yet written downstream.
-    delivered: u64,
+    /// What the peer may send on this stream: grows while the stream is window-limited.
+    recv: RecvWindow,
     /// Wire bytes of this stream, for `GET /config`.
     bytes_sent: u64,
     bytes_received: u64,
@@ -112,6 +118,8 @@ pub struct StreamStats {
     pub state: &'static str,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The stream's receive window now (it grows while window-limited, shrinks when idle).
+    pub window: u64,
 }
 
 pub struct Tunnel {
@@ -137,9 +145,8 @@ pub struct Tunnel {
     writing: bool,
     /// Encoded control frames, written ahead of data.
     control: BytesMut,
-    /// Encoded DATA and FIN frames, in the order the streams produced them.
-    data: VecDeque<Bytes>,
-    data_queued: usize,
+    /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
+    sched: SendQueue,
     streams: HashMap<u32, StreamEntry>,
     /// Streams we opened and streams the peer opened, against the two stream limits.
     local_streams: u32,
@@ -147,14 +154,21 @@ pub struct Tunnel {
     next_id: u32,
     /// Peer's tunnel-level credit not yet granted to any stream.
     send_window: u64,
-    /// Credit granted to our connections and not yet come back as data: with `data_queued`, what
-    /// we may hold towards the peer, capped by our own tunnel window whatever the peer announced.
+    /// Credit granted to our connections and not yet come back as data: with what `sched` holds,
+    /// what we have in hand towards the peer, capped by [`SEND_BUDGET`] whatever it announced.
     granted_total: u64,
     /// Streams waiting for tunnel credit, served round-robin.
     starving: VecDeque<u32>,
-    /// How much the peer may still send over the whole tunnel.
-    recv_left: u64,
-    recv_unacked: u64,
+    /// What the peer may have in flight over the whole tunnel. Credit goes back as soon as a
+    /// frame is handed to its stream, so bytes a stalled stream holds never hold the tunnel: each
+    /// stream's own window bounds those.
+    recv: RecvWindow,
+    /// The sum of the streams' receive targets, against `max_tunnel_window`: their growth budget.
+    windows_total: u64,
+    /// The path's round trip, from PING/PONG: decides whether a window is what limits a stream.
+    rtt: Rtt,
+    /// The PING in flight and when it went, for the next RTT sample.
+    ping_sent: Option<(u64, Instant)>,
     last_heard: Instant,
     /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
     heard: bool,
@@ -197,8 +211,7 @@ impl Tunnel {
             writer: None,
             writing: false,
             control: BytesMut::new(),
-            data: VecDeque::new(),
-            data_queued: 0,
+            sched: SendQueue::default(),
             streams: HashMap::new(),
             local_streams: 0,
             remote_streams: 0,
@@ -207,8 +220,14 @@ impl Tunnel {
             send_window: u64::from(peer.windows.tunnel),
             granted_total: 0,
             starving: VecDeque::new(),
-            recv_left: u64::from(settings.tunnel_window),
-            recv_unacked: 0,
+            recv: RecvWindow::new(
+                u64::from(settings.tunnel_window),
+                u64::from(settings.max_tunnel_window),
+                Instant::now(),
+            ),
+            windows_total: 0,
+            rtt: Rtt::default(),
+            ping_sent: None,
             last_heard: Instant::now(),
             heard: false,
             up_since: Instant::now(),
@@ -234,10 +253,23 @@ impl Tunnel {
         self.flush(ctx);
     }
 
-    fn queue_data(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
-        self.data_queued += frame.len();
-        self.data.push_back(frame);
+    fn queue_data(&mut self, stream: u32, frame: Bytes, ctx: &mut Context<Self>) {
+        self.sched.push(stream, frame);
         self.flush(ctx);
+    }
+
+    /// Drops what a reset stream still had queued, giving its credit back to the tunnel window.
+    fn drop_queued(&mut self, stream: u32) {
+        self.send_window += self.sched.drop_stream(stream);
+    }
+
+    fn send_ping(&mut self, ctx: &mut Context<Self>) {
+        let v = self.pings;
+        self.pings += 1;
+        if self.ping_sent.is_none() {
+            self.ping_sent = Some((v, Instant::now()));
+        }
+        self.queue_control(&Frame::Ping(v), ctx);
     }
 
     /// Starts a write of what is queued, control frames first, unless one is under way.
@@ -245,7 +277,7 @@ impl Tunnel {
         if self.writing {
             return;
         }
-        if self.control.is_empty() && self.data.is_empty() {
+        if self.control.is_empty() && self.sched.is_empty() {
             if self.closing {
                 ctx.stop();
             }
@@ -254,19 +286,11 @@ impl Tunnel {
         let Some(mut writer) = self.writer.take() else {
             return;
         };
-        let mut batch = Vec::with_capacity(1 + self.data.len().min(64));
+        let mut batch = Vec::with_capacity(8);
         if !self.control.is_empty() {
             batch.push(self.control.split().freeze());
         }
-        let mut size = 0;
-        while size < WRITE_BATCH {
-            let Some(frame) = self.data.pop_front() else {
-                break;
-            };
-            size += frame.len();
-            batch.push(frame);
-        }
-        self.data_queued -= size;
+        self.sched.take(WRITE_BATCH, &mut batch);
         self.writing = true;
         ctx.spawn(
             async move {
@@ -315,6 +339,8 @@ impl Tunnel {
 
     /// Tops up a stream's grant from its own window and the tunnel window.
     fn grant(&mut self, id: u32) {
+        let tunnel_room = self.send_room();
+        let queued_here = self.sched.bytes_of(id) as u64;
         let Some(e) = self.streams.get_mut(&id) else {
             return;
         };
@@ -328,9 +354,9 @@ impl Tunnel {
         if want == 0 {
             return;
         }
-        // What we hold towards the peer is bounded by our own window, not by what it announced.
-        let room = u64::from(self.settings.tunnel_window)
-            .saturating_sub(self.granted_total + self.data_queued as u64);
+        // What we hold towards the peer is bounded by our own budget, not by what it announced;
+        // per stream too, so one bulk stream cannot fill the queue.
+        let room = tunnel_room.min(STREAM_SEND_MAX.saturating_sub(e.granted + queued_here));
         let g = want.min(self.send_window).min(room);
         if g > 0 {
             e.send_avail -= g;
@@ -345,13 +371,17 @@ impl Tunnel {
         }
     }
 
+    /// What more we may hand our connections for this tunnel: granted and queued bytes together
+    /// stay under the send budget.
+    fn send_room(&self) -> u64 {
+        let budget = SEND_BUDGET.min(u64::from(self.settings.tunnel_window));
+        budget.saturating_sub(self.granted_total + self.sched.bytes() as u64)
+    }
+
     /// Round-robin over the streams that wait for tunnel credit.
     fn serve_starving(&mut self) {
         for _ in 0..self.starving.len() {
-            if self.send_window == 0
-                || self.granted_total + self.data_queued as u64
-                    >= u64::from(self.settings.tunnel_window)
-            {
+            if self.send_window == 0 || self.send_room() == 0 {
                 break;
             }
             let Some(id) = self.starving.pop_front() else {
@@ -373,22 +403,20 @@ impl Tunnel {
         }
         self.send_window += e.granted;
         self.granted_total -= e.granted;
+        self.windows_total -= e.recv.target();
         self.serve_starving();
-        self.credit_tunnel(e.delivered, ctx);
+        let _ = ctx;
         Some(e)
     }
 
+    /// `n` bytes left the tunnel's hands (handed to their stream, or dropped): tunnel credit.
     fn credit_tunnel(&mut self, n: u64, ctx: &mut Context<Self>) {
-        self.recv_unacked += n;
-        if self.recv_unacked > 0 && self.recv_unacked >= u64::from(self.settings.tunnel_window) / 2
-        {
-            let increment = self.recv_unacked as u32;
-            self.recv_left += self.recv_unacked;
-            self.recv_unacked = 0;
+        let rtt = self.rtt.get();
+        if let Some(increment) = self.recv.consume(n, Instant::now(), rtt, u64::MAX) {
             self.queue_control(
                 &Frame::Window {
                     stream: TUNNEL_STREAM,
-                    increment,
+                    increment: increment as u32,
                 },
                 ctx,
             );
@@ -396,6 +424,7 @@ impl Tunnel {
     }
 
     fn reset_stream(&mut self, id: u32, code: ResetCode, ctx: &mut Context<Self>) {
+        self.drop_queued(id);
         if let Some(e) = self.remove_stream(id, ctx) {
             debug!(
                 "tunnel {}: stream {id} reset: {}",
@@ -411,6 +440,7 @@ impl Tunnel {
 
     /// Registers a new stream, counted against its side's limit.
     fn insert_stream(&mut self, id: u32, entry: StreamEntry) {
+        self.windows_total += entry.recv.target();
         match entry.side {
             Side::Local => self.local_streams += 1,
             Side::Remote => self.remote_streams += 1,
@@ -484,6 +514,7 @@ impl Tunnel {
                 }
             }
             Frame::Reset { stream, code } => {
+                self.drop_queued(stream);
                 if let Some(e) = self.remove_stream(stream, ctx) {
                     if code == ResetCode::Integrity {
                         log_limited!(
@@ -507,7 +538,14 @@ impl Tunnel {
                 }
             }
             Frame::Ping(v) => self.queue_control(&Frame::Pong(v), ctx),
-            Frame::Pong(_) => {}
+            Frame::Pong(v) => {
+                if let Some((sent, at)) = self.ping_sent {
+                    if sent == v {
+                        self.rtt.sample(at.elapsed());
+                        self.ping_sent = None;
+                    }
+                }
+            }
             Frame::GoAway { code, reason } => {
                 let reason = Escaped(&reason).to_string();
                 info!("tunnel {}: peer closed the tunnel: {reason}", self.name);
@@ -519,30 +557,28 @@ impl Tunnel {
 
     fn on_data(&mut self, id: u32, payload: BytesMut, ctx: &mut Context<Self>) {
         let len = payload.len() as u64;
-        if len > self.recv_left {
+        let now = Instant::now();
+        if !self.recv.receive(len, now) {
             self.fail(ctx, "peer overran the tunnel window".to_owned());
             return;
         }
-        self.recv_left -= len;
         self.bytes_received += len;
+        // The tunnel's hands are empty again at once: what the stream holds, its window bounds.
+        self.credit_tunnel(len, ctx);
         let Some(e) = self.streams.get_mut(&id) else {
-            // A stream that was just reset: drop the bytes but give the tunnel credit back.
-            self.credit_tunnel(len, ctx);
+            // A stream that was just reset: the bytes are dropped.
             return;
         };
-        if len > e.recv_left || !e.open {
+        if !e.open || !e.recv.receive(len, now) {
             log_limited!(
                 warn,
                 "stream-overrun",
                 "tunnel {}: peer overran the window of stream {id}; resetting it",
                 self.name
             );
-            self.credit_tunnel(len, ctx);
             self.reset_stream(id, ResetCode::WindowOverrun, ctx);
             return;
         }
-        e.recv_left -= len;
-        e.delivered += len;
         e.bytes_received += len;
         if let Some(conn) = &e.conn {
             conn.do_send(StreamEvent::Data(payload));
@@ -586,12 +622,7 @@ impl Tunnel {
             );
             return;
         }
-        let entry = StreamEntry::new(
-            None,
-            service.clone(),
-            Side::Remote,
-            self.settings.stream_window,
-        );
+        let entry = StreamEntry::new(None, service.clone(), Side::Remote, &self.settings);
         self.insert_stream(id, entry);
         self.registry.do_send(IncomingOpen {
             tunnel: self.name.clone(),
@@ -617,6 +648,7 @@ impl Tunnel {
                 },
                 bytes_sent: e.bytes_sent,
                 bytes_received: e.bytes_received,
+                window: e.recv.target(),
             })
             .collect();
         TunnelStats {
@@ -626,14 +658,14 @@ impl Tunnel {
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             send_window: self.send_window,
-            queued_bytes: self.data_queued + self.control.len(),
+            queued_bytes: self.sched.bytes() + self.control.len(),
             connections,
         }
     }
 }
 
 impl StreamEntry {
-    fn new(conn: Option<Addr<Connection>>, service: String, side: Side, window: u32) -> Self {
+    fn new(conn: Option<Addr<Connection>>, service: String, side: Side, s: &Settings) -> Self {
         StreamEntry {
             conn,
             service,
@@ -645,9 +677,11 @@ impl StreamEntry {
             granted: 0,
             wanting: false,
             starving: false,
-            recv_left: u64::from(window),
-            recv_unacked: 0,
-            delivered: 0,
+            recv: RecvWindow::new(
+                u64::from(s.stream_window),
+                u64::from(s.max_stream_window),
+                Instant::now(),
+            ),
             bytes_sent: 0,
             bytes_received: 0,
         }
@@ -660,6 +694,7 @@ impl Actor for Tunnel {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(256);
         if let Some(sock) = self.sock.take() {
+            crate::io::set_notsent_lowat(&sock, NOTSENT_LOWAT);
             let (reader, writer) = sock.into_split();
             self.writer = Some(writer);
             ctx.add_stream(FramedRead::with_capacity(
@@ -671,14 +706,19 @@ impl Actor for Tunnel {
         // A first ping at once, so a working peer is heard within a round trip. Pings keep an
         // idle tunnel audible; silence is checked on a shorter period of its own, so a dead peer
         // is declared within the timeout, not the timeout plus an interval.
-        self.queue_control(&Frame::Ping(0), ctx);
+        self.send_ping(ctx);
         ctx.run_interval(self.settings.heartbeat_interval, |act, ctx| {
-            act.pings += 1;
-            let ping = Frame::Ping(act.pings);
-            act.queue_control(&ping, ctx);
+            act.send_ping(ctx)
         });
         let check = (self.settings.heartbeat_timeout / 8).min(Duration::from_secs(1));
         ctx.run_interval(check, |act, ctx| {
+            let now = Instant::now();
+            let mut total = 0;
+            for e in act.streams.values_mut() {
+                e.recv.shrink_if_idle(now);
+                total += e.recv.target();
+            }
+            act.windows_total = total;
             let silent = act.last_heard.elapsed();
             if silent > act.settings.heartbeat_timeout {
                 act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
@@ -802,12 +842,7 @@ impl Handler<CarryClient> for Tunnel {
             service: msg.service.clone(),
             keyed: open,
         };
-        let entry = StreamEntry::new(
-            Some(conn),
-            msg.service,
-            Side::Local,
-            self.settings.stream_window,
-        );
+        let entry = StreamEntry::new(Some(conn), msg.service, Side::Local, &self.settings);
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }
@@ -963,7 +998,7 @@ impl Handler<FromConnection> for Tunnel {
                 self.granted_total -= used;
                 e.bytes_sent += payload;
                 self.bytes_sent += payload;
-                self.queue_data(frame, ctx);
+                self.queue_data(stream, frame, ctx);
                 self.grant(stream);
             }
             FromConnection::Want { stream } => {
@@ -986,18 +1021,15 @@ impl Handler<FromConnection> for Tunnel {
                 self.serve_starving();
             }
             FromConnection::Consumed { stream, bytes } => {
-                let window = u64::from(self.settings.stream_window);
+                let room =
+                    u64::from(self.settings.max_tunnel_window).saturating_sub(self.windows_total);
+                let rtt = self.rtt.get();
                 let Some(e) = self.streams.get_mut(&stream) else {
                     return;
                 };
-                e.delivered = e.delivered.saturating_sub(bytes);
-                e.recv_unacked += bytes;
-                let update = (e.recv_unacked >= window / 2).then(|| {
-                    let inc = e.recv_unacked;
-                    e.recv_left += inc;
-                    e.recv_unacked = 0;
-                    inc
-                });
+                let before = e.recv.target();
+                let update = e.recv.consume(bytes, Instant::now(), rtt, room);
+                self.windows_total = self.windows_total - before + e.recv.target();
                 if let Some(inc) = update {
                     self.queue_control(
                         &Frame::Window {
@@ -1007,7 +1039,6 @@ impl Handler<FromConnection> for Tunnel {
                         ctx,
                     );
                 }
-                self.credit_tunnel(bytes, ctx);
             }
             FromConnection::Fin { stream } => {
                 let Some(e) = self.streams.get_mut(&stream) else {
@@ -1020,7 +1051,7 @@ impl Handler<FromConnection> for Tunnel {
                 self.serve_starving();
                 let mut fin = BytesMut::with_capacity(HEADER_LEN);
                 Frame::Fin { stream }.encode(&mut fin);
-                self.queue_data(fin.freeze(), ctx);
+                self.queue_data(stream, fin.freeze(), ctx);
             }
             FromConnection::Dialed { stream } => {
                 let Some(e) = self.streams.get_mut(&stream) else {
@@ -1033,6 +1064,9 @@ impl Handler<FromConnection> for Tunnel {
                 self.grant(stream);
             }
             FromConnection::Closed { stream, failure } => {
+                if failure.is_some() {
+                    self.drop_queued(stream);
+                }
                 let Some(e) = self.remove_stream(stream, ctx) else {
                     return;
                 };
@@ -1071,8 +1105,7 @@ impl Handler<CloseTunnel> for Tunnel {
                         conn.do_send(StreamEvent::Abort);
                     }
                 }
-                self.data.clear();
-                self.data_queued = 0;
+                self.sched.clear();
                 self.closing = true;
                 self.queue_control(&Frame::GoAway { code, reason }, ctx);
                 ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());

@@ -29,6 +29,8 @@ struct Plan {
     pings: usize,
     window: Duration,
     idle_conns: usize,
+    /// How long each long-link throughput run lasts.
+    long_run: Duration,
 }
 
 fn main() {
@@ -40,6 +42,7 @@ fn main() {
             pings: 2_000,
             window: Duration::from_millis(700),
             idle_conns: 300,
+            long_run: Duration::from_secs(4),
         }
     } else {
         Plan {
@@ -48,6 +51,7 @@ fn main() {
             pings: 20_000,
             window: Duration::from_secs(3),
             idle_conns: 1_000,
+            long_run: Duration::from_secs(8),
         }
     };
     raise_fd_limit();
@@ -66,6 +70,10 @@ fn main() {
 
     let rt = runtime();
     let (bulk, echo, hold) = backends();
+    if std::env::args().any(|a| a == "--long-only") {
+        long_link(&menet, &rt, bulk, echo, &plan);
+        return;
+    }
     let (a, b) = (Node::start(&menet), Node::start(&menet));
     a.post(
         "/tunnel",
@@ -158,6 +166,14 @@ fn main() {
     let (m50, m99) = latency(echoed, plan.pings);
     row("latency p50, 64 B request/response (us)", d50, m50);
     row("latency p99, 64 B request/response (us)", d99, m99);
+    let (l50, l99) = latency_under_load(plain, 4, echoed, plan.pings / 4);
+    println!(
+        "{:<64} {:>12} {l50:>12.0}\n{:<64} {:>12} {l99:>12.0}",
+        "  p50 (us) with 4 bulk downloads on the same tunnel",
+        "-",
+        "  p99 (us) with 4 bulk downloads on the same tunnel",
+        "-"
+    );
     println!("{:<64} {:>12.1}", "  added p99 latency (us)", m99 - d99);
     row(
         "requests/s, 32 keep-alive connections",
@@ -169,6 +185,8 @@ fn main() {
         exchanges_per_second(&rt, echo, 32, 32, true, plan.window),
         exchanges_per_second(&rt, echoed, 32, 32, true, plan.window),
     );
+
+    long_link(&menet, &rt, bulk, echo, &plan);
 
     // Tunnel handshakes with a secret (HMAC both ways and an Ed25519 signature), one dialer and
     // eight at once, against a fresh acceptor.
@@ -618,6 +636,200 @@ fn handshakes_per_second(rt: &Runtime, addr: SocketAddr, dialers: usize, window:
         .into_iter()
         .sum();
     done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The tunnel link through `../shared/tools/delay_relay.py` (25 ms each way, 32 MiB in flight):
+/// one stream and eight each way, and a small exchange while one bulk stream fills the link.
+fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAddr, plan: &Plan) {
+    let script = std::env::args()
+        .skip_while(|a| a != "--relay")
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/tools/delay_relay.py"
+            ))
+        });
+    if !script.exists() {
+        println!(
+            "long link: {} not found (--relay PATH); skipped",
+            script.display()
+        );
+        return;
+    }
+    let (a, b) = (Node::start(menet), Node::start(menet));
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut relay = Command::new("python3");
+    relay
+        .arg(&script)
+        .args([
+            port.to_string(),
+            b.tunnel.to_string(),
+            "25".into(),
+            (32u32 << 20).to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; the relay dies with the benchmark.
+    unsafe {
+        relay.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut relay = RelayProcess(relay.spawn().expect("start the delay relay"));
+    let relay_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while TcpStream::connect(relay_addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "relay did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    a.post(
+        "/tunnel",
+        &format!(r#"{{"name":"t","dest":["127.0.0.1","{port}"]}}"#),
+    );
+    let plain = a.carry(&b, "bulk", None, bulk);
+    let echoed = a.carry(&b, "echo", None, echo);
+    println!("\nlong link: the tunnel through a relay delaying 25 ms each way (50 ms RTT), 32 MiB in flight");
+    let mut results = Vec::new();
+    for (dir, upload) in [("upload", true), ("download", false)] {
+        for streams in [1usize, 8] {
+            let mbit = throughput_for(rt, plain, streams, plan.long_run, upload);
+            println!(
+                "{:<64} {:>12} {mbit:>12.0}",
+                format!("bulk {streams} stream(s) {dir} over 50 ms (Mbit/s)"),
+                "-"
+            );
+            results.push(((upload, streams), mbit));
+        }
+    }
+    for upload in [true, false] {
+        let one = results
+            .iter()
+            .find(|r| r.0 == (upload, 1))
+            .map_or(0.0, |r| r.1);
+        let eight = results
+            .iter()
+            .find(|r| r.0 == (upload, 8))
+            .map_or(1.0, |r| r.1);
+        println!(
+            "{:<64} {:>12} {:>12.2}",
+            format!(
+                "  one stream / eight streams, {}",
+                if upload { "upload" } else { "download" }
+            ),
+            "-",
+            one / eight
+        );
+    }
+    let (i50, i99) = latency(echoed, 200);
+    println!(
+        "{:<64} {:>12} {:>12.1}\n{:<64} {:>12} {:>12.1}",
+        "64 B request/response p50 (ms), link idle",
+        "-",
+        i50 / 1000.0,
+        "64 B request/response p99 (ms), link idle",
+        "-",
+        i99 / 1000.0
+    );
+    let (l50, l99) = latency_under_load(plain, 1, echoed, 200);
+    let (l50, l99) = (l50 / 1000.0, l99 / 1000.0);
+    println!(
+        "{:<64} {:>12} {l50:>12.1}\n{:<64} {:>12} {l99:>12.1}",
+        "64 B request/response p50 (ms) beside one bulk download",
+        "-",
+        "64 B request/response p99 (ms) beside one bulk download",
+        "-"
+    );
+    let _ = relay.0.kill();
+}
+
+/// The delay relay's process, killed with the section.
+struct RelayProcess(Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Mbit/s moved by `streams` streams for `run` (uploads counted by the backend).
+fn throughput_for(
+    rt: &Runtime,
+    addr: SocketAddr,
+    streams: usize,
+    run: Duration,
+    upload: bool,
+) -> f64 {
+    let started = Instant::now();
+    let deadline = started + run;
+    let bytes: u64 = rt
+        .block_on(join_all((0..streams).map(|_| async move {
+            let mut s = dial(addr).await;
+            let mut buf = vec![0x5au8; CHUNK];
+            if upload {
+                s.write_u8(b'U').await.expect("cmd");
+                while Instant::now() < deadline {
+                    s.write_all(&buf).await.expect("upload");
+                }
+                s.shutdown().await.expect("half-close");
+                s.read_u64().await.expect("count")
+            } else {
+                s.write_u8(b'D').await.expect("cmd");
+                s.write_u64(u64::MAX).await.expect("len");
+                let mut got = 0u64;
+                while Instant::now() < deadline {
+                    got += s.read(&mut buf).await.expect("download") as u64;
+                }
+                got
+            }
+        })))
+        .into_iter()
+        .sum();
+    bytes as f64 * 8.0 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+/// 64-byte request/response latency on `echo` while `bulk` streams download through `bulk_addr`
+/// on the same tunnel: (p50, p99) in microseconds.
+fn latency_under_load(
+    bulk_addr: SocketAddr,
+    bulk: usize,
+    echo: SocketAddr,
+    pings: usize,
+) -> (f64, f64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loaders: Vec<_> = (0..bulk)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(bulk_addr).expect("bulk");
+                s.write_all(b"D").expect("cmd");
+                s.write_all(&u64::MAX.to_be_bytes()).expect("len");
+                let mut buf = vec![0u8; CHUNK];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if s.read(&mut buf).unwrap_or(0) == 0 {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the bulk streams fill the path first.
+    thread::sleep(Duration::from_millis(1500));
+    let (p50, p99) = latency(echo, pings);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loaders {
+        let _ = l.join();
+    }
+    (p50, p99)
 }
 
 /// The AEADs a keyed service may choose.

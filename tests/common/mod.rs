@@ -908,3 +908,59 @@ pub fn recv_frame_until(
         }
     }
 }
+
+/// A relay that delays every chunk by `delay` in each direction (a long path), holding at most
+/// `cap` chunks of up to 64 KiB in flight per direction; for one connection at a time.
+pub struct DelayRelay {
+    pub addr: SocketAddr,
+}
+
+impl DelayRelay {
+    pub fn start(target: SocketAddr, delay: Duration, cap: usize) -> DelayRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(near) = conn else { break };
+                let Ok(far) = TcpStream::connect(target) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (
+                        near.try_clone().expect("clone"),
+                        far.try_clone().expect("clone"),
+                    ),
+                    (far, near),
+                ] {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<(Instant, Vec<u8>)>(cap);
+                    let mut from = from;
+                    thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0
+                                || tx
+                                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                                    .is_err()
+                            {
+                                break;
+                            }
+                        }
+                    });
+                    let mut to = to;
+                    thread::spawn(move || {
+                        for (due, chunk) in rx {
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                thread::sleep(wait);
+                            }
+                            if to.write_all(&chunk).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        DelayRelay { addr }
+    }
+}

@@ -1,0 +1,215 @@
+//! Flow-control arithmetic, without actors: a receive window that grows to the path while it
+//! limits the sender, and shrinks back when its stream idles.
+//!
+//! The receiver offers the peer a *target* window: what the peer may have sent and we not yet
+//! consumed (`left` + `buffered` never exceeds it). Credit goes back as a WINDOW increment once a
+//! quarter of the target can be returned, so a sender limited by the window keeps at least three
+//! quarters of it in flight.
+//!
+//! Growth, as HTTP/2 and QUIC implementations do it (Chromium's QUIC auto-tuning): if credit is
+//! due again less than two round trips after the last increment, the window, not the path, is
+//! what holds the sender back, so the target doubles (up to `max`, and within the `room` the
+//! caller's budget leaves). A window idle for [`IDLE`] falls back to its initial size; the peer's
+//! outstanding credit is then simply not topped up until it is below the new target. A stalled
+//! reader therefore costs at most its current target, never more.
+
+use std::time::{Duration, Instant};
+
+/// A window unused this long shrinks back to its initial size.
+pub const IDLE: Duration = Duration::from_secs(1);
+
+/// One receive window: a stream's, or a tunnel's.
+#[derive(Debug, Clone)]
+pub struct RecvWindow {
+    /// What we offer now: the most the peer may have sent that we have not consumed.
+    target: u64,
+    /// The initial window (announced in the handshake): the target never falls below it.
+    min: u64,
+    /// The target never grows past it.
+    max: u64,
+    /// How much the peer may still send.
+    left: u64,
+    /// Received and not yet consumed.
+    buffered: u64,
+    /// When the last increment went out: credit due again within two round trips means the
+    /// window is what limits the sender.
+    last_update: Option<Instant>,
+    /// When bytes last arrived or were consumed, for the shrink after [`IDLE`].
+    last_active: Instant,
+}
+
+impl RecvWindow {
+    pub fn new(initial: u64, max: u64, now: Instant) -> RecvWindow {
+        RecvWindow {
+            target: initial,
+            min: initial,
+            max: max.max(initial),
+            left: initial,
+            buffered: 0,
+            last_update: None,
+            last_active: now,
+        }
+    }
+
+    /// `n` bytes arrived; `false` if they overran the window (a protocol violation).
+    #[must_use]
+    pub fn receive(&mut self, n: u64, now: Instant) -> bool {
+        if n > self.left {
+            return false;
+        }
+        self.left -= n;
+        self.buffered += n;
+        self.last_active = now;
+        true
+    }
+
+    /// `n` received bytes were consumed. Returns the increment to send the peer, if one is due.
+    /// `rtt` is the path's smoothed round trip (no growth until one is known); `room` is how much
+    /// the target may grow now, from the budget the caller shares among windows.
+    pub fn consume(
+        &mut self,
+        n: u64,
+        now: Instant,
+        rtt: Option<Duration>,
+        room: u64,
+    ) -> Option<u64> {
+        self.buffered = self.buffered.saturating_sub(n);
+        if now.saturating_duration_since(self.last_active) >= IDLE {
+            self.target = self.min;
+        }
+        self.last_active = now;
+        let mut increment = self.target.saturating_sub(self.left + self.buffered);
+        if increment == 0 || increment < self.target / 4 {
+            return None;
+        }
+        if let (Some(last), Some(rtt)) = (self.last_update, rtt) {
+            if now.saturating_duration_since(last) < rtt * 2 {
+                let grow = self.target.min(self.max - self.target).min(room);
+                self.target += grow;
+                increment += grow;
+            }
+        }
+        self.last_update = Some(now);
+        self.left += increment;
+        Some(increment)
+    }
+
+    /// Shrinks an idle window back to its initial size (the credit the peer already holds stays
+    /// valid; it is not topped up until below the new target).
+    pub fn shrink_if_idle(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_active) >= IDLE {
+            self.target = self.min;
+        }
+    }
+
+    /// The window offered now.
+    pub fn target(&self) -> u64 {
+        self.target
+    }
+
+    /// Received and not consumed.
+    pub fn buffered(&self) -> u64 {
+        self.buffered
+    }
+}
+
+/// A smoothed round-trip time (RFC 6298's 1/8 gain), from the tunnel's PING/PONG.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rtt {
+    smoothed: Option<Duration>,
+}
+
+impl Rtt {
+    pub fn sample(&mut self, rtt: Duration) {
+        self.smoothed = Some(match self.smoothed {
+            None => rtt,
+            Some(s) => (s * 7 + rtt) / 8,
+        });
+    }
+
+    pub fn get(&self) -> Option<Duration> {
+        self.smoothed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KIB: u64 = 1024;
+
+    #[test]
+    fn credit_returns_once_a_quarter_is_consumed_and_never_exceeds_the_target() {
+        let t0 = Instant::now();
+        let mut w = RecvWindow::new(256 * KIB, 256 * KIB, t0);
+        assert!(w.receive(256 * KIB, t0));
+        assert!(!w.receive(1, t0), "past the window is an overrun");
+        assert_eq!(w.consume(32 * KIB, t0, None, 0), None, "an eighth: not yet");
+        assert_eq!(w.consume(32 * KIB, t0, None, 0), Some(64 * KIB));
+        assert_eq!(w.buffered(), 192 * KIB);
+        // Unconsumed bytes are never credited: the peer may send exactly what was consumed.
+        assert!(w.receive(64 * KIB, t0));
+        assert!(!w.receive(1, t0));
+    }
+
+    #[test]
+    fn a_window_limited_stream_grows_to_the_max_and_an_idle_one_shrinks() {
+        let t0 = Instant::now();
+        let rtt = Some(Duration::from_millis(50));
+        let mut w = RecvWindow::new(256 * KIB, 4096 * KIB, t0);
+        let mut now = t0;
+        // The sender fills the window every round trip; we consume as it arrives.
+        for _ in 0..40 {
+            now += Duration::from_millis(25);
+            let chunk = w.target() / 2;
+            assert!(w.receive(chunk.min(w.left), now));
+            let _ = w.consume(chunk, now, rtt, u64::MAX);
+        }
+        assert_eq!(w.target(), 4096 * KIB, "grown to the max");
+        let fast_end = now;
+        // Slow consumption (a path-limited stream, updates far apart) does not grow it.
+        let mut slow = RecvWindow::new(256 * KIB, 4096 * KIB, t0);
+        let mut now = t0;
+        for _ in 0..40 {
+            now += Duration::from_millis(400);
+            assert!(slow.receive(128 * KIB, now));
+            let _ = slow.consume(128 * KIB, now, rtt, u64::MAX);
+        }
+        assert_eq!(slow.target(), 256 * KIB);
+        // Idle for a second: back to the initial window, and the peer's credit is not topped up
+        // until it falls under it.
+        let later = fast_end + IDLE + Duration::from_millis(1);
+        let mut idle = w.clone();
+        let _ = w.consume(0, later, rtt, u64::MAX);
+        assert_eq!(w.target(), 256 * KIB);
+        // The periodic check shrinks it without any traffic.
+        idle.shrink_if_idle(fast_end + Duration::from_millis(500));
+        assert_eq!(idle.target(), 4096 * KIB, "not idle long enough");
+        idle.shrink_if_idle(later);
+        assert_eq!(idle.target(), 256 * KIB);
+    }
+
+    #[test]
+    fn growth_stays_within_the_room_given() {
+        let t0 = Instant::now();
+        let rtt = Some(Duration::from_millis(50));
+        let mut w = RecvWindow::new(256 * KIB, 16384 * KIB, t0);
+        let mut now = t0;
+        for _ in 0..40 {
+            now += Duration::from_millis(10);
+            let chunk = w.left.min(w.target() / 2);
+            assert!(w.receive(chunk, now));
+            let _ = w.consume(chunk, now, rtt, 0);
+        }
+        assert_eq!(w.target(), 256 * KIB, "no room, no growth");
+    }
+
+    #[test]
+    fn rtt_is_smoothed() {
+        let mut r = Rtt::default();
+        assert_eq!(r.get(), None);
+        r.sample(Duration::from_millis(80));
+        r.sample(Duration::from_millis(0));
+        assert_eq!(r.get(), Some(Duration::from_millis(70)));
+    }
+}

@@ -1,0 +1,187 @@
+//! The tunnel's send scheduler, without actors: DATA and FIN frames queue per stream, and each
+//! write to the tunnel socket takes them deficit round-robin by bytes, a quantum of one full
+//! frame per busy stream per round. So a small frame waits behind at most one frame of each busy
+//! stream, whatever they have queued; a stream's own frames keep their order (its FIN after its
+//! DATA). Control frames are not scheduled here: they go ahead of all data.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::protocol::{HEADER_LEN, MAX_DATA};
+
+/// Bytes a busy stream may send per round: one full DATA frame.
+pub const QUANTUM: usize = HEADER_LEN + MAX_DATA;
+
+#[derive(Debug, Default)]
+struct StreamQueue {
+    frames: VecDeque<Bytes>,
+    /// Bytes of `frames`, headers included.
+    bytes: usize,
+    /// What the stream may still send this round.
+    deficit: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct SendQueue {
+    streams: HashMap<u32, StreamQueue>,
+    /// Streams with frames queued, in the order they are served.
+    ring: VecDeque<u32>,
+    /// Bytes queued over all streams.
+    bytes: usize,
+}
+
+impl SendQueue {
+    /// Queues an encoded DATA or FIN frame of `stream`.
+    pub fn push(&mut self, stream: u32, frame: Bytes) {
+        let q = self.streams.entry(stream).or_default();
+        if q.frames.is_empty() {
+            self.ring.push_back(stream);
+        }
+        q.bytes += frame.len();
+        self.bytes += frame.len();
+        q.frames.push_back(frame);
+    }
+
+    /// Bytes queued, headers included.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Bytes one stream has queued.
+    pub fn bytes_of(&self, stream: u32) -> usize {
+        self.streams.get(&stream).map_or(0, |q| q.bytes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Moves frames for one write of about `budget` bytes into `out`, round-robin; the bytes
+    /// taken.
+    pub fn take(&mut self, budget: usize, out: &mut Vec<Bytes>) -> usize {
+        let mut taken = 0;
+        while taken < budget {
+            let Some(id) = self.ring.pop_front() else {
+                break;
+            };
+            let Some(q) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            q.deficit += QUANTUM;
+            while let Some(len) = q.frames.front().map(Bytes::len) {
+                if len > q.deficit {
+                    break;
+                }
+                q.deficit -= len;
+                q.bytes -= len;
+                taken += len;
+                out.extend(q.frames.pop_front());
+            }
+            if q.frames.is_empty() {
+                self.streams.remove(&id);
+            } else {
+                self.ring.push_back(id);
+            }
+        }
+        self.bytes -= taken;
+        taken
+    }
+
+    /// Drops what `stream` has queued (it was reset); the payload bytes dropped, so the caller
+    /// can give back the credit they had taken.
+    pub fn drop_stream(&mut self, stream: u32) -> u64 {
+        let Some(q) = self.streams.remove(&stream) else {
+            return 0;
+        };
+        self.ring.retain(|&id| id != stream);
+        self.bytes -= q.bytes;
+        q.frames
+            .iter()
+            .map(|f| f.len().saturating_sub(HEADER_LEN) as u64)
+            .sum()
+    }
+
+    pub fn clear(&mut self) {
+        self.streams.clear();
+        self.ring.clear();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(stream: u32, payload: usize) -> Bytes {
+        let mut b = bytes::BytesMut::new();
+        crate::protocol::put_data_header(&mut b, stream, payload);
+        b.resize(HEADER_LEN + payload, stream as u8);
+        b.freeze()
+    }
+
+    fn stream_of(f: &Bytes) -> u32 {
+        u32::from_be_bytes([f[5], f[6], f[7], f[8]])
+    }
+
+    #[test]
+    fn a_small_frame_waits_behind_one_frame_of_each_busy_stream() {
+        let mut q = SendQueue::default();
+        for s in [1, 3, 5, 7] {
+            for _ in 0..16 {
+                q.push(s, frame(s, MAX_DATA));
+            }
+        }
+        q.push(9, frame(9, 64));
+        let mut out = Vec::new();
+        let mut before = 0;
+        while !q.is_empty() {
+            let mut batch = Vec::new();
+            q.take(128 * 1024, &mut batch);
+            if let Some(i) = batch.iter().position(|f| stream_of(f) == 9) {
+                before += i;
+                break;
+            }
+            before += batch.len();
+            out.extend(batch);
+        }
+        assert_eq!(
+            before, 4,
+            "one frame of each of the four bulk streams, then ours"
+        );
+    }
+
+    #[test]
+    fn order_within_a_stream_is_kept_and_bytes_add_up() {
+        let mut q = SendQueue::default();
+        q.push(1, frame(1, 100));
+        q.push(3, frame(3, MAX_DATA));
+        q.push(1, frame(1, 0)); // a FIN
+        assert_eq!(q.bytes(), 3 * HEADER_LEN + 100 + MAX_DATA);
+        assert_eq!(q.bytes_of(1), 2 * HEADER_LEN + 100);
+        let mut out = Vec::new();
+        let taken = q.take(usize::MAX, &mut out);
+        assert_eq!(taken, 3 * HEADER_LEN + 100 + MAX_DATA);
+        let ones: Vec<usize> = out
+            .iter()
+            .filter(|f| stream_of(f) == 1)
+            .map(Bytes::len)
+            .collect();
+        assert_eq!(ones, vec![HEADER_LEN + 100, HEADER_LEN]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_stream_gives_back_its_payload() {
+        let mut q = SendQueue::default();
+        q.push(1, frame(1, 1000));
+        q.push(1, frame(1, 0));
+        q.push(3, frame(3, 10));
+        assert_eq!(q.drop_stream(1), 1000);
+        assert_eq!(q.bytes(), HEADER_LEN + 10);
+        let mut out = Vec::new();
+        q.take(usize::MAX, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(q.drop_stream(1), 0);
+    }
+}
