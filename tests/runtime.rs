@@ -133,11 +133,62 @@ fn replacing_a_tunnel_by_name_keeps_serving() {
     let backend = Backend::echo();
     let (a, b) = (Node::start(), Node::start());
     let local = wire(&a, &b, backend.addr, None);
-    dial(&a, &b, "tunnel1");
+    // A new destination (the same peer through a relay) replaces the tunnel.
+    let relay = Relay::start(b.tunnel);
+    dial_addr(&a, relay.addr, "tunnel1");
     assert_eq!(roundtrip(local, b"replaced"), b"replaced");
     assert!(eventually(Duration::from_secs(2), || b.config()["tunnels"]
         ["tunnel1"]["state"]
         == "connected"));
+    assert_eq!(
+        a.config()["tunnels"]["tunnel1"]["dest"][1],
+        relay.addr.port(),
+        "{}",
+        a.config()
+    );
+}
+
+/// The seed's calls typed again, unchanged, while a connection is live: nothing is torn down.
+#[test]
+fn reposting_unchanged_bodies_leaves_live_connections_running() {
+    let backend = Backend::echo();
+    let (a, b) = (Node::start(), Node::start());
+    let local = wire(&a, &b, backend.addr, Some("UHI@&s8sa*S"));
+    let mut held = connect(local);
+    echo_once(&mut held, 1);
+    let peer_before = a.config()["tunnels"]["tunnel1"]["peer"].clone();
+    dial(&a, &b, "tunnel1");
+    let port = local.port();
+    a.ok(
+        "POST",
+        "/service",
+        &format!(r#"{{"name":"service1", "key":"UHI@&s8sa*S", "type": "local", "addr":["0.0.0.0", "{port}"]}}"#),
+    );
+    b.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"service1", "key":"UHI@&s8sa*S", "type": "remote", "addr":["127.0.0.1", "{}"]}}"#,
+            backend.addr.port()
+        ),
+    );
+    a.ok(
+        "POST",
+        "/bind",
+        r#"{"tunnel": "tunnel1", "service":"service1", "type": "local"}"#,
+    );
+    b.ok(
+        "POST",
+        "/bind",
+        r#"{"tunnel": "tunnel1", "service":"service1", "type": "remote"}"#,
+    );
+    echo_once(&mut held, 2);
+    assert_eq!(
+        a.config()["tunnels"]["tunnel1"]["peer"],
+        peer_before,
+        "the same tunnel connection"
+    );
+    assert_eq!(a.config()["tunnels"]["tunnel1"]["streams"], 1);
 }
 
 #[test]

@@ -6,17 +6,25 @@
 //! quarter of the target can be returned, so a sender limited by the window keeps at least three
 //! quarters of it in flight.
 //!
-//! Growth, as HTTP/2 and QUIC implementations do it (Chromium's QUIC auto-tuning): if credit is
-//! due again less than two round trips after the last increment, the window, not the path, is
-//! what holds the sender back, so the target doubles (up to `max`, and within the `room` the
-//! caller's budget leaves). A window idle for [`IDLE`] falls back to its initial size; the peer's
-//! outstanding credit is then simply not topped up until it is below the new target. A stalled
-//! reader therefore costs at most its current target, never more.
+//! Growth, after the auto-tuning of HTTP/2 and QUIC implementations (Chromium's QUIC): a sender
+//! held back by the window sends it in a burst each round trip, so its quarters are consumed in
+//! quick succession; a sender held back by the path delivers a quarter of the window every
+//! quarter of `window / rate`. So when credit is due again within [`GROW_WITHIN`] of a round
+//! trip of the last increment, the window is what limits, and the target doubles (up to `max`,
+//! within the `room` the caller's budget leaves). That stops at about 1.25 x the bandwidth-delay
+//! product: bytes in flight beyond it would only queue on the path and delay every other stream
+//! (the round trip used is the smallest seen, so queueing does not feed growth). A window idle
+//! for [`IDLE`] falls back to its initial size; the peer's outstanding credit is then not topped
+//! up until it is below the new target. A stalled reader costs at most its current target.
 
 use std::time::{Duration, Instant};
 
 /// A window unused this long shrinks back to its initial size.
 pub const IDLE: Duration = Duration::from_secs(1);
+/// Credit due again within this share of a round trip (5/16) after the last increment means the
+/// window limits the sender: a path-limited sender takes a quarter of `window / rate` per
+/// quarter, which is under 5/16 of a round trip only while the window is below 1.25 x BDP.
+const GROW_WITHIN: (u32, u32) = (5, 16);
 
 /// One receive window: a stream's, or a tunnel's.
 #[derive(Debug, Clone)]
@@ -83,7 +91,7 @@ impl RecvWindow {
             return None;
         }
         if let (Some(last), Some(rtt)) = (self.last_update, rtt) {
-            if now.saturating_duration_since(last) < rtt * 2 {
+            if now.saturating_duration_since(last) < rtt * GROW_WITHIN.0 / GROW_WITHIN.1 {
                 let grow = self.target.min(self.max - self.target).min(room);
                 self.target += grow;
                 increment += grow;
@@ -113,22 +121,20 @@ impl RecvWindow {
     }
 }
 
-/// A smoothed round-trip time (RFC 6298's 1/8 gain), from the tunnel's PING/PONG.
+/// The path's round trip from the tunnel's PING/PONG: the smallest sample, which is the path's
+/// own delay (a larger one includes queueing, often our own, and must not feed window growth).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rtt {
-    smoothed: Option<Duration>,
+    min: Option<Duration>,
 }
 
 impl Rtt {
     pub fn sample(&mut self, rtt: Duration) {
-        self.smoothed = Some(match self.smoothed {
-            None => rtt,
-            Some(s) => (s * 7 + rtt) / 8,
-        });
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
     }
 
     pub fn get(&self) -> Option<Duration> {
-        self.smoothed
+        self.min
     }
 }
 
@@ -158,22 +164,27 @@ mod tests {
         let rtt = Some(Duration::from_millis(50));
         let mut w = RecvWindow::new(256 * KIB, 4096 * KIB, t0);
         let mut now = t0;
-        // The sender fills the window every round trip; we consume as it arrives.
-        for _ in 0..40 {
-            now += Duration::from_millis(25);
-            let chunk = w.target() / 2;
-            assert!(w.receive(chunk.min(w.left), now));
-            let _ = w.consume(chunk, now, rtt, u64::MAX);
+        // Window-limited: the sender's whole window arrives in a burst each round trip, and we
+        // consume it as it arrives.
+        for _ in 0..12 {
+            now += Duration::from_millis(50);
+            for _ in 0..8 {
+                now += Duration::from_micros(100);
+                let chunk = w.left / 4 + 1;
+                assert!(w.receive(chunk.min(w.left), now));
+                let _ = w.consume(chunk.min(w.buffered()), now, rtt, u64::MAX);
+            }
         }
         assert_eq!(w.target(), 4096 * KIB, "grown to the max");
         let fast_end = now;
-        // Slow consumption (a path-limited stream, updates far apart) does not grow it.
+        // Path-limited (128 KiB per 50 ms round trip, bytes paced by the path, the window twice
+        // the bandwidth-delay product): no growth.
         let mut slow = RecvWindow::new(256 * KIB, 4096 * KIB, t0);
         let mut now = t0;
-        for _ in 0..40 {
-            now += Duration::from_millis(400);
-            assert!(slow.receive(128 * KIB, now));
-            let _ = slow.consume(128 * KIB, now, rtt, u64::MAX);
+        for _ in 0..400 {
+            now += Duration::from_micros(6250);
+            assert!(slow.receive(16 * KIB, now));
+            let _ = slow.consume(16 * KIB, now, rtt, u64::MAX);
         }
         assert_eq!(slow.target(), 256 * KIB);
         // Idle for a second: back to the initial window, and the peer's credit is not topped up
@@ -196,7 +207,7 @@ mod tests {
         let mut w = RecvWindow::new(256 * KIB, 16384 * KIB, t0);
         let mut now = t0;
         for _ in 0..40 {
-            now += Duration::from_millis(10);
+            now += Duration::from_micros(100);
             let chunk = w.left.min(w.target() / 2);
             assert!(w.receive(chunk, now));
             let _ = w.consume(chunk, now, rtt, 0);
@@ -205,11 +216,12 @@ mod tests {
     }
 
     #[test]
-    fn rtt_is_smoothed() {
+    fn rtt_is_the_smallest_sample() {
         let mut r = Rtt::default();
         assert_eq!(r.get(), None);
         r.sample(Duration::from_millis(80));
-        r.sample(Duration::from_millis(0));
-        assert_eq!(r.get(), Some(Duration::from_millis(70)));
+        r.sample(Duration::from_millis(50));
+        r.sample(Duration::from_millis(300));
+        assert_eq!(r.get(), Some(Duration::from_millis(50)));
     }
 }

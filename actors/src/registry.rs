@@ -965,11 +965,21 @@ impl Handler<AddTunnel> for Registry {
         if let Some(e) = refusal {
             return Box::pin(fut::ready(Err(e)));
         }
+        let secret = msg.secret.as_deref().map(Secret::new);
+        if let Some(t) = self.tunnels.get(&msg.name) {
+            if matches!(t.link, Link::Up(_)) && t.dest == Some(dest) && t.secret == secret {
+                // The same body again: the live tunnel and its connections stay as they are.
+                info!(
+                    "tunnel {}: unchanged (already connected to {dest})",
+                    msg.name
+                );
+                return Box::pin(fut::ready(Ok(())));
+            }
+        }
         let generation = self.next_generation();
         self.dialing.insert(msg.name.clone(), (generation, dest));
         info!("tunnel {}: dialing {dest}", msg.name);
         let name = msg.name;
-        let secret = msg.secret.as_deref().map(Secret::new);
         Box::pin(
             self.dial(&name, dest, &secret)
                 .into_actor(self)
