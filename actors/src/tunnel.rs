@@ -1,18 +1,22 @@
 //! The tunnel actor: one per tunnel TCP connection. It multiplexes the streams of every service
-//! bound to the tunnel, and owns both levels of flow control.
+//! bound to the tunnel, and owns both levels of flow control. A stream's life is in
+//! `actors/STREAMS.md`; the arithmetic is in plain types, [`crate::credit`] and
+//! [`crate::schedule`].
 //!
-//! Sending: a connection actor reads its socket only against a *grant* from this actor, and a grant
-//! is carved out of the peer's stream window and the peer's tunnel window together. So every byte
-//! a connection hands over already has credit, the outgoing queue is bounded by the tunnel window,
-//! and nothing waits here for credit. A connection asks for credit only when its socket is
-//! readable and hands back what it did not use when the socket runs dry, so idle streams reserve
-//! none of the tunnel window. Grants are capped per stream ([`GRANT_MAX`]) and streams starved
-//! of tunnel credit are served round-robin, so one bulk stream cannot take the whole tunnel.
+//! Sending: a connection actor reads its socket only against a *grant* from this actor, carved
+//! out of the peer's stream window and the peer's tunnel window together, so every byte a
+//! connection hands over already has credit and nothing waits here for credit. A connection asks
+//! only when its socket is readable and hands back what it did not use when the socket runs dry,
+//! so idle streams reserve nothing. What the tunnel holds towards its peer (granted or queued) is
+//! capped per stream and per tunnel, whatever the peer grants; frames queue per stream and leave
+//! deficit round-robin, so one bulk stream delays a small frame by one frame at most; streams
+//! waiting for credit are served round-robin.
 //!
-//! Receiving: a DATA frame is handed straight to its connection actor (the reader never waits on a
-//! stream); credit goes back to the peer only once the connection reports the bytes written to its
-//! socket. A peer that sends past a stream's window gets that stream reset; past the tunnel window,
-//! the tunnel is closed.
+//! Receiving: a DATA frame is handed straight to its connection actor (the reader never waits on
+//! a stream), and its tunnel credit goes back at once: what a stream holds unread, its own window
+//! bounds. Stream credit goes back only once the connection reports the bytes written to its
+//! socket, and the window grows while it limits the stream. A peer that sends past a stream's
+//! window gets that stream reset; past the tunnel window, the tunnel is closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -68,6 +72,27 @@ pub enum Role {
     Acceptor,
 }
 
+/// Where a stream is in its life, as its tunnel sees it (`actors/STREAMS.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// OPEN sent (local) or received (remote); no OPEN_OK yet: no data may flow.
+    Opening,
+    /// OPEN_OK exchanged: data flows both ways.
+    Open,
+    /// Our side sent FIN: it reads no more, so it needs no more credit; the peer may still send.
+    HalfClosed,
+}
+
+impl StreamState {
+    fn name(self) -> &'static str {
+        match self {
+            StreamState::Opening => "opening",
+            StreamState::Open => "open",
+            StreamState::HalfClosed => "half-closed",
+        }
+    }
+}
+
 /// One multiplexed stream, as the tunnel sees it.
 struct StreamEntry {
     /// `None` while the Registry decides on an OPEN from the peer.
@@ -78,10 +103,8 @@ struct StreamEntry {
     side: Side,
     /// Our stream nonce of a keyed stream the peer opened, sent in OPEN_OK.
     accept_nonce: Option<[u8; NONCE_LEN]>,
-    /// OPEN_OK has been exchanged: data may flow.
-    open: bool,
-    /// The local end has sent FIN: it reads no more, so it needs no more credit.
-    local_fin: bool,
+    /// Where the stream is in its life (see `STREAMS.md`).
+    state: StreamState,
     /// Peer's credit for this stream that has not been granted to the connection yet.
     send_avail: u64,
     /// Granted to the connection and not yet come back as data or handed back.
@@ -344,7 +367,7 @@ impl Tunnel {
         let Some(e) = self.streams.get_mut(&id) else {
             return;
         };
-        if !e.open || !e.wanting || e.local_fin || e.granted >= GRANT_MAX / 2 {
+        if e.state != StreamState::Open || !e.wanting || e.granted >= GRANT_MAX / 2 {
             return;
         }
         let Some(conn) = e.conn.as_ref() else {
@@ -480,8 +503,8 @@ impl Tunnel {
                 keyed,
             } => self.on_open(stream, service, keyed, ctx),
             Frame::OpenOk { stream, nonce } => match self.streams.get_mut(&stream) {
-                Some(e) if e.side == Side::Local && !e.open => {
-                    e.open = true;
+                Some(e) if e.side == Side::Local && e.state == StreamState::Opening => {
+                    e.state = StreamState::Open;
                     e.send_avail = u64::from(self.peer.windows.stream);
                     if let Some(conn) = &e.conn {
                         conn.do_send(StreamEvent::Opened { nonce });
@@ -491,7 +514,7 @@ impl Tunnel {
                 _ => debug!("tunnel {}: OPEN_OK for unknown stream {stream}", self.name),
             },
             Frame::OpenFail { stream, reason } => {
-                let known = matches!(self.streams.get(&stream), Some(e) if e.side == Side::Local && !e.open);
+                let known = matches!(self.streams.get(&stream), Some(e) if e.side == Side::Local && e.state == StreamState::Opening);
                 if known {
                     if let Some(e) = self.remove_stream(stream, ctx) {
                         log_limited!(
@@ -569,7 +592,7 @@ impl Tunnel {
             // A stream that was just reset: the bytes are dropped.
             return;
         };
-        if !e.open || !e.recv.receive(len, now) {
+        if e.state == StreamState::Opening || !e.recv.receive(len, now) {
             log_limited!(
                 warn,
                 "stream-overrun",
@@ -641,11 +664,7 @@ impl Tunnel {
                 stream: *id,
                 service: e.service.clone(),
                 side: e.side,
-                state: match (e.open, e.local_fin) {
-                    (false, _) => "opening",
-                    (true, false) => "open",
-                    (true, true) => "half-closed",
-                },
+                state: e.state.name(),
                 bytes_sent: e.bytes_sent,
                 bytes_received: e.bytes_received,
                 window: e.recv.target(),
@@ -671,8 +690,7 @@ impl StreamEntry {
             service,
             side,
             accept_nonce: None,
-            open: false,
-            local_fin: false,
+            state: StreamState::Opening,
             send_avail: 0,
             granted: 0,
             wanting: false,
@@ -1044,7 +1062,7 @@ impl Handler<FromConnection> for Tunnel {
                 let Some(e) = self.streams.get_mut(&stream) else {
                     return;
                 };
-                e.local_fin = true;
+                e.state = StreamState::HalfClosed;
                 let unused = std::mem::take(&mut e.granted);
                 self.send_window += unused;
                 self.granted_total -= unused;
@@ -1057,7 +1075,7 @@ impl Handler<FromConnection> for Tunnel {
                 let Some(e) = self.streams.get_mut(&stream) else {
                     return;
                 };
-                e.open = true;
+                e.state = StreamState::Open;
                 e.send_avail = u64::from(self.peer.windows.stream);
                 let nonce = e.accept_nonce.take();
                 self.queue_control(&Frame::OpenOk { stream, nonce }, ctx);
@@ -1072,7 +1090,9 @@ impl Handler<FromConnection> for Tunnel {
                 };
                 match failure {
                     None => {}
-                    Some((_, reason)) if !e.open && e.side == Side::Remote => {
+                    Some((_, reason))
+                        if e.state == StreamState::Opening && e.side == Side::Remote =>
+                    {
                         self.queue_control(&Frame::OpenFail { stream, reason }, ctx)
                     }
                     Some((code, _)) => self.queue_control(&Frame::Reset { stream, code }, ctx),
