@@ -784,10 +784,13 @@ impl Actor for Tunnel {
 
 impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
     fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
-        self.last_heard = Instant::now();
-        self.heard = true;
         match item {
-            Ok(frame) => self.on_frame(frame, ctx),
+            Ok(frame) => {
+                // Only a frame counts as hearing the peer: a reset or garbage does not.
+                self.last_heard = Instant::now();
+                self.heard = true;
+                self.on_frame(frame, ctx)
+            }
             Err(e) => {
                 log_limited!(
                     warn,
