@@ -210,6 +210,7 @@ fn main() {
         exchanges_per_second(&rt, echoed, 32, 32, true, plan.window),
     );
 
+    stalled_reader(&a, &b, plain, if quick { 3 } else { 10 });
     long_link(&menet, &rt, bulk, echo, &plan);
 
     // Tunnel handshakes with a secret (HMAC both ways and an Ed25519 signature), one dialer and
@@ -780,6 +781,71 @@ fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAddr, 
             same / 1000.0
         );
     }
+}
+
+/// One of 32 downloads on a tunnel stops reading for `secs` seconds: what it costs the nodes in
+/// memory, and the other 31's speed against 31 alone.
+fn stalled_reader(a: &Node, b: &Node, addr: SocketAddr, secs: u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let run = |stall: bool| -> (f64, u64) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let moved = Arc::new(AtomicU64::new(0));
+        let before = a.rss_kib() + b.rss_kib();
+        let mut readers = Vec::new();
+        for i in 0..32 {
+            let (stop, moved) = (stop.clone(), moved.clone());
+            readers.push(thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.write_all(b"D").expect("cmd");
+                s.write_all(&u64::MAX.to_be_bytes()).expect("len");
+                let mut buf = vec![0u8; CHUNK];
+                if i == 0 {
+                    // The stalled reader: one read, then nothing until the end (or it is absent).
+                    if stall {
+                        let _ = s.read(&mut buf);
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    return;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            moved.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        thread::sleep(Duration::from_secs(1));
+        let from = moved.load(Ordering::Relaxed);
+        let started = Instant::now();
+        thread::sleep(Duration::from_secs(secs));
+        let rate = (moved.load(Ordering::Relaxed) - from) as f64
+            / (1 << 20) as f64
+            / started.elapsed().as_secs_f64();
+        let grown = (a.rss_kib() + b.rss_kib()).saturating_sub(before);
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            let _ = r.join();
+        }
+        thread::sleep(Duration::from_millis(300));
+        (rate, grown)
+    };
+    let (alone, _) = run(false);
+    let (beside, grown) = run(true);
+    println!(
+        "{:<64} {alone:>12.1} {beside:>12.1} {:>7.2}",
+        format!("31 downloads (MiB/s): alone, beside a reader stalled {secs} s"),
+        beside / alone
+    );
+    println!(
+        "{:<64} {:>12} {grown:>12}",
+        "  RSS growth of both nodes with the stalled reader (KiB)", "-"
+    );
 }
 
 /// Starts the delay relay (25 ms each way, 32 MiB in flight) in front of `target`; its process
