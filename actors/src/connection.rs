@@ -57,6 +57,32 @@ pub enum Keying {
     Ready(Box<StreamCrypto>),
 }
 
+/// The socket's read side, through the stream's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    /// Before OPEN_OK (or before the backend answered): not read.
+    Unopened,
+    /// Open, neither waiting for readability nor holding a request for credit (transient).
+    Idle,
+    /// A readability watch owns the read half.
+    Watching,
+    /// Readable: credit was asked for, and what is granted is read until the socket runs dry.
+    Wanting,
+    /// EOF read and FIN sent to the tunnel.
+    Done,
+}
+
+/// The socket's write side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    /// Nothing being written.
+    Idle,
+    /// A write future owns the write half.
+    Writing,
+    /// The far end's FIN was carried out: our write side is shut down.
+    Done,
+}
+
 pub struct Connection {
     tunnel: Addr<Tunnel>,
     /// The service carried, for log lines.
@@ -72,20 +98,15 @@ pub struct Connection {
     reader: Option<OwnedReadHalf>,
     /// `None` while a write owns it, and once our side is shut down.
     writer: Option<OwnedWriteHalf>,
-    /// A readability watch is under way.
-    watching: bool,
-    /// Credit was asked for (the socket has data) and not handed back since.
-    wanting: bool,
-    writing: bool,
-    /// OPEN_OK exchanged: the socket may be read.
-    opened: bool,
+    /// Where the socket's read side is: unopened, waiting for readability, asking for and using
+    /// credit, or done.
+    read: ReadState,
+    /// Where its write side is.
+    write: WriteState,
     /// Wire bytes the tunnel let us send and we have not used yet.
     grant: u64,
-    /// The socket said EOF and FIN went to the tunnel.
-    read_done: bool,
     /// The far end's FIN arrived: shut our write side once `out` is written.
     peer_fin: bool,
-    write_done: bool,
     /// Decrypted bytes waiting to be written to the socket.
     out: VecDeque<Bytes>,
     /// Wire bytes (tags included) behind `out`: what goes back to the tunnel as consumed.
@@ -118,14 +139,10 @@ impl Connection {
             fd: None,
             reader: None,
             writer: None,
-            watching: false,
-            wanting: false,
-            writing: false,
-            opened: false,
+            read: ReadState::Unopened,
+            write: WriteState::Idle,
             grant: 0,
-            read_done: false,
             peer_fin: false,
-            write_done: false,
             out: VecDeque::new(),
             out_wire: 0,
             keying,
@@ -195,7 +212,7 @@ impl Connection {
     /// grant goes back to the tunnel and the actor waits for readability before asking again: an
     /// idle connection holds no credit and no buffer.
     fn read_more(&mut self, ctx: &mut Context<Self>) {
-        if self.watching || self.read_done || !self.opened {
+        if !matches!(self.read, ReadState::Idle | ReadState::Wanting) {
             return;
         }
         let stream = self.stream;
@@ -219,7 +236,7 @@ impl Connection {
                     }
                 }
                 Ok(Chunk::Eof) => {
-                    self.read_done = true;
+                    self.read = ReadState::Done;
                     self.report(FromConnection::Fin { stream });
                     self.finish_if_done(ctx);
                     return;
@@ -231,7 +248,7 @@ impl Connection {
                 }
             }
         }
-        if !self.wanting {
+        if self.read == ReadState::Idle {
             self.watch(ctx);
         }
     }
@@ -245,7 +262,7 @@ impl Connection {
                 bytes: unused,
             });
         }
-        self.wanting = false;
+        self.read = ReadState::Idle;
     }
 
     /// Waits until the socket is readable, then asks the tunnel for credit.
@@ -254,7 +271,7 @@ impl Connection {
         let Some(reader) = self.reader.take() else {
             return;
         };
-        self.watching = true;
+        self.read = ReadState::Watching;
         ctx.spawn(
             async move {
                 let ready = reader.readable().await;
@@ -263,12 +280,12 @@ impl Connection {
             .into_actor(self)
             .map(move |(reader, ready), act, ctx| {
                 act.reader = Some(reader);
-                act.watching = false;
                 match ready {
-                    Ok(()) => {
-                        act.wanting = true;
+                    Ok(()) if act.read == ReadState::Watching => {
+                        act.read = ReadState::Wanting;
                         act.report(FromConnection::Want { stream });
                     }
+                    Ok(()) => {}
                     Err(e) => act.abort(ctx, ResetCode::Aborted, format!("read failed: {e}")),
                 }
             }),
@@ -293,7 +310,7 @@ impl Connection {
     }
 
     fn write_more(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.write_done {
+        if self.write != WriteState::Idle {
             return;
         }
         let Some(mut writer) = self.writer.take() else {
@@ -311,7 +328,7 @@ impl Connection {
             if self.peer_fin {
                 // Dropping the write half shuts down our side: the half-close travels on.
                 drop(writer);
-                self.write_done = true;
+                self.write = WriteState::Done;
                 self.finish_if_done(ctx);
             } else {
                 self.writer = Some(writer);
@@ -320,7 +337,7 @@ impl Connection {
         }
         let batch: Vec<Bytes> = self.out.drain(..).collect();
         let bytes = std::mem::take(&mut self.out_wire);
-        self.writing = true;
+        self.write = WriteState::Writing;
         ctx.spawn(
             async move {
                 let result = write_all_vectored(&mut writer, batch).await;
@@ -328,7 +345,7 @@ impl Connection {
             }
             .into_actor(self)
             .map(move |(writer, result), act, ctx| {
-                act.writing = false;
+                act.write = WriteState::Idle;
                 act.writer = Some(writer);
                 match result {
                     Ok(()) => {
@@ -344,7 +361,7 @@ impl Connection {
     }
 
     fn finish_if_done(&mut self, ctx: &mut Context<Self>) {
-        if self.read_done && self.write_done && !self.writing {
+        if self.read == ReadState::Done && self.write == WriteState::Done {
             self.report(FromConnection::Closed {
                 stream: self.stream,
                 failure: None,
@@ -392,7 +409,7 @@ impl Connection {
                         }
                         Ok(Ok(sock)) => {
                             act.attach(sock);
-                            act.opened = true;
+                            act.read = ReadState::Idle;
                             let stream = act.stream;
                             act.report(FromConnection::Dialed { stream });
                             act.read_more(ctx);
@@ -477,14 +494,18 @@ impl Handler<StreamEvent> for Connection {
                     };
                     self.keying = Some(Keying::Ready(Box::new(key.stream(ours, &theirs, true))));
                 }
-                self.opened = true;
+                if self.read == ReadState::Unopened {
+                    self.read = ReadState::Idle;
+                }
                 self.read_more(ctx);
             }
             // Credit that crossed our hand-back in flight: return it too.
-            StreamEvent::Grant(n) if !self.wanting => self.report(FromConnection::Return {
-                stream: self.stream,
-                bytes: n,
-            }),
+            StreamEvent::Grant(n) if self.read != ReadState::Wanting => {
+                self.report(FromConnection::Return {
+                    stream: self.stream,
+                    bytes: n,
+                })
+            }
             StreamEvent::Grant(n) => {
                 self.grant += n;
                 self.read_more(ctx);
