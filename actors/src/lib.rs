@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod protocol;
 pub mod registry;
+pub mod routes;
 pub mod schedule;
 pub mod state;
 pub mod tunnel;
@@ -81,7 +82,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            stream_window: 256 * 1024,
+            stream_window: 1024 * 1024,
             max_stream_window: 16 * 1024 * 1024,
             tunnel_window: 32 * 1024 * 1024,
             max_tunnel_window: 64 * 1024 * 1024,

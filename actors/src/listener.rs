@@ -17,7 +17,9 @@ use crate::handshake::{
     read_message, refusal, version1_refusal, write_message, Acceptor, HandshakeError, RefuseCode,
 };
 use crate::limits::{printable, Escaped, Gauge, Slot, Usage};
-use crate::registry::{Accepted, ListenerDown, MayAccept, Registry, TunnelAccepted, TunnelSecret};
+use crate::registry::{ListenerDown, MayAccept, Registry, TunnelAccepted, TunnelSecret};
+use crate::routes::RouteTable;
+use crate::tunnel::CarryClient;
 use crate::Settings;
 
 /// Pause after an accept error (out of file descriptors, say) so the loop does not spin.
@@ -74,9 +76,12 @@ pub struct Listener {
     usage: Arc<Usage>,
     /// A local service's connections at once (`None` for the tunnel port).
     connections: Option<Arc<Gauge>>,
+    /// Where a local service's clients go, as the Registry last published.
+    routes: RouteTable,
 }
 
 impl Listener {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         accepts: Accepts,
         id: u64,
@@ -85,6 +90,7 @@ impl Listener {
         settings: Settings,
         usage: Arc<Usage>,
         connections: Option<Arc<Gauge>>,
+        routes: RouteTable,
     ) -> Listener {
         Listener {
             accepts,
@@ -94,6 +100,30 @@ impl Listener {
             settings,
             usage,
             connections,
+            routes,
+        }
+    }
+
+    /// Hands a client straight to the tunnel its service is bound to (no Registry hop), or
+    /// resets it at once when there is none, so it learns that nothing is behind the port.
+    fn carry(&self, service: &str, sock: TcpStream, peer: SocketAddr, slots: Vec<Slot>) {
+        let routes = self.routes.load();
+        match routes.carry(service) {
+            Ok((route, tunnel)) => tunnel.do_send(CarryClient {
+                sock,
+                service: service.to_owned(),
+                key: route.key.clone(),
+                idle_timeout: route.timeout,
+                slots,
+            }),
+            Err(why) => {
+                log_limited!(
+                    info,
+                    "client-refused",
+                    "service {service}: resetting connection from {peer}: {why}"
+                );
+                crate::io::reset_now(&sock);
+            }
         }
     }
 
@@ -184,12 +214,7 @@ impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for Listener {
                     return;
                 };
                 match &self.accepts {
-                    Accepts::Service(service) => self.registry.do_send(Accepted {
-                        service: service.clone(),
-                        sock,
-                        peer,
-                        slots,
-                    }),
+                    Accepts::Service(service) => self.carry(service, sock, peer, slots),
                     Accepts::Tunnels => {
                         actix_rt::spawn(handshake(
                             sock,

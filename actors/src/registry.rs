@@ -1,8 +1,8 @@
 //! The Registry actor: the one owner of a node's configuration (tunnels, services, binds). It
-//! starts and stops the tunnel and listener actors, and decides where each new connection goes:
-//! which tunnel carries a client, whether a stream the peer opens is served. The tunnel then starts
-//! that connection's actor itself and supervises it, so no connection ever exists that its tunnel
-//! does not know. The bytes flow between a connection and its tunnel; never through here.
+//! starts and stops the tunnel and listener actors, and after every change publishes the route
+//! table ([`crate::routes`]) that listeners and tunnels read to place new connections themselves:
+//! which tunnel carries a client, whether a stream the peer opens is served. Neither new
+//! connections nor bytes pass through here.
 //!
 //! It also supervises: a dialled tunnel that drops is re-dialled with back-off until it is deleted,
 //! a listener that stops unbidden (or panics) is restarted with back-off, and every accepted admin
@@ -23,18 +23,16 @@ use serde_json::{json, Map, Value};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::cipher::{fresh_nonce, CipherKind, Secret, ServiceKey};
+use crate::cipher::{CipherKind, Secret, ServiceKey};
 use crate::handshake::{
     self, fingerprint, HandshakeError, Identity, RefuseCode, Terms, IDENTITY_LEN,
 };
-use crate::limits::{Escaped, Gauge, Slot, Usage};
+use crate::limits::{Escaped, Gauge, Usage};
 use crate::listener::{self, Accepts, Listener, SharedSocket, SocketReplaced, StopListener};
-use crate::protocol::{GoAway, KeyedOpen};
+use crate::protocol::GoAway;
+use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
-use crate::tunnel::{
-    CarryClient, CloseService, CloseTunnel, RefuseStream, Role, ServeStream, Snapshot, Tunnel,
-    TunnelStats,
-};
+use crate::tunnel::{CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelStats};
 use crate::{Access, Settings, Side};
 
 /// Why an admin request was refused. A refused request changes nothing, except `Unsaved`: the
@@ -231,6 +229,8 @@ pub struct Registry {
     tunnels: BTreeMap<String, TunnelEntry>,
     /// Names peers may claim: declared ones, and the pins of names claimed.
     accepted: BTreeMap<String, AcceptedName>,
+    /// What listeners and tunnels read to place new connections; republished on every change.
+    routes: RouteTable,
     /// Latest `POST /tunnel` dial under way per tunnel name (generation, destination); a later
     /// request or a DELETE supersedes it.
     dialing: HashMap<String, (u64, SocketAddr)>,
@@ -272,6 +272,7 @@ impl Registry {
             identity: Arc::new(identity),
             tunnels: BTreeMap::new(),
             accepted: BTreeMap::new(),
+            routes: RouteTable::default(),
             dialing: HashMap::new(),
             local: BTreeMap::new(),
             remote: BTreeMap::new(),
@@ -301,6 +302,50 @@ impl Registry {
             Some(Link::Up(actor)) => Some(actor.clone()),
             _ => None,
         }
+    }
+
+    /// Publishes the routes as they are now (services, binds, connected tunnels), for the next
+    /// connection any listener or tunnel places.
+    fn publish(&self) {
+        let bind =
+            |side: Side, name: &str| self.binds.get(&side).and_then(|b| b.get(name)).cloned();
+        let routes = Routes {
+            local: self
+                .local
+                .iter()
+                .map(|(n, s)| {
+                    let route = LocalRoute {
+                        tunnel: bind(Side::Local, n),
+                        key: s.key.clone(),
+                        timeout: s.timeout,
+                    };
+                    (n.clone(), route)
+                })
+                .collect(),
+            remote: self
+                .remote
+                .iter()
+                .map(|(n, s)| {
+                    let route = RemoteRoute {
+                        addr: s.addr,
+                        key: s.key.clone(),
+                        timeout: s.timeout,
+                        tunnel: bind(Side::Remote, n),
+                    };
+                    (n.clone(), route)
+                })
+                .collect(),
+            tunnels: self
+                .tunnels
+                .iter()
+                .filter_map(|(n, t)| match &t.link {
+                    Link::Up(a) => Some((n.clone(), a.clone())),
+                    Link::Retrying { .. } => None,
+                })
+                .collect(),
+            closed: self.shutting_down,
+        };
+        self.routes.publish(routes);
     }
 
     /// Whether `dest` is this node's own tunnel port.
@@ -365,6 +410,10 @@ impl Registry {
             }
         };
         let generation = self.next_generation();
+        let authenticated = match role {
+            Role::Dialer => self.dial_secret(&secret).is_some(),
+            Role::Acceptor => self.secret_for(&name).is_some(),
+        };
         let actor = Tunnel::new(
             name.clone(),
             generation,
@@ -374,6 +423,8 @@ impl Registry {
             ctx.address(),
             self.settings,
             self.usage.clone(),
+            self.routes.clone(),
+            authenticated,
         )
         .start();
         let old = self.tunnels.insert(
@@ -408,6 +459,7 @@ impl Registry {
             Role::Acceptor => "accepted",
         };
         info!("tunnel {name} up ({role})");
+        self.publish();
     }
 
     /// Writes the state file without anyone waiting for the answer (a change the peer made).
@@ -523,6 +575,7 @@ impl Registry {
     fn start_listener(&mut self, accepts: Accepts, ctx: &mut Context<Self>) {
         let id = self.next_generation();
         let (registry, settings, usage) = (ctx.address(), self.settings, self.usage.clone());
+        let routes = self.routes.clone();
         let gate = match &accepts {
             Accepts::Service(name) => self.local.get(name).map(|s| s.connections.clone()),
             Accepts::Tunnels => None,
@@ -562,6 +615,7 @@ impl Registry {
                 settings,
                 usage,
                 gate,
+                routes,
             )
             .start(),
         );
@@ -645,6 +699,8 @@ impl Registry {
 
     /// An admin change's answer: its refusal, or its outcome once saved.
     fn commit(&self, change: Result<(), AdminError>) -> Saved {
+        // The routes first, so the change applies to the next connection.
+        self.publish();
         match change {
             Ok(()) => self.persist(),
             Err(e) => Box::pin(async move { Err(e) }),
@@ -731,6 +787,7 @@ impl Registry {
             "restored {} tunnels and {} services from the state file",
             count.0, count.1
         );
+        self.publish();
     }
 
     fn snapshot_config(&self) -> Value {
@@ -1496,6 +1553,16 @@ impl Handler<TunnelDown> for Registry {
         if t.generation != msg.generation || !matches!(t.link, Link::Up(_)) {
             return;
         }
+        self.tunnel_down(msg, ctx);
+        self.publish();
+    }
+}
+
+impl Registry {
+    fn tunnel_down(&mut self, msg: TunnelDown, ctx: &mut Context<Self>) {
+        let Some(t) = self.tunnels.get_mut(&msg.name) else {
+            return;
+        };
         match (t.role, msg.goaway) {
             (Role::Dialer, Some(GoAway::Deleted)) => {
                 info!("tunnel {} removed: {}", msg.name, msg.reason);
@@ -1582,145 +1649,6 @@ impl Handler<ListenerDown> for Registry {
     }
 }
 
-/// Listener -> Registry: a client connected to a local service.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Accepted {
-    pub service: String,
-    pub sock: TcpStream,
-    pub peer: SocketAddr,
-    /// The client's descriptor and its place in the service's limit.
-    pub slots: Vec<Slot>,
-}
-
-impl Handler<Accepted> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Accepted, _ctx: &mut Self::Context) {
-        let Some(service) = self.local.get(&msg.service) else {
-            return;
-        };
-        if self.shutting_down {
-            return;
-        }
-        let refuse = |why: String| {
-            log_limited!(
-                info,
-                "client-refused",
-                "service {}: resetting connection from {}: {why}",
-                msg.service,
-                msg.peer
-            );
-            // A reset, not a FIN: the client learns at once that nothing is behind the port.
-            crate::io::reset_now(&msg.sock);
-        };
-        let Some(tunnel_name) = self
-            .binds
-            .get(&Side::Local)
-            .and_then(|b| b.get(&msg.service))
-        else {
-            return refuse("the service is not bound to a tunnel".to_owned());
-        };
-        let Some(tunnel) = self.connected_tunnel(tunnel_name) else {
-            return refuse(format!("tunnel {tunnel_name} is not connected"));
-        };
-        tunnel.do_send(CarryClient {
-            sock: msg.sock,
-            service: msg.service,
-            key: service.key.clone(),
-            idle_timeout: service.timeout,
-            slots: msg.slots,
-        });
-    }
-}
-
-/// Tunnel -> Registry: the peer opened a stream for one of our remote services.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct IncomingOpen {
-    pub tunnel: String,
-    pub addr: Addr<Tunnel>,
-    pub stream: u32,
-    pub service: String,
-    pub keyed: Option<KeyedOpen>,
-}
-
-impl Handler<IncomingOpen> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: IncomingOpen, _ctx: &mut Self::Context) {
-        let service = Escaped(&msg.service);
-        let refusal = match self.remote.get(&msg.service) {
-            None => Some(format!("no remote service named {service}")),
-            Some(_)
-                if self
-                    .binds
-                    .get(&Side::Remote)
-                    .and_then(|b| b.get(&msg.service))
-                    != Some(&msg.tunnel) =>
-            {
-                Some(format!(
-                    "remote service {service} is not bound to tunnel {}",
-                    msg.tunnel
-                ))
-            }
-            Some(s) => match (&s.key, &msg.keyed) {
-                (Some(k), Some(open)) if open.cipher != k.cipher => Some(format!(
-                    "cipher mismatch for service {service}: the peer uses {}, this node {}",
-                    open.cipher, k.cipher
-                )),
-                (Some(k), Some(open)) if !k.verify(open) => {
-                    Some(format!("key mismatch for service {service}"))
-                }
-                (Some(_), None) | (None, Some(_)) => Some(format!(
-                    "key mismatch for service {service}: only one end has a key"
-                )),
-                _ => None,
-            },
-        };
-        if let Some(reason) = refusal {
-            log_limited!(
-                warn,
-                "stream-refused",
-                "tunnel {}: refusing stream {}: {reason}",
-                msg.tunnel,
-                msg.stream
-            );
-            // A peer that proved a tunnel secret learns why; any other learns only that the
-            // stream is refused: not whether the service exists, is bound elsewhere, or has
-            // another key.
-            let authenticated = match self.tunnels.get(&msg.tunnel) {
-                Some(t) if t.role == Role::Dialer => self.dial_secret(&t.secret).is_some(),
-                Some(_) => self.secret_for(&msg.tunnel).is_some(),
-                None => false,
-            };
-            msg.addr.do_send(RefuseStream {
-                stream: msg.stream,
-                reason: if authenticated {
-                    reason
-                } else {
-                    "refused".to_owned()
-                },
-            });
-            return;
-        }
-        let Some(service) = self.remote.get(&msg.service) else {
-            return;
-        };
-        let crypto = service.key.as_ref().zip(msg.keyed.as_ref()).map(|(k, o)| {
-            let ours = fresh_nonce();
-            (k.stream(&o.nonce, &ours, false), ours)
-        });
-        msg.addr.do_send(ServeStream {
-            stream: msg.stream,
-            target: service.addr,
-            connect_timeout: self.settings.connect_timeout,
-            crypto,
-            idle_timeout: service.timeout,
-        });
-    }
-}
-
 /// The node is stopping (SIGTERM, SIGINT): stop accepting, say goodbye to every peer (dialers
 /// re-dial, acceptors drop the tunnel at once instead of waiting for the heartbeat), close every
 /// connection, flush the state file. Resolves once the tunnels have stopped, or after a grace.
@@ -1733,6 +1661,7 @@ impl Handler<Shutdown> for Registry {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
+        self.publish();
         if let Some(port) = self.tunnel_port.take() {
             port.close(ctx);
         }

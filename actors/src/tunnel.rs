@@ -31,7 +31,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
-use crate::cipher::StreamCrypto;
+use crate::cipher::fresh_nonce;
 use crate::connection::{Connection, Keying, StreamEvent};
 use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
@@ -41,7 +41,8 @@ use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
     NONCE_LEN, TUNNEL_STREAM,
 };
-use crate::registry::{IncomingOpen, Registry, TunnelDown};
+use crate::registry::{Registry, TunnelDown};
+use crate::routes::RouteTable;
 use crate::schedule::SendQueue;
 use crate::{Settings, Side};
 
@@ -161,6 +162,10 @@ pub struct Tunnel {
     usage: Arc<Usage>,
     /// Backend dials the peer may still cause this second.
     dials: TokenBucket,
+    /// Where OPENs from the peer go, as the Registry last published.
+    routes: RouteTable,
+    /// The peer proved a secret: refusals may tell it why.
+    authenticated: bool,
     /// Moved into the frame reader once the actor starts.
     sock: Option<TcpStream>,
     /// `None` while a write is under way (the write future owns it).
@@ -219,6 +224,8 @@ impl Tunnel {
         registry: Addr<Registry>,
         settings: Settings,
         usage: Arc<Usage>,
+        routes: RouteTable,
+        authenticated: bool,
     ) -> Tunnel {
         Tunnel {
             name,
@@ -230,6 +237,8 @@ impl Tunnel {
             peer_addr: sock.peer_addr().ok(),
             dials: TokenBucket::new(settings.limits.max_dials_per_second, Instant::now()),
             usage,
+            routes,
+            authenticated,
             sock: Some(sock),
             writer: None,
             writing: false,
@@ -645,15 +654,87 @@ impl Tunnel {
             );
             return;
         }
-        let entry = StreamEntry::new(None, service.clone(), Side::Remote, &self.settings);
-        self.insert_stream(id, entry);
-        self.registry.do_send(IncomingOpen {
-            tunnel: self.name.clone(),
-            addr: ctx.address(),
-            stream: id,
-            service,
-            keyed,
+        // Decided here, from the routes the Registry published: no round trip through it.
+        let routes = self.routes.load();
+        let route = match routes.open(&self.name, &service, keyed.as_ref(), self.authenticated) {
+            Ok(route) => route,
+            Err(refusal) => {
+                log_limited!(
+                    warn,
+                    "stream-refused",
+                    "tunnel {}: refusing stream {id}: {}",
+                    self.name,
+                    refusal.log
+                );
+                self.queue_control(
+                    &Frame::OpenFail {
+                        stream: id,
+                        reason: refusal.peer,
+                    },
+                    ctx,
+                );
+                return;
+            }
+        };
+        let refusal = if !self.dials.try_take(Instant::now()) {
+            self.usage.refuse_dial();
+            log_limited!(
+                warn,
+                "dial-limit",
+                "tunnel {}: refusing stream {id}: the peer opens more than {} streams a second",
+                self.name,
+                self.settings.limits.max_dials_per_second
+            );
+            Some("too many new streams per second")
+        } else {
+            None
+        };
+        let descriptor = match refusal {
+            Some(_) => None,
+            None => self.usage.descriptors.try_acquire(),
+        };
+        let Some(descriptor) = descriptor else {
+            if refusal.is_none() {
+                log_limited!(
+                    warn,
+                    "descriptors",
+                    "tunnel {}: out of file descriptors (reserve kept); refusing stream {id}",
+                    self.name
+                );
+            }
+            let reason = refusal.unwrap_or("the node is out of connections");
+            self.queue_control(
+                &Frame::OpenFail {
+                    stream: id,
+                    reason: reason.to_owned(),
+                },
+                ctx,
+            );
+            return;
+        };
+        // Key setup here, not in the Registry: our nonce goes back in OPEN_OK.
+        let crypto = route.key.as_ref().zip(keyed.as_ref()).map(|(k, o)| {
+            let ours = fresh_nonce();
+            (k.stream(&o.nonce, &ours, false), ours)
         });
+        let (crypto, nonce) = match crypto {
+            Some((c, n)) => (Some(c), Some(n)),
+            None => (None, None),
+        };
+        let conn = Connection::dialing(
+            id,
+            route.addr,
+            self.settings.connect_timeout,
+            ctx.address(),
+            service.clone(),
+            crypto.map(|c| Keying::Ready(Box::new(c))),
+            route.timeout,
+            vec![descriptor],
+        )
+        .start();
+        let mut entry = StreamEntry::new(Some(conn), service, Side::Remote, &self.settings);
+        entry.accept_nonce = nonce;
+        self.insert_stream(id, entry);
     }
 
     fn snapshot(&self) -> TunnelStats {
@@ -866,117 +947,6 @@ impl Handler<CarryClient> for Tunnel {
         let entry = StreamEntry::new(Some(conn), msg.service, Side::Local, &self.settings);
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
-    }
-}
-
-/// Registry -> tunnel: the peer's OPEN is accepted; dial the remote service's `addr` for it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ServeStream {
-    pub stream: u32,
-    pub target: SocketAddr,
-    pub connect_timeout: Duration,
-    /// A keyed stream's crypto and our nonce for OPEN_OK.
-    pub crypto: Option<(StreamCrypto, [u8; NONCE_LEN])>,
-    pub idle_timeout: Option<Duration>,
-}
-
-impl Handler<ServeStream> for Tunnel {
-    type Result = ();
-
-    fn handle(&mut self, msg: ServeStream, ctx: &mut Self::Context) {
-        let address = ctx.address();
-        // The peer may have reset the stream while the Registry was deciding.
-        let Some(e) = self.streams.get(&msg.stream) else {
-            return;
-        };
-        if e.conn.is_some() {
-            return;
-        }
-        if !self.dials.try_take(Instant::now()) {
-            self.usage.refuse_dial();
-            log_limited!(
-                warn,
-                "dial-limit",
-                "tunnel {}: refusing stream {}: the peer opens more than {} streams a second",
-                self.name,
-                msg.stream,
-                self.settings.limits.max_dials_per_second
-            );
-            if self.remove_stream(msg.stream, ctx).is_some() {
-                self.queue_control(
-                    &Frame::OpenFail {
-                        stream: msg.stream,
-                        reason: "too many new streams per second".to_owned(),
-                    },
-                    ctx,
-                );
-            }
-            return;
-        }
-        let Some(descriptor) = self.usage.descriptors.try_acquire() else {
-            log_limited!(
-                warn,
-                "descriptors",
-                "tunnel {}: out of file descriptors (reserve kept); refusing stream {}",
-                self.name,
-                msg.stream
-            );
-            if self.remove_stream(msg.stream, ctx).is_some() {
-                self.queue_control(
-                    &Frame::OpenFail {
-                        stream: msg.stream,
-                        reason: "the node is out of connections".to_owned(),
-                    },
-                    ctx,
-                );
-            }
-            return;
-        };
-        let service = e.service.clone();
-        let (crypto, nonce) = match msg.crypto {
-            Some((c, n)) => (Some(c), Some(n)),
-            None => (None, None),
-        };
-        let conn = Connection::dialing(
-            msg.stream,
-            msg.target,
-            msg.connect_timeout,
-            address,
-            service,
-            crypto.map(|c| Keying::Ready(Box::new(c))),
-            msg.idle_timeout,
-            vec![descriptor],
-        )
-        .start();
-        if let Some(e) = self.streams.get_mut(&msg.stream) {
-            e.conn = Some(conn);
-            e.accept_nonce = nonce;
-        }
-    }
-}
-
-/// Registry -> tunnel: the peer's OPEN is refused.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RefuseStream {
-    pub stream: u32,
-    pub reason: String,
-}
-
-impl Handler<RefuseStream> for Tunnel {
-    type Result = ();
-
-    fn handle(&mut self, msg: RefuseStream, ctx: &mut Self::Context) {
-        if self.remove_stream(msg.stream, ctx).is_some() {
-            self.queue_control(
-                &Frame::OpenFail {
-                    stream: msg.stream,
-                    reason: msg.reason,
-                },
-                ctx,
-            );
-        }
     }
 }
 

@@ -1,0 +1,223 @@
+//! The route table: what a listener and a tunnel need to place a new connection without asking
+//! the Registry. The Registry builds a new, immutable [`Routes`] on every change of services,
+//! binds or connected tunnels and publishes it through a [`RouteTable`]; listeners and tunnels
+//! read the current one for each connection (one `Arc` clone), so new connections never queue
+//! behind admin work, and a change is seen by the next connection, never half-applied.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix::Addr;
+
+use crate::cipher::ServiceKey;
+use crate::limits::Escaped;
+use crate::protocol::KeyedOpen;
+use crate::tunnel::Tunnel;
+
+/// A local service's route: where its clients go.
+#[derive(Clone)]
+pub struct LocalRoute {
+    /// The tunnel it is bound to, if any.
+    pub tunnel: Option<String>,
+    pub key: Option<ServiceKey>,
+    pub timeout: Option<Duration>,
+}
+
+/// A remote service's route: where streams for it are dialled, and from which tunnel.
+#[derive(Clone)]
+pub struct RemoteRoute {
+    pub addr: SocketAddr,
+    pub key: Option<ServiceKey>,
+    pub timeout: Option<Duration>,
+    /// The tunnel it is bound to: OPENs from any other tunnel are refused.
+    pub tunnel: Option<String>,
+}
+
+/// One immutable version of the routes.
+#[derive(Clone, Default)]
+pub struct Routes {
+    pub local: HashMap<String, LocalRoute>,
+    pub remote: HashMap<String, RemoteRoute>,
+    /// Tunnels connected now, by name.
+    pub tunnels: HashMap<String, Addr<Tunnel>>,
+    /// The node is shutting down: no new connections.
+    pub closed: bool,
+}
+
+/// Why an OPEN is refused: the line to log, and what the peer is told.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub log: String,
+    pub peer: String,
+}
+
+impl Routes {
+    /// Where a client of local service `service` goes: its route and the tunnel to carry it, or
+    /// why it cannot be carried.
+    pub fn carry(&self, service: &str) -> Result<(&LocalRoute, &Addr<Tunnel>), String> {
+        if self.closed {
+            return Err("the node is shutting down".to_owned());
+        }
+        let route = self
+            .local
+            .get(service)
+            .ok_or_else(|| format!("service {service} is gone"))?;
+        let tunnel = route
+            .tunnel
+            .as_deref()
+            .ok_or_else(|| "the service is not bound to a tunnel".to_owned())?;
+        let addr = self
+            .tunnels
+            .get(tunnel)
+            .ok_or_else(|| format!("tunnel {tunnel} is not connected"))?;
+        Ok((route, addr))
+    }
+
+    /// Whether tunnel `tunnel` may open a stream to remote service `service` with `keyed`. A
+    /// peer that did not prove a secret (`authenticated` false) is told only "refused": not
+    /// whether the service exists, is bound elsewhere, or has another key or cipher.
+    pub fn open(
+        &self,
+        tunnel: &str,
+        service: &str,
+        keyed: Option<&KeyedOpen>,
+        authenticated: bool,
+    ) -> Result<&RemoteRoute, Refusal> {
+        let shown = Escaped(service);
+        let why = match self.remote.get(service) {
+            _ if self.closed => "the node is shutting down".to_owned(),
+            None => format!("no remote service named {shown}"),
+            Some(r) if r.tunnel.as_deref() != Some(tunnel) => {
+                format!("remote service {shown} is not bound to tunnel {tunnel}")
+            }
+            Some(r) => match (&r.key, keyed) {
+                (Some(k), Some(open)) if open.cipher != k.cipher => format!(
+                    "cipher mismatch for service {shown}: the peer uses {}, this node {}",
+                    open.cipher, k.cipher
+                ),
+                (Some(k), Some(open)) if !k.verify(open) => {
+                    format!("key mismatch for service {shown}")
+                }
+                (Some(_), None) | (None, Some(_)) => {
+                    format!("key mismatch for service {shown}: only one end has a key")
+                }
+                _ => return Ok(r),
+            },
+        };
+        Err(Refusal {
+            peer: if authenticated {
+                why.clone()
+            } else {
+                "refused".to_owned()
+            },
+            log: why,
+        })
+    }
+}
+
+/// The current [`Routes`], shared by the Registry (which writes) and every listener and tunnel
+/// (which read).
+#[derive(Clone, Default)]
+pub struct RouteTable(Arc<RwLock<Arc<Routes>>>);
+
+impl RouteTable {
+    /// The routes now: a snapshot that stays valid however the table changes meanwhile.
+    pub fn load(&self) -> Arc<Routes> {
+        match self.0.read() {
+            Ok(r) => r.clone(),
+            // A writer never panics while holding the lock (it only swaps an Arc).
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn publish(&self, routes: Routes) {
+        let routes = Arc::new(routes);
+        match self.0.write() {
+            Ok(mut w) => *w = routes,
+            Err(poisoned) => *poisoned.into_inner() = routes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cipher::CipherKind;
+
+    fn routes() -> Routes {
+        let mut r = Routes::default();
+        r.remote.insert(
+            "svc".into(),
+            RemoteRoute {
+                addr: "127.0.0.1:80".parse().expect("addr"),
+                key: Some(ServiceKey::new("k", CipherKind::Aes256Gcm)),
+                timeout: None,
+                tunnel: Some("t1".into()),
+            },
+        );
+        r.remote.insert(
+            "plain".into(),
+            RemoteRoute {
+                addr: "127.0.0.1:81".parse().expect("addr"),
+                key: None,
+                timeout: None,
+                tunnel: Some("t1".into()),
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn opens_are_decided_and_strangers_learn_nothing() {
+        let r = routes();
+        let good = ServiceKey::new("k", CipherKind::Aes256Gcm).open();
+        assert!(r.open("t1", "svc", Some(&good), false).is_ok());
+        assert!(r.open("t1", "plain", None, false).is_ok());
+        let wrong_key = ServiceKey::new("x", CipherKind::Aes256Gcm).open();
+        let wrong_cipher = ServiceKey::new("k", CipherKind::Rc4).open();
+        for (tunnel, service, keyed, log) in [
+            ("t1", "nope", None, "no remote service"),
+            ("t2", "plain", None, "not bound to tunnel t2"),
+            ("t1", "svc", Some(&wrong_key), "key mismatch"),
+            ("t1", "svc", Some(&wrong_cipher), "cipher mismatch"),
+            ("t1", "svc", None, "only one end has a key"),
+        ] {
+            let e = r
+                .open(tunnel, service, keyed, false)
+                .err()
+                .expect("refused");
+            assert!(e.log.contains(log), "{}", e.log);
+            assert_eq!(e.peer, "refused");
+            let e = r.open(tunnel, service, keyed, true).err().expect("refused");
+            assert_eq!(e.peer, e.log, "an authenticated peer is told why");
+        }
+    }
+
+    #[test]
+    fn clients_need_a_bind_and_a_connected_tunnel() {
+        let mut r = routes();
+        r.local.insert(
+            "l".into(),
+            LocalRoute {
+                tunnel: Some("t1".into()),
+                key: None,
+                timeout: None,
+            },
+        );
+        assert!(r.carry("l").err().expect("down").contains("not connected"));
+        assert!(r.carry("x").is_err());
+        r.closed = true;
+        assert!(r
+            .carry("l")
+            .err()
+            .expect("closed")
+            .contains("shutting down"));
+        let table = RouteTable::default();
+        let before = table.load();
+        table.publish(r);
+        assert!(before.local.is_empty(), "a snapshot stays as it was");
+        assert!(table.load().closed);
+    }
+}
