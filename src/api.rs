@@ -298,6 +298,17 @@ pub enum Route {
     DeleteBind,
 }
 
+impl Route {
+    pub const ALL: [Route; 6] = [
+        Route::PostTunnel,
+        Route::DeleteTunnel,
+        Route::PostService,
+        Route::DeleteService,
+        Route::PostBind,
+        Route::DeleteBind,
+    ];
+}
+
 /// A request parsed and validated: the Registry message it becomes.
 pub enum Request {
     AddTunnel(AddTunnel),
@@ -392,16 +403,8 @@ pub fn parse(route: Route, body: &[u8]) -> Result<Request, ApiError> {
 /// The admin fuzz target's entry point (`fuzz/`): the first byte picks the route, the rest is
 /// the body.
 pub fn fuzz_request(data: &[u8]) {
-    const ROUTES: [Route; 6] = [
-        Route::PostTunnel,
-        Route::DeleteTunnel,
-        Route::PostService,
-        Route::DeleteService,
-        Route::PostBind,
-        Route::DeleteBind,
-    ];
     if let Some((first, body)) = data.split_first() {
-        let _ = parse(ROUTES[usize::from(*first) % ROUTES.len()], body);
+        let _ = parse(Route::ALL[usize::from(*first) % Route::ALL.len()], body);
     }
 }
 
@@ -698,14 +701,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(1234);
         let seed = br#"{"name":"service1", "key":"k", "cipher":"rc4", "timeout": 5, "type": "local", "addr":["0.0.0.0", "8080"]}"#;
-        let routes = [
-            Route::PostTunnel,
-            Route::DeleteTunnel,
-            Route::PostService,
-            Route::DeleteService,
-            Route::PostBind,
-            Route::DeleteBind,
-        ];
+        let routes = Route::ALL;
         for round in 0..20_000 {
             let mut v = seed.to_vec();
             for _ in 0..rng.gen_range(1..4) {

@@ -298,23 +298,7 @@ fn a_client_reset_reaches_the_backend_as_a_reset() {
     let s = connect(local);
     (&s).write_all(&pattern(100_000, 1)).expect("send");
     thread::sleep(Duration::from_millis(200));
-    {
-        use std::os::fd::AsRawFd;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt on our own socket, reading the struct for its size.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                std::ptr::addr_of!(linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
-    }
+    linger_zero(&s);
     drop(s);
     assert!(eventually(Duration::from_secs(3), || ended
         .lock()

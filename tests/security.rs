@@ -780,7 +780,7 @@ fn aborted_streams_end_with_a_reset_and_clean_ones_with_a_fin() {
     let resetting = Backend::start(|mut s| {
         let _ = s.write_all(&pattern(100_000, 3));
         thread::sleep(Duration::from_millis(100));
-        socket2_linger_zero(&s);
+        linger_zero(&s);
         drop(s);
     });
     let echo = Backend::echo();
@@ -801,23 +801,4 @@ fn aborted_streams_end_with_a_reset_and_clean_ones_with_a_fin() {
     echo_once(&mut s, 1);
     b.kill9();
     assert_eq!(ending(&mut s, Duration::from_secs(5)), Some(true));
-}
-
-/// Sets SO_LINGER 0 on a std socket, so dropping it sends a reset.
-fn socket2_linger_zero(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, reading the struct for its size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::addr_of!(linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }

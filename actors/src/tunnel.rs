@@ -645,14 +645,7 @@ impl Tunnel {
                 self.name,
                 self.settings.limits.max_streams
             );
-            self.queue_control(
-                &Frame::OpenFail {
-                    stream: id,
-                    reason: reason.to_owned(),
-                },
-                ctx,
-            );
-            return;
+            return self.refuse_open(id, reason.to_owned(), ctx);
         }
         // Decided here, from the routes the Registry published: no round trip through it.
         let routes = self.routes.load();
@@ -666,14 +659,7 @@ impl Tunnel {
                     self.name,
                     refusal.log
                 );
-                self.queue_control(
-                    &Frame::OpenFail {
-                        stream: id,
-                        reason: refusal.peer,
-                    },
-                    ctx,
-                );
-                return;
+                return self.refuse_open(id, refusal.peer, ctx);
             }
         };
         let refusal = if !self.dials.try_take(Instant::now()) {
@@ -703,14 +689,7 @@ impl Tunnel {
                 );
             }
             let reason = refusal.unwrap_or("the node is out of connections");
-            self.queue_control(
-                &Frame::OpenFail {
-                    stream: id,
-                    reason: reason.to_owned(),
-                },
-                ctx,
-            );
-            return;
+            return self.refuse_open(id, reason.to_owned(), ctx);
         };
         // Key setup here, not in the Registry: our nonce goes back in OPEN_OK.
         let crypto = route.key.as_ref().zip(keyed.as_ref()).map(|(k, o)| {
@@ -735,6 +714,11 @@ impl Tunnel {
         let mut entry = StreamEntry::new(Some(conn), service, Side::Remote, &self.settings);
         entry.accept_nonce = nonce;
         self.insert_stream(id, entry);
+    }
+
+    /// Answers a peer's OPEN with OPEN_FAIL.
+    fn refuse_open(&mut self, stream: u32, reason: String, ctx: &mut Context<Self>) {
+        self.queue_control(&Frame::OpenFail { stream, reason }, ctx);
     }
 
     fn snapshot(&self) -> TunnelStats {

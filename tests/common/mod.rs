@@ -964,3 +964,22 @@ impl DelayRelay {
         DelayRelay { addr }
     }
 }
+
+/// Sets SO_LINGER 0 on a socket, so dropping it sends a reset instead of a FIN.
+pub fn linger_zero(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, reading the struct for its size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
