@@ -158,29 +158,15 @@ fn reposting_unchanged_bodies_leaves_live_connections_running() {
     echo_once(&mut held, 1);
     let peer_before = a.config()["tunnels"]["tunnel1"]["peer"].clone();
     dial(&a, &b, "tunnel1");
-    let port = local.port();
-    a.ok(
-        "POST",
-        "/service",
-        &format!(r#"{{"name":"service1", "key":"UHI@&s8sa*S", "type": "local", "addr":["0.0.0.0", "{port}"]}}"#),
-    );
-    b.ok(
-        "POST",
-        "/service",
-        &format!(
-            r#"{{"name":"service1", "key":"UHI@&s8sa*S", "type": "remote", "addr":["127.0.0.1", "{}"]}}"#,
-            backend.addr.port()
-        ),
-    );
-    a.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel": "tunnel1", "service":"service1", "type": "local"}"#,
-    );
-    b.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel": "tunnel1", "service":"service1", "type": "remote"}"#,
+    let key = r#""key":"UHI@&s8sa*S", "#;
+    carry_at(
+        &a,
+        &b,
+        "tunnel1",
+        "service1",
+        key,
+        local.port(),
+        backend.addr,
     );
     echo_once(&mut held, 2);
     assert_eq!(

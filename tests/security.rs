@@ -372,36 +372,21 @@ fn keyed_over_relay(cipher: &str) -> Keyed {
     let (a, b) = (Node::start(), Node::start());
     let relay = FrameRelay::start(b.tunnel);
     dial_addr(&a, relay.addr, "tunnel1");
-    let port = free_port();
     let cipher = if cipher == "rc4" {
         String::new()
     } else {
         format!(r#""cipher":"{cipher}", "#)
     };
-    a.ok(
-        "POST",
-        "/service",
-        &format!(r#"{{"name":"service1", "key":"UHI@&s8sa*S", {cipher}"type": "local", "addr":["127.0.0.1", "{port}"]}}"#),
+    let fields = format!(r#""key":"UHI@&s8sa*S", {cipher}"#);
+    let local = carry_at(
+        &a,
+        &b,
+        "tunnel1",
+        "service1",
+        &fields,
+        free_port(),
+        backend.addr,
     );
-    b.ok(
-        "POST",
-        "/service",
-        &format!(
-            r#"{{"name":"service1", "key":"UHI@&s8sa*S", {cipher}"type": "remote", "addr":["127.0.0.1", "{}"]}}"#,
-            backend.addr.port()
-        ),
-    );
-    a.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel": "tunnel1", "service":"service1", "type": "local"}"#,
-    );
-    b.ok(
-        "POST",
-        "/bind",
-        r#"{"tunnel": "tunnel1", "service":"service1", "type": "remote"}"#,
-    );
-    let local = SocketAddr::from(([127, 0, 0, 1], port));
     Keyed {
         a,
         b,

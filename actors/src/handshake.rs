@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cipher::{hmac_with, Secret};
-use crate::protocol::{Windows, MAX_NAME};
+use crate::protocol::{put_text, Windows};
 
 /// First bytes of every handshake message.
 pub const MAGIC: [u8; 4] = *b"MNET";
@@ -218,15 +218,6 @@ fn get_text(body: &mut &[u8], what: &'static str) -> Result<String, HandshakeErr
     let text = std::str::from_utf8(&body[..len]).map_err(|_| HandshakeError::Malformed(what))?;
     body.advance(len);
     Ok(text.to_owned())
-}
-
-fn put_text(b: &mut BytesMut, text: &str) {
-    let mut end = text.len().min(MAX_NAME);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    b.put_u8(end as u8);
-    b.put_slice(&text.as_bytes()[..end]);
 }
 
 impl Message {

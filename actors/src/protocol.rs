@@ -187,7 +187,8 @@ fn put_header(dst: &mut BytesMut, kind: u8, stream: u32, len: usize) {
     dst.put_u32(stream);
 }
 
-fn put_text(dst: &mut BytesMut, text: &str) {
+/// A u8 length and at most [`MAX_NAME`] bytes of `text` (cut at a character boundary).
+pub(crate) fn put_text(dst: &mut BytesMut, text: &str) {
     let bytes = truncate_utf8(text, MAX_NAME);
     dst.put_u8(bytes.len() as u8);
     dst.put_slice(bytes);

@@ -427,7 +427,7 @@ impl Tunnel {
     }
 
     /// Forgets a stream, returning its unused credit in both directions.
-    fn remove_stream(&mut self, id: u32, ctx: &mut Context<Self>) -> Option<StreamEntry> {
+    fn remove_stream(&mut self, id: u32) -> Option<StreamEntry> {
         let e = self.streams.remove(&id)?;
         match e.side {
             Side::Local => self.local_streams -= 1,
@@ -437,14 +437,13 @@ impl Tunnel {
         self.granted_total -= e.granted;
         self.windows_total -= e.recv.target();
         self.serve_starving();
-        let _ = ctx;
         Some(e)
     }
 
     /// `n` bytes left the tunnel's hands (handed to their stream, or dropped): tunnel credit.
-    fn credit_tunnel(&mut self, n: u64, ctx: &mut Context<Self>) {
+    fn credit_tunnel(&mut self, n: u64, now: Instant, ctx: &mut Context<Self>) {
         let rtt = self.rtt.get();
-        if let Some(increment) = self.recv.consume(n, Instant::now(), rtt, u64::MAX) {
+        if let Some(increment) = self.recv.consume(n, now, rtt, u64::MAX) {
             self.queue_control(
                 &Frame::Window {
                     stream: TUNNEL_STREAM,
@@ -457,7 +456,7 @@ impl Tunnel {
 
     fn reset_stream(&mut self, id: u32, code: ResetCode, ctx: &mut Context<Self>) {
         self.drop_queued(id);
-        if let Some(e) = self.remove_stream(id, ctx) {
+        if let Some(e) = self.remove_stream(id) {
             debug!(
                 "tunnel {}: stream {id} reset: {}",
                 self.name,
@@ -525,7 +524,7 @@ impl Tunnel {
             Frame::OpenFail { stream, reason } => {
                 let known = matches!(self.streams.get(&stream), Some(e) if e.side == Side::Local && e.state == StreamState::Opening);
                 if known {
-                    if let Some(e) = self.remove_stream(stream, ctx) {
+                    if let Some(e) = self.remove_stream(stream) {
                         log_limited!(
                             warn,
                             "stream-refused-by-peer",
@@ -547,7 +546,7 @@ impl Tunnel {
             }
             Frame::Reset { stream, code } => {
                 self.drop_queued(stream);
-                if let Some(e) = self.remove_stream(stream, ctx) {
+                if let Some(e) = self.remove_stream(stream) {
                     if code == ResetCode::Integrity {
                         log_limited!(
                             warn,
@@ -596,7 +595,7 @@ impl Tunnel {
         }
         self.bytes_received += len;
         // The tunnel's hands are empty again at once: what the stream holds, its window bounds.
-        self.credit_tunnel(len, ctx);
+        self.credit_tunnel(len, now, ctx);
         let Some(e) = self.streams.get_mut(&id) else {
             // A stream that was just reset: the bytes are dropped.
             return;
@@ -1042,7 +1041,7 @@ impl Handler<FromConnection> for Tunnel {
                 if failure.is_some() {
                     self.drop_queued(stream);
                 }
-                let Some(e) = self.remove_stream(stream, ctx) else {
+                let Some(e) = self.remove_stream(stream) else {
                     return;
                 };
                 match failure {

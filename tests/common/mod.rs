@@ -369,17 +369,30 @@ pub fn carry(
     target: SocketAddr,
 ) -> SocketAddr {
     let key = key.map(|k| format!(r#""key":"{k}", "#)).unwrap_or_default();
-    let port = free_port();
+    carry_at(local, remote, tunnel, name, &key, free_port(), target)
+}
+
+/// [`carry`] with the local service on `port` and `fields` (each followed by `, `, such as
+/// `"key":"k", "cipher":"aes-256-gcm", `) in both service bodies; the seed's body shapes.
+pub fn carry_at(
+    local: &Node,
+    remote: &Node,
+    tunnel: &str,
+    name: &str,
+    fields: &str,
+    port: u16,
+    target: SocketAddr,
+) -> SocketAddr {
     local.ok(
         "POST",
         "/service",
-        &format!(r#"{{"name":"{name}", {key}"type": "local", "addr":["0.0.0.0", "{port}"]}}"#),
+        &format!(r#"{{"name":"{name}", {fields}"type": "local", "addr":["0.0.0.0", "{port}"]}}"#),
     );
     remote.ok(
         "POST",
         "/service",
         &format!(
-            r#"{{"name":"{name}", {key}"type": "remote", "addr":["{}", "{}"]}}"#,
+            r#"{{"name":"{name}", {fields}"type": "remote", "addr":["{}", "{}"]}}"#,
             target.ip(),
             target.port()
         ),
