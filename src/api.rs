@@ -45,14 +45,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
         }
     }
 
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
@@ -97,7 +97,7 @@ impl From<actix::MailboxError> for ApiError {
     }
 }
 
-type Reply = Result<HttpResponse, ApiError>;
+pub type Reply = Result<HttpResponse, ApiError>;
 
 /// Who may use the admin API, checked by [`guard`] before every route.
 #[derive(Debug, Clone, Default)]
@@ -174,7 +174,7 @@ fn refuse(req: &ServiceRequest, access: &AdminAccess) -> Option<ApiError> {
         }
     }
     let bearer = text(header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
-    if !access.token_matches(bearer.map(str::trim)) {
+    if !crate::ops::open_path(req.path()) && !access.token_matches(bearer.map(str::trim)) {
         return Some(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "this admin API needs \"Authorization: Bearer TOKEN\"",
@@ -228,6 +228,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
                 .route(web::get().to(get_config))
                 .default_service(web::to(method_not_allowed)),
         )
+        .configure(crate::rest::routes)
+        .configure(crate::ops::routes)
+        .configure(crate::openapi::routes)
         .default_service(web::to(not_found));
     #[cfg(feature = "fault-injection")]
     cfg.service(web::resource("/fault").route(web::post().to(post_fault)));
@@ -273,7 +276,7 @@ fn ok() -> Reply {
     Ok(HttpResponse::Ok().json(json!({"ok": true})))
 }
 
-async fn method_not_allowed() -> Reply {
+pub async fn method_not_allowed() -> Reply {
     Err(ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this path",
@@ -283,7 +286,8 @@ async fn method_not_allowed() -> Reply {
 async fn not_found() -> Reply {
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such path: use /tunnel, /service, /bind or /config",
+        "no such path: see /openapi.json (the seed's /tunnel, /service, /bind, /config; \
+         /tunnels, /services, /binds; /metrics, /healthz, /readyz; the dashboard at /ui/)",
     ))
 }
 
@@ -318,20 +322,24 @@ pub enum Request {
     SetBind(SetBind),
 }
 
-const TUNNEL_FIELDS: &[&str] = &["name", "dest", "secret", "role"];
-const SERVICE_FIELDS: &[&str] = &["name", "key", "cipher", "timeout", "type", "addr"];
-const BIND_FIELDS: &[&str] = &["tunnel", "service", "type"];
+pub const TUNNEL_FIELDS: &[&str] = &["name", "dest", "secret", "role"];
+pub const SERVICE_FIELDS: &[&str] = &["name", "key", "cipher", "timeout", "type", "addr"];
+pub const BIND_FIELDS: &[&str] = &["tunnel", "service", "type"];
 
-/// Parses a request body for `route`. Never panics, whatever the bytes.
-pub fn parse(route: Route, body: &[u8]) -> Result<Request, ApiError> {
-    // A DELETE may carry the whole body of its POST (people copy it); the extra fields are
-    // known, so they are accepted and ignored. Anything else is a 400 naming it.
-    let allowed = match route {
+/// The fields a body of `route` may have. A DELETE may carry the whole body of its POST (people
+/// copy it); the extra fields are known, so they are accepted and ignored. Anything else is a
+/// 400 naming it.
+pub fn fields(route: Route) -> &'static [&'static str] {
+    match route {
         Route::PostTunnel | Route::DeleteTunnel => TUNNEL_FIELDS,
         Route::PostService | Route::DeleteService => SERVICE_FIELDS,
         Route::PostBind | Route::DeleteBind => BIND_FIELDS,
-    };
-    let body = object(body, allowed)?;
+    }
+}
+
+/// Parses a request body for `route`. Never panics, whatever the bytes.
+pub fn parse(route: Route, body: &[u8]) -> Result<Request, ApiError> {
+    let body = object(body, fields(route))?;
     Ok(match route {
         Route::PostTunnel => {
             let role = match body.get("role") {
@@ -409,7 +417,12 @@ pub fn fuzz_request(data: &[u8]) {
 }
 
 async fn handle(registry: web::Data<Addr<Registry>>, body: web::Payload, route: Route) -> Reply {
-    match parse(route, &read_body(body).await?)? {
+    execute(&registry, route, &read_body(body).await?).await
+}
+
+/// Parses `body` for `route` and carries it out: behind the seed's routes and the path API alike.
+pub async fn execute(registry: &Addr<Registry>, route: Route, body: &[u8]) -> Reply {
+    match parse(route, body)? {
         Request::AddTunnel(m) => registry.send(m).await??,
         Request::DeleteTunnel(m) => registry.send(m).await??,
         Request::AddService(m) => registry.send(m).await??,
@@ -419,37 +432,81 @@ async fn handle(registry: web::Data<Addr<Registry>>, body: web::Payload, route: 
     ok()
 }
 
-async fn post_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+#[utoipa::path(post, path = "/tunnel", tag = "seed",
+    description = "Dials a peer's tunnel port (`dest`) and registers the tunnel as `name` once the \
+                   handshake is done; with `\"role\":\"acceptor\"` (no `dest`), declares a name \
+                   peers may claim. Re-posting an unchanged tunnel changes nothing.",
+    request_body = crate::openapi::TunnelBody,
+    responses((status = 200, description = "Connected (or declared)", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 409, description = "The name is taken in another role", body = crate::openapi::Error),
+              (status = 502, description = "The peer could not be reached or refused", body = crate::openapi::Error)))]
+pub async fn post_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::PostTunnel).await
 }
 
-async fn delete_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+#[utoipa::path(delete, path = "/tunnel", tag = "seed",
+    description = "Closes and forgets tunnel `name` (the other fields of its POST may be sent too).",
+    request_body = crate::openapi::TunnelBody,
+    responses((status = 200, description = "Deleted", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 404, description = "No such tunnel", body = crate::openapi::Error)))]
+pub async fn delete_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::DeleteTunnel).await
 }
 
-async fn post_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+#[utoipa::path(post, path = "/service", tag = "seed",
+    description = "Creates or replaces a service: a local one listens on `addr`, a remote one is \
+                   where streams arriving over a tunnel are sent.",
+    request_body = crate::openapi::ServiceBody,
+    responses((status = 200, description = "Done", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 409, description = "The address is taken", body = crate::openapi::Error)))]
+pub async fn post_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::PostService).await
 }
 
-async fn delete_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+#[utoipa::path(delete, path = "/service", tag = "seed",
+    description = "Deletes service `name` of side `type`; its connections are reset.",
+    request_body = crate::openapi::ServiceBody,
+    responses((status = 200, description = "Deleted", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 404, description = "No such service", body = crate::openapi::Error)))]
+pub async fn delete_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::DeleteService).await
 }
 
-async fn post_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+#[utoipa::path(post, path = "/bind", tag = "seed",
+    description = "Carries service `service` of side `type` over tunnel `tunnel`.",
+    request_body = crate::openapi::BindBody,
+    responses((status = 200, description = "Done", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 404, description = "No such service", body = crate::openapi::Error)))]
+pub async fn post_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::PostBind).await
 }
 
-async fn delete_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+#[utoipa::path(delete, path = "/bind", tag = "seed",
+    description = "Stops carrying the service over the tunnel.",
+    request_body = crate::openapi::BindBody,
+    responses((status = 200, description = "Unbound", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 404, description = "No such bind", body = crate::openapi::Error)))]
+pub async fn delete_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::DeleteBind).await
 }
 
-async fn get_config(registry: web::Data<Addr<Registry>>) -> Reply {
+#[utoipa::path(get, path = "/config", tag = "seed",
+    description = "Everything the node knows, live: tunnels, accepted names, services, binds, \
+                   connections, security and limits.",
+    responses((status = 200, description = "The whole configuration", body = Object)))]
+pub async fn get_config(registry: web::Data<Addr<Registry>>) -> Reply {
     let config = registry.send(GetConfig).await?;
     Ok(HttpResponse::Ok().json(config))
 }
 
 /// Reads the body, at most [`MAX_BODY`] bytes.
-async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+pub async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad(format!("cannot read the body: {e}")))?;
@@ -466,7 +523,7 @@ async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError>
 
 /// The body as a JSON object whatever the Content-Type says (`curl -d` sends a form type), with
 /// no field outside `allowed` (a misspelt `"Key"` must not silently make a plaintext service).
-fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+pub fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
     if body.len() > MAX_BODY {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

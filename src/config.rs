@@ -20,12 +20,22 @@ pub const ENV_ADMIN_TOKEN: &str = "MENET_ADMIN_TOKEN";
 
 pub const DEFAULT_PATH: &str = "config/menet.toml";
 
+/// `--version`: the release and the tunnel protocol it speaks (a unit test keeps the two in step).
+pub const VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), " (tunnel protocol 2)");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "menet",
-    version,
-    about = "A dynamic TCP tunnel proxy",
-    after_help = "Environment:\n  MENET_TUNNEL_SECRET  the tunnel secret (overrides [tunnel] secret and secret_file)\n  MENET_ADMIN_TOKEN    the admin API token (overrides [admin] token and token_file)\n  RUST_LOG             log level (default info)"
+    version = VERSION_TEXT,
+    about = "A dynamic TCP tunnel proxy: tunnels, services and binds are created at runtime over \
+             the admin HTTP API (see /openapi.json, or the dashboard at /ui/)",
+    after_help = "Environment:\n  \
+        MENET_TUNNEL_SECRET  the tunnel secret (overrides [tunnel] secret and secret_file)\n  \
+        MENET_ADMIN_TOKEN    the admin API token (overrides [admin] token and token_file)\n  \
+        RUST_LOG             log filter, env_logger syntax (default info; e.g. menet_actors=debug)\n  \
+        NOTIFY_SOCKET        set by systemd (Type=notify): READY=1 is sent once the node is ready\n  \
+        WATCHDOG_USEC        set by systemd (WatchdogSec=): the event loop pings the watchdog\n\n\
+        Exit status: 0 after SIGTERM or SIGINT (or a good --check), 1 on a start-up error."
 )]
 pub struct Cli {
     /// The TOML configuration file.
@@ -40,6 +50,10 @@ pub struct Cli {
     /// The state file, overriding [state] path in the file.
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Check the config file and the state file, print what they hold and exit: 0 if both are
+    /// good, 1 with the reason otherwise. Nothing is bound or written.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Error)]

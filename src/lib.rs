@@ -3,3 +3,6 @@
 
 pub mod api;
 pub mod config;
+pub mod openapi;
+pub mod ops;
+pub mod rest;

@@ -10,7 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use clap::Parser;
 use log::{error, info, warn};
-use menet_actors::registry::{Registry, Shutdown};
+use menet_actors::registry::{GetReadiness, Registry, Shutdown};
 use menet_actors::state::{StateError, StateStore};
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
@@ -57,6 +57,9 @@ fn main() -> ExitCode {
         }
     }));
     let cli = Cli::parse();
+    if cli.check {
+        return check(&cli);
+    }
     let fd_limit = raise_fd_limit();
     let result = Config::load(&cli)
         .map_err(StartError::from)
@@ -66,6 +69,88 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `menet --check`: the config file and the state file, read and checked, nothing bound.
+fn check(cli: &Cli) -> ExitCode {
+    let config = match Config::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("menet --check: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "config {}: good (admin API {}, tunnel port {}, tunnel secret {}, admin token {})",
+        cli.config.display(),
+        config.admin,
+        config.tunnel,
+        if config.access.secret.is_some() {
+            "set"
+        } else {
+            "none"
+        },
+        if config.admin_access.token.is_some() {
+            "set"
+        } else {
+            "none"
+        },
+    );
+    if config.admin_access.token.is_none()
+        && !config.admin.ip().is_loopback()
+        && !config.allow_insecure_admin
+    {
+        eprintln!("menet --check: {}", StartError::InsecureAdmin(config.admin));
+        return ExitCode::FAILURE;
+    }
+    let Some(path) = &config.state else {
+        println!("no state file: runtime changes are not kept");
+        return ExitCode::SUCCESS;
+    };
+    match StateStore::check(path) {
+        Ok(None) => println!("state file {}: none yet (it is created on the first change)", path.display()),
+        Ok(Some(s)) => println!(
+            "state file {}: good ({} tunnels, {} local and {} remote services, {} binds, {} accepted names)",
+            path.display(),
+            s.tunnels.len(),
+            s.services.local.len(),
+            s.services.remote.len(),
+            s.bind.local.len() + s.bind.remote.len(),
+            s.accepted.len(),
+        ),
+        Err(e) => {
+            eprintln!("menet --check: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Tells systemd (`Type=notify`) the node is ready once the Registry says every listener is
+/// bound, then pings its watchdog from this event loop if one is set.
+async fn notify_systemd(registry: Addr<Registry>) {
+    use sd_notify::NotifyState;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    loop {
+        match registry.send(GetReadiness).await {
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => return,
+        }
+    }
+    if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
+        warn!("cannot tell systemd the node is ready: {e}");
+    }
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let period = Duration::from_micros(usec / 2);
+        loop {
+            tokio::time::sleep(period).await;
+            let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
         }
     }
 }
@@ -120,6 +205,7 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
         App::new()
             .app_data(admin_access.clone())
             .wrap(from_fn(api::guard))
+            .wrap(from_fn(menet::ops::count_requests))
             .configure(|c| api::routes(c, routes.clone()))
     })
     .workers(1)
@@ -136,6 +222,7 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
     let server = server.run();
     let admin = server.handle();
     let mut server = actix_rt::spawn(server);
+    actix_rt::spawn(notify_systemd(registry.clone()));
     let outcome = tokio::select! {
         _ = terminate.recv() => {
             info!("SIGTERM: shutting down");
@@ -152,6 +239,7 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
         () = registry_lost(&registry) => Err(StartError::RegistryLost),
     };
     // Admin first, so no change races the shutdown; then the engine says goodbye to its peers.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let began = Instant::now();
     admin.stop(true).await;
     if registry.send(Shutdown).await.is_ok() {

@@ -38,6 +38,9 @@ pub enum StreamEvent {
     Opened { nonce: Option<[u8; NONCE_LEN]> },
     /// Credit to read this many more bytes from the socket.
     Grant(u64),
+    /// How much credit to keep across hand-backs (a standing grant): a short request is read and
+    /// sent at once, with no Want/Grant round. The credit itself follows as a `Grant`.
+    Standing(u64),
     /// Bytes from the far end, to be written to the socket (decrypted here, in place).
     Data(BytesMut),
     /// The far end will send no more: shut down our write side once the queue is written.
@@ -68,6 +71,9 @@ enum ReadState {
     Watching,
     /// Readable: credit was asked for, and what is granted is read until the socket runs dry.
     Wanting,
+    /// Readable: the standing grant is being spent without asking; more is asked for only if it
+    /// runs out before the socket runs dry.
+    Spending,
     /// EOF read and FIN sent to the tunnel.
     Done,
 }
@@ -105,6 +111,9 @@ pub struct Connection {
     write: WriteState,
     /// Wire bytes the tunnel let us send and we have not used yet.
     grant: u64,
+    /// Credit we keep when the socket runs dry (the standing grant), so the next short burst
+    /// needs no round to the tunnel; 0 if the tunnel's standing pool had none for us.
+    keep: u64,
     /// The far end's FIN arrived: shut our write side once `out` is written.
     peer_fin: bool,
     /// Decrypted bytes waiting to be written to the socket.
@@ -142,6 +151,7 @@ impl Connection {
             read: ReadState::Unopened,
             write: WriteState::Idle,
             grant: 0,
+            keep: 0,
             peer_fin: false,
             out: VecDeque::new(),
             out_wire: 0,
@@ -208,20 +218,32 @@ impl Connection {
         self.tunnel.do_send(msg);
     }
 
-    /// Reads what the socket has ready, against the grant. When the socket runs dry the unused
-    /// grant goes back to the tunnel and the actor waits for readability before asking again: an
-    /// idle connection holds no credit and no buffer.
+    /// Reads what the socket has ready, against the grant. When the socket runs dry the grant
+    /// beyond the standing one goes back to the tunnel and the actor waits for readability before
+    /// asking again: an idle connection holds at most its standing grant and no buffer.
     fn read_more(&mut self, ctx: &mut Context<Self>) {
-        if !matches!(self.read, ReadState::Idle | ReadState::Wanting) {
+        if !matches!(
+            self.read,
+            ReadState::Idle | ReadState::Wanting | ReadState::Spending
+        ) {
             return;
         }
         let stream = self.stream;
         let overhead = self.overhead();
-        while self.grant > 0 {
+        loop {
             // The grant counts wire bytes: an AEAD tag takes its share.
             let room = self.grant.min(MAX_DATA as u64) as usize;
             if room <= overhead {
-                self.hand_back(stream);
+                match self.read {
+                    ReadState::Spending => {
+                        // The standing grant ran out with data still waiting: ask, as usual.
+                        self.read = ReadState::Wanting;
+                        self.report(FromConnection::Want { stream });
+                    }
+                    // Nothing in hand: wait for what was asked for (or for readability).
+                    _ if self.grant == 0 => {}
+                    _ => self.hand_back(stream),
+                }
                 break;
             }
             let max = room - overhead;
@@ -233,6 +255,7 @@ impl Connection {
                     self.send_frame(stream, frame);
                     if drained {
                         self.hand_back(stream);
+                        break;
                     }
                 }
                 Ok(Chunk::Eof) => {
@@ -241,7 +264,10 @@ impl Connection {
                     self.finish_if_done(ctx);
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.hand_back(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.hand_back(stream);
+                    break;
+                }
                 Err(e) => {
                     self.abort(ctx, ResetCode::Aborted, format!("read failed: {e}"));
                     return;
@@ -253,10 +279,12 @@ impl Connection {
         }
     }
 
-    /// The socket ran dry: give the unused grant back and stop wanting.
+    /// The socket ran dry: give back the grant beyond the standing one, and stop wanting (the
+    /// tunnel is told even when nothing goes back, if we had asked).
     fn hand_back(&mut self, stream: u32) {
-        let unused = std::mem::take(&mut self.grant);
-        if unused > 0 {
+        let unused = self.grant.saturating_sub(self.keep);
+        self.grant -= unused;
+        if unused > 0 || self.read == ReadState::Wanting {
             self.report(FromConnection::Return {
                 stream,
                 bytes: unused,
@@ -265,7 +293,26 @@ impl Connection {
         self.read = ReadState::Idle;
     }
 
-    /// Waits until the socket is readable, then asks the tunnel for credit.
+    /// Credit that arrives when we did not ask (a refill of the standing grant, or a grant that
+    /// crossed our hand-back in flight): keep up to the standing grant, return the rest.
+    fn take_unasked(&mut self, n: u64) {
+        let room = if self.read == ReadState::Done {
+            0
+        } else {
+            self.keep.saturating_sub(self.grant)
+        };
+        let kept = n.min(room);
+        self.grant += kept;
+        if n > kept {
+            self.report(FromConnection::Return {
+                stream: self.stream,
+                bytes: n - kept,
+            });
+        }
+    }
+
+    /// Waits until the socket is readable, then spends the standing grant or asks the tunnel for
+    /// credit.
     fn watch(&mut self, ctx: &mut Context<Self>) {
         let stream = self.stream;
         let Some(reader) = self.reader.take() else {
@@ -281,6 +328,12 @@ impl Connection {
             .map(move |(reader, ready), act, ctx| {
                 act.reader = Some(reader);
                 match ready {
+                    Ok(())
+                        if act.read == ReadState::Watching && act.grant > act.overhead() as u64 =>
+                    {
+                        act.read = ReadState::Spending;
+                        act.read_more(ctx);
+                    }
                     Ok(()) if act.read == ReadState::Watching => {
                         act.read = ReadState::Wanting;
                         act.report(FromConnection::Want { stream });
@@ -499,13 +552,8 @@ impl Handler<StreamEvent> for Connection {
                 }
                 self.read_more(ctx);
             }
-            // Credit that crossed our hand-back in flight: return it too.
-            StreamEvent::Grant(n) if self.read != ReadState::Wanting => {
-                self.report(FromConnection::Return {
-                    stream: self.stream,
-                    bytes: n,
-                })
-            }
+            StreamEvent::Grant(n) if self.read != ReadState::Wanting => self.take_unasked(n),
+            StreamEvent::Standing(n) => self.keep = n,
             StreamEvent::Grant(n) => {
                 self.grant += n;
                 self.read_more(ctx);

@@ -19,6 +19,7 @@ mod io;
 #[macro_use]
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod routes;

@@ -17,10 +17,11 @@ use crate::handshake::{
     read_message, refusal, version1_refusal, write_message, Acceptor, HandshakeError, RefuseCode,
 };
 use crate::limits::{printable, Escaped, Gauge, Slot, Usage};
+use crate::metrics::{metrics, Refused};
 use crate::registry::{ListenerDown, MayAccept, Registry, TunnelAccepted, TunnelSecret};
 use crate::routes::RouteTable;
 use crate::tunnel::CarryClient;
-use crate::Settings;
+use crate::{Settings, Side};
 
 /// Pause after an accept error (out of file descriptors, say) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -116,7 +117,8 @@ impl Listener {
                 idle_timeout: route.timeout,
                 slots,
             }),
-            Err(why) => {
+            Err((reason, why)) => {
+                metrics().count_refused(service, Side::Local, reason);
                 log_limited!(
                     info,
                     "client-refused",
@@ -124,6 +126,12 @@ impl Listener {
                 );
                 crate::io::reset_now(&sock);
             }
+        }
+    }
+
+    fn count_refused(&self, reason: Refused) {
+        if let Accepts::Service(service) = &self.accepts {
+            metrics().count_refused(service, Side::Local, reason);
         }
     }
 
@@ -148,6 +156,7 @@ impl Listener {
             };
         }
         let Some(descriptor) = self.usage.descriptors.try_acquire() else {
+            self.count_refused(Refused::Resources);
             log_limited!(
                 warn,
                 "descriptors",
@@ -165,6 +174,7 @@ impl Listener {
             Some(slot) => Some(vec![descriptor, slot]),
             None => {
                 self.usage.refuse_connection();
+                self.count_refused(Refused::ConnectionLimit);
                 log_limited!(
                     warn,
                     "listener-limit",

@@ -29,6 +29,7 @@ use crate::handshake::{
 };
 use crate::limits::{Escaped, Gauge, Usage};
 use crate::listener::{self, Accepts, Listener, SharedSocket, SocketReplaced, StopListener};
+use crate::metrics::metrics;
 use crate::protocol::GoAway;
 use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
@@ -459,6 +460,7 @@ impl Registry {
             Role::Acceptor => "accepted",
         };
         info!("tunnel {name} up ({role})");
+        metrics().set_tunnel_connected(&name, true);
         self.publish();
     }
 
@@ -505,6 +507,8 @@ impl Registry {
         };
         let generation = t.generation;
         let owned = name.to_owned();
+        metrics().set_tunnel_connected(name, false);
+        metrics().count_redial(name);
         let task = ctx.run_later(delay, move |act, ctx| act.redial(owned, generation, ctx));
         if let Link::Retrying { task: old, .. } =
             std::mem::replace(&mut t.link, Link::Retrying { attempt, task })
@@ -1138,6 +1142,7 @@ impl Handler<DeleteTunnel> for Registry {
     fn handle(&mut self, msg: DeleteTunnel, ctx: &mut Self::Context) -> Self::Result {
         let dialing = self.dialing.remove(&msg.name).is_some();
         let forgotten = self.accepted.remove(&msg.name).is_some();
+        metrics().forget_tunnel(&msg.name);
         let change = match self.tunnels.remove(&msg.name) {
             Some(t) => {
                 Registry::retire(t, Some((GoAway::Deleted, "deleted".to_owned())), ctx);
@@ -1269,6 +1274,7 @@ impl Handler<DeleteService> for Registry {
             ))));
         }
         self.binds(msg.side).remove(&msg.name);
+        metrics().forget_service(&msg.name, msg.side);
         for t in self.tunnels.values() {
             if let Link::Up(actor) = &t.link {
                 actor.do_send(CloseService {
@@ -1393,6 +1399,42 @@ impl Handler<GetConfig> for Registry {
             }
             .into_actor(self),
         )
+    }
+}
+
+/// `GET /readyz`: `Ok` once the tunnel port and every local service listen (the state file was
+/// loaded before the Registry started); otherwise what is missing.
+#[derive(Message)]
+#[rtype(result = "Result<(), Vec<String>>")]
+pub struct GetReadiness;
+
+impl Handler<GetReadiness> for Registry {
+    type Result = Result<(), Vec<String>>;
+
+    fn handle(&mut self, _: GetReadiness, _ctx: &mut Self::Context) -> Self::Result {
+        let listening = |l: &Listening| l.socket.borrow().is_some();
+        let mut missing = Vec::new();
+        if self.shutting_down {
+            missing.push("the node is shutting down".to_owned());
+        }
+        if !self.tunnel_port.as_ref().is_some_and(listening) {
+            missing.push("the tunnel port is not listening".to_owned());
+        }
+        for (name, s) in &self.local {
+            if !listening(&s.listening) {
+                let why = s
+                    .listening
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("not listening yet");
+                missing.push(format!("local service {}: {why}", Escaped(name)));
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 }
 
@@ -1563,10 +1605,12 @@ impl Registry {
         let Some(t) = self.tunnels.get_mut(&msg.name) else {
             return;
         };
+        metrics().set_tunnel_connected(&msg.name, false);
         match (t.role, msg.goaway) {
             (Role::Dialer, Some(GoAway::Deleted)) => {
                 info!("tunnel {} removed: {}", msg.name, msg.reason);
                 self.tunnels.remove(&msg.name);
+                metrics().forget_tunnel(&msg.name);
                 self.save_in_background(ctx);
             }
             (Role::Dialer, _) if !self.shutting_down => {

@@ -13,6 +13,7 @@ use actix::Addr;
 
 use crate::cipher::ServiceKey;
 use crate::limits::Escaped;
+use crate::metrics::Refused;
 use crate::protocol::KeyedOpen;
 use crate::tunnel::Tunnel;
 
@@ -51,27 +52,38 @@ pub struct Routes {
 pub struct Refusal {
     pub log: String,
     pub peer: String,
+    /// The kind, for `menet_service_connections_refused`.
+    pub reason: Refused,
 }
 
 impl Routes {
     /// Where a client of local service `service` goes: its route and the tunnel to carry it, or
     /// why it cannot be carried.
-    pub fn carry(&self, service: &str) -> Result<(&LocalRoute, &Addr<Tunnel>), String> {
+    pub fn carry(&self, service: &str) -> Result<(&LocalRoute, &Addr<Tunnel>), (Refused, String)> {
         if self.closed {
-            return Err("the node is shutting down".to_owned());
+            return Err((
+                Refused::ShuttingDown,
+                "the node is shutting down".to_owned(),
+            ));
         }
-        let route = self
-            .local
-            .get(service)
-            .ok_or_else(|| format!("service {service} is gone"))?;
-        let tunnel = route
-            .tunnel
-            .as_deref()
-            .ok_or_else(|| "the service is not bound to a tunnel".to_owned())?;
-        let addr = self
-            .tunnels
-            .get(tunnel)
-            .ok_or_else(|| format!("tunnel {tunnel} is not connected"))?;
+        let route = self.local.get(service).ok_or_else(|| {
+            (
+                Refused::UnknownService,
+                format!("service {service} is gone"),
+            )
+        })?;
+        let tunnel = route.tunnel.as_deref().ok_or_else(|| {
+            (
+                Refused::NotBound,
+                "the service is not bound to a tunnel".to_owned(),
+            )
+        })?;
+        let addr = self.tunnels.get(tunnel).ok_or_else(|| {
+            (
+                Refused::TunnelDown,
+                format!("tunnel {tunnel} is not connected"),
+            )
+        })?;
         Ok((route, addr))
     }
 
@@ -86,27 +98,40 @@ impl Routes {
         authenticated: bool,
     ) -> Result<&RemoteRoute, Refusal> {
         let shown = Escaped(service);
-        let why = match self.remote.get(service) {
-            _ if self.closed => "the node is shutting down".to_owned(),
-            None => format!("no remote service named {shown}"),
-            Some(r) if r.tunnel.as_deref() != Some(tunnel) => {
-                format!("remote service {shown} is not bound to tunnel {tunnel}")
-            }
+        let (reason, why) = match self.remote.get(service) {
+            _ if self.closed => (
+                Refused::ShuttingDown,
+                "the node is shutting down".to_owned(),
+            ),
+            None => (
+                Refused::UnknownService,
+                format!("no remote service named {shown}"),
+            ),
+            Some(r) if r.tunnel.as_deref() != Some(tunnel) => (
+                Refused::NotBound,
+                format!("remote service {shown} is not bound to tunnel {tunnel}"),
+            ),
             Some(r) => match (&r.key, keyed) {
-                (Some(k), Some(open)) if open.cipher != k.cipher => format!(
-                    "cipher mismatch for service {shown}: the peer uses {}, this node {}",
-                    open.cipher, k.cipher
+                (Some(k), Some(open)) if open.cipher != k.cipher => (
+                    Refused::KeyMismatch,
+                    format!(
+                        "cipher mismatch for service {shown}: the peer uses {}, this node {}",
+                        open.cipher, k.cipher
+                    ),
                 ),
-                (Some(k), Some(open)) if !k.verify(open) => {
-                    format!("key mismatch for service {shown}")
-                }
-                (Some(_), None) | (None, Some(_)) => {
-                    format!("key mismatch for service {shown}: only one end has a key")
-                }
+                (Some(k), Some(open)) if !k.verify(open) => (
+                    Refused::KeyMismatch,
+                    format!("key mismatch for service {shown}"),
+                ),
+                (Some(_), None) | (None, Some(_)) => (
+                    Refused::KeyMismatch,
+                    format!("key mismatch for service {shown}: only one end has a key"),
+                ),
                 _ => return Ok(r),
             },
         };
         Err(Refusal {
+            reason,
             peer: if authenticated {
                 why.clone()
             } else {
@@ -206,14 +231,17 @@ mod tests {
                 timeout: None,
             },
         );
-        assert!(r.carry("l").err().expect("down").contains("not connected"));
-        assert!(r.carry("x").is_err());
+        let (reason, why) = r.carry("l").err().expect("down");
+        assert_eq!(reason, Refused::TunnelDown);
+        assert!(why.contains("not connected"));
+        assert_eq!(
+            r.carry("x").err().map(|e| e.0),
+            Some(Refused::UnknownService)
+        );
         r.closed = true;
-        assert!(r
-            .carry("l")
-            .err()
-            .expect("closed")
-            .contains("shutting down"));
+        let (reason, why) = r.carry("l").err().expect("closed");
+        assert_eq!(reason, Refused::ShuttingDown);
+        assert!(why.contains("shutting down"));
         let table = RouteTable::default();
         let before = table.load();
         table.publish(r);

@@ -252,6 +252,19 @@ impl StateStore {
         &self.path
     }
 
+    /// Reads and checks the state file at `path` without locking or writing anything
+    /// (`menet --check`): `None` if there is none yet.
+    pub fn check(path: &Path) -> Result<Option<State>, StateError> {
+        match fs::read(path) {
+            Ok(text) => Ok(Some(State::parse(&text, path)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
     /// Queues `state` to be written; the receiver answers once it is on disk (or why not).
     pub fn save(&self, state: &State) -> oneshot::Receiver<Result<(), String>> {
         let (done, written) = oneshot::channel();
@@ -286,6 +299,7 @@ fn write_loop(path: &Path, queue: &Receiver<Job>, _lock: File) {
             error!("state file {}: cannot write: {e}", path.display());
             e.to_string()
         });
+        crate::metrics::metrics().count_state_write(result.is_ok());
         for job in batch {
             let _ = job.done.send(result.clone());
         }

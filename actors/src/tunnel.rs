@@ -37,6 +37,7 @@ use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
 use crate::io::write_all_vectored;
 use crate::limits::{Escaped, Slot, TokenBucket, Usage};
+use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
 use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
     NONCE_LEN, TUNNEL_STREAM,
@@ -56,6 +57,12 @@ const WRITE_BATCH: usize = 128 * 1024;
 const SEND_BUDGET: u64 = 1 << 20;
 /// The same, per stream: one bulk stream cannot fill the tunnel's queue.
 const STREAM_SEND_MAX: u64 = 256 * 1024;
+/// Credit a stream keeps across hand-backs (its standing grant), so that a request or response
+/// this small is read and sent at once, with no Want/Grant round between actors.
+const STANDING_GRANT: u64 = 8 * 1024;
+/// Standing grants one tunnel hands out in all (first come, given back when a stream's sending
+/// side ends): on top of [`SEND_BUDGET`], and the bound on what idle streams hold.
+const STANDING_POOL: u64 = 256 * 1024;
 /// Unsent bytes the kernel may hold for the tunnel socket (`TCP_NOTSENT_LOWAT`): the queue that
 /// no scheduling can reorder is kept this small.
 const NOTSENT_LOWAT: u32 = 128 * 1024;
@@ -110,8 +117,11 @@ struct StreamEntry {
     send_avail: u64,
     /// Granted to the connection and not yet come back as data or handed back.
     granted: u64,
-    /// The connection has data to send; idle streams hold no credit.
+    /// The connection has asked for credit and not handed back since.
     wanting: bool,
+    /// The part of `granted` the connection keeps while idle (0 or [`STANDING_GRANT`]), carved
+    /// from the tunnel's standing pool.
+    standing: u64,
     /// Queued in `Tunnel::starving`, waiting for tunnel credit.
     starving: bool,
     /// What the peer may send on this stream: grows while the stream is window-limited.
@@ -119,6 +129,10 @@ struct StreamEntry {
     /// Wire bytes of this stream, for `GET /config`.
     bytes_sent: u64,
     bytes_received: u64,
+    /// Its service's byte counters in `GET /metrics`.
+    service_metrics: ServiceMetrics,
+    /// Counts the stream in its service's active connections while it lives.
+    _active: ActiveConnection,
 }
 
 /// Counters of one tunnel, for `GET /config`.
@@ -183,8 +197,11 @@ pub struct Tunnel {
     /// Peer's tunnel-level credit not yet granted to any stream.
     send_window: u64,
     /// Credit granted to our connections and not yet come back as data: with what `sched` holds,
-    /// what we have in hand towards the peer, capped by [`SEND_BUDGET`] whatever it announced.
+    /// what we have in hand towards the peer, capped by [`SEND_BUDGET`] (plus the standing
+    /// grants) whatever it announced.
     granted_total: u64,
+    /// Standing grants handed out, within [`STANDING_POOL`].
+    standing_total: u64,
     /// Streams waiting for tunnel credit, served round-robin.
     starving: VecDeque<u32>,
     /// What the peer may have in flight over the whole tunnel. Credit goes back as soon as a
@@ -211,6 +228,8 @@ pub struct Tunnel {
     streams_opened: u64,
     bytes_sent: u64,
     bytes_received: u64,
+    /// The tunnel's series in `GET /metrics` (they belong to the name: a reconnect finds them).
+    metrics: TunnelMetrics,
 }
 
 impl Tunnel {
@@ -228,6 +247,7 @@ impl Tunnel {
         authenticated: bool,
     ) -> Tunnel {
         Tunnel {
+            metrics: metrics().tunnel(&name),
             name,
             generation,
             role,
@@ -251,6 +271,7 @@ impl Tunnel {
             next_id: if role == Role::Dialer { 1 } else { 2 },
             send_window: u64::from(peer.windows.tunnel),
             granted_total: 0,
+            standing_total: 0,
             starving: VecDeque::new(),
             recv: RecvWindow::new(
                 u64::from(settings.tunnel_window),
@@ -271,6 +292,17 @@ impl Tunnel {
             bytes_sent: 0,
             bytes_received: 0,
         }
+    }
+
+    /// The credit and queue gauges of `GET /metrics`: set after each write and each second.
+    fn publish_gauges(&self) {
+        let queued = self.sched.bytes() + self.control.len();
+        self.metrics
+            .queued
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        self.metrics
+            .send_window
+            .set(i64::try_from(self.send_window).unwrap_or(i64::MAX));
     }
 
     fn queue_control(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
@@ -332,6 +364,7 @@ impl Tunnel {
             .into_actor(self)
             .map(|(writer, result), act, ctx| {
                 act.writing = false;
+                act.publish_gauges();
                 match result {
                     Ok(()) => {
                         act.writer = Some(writer);
@@ -403,6 +436,47 @@ impl Tunnel {
         }
     }
 
+    /// Gives a stream that just opened a standing grant, if the pool has one left.
+    fn give_standing(&mut self, id: u32) {
+        if self.standing_total + STANDING_GRANT > STANDING_POOL {
+            return;
+        }
+        let Some(e) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let Some(conn) = e.conn.as_ref() else {
+            return;
+        };
+        e.standing = STANDING_GRANT;
+        self.standing_total += STANDING_GRANT;
+        conn.do_send(StreamEvent::Standing(STANDING_GRANT));
+        self.refill(id);
+    }
+
+    /// Tops a stream that is not asking for credit back up to its standing grant, from its own
+    /// window and the tunnel window (not from the send budget: the pool is its own bound).
+    fn refill(&mut self, id: u32) {
+        let Some(e) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if e.state != StreamState::Open || e.wanting || e.granted >= e.standing {
+            return;
+        }
+        let Some(conn) = e.conn.as_ref() else {
+            return;
+        };
+        let g = (e.standing - e.granted)
+            .min(e.send_avail)
+            .min(self.send_window);
+        if g > 0 {
+            e.send_avail -= g;
+            e.granted += g;
+            self.send_window -= g;
+            self.granted_total += g;
+            conn.do_send(StreamEvent::Grant(g));
+        }
+    }
+
     /// What more we may hand our connections for this tunnel: granted and queued bytes together
     /// stay under the send budget.
     fn send_room(&self) -> u64 {
@@ -429,12 +503,14 @@ impl Tunnel {
     /// Forgets a stream, returning its unused credit in both directions.
     fn remove_stream(&mut self, id: u32) -> Option<StreamEntry> {
         let e = self.streams.remove(&id)?;
+        self.metrics.streams.set(self.streams.len() as i64);
         match e.side {
             Side::Local => self.local_streams -= 1,
             Side::Remote => self.remote_streams -= 1,
         }
         self.send_window += e.granted;
         self.granted_total -= e.granted;
+        self.standing_total -= e.standing;
         self.windows_total -= e.recv.target();
         self.serve_starving();
         Some(e)
@@ -478,6 +554,8 @@ impl Tunnel {
         }
         self.streams.insert(id, entry);
         self.streams_opened += 1;
+        self.metrics.streams_opened.inc();
+        self.metrics.streams.set(self.streams.len() as i64);
     }
 
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
@@ -503,6 +581,7 @@ impl Tunnel {
                         return;
                     }
                     self.grant(stream);
+                    self.refill(stream);
                 }
             }
             Frame::Open {
@@ -518,6 +597,7 @@ impl Tunnel {
                         conn.do_send(StreamEvent::Opened { nonce });
                     }
                     self.grant(stream);
+                    self.give_standing(stream);
                 }
                 _ => debug!("tunnel {}: OPEN_OK for unknown stream {stream}", self.name),
             },
@@ -525,6 +605,7 @@ impl Tunnel {
                 let known = matches!(self.streams.get(&stream), Some(e) if e.side == Side::Local && e.state == StreamState::Opening);
                 if known {
                     if let Some(e) = self.remove_stream(stream) {
+                        metrics().count_refused(&e.service, Side::Local, Refused::PeerRefused);
                         log_limited!(
                             warn,
                             "stream-refused-by-peer",
@@ -573,6 +654,7 @@ impl Tunnel {
                 if let Some((sent, at)) = self.ping_sent {
                     if sent == v {
                         self.rtt.sample(at.elapsed());
+                        self.metrics.rtt.set(at.elapsed().as_secs_f64());
                         self.ping_sent = None;
                     }
                 }
@@ -594,6 +676,7 @@ impl Tunnel {
             return;
         }
         self.bytes_received += len;
+        self.metrics.received.inc_by(len);
         // The tunnel's hands are empty again at once: what the stream holds, its window bounds.
         self.credit_tunnel(len, now, ctx);
         let Some(e) = self.streams.get_mut(&id) else {
@@ -611,6 +694,7 @@ impl Tunnel {
             return;
         }
         e.bytes_received += len;
+        e.service_metrics.received.inc_by(len);
         if let Some(conn) = &e.conn {
             conn.do_send(StreamEvent::Data(payload));
         }
@@ -636,6 +720,7 @@ impl Tunnel {
         }
         if self.remote_streams >= self.settings.limits.max_streams {
             self.usage.refuse_stream();
+            metrics().count_refused(&service, Side::Remote, Refused::StreamLimit);
             let reason = "too many streams on this tunnel";
             log_limited!(
                 warn,
@@ -651,6 +736,7 @@ impl Tunnel {
         let route = match routes.open(&self.name, &service, keyed.as_ref(), self.authenticated) {
             Ok(route) => route,
             Err(refusal) => {
+                metrics().count_refused(&service, Side::Remote, refusal.reason);
                 log_limited!(
                     warn,
                     "stream-refused",
@@ -688,6 +774,7 @@ impl Tunnel {
                 );
             }
             let reason = refusal.unwrap_or("the node is out of connections");
+            metrics().count_refused(&service, Side::Remote, Refused::Resources);
             return self.refuse_open(id, reason.to_owned(), ctx);
         };
         // Key setup here, not in the Registry: our nonce goes back in OPEN_OK.
@@ -749,6 +836,7 @@ impl Tunnel {
 
 impl StreamEntry {
     fn new(conn: Option<Addr<Connection>>, service: String, side: Side, s: &Settings) -> Self {
+        let service_metrics = metrics().service(&service, side);
         StreamEntry {
             conn,
             service,
@@ -758,6 +846,7 @@ impl StreamEntry {
             send_avail: 0,
             granted: 0,
             wanting: false,
+            standing: 0,
             starving: false,
             recv: RecvWindow::new(
                 u64::from(s.stream_window),
@@ -766,6 +855,8 @@ impl StreamEntry {
             ),
             bytes_sent: 0,
             bytes_received: 0,
+            _active: service_metrics.active(),
+            service_metrics,
         }
     }
 }
@@ -801,6 +892,7 @@ impl Actor for Tunnel {
                 total += e.recv.target();
             }
             act.windows_total = total;
+            act.publish_gauges();
             let silent = act.last_heard.elapsed();
             if silent > act.settings.heartbeat_timeout {
                 act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
@@ -835,6 +927,8 @@ impl Actor for Tunnel {
                 conn.do_send(StreamEvent::Abort);
             }
         }
+        self.metrics.streams.set(0);
+        self.metrics.queued.set(0);
         self.registry.do_send(TunnelDown {
             name: self.name.clone(),
             generation: self.generation,
@@ -903,9 +997,16 @@ impl Handler<CarryClient> for Tunnel {
                 self.peer.max_streams,
                 msg.service
             );
+            let reason = if self.closing {
+                Refused::ShuttingDown
+            } else {
+                Refused::StreamLimit
+            };
+            metrics().count_refused(&msg.service, Side::Local, reason);
             crate::io::reset_now(&msg.sock);
             return;
         }
+        metrics().count_accepted(&msg.service, Side::Local);
         let id = self.alloc_id();
         let open = msg.key.as_ref().map(|k| k.open());
         let keying = msg.key.zip(open).map(|(key, open)| Keying::Opener {
@@ -971,9 +1072,12 @@ impl Handler<FromConnection> for Tunnel {
                 e.granted -= used;
                 self.granted_total -= used;
                 e.bytes_sent += payload;
+                e.service_metrics.sent.inc_by(payload);
                 self.bytes_sent += payload;
+                self.metrics.sent.inc_by(payload);
                 self.queue_data(stream, frame, ctx);
                 self.grant(stream);
+                self.refill(stream);
             }
             FromConnection::Want { stream } => {
                 if let Some(e) = self.streams.get_mut(&stream) {
@@ -993,6 +1097,7 @@ impl Handler<FromConnection> for Tunnel {
                 self.send_window += bytes;
                 self.granted_total -= bytes;
                 self.serve_starving();
+                self.refill(stream);
             }
             FromConnection::Consumed { stream, bytes } => {
                 let room =
@@ -1022,6 +1127,7 @@ impl Handler<FromConnection> for Tunnel {
                 let unused = std::mem::take(&mut e.granted);
                 self.send_window += unused;
                 self.granted_total -= unused;
+                self.standing_total -= std::mem::take(&mut e.standing);
                 self.serve_starving();
                 let mut fin = BytesMut::with_capacity(HEADER_LEN);
                 Frame::Fin { stream }.encode(&mut fin);
@@ -1033,9 +1139,11 @@ impl Handler<FromConnection> for Tunnel {
                 };
                 e.state = StreamState::Open;
                 e.send_avail = u64::from(self.peer.windows.stream);
+                metrics().count_accepted(&e.service, Side::Remote);
                 let nonce = e.accept_nonce.take();
                 self.queue_control(&Frame::OpenOk { stream, nonce }, ctx);
                 self.grant(stream);
+                self.give_standing(stream);
             }
             FromConnection::Closed { stream, failure } => {
                 if failure.is_some() {
@@ -1049,6 +1157,7 @@ impl Handler<FromConnection> for Tunnel {
                     Some((_, reason))
                         if e.state == StreamState::Opening && e.side == Side::Remote =>
                     {
+                        metrics().count_refused(&e.service, Side::Remote, Refused::Unreachable);
                         self.queue_control(&Frame::OpenFail { stream, reason }, ctx)
                     }
                     Some((code, _)) => self.queue_control(&Frame::Reset { stream, code }, ctx),

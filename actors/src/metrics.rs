@@ -1,0 +1,478 @@
+//! The node's Prometheus metrics ([`metrics()`]), served by the admin API at `GET /metrics`.
+//!
+//! Series belong to names, not to connections: a tunnel's counters are found again by its name
+//! when it reconnects, so they survive re-dials, and go only when the tunnel (or service) is
+//! deleted. Hot paths hold their own clones of the handles ([`TunnelMetrics`],
+//! [`ServiceMetrics`]): counting a frame is one relaxed atomic add, with no lookup and no lock.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::Side;
+
+/// Labels of a tunnel's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabel {
+    pub tunnel: String,
+}
+
+/// Which end of the tunnel a service is, as a label value.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SideLabel {
+    local,
+    remote,
+}
+
+impl From<Side> for SideLabel {
+    fn from(s: Side) -> SideLabel {
+        match s {
+            Side::Local => SideLabel::local,
+            Side::Remote => SideLabel::remote,
+        }
+    }
+}
+
+/// Labels of a service's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+    pub side: SideLabel,
+}
+
+/// Labels of a refused connection: the service and why (a fixed word, see [`Refused`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub service: String,
+    pub side: SideLabel,
+    pub reason: &'static str,
+}
+
+/// Labels of an admin request: the route's pattern (not the raw path: bounded), method, status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminLabel {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+/// Why a connection was refused, as the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The node is shutting down.
+    ShuttingDown,
+    /// No such service (deleted while the connection arrived, or unknown to the peer).
+    UnknownService,
+    /// The service is not bound to a tunnel (or to this tunnel).
+    NotBound,
+    /// The bound tunnel is not connected.
+    TunnelDown,
+    /// The two ends' keys or ciphers differ.
+    KeyMismatch,
+    /// A stream limit (`max_streams`, ours or the peer's).
+    StreamLimit,
+    /// `max_connections_per_service`.
+    ConnectionLimit,
+    /// The descriptor reserve, or `max_dials_per_second`.
+    Resources,
+    /// The backend did not answer.
+    Unreachable,
+    /// The peer answered our OPEN with OPEN_FAIL.
+    PeerRefused,
+}
+
+impl Refused {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::ShuttingDown => "shutting_down",
+            Refused::UnknownService => "unknown_service",
+            Refused::NotBound => "not_bound",
+            Refused::TunnelDown => "tunnel_down",
+            Refused::KeyMismatch => "key_mismatch",
+            Refused::StreamLimit => "stream_limit",
+            Refused::ConnectionLimit => "connection_limit",
+            Refused::Resources => "resources",
+            Refused::Unreachable => "unreachable",
+            Refused::PeerRefused => "peer_refused",
+        }
+    }
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every series of the node.
+pub struct Metrics {
+    registry: Registry,
+    tunnel_connected: Family<TunnelLabel, Gauge>,
+    tunnel_sent: Family<TunnelLabel, Counter>,
+    tunnel_received: Family<TunnelLabel, Counter>,
+    tunnel_streams: Family<TunnelLabel, Gauge>,
+    tunnel_streams_opened: Family<TunnelLabel, Counter>,
+    tunnel_redials: Family<TunnelLabel, Counter>,
+    tunnel_rtt: Family<TunnelLabel, FloatGauge>,
+    tunnel_send_window: Family<TunnelLabel, Gauge>,
+    tunnel_queued: Family<TunnelLabel, Gauge>,
+    service_accepted: Family<ServiceLabel, Counter>,
+    service_refused: Family<RefusedLabel, Counter>,
+    service_active: Family<ServiceLabel, Gauge>,
+    service_sent: Family<ServiceLabel, Counter>,
+    service_received: Family<ServiceLabel, Counter>,
+    admin_requests: Family<AdminLabel, Counter>,
+    state_writes: Counter,
+    state_write_failures: Counter,
+}
+
+/// The node's metrics (one set per process).
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// A tunnel's handles, held by its actor (and found again by name when it reconnects).
+#[derive(Clone)]
+pub struct TunnelMetrics {
+    /// Payload bytes of DATA frames written to the peer.
+    pub sent: Counter,
+    /// Payload bytes of DATA frames read from the peer.
+    pub received: Counter,
+    /// Streams open now.
+    pub streams: Gauge,
+    /// Streams opened (either end), ever.
+    pub streams_opened: Counter,
+    /// Last heartbeat round trip.
+    pub rtt: FloatGauge,
+    /// Peer's tunnel credit not yet granted to a stream.
+    pub send_window: Gauge,
+    /// Bytes queued in the tunnel, not yet written to its socket.
+    pub queued: Gauge,
+}
+
+/// A service's handles, held by each of its streams.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    /// Bytes carried from the service's sockets into the tunnel (DATA payload).
+    pub sent: Counter,
+    /// Bytes carried from the tunnel to the service's sockets (DATA payload).
+    pub received: Counter,
+    /// Connections of the service now (decremented by [`ActiveConnection`]'s drop).
+    active: Gauge,
+}
+
+/// One live connection of a service in `menet_service_connections_active`, for as long as it
+/// is held.
+pub struct ActiveConnection(Gauge);
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl ServiceMetrics {
+    /// Counts a connection as active until the guard is dropped.
+    pub fn active(&self) -> ActiveConnection {
+        self.active.inc();
+        ActiveConnection(self.active.clone())
+    }
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("menet");
+        let m = Metrics {
+            tunnel_connected: Family::default(),
+            tunnel_sent: Family::default(),
+            tunnel_received: Family::default(),
+            tunnel_streams: Family::default(),
+            tunnel_streams_opened: Family::default(),
+            tunnel_redials: Family::default(),
+            tunnel_rtt: Family::default(),
+            tunnel_send_window: Family::default(),
+            tunnel_queued: Family::default(),
+            service_accepted: Family::default(),
+            service_refused: Family::default(),
+            service_active: Family::default(),
+            service_sent: Family::default(),
+            service_received: Family::default(),
+            admin_requests: Family::default(),
+            state_writes: Counter::default(),
+            state_write_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "build",
+            "menet's version and protocol version",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("protocol", crate::handshake::VERSION.to_string()),
+            ]),
+        );
+        r.register(
+            "tunnel_connected",
+            "1 while the tunnel is connected, 0 while it re-dials or waits for its dialer",
+            m.tunnel_connected.clone(),
+        );
+        r.register(
+            "tunnel_sent_bytes",
+            "DATA payload bytes sent to the peer",
+            m.tunnel_sent.clone(),
+        );
+        r.register(
+            "tunnel_received_bytes",
+            "DATA payload bytes received from the peer",
+            m.tunnel_received.clone(),
+        );
+        r.register(
+            "tunnel_streams",
+            "Streams open on the tunnel",
+            m.tunnel_streams.clone(),
+        );
+        r.register(
+            "tunnel_streams_opened",
+            "Streams opened on the tunnel, by either end",
+            m.tunnel_streams_opened.clone(),
+        );
+        r.register(
+            "tunnel_redials",
+            "Re-dials after the tunnel was lost or a dial failed",
+            m.tunnel_redials.clone(),
+        );
+        r.register(
+            "tunnel_heartbeat_rtt_seconds",
+            "Round trip of the last heartbeat (PING/PONG)",
+            m.tunnel_rtt.clone(),
+        );
+        r.register(
+            "tunnel_send_window_bytes",
+            "Peer's tunnel credit not yet granted to a stream",
+            m.tunnel_send_window.clone(),
+        );
+        r.register(
+            "tunnel_queued_bytes",
+            "Bytes queued in the tunnel, not yet written to its socket",
+            m.tunnel_queued.clone(),
+        );
+        r.register(
+            "service_connections_accepted",
+            "Connections carried: clients accepted (local) or backends reached (remote)",
+            m.service_accepted.clone(),
+        );
+        r.register(
+            "service_connections_refused",
+            "Connections refused, by reason",
+            m.service_refused.clone(),
+        );
+        r.register(
+            "service_connections_active",
+            "Connections of the service now",
+            m.service_active.clone(),
+        );
+        r.register(
+            "service_sent_bytes",
+            "Bytes carried from the service's sockets into the tunnel (DATA payload)",
+            m.service_sent.clone(),
+        );
+        r.register(
+            "service_received_bytes",
+            "Bytes carried from the tunnel to the service's sockets (DATA payload)",
+            m.service_received.clone(),
+        );
+        r.register(
+            "admin_requests",
+            "Admin API requests, by route pattern, method and status",
+            m.admin_requests.clone(),
+        );
+        r.register(
+            "state_writes",
+            "State file writes (each fsynced)",
+            m.state_writes.clone(),
+        );
+        r.register(
+            "state_write_failures",
+            "State file writes that failed",
+            m.state_write_failures.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition (OpenMetrics, which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn tunnel_label(name: &str) -> TunnelLabel {
+        TunnelLabel {
+            tunnel: name.to_owned(),
+        }
+    }
+
+    /// The handles of tunnel `name`, created on first use.
+    pub fn tunnel(&self, name: &str) -> TunnelMetrics {
+        let l = Self::tunnel_label(name);
+        TunnelMetrics {
+            sent: self.tunnel_sent.get_or_create(&l).clone(),
+            received: self.tunnel_received.get_or_create(&l).clone(),
+            streams: self.tunnel_streams.get_or_create(&l).clone(),
+            streams_opened: self.tunnel_streams_opened.get_or_create(&l).clone(),
+            rtt: self.tunnel_rtt.get_or_create(&l).clone(),
+            send_window: self.tunnel_send_window.get_or_create(&l).clone(),
+            queued: self.tunnel_queued.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn set_tunnel_connected(&self, name: &str, connected: bool) {
+        self.tunnel_connected
+            .get_or_create(&Self::tunnel_label(name))
+            .set(i64::from(connected));
+    }
+
+    pub fn count_redial(&self, name: &str) {
+        self.tunnel_redials
+            .get_or_create(&Self::tunnel_label(name))
+            .inc();
+    }
+
+    /// Tunnel `name` was deleted: its series go.
+    pub fn forget_tunnel(&self, name: &str) {
+        let l = Self::tunnel_label(name);
+        self.tunnel_connected.remove(&l);
+        self.tunnel_sent.remove(&l);
+        self.tunnel_received.remove(&l);
+        self.tunnel_streams.remove(&l);
+        self.tunnel_streams_opened.remove(&l);
+        self.tunnel_redials.remove(&l);
+        self.tunnel_rtt.remove(&l);
+        self.tunnel_send_window.remove(&l);
+        self.tunnel_queued.remove(&l);
+    }
+
+    fn service_label(service: &str, side: Side) -> ServiceLabel {
+        ServiceLabel {
+            service: service.to_owned(),
+            side: side.into(),
+        }
+    }
+
+    /// The handles of a service, created on first use.
+    pub fn service(&self, service: &str, side: Side) -> ServiceMetrics {
+        let l = Self::service_label(service, side);
+        ServiceMetrics {
+            sent: self.service_sent.get_or_create(&l).clone(),
+            received: self.service_received.get_or_create(&l).clone(),
+            active: self.service_active.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn count_accepted(&self, service: &str, side: Side) {
+        self.service_accepted
+            .get_or_create(&Self::service_label(service, side))
+            .inc();
+    }
+
+    pub fn count_refused(&self, service: &str, side: Side, reason: Refused) {
+        self.service_refused
+            .get_or_create(&RefusedLabel {
+                service: service.to_owned(),
+                side: side.into(),
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// A service was deleted: its series go (the refusal counters too).
+    pub fn forget_service(&self, service: &str, side: Side) {
+        let l = Self::service_label(service, side);
+        self.service_accepted.remove(&l);
+        self.service_active.remove(&l);
+        self.service_sent.remove(&l);
+        self.service_received.remove(&l);
+        for reason in [
+            Refused::ShuttingDown,
+            Refused::UnknownService,
+            Refused::NotBound,
+            Refused::TunnelDown,
+            Refused::KeyMismatch,
+            Refused::StreamLimit,
+            Refused::ConnectionLimit,
+            Refused::Resources,
+            Refused::Unreachable,
+            Refused::PeerRefused,
+        ] {
+            self.service_refused.remove(&RefusedLabel {
+                service: service.to_owned(),
+                side: side.into(),
+                reason: reason.label(),
+            });
+        }
+    }
+
+    pub fn count_admin_request(&self, route: &str, method: &str, status: u16) {
+        self.admin_requests
+            .get_or_create(&AdminLabel {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn count_state_write(&self, ok: bool) {
+        self.state_writes.inc();
+        if !ok {
+            self.state_write_failures.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_belong_to_names_and_go_with_them() {
+        let m = Metrics::new();
+        let t = m.tunnel("t1");
+        t.sent.inc_by(100);
+        // Found again by name, as after a reconnect.
+        m.tunnel("t1").sent.inc_by(23);
+        let s = m.service("web", Side::Local);
+        let guard = s.active();
+        m.count_refused("web", Side::Local, Refused::NotBound);
+        let text = m.encode();
+        assert!(
+            text.contains("menet_tunnel_sent_bytes_total{tunnel=\"t1\"} 123"),
+            "{text}"
+        );
+        assert!(text.contains("menet_service_connections_active{service=\"web\",side=\"local\"} 1"));
+        assert!(text.contains("reason=\"not_bound\"} 1"));
+        assert!(text.contains("menet_build_info{"));
+        drop(guard);
+        assert!(m
+            .encode()
+            .contains("menet_service_connections_active{service=\"web\",side=\"local\"} 0"));
+        m.forget_tunnel("t1");
+        m.forget_service("web", Side::Local);
+        let text = m.encode();
+        assert!(!text.contains("t1"), "{text}");
+        assert!(!text.contains("web"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        m.tunnel("a\"b\\c").sent.inc();
+        let text = m.encode();
+        assert!(text.contains("tunnel=\"a\\\"b\\\\c\""), "{text}");
+    }
+}

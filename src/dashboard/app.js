@@ -1,0 +1,274 @@
+// menet's dashboard: polls GET /config once a second and changes the node through the admin API
+// (the seed's own routes). Everything shown is inserted as text, never as HTML: names come from
+// peers. The admin token, when the node has one, is asked for once and kept for this tab only.
+"use strict";
+
+const POLL_MS = 1000;
+let token = sessionStorage.getItem("menet-token") || "";
+let previous = null; // { at, tunnels: {name: {sent, received}} } for the rates
+
+const $ = (sel) => document.querySelector(sel);
+
+function headers(extra) {
+  const h = Object.assign({ "Content-Type": "application/json" }, extra || {});
+  if (token) h["Authorization"] = "Bearer " + token;
+  return h;
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: headers(),
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+  });
+  let data = null;
+  try { data = await res.json(); } catch (_) { /* not JSON */ }
+  if (res.status === 401) askToken();
+  return { ok: res.ok, status: res.status, data };
+}
+
+function askToken() {
+  $("#token-form").hidden = false;
+  $("#token").focus();
+}
+
+function say(text, ok) {
+  const m = $("#message");
+  m.textContent = text;
+  m.className = ok ? "ok" : "error";
+}
+
+function cell(row, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  if (cls) td.className = cls;
+  row.appendChild(td);
+  return td;
+}
+
+function bytes(n) {
+  if (typeof n !== "number") return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+}
+
+function rate(n) {
+  return typeof n === "number" ? bytes(n) + "/s" : "";
+}
+
+function endpoint(e) {
+  return Array.isArray(e) ? e[0] + ":" + e[1] : "";
+}
+
+function deleteButton(row, label, action) {
+  const td = document.createElement("td");
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "delete";
+  b.textContent = label;
+  b.addEventListener("click", action);
+  td.appendChild(b);
+  row.appendChild(td);
+}
+
+async function change(method, path, body, done) {
+  const r = await api(method, path, body);
+  if (r.ok) {
+    say(done, true);
+  } else {
+    const why = r.data && r.data.error ? r.data.error : "HTTP " + r.status;
+    say(method + " " + path + " refused: " + why, false);
+  }
+  await refresh();
+  return r.ok;
+}
+
+function fill(tbody, rows) {
+  const body = $(tbody);
+  body.replaceChildren(...rows);
+}
+
+function renderTunnels(config, now) {
+  const rows = [];
+  const seen = {};
+  const dt = previous ? (now - previous.at) / 1000 : 0;
+  for (const [name, t] of Object.entries(config.tunnels || {})) {
+    const tr = document.createElement("tr");
+    tr.dataset.name = name;
+    const sent = t.bytes_sent, received = t.bytes_received;
+    seen[name] = { sent, received };
+    let up = null, down = null;
+    const before = previous && previous.tunnels[name];
+    if (before && dt > 0 && typeof sent === "number" && typeof before.sent === "number") {
+      up = Math.max(0, (sent - before.sent) / dt);
+      down = Math.max(0, (received - before.received) / dt);
+    }
+    cell(tr, name);
+    cell(tr, t.state, "state state-" + t.state);
+    cell(tr, t.role);
+    cell(tr, t.peer || endpoint(t.dest));
+    cell(tr, t.streams, "num");
+    cell(tr, rate(up), "num");
+    cell(tr, rate(down), "num");
+    cell(tr, bytes(sent), "num");
+    cell(tr, bytes(received), "num");
+    cell(tr, t.last_error, "error");
+    deleteButton(tr, "delete", () =>
+      change("DELETE", "/tunnel", { name }, "tunnel " + name + " deleted"));
+    rows.push(tr);
+  }
+  for (const [name, a] of Object.entries(config.accepted || {})) {
+    if (config.tunnels && config.tunnels[name]) continue;
+    const tr = document.createElement("tr");
+    tr.dataset.name = name;
+    cell(tr, name);
+    cell(tr, a.declared ? "declared" : "pinned", "state");
+    cell(tr, "acceptor");
+    for (let i = 0; i < 7; i++) cell(tr, "");
+    deleteButton(tr, "forget", () =>
+      change("DELETE", "/tunnel", { name }, "name " + name + " forgotten"));
+    rows.push(tr);
+  }
+  fill("#tunnels tbody", rows);
+  previous = { at: now, tunnels: seen };
+}
+
+function renderServices(config) {
+  const rows = [];
+  const services = config.services || {};
+  for (const side of ["local", "remote"]) {
+    for (const [name, s] of Object.entries(services[side] || {})) {
+      const tr = document.createElement("tr");
+      tr.dataset.name = name;
+      tr.dataset.side = side;
+      cell(tr, side);
+      cell(tr, name);
+      cell(tr, endpoint(s.addr));
+      cell(tr, side === "local" ? (s.listening || "no") : "");
+      cell(tr, s.cipher || (s.key ? "" : "plaintext"));
+      cell(tr, s.timeout, "num");
+      cell(tr, side === "local" ? s.connections : "", "num");
+      cell(tr, s.last_error, "error");
+      deleteButton(tr, "delete", () =>
+        change("DELETE", "/service", { name, type: side }, side + " service " + name + " deleted"));
+      rows.push(tr);
+    }
+  }
+  fill("#services tbody", rows);
+}
+
+function renderBinds(config) {
+  const rows = [];
+  const binds = config.bind || {};
+  for (const side of ["local", "remote"]) {
+    for (const [service, tunnel] of Object.entries(binds[side] || {})) {
+      const tr = document.createElement("tr");
+      cell(tr, side);
+      cell(tr, service);
+      cell(tr, tunnel);
+      deleteButton(tr, "unbind", () =>
+        change("DELETE", "/bind", { tunnel, service, type: side }, "unbound " + service));
+      rows.push(tr);
+    }
+  }
+  fill("#binds tbody", rows);
+}
+
+function renderConnections(config) {
+  const rows = [];
+  for (const c of Object.values(config.connections || {})) {
+    const tr = document.createElement("tr");
+    cell(tr, c.tunnel);
+    cell(tr, c.stream, "num");
+    cell(tr, c.service);
+    cell(tr, c.side);
+    cell(tr, c.state);
+    cell(tr, bytes(c.bytes_sent), "num");
+    cell(tr, bytes(c.bytes_received), "num");
+    cell(tr, bytes(c.window), "num");
+    rows.push(tr);
+  }
+  fill("#connections tbody", rows);
+}
+
+async function refresh() {
+  const live = $("#live");
+  let r;
+  try {
+    r = await api("GET", "/config");
+  } catch (e) {
+    live.textContent = "node unreachable";
+    live.className = "badge bad";
+    return;
+  }
+  if (!r.ok || !r.data) {
+    live.textContent = r.status === 401 ? "token needed" : "HTTP " + r.status;
+    live.className = "badge bad";
+    return;
+  }
+  live.textContent = "live";
+  live.className = "badge ok";
+  const config = r.data;
+  if (config.security) $("#node").textContent = "identity " + config.security.identity;
+  renderTunnels(config, Date.now());
+  renderServices(config);
+  renderBinds(config);
+  renderConnections(config);
+}
+
+function port(value) {
+  const v = String(value).trim();
+  return /^\d+$/.test(v) ? Number(v) : v;
+}
+
+function setUp() {
+  $("#token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    token = $("#token").value.trim();
+    sessionStorage.setItem("menet-token", token);
+    $("#token-form").hidden = true;
+    refresh();
+  });
+  $("#tunnel-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = ev.target.elements;
+    const body = { name: f.name.value.trim() };
+    if (f.role.value === "acceptor") {
+      body.role = "acceptor";
+    } else {
+      body.dest = [f.ip.value.trim(), port(f.port.value)];
+    }
+    if (f.secret.value) body.secret = f.secret.value;
+    if (await change("POST", "/tunnel", body, "tunnel " + body.name + " added")) ev.target.reset();
+  });
+  $("#service-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = ev.target.elements;
+    const body = {
+      name: f.name.value.trim(),
+      type: f.type.value,
+      addr: [f.ip.value.trim(), port(f.port.value)],
+    };
+    if (f.key.value) body.key = f.key.value;
+    if (f.cipher.value) body.cipher = f.cipher.value;
+    if (f.timeout.value.trim()) body.timeout = port(f.timeout.value);
+    if (await change("POST", "/service", body, body.type + " service " + body.name + " added")) {
+      ev.target.reset();
+    }
+  });
+  $("#bind-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = ev.target.elements;
+    const body = { tunnel: f.tunnel.value.trim(), service: f.service.value.trim(), type: f.type.value };
+    if (await change("POST", "/bind", body, "bound " + body.service + " to " + body.tunnel)) {
+      ev.target.reset();
+    }
+  });
+  refresh();
+  setInterval(refresh, POLL_MS);
+}
+
+document.addEventListener("DOMContentLoaded", setUp);

@@ -1,0 +1,303 @@
+//! The path-addressed API beside the seed's body-addressed one: `/tunnels/{name}`,
+//! `/services/{local|remote}/{name}`, `/binds/{local|remote}/{service}`.
+//!
+//! One implementation behind both: a path request becomes the body of the seed's route (the
+//! path's parts written into it) and goes through the same [`api::parse`] and the same Registry
+//! message, so validation, errors and persistence cannot differ. A `GET` answers exactly the
+//! object's part of `GET /config`.
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::{Map, Value};
+
+use menet_actors::registry::{GetConfig, Registry};
+
+use crate::api::{self, ApiError, Reply, Route};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let not_allowed = || web::to(api::method_not_allowed);
+    cfg.service(
+        web::resource("/tunnels")
+            .route(web::get().to(list_tunnels))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/tunnels/{name}")
+            .route(web::get().to(get_tunnel))
+            .route(web::put().to(put_tunnel))
+            .route(web::delete().to(delete_tunnel))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/services")
+            .route(web::get().to(list_services))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/services/{side}/{name}")
+            .route(web::get().to(get_service))
+            .route(web::put().to(put_service))
+            .route(web::delete().to(delete_service))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/binds")
+            .route(web::get().to(list_binds))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/binds/{side}/{service}")
+            .route(web::get().to(get_bind))
+            .route(web::put().to(put_bind))
+            .route(web::delete().to(delete_bind))
+            .default_service(not_allowed()),
+    );
+}
+
+/// `local` or `remote` from the path; anything else is a path that does not exist.
+fn side(side: &str) -> Result<&'static str, ApiError> {
+    match side {
+        "local" => Ok("local"),
+        "remote" => Ok("remote"),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such path: the side is \"local\" or \"remote\"",
+        )),
+    }
+}
+
+/// The request body as an object (an empty body is an empty object), with the path's parts
+/// written in. A body that names the object too must name the same one.
+fn with_path(body: &[u8], route: Route, parts: &[(&str, &str)]) -> Result<Vec<u8>, ApiError> {
+    let mut map = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        api::object(body, api::fields(route))?
+    };
+    for (field, value) in parts {
+        match map.get(*field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == value => {}
+            Some(_) => {
+                return Err(ApiError::bad(format!(
+                    "field \"{field}\" differs from the path; omit it"
+                )))
+            }
+        }
+        map.insert((*field).to_owned(), Value::String((*value).to_owned()));
+    }
+    serde_json::to_vec(&Value::Object(map))
+        .map_err(|e| ApiError::bad(format!("cannot re-encode the body: {e}")))
+}
+
+async fn run(
+    registry: web::Data<Addr<Registry>>,
+    body: web::Payload,
+    route: Route,
+    parts: &[(&str, &str)],
+) -> Reply {
+    let body = with_path(&api::read_body(body).await?, route, parts)?;
+    api::execute(&registry, route, &body).await
+}
+
+/// The part of `GET /config` at `keys`, or a 404 saying what is missing.
+async fn part(registry: &Addr<Registry>, keys: &[&str], missing: impl FnOnce() -> String) -> Reply {
+    let mut config = registry.send(GetConfig).await?;
+    let mut at = &mut config;
+    for k in keys {
+        at = match at.get_mut(*k) {
+            Some(v) => v,
+            None => return Err(ApiError::new(StatusCode::NOT_FOUND, missing())),
+        };
+    }
+    Ok(HttpResponse::Ok().json(at.take()))
+}
+
+type Name = web::Path<String>;
+type SideName = web::Path<(String, String)>;
+
+#[utoipa::path(get, path = "/tunnels", tag = "paths", operation_id = "list_tunnels_by_path",
+    description = "The `tunnels` part of `GET /config`.",
+    responses((status = 200, description = "Every tunnel by name", body = Object)))]
+pub async fn list_tunnels(registry: web::Data<Addr<Registry>>) -> Reply {
+    part(&registry, &["tunnels"], String::new).await
+}
+
+#[utoipa::path(get, path = "/tunnels/{name}", tag = "paths", operation_id = "get_tunnel_by_path",
+    description = "One tunnel's part of `GET /config` (`tunnels.NAME`; a name that is only \
+                   declared for acceptance: `accepted.NAME`).",
+    params(("name" = String, Path, description = "Tunnel name")),
+    responses((status = 200, description = "The tunnel", body = Object),
+              (status = 404, description = "No such tunnel", body = crate::openapi::Error)))]
+pub async fn get_tunnel(registry: web::Data<Addr<Registry>>, name: Name) -> Reply {
+    let missing = || format!("no tunnel named {}", name.as_str());
+    match part(&registry, &["tunnels", name.as_str()], missing).await {
+        Err(e) if e.status() == StatusCode::NOT_FOUND => {
+            part(&registry, &["accepted", name.as_str()], missing).await
+        }
+        other => other,
+    }
+}
+
+#[utoipa::path(put, path = "/tunnels/{name}", tag = "paths", operation_id = "put_tunnel_by_path",
+    description = "Creates or changes a tunnel: the same as `POST /tunnel` with this name.",
+    params(("name" = String, Path, description = "Tunnel name")),
+    request_body = crate::openapi::TunnelPut,
+    responses((status = 200, description = "Done", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 409, description = "The name is taken in another role", body = crate::openapi::Error),
+              (status = 502, description = "The peer could not be reached or refused", body = crate::openapi::Error)))]
+pub async fn put_tunnel(
+    registry: web::Data<Addr<Registry>>,
+    name: Name,
+    body: web::Payload,
+) -> Reply {
+    run(registry, body, Route::PostTunnel, &[("name", &name)]).await
+}
+
+#[utoipa::path(delete, path = "/tunnels/{name}", tag = "paths", operation_id = "delete_tunnel_by_path",
+    description = "Deletes a tunnel: the same as `DELETE /tunnel` with this name.",
+    params(("name" = String, Path, description = "Tunnel name")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::Done),
+              (status = 400, description = "Invalid body", body = crate::openapi::Error),
+              (status = 404, description = "No such tunnel", body = crate::openapi::Error)))]
+pub async fn delete_tunnel(
+    registry: web::Data<Addr<Registry>>,
+    name: Name,
+    body: web::Payload,
+) -> Reply {
+    run(registry, body, Route::DeleteTunnel, &[("name", &name)]).await
+}
+
+#[utoipa::path(get, path = "/services", tag = "paths", operation_id = "list_services_by_path",
+    description = "The `services` part of `GET /config`: `local` and `remote`.",
+    responses((status = 200, description = "Every service by side and name", body = Object)))]
+pub async fn list_services(registry: web::Data<Addr<Registry>>) -> Reply {
+    part(&registry, &["services"], String::new).await
+}
+
+#[utoipa::path(get, path = "/services/{side}/{name}", tag = "paths", operation_id = "get_service_by_path",
+    description = "One service's part of `GET /config` (`services.SIDE.NAME`).",
+    params(("side" = crate::openapi::SideParam, Path, description = "local or remote"),
+           ("name" = String, Path, description = "Service name")),
+    responses((status = 200, description = "The service", body = Object),
+              (status = 404, description = "No such service", body = crate::openapi::Error)))]
+pub async fn get_service(registry: web::Data<Addr<Registry>>, path: SideName) -> Reply {
+    let (s, name) = path.into_inner();
+    let s = side(&s)?;
+    let missing = || format!("no {s} service named {name}");
+    part(&registry, &["services", s, &name], missing).await
+}
+
+#[utoipa::path(put, path = "/services/{side}/{name}", tag = "paths", operation_id = "put_service_by_path",
+    description = "Creates or changes a service: the same as `POST /service` with this name and type.",
+    params(("side" = crate::openapi::SideParam, Path, description = "local or remote"),
+           ("name" = String, Path, description = "Service name")),
+    request_body = crate::openapi::ServicePut,
+    responses((status = 200, description = "Done", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 404, description = "No such side", body = crate::openapi::Error),
+              (status = 409, description = "The address is taken", body = crate::openapi::Error)))]
+pub async fn put_service(
+    registry: web::Data<Addr<Registry>>,
+    path: SideName,
+    body: web::Payload,
+) -> Reply {
+    let (s, name) = path.into_inner();
+    let parts = [("name", name.as_str()), ("type", side(&s)?)];
+    run(registry, body, Route::PostService, &parts).await
+}
+
+#[utoipa::path(delete, path = "/services/{side}/{name}", tag = "paths", operation_id = "delete_service_by_path",
+    description = "Deletes a service: the same as `DELETE /service` with this name and type.",
+    params(("side" = crate::openapi::SideParam, Path, description = "local or remote"),
+           ("name" = String, Path, description = "Service name")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::Done),
+              (status = 400, description = "Invalid body", body = crate::openapi::Error),
+              (status = 404, description = "No such service", body = crate::openapi::Error)))]
+pub async fn delete_service(
+    registry: web::Data<Addr<Registry>>,
+    path: SideName,
+    body: web::Payload,
+) -> Reply {
+    let (s, name) = path.into_inner();
+    let parts = [("name", name.as_str()), ("type", side(&s)?)];
+    run(registry, body, Route::DeleteService, &parts).await
+}
+
+#[utoipa::path(get, path = "/binds", tag = "paths", operation_id = "list_binds_by_path",
+    description = "The `bind` part of `GET /config`: for each side, service name -> tunnel name.",
+    responses((status = 200, description = "Every bind", body = Object)))]
+pub async fn list_binds(registry: web::Data<Addr<Registry>>) -> Reply {
+    part(&registry, &["bind"], String::new).await
+}
+
+#[utoipa::path(get, path = "/binds/{side}/{service}", tag = "paths", operation_id = "get_bind_by_path",
+    description = "One bind's part of `GET /config` (`bind.SIDE.SERVICE`): its tunnel's name, \
+                   a JSON string.",
+    params(("side" = crate::openapi::SideParam, Path, description = "local or remote"),
+           ("service" = String, Path, description = "Service name")),
+    responses((status = 200, description = "The tunnel the service is bound to", body = String),
+              (status = 404, description = "The service is not bound", body = crate::openapi::Error)))]
+pub async fn get_bind(registry: web::Data<Addr<Registry>>, path: SideName) -> Reply {
+    let (s, service) = path.into_inner();
+    let s = side(&s)?;
+    let missing = || format!("{s} service {service} is not bound");
+    part(&registry, &["bind", s, &service], missing).await
+}
+
+#[utoipa::path(put, path = "/binds/{side}/{service}", tag = "paths", operation_id = "put_bind_by_path",
+    description = "Binds a service to a tunnel: the same as `POST /bind`.",
+    params(("side" = crate::openapi::SideParam, Path, description = "local or remote"),
+           ("service" = String, Path, description = "Service name")),
+    request_body = crate::openapi::BindPut,
+    responses((status = 200, description = "Done", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 404, description = "No such service", body = crate::openapi::Error)))]
+pub async fn put_bind(
+    registry: web::Data<Addr<Registry>>,
+    path: SideName,
+    body: web::Payload,
+) -> Reply {
+    let (s, service) = path.into_inner();
+    let parts = [("service", service.as_str()), ("type", side(&s)?)];
+    run(registry, body, Route::PostBind, &parts).await
+}
+
+#[utoipa::path(delete, path = "/binds/{side}/{service}", tag = "paths", operation_id = "delete_bind_by_path",
+    description = "Unbinds a service: the same as `DELETE /bind`; the body may name the tunnel \
+                   (`{\"tunnel\"}`) or be empty.",
+    params(("side" = crate::openapi::SideParam, Path, description = "local or remote"),
+           ("service" = String, Path, description = "Service name")),
+    request_body = crate::openapi::BindPut,
+    responses((status = 200, description = "Unbound", body = crate::openapi::Done),
+              (status = 400, description = "Invalid request", body = crate::openapi::Error),
+              (status = 404, description = "No such bind", body = crate::openapi::Error)))]
+pub async fn delete_bind(
+    registry: web::Data<Addr<Registry>>,
+    path: SideName,
+    body: web::Payload,
+) -> Reply {
+    let (s, service) = path.into_inner();
+    let s = side(&s)?;
+    let parts = [("service", service.as_str()), ("type", s)];
+    let mut body = with_path(&api::read_body(body).await?, Route::DeleteBind, &parts)?;
+    // The seed's DELETE /bind names the tunnel; here the path is enough: the bind's tunnel is
+    // looked up when the body leaves it out.
+    if let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&body) {
+        if !map.contains_key("tunnel") {
+            let config = registry.send(GetConfig).await?;
+            let Some(tunnel) = config["bind"][s][&service].as_str() else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("{s} service {service} is not bound"),
+                ));
+            };
+            map.insert("tunnel".to_owned(), Value::String(tunnel.to_owned()));
+            body = serde_json::to_vec(&Value::Object(map))
+                .map_err(|e| ApiError::bad(format!("cannot re-encode the body: {e}")))?;
+        }
+    }
+    api::execute(&registry, Route::DeleteBind, &body).await
+}
