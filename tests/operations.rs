@@ -732,3 +732,34 @@ fn systemd_is_told_ready_once_the_listeners_are_bound() {
         Ok("STOPPING=1")
     );
 }
+
+#[test]
+fn the_two_node_example_fetches_a_page_through_the_tunnel() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/two-nodes.sh");
+    let mut child = Command::new("bash")
+        .arg(script)
+        .env("MENET", env!("CARGO_BIN_EXE_menet"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bash");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("examples/two-nodes.sh did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("fetched through the tunnel: <h1>hello through the menet tunnel</h1>"),
+        "{stdout}"
+    );
+}
