@@ -20,36 +20,54 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Free loopback ports, all different.
-read -r ADMIN_A TUNNEL_A ADMIN_B TUNNEL_B WEB LOCAL < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(6)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
+# The nodes and the backend bind port 0 and say which port they got; only the local service's
+# port is picked beforehand (the seed's body names it).
+LOCAL=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+# wait_for FILE TEXT: the port printed after TEXT in FILE, within 10 s.
+wait_for() {
+    for _ in $(seq 200); do
+        port=$(grep -o "$2[0-9.]*:[0-9]*" "$1" 2>/dev/null | head -1 | sed 's/.*://') || true
+        if [[ -n $port ]]; then
+            echo "$port"
+            return
+        fi
+        sleep 0.05
+    done
+    echo "no '$2' in $1 within 10 s:" >&2
+    cat "$1" >&2
+    exit 1
+}
 
 # A backend to reach: a static page on loopback.
 mkdir -p "$work/site"
 echo "<h1>hello through the menet tunnel</h1>" > "$work/site/index.html"
-python3 -m http.server "$WEB" --bind 127.0.0.1 --directory "$work/site" >/dev/null 2>&1 &
+python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$work/site" >"$work/web.log" 2>&1 &
 pids+=($!)
 
-start() { # name admin tunnel
-    "$MENET" --config /dev/null --admin "127.0.0.1:$2" --tunnel "127.0.0.1:$3" \
+start() { # name
+    "$MENET" --config /dev/null --admin 127.0.0.1:0 --tunnel 127.0.0.1:0 \
         --state "$work/$1.json" 2>"$work/$1.log" &
     pids+=($!)
 }
-start a "$ADMIN_A" "$TUNNEL_A"
-start b "$ADMIN_B" "$TUNNEL_B"
-
-# Both ready (listening, state loaded), the backend too.
-for url in "http://127.0.0.1:$ADMIN_A/readyz" "http://127.0.0.1:$ADMIN_B/readyz" "http://127.0.0.1:$WEB/"; do
-    for _ in $(seq 100); do
-        curl -fs "$url" >/dev/null && break
-        sleep 0.05
-    done
+start a
+start b
+ADMIN_A=$(wait_for "$work/a.log" "admin API listening on ")
+ADMIN_B=$(wait_for "$work/b.log" "admin API listening on ")
+TUNNEL_B=$(wait_for "$work/b.log" "tunnel port listening on ")
+WEB=$(python3 - "$work/web.log" <<'PY'
+import re, sys, time
+for _ in range(200):
+    m = re.search(r"port (\d+)", open(sys.argv[1]).read())
+    if m:
+        print(m.group(1))
+        break
+    time.sleep(0.05)
+PY
+)
+[[ -n $WEB ]] || { echo "the backend did not start" >&2; exit 1; }
+for admin in "$ADMIN_A" "$ADMIN_B"; do
+    curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null
 done
 
 set -x
