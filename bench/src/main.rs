@@ -2,7 +2,8 @@
 //! B) and prints each figure beside the same measure taken directly against the backend in the
 //! same run. Figures, not pass/fail: the machine is shared and noisy, so compare ratios.
 //!
-//!     cargo build --release && cargo run --release -p menet-bench [-- --quick]
+//!     cargo build --release && cargo run --release -p menet-bench [-- --quick] [--loopback-only]
+//!         [--menet PATH]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -210,6 +211,10 @@ fn main() {
         exchanges_per_second(&rt, echoed, 32, 32, true, plan.window),
     );
 
+    if std::env::args().any(|a| a == "--loopback-only") {
+        // For before/after comparisons of the data path: the loopback table alone.
+        return;
+    }
     stalled_reader(&a, &b, plain, if quick { 3 } else { 10 });
     long_link(&menet, &rt, bulk, echo, &plan);
 
