@@ -54,6 +54,10 @@ pub struct Cli {
     /// good, 1 with the reason otherwise. Nothing is bound or written.
     #[arg(long)]
     pub check: bool,
+    /// Print the state file's contents (its snapshot with its journal applied) as JSON and exit.
+    /// Nothing is locked or written: it works beside a running node.
+    #[arg(long)]
+    pub dump_state: bool,
 }
 
 #[derive(Debug, Error)]

@@ -60,6 +60,9 @@ fn main() -> ExitCode {
     if cli.check {
         return check(&cli);
     }
+    if cli.dump_state {
+        return dump_state(&cli);
+    }
     let fd_limit = raise_fd_limit();
     let result = Config::load(&cli)
         .map_err(StartError::from)
@@ -126,6 +129,36 @@ fn check(cli: &Cli) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `menet --dump-state`: what the state file holds (snapshot and journal), as JSON on stdout.
+fn dump_state(cli: &Cli) -> ExitCode {
+    let state = Config::load(cli)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            c.state
+                .ok_or_else(|| "no state file is configured".to_owned())
+        })
+        .and_then(|path| StateStore::check(&path).map_err(|e| e.to_string()));
+    match state {
+        Ok(state) => {
+            let state = state.unwrap_or_else(menet_actors::state::State::new);
+            match serde_json::to_string_pretty(&state) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("menet --dump-state: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("menet --dump-state: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Tells systemd (`Type=notify`) the node is ready once the Registry says every listener is

@@ -291,14 +291,24 @@ fn a_bad_or_busy_state_file_is_refused_and_left_alone() {
     let (code, stderr) = Node::run_with_config(&config);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("in use"), "{stderr}");
+    // The change is in the journal beside the (not yet written) snapshot, owner-only like it.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&state)
-        .expect("state")
+    let journal = dir.path("menet.json.journal");
+    let mode = std::fs::metadata(&journal)
+        .expect("journal")
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o600, "state file mode {mode:o}");
-    let saved: Value =
-        serde_json::from_slice(&std::fs::read(&state).expect("read")).expect("state is JSON");
+    assert_eq!(mode & 0o777, 0o600, "journal mode {mode:o}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_menet"))
+        .args(["--dump-state", "--config", &config])
+        .output()
+        .expect("dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved: Value = serde_json::from_slice(&out.stdout).expect("the dump is JSON");
     assert_eq!(saved["services"]["remote"]["s"]["key"], "sekrit");
 }
 

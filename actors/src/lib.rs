@@ -16,6 +16,7 @@ pub mod credit;
 pub mod fuzzing;
 pub mod handshake;
 mod io;
+pub mod journal;
 #[macro_use]
 pub mod limits;
 pub mod listener;
@@ -31,7 +32,7 @@ use std::fmt;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cipher::Secret;
 use crate::handshake::Terms;
@@ -40,7 +41,7 @@ use crate::protocol::Windows;
 use crate::registry::Registry;
 
 /// The two ends of a service: `local` listens for clients, `remote` is where they are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     Local,

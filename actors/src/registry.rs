@@ -27,6 +27,7 @@ use crate::cipher::{CipherKind, Secret, ServiceKey};
 use crate::handshake::{
     self, fingerprint, HandshakeError, Identity, RefuseCode, Terms, IDENTITY_LEN,
 };
+use crate::journal::Change;
 use crate::limits::{Escaped, Gauge, Usage};
 use crate::listener::{self, Accepts, Listener, SharedSocket, SocketReplaced, StopListener};
 use crate::metrics::metrics;
@@ -216,6 +217,17 @@ pub struct ServiceSpec {
 /// The state file's verdict on a change, awaited before the API answers.
 type Saved = LocalBoxFuture<'static, Result<(), AdminError>>;
 
+/// What a change touched, for the journal: the state at each key is written as it is after the
+/// change (set or removed), O(1) per key.
+#[derive(Debug, Clone)]
+enum Key {
+    Identity,
+    Tunnel(String),
+    Accepted(String),
+    Service(Side, String),
+    Bind(Side, String),
+}
+
 pub struct Registry {
     settings: Settings,
     /// The node's tunnel secret and who may dial in.
@@ -244,6 +256,8 @@ pub struct Registry {
     restore: Option<State>,
     shutting_down: bool,
     generation: u64,
+    /// The identity was made at this start (none in the state file): journaled once running.
+    identity_unsaved: bool,
 }
 
 impl Registry {
@@ -258,13 +272,16 @@ impl Registry {
         let port_addr = tunnel_port
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let identity = match restore.as_ref().and_then(|s| s.identity.as_deref()) {
-            Some(hex) => Identity::from_hex(hex).unwrap_or_else(|e| {
-                error!("state file: identity: {e}; a new one is made");
-                Identity::generate()
-            }),
-            None => Identity::generate(),
-        };
+        let loaded = restore
+            .as_ref()
+            .and_then(|s| s.identity.as_deref())
+            .and_then(|hex| {
+                Identity::from_hex(hex)
+                    .map_err(|e| error!("state file: identity: {e}; a new one is made"))
+                    .ok()
+            });
+        let identity_unsaved = loaded.is_none();
+        let identity = loaded.unwrap_or_else(Identity::generate);
         Registry {
             settings,
             access,
@@ -286,6 +303,7 @@ impl Registry {
             restore,
             shutting_down: false,
             generation: 0,
+            identity_unsaved,
         }
     }
 
@@ -405,7 +423,7 @@ impl Registry {
                         fingerprint(&identity)
                     );
                     entry.pin = Some(identity);
-                    self.save_in_background(ctx);
+                    self.save_in_background(&[Key::Accepted(name.clone())], ctx);
                 }
                 (None, Role::Acceptor, 0, None)
             }
@@ -464,9 +482,10 @@ impl Registry {
         self.publish();
     }
 
-    /// Writes the state file without anyone waiting for the answer (a change the peer made).
-    fn save_in_background(&self, ctx: &mut Context<Self>) {
-        let saved = self.persist();
+    /// Journals what changed at `keys` without anyone waiting for the answer (a change the peer
+    /// made).
+    fn save_in_background(&self, keys: &[Key], ctx: &mut Context<Self>) {
+        let saved = self.persist(keys);
         ctx.spawn(
             async move {
                 if let Err(e) = saved.await {
@@ -625,7 +644,9 @@ impl Registry {
         );
     }
 
-    fn to_state(&self) -> State {
+    /// Writes the configuration to the state file (if there is one); resolves once it is on disk.
+    /// What the state holds at `key` now, as a journal change.
+    fn change_at(&self, key: &Key) -> Change {
         let record = |addr: SocketAddr, key: &Option<ServiceKey>, timeout: &Option<Duration>| {
             ServiceRecord {
                 addr,
@@ -637,57 +658,59 @@ impl Registry {
                 timeout_ms: timeout.map(|d| d.as_millis() as u64),
             }
         };
-        let mut state = State::new();
-        state.identity = Some(self.identity.to_hex());
-        state.tunnels = self
-            .tunnels
-            .iter()
-            .filter(|(_, t)| t.role == Role::Dialer)
-            .filter_map(|(n, t)| {
-                Some((
-                    n.clone(),
-                    TunnelRecord {
-                        dest: t.dest?,
-                        secret: t.secret.as_ref().map(|s| s.expose().to_owned()),
-                    },
-                ))
-            })
-            .collect();
-        state.accepted = self
-            .accepted
-            .iter()
-            .map(|(n, a)| {
-                (
-                    n.clone(),
-                    AcceptedRecord {
-                        secret: a.secret.as_ref().map(|s| s.expose().to_owned()),
-                        identity: a.pin.as_ref().map(|p| handshake::to_hex(p)),
-                        declared: a.declared,
-                    },
-                )
-            })
-            .collect();
-        state.services.local = self
-            .local
-            .iter()
-            .map(|(n, s)| (n.clone(), record(s.listening.addr, &s.key, &s.timeout)))
-            .collect();
-        state.services.remote = self
-            .remote
-            .iter()
-            .map(|(n, s)| (n.clone(), record(s.addr, &s.key, &s.timeout)))
-            .collect();
-        state.bind.local = self.binds.get(&Side::Local).cloned().unwrap_or_default();
-        state.bind.remote = self.binds.get(&Side::Remote).cloned().unwrap_or_default();
-        state
+        match key {
+            Key::Identity => Change::Identity {
+                identity: self.identity.to_hex(),
+            },
+            Key::Tunnel(name) => Change::Tunnel {
+                name: name.clone(),
+                record: self
+                    .tunnels
+                    .get(name)
+                    .filter(|t| t.role == Role::Dialer)
+                    .and_then(|t| {
+                        Some(TunnelRecord {
+                            dest: t.dest?,
+                            secret: t.secret.as_ref().map(|s| s.expose().to_owned()),
+                        })
+                    }),
+            },
+            Key::Accepted(name) => Change::Accepted {
+                name: name.clone(),
+                record: self.accepted.get(name).map(|a| AcceptedRecord {
+                    secret: a.secret.as_ref().map(|s| s.expose().to_owned()),
+                    identity: a.pin.as_ref().map(|p| handshake::to_hex(p)),
+                    declared: a.declared,
+                }),
+            },
+            Key::Service(side, name) => Change::Service {
+                side: *side,
+                name: name.clone(),
+                record: match side {
+                    Side::Local => self
+                        .local
+                        .get(name)
+                        .map(|s| record(s.listening.addr, &s.key, &s.timeout)),
+                    Side::Remote => self
+                        .remote
+                        .get(name)
+                        .map(|s| record(s.addr, &s.key, &s.timeout)),
+                },
+            },
+            Key::Bind(side, service) => Change::Bind {
+                side: *side,
+                service: service.clone(),
+                tunnel: self.binds.get(side).and_then(|b| b.get(service)).cloned(),
+            },
+        }
     }
 
-    /// Writes the configuration to the state file (if there is one); resolves once it is on disk.
-    fn persist(&self) -> Saved {
+    /// Journals what the state holds at `keys` now: O(1) per key, whatever the state's size.
+    fn persist(&self, keys: &[Key]) -> Saved {
         let Some(store) = &self.store else {
             return Box::pin(async { Ok(()) });
         };
-        let written = store.save(&self.to_state());
+        let written = store.record(keys.iter().map(|k| self.change_at(k)).collect());
         let path = store.path().display().to_string();
         Box::pin(async move {
             let why = match written.await {
@@ -701,12 +724,13 @@ impl Registry {
         })
     }
 
-    /// An admin change's answer: its refusal, or its outcome once saved.
-    fn commit(&self, change: Result<(), AdminError>) -> Saved {
+    /// An admin change's answer: its refusal, or its outcome once what it changed (`keys`) is
+    /// journaled.
+    fn commit(&self, change: Result<(), AdminError>, keys: &[Key]) -> Saved {
         // The routes first, so the change applies to the next connection.
         self.publish();
         match change {
-            Ok(()) => self.persist(),
+            Ok(()) => self.persist(keys),
             Err(e) => Box::pin(async move { Err(e) }),
         }
     }
@@ -957,6 +981,9 @@ impl Actor for Registry {
         if let Some(state) = self.restore.take() {
             self.restore(state, ctx);
         }
+        if std::mem::take(&mut self.identity_unsaved) {
+            self.save_in_background(&[Key::Identity], ctx);
+        }
     }
 }
 
@@ -1001,8 +1028,9 @@ impl Handler<AddTunnel> for Registry {
     fn handle(&mut self, msg: AddTunnel, _ctx: &mut Self::Context) -> Self::Result {
         let dest = match (msg.role, msg.dest) {
             (Role::Acceptor, _) => {
+                let keys = [Key::Accepted(msg.name.clone())];
                 let change = self.declare_accepted(msg.name, msg.secret);
-                return Box::pin(self.commit(change).into_actor(self));
+                return Box::pin(self.commit(change, &keys).into_actor(self));
             }
             (Role::Dialer, Some(dest)) => dest,
             (Role::Dialer, None) => {
@@ -1041,6 +1069,7 @@ impl Handler<AddTunnel> for Registry {
         self.dialing.insert(msg.name.clone(), (generation, dest));
         info!("tunnel {}: dialing {dest}", msg.name);
         let name = msg.name;
+        let keys = [Key::Tunnel(name.clone())];
         Box::pin(
             self.dial(&name, dest, &secret)
                 .into_actor(self)
@@ -1113,10 +1142,10 @@ impl Handler<AddTunnel> for Registry {
                         !live,
                     )
                 })
-                .then(|(change, save), act, _ctx| {
+                .then(move |(change, save), act, _ctx| {
                     let saved = match (&change, save) {
                         (_, false) => Box::pin(async { Ok(()) }),
-                        (_, true) => act.persist(),
+                        (_, true) => act.persist(&keys),
                     };
                     async move {
                         saved.await?;
@@ -1162,7 +1191,13 @@ impl Handler<DeleteTunnel> for Registry {
                 msg.name
             ))),
         };
-        self.commit(change)
+        self.commit(
+            change,
+            &[
+                Key::Tunnel(msg.name.clone()),
+                Key::Accepted(msg.name.clone()),
+            ],
+        )
     }
 }
 
@@ -1242,8 +1277,9 @@ impl Handler<AddService> for Registry {
     type Result = ResponseFuture<Result<(), AdminError>>;
 
     fn handle(&mut self, AddService(spec): AddService, ctx: &mut Self::Context) -> Self::Result {
+        let keys = [Key::Service(spec.side, spec.name.clone())];
         let change = self.add_service(spec, ctx);
-        self.commit(change)
+        self.commit(change, &keys)
     }
 }
 
@@ -1268,10 +1304,13 @@ impl Handler<DeleteService> for Registry {
             Side::Remote => self.remote.remove(&msg.name).is_some(),
         };
         if !existed {
-            return self.commit(Err(AdminError::NotFound(format!(
-                "no {} service named {}",
-                msg.side, msg.name
-            ))));
+            return self.commit(
+                Err(AdminError::NotFound(format!(
+                    "no {} service named {}",
+                    msg.side, msg.name
+                ))),
+                &[],
+            );
         }
         self.binds(msg.side).remove(&msg.name);
         metrics().forget_service(&msg.name, msg.side);
@@ -1284,7 +1323,13 @@ impl Handler<DeleteService> for Registry {
             }
         }
         info!("service {} ({}): deleted", msg.name, msg.side);
-        self.commit(Ok(()))
+        self.commit(
+            Ok(()),
+            &[
+                Key::Service(msg.side, msg.name.clone()),
+                Key::Bind(msg.side, msg.name.clone()),
+            ],
+        )
     }
 }
 
@@ -1339,8 +1384,9 @@ impl Handler<SetBind> for Registry {
     type Result = ResponseFuture<Result<(), AdminError>>;
 
     fn handle(&mut self, msg: SetBind, _ctx: &mut Self::Context) -> Self::Result {
+        let keys = [Key::Bind(msg.side, msg.service.clone())];
         let change = self.set_bind(msg);
-        self.commit(change)
+        self.commit(change, &keys)
     }
 }
 
@@ -1611,7 +1657,7 @@ impl Registry {
                 info!("tunnel {} removed: {}", msg.name, msg.reason);
                 self.tunnels.remove(&msg.name);
                 metrics().forget_tunnel(&msg.name);
-                self.save_in_background(ctx);
+                self.save_in_background(&[Key::Tunnel(msg.name.clone())], ctx);
             }
             (Role::Dialer, _) if !self.shutting_down => {
                 // Replaced by another connection of the name soon after it came up: another
@@ -1645,7 +1691,7 @@ impl Registry {
                             self.accepted.remove(&msg.name);
                         }
                     }
-                    self.save_in_background(ctx);
+                    self.save_in_background(&[Key::Accepted(msg.name.clone())], ctx);
                 }
             }
         }
@@ -1733,10 +1779,13 @@ impl Handler<Shutdown> for Registry {
             }
         }
         info!("shutting down: {} tunnels told", closing.len());
-        let saved = self.persist();
+        // Every change is journaled already; leave one compact snapshot behind.
+        let compacted = self.store.as_ref().map(StateStore::compact);
         Box::pin(async move {
-            if let Err(e) = saved.await {
-                error!("{e}");
+            if let Some(done) = compacted {
+                if let Ok(Err(e)) = done.await {
+                    error!("state file: cannot compact at shutdown: {e}");
+                }
             }
             let deadline = Instant::now() + SHUTDOWN_GRACE;
             while closing.iter().any(Addr::connected) && Instant::now() < deadline {

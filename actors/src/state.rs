@@ -1,11 +1,15 @@
 //! The state file: what the admin API configured (tunnels this node dials, services, binds), kept
 //! on disk so that a restart or a crash loses none of it.
 //!
-//! Every write replaces the whole file atomically (temporary file, fsync, rename, fsync of the
-//! directory), so a crash at any instant leaves the old state or the new one, never a torn file.
-//! Writes happen on a thread of their own, off the data path; changes that queue up while a write
-//! is under way are written together (the newest snapshot holds them all). A lock file keeps two
-//! nodes from sharing one state file.
+//! Two files: the snapshot `PATH` (JSON, as a person reads it) and the journal `PATH.journal`
+//! (one line per change since the snapshot, [`crate::journal`]). A change is appended to the
+//! journal and fsynced before it is acknowledged: O(1) whatever the configuration's size. When
+//! the journal has grown past the snapshot's size (and 1 MiB), the writer folds it in: a new
+//! snapshot replaces the old one atomically (temporary file, fsync, rename, fsync of the
+//! directory), then the journal is emptied. A crash at any instant leaves files that load to
+//! every acknowledged change. Writes happen on a thread of their own, off the data path; changes
+//! that queue up while a write is under way share one fsync. A lock file keeps two nodes from
+//! sharing one state file.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -16,7 +20,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
-use log::error;
+use log::{error, info, warn};
+
+use crate::journal::{self, Change};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -45,6 +51,8 @@ pub enum StateError {
     Inconsistent { path: PathBuf, message: String },
     #[error("state file {path} is in use by another menet (lock {lock} held)")]
     Locked { path: PathBuf, lock: PathBuf },
+    #[error("journal {path} is corrupt at offset {offset} (good records follow a bad one, so this is not a torn write); fix or remove it, it is never overwritten")]
+    Journal { path: PathBuf, offset: u64 },
 }
 
 /// What is kept. Field names follow the admin API.
@@ -132,7 +140,15 @@ impl State {
         }
     }
 
+    /// Parses and checks a whole state (tests; loading goes through the journal).
+    #[cfg(test)]
     fn parse(text: &[u8], path: &Path) -> Result<State, StateError> {
+        let state = State::parse_only(text, path)?;
+        state.validate(path)?;
+        Ok(state)
+    }
+
+    fn parse_only(text: &[u8], path: &Path) -> Result<State, StateError> {
         let corrupt = |source| StateError::Corrupt {
             path: path.to_owned(),
             source,
@@ -149,6 +165,12 @@ impl State {
         }
         let mut state: State = serde_json::from_value(value).map_err(corrupt)?;
         state.version = VERSION;
+        Ok(state)
+    }
+
+    /// The checks a loaded state must pass (ciphers, identities, binds naming services).
+    fn validate(&self, path: &Path) -> Result<(), StateError> {
+        let state = self;
         let inconsistent = |message: String| StateError::Inconsistent {
             path: path.to_owned(),
             message,
@@ -185,23 +207,80 @@ impl State {
                 });
             }
         }
-        Ok(state)
+        Ok(())
     }
 }
 
-/// Hands snapshots to the writer thread. Dropping it lets the thread finish and exit.
+/// Hands changes to the writer thread. Dropping it lets the thread finish and exit.
 pub struct StateStore {
     path: PathBuf,
     jobs: SyncSender<Job>,
 }
 
-struct Job {
-    bytes: Vec<u8>,
-    done: oneshot::Sender<Result<(), String>>,
+/// The journal grows to this before it is folded into the snapshot, at least.
+const COMPACT_MIN: u64 = 1 << 20;
+
+enum Job {
+    /// Append these changes; answer once they are fsynced.
+    Record {
+        changes: Vec<Change>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Replace everything with this state (a new snapshot, an empty journal).
+    Replace {
+        state: Box<State>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Fold the journal into the snapshot now (a clean shutdown).
+    Compact {
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The journal of the state file at `path`.
+pub fn journal_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".journal")
+}
+
+/// Reads the snapshot and the journal: the state they make (`None` if neither exists), and the
+/// journal's good length when a torn tail was dropped. Writes nothing.
+fn load(path: &Path) -> Result<(Option<State>, Option<u64>), StateError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StateError::Io { path, source }
+    };
+    let snapshot = match fs::read(path) {
+        Ok(text) => Some(State::parse_only(&text, path)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let jpath = journal_path(path);
+    let bytes = match fs::read(&jpath) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(&jpath)(e)),
+    };
+    let replay = journal::replay(&bytes, &jpath)?;
+    if let Some(at) = replay.torn_at {
+        warn!(
+            "journal {}: a torn record at offset {at} (a write cut by a crash, never acknowledged) is dropped",
+            jpath.display()
+        );
+    }
+    let torn = replay.torn_at.map(|_| replay.good_len);
+    if snapshot.is_none() && replay.changes.is_empty() {
+        return Ok((None, torn));
+    }
+    let mut state = snapshot.unwrap_or_else(State::new);
+    for change in &replay.changes {
+        change.apply(&mut state);
+    }
+    state.validate(path)?;
+    Ok((Some(state), torn))
 }
 
 impl StateStore {
-    /// Locks the state file, reads what it holds (`None` if there is no file yet) and starts the
+    /// Locks the state file, reads what it holds (`None` if there is nothing yet) and starts the
     /// writer. A corrupt file or one from another version is an error: it is never overwritten.
     pub fn open(path: &Path) -> Result<(StateStore, Option<State>), StateError> {
         let io_err = |source| StateError::Io {
@@ -226,18 +305,41 @@ impl StateStore {
                 lock: lock_path,
             });
         }
-        let state = match fs::read(path) {
-            Ok(text) => Some(State::parse(&text, path)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_err(e)),
-        };
+        let (state, torn) = load(path)?;
         // Temporary files left by a crash mid-write are not state: the rename never happened.
         remove_stale_temporaries(path);
+        let jpath = journal_path(path);
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&jpath)
+            .map_err(|source| StateError::Io {
+                path: jpath.clone(),
+                source,
+            })?;
+        if let Some(good) = torn {
+            // The torn tail goes, so new records follow the last good one.
+            journal
+                .set_len(good)
+                .and_then(|()| journal.sync_all())
+                .map_err(|source| StateError::Io {
+                    path: jpath.clone(),
+                    source,
+                })?;
+        }
+        let writer = Writer {
+            snapshot_len: fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            journal_len: journal.metadata().map(|m| m.len()).unwrap_or(0),
+            path: path.to_owned(),
+            state: state.clone().unwrap_or_else(State::new),
+            journal,
+        };
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
-        let target = path.to_owned();
         std::thread::Builder::new()
             .name("state-writer".to_owned())
-            .spawn(move || write_loop(&target, &queue, lock))
+            .spawn(move || writer.run(&queue, lock))
             .map_err(io_err)?;
         Ok((
             StateStore {
@@ -252,57 +354,169 @@ impl StateStore {
         &self.path
     }
 
-    /// Reads and checks the state file at `path` without locking or writing anything
-    /// (`menet --check`): `None` if there is none yet.
+    /// Reads and checks the state file at `path` and its journal without locking or writing
+    /// anything (`menet --check`, `menet --dump-state`): `None` if there is nothing yet.
     pub fn check(path: &Path) -> Result<Option<State>, StateError> {
-        match fs::read(path) {
-            Ok(text) => Ok(Some(State::parse(&text, path)?)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Io {
-                path: path.to_owned(),
-                source,
-            }),
+        load(path).map(|(state, _)| state)
+    }
+
+    fn send(&self, job: Job) {
+        let refuse = |job: Job, why: &str| {
+            let done = match job {
+                Job::Record { done, .. } | Job::Replace { done, .. } | Job::Compact { done } => {
+                    done
+                }
+            };
+            let _ = done.send(Err(why.to_owned()));
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => refuse(job, "too many changes waiting to be written"),
+            Err(TrySendError::Disconnected(job)) => refuse(job, "the state writer has stopped"),
         }
     }
 
-    /// Queues `state` to be written; the receiver answers once it is on disk (or why not).
+    /// Queues `changes` to be journaled; the receiver answers once they are on disk (or why not).
+    pub fn record(&self, changes: Vec<Change>) -> oneshot::Receiver<Result<(), String>> {
+        let (done, written) = oneshot::channel();
+        self.send(Job::Record { changes, done });
+        written
+    }
+
+    /// Queues a whole new state (a new snapshot and an empty journal).
     pub fn save(&self, state: &State) -> oneshot::Receiver<Result<(), String>> {
         let (done, written) = oneshot::channel();
-        let bytes = match serde_json::to_vec_pretty(state) {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = done.send(Err(e.to_string()));
-                return written;
-            }
-        };
-        match self.jobs.try_send(Job { bytes, done }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => {
-                let _ = job
-                    .done
-                    .send(Err("too many changes waiting to be written".into()));
-            }
-            Err(TrySendError::Disconnected(job)) => {
-                let _ = job.done.send(Err("the state writer has stopped".into()));
-            }
-        }
+        self.send(Job::Replace {
+            state: Box::new(state.clone()),
+            done,
+        });
+        written
+    }
+
+    /// Queues a compaction: the journal folded into the snapshot.
+    pub fn compact(&self) -> oneshot::Receiver<Result<(), String>> {
+        let (done, written) = oneshot::channel();
+        self.send(Job::Compact { done });
         written
     }
 }
 
-fn write_loop(path: &Path, queue: &Receiver<Job>, _lock: File) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        batch.extend(queue.try_iter());
-        let newest = batch.last().map(|j| j.bytes.as_slice()).unwrap_or_default();
-        let result = write_atomically(path, newest).map_err(|e| {
-            error!("state file {}: cannot write: {e}", path.display());
-            e.to_string()
-        });
-        crate::metrics::metrics().count_state_write(result.is_ok());
-        for job in batch {
-            let _ = job.done.send(result.clone());
+/// The writer thread: the journal open for appending, and the state it and the snapshot make.
+struct Writer {
+    path: PathBuf,
+    /// What snapshot and journal hold together: what the next snapshot will be.
+    state: State,
+    journal: File,
+    journal_len: u64,
+    snapshot_len: u64,
+}
+
+impl Writer {
+    fn run(mut self, queue: &Receiver<Job>, _lock: File) {
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            batch.extend(queue.try_iter());
+            let mut bytes = Vec::new();
+            let mut waiting = Vec::new();
+            for job in batch {
+                match job {
+                    Job::Record { changes, done } => {
+                        for change in &changes {
+                            journal::encode(change, &mut bytes);
+                            change.apply(&mut self.state);
+                        }
+                        waiting.push(done);
+                    }
+                    Job::Replace { state, done } => {
+                        // What was recorded before it is in it (the Registry's whole view).
+                        self.state = *state;
+                        let result = self.append(&bytes).and_then(|()| self.snapshot());
+                        bytes.clear();
+                        for d in waiting.drain(..) {
+                            let _ = d.send(result.clone());
+                        }
+                        let _ = done.send(result);
+                    }
+                    Job::Compact { done } => {
+                        let result = self.append(&bytes).and_then(|()| self.snapshot());
+                        bytes.clear();
+                        for d in waiting.drain(..) {
+                            let _ = d.send(result.clone());
+                        }
+                        let _ = done.send(result);
+                    }
+                }
+            }
+            if !waiting.is_empty() {
+                let result = self.append(&bytes);
+                for done in waiting {
+                    let _ = done.send(result.clone());
+                }
+            }
+            // Folded in after the answers went: the next change waits for it, none before.
+            if self.journal_len > COMPACT_MIN.max(self.snapshot_len) {
+                let started = std::time::Instant::now();
+                match self.snapshot() {
+                    Ok(()) => info!(
+                        "state file {}: journal folded into the snapshot in {} ms",
+                        self.path.display(),
+                        started.elapsed().as_millis()
+                    ),
+                    Err(e) => error!("state file {}: cannot compact: {e}", self.path.display()),
+                }
+            }
         }
+    }
+
+    /// Appends `bytes` to the journal and fsyncs it.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .journal
+            .write_all(bytes)
+            .and_then(|()| self.journal.sync_data());
+        crate::metrics::metrics().count_state_write(result.is_ok());
+        match result {
+            Ok(()) => {
+                self.journal_len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                error!(
+                    "journal {}: cannot write: {e}",
+                    journal_path(&self.path).display()
+                );
+                // Whatever part of it reached the file is a torn tail: the next load drops it.
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Writes the state as the new snapshot, then empties the journal. A crash in between
+    /// leaves a journal that replays over the new snapshot to the same state.
+    fn snapshot(&mut self) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| e.to_string())?;
+        let written = write_atomically(&self.path, &bytes);
+        crate::metrics::metrics().count_state_write(written.is_ok());
+        written.map_err(|e| {
+            error!("state file {}: cannot write: {e}", self.path.display());
+            e.to_string()
+        })?;
+        self.snapshot_len = bytes.len() as u64;
+        self.journal
+            .set_len(0)
+            .and_then(|()| self.journal.sync_all())
+            .map_err(|e| {
+                error!(
+                    "journal {}: cannot empty: {e}",
+                    journal_path(&self.path).display()
+                );
+                e.to_string()
+            })?;
+        self.journal_len = 0;
+        Ok(())
     }
 }
 
