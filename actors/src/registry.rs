@@ -244,6 +244,8 @@ pub struct Registry {
     accepted: BTreeMap<String, AcceptedName>,
     /// What listeners and tunnels read to place new connections; republished on every change.
     routes: RouteTable,
+    /// The routes as of now (persistent maps: a change costs O(log n), publishing O(1)).
+    current: Routes,
     /// Latest `POST /tunnel` dial under way per tunnel name (generation, destination); a later
     /// request or a DELETE supersedes it.
     dialing: HashMap<String, (u64, SocketAddr)>,
@@ -291,6 +293,7 @@ impl Registry {
             tunnels: BTreeMap::new(),
             accepted: BTreeMap::new(),
             routes: RouteTable::default(),
+            current: Routes::default(),
             dialing: HashMap::new(),
             local: BTreeMap::new(),
             remote: BTreeMap::new(),
@@ -325,10 +328,67 @@ impl Registry {
 
     /// Publishes the routes as they are now (services, binds, connected tunnels), for the next
     /// connection any listener or tunnel places.
+    /// Publishes the current routes: an O(1) clone of persistent maps.
     fn publish(&self) {
+        self.routes.publish(self.current.clone());
+    }
+
+    /// Brings the routes at `keys` up to date (O(log n) each), then publishes them.
+    fn reroute(&mut self, keys: &[Key]) {
+        for key in keys {
+            match key {
+                Key::Service(Side::Local, name) | Key::Bind(Side::Local, name) => {
+                    let tunnel = self.binds.get(&Side::Local).and_then(|b| b.get(name));
+                    match self.local.get(name) {
+                        Some(s) => {
+                            let route = LocalRoute {
+                                tunnel: tunnel.cloned(),
+                                key: s.key.clone(),
+                                timeout: s.timeout,
+                            };
+                            self.current.local.insert(name.clone(), route);
+                        }
+                        None => {
+                            self.current.local.remove(name);
+                        }
+                    }
+                }
+                Key::Service(Side::Remote, name) | Key::Bind(Side::Remote, name) => {
+                    let tunnel = self.binds.get(&Side::Remote).and_then(|b| b.get(name));
+                    match self.remote.get(name) {
+                        Some(s) => {
+                            let route = RemoteRoute {
+                                addr: s.addr,
+                                key: s.key.clone(),
+                                timeout: s.timeout,
+                                tunnel: tunnel.cloned(),
+                            };
+                            self.current.remote.insert(name.clone(), route);
+                        }
+                        None => {
+                            self.current.remote.remove(name);
+                        }
+                    }
+                }
+                Key::Tunnel(name) => match self.tunnels.get(name).map(|t| &t.link) {
+                    Some(Link::Up(a)) => {
+                        self.current.tunnels.insert(name.clone(), a.clone());
+                    }
+                    _ => {
+                        self.current.tunnels.remove(name);
+                    }
+                },
+                Key::Identity | Key::Accepted(_) => {}
+            }
+        }
+        self.publish();
+    }
+
+    /// Every route from scratch (at restore): O(n), once.
+    fn build_routes(&self) -> Routes {
         let bind =
             |side: Side, name: &str| self.binds.get(&side).and_then(|b| b.get(name)).cloned();
-        let routes = Routes {
+        Routes {
             local: self
                 .local
                 .iter()
@@ -363,8 +423,7 @@ impl Registry {
                 })
                 .collect(),
             closed: self.shutting_down,
-        };
-        self.routes.publish(routes);
+        }
     }
 
     /// Whether `dest` is this node's own tunnel port.
@@ -479,7 +538,7 @@ impl Registry {
         };
         info!("tunnel {name} up ({role})");
         metrics().set_tunnel_connected(&name, true);
-        self.publish();
+        self.reroute(&[Key::Tunnel(name)]);
     }
 
     /// Journals what changed at `keys` without anyone waiting for the answer (a change the peer
@@ -726,9 +785,9 @@ impl Registry {
 
     /// An admin change's answer: its refusal, or its outcome once what it changed (`keys`) is
     /// journaled.
-    fn commit(&self, change: Result<(), AdminError>, keys: &[Key]) -> Saved {
+    fn commit(&mut self, change: Result<(), AdminError>, keys: &[Key]) -> Saved {
         // The routes first, so the change applies to the next connection.
-        self.publish();
+        self.reroute(keys);
         match change {
             Ok(()) => self.persist(keys),
             Err(e) => Box::pin(async move { Err(e) }),
@@ -815,6 +874,7 @@ impl Registry {
             "restored {} tunnels and {} services from the state file",
             count.0, count.1
         );
+        self.current = self.build_routes();
         self.publish();
     }
 
@@ -1641,8 +1701,9 @@ impl Handler<TunnelDown> for Registry {
         if t.generation != msg.generation || !matches!(t.link, Link::Up(_)) {
             return;
         }
+        let name = msg.name.clone();
         self.tunnel_down(msg, ctx);
-        self.publish();
+        self.reroute(&[Key::Tunnel(name)]);
     }
 }
 
@@ -1751,6 +1812,7 @@ impl Handler<Shutdown> for Registry {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
+        self.current.closed = true;
         self.publish();
         if let Some(port) = self.tunnel_port.take() {
             port.close(ctx);

@@ -4,7 +4,6 @@
 //! read the current one for each connection (one `Arc` clone), so new connections never queue
 //! behind admin work, and a change is seen by the next connection, never half-applied.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -39,10 +38,12 @@ pub struct RemoteRoute {
 /// One immutable version of the routes.
 #[derive(Clone, Default)]
 pub struct Routes {
-    pub local: HashMap<String, LocalRoute>,
-    pub remote: HashMap<String, RemoteRoute>,
+    // Persistent maps: the Registry changes one entry in O(log n) and publishes a version in
+    // O(1), sharing the rest with the version before.
+    pub local: imbl::HashMap<String, LocalRoute>,
+    pub remote: imbl::HashMap<String, RemoteRoute>,
     /// Tunnels connected now, by name.
-    pub tunnels: HashMap<String, Addr<Tunnel>>,
+    pub tunnels: imbl::HashMap<String, Addr<Tunnel>>,
     /// The node is shutting down: no new connections.
     pub closed: bool,
 }
