@@ -106,6 +106,8 @@ struct LimitsTable {
 struct StateTable {
     /// Where the runtime configuration is kept; none: nothing is kept.
     path: Option<PathBuf>,
+    /// The journal is folded into the snapshot once it is larger than this and the snapshot.
+    compact_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +204,8 @@ pub struct Config {
     pub settings: Settings,
     /// The state file, if runtime configuration is kept.
     pub state: Option<PathBuf>,
+    /// `[state] compact_bytes`: the journal's size before it is folded into the snapshot.
+    pub compact_bytes: u64,
     /// Tunnel secret and who may dial in.
     pub access: Access,
     /// Admin token and host names.
@@ -382,6 +386,10 @@ impl Config {
             },
             allow_insecure_admin: file.admin.allow_insecure_admin,
             state: cli.state.clone().or(file.state.path),
+            compact_bytes: file
+                .state
+                .compact_bytes
+                .unwrap_or(menet_actors::state::COMPACT_MIN),
             admin: cli
                 .admin
                 .unwrap_or(SocketAddr::new(file.admin.ip, file.admin.port)),

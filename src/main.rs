@@ -206,7 +206,7 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
     }
     let (store, restore) = match &config.state {
         Some(path) => {
-            let (store, state) = StateStore::open(path)?;
+            let (store, state) = StateStore::open_with(path, config.compact_bytes)?;
             info!(
                 "state file {}{}",
                 path.display(),

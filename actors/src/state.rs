@@ -217,8 +217,9 @@ pub struct StateStore {
     jobs: SyncSender<Job>,
 }
 
-/// The journal grows to this before it is folded into the snapshot, at least.
-const COMPACT_MIN: u64 = 1 << 20;
+/// The journal grows to this before it is folded into the snapshot, at least (by default:
+/// `[state] compact_bytes`).
+pub const COMPACT_MIN: u64 = 1 << 20;
 
 enum Job {
     /// Append these changes; answer once they are fsynced.
@@ -283,6 +284,15 @@ impl StateStore {
     /// Locks the state file, reads what it holds (`None` if there is nothing yet) and starts the
     /// writer. A corrupt file or one from another version is an error: it is never overwritten.
     pub fn open(path: &Path) -> Result<(StateStore, Option<State>), StateError> {
+        StateStore::open_with(path, COMPACT_MIN)
+    }
+
+    /// [`StateStore::open`], folding the journal in once it outgrows `compact_min` and the
+    /// snapshot.
+    pub fn open_with(
+        path: &Path,
+        compact_min: u64,
+    ) -> Result<(StateStore, Option<State>), StateError> {
         let io_err = |source| StateError::Io {
             path: path.to_owned(),
             source,
@@ -330,6 +340,7 @@ impl StateStore {
                 })?;
         }
         let writer = Writer {
+            compact_min,
             snapshot_len: fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             journal_len: journal.metadata().map(|m| m.len()).unwrap_or(0),
             path: path.to_owned(),
@@ -404,6 +415,8 @@ impl StateStore {
 /// The writer thread: the journal open for appending, and the state it and the snapshot make.
 struct Writer {
     path: PathBuf,
+    /// Fold the journal in once it is larger than this and the snapshot.
+    compact_min: u64,
     /// What snapshot and journal hold together: what the next snapshot will be.
     state: State,
     journal: File,
@@ -454,7 +467,7 @@ impl Writer {
                 }
             }
             // Folded in after the answers went: the next change waits for it, none before.
-            if self.journal_len > COMPACT_MIN.max(self.snapshot_len) {
+            if self.journal_len > self.compact_min.max(self.snapshot_len) {
                 let started = std::time::Instant::now();
                 match self.snapshot() {
                     Ok(()) => info!(
