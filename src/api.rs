@@ -16,7 +16,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -26,8 +26,8 @@ use menet_actors::cipher::CipherKind;
 use menet_actors::limits::{printable, Escaped};
 use menet_actors::log_limited;
 use menet_actors::registry::{
-    AddService, AddTunnel, AdminError, DeleteService, DeleteTunnel, GetConfig, Registry,
-    ServiceSpec, SetBind,
+    AddService, AddTunnel, AdminError, ConfigFilter, DeleteService, DeleteTunnel, GetConfig,
+    Registry, ServiceSpec, SetBind,
 };
 use menet_actors::tunnel::Role;
 use menet_actors::Side;
@@ -498,11 +498,35 @@ pub async fn delete_bind(registry: web::Data<Addr<Registry>>, body: web::Payload
 
 #[utoipa::path(get, path = "/config", tag = "seed",
     description = "Everything the node knows, live: tunnels, accepted names, services, binds, \
-                   connections, security and limits.",
-    responses((status = 200, description = "The whole configuration", body = Object)))]
-pub async fn get_config(registry: web::Data<Addr<Registry>>) -> Reply {
-    let config = registry.send(GetConfig).await?;
+                   connections, security and limits; or the part the query asks for.",
+    params(("tunnel" = Option<String>, Query, description = "Only this tunnel and the services bound to it"),
+           ("service" = Option<String>, Query, description = "Only this service (both sides) and the tunnels it is bound to"),
+           ("connections" = Option<bool>, Query, description = "false: leave the live connections out")),
+    responses((status = 200, description = "The configuration", body = Object),
+              (status = 400, description = "An unknown or malformed query parameter", body = crate::openapi::Error)))]
+pub async fn get_config(registry: web::Data<Addr<Registry>>, req: HttpRequest) -> Reply {
+    let filter = config_filter(req.query_string())?;
+    let config = registry.send(GetConfig(filter)).await?;
     Ok(HttpResponse::Ok().json(config))
+}
+
+/// `?tunnel=T&service=S&connections=false`, as a [`ConfigFilter`]; anything else is a 400.
+pub fn config_filter(query: &str) -> Result<ConfigFilter, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Query {
+        tunnel: Option<String>,
+        service: Option<String>,
+        connections: Option<bool>,
+    }
+    let q = web::Query::<Query>::from_query(query)
+        .map_err(|e| ApiError::bad(format!("query: {e} (known: tunnel, service, connections)")))?
+        .into_inner();
+    Ok(ConfigFilter {
+        tunnel: q.tunnel,
+        service: q.service,
+        connections: q.connections.unwrap_or(true),
+    })
 }
 
 /// Reads the body, at most [`MAX_BODY`] bytes.

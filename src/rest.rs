@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::{Map, Value};
 
-use menet_actors::registry::{GetConfig, Registry};
+use menet_actors::registry::{ConfigFilter, GetConfig, Registry};
 
 use crate::api::{self, ApiError, Reply, Route};
 
@@ -101,9 +101,24 @@ async fn run(
     api::execute(&registry, route, &body).await
 }
 
-/// The part of `GET /config` at `keys`, or a 404 saying what is missing.
-async fn part(registry: &Addr<Registry>, keys: &[&str], missing: impl FnOnce() -> String) -> Reply {
-    let mut config = registry.send(GetConfig).await?;
+/// A filter for the part of `GET /config` an object's GET needs (no connections: they are not
+/// any one object's part).
+fn only(tunnel: Option<&str>, service: Option<&str>) -> ConfigFilter {
+    ConfigFilter {
+        tunnel: tunnel.map(str::to_owned),
+        service: service.map(str::to_owned),
+        connections: false,
+    }
+}
+
+/// The part of `GET /config` at `keys`, built with `filter`, or a 404 saying what is missing.
+async fn part(
+    registry: &Addr<Registry>,
+    filter: ConfigFilter,
+    keys: &[&str],
+    missing: impl FnOnce() -> String,
+) -> Reply {
+    let mut config = registry.send(GetConfig(filter)).await?;
     let mut at = &mut config;
     for k in keys {
         at = match at.get_mut(*k) {
@@ -121,7 +136,7 @@ type SideName = web::Path<(String, String)>;
     description = "The `tunnels` part of `GET /config`.",
     responses((status = 200, description = "Every tunnel by name", body = Object)))]
 pub async fn list_tunnels(registry: web::Data<Addr<Registry>>) -> Reply {
-    part(&registry, &["tunnels"], String::new).await
+    part(&registry, only(None, None), &["tunnels"], String::new).await
 }
 
 #[utoipa::path(get, path = "/tunnels/{name}", tag = "paths", operation_id = "get_tunnel_by_path",
@@ -132,9 +147,10 @@ pub async fn list_tunnels(registry: web::Data<Addr<Registry>>) -> Reply {
               (status = 404, description = "No such tunnel", body = crate::openapi::Error)))]
 pub async fn get_tunnel(registry: web::Data<Addr<Registry>>, name: Name) -> Reply {
     let missing = || format!("no tunnel named {}", name.as_str());
-    match part(&registry, &["tunnels", name.as_str()], missing).await {
+    let filter = || only(Some(name.as_str()), None);
+    match part(&registry, filter(), &["tunnels", name.as_str()], missing).await {
         Err(e) if e.status() == StatusCode::NOT_FOUND => {
-            part(&registry, &["accepted", name.as_str()], missing).await
+            part(&registry, filter(), &["accepted", name.as_str()], missing).await
         }
         other => other,
     }
@@ -174,7 +190,7 @@ pub async fn delete_tunnel(
     description = "The `services` part of `GET /config`: `local` and `remote`.",
     responses((status = 200, description = "Every service by side and name", body = Object)))]
 pub async fn list_services(registry: web::Data<Addr<Registry>>) -> Reply {
-    part(&registry, &["services"], String::new).await
+    part(&registry, only(None, None), &["services"], String::new).await
 }
 
 #[utoipa::path(get, path = "/services/{side}/{name}", tag = "paths", operation_id = "get_service_by_path",
@@ -187,7 +203,13 @@ pub async fn get_service(registry: web::Data<Addr<Registry>>, path: SideName) ->
     let (s, name) = path.into_inner();
     let s = side(&s)?;
     let missing = || format!("no {s} service named {name}");
-    part(&registry, &["services", s, &name], missing).await
+    part(
+        &registry,
+        only(None, Some(&name)),
+        &["services", s, &name],
+        missing,
+    )
+    .await
 }
 
 #[utoipa::path(put, path = "/services/{side}/{name}", tag = "paths", operation_id = "put_service_by_path",
@@ -230,7 +252,7 @@ pub async fn delete_service(
     description = "The `bind` part of `GET /config`: for each side, service name -> tunnel name.",
     responses((status = 200, description = "Every bind", body = Object)))]
 pub async fn list_binds(registry: web::Data<Addr<Registry>>) -> Reply {
-    part(&registry, &["bind"], String::new).await
+    part(&registry, only(None, None), &["bind"], String::new).await
 }
 
 #[utoipa::path(get, path = "/binds/{side}/{service}", tag = "paths", operation_id = "get_bind_by_path",
@@ -244,7 +266,13 @@ pub async fn get_bind(registry: web::Data<Addr<Registry>>, path: SideName) -> Re
     let (s, service) = path.into_inner();
     let s = side(&s)?;
     let missing = || format!("{s} service {service} is not bound");
-    part(&registry, &["bind", s, &service], missing).await
+    part(
+        &registry,
+        only(None, Some(&service)),
+        &["bind", s, &service],
+        missing,
+    )
+    .await
 }
 
 #[utoipa::path(put, path = "/binds/{side}/{service}", tag = "paths", operation_id = "put_bind_by_path",
@@ -287,7 +315,7 @@ pub async fn delete_bind(
     // looked up when the body leaves it out.
     if let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&body) {
         if !map.contains_key("tunnel") {
-            let config = registry.send(GetConfig).await?;
+            let config = registry.send(GetConfig(only(None, Some(&service)))).await?;
             let Some(tunnel) = config["bind"][s][&service].as_str() else {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,

@@ -304,6 +304,25 @@ fn the_path_api_is_the_seed_api_addressed_by_path() {
         b.config()["services"]["remote"]["web"]
     );
 
+    // Filtered views of GET /config: one tunnel, one service, no connections.
+    let (status, only) = a.request("GET", "/config?service=web&connections=false", "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        only["services"]["local"]["web"],
+        config["services"]["local"]["web"]
+    );
+    assert!(only.get("connections").is_none());
+    assert_eq!(only["tunnels"].as_object().map(|t| t.len()), Some(1));
+    let (_, by_tunnel) = a.request("GET", "/config?tunnel=nope", "");
+    assert_eq!(by_tunnel["tunnels"], json!({}));
+    assert_eq!(by_tunnel["services"]["local"], json!({}));
+    let (status, reply) = a.request("GET", "/config?tunnels=t1", "");
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap_or("").contains("tunnels"),
+        "{reply}"
+    );
+
     // The same validation and errors as the seed's routes.
     let bad = r#"{"name":"x", "type":"local", "addr":["127.0.0.1", 70000]}"#;
     let seed = a.request("POST", "/service", bad);
@@ -411,6 +430,7 @@ fn call_for(
     }
     let tunnel_dest = format!(r#""dest":["127.0.0.1", {}]"#, peerless.port());
     let body = match (method, path, status) {
+        ("GET", "/config", 400) => return node.request("GET", "/config?bogus=1", "").0,
         (_, _, 400) => r#"{"name": 7}"#.to_owned(),
         ("PUT", "/services/{side}/{name}", 404) => {
             return node.request(method, "/services/up/x", "{}").0

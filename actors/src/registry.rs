@@ -878,7 +878,7 @@ impl Registry {
         self.publish();
     }
 
-    fn snapshot_config(&self) -> Value {
+    fn snapshot_config(&self, f: &ConfigFilter) -> Value {
         let endpoint = |a: &SocketAddr| json!([a.ip().to_string(), a.port()]);
         let key = |k: &Option<ServiceKey>| k.as_ref().map(|_| "***");
         let cipher = |k: &Option<ServiceKey>| k.as_ref().map(|k| k.cipher.name());
@@ -886,6 +886,7 @@ impl Registry {
         let tunnels: Map<String, Value> = self
             .tunnels
             .iter()
+            .filter(|(name, _)| self.keeps_tunnel(f, name))
             .map(|(name, t)| {
                 let mut v = json!({
                     "dest": t.dest.as_ref().map(endpoint),
@@ -909,7 +910,7 @@ impl Registry {
             .chain(
                 self.dialing
                     .iter()
-                    .filter(|(n, _)| !self.tunnels.contains_key(*n))
+                    .filter(|(n, _)| !self.tunnels.contains_key(*n) && self.keeps_tunnel(f, n))
                     .map(|(n, (_, dest))| {
                         (
                             n.clone(),
@@ -922,6 +923,7 @@ impl Registry {
         let local: Map<String, Value> = self
             .local
             .iter()
+            .filter(|(name, _)| self.keeps_service(f, Side::Local, name))
             .map(|(name, s)| {
                 let l = &s.listening;
                 let listening = l
@@ -943,6 +945,7 @@ impl Registry {
         let remote: Map<String, Value> = self
             .remote
             .iter()
+            .filter(|(name, _)| self.keeps_service(f, Side::Remote, name))
             .map(|(name, s)| {
                 (
                     name.clone(),
@@ -951,10 +954,21 @@ impl Registry {
                 )
             })
             .collect();
-        let binds = |side| json!(self.binds.get(&side).cloned().unwrap_or_default());
+        let binds = |side: Side| -> Value {
+            let kept: Map<String, Value> = self
+                .binds
+                .get(&side)
+                .into_iter()
+                .flatten()
+                .filter(|(s, _)| self.keeps_service(f, side, s))
+                .map(|(s, t)| (s.clone(), json!(t)))
+                .collect();
+            Value::Object(kept)
+        };
         let accepted: Map<String, Value> = self
             .accepted
             .iter()
+            .filter(|(name, _)| self.keeps_tunnel(f, name))
             .map(|(name, a)| {
                 (
                     name.clone(),
@@ -1450,19 +1464,66 @@ impl Handler<SetBind> for Registry {
     }
 }
 
-/// `GET /config`: the live configuration with the tunnels' counters and connections.
-#[derive(Message)]
+/// `GET /config`: the live configuration with the tunnels' counters and connections, all of it
+/// or the part a [`ConfigFilter`] asks for.
+#[derive(Message, Default)]
 #[rtype(result = "Value")]
-pub struct GetConfig;
+pub struct GetConfig(pub ConfigFilter);
+
+/// Which part of `GET /config` to build (`?tunnel=`, `?service=`, `?connections=false`): a tool
+/// that wants one object does not pull the whole configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigFilter {
+    /// Only this tunnel, and the services bound to it.
+    pub tunnel: Option<String>,
+    /// Only this service (either side), and the tunnels it is bound to.
+    pub service: Option<String>,
+    /// With the live connections (the default).
+    pub connections: bool,
+}
+
+impl Default for ConfigFilter {
+    fn default() -> ConfigFilter {
+        ConfigFilter {
+            tunnel: None,
+            service: None,
+            connections: true,
+        }
+    }
+}
+
+impl Registry {
+    /// Whether `filter` keeps tunnel `name`.
+    fn keeps_tunnel(&self, f: &ConfigFilter, name: &str) -> bool {
+        f.tunnel.as_deref().is_none_or(|t| t == name)
+            && f.service.as_deref().is_none_or(|s| {
+                self.binds
+                    .values()
+                    .any(|b| b.get(s).is_some_and(|t| t == name))
+            })
+    }
+
+    /// Whether `filter` keeps service `name` of `side`.
+    fn keeps_service(&self, f: &ConfigFilter, side: Side, name: &str) -> bool {
+        f.service.as_deref().is_none_or(|s| s == name)
+            && f.tunnel.as_deref().is_none_or(|t| {
+                self.binds
+                    .get(&side)
+                    .and_then(|b| b.get(name))
+                    .is_some_and(|b| b == t)
+            })
+    }
+}
 
 impl Handler<GetConfig> for Registry {
     type Result = ResponseActFuture<Self, Value>;
 
-    fn handle(&mut self, _: GetConfig, _ctx: &mut Self::Context) -> Self::Result {
-        let mut config = self.snapshot_config();
+    fn handle(&mut self, GetConfig(filter): GetConfig, _ctx: &mut Self::Context) -> Self::Result {
+        let mut config = self.snapshot_config(&filter);
         let asks: Vec<(String, Addr<Tunnel>)> = self
             .tunnels
             .iter()
+            .filter(|(n, _)| self.keeps_tunnel(&filter, n))
             .filter_map(|(n, t)| match &t.link {
                 Link::Up(a) => Some((n.clone(), a.clone())),
                 Link::Retrying { .. } => None,
@@ -1470,11 +1531,14 @@ impl Handler<GetConfig> for Registry {
             .collect();
         Box::pin(
             async move {
-                let stats =
-                    join_all(asks.into_iter().map(|(name, actor)| async move {
-                        (name, actor.send(Snapshot).await.ok())
-                    }))
-                    .await;
+                let stats = join_all(asks.into_iter().map(|(name, actor)| {
+                    let ask = Snapshot {
+                        connections: filter.connections,
+                        service: filter.service.clone(),
+                    };
+                    async move { (name, actor.send(ask).await.ok()) }
+                }))
+                .await;
                 let mut connections = Map::new();
                 for (name, stats) in stats {
                     let Some(stats) = stats else { continue };
@@ -1500,7 +1564,11 @@ impl Handler<GetConfig> for Registry {
                         t.insert("queued_bytes".into(), json!(stats.queued_bytes));
                     }
                 }
-                config["connections"] = Value::Object(connections);
+                if filter.connections {
+                    config["connections"] = Value::Object(connections);
+                } else if let Some(c) = config.as_object_mut() {
+                    c.remove("connections");
+                }
                 config
             }
             .into_actor(self),

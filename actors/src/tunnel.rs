@@ -807,10 +807,13 @@ impl Tunnel {
         self.queue_control(&Frame::OpenFail { stream, reason }, ctx);
     }
 
-    fn snapshot(&self) -> TunnelStats {
+    fn snapshot(&self, ask: &Snapshot) -> TunnelStats {
         let connections = self
             .streams
             .iter()
+            .filter(|(_, e)| {
+                ask.connections && ask.service.as_ref().is_none_or(|s| *s == e.service)
+            })
             .map(|(id, e)| StreamStats {
                 stream: *id,
                 service: e.service.clone(),
@@ -1252,14 +1255,19 @@ impl Handler<CrashStream> for Tunnel {
     }
 }
 
+/// Registry -> tunnel: its counters, for `GET /config`; its connections too unless
+/// `connections` is false (only those of `service` if given).
 #[derive(Message)]
 #[rtype(result = "TunnelStats")]
-pub struct Snapshot;
+pub struct Snapshot {
+    pub connections: bool,
+    pub service: Option<String>,
+}
 
 impl Handler<Snapshot> for Tunnel {
     type Result = MessageResult<Snapshot>;
 
-    fn handle(&mut self, _: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.snapshot())
+    fn handle(&mut self, msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.snapshot(&msg))
     }
 }
