@@ -50,6 +50,10 @@ pub struct Cli {
     /// The state file, overriding [state] path in the file.
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Data threads for tunnels and their connections, overriding [node] threads (default: one
+    /// per core; 0: all on the admin thread, as a single-threaded node).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Check the config file and the state file, print what they hold and exit: 0 if both are
     /// good, 1 with the reason otherwise. Nothing is bound or written.
     #[arg(long)]
@@ -87,6 +91,16 @@ struct File {
     state: StateTable,
     #[serde(default)]
     limits: LimitsTable,
+    #[serde(default)]
+    node: NodeTable,
+}
+
+/// `[node]`: how the node uses the machine.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeTable {
+    /// Data threads (arbiters) for tunnels and their connections; default: one per core.
+    threads: Option<usize>,
 }
 
 /// `[limits]`: what peers and clients may use of this node.
@@ -206,6 +220,8 @@ pub struct Config {
     pub state: Option<PathBuf>,
     /// `[state] compact_bytes`: the journal's size before it is folded into the snapshot.
     pub compact_bytes: u64,
+    /// `[node] threads`: the data arbiters.
+    pub threads: usize,
     /// Tunnel secret and who may dial in.
     pub access: Access,
     /// Admin token and host names.
@@ -390,6 +406,9 @@ impl Config {
                 .state
                 .compact_bytes
                 .unwrap_or(menet_actors::state::COMPACT_MIN),
+            threads: cli.threads.or(file.node.threads).unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
             admin: cli
                 .admin
                 .unwrap_or(SocketAddr::new(file.admin.ip, file.admin.port)),

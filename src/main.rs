@@ -231,6 +231,7 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
         store,
         restore,
         fd_limit,
+        config.threads,
     );
     let routes = registry.clone();
     let admin_access = web::Data::new(Arc::new(config.admin_access.clone()));

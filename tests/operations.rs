@@ -280,7 +280,11 @@ fn the_path_api_is_the_seed_api_addressed_by_path() {
         data
     );
 
-    // Each GET is exactly its part of GET /config.
+    // Each GET is exactly its part of GET /config (once the echo's connection has closed: the
+    // service's live connection count is part of it).
+    assert!(eventually(Duration::from_secs(5), || {
+        a.config()["services"]["local"]["web"]["connections"] == 0
+    }));
     let config = a.config();
     let part = |path: &str| {
         let (status, v) = a.request("GET", path, "");

@@ -142,16 +142,14 @@ pub fn reset_fd(fd: std::os::fd::RawFd) {
 }
 
 /// [`reset_fd`] on a whole socket (one that is dropped right after).
-pub fn reset_now(sock: &tokio::net::TcpStream) {
-    use std::os::fd::AsRawFd;
+pub fn reset_now(sock: &impl std::os::fd::AsRawFd) {
     reset_fd(sock.as_raw_fd());
 }
 
 /// Sets `TCP_NOTSENT_LOWAT`: the kernel reports the socket writable, and takes more, only while
 /// its unsent bytes are under `bytes`. What the kernel holds cannot be reordered, so this keeps a
 /// small frame from waiting behind megabytes queued there. Best effort: a failure changes nothing.
-pub fn set_notsent_lowat(sock: &tokio::net::TcpStream, bytes: u32) {
-    use std::os::fd::AsRawFd;
+pub fn set_notsent_lowat(sock: &impl std::os::fd::AsRawFd, bytes: u32) {
     let value = bytes as libc::c_int;
     // SAFETY: setsockopt reads `value` for the length given, on a socket we own.
     unsafe {

@@ -125,7 +125,8 @@ pub struct Access {
 }
 
 /// Starts the Registry on the current actix system: it listens on the tunnel port and restores
-/// `restore` (what the state file held).
+/// `restore` (what the state file held). Tunnels and their connections run on `threads` data
+/// arbiters of their own (0: on the current one, beside the Registry).
 /// `fd_limit` is the process's descriptor limit, of which `settings.limits.fd_reserve` is kept
 /// free for the admin API and the tunnel port.
 pub fn start(
@@ -135,8 +136,18 @@ pub fn start(
     store: Option<state::StateStore>,
     restore: Option<state::State>,
     fd_limit: usize,
+    threads: usize,
 ) -> Addr<Registry> {
-    Registry::new(settings, access, tunnel_port, store, restore, fd_limit).start()
+    Registry::new(
+        settings,
+        access,
+        tunnel_port,
+        store,
+        restore,
+        fd_limit,
+        threads,
+    )
+    .start()
 }
 
 /// Test-only fault hook: the actor that receives it panics.

@@ -110,13 +110,21 @@ impl Listener {
     fn carry(&self, service: &str, sock: TcpStream, peer: SocketAddr, slots: Vec<Slot>) {
         let routes = self.routes.load();
         match routes.carry(service) {
-            Ok((route, tunnel)) => tunnel.do_send(CarryClient {
-                sock,
-                service: service.to_owned(),
-                key: route.key.clone(),
-                idle_timeout: route.timeout,
-                slots,
-            }),
+            // The tunnel may run on another arbiter: the socket goes unregistered.
+            Ok((route, tunnel)) => match sock.into_std() {
+                Ok(sock) => tunnel.do_send(CarryClient {
+                    sock,
+                    service: service.to_owned(),
+                    key: route.key.clone(),
+                    idle_timeout: route.timeout,
+                    slots,
+                }),
+                Err(e) => log_limited!(
+                    warn,
+                    "client-refused",
+                    "service {service}: cannot hand over a client from {peer}: {e}"
+                ),
+            },
             Err((reason, why)) => {
                 metrics().count_refused(service, Side::Local, reason);
                 log_limited!(

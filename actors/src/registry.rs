@@ -260,9 +260,15 @@ pub struct Registry {
     generation: u64,
     /// The identity was made at this start (none in the state file): journaled once running.
     identity_unsaved: bool,
+    /// The data arbiters (`[node] threads`), each a thread of its own running tunnels and their
+    /// connections; none: they run here, beside the Registry.
+    data: Vec<Arbiter>,
+    /// The arbiter the next tunnel goes to.
+    next_data: usize,
 }
 
 impl Registry {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: Settings,
         access: Access,
@@ -270,6 +276,7 @@ impl Registry {
         store: Option<StateStore>,
         restore: Option<State>,
         fd_limit: usize,
+        threads: usize,
     ) -> Registry {
         let port_addr = tunnel_port
             .local_addr()
@@ -307,7 +314,15 @@ impl Registry {
             shutting_down: false,
             generation: 0,
             identity_unsaved,
+            data: (0..threads).map(|_| Arbiter::new()).collect(),
+            next_data: 0,
         }
+    }
+
+    fn next_data_arbiter(&mut self) -> Option<ArbiterHandle> {
+        let arbiter = self.data.get(self.next_data % self.data.len().max(1))?;
+        self.next_data = self.next_data.wrapping_add(1);
+        Some(arbiter.handle())
     }
 
     fn next_generation(&mut self) -> u64 {
@@ -492,19 +507,40 @@ impl Registry {
             Role::Dialer => self.dial_secret(&secret).is_some(),
             Role::Acceptor => self.secret_for(&name).is_some(),
         };
-        let actor = Tunnel::new(
-            name.clone(),
-            generation,
-            role,
-            sock,
-            peer,
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("tunnel {name}: cannot hand the socket to a data thread: {e}");
+                return;
+            }
+        };
+        let (registry, settings, usage, routes) = (
             ctx.address(),
             self.settings,
             self.usage.clone(),
             self.routes.clone(),
-            authenticated,
-        )
-        .start();
+        );
+        let tunnel_name = name.clone();
+        let make = move |_: &mut Context<Tunnel>| {
+            Tunnel::new(
+                tunnel_name,
+                generation,
+                role,
+                sock,
+                peer,
+                registry,
+                settings,
+                usage,
+                routes,
+                authenticated,
+            )
+        };
+        // A tunnel and all its connections on one data arbiter, so a stream's bytes never cross
+        // threads; tunnels are dealt round-robin over them.
+        let actor = match self.next_data_arbiter() {
+            Some(arbiter) => Tunnel::start_in_arbiter(&arbiter, make),
+            None => Tunnel::create(make),
+        };
         let old = self.tunnels.insert(
             name.clone(),
             TunnelEntry {

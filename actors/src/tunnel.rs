@@ -181,7 +181,9 @@ pub struct Tunnel {
     /// The peer proved a secret: refusals may tell it why.
     authenticated: bool,
     /// Moved into the frame reader once the actor starts.
-    sock: Option<TcpStream>,
+    /// The tunnel's socket until the actor starts: registered with the arbiter it runs on there
+    /// (it may have been accepted or dialled on another).
+    sock: Option<std::net::TcpStream>,
     /// `None` while a write is under way (the write future owns it).
     writer: Option<OwnedWriteHalf>,
     writing: bool,
@@ -238,7 +240,7 @@ impl Tunnel {
         name: String,
         generation: u64,
         role: Role,
-        sock: TcpStream,
+        sock: std::net::TcpStream,
         peer: Terms,
         registry: Addr<Registry>,
         settings: Settings,
@@ -871,6 +873,13 @@ impl Actor for Tunnel {
         ctx.set_mailbox_capacity(256);
         if let Some(sock) = self.sock.take() {
             crate::io::set_notsent_lowat(&sock, NOTSENT_LOWAT);
+            let sock = match TcpStream::from_std(sock) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.fail(ctx, format!("cannot take the socket over: {e}"));
+                    return;
+                }
+            };
             let (reader, writer) = sock.into_split();
             self.writer = Some(writer);
             ctx.add_stream(FramedRead::with_capacity(
@@ -977,7 +986,8 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CarryClient {
-    pub sock: TcpStream,
+    /// The client, not yet registered: the tunnel's arbiter takes it over.
+    pub sock: std::net::TcpStream,
     pub service: String,
     /// The service key, if keyed: the stream's keys are derived once OPEN_OK brings the
     /// acceptor's nonce.
@@ -1009,6 +1019,21 @@ impl Handler<CarryClient> for Tunnel {
             crate::io::reset_now(&msg.sock);
             return;
         }
+        // The client was accepted on the listener's arbiter: register it with this one.
+        let sock = match TcpStream::from_std(msg.sock) {
+            Ok(s) => s,
+            Err(e) => {
+                log_limited!(
+                    warn,
+                    "carry-refused",
+                    "tunnel {}: cannot take over a client of service {}: {e}",
+                    self.name,
+                    msg.service
+                );
+                metrics().count_refused(&msg.service, Side::Local, Refused::Resources);
+                return;
+            }
+        };
         metrics().count_accepted(&msg.service, Side::Local);
         let id = self.alloc_id();
         let open = msg.key.as_ref().map(|k| k.open());
@@ -1018,7 +1043,7 @@ impl Handler<CarryClient> for Tunnel {
         });
         let conn = Connection::accepted(
             id,
-            msg.sock,
+            sock,
             ctx.address(),
             msg.service.clone(),
             keying,

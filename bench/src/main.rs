@@ -4,6 +4,9 @@
 //!
 //!     cargo build --release && cargo run --release -p menet-bench [-- --quick] [--loopback-only]
 //!         [--menet PATH]
+//!     cargo run --release -p menet-bench -- --scale [--objects 10000] [--listeners 2000]
+
+mod scale;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -71,6 +74,10 @@ fn main() {
 
     let rt = runtime();
     let (bulk, echo, hold) = backends();
+    if std::env::args().any(|a| a == "--scale") {
+        scale::run(&menet, echo);
+        return;
+    }
     if std::env::args().any(|a| a == "--long-only") {
         long_link(&menet, &rt, bulk, echo, &plan);
         return;
@@ -574,6 +581,14 @@ async fn dial(addr: SocketAddr) -> Stream {
 /// p50 and p99 in microseconds of a 64-byte request/response on one connection, from a plain
 /// blocking socket (the least client overhead).
 fn latency(addr: SocketAddr, pings: usize) -> (f64, f64) {
+    let mut samples = latency_samples(addr, pings);
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    (pct(0.50), pct(0.99))
+}
+
+/// `pings` 64 B exchanges on one connection (after a tenth more to warm up), in us each.
+fn latency_samples(addr: SocketAddr, pings: usize) -> Vec<f64> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let req = [7u8; 64];
@@ -587,9 +602,7 @@ fn latency(addr: SocketAddr, pings: usize) -> (f64, f64) {
             samples.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
-    samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    (pct(0.50), pct(0.99))
+    samples
 }
 
 /// Request/response exchanges per second from `clients` concurrent clients, `size` bytes each
