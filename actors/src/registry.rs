@@ -956,9 +956,7 @@ impl Registry {
                     }),
             )
             .collect();
-        let local: Map<String, Value> = self
-            .local
-            .iter()
+        let local: Map<String, Value> = candidates(&self.local, f)
             .filter(|(name, _)| self.keeps_service(f, Side::Local, name))
             .map(|(name, s)| {
                 let l = &s.listening;
@@ -978,9 +976,7 @@ impl Registry {
                 )
             })
             .collect();
-        let remote: Map<String, Value> = self
-            .remote
-            .iter()
+        let remote: Map<String, Value> = candidates(&self.remote, f)
             .filter(|(name, _)| self.keeps_service(f, Side::Remote, name))
             .map(|(name, s)| {
                 (
@@ -995,7 +991,7 @@ impl Registry {
                 .binds
                 .get(&side)
                 .into_iter()
-                .flatten()
+                .flat_map(|b| candidates(b, f))
                 .filter(|(s, _)| self.keeps_service(f, side, s))
                 .map(|(s, t)| (s.clone(), json!(t)))
                 .collect();
@@ -1525,6 +1521,18 @@ impl Default for ConfigFilter {
             service: None,
             connections: true,
         }
+    }
+}
+
+/// The entries of a map keyed by service name that `f` may keep: one lookup when it names a
+/// service, else all of them.
+fn candidates<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    f: &ConfigFilter,
+) -> Box<dyn Iterator<Item = (&'a String, &'a V)> + 'a> {
+    match &f.service {
+        Some(s) => Box::new(map.get_key_value(s.as_str()).into_iter()),
+        None => Box::new(map.iter()),
     }
 }
 

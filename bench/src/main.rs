@@ -5,6 +5,7 @@
 //!     cargo build --release && cargo run --release -p menet-bench [-- --quick] [--loopback-only]
 //!         [--menet PATH]
 //!     cargo run --release -p menet-bench -- --scale [--objects 10000] [--listeners 2000]
+//!     any of them with --node-threads N: the nodes' data threads (0: all on the admin thread)
 
 mod scale;
 
@@ -259,6 +260,13 @@ fn main() {
     );
 }
 
+/// `--node-threads N`, if given.
+fn node_threads() -> Option<String> {
+    std::env::args()
+        .skip_while(|a| a != "--node-threads")
+        .nth(1)
+}
+
 /// `target/release/menet` beside this binary, or `--menet PATH`.
 fn menet_binary() -> PathBuf {
     let args: Vec<String> = std::env::args().collect();
@@ -305,11 +313,25 @@ impl Node {
     }
 
     fn start_args(menet: &PathBuf, env: &[(&str, &str)], args: &[&str]) -> Node {
+        Node::start_at(menet, env, "127.0.0.1:0", "127.0.0.1:0", args)
+    }
+
+    /// A node on given admin and tunnel addresses (a restart on the same ports).
+    fn start_at(
+        menet: &PathBuf,
+        env: &[(&str, &str)],
+        admin: &str,
+        tunnel: &str,
+        args: &[&str],
+    ) -> Node {
         let mut cmd = Command::new(menet);
         cmd.envs(env.iter().copied());
-        cmd.args(["--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
+        cmd.args(["--admin", admin, "--tunnel", tunnel]).args(args);
+        // `--node-threads N`: every node's data threads (default: theirs, one per core).
+        if let Some(t) = node_threads() {
+            cmd.args(["--threads", &t]);
+        }
+        cmd.env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null());
         // SAFETY: prctl is async-signal-safe; it makes the node die with the benchmark.
