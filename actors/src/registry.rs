@@ -120,6 +120,8 @@ struct TunnelEntry {
     /// before its peer said a word goes on from there instead of starting the back-off anew, so
     /// a peer that accepts and drops at once is not hammered.
     dialled_on: u32,
+    /// The data arbiter the connected tunnel runs on (`GET /config` `thread`), if any.
+    thread: Option<usize>,
 }
 
 /// How a tunnel connection came to be.
@@ -319,10 +321,12 @@ impl Registry {
         }
     }
 
-    fn next_data_arbiter(&mut self) -> Option<ArbiterHandle> {
-        let arbiter = self.data.get(self.next_data % self.data.len().max(1))?;
+    /// The data arbiter for the next tunnel, and its number.
+    fn next_data_arbiter(&mut self) -> Option<(ArbiterHandle, usize)> {
+        let n = self.next_data % self.data.len().max(1);
+        let arbiter = self.data.get(n)?;
         self.next_data = self.next_data.wrapping_add(1);
-        Some(arbiter.handle())
+        Some((arbiter.handle(), n))
     }
 
     fn next_generation(&mut self) -> u64 {
@@ -537,9 +541,9 @@ impl Registry {
         };
         // A tunnel and all its connections on one data arbiter, so a stream's bytes never cross
         // threads; tunnels are dealt round-robin over them.
-        let actor = match self.next_data_arbiter() {
-            Some(arbiter) => Tunnel::start_in_arbiter(&arbiter, make),
-            None => Tunnel::create(make),
+        let (actor, thread) = match self.next_data_arbiter() {
+            Some((arbiter, n)) => (Tunnel::start_in_arbiter(&arbiter, make), Some(n)),
+            None => (Tunnel::create(make), None),
         };
         let old = self.tunnels.insert(
             name.clone(),
@@ -550,6 +554,7 @@ impl Registry {
                 link: Link::Up(actor),
                 last_error: None,
                 dialled_on,
+                thread,
                 secret,
             },
         );
@@ -901,6 +906,7 @@ impl Registry {
                     },
                     last_error: None,
                     dialled_on: 0,
+                    thread: None,
                     secret: t.secret.as_deref().map(Secret::new),
                 },
             );
@@ -935,7 +941,10 @@ impl Registry {
                     v["identity"] = json!(a.pin.as_ref().map(fingerprint));
                 }
                 match &t.link {
-                    Link::Up(_) => v["state"] = json!("connected"),
+                    Link::Up(_) => {
+                        v["state"] = json!("connected");
+                        v["thread"] = json!(t.thread);
+                    }
                     Link::Retrying { attempt, .. } => {
                         v["state"] = json!("reconnecting");
                         v["attempt"] = json!(attempt);
@@ -1228,6 +1237,7 @@ impl Handler<AddTunnel> for Registry {
                                 },
                                 last_error: Some(e.to_string()),
                                 dialled_on: 0,
+                                thread: None,
                                 secret,
                             },
                         );

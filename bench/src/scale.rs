@@ -241,6 +241,8 @@ pub fn run(menet: &PathBuf, echo_backend: SocketAddr) {
 
     // The data path beside the admin plane: idle, while POSTs loop, while GET /config loops.
     let pings = 5_000;
+    // Let the listeners' set-up and any compaction settle first.
+    thread::sleep(Duration::from_secs(1));
     let idle = echo_p99_while(echo, pings, None);
     let admin_addr = node.admin;
     let mut poster = Admin::connect(admin_addr);
