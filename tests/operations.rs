@@ -16,22 +16,7 @@ use serde_json::{json, Value};
 
 /// A GET whose body is text (the metrics), with optional extra header lines.
 fn get_text(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect admin");
-    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n");
-    s.write_all(head.as_bytes()).expect("request");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
+    let (status, _, body) = http_text(addr, "GET", path, headers, "");
     (status, body)
 }
 

@@ -414,9 +414,9 @@ impl Tunnel {
         if e.state != StreamState::Open || !e.wanting || e.granted >= GRANT_MAX / 2 {
             return;
         }
-        let Some(conn) = e.conn.as_ref() else {
+        if e.conn.is_none() {
             return;
-        };
+        }
         let want = (GRANT_MAX - e.granted).min(e.send_avail);
         if want == 0 {
             return;
@@ -425,13 +425,7 @@ impl Tunnel {
         // per stream too, so one bulk stream cannot fill the queue.
         let room = tunnel_room.min(STREAM_SEND_MAX.saturating_sub(e.granted + queued_here));
         let g = want.min(self.send_window).min(room);
-        if g > 0 {
-            e.send_avail -= g;
-            e.granted += g;
-            self.send_window -= g;
-            self.granted_total += g;
-            conn.do_send(StreamEvent::Grant(g));
-        }
+        hand_credit(e, g, &mut self.send_window, &mut self.granted_total);
         if g < want && !e.starving {
             e.starving = true;
             self.starving.push_back(id);
@@ -464,19 +458,13 @@ impl Tunnel {
         if e.state != StreamState::Open || e.wanting || e.granted >= e.standing {
             return;
         }
-        let Some(conn) = e.conn.as_ref() else {
+        if e.conn.is_none() {
             return;
-        };
+        }
         let g = (e.standing - e.granted)
             .min(e.send_avail)
             .min(self.send_window);
-        if g > 0 {
-            e.send_avail -= g;
-            e.granted += g;
-            self.send_window -= g;
-            self.granted_total += g;
-            conn.do_send(StreamEvent::Grant(g));
-        }
+        hand_credit(e, g, &mut self.send_window, &mut self.granted_total);
     }
 
     /// What more we may hand our connections for this tunnel: granted and queued bytes together
@@ -836,6 +824,20 @@ impl Tunnel {
             queued_bytes: self.sched.bytes() + self.control.len(),
             connections,
         }
+    }
+}
+
+/// Grants `g` bytes to stream `e`'s connection, carved from its window and the tunnel's.
+fn hand_credit(e: &mut StreamEntry, g: u64, send_window: &mut u64, granted_total: &mut u64) {
+    let Some(conn) = e.conn.as_ref() else {
+        return;
+    };
+    if g > 0 {
+        conn.do_send(StreamEvent::Grant(g));
+        e.send_avail -= g;
+        e.granted += g;
+        *send_window -= g;
+        *granted_total += g;
     }
 }
 

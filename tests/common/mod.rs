@@ -853,6 +853,22 @@ pub fn http_with(
     headers: &str,
     body: &str,
 ) -> (u16, String, Value) {
+    let (status, head, body) = http_text(addr, method, path, headers, body);
+    (
+        status,
+        head,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// [`http_with`], the body as text (the metrics, the dashboard's files).
+pub fn http_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect admin");
     s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let host = if headers.to_ascii_lowercase().contains("host:") {
@@ -876,11 +892,7 @@ pub fn http_with(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        status,
-        head.to_owned(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// Writes one tunnel frame to a blocking socket.
