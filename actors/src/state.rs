@@ -501,7 +501,13 @@ impl Writer {
                     "journal {}: cannot write: {e}",
                     journal_path(&self.path).display()
                 );
-                // Whatever part of it reached the file is a torn tail: the next load drops it.
+                // Whatever part of it reached the file goes, so that a later append does not
+                // leave a bad record in the middle (a corrupt journal to the next start). If even
+                // that fails, it is a torn tail the next start drops.
+                let _ = self
+                    .journal
+                    .set_len(self.journal_len)
+                    .and_then(|()| self.journal.sync_data());
                 Err(e.to_string())
             }
         }
