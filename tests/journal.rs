@@ -193,7 +193,29 @@ fn a_torn_last_record_is_dropped_and_a_corrupt_middle_stops_the_start() {
     let second = bytes.iter().position(|&b| b == b'\n').expect("a line") + 1;
     bytes[second + 40] ^= 0x20;
     std::fs::write(&journal, &bytes).expect("corrupt");
-    let (code, stderr) = Node::run_with_config(dir.path("n.toml").to_str().expect("path"));
+    // Port 0 and a deadline: if the corruption went unnoticed, the node would start, and the
+    // test must fail, not hang or take a fixed port.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_menet"))
+        .arg("--config")
+        .arg(dir.path("n.toml"))
+        .args(["--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("menet");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a node with a corrupt journal started");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let (code, stderr) = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("n.json.journal"), "{stderr}");
     assert!(stderr.contains(&format!("offset {second}")), "{stderr}");
