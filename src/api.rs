@@ -142,7 +142,38 @@ fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// Why [`check_request`] refuses a request.
+/// Whether every percent-escape of `path` decodes, with the rest, to UTF-8: `%FF` or an
+/// overlong `%C0%AE` would otherwise become U+FFFD, and two names would collapse into one.
+fn path_is_utf8(path: &str) -> bool {
+    let raw = path.as_bytes();
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            raw[i],
+            raw.get(i + 1).and_then(|b| hex(*b)),
+            raw.get(i + 2).and_then(|b| hex(*b)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
 fn refuse(req: &ServiceRequest, access: &AdminAccess) -> Option<ApiError> {
+    if !path_is_utf8(req.uri().path()) {
+        return Some(ApiError::bad(
+            "the path is not valid UTF-8 once its percent-escapes are decoded",
+        ));
+    }
     let headers = req.headers();
     let text =
         |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
@@ -195,8 +226,8 @@ pub async fn guard(
             warn,
             "admin-refused",
             "admin API: {} {} from {client} refused: {e}",
-            req.method(),
-            Escaped(req.path())
+            menet_actors::metrics::method_label(req.method().as_str()),
+            Escaped(&req.path().chars().take(256).collect::<String>())
         );
         return Ok(req.into_response(e.error_response()));
     }
@@ -559,6 +590,11 @@ pub fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiEr
         Ok(_) => return Err(ApiError::bad("body must be a JSON object")),
         Err(e) => return Err(ApiError::bad(format!("body is not valid JSON: {e}"))),
     };
+    // A parser keeps the last of two equal keys, another the first: a body that says two
+    // things is refused rather than read one way here and another way by whoever checked it.
+    if let Err(e) = serde_json::from_slice::<NoDuplicateKeys>(body) {
+        return Err(ApiError::bad(format!("body is not accepted: {e}")));
+    }
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         let mut shown: String = unknown.chars().take(64).collect();
         shown = Escaped(&shown).to_string();
@@ -568,6 +604,63 @@ pub fn object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiEr
         )));
     }
     Ok(map)
+}
+
+/// A JSON document walked only to find an object with a key twice (an error naming it).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key \"{}\"",
+                    Escaped(&shown)
+                )));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+            seen.insert(key);
+        }
+        Ok(self)
+    }
 }
 
 fn present(body: &Map<String, Value>, field: &str) -> bool {

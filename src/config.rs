@@ -113,6 +113,13 @@ struct LimitsTable {
     max_connections_per_service: Option<usize>,
     max_dials_per_second: Option<u32>,
     fd_reserve: Option<usize>,
+    handshakes_per_address: Option<usize>,
+    handshakes_per_network: Option<usize>,
+    reserved_tunnels: Option<usize>,
+    max_names: Option<usize>,
+    new_names_per_minute: Option<u32>,
+    descriptor_share_percent: Option<u8>,
+    max_admin_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +171,35 @@ struct Tunnel {
     secret_file: Option<PathBuf>,
     /// `any` (default) or `known`: admit only names declared on this node.
     accept: Option<String>,
+    /// A dialer on the tunnel port must send its HELLO within this, milliseconds.
+    hello_timeout_ms: Option<u64>,
+    /// ... and complete its handshake within this, milliseconds.
+    handshake_timeout_ms: Option<u64>,
+    /// A loose pinned name is forgotten this long after its dialer was last seen: "30d", "12h",
+    /// "90m", "45s" or a number of seconds.
+    pin_ttl: Option<toml::Value>,
+}
+
+/// A duration written as seconds (an integer) or a number with a unit: `s`, `m`, `h` or `d`.
+fn parse_duration(v: &toml::Value) -> Option<Duration> {
+    match v {
+        toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
+        toml::Value::String(text) => {
+            let text = text.trim();
+            let split = text.len().checked_sub(1)?;
+            let (number, unit) = text.split_at(split);
+            let scale = match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return None,
+            };
+            let n: u64 = number.trim().parse().ok()?;
+            n.checked_mul(scale).map(Duration::from_secs)
+        }
+        _ => None,
+    }
 }
 
 fn loopback() -> IpAddr {
@@ -206,6 +242,9 @@ impl Default for Tunnel {
             secret: None,
             secret_file: None,
             accept: None,
+            hello_timeout_ms: None,
+            handshake_timeout_ms: None,
+            pin_ttl: None,
         }
     }
 }
@@ -349,7 +388,32 @@ impl Config {
                 .unwrap_or(d.max_connections_per_service),
             max_dials_per_second: l.max_dials_per_second.unwrap_or(d.max_dials_per_second),
             fd_reserve: l.fd_reserve.unwrap_or(d.fd_reserve),
+            handshakes_per_address: l.handshakes_per_address.unwrap_or(d.handshakes_per_address),
+            handshakes_per_network: l.handshakes_per_network.unwrap_or(d.handshakes_per_network),
+            reserved_tunnels: l.reserved_tunnels.unwrap_or(d.reserved_tunnels),
+            max_names: l.max_names.unwrap_or(d.max_names),
+            new_names_per_minute: l.new_names_per_minute.unwrap_or(d.new_names_per_minute),
+            descriptor_share_percent: l
+                .descriptor_share_percent
+                .unwrap_or(d.descriptor_share_percent),
+            max_admin_connections: l.max_admin_connections.unwrap_or(d.max_admin_connections),
         };
+        // Room for one stranger's new names and for every expected dialer, past any reserve.
+        if l.max_tunnels.is_some() && l.reserved_tunnels.is_none() {
+            settings.limits.reserved_tunnels = settings.limits.max_tunnels / 4;
+        }
+        let lim = &settings.limits;
+        if lim.reserved_tunnels >= lim.max_tunnels {
+            return Err(invalid(format!(
+                "[limits] reserved_tunnels ({}) must be less than max_tunnels ({})",
+                lim.reserved_tunnels, lim.max_tunnels
+            )));
+        }
+        if !(1..=100).contains(&lim.descriptor_share_percent) {
+            return Err(invalid(
+                "[limits] descriptor_share_percent must be within 1..=100".to_owned(),
+            ));
+        }
         for (key, v) in [
             ("max_handshakes", settings.limits.max_handshakes),
             ("max_tunnels", settings.limits.max_tunnels),
@@ -362,10 +426,57 @@ impl Config {
                 "max_dials_per_second",
                 settings.limits.max_dials_per_second as usize,
             ),
+            (
+                "handshakes_per_address",
+                settings.limits.handshakes_per_address,
+            ),
+            (
+                "handshakes_per_network",
+                settings.limits.handshakes_per_network,
+            ),
+            ("max_names", settings.limits.max_names),
+            (
+                "new_names_per_minute",
+                settings.limits.new_names_per_minute as usize,
+            ),
+            (
+                "max_admin_connections",
+                settings.limits.max_admin_connections,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(format!("[limits] {key} must be at least 1")));
             }
+        }
+        for (key, value, slot) in [
+            (
+                "hello_timeout_ms",
+                file.tunnel.hello_timeout_ms,
+                &mut settings.hello_timeout,
+            ),
+            (
+                "handshake_timeout_ms",
+                file.tunnel.handshake_timeout_ms,
+                &mut settings.handshake_timeout,
+            ),
+        ] {
+            if let Some(ms) = value {
+                if !(10..=60_000).contains(&ms) {
+                    return Err(invalid(format!(
+                        "[tunnel] {key} = {ms} is outside 10..=60000 ms"
+                    )));
+                }
+                *slot = Duration::from_millis(ms);
+            }
+        }
+        if let Some(ttl) = &file.tunnel.pin_ttl {
+            settings.pin_ttl = parse_duration(ttl)
+                .filter(|d| *d >= Duration::from_secs(1))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "[tunnel] pin_ttl = {ttl}: a duration such as \"30d\", \"12h\", \"90m\", \"45s\" or a number of seconds, at least 1 s"
+                    ))
+                })?;
         }
         let secret = from_sources(
             ENV_TUNNEL_SECRET,

@@ -112,6 +112,14 @@ fn check(cli: &Cli) -> ExitCode {
         println!("no state file: runtime changes are not kept");
         return ExitCode::SUCCESS;
     };
+    if let Err(e) = menet_actors::state::check_private(path) {
+        // A directory not made yet is made by menet itself, privately.
+        if !matches!(&e, StateError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        {
+            eprintln!("menet --check: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match StateStore::check(path) {
         Ok(None) => println!("state file {}: none yet (it is created on the first change)", path.display()),
         Ok(Some(s)) => println!(
@@ -243,6 +251,9 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
             .configure(|c| api::routes(c, routes.clone()))
     })
     .workers(1)
+    // Inside the descriptor reserve: idle admin connections cannot use up the descriptors the
+    // tunnel port needs (more wait in the kernel's backlog).
+    .max_connections(config.settings.limits.max_admin_connections)
     .shutdown_timeout(1)
     .disable_signals()
     .bind(config.admin)

@@ -199,12 +199,19 @@ fn garbage_and_silence_on_the_tunnel_port_are_dropped() {
     assert!(closed_within(&mut rogue, Duration::from_secs(2)));
     assert!(b.wait_log("over the limit", Duration::from_secs(2)));
 
-    // Silence: dropped after the 10 s handshake timeout.
+    // Silence: dropped once the 2 s for the HELLO are over.
     let started = Instant::now();
     let mut silent = TcpStream::connect(b.tunnel).expect("connect");
-    assert!(closed_within(&mut silent, Duration::from_secs(13)));
-    assert!(started.elapsed() >= Duration::from_secs(9));
-    assert!(b.wait_log("no handshake within", Duration::from_secs(2)));
+    assert!(closed_within(&mut silent, Duration::from_secs(5)));
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    assert!(b.wait_log("no HELLO within 2000 ms", Duration::from_secs(2)));
+    // A HELLO and then silence: dropped at the 5 s of the whole handshake.
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(b.tunnel).expect("connect");
+    stalled.write_all(&hello_bytes("stalled")).expect("hello");
+    assert!(closed_within(&mut stalled, Duration::from_secs(8)));
+    assert!(started.elapsed() >= Duration::from_millis(4900));
+    assert!(b.wait_log("no handshake within 5000 ms", Duration::from_secs(2)));
 
     // The real tunnel never noticed.
     assert_eq!(roundtrip(local, b"unharmed"), b"unharmed");

@@ -123,8 +123,16 @@ fn deleting_a_tunnel_closes_its_connections_on_both_ends_and_it_can_be_recreated
     let mut refused = connect(local);
     assert!(closed_within(&mut refused, Duration::from_secs(2)));
 
-    // Recreated: binds were kept, traffic flows again.
+    // The name was freed by its dialer: B dropped its bind to it (a stranger could claim the
+    // name next), A kept its own. Recreated and bound again on B, traffic flows again.
+    assert!(b.config()["bind"]["remote"]["service1"].is_null());
+    assert_eq!(a.config()["bind"]["local"]["service1"], "tunnel1");
     dial(&a, &b, "tunnel1");
+    b.ok(
+        "POST",
+        "/bind",
+        r#"{"tunnel": "tunnel1", "service":"service1", "type": "remote"}"#,
+    );
     assert_eq!(roundtrip(local, b"recreated"), b"recreated");
 }
 
@@ -393,6 +401,12 @@ fn dialling_a_silent_peer_answers_502_within_five_seconds() {
 fn tunnel_churn_never_leaves_a_client_hanging() {
     let backend = Backend::echo();
     let (a, b) = (Node::start(), Node::start());
+    // Declared on B: its binds outlive each delete of the tunnel by A.
+    b.ok(
+        "POST",
+        "/tunnel",
+        r#"{"name":"tunnel1", "role":"acceptor"}"#,
+    );
     let local = wire(&a, &b, backend.addr, Some("k"));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..4u64)
@@ -464,6 +478,12 @@ fn tunnel_churn_never_leaves_a_client_hanging() {
 fn memory_stays_flat_over_hundreds_of_tunnel_cuts() {
     let backend = Backend::echo();
     let (a, b) = (Node::start(), Node::start());
+    // Declared on B: its binds outlive each delete of the tunnel by A.
+    b.ok(
+        "POST",
+        "/tunnel",
+        r#"{"name":"tunnel1", "role":"acceptor"}"#,
+    );
     let local = wire(&a, &b, backend.addr, Some("k"));
     let cycle = |rounds: u64| {
         for i in 0..rounds {

@@ -52,6 +52,9 @@ pub const IDENTITY_LEN: usize = 32;
 pub const SIGNATURE_LEN: usize = 64;
 /// Largest window a peer may announce.
 const MAX_WINDOW: u32 = 1 << 30;
+/// Smallest stream window a peer may announce: below it, a peer would make this node cut its
+/// bytes into frames of a few bytes each (CPU for nothing).
+pub const MIN_WINDOW: u32 = 16 * 1024;
 
 mod kind {
     pub const HELLO: u8 = 1;
@@ -79,6 +82,13 @@ pub enum HandshakeError {
     TooLarge(usize),
     #[error("authentication failed: {0}")]
     AuthFailed(&'static str),
+    #[error("no {what} within {} ms", .limit.as_millis())]
+    Deadline {
+        what: &'static str,
+        limit: std::time::Duration,
+    },
+    #[error("{what} announces a window of {window} bytes; at least {MIN_WINDOW} are needed")]
+    SmallWindow { what: &'static str, window: u32 },
     #[error("refused by the peer: {reason}")]
     Refused { code: RefuseCode, reason: String },
 }
@@ -108,7 +118,7 @@ pub enum RefuseCode {
     /// A limit of the acceptor (tunnels, handshakes).
     Busy,
     ShuttingDown,
-    /// The dialer reached its own tunnel port.
+    /// The dialer reached its own tunnel port (it presented this node's own identity).
     OwnPort,
     Other,
 }
@@ -205,6 +215,13 @@ fn get_terms(body: &mut &[u8], what: &'static str) -> Result<Terms, HandshakeErr
     };
     if terms.windows.stream > MAX_WINDOW || terms.windows.tunnel > MAX_WINDOW {
         return Err(HandshakeError::Malformed(what));
+    }
+    let smallest = terms.windows.stream.min(terms.windows.tunnel);
+    if smallest < MIN_WINDOW {
+        return Err(HandshakeError::SmallWindow {
+            what,
+            window: smallest,
+        });
     }
     Ok(terms)
 }
@@ -330,9 +347,11 @@ impl Message {
             },
             kind::REFUSE => {
                 let [code] = get_array::<1>(b, "REFUSE")?;
+                // A reason is the peer's text: escaped here, once, before anyone logs or shows
+                // it (a newline or a bidi control in it cannot forge or hide a line).
                 Message::Refuse {
                     code: RefuseCode::from_code(code),
-                    reason: get_text(b, "REFUSE")?,
+                    reason: crate::limits::Escaped(&get_text(b, "REFUSE")?).to_string(),
                 }
             }
             _ => return Err(HandshakeError::Malformed("unknown")),

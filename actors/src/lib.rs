@@ -10,6 +10,7 @@
 //! The wire protocol is [`handshake`] and [`protocol`] (prose in `PROTOCOL.md`); stream
 //! encryption is [`cipher`]; what peers and clients may use is [`limits`].
 
+pub mod admission;
 pub mod cipher;
 pub mod connection;
 pub mod credit;
@@ -71,8 +72,13 @@ pub struct Settings {
     pub max_tunnel_window: u32,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// A connection on the tunnel port must send its HELLO within this.
+    pub hello_timeout: Duration,
     /// A connection on the tunnel port must complete its handshake within this.
     pub handshake_timeout: Duration,
+    /// A pinned tunnel name whose tunnel is gone (and that has no bind or declaration) is
+    /// forgotten after this long without its dialer.
+    pub pin_ttl: Duration,
     /// Dialling a remote service's `addr`.
     pub connect_timeout: Duration,
     /// `POST /tunnel` answers within this: dial plus handshake.
@@ -90,7 +96,9 @@ impl Default for Settings {
             max_tunnel_window: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
-            handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+            pin_ttl: Duration::from_secs(30 * 24 * 3600),
             connect_timeout: Duration::from_secs(3),
             dial_timeout: Duration::from_secs(5),
             limits: Limits::default(),

@@ -29,6 +29,32 @@ pub struct Limits {
     pub max_dials_per_second: u32,
     /// File descriptors kept free for the admin API, the tunnel port and the state file.
     pub fd_reserve: usize,
+    /// Handshakes under way from one source address (within `max_handshakes`).
+    pub handshakes_per_address: usize,
+    /// Handshakes under way from one source network, /24 or /64 (within `max_handshakes`).
+    pub handshakes_per_network: usize,
+    /// Of `max_tunnels`, the places only expected dialers may take: a declared name, or a
+    /// pinned name claimed by its pinned identity. Strangers' new names get the rest.
+    pub reserved_tunnels: usize,
+    /// Tunnel names the node remembers (declared and pinned); past it, a new name evicts the
+    /// pin least recently seen that has no live tunnel, no bind and no declaration.
+    pub max_names: usize,
+    /// New tunnel names one source address may claim per minute (and at once), unless it proved
+    /// the tunnel secret.
+    pub new_names_per_minute: u32,
+    /// Percent of the descriptor pool one tunnel's backend connections, or one local service's
+    /// clients, may hold: one cannot starve the others.
+    pub descriptor_share_percent: u8,
+    /// Admin API connections open at once (inside the descriptor reserve).
+    pub max_admin_connections: usize,
+}
+
+impl Limits {
+    /// The most descriptors one tunnel's backends or one local service's clients may hold, out
+    /// of a pool of `pool`.
+    pub fn descriptor_share(&self, pool: usize) -> usize {
+        (pool.saturating_mul(usize::from(self.descriptor_share_percent)) / 100).max(1)
+    }
 }
 
 impl Default for Limits {
@@ -40,6 +66,13 @@ impl Default for Limits {
             max_connections_per_service: 4096,
             max_dials_per_second: 10_000,
             fd_reserve: 128,
+            handshakes_per_address: 4,
+            handshakes_per_network: 16,
+            reserved_tunnels: 64,
+            max_names: 4096,
+            new_names_per_minute: 60,
+            descriptor_share_percent: 50,
+            max_admin_connections: 64,
         }
     }
 }
@@ -114,8 +147,16 @@ impl Drop for Slot {
 #[derive(Debug)]
 pub struct Usage {
     pub limits: Limits,
-    /// Handshakes under way on the tunnel port.
-    pub handshakes: Arc<Gauge>,
+    /// Handshakes under way on the tunnel port (the listener's slot table holds them).
+    pub handshakes_in_use: AtomicUsize,
+    /// Connections on the tunnel port closed at once: every handshake slot held a proven dialer.
+    pub handshakes_refused: AtomicU64,
+    /// Unproven handshakes dropped to make room for a newer dialer.
+    pub handshakes_dropped: AtomicU64,
+    /// New tunnel names refused: a source over `new_names_per_minute`, or no pin evictable.
+    pub names_refused: AtomicU64,
+    /// Pins evicted for a new name, or expired after `pin_ttl`.
+    pub names_evicted: AtomicU64,
     /// Sockets of connections and handshakes, against the descriptor limit less the reserve.
     pub descriptors: Arc<Gauge>,
     /// The process's descriptor limit (`RLIMIT_NOFILE`).
@@ -134,7 +175,11 @@ impl Usage {
     pub fn new(limits: Limits, fd_limit: usize) -> Arc<Usage> {
         Arc::new(Usage {
             limits,
-            handshakes: Gauge::new(limits.max_handshakes),
+            handshakes_in_use: AtomicUsize::new(0),
+            handshakes_refused: AtomicU64::new(0),
+            handshakes_dropped: AtomicU64::new(0),
+            names_refused: AtomicU64::new(0),
+            names_evicted: AtomicU64::new(0),
             descriptors: Gauge::new(fd_limit.saturating_sub(limits.fd_reserve)),
             fd_limit,
             tunnels_refused: AtomicU64::new(0),
@@ -160,20 +205,30 @@ impl Usage {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn to_json(&self, tunnels_accepted: usize) -> Value {
+    pub fn to_json(&self, tunnels_accepted: usize, names: usize) -> Value {
         let l = &self.limits;
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         json!({
-            "handshakes": self.handshakes.to_json(),
-            "tunnels": {"max": l.max_tunnels, "in_use": tunnels_accepted,
-                        "refused": count(&self.tunnels_refused)},
+            "handshakes": {"max": l.max_handshakes, "per_address": l.handshakes_per_address,
+                           "per_network": l.handshakes_per_network,
+                           "in_use": self.handshakes_in_use.load(Ordering::Relaxed),
+                           "refused": count(&self.handshakes_refused),
+                           "dropped": count(&self.handshakes_dropped)},
+            "tunnels": {"max": l.max_tunnels, "reserved": l.reserved_tunnels,
+                        "in_use": tunnels_accepted, "refused": count(&self.tunnels_refused)},
+            "names": {"max": l.max_names, "in_use": names,
+                      "new_per_minute": l.new_names_per_minute,
+                      "refused": count(&self.names_refused),
+                      "evicted": count(&self.names_evicted)},
             "streams_per_tunnel": {"max": l.max_streams, "refused": count(&self.streams_refused)},
             "connections_per_service": {"max": l.max_connections_per_service,
                                         "refused": count(&self.connections_refused)},
             "dials_per_second": {"max": l.max_dials_per_second, "refused": count(&self.dials_refused)},
             "descriptors": {"limit": self.fd_limit, "reserve": l.fd_reserve,
                             "max": self.descriptors.max(), "in_use": self.descriptors.in_use(),
+                            "share": l.descriptor_share(self.descriptors.max()),
                             "refused": self.descriptors.refused()},
+            "admin_connections": {"max": l.max_admin_connections},
         })
     }
 }
@@ -181,19 +236,35 @@ impl Usage {
 /// A token bucket: `rate` tokens a second, holding at most `burst`.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
+    /// Tokens added per second.
     rate: f64,
+    /// The most tokens held: what may be taken at once.
     burst: f64,
+    /// Tokens now (as of `last`).
     tokens: f64,
+    /// When `tokens` was last brought up to date.
     last: Instant,
 }
 
 impl TokenBucket {
+    /// `rate` a second, with a burst of one second's worth.
     pub fn new(rate: u32, now: Instant) -> TokenBucket {
         let rate = f64::from(rate.max(1));
         TokenBucket {
             rate,
             burst: rate,
             tokens: rate,
+            last: now,
+        }
+    }
+
+    /// `rate` a minute, with a burst of one minute's worth.
+    pub fn per_minute(rate: u32, now: Instant) -> TokenBucket {
+        let burst = f64::from(rate.max(1));
+        TokenBucket {
+            rate: burst / 60.0,
+            burst,
+            tokens: burst,
             last: now,
         }
     }
@@ -250,6 +321,47 @@ pub fn log_allowed(category: &'static str) -> Option<u64> {
     }
 }
 
+/// Categories times peer addresses remembered by [`log_allowed_for`]; past it, lines of new
+/// addresses share one window per category.
+const LOG_KEYS: usize = 1024;
+
+/// Whether a line of `category` about peer address `peer` may be logged now, as
+/// [`log_allowed`] but with a window per (category, address): one noisy peer uses up its own
+/// share, not everyone's. The table is bounded ([`LOG_KEYS`]).
+pub fn log_allowed_for(category: &'static str, peer: std::net::IpAddr) -> Option<u64> {
+    type Windows = HashMap<(&'static str, std::net::IpAddr), LogWindow>;
+    static WINDOWS: Mutex<Option<Windows>> = Mutex::new(None);
+    let Ok(mut guard) = WINDOWS.lock() else {
+        return Some(0);
+    };
+    let windows = guard.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    let mut key = (category, crate::admission::source(peer));
+    if !windows.contains_key(&key) && windows.len() >= LOG_KEYS {
+        windows.retain(|_, w| now.duration_since(w.started) < LOG_PERIOD || w.suppressed > 0);
+        if windows.len() >= LOG_KEYS {
+            // Everyone new shares one window: the table stays bounded.
+            key.1 = std::net::IpAddr::from([0u8, 0, 0, 0]);
+        }
+    }
+    let w = windows.entry(key).or_insert(LogWindow {
+        started: now,
+        logged: 0,
+        suppressed: 0,
+    });
+    if now.duration_since(w.started) >= LOG_PERIOD {
+        w.started = now;
+        w.logged = 0;
+    }
+    if w.logged < LOG_BURST {
+        w.logged += 1;
+        Some(std::mem::take(&mut w.suppressed))
+    } else {
+        w.suppressed += 1;
+        None
+    }
+}
+
 /// Logs at `level` unless the category has logged its share of the period; the next line logged
 /// says how many were suppressed.
 #[macro_export]
@@ -263,7 +375,37 @@ macro_rules! log_limited {
     };
 }
 
-/// Peer-supplied text for a log line: control characters (`\r`, `\n`, escapes) are escaped.
+/// As [`log_limited!`], with a window per peer address (an `IpAddr`) within the category.
+#[macro_export]
+macro_rules! log_limited_for {
+    ($level:ident, $category:expr, $peer:expr, $($arg:tt)+) => {
+        match $crate::limits::log_allowed_for($category, $peer) {
+            Some(0) => log::$level!($($arg)+),
+            Some(n) => log::$level!("{} ({n} similar lines suppressed)", format_args!($($arg)+)),
+            None => {}
+        }
+    };
+}
+
+/// Characters that change how a line reads without being seen: control characters, the Unicode
+/// line and paragraph separators, and the bidirectional controls (which can make a log line or
+/// a name read backwards).
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+/// Peer-supplied text for a log line or an error: control characters (`\r`, `\n`, escapes),
+/// line separators and bidi controls are escaped, so such text cannot forge a line or hide one.
 pub struct Escaped<'a>(pub &'a str);
 
 impl fmt::Display for Escaped<'_> {
@@ -271,6 +413,8 @@ impl fmt::Display for Escaped<'_> {
         for c in self.0.chars() {
             if c.is_control() {
                 write!(f, "{}", c.escape_default())?;
+            } else if is_invisible(c) {
+                write!(f, "{}", c.escape_unicode())?;
             } else {
                 fmt::Write::write_char(f, c)?;
             }
@@ -279,9 +423,10 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-/// Whether a name (of a tunnel or service) is acceptable: no control characters.
+/// Whether a name (of a tunnel or service) is acceptable: no control characters, line
+/// separators or bidi controls.
 pub fn printable(name: &str) -> bool {
-    !name.chars().any(char::is_control)
+    !name.chars().any(is_invisible)
 }
 
 #[cfg(test)]
@@ -323,5 +468,20 @@ mod tests {
         );
         assert!(printable("tunnel-1 é"));
         assert!(!printable("a\nb"));
+        assert!(!printable("a\u{2028}b") && !printable("\u{202E}gpj.exe"));
+        assert_eq!(
+            Escaped("a\u{2028}b\u{202E}c\x1b[31m").to_string(),
+            "a\\u{2028}b\\u{202e}c\\u{1b}[31m"
+        );
+        let peer = std::net::IpAddr::from([192, 0, 2, 1]);
+        let other = std::net::IpAddr::from([192, 0, 2, 2]);
+        let allowed = (0..100)
+            .filter(|_| log_allowed_for("test-peer", peer).is_some())
+            .count();
+        assert_eq!(allowed, LOG_BURST as usize);
+        assert!(
+            log_allowed_for("test-peer", other).is_some(),
+            "a window per peer"
+        );
     }
 }

@@ -8,17 +8,23 @@ use std::task::Poll;
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{error, info};
+use log::error;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tokio::task::JoinHandle;
+
+use crate::admission::{HandshakeSlots, SlotCaps};
 use crate::handshake::{
     read_message, refusal, version1_refusal, write_message, Acceptor, HandshakeError, RefuseCode,
 };
 use crate::limits::{printable, Escaped, Gauge, Slot, Usage};
 use crate::metrics::{metrics, Refused};
-use crate::registry::{ListenerDown, MayAccept, Registry, TunnelAccepted, TunnelSecret};
+use crate::registry::{
+    ListenerDown, MayAccept, Registry, TunnelAccepted, TunnelRefusal, TunnelSecret,
+};
 use crate::routes::RouteTable;
 use crate::tunnel::CarryClient;
 use crate::{Settings, Side};
@@ -79,6 +85,37 @@ pub struct Listener {
     connections: Option<Arc<Gauge>>,
     /// Where a local service's clients go, as the Registry last published.
     routes: RouteTable,
+    /// The tunnel port's handshakes under way, shared with their tasks (same thread).
+    handshakes: Rc<RefCell<HandshakeSlots<JoinHandle<()>>>>,
+}
+
+/// A handshake's place in the tunnel port's [`HandshakeSlots`], given back when its task ends,
+/// however it ends (done, failed, timed out, or aborted to make room).
+struct HandshakeSlot {
+    /// The table, shared with the listener.
+    table: Rc<RefCell<HandshakeSlots<JoinHandle<()>>>>,
+    /// This attempt's number in it.
+    id: u64,
+    /// Where `GET /config` reads the count from.
+    usage: Arc<Usage>,
+}
+
+impl HandshakeSlot {
+    /// The dialer proved itself: it is no longer dropped to make room for newcomers.
+    fn prove(&self) {
+        self.table.borrow_mut().prove(self.id);
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Ok(mut table) = self.table.try_borrow_mut() {
+            table.release(self.id);
+            self.usage
+                .handshakes_in_use
+                .store(table.len(), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Listener {
@@ -93,6 +130,12 @@ impl Listener {
         connections: Option<Arc<Gauge>>,
         routes: RouteTable,
     ) -> Listener {
+        let l = &settings.limits;
+        let caps = SlotCaps {
+            total: l.max_handshakes.max(1),
+            per_address: l.handshakes_per_address.clamp(1, l.max_handshakes.max(1)),
+            per_network: l.handshakes_per_network.clamp(1, l.max_handshakes.max(1)),
+        };
         Listener {
             accepts,
             id,
@@ -102,7 +145,63 @@ impl Listener {
             usage,
             connections,
             routes,
+            handshakes: Rc::new(RefCell::new(HandshakeSlots::new(caps))),
         }
+    }
+
+    /// A dialer on the tunnel port: its handshake runs as a task of its own, in a slot of the
+    /// table; the oldest unproven attempts in a full scope are aborted to make room.
+    fn start_handshake(&self, sock: TcpStream, peer: SocketAddr) {
+        let admitted = self.handshakes.borrow_mut().admit(peer.ip());
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(_) => {
+                self.usage
+                    .handshakes_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                log_limited!(
+                    warn,
+                    "listener-limit",
+                    "tunnel port: every handshake slot ({}) holds a dialer that proved itself; \
+                     closing {peer}",
+                    self.settings.limits.max_handshakes
+                );
+                crate::io::reset_now(&sock);
+                return;
+            }
+        };
+        if !admitted.dropped.is_empty() {
+            let n = admitted.dropped.len() as u64;
+            self.usage
+                .handshakes_dropped
+                .fetch_add(n, Ordering::Relaxed);
+            log_limited!(
+                warn,
+                "handshake-dropped",
+                "tunnel port: handshake slots full for {peer} (its address, its network or the \
+                 node); dropped the oldest unproven handshake to make room"
+            );
+        }
+        for dropped in admitted.dropped {
+            dropped.abort();
+        }
+        let slot = HandshakeSlot {
+            table: self.handshakes.clone(),
+            id: admitted.id,
+            usage: self.usage.clone(),
+        };
+        let task = actix_rt::spawn(handshake(
+            sock,
+            peer,
+            self.registry.clone(),
+            self.settings,
+            slot,
+        ));
+        let mut table = self.handshakes.borrow_mut();
+        table.attach(admitted.id, task);
+        self.usage
+            .handshakes_in_use
+            .store(table.len(), Ordering::Relaxed);
     }
 
     /// Hands a client straight to the tunnel its service is bound to (no Registry hop), or
@@ -143,26 +242,11 @@ impl Listener {
         }
     }
 
-    /// The slots a new socket needs, or `None` (logged, counted) when a limit is reached.
-    ///
-    /// A client takes a descriptor from the pool that keeps a reserve free; a dialer on the
-    /// tunnel port takes a handshake slot instead, so the tunnel port still answers when clients
-    /// have used every descriptor they may (tunnels are bounded by `max_tunnels`).
+    /// The slots a new client needs, or `None` (logged, counted) when a limit is reached: a
+    /// descriptor from the pool that keeps a reserve free, and a place in its service's limit.
+    /// (A dialer on the tunnel port takes a handshake slot instead, so the tunnel port still
+    /// answers when clients have used every descriptor they may.)
     fn admit(&self, peer: SocketAddr) -> Option<Vec<Slot>> {
-        if self.accepts == Accepts::Tunnels {
-            return match self.usage.handshakes.try_acquire() {
-                Some(slot) => Some(vec![slot]),
-                None => {
-                    log_limited!(
-                        warn,
-                        "listener-limit",
-                        "{}: too many handshakes at once; closing {peer}",
-                        self.accepts
-                    );
-                    None
-                }
-            };
-        }
         let Some(descriptor) = self.usage.descriptors.try_acquire() else {
             self.count_refused(Refused::Resources);
             log_limited!(
@@ -186,7 +270,8 @@ impl Listener {
                 log_limited!(
                     warn,
                     "listener-limit",
-                    "{}: too many connections at once (max_connections_per_service {}); resetting {peer}",
+                    "{}: {} connections at once (max_connections_per_service, or the service's \
+                     descriptor share); resetting {peer}",
                     self.accepts,
                     gate.max()
                 );
@@ -226,24 +311,16 @@ impl Actor for Listener {
 impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for Listener {
     fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, ctx: &mut Self::Context) {
         match item {
-            Ok((sock, peer)) => {
-                let Some(slots) = self.admit(peer) else {
-                    crate::io::reset_now(&sock);
-                    return;
-                };
-                match &self.accepts {
-                    Accepts::Service(service) => self.carry(service, sock, peer, slots),
-                    Accepts::Tunnels => {
-                        actix_rt::spawn(handshake(
-                            sock,
-                            peer,
-                            self.registry.clone(),
-                            self.settings,
-                            slots,
-                        ));
-                    }
+            Ok((sock, peer)) => match &self.accepts {
+                Accepts::Tunnels => self.start_handshake(sock, peer),
+                Accepts::Service(service) => {
+                    let Some(slots) = self.admit(peer) else {
+                        crate::io::reset_now(&sock);
+                        return;
+                    };
+                    self.carry(service, sock, peer, slots)
                 }
-            }
+            },
             Err(e) => {
                 log_limited!(warn, "accept", "{}: accept failed: {e}", self.accepts);
                 ctx.wait(tokio::time::sleep(ACCEPT_BACKOFF).into_actor(self));
@@ -289,40 +366,48 @@ impl Handler<crate::Crash> for Listener {
     }
 }
 
-/// A dialer on the tunnel port: HELLO, CHALLENGE, PROOF, then the Registry's verdict on the name,
-/// then WELCOME (or REFUSE), all within `settings.handshake_timeout`. Nothing about this node's
-/// tunnels or services is said before the dialer has proved the secret.
+/// A dialer on the tunnel port: HELLO (within `settings.hello_timeout`), CHALLENGE, PROOF, then
+/// the Registry's verdict on the name, then WELCOME (or REFUSE), all within
+/// `settings.handshake_timeout`. Nothing about this node's tunnels or services is said before
+/// the dialer has proved the secret.
 async fn handshake(
     sock: TcpStream,
     peer: SocketAddr,
     registry: Addr<Registry>,
     settings: Settings,
-    slots: Vec<Slot>,
+    slot: HandshakeSlot,
 ) {
     let limit = settings.handshake_timeout;
-    match tokio::time::timeout(limit, answer(sock, peer, &registry, settings)).await {
+    let ip = peer.ip();
+    match tokio::time::timeout(limit, answer(sock, peer, &registry, settings, &slot)).await {
         Ok(Ok(accepted)) => {
-            info!(
+            log_limited_for!(
+                info,
+                "tunnel-opened",
+                ip,
                 "tunnel port: {peer} opened tunnel {}",
                 Escaped(&accepted.name)
             );
             // The handshake slot is given back now.
-            drop(slots);
+            drop(slot);
             registry.do_send(accepted);
         }
-        Ok(Err(e)) if e.is_auth_failure() => log_limited!(
+        Ok(Err(e)) if e.is_auth_failure() => log_limited_for!(
             warn,
             "handshake-auth",
+            ip,
             "tunnel port: {peer}: {e}; connection closed"
         ),
-        Ok(Err(e)) => log_limited!(
+        Ok(Err(e)) => log_limited_for!(
             warn,
             "handshake",
+            ip,
             "tunnel port: {peer}: bad handshake: {e}; connection closed"
         ),
-        Err(_) => log_limited!(
+        Err(_) => log_limited_for!(
             warn,
             "handshake",
+            ip,
             "tunnel port: {peer}: no handshake within {} ms; connection closed",
             limit.as_millis()
         ),
@@ -334,14 +419,22 @@ async fn answer(
     peer: SocketAddr,
     registry: &Addr<Registry>,
     settings: Settings,
+    slot: &HandshakeSlot,
 ) -> Result<TunnelAccepted, HandshakeError> {
     sock.set_nodelay(true)?;
-    let (hello, raw) = match read_message(&mut sock).await {
-        Err(HandshakeError::Version(v)) => {
+    let first = tokio::time::timeout(settings.hello_timeout, read_message(&mut sock)).await;
+    let (hello, raw) = match first {
+        Err(_) => {
+            return Err(HandshakeError::Deadline {
+                what: "HELLO",
+                limit: settings.hello_timeout,
+            })
+        }
+        Ok(Err(HandshakeError::Version(v))) => {
             let _ = write_message(&mut sock, &version1_refusal()).await;
             return Err(HandshakeError::Version(v));
         }
-        other => other?,
+        Ok(other) => other?,
     };
     let acceptor = Acceptor::on_hello(hello, &raw)?;
     let name = acceptor.hello.name.clone();
@@ -373,19 +466,26 @@ async fn answer(
         .await;
         return Err(e);
     }
+    slot.prove();
     let verdict = registry
         .send(MayAccept {
             name: name.clone(),
             identity: acceptor.hello.identity,
             secret_proven: secret.is_some(),
+            peer: peer.ip(),
         })
         .await
-        .unwrap_or_else(|_| Err((RefuseCode::ShuttingDown, "the node is stopping".to_owned())));
-    if let Err((code, reason)) = verdict {
-        let _ = write_message(&mut sock, &refusal(code, &reason)).await;
+        .unwrap_or_else(|_| {
+            Err(TunnelRefusal::same(
+                RefuseCode::ShuttingDown,
+                "the node is stopping".to_owned(),
+            ))
+        });
+    if let Err(r) = verdict {
+        let _ = write_message(&mut sock, &refusal(r.code, &r.peer)).await;
         return Err(HandshakeError::Refused {
-            code,
-            reason: format!("tunnel {} from {peer}: {reason}", Escaped(&name)),
+            code: r.code,
+            reason: format!("tunnel {} from {peer}: {}", Escaped(&name), r.log),
         });
     }
     write_message(

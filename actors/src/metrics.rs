@@ -5,8 +5,9 @@
 //! deleted. Hot paths hold their own clones of the handles ([`TunnelMetrics`],
 //! [`ServiceMetrics`]): counting a frame is one relaxed atomic add, with no lookup and no lock.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, RwLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -55,12 +56,32 @@ pub struct RefusedLabel {
     pub reason: &'static str,
 }
 
-/// Labels of an admin request: the route's pattern (not the raw path: bounded), method, status.
+/// Labels of a refusal for a service this node does not have: the name is not a label (a peer
+/// could make up any number of them), only the side.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SideOnly {
+    pub side: SideLabel,
+}
+
+/// Labels of an admin request: the route's pattern (not the raw path: bounded), method (one of
+/// [`METHODS`] or `other`), status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdminLabel {
     pub route: String,
-    pub method: String,
+    pub method: &'static str,
     pub status: u16,
+}
+
+/// The methods counted by name; any other is counted as `other` (a client may send any token).
+pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// A method as its label: one of [`METHODS`], else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Why a connection was refused, as the `reason` label.
@@ -121,12 +142,16 @@ pub struct Metrics {
     tunnel_queued: Family<TunnelLabel, Gauge>,
     service_accepted: Family<ServiceLabel, Counter>,
     service_refused: Family<RefusedLabel, Counter>,
+    unknown_service_refused: Family<SideOnly, Counter>,
     service_active: Family<ServiceLabel, Gauge>,
     service_sent: Family<ServiceLabel, Counter>,
     service_received: Family<ServiceLabel, Counter>,
     admin_requests: Family<AdminLabel, Counter>,
     state_writes: Counter,
     state_write_failures: Counter,
+    /// The services configured now: only they have series of their own, so a name a peer or
+    /// client makes up never becomes a label.
+    configured: RwLock<HashSet<(Side, String)>>,
 }
 
 /// The node's metrics (one set per process).
@@ -198,12 +223,14 @@ impl Metrics {
             tunnel_queued: Family::default(),
             service_accepted: Family::default(),
             service_refused: Family::default(),
+            unknown_service_refused: Family::default(),
             service_active: Family::default(),
             service_sent: Family::default(),
             service_received: Family::default(),
             admin_requests: Family::default(),
             state_writes: Counter::default(),
             state_write_failures: Counter::default(),
+            configured: RwLock::new(HashSet::new()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -269,6 +296,11 @@ impl Metrics {
             "service_connections_refused",
             "Connections refused, by reason",
             m.service_refused.clone(),
+        );
+        r.register(
+            "unknown_service_connections_refused",
+            "Connections refused for a service this node does not have (no name label: bounded)",
+            m.unknown_service_refused.clone(),
         );
         r.register(
             "service_connections_active",
@@ -380,7 +412,29 @@ impl Metrics {
             .inc();
     }
 
+    /// Service `service` exists now on `side`: its series may be made.
+    pub fn configure_service(&self, service: &str, side: Side) {
+        if let Ok(mut c) = self.configured.write() {
+            c.insert((side, service.to_owned()));
+        }
+    }
+
+    fn is_configured(&self, service: &str, side: Side) -> bool {
+        // The set holds owned names; a lookup by `&str` would need a borrowed tuple.
+        self.configured
+            .read()
+            .is_ok_and(|c| c.contains(&(side, service.to_owned())))
+    }
+
+    /// A refused connection of `service`: under the service's own series if it is configured,
+    /// else under the one unknown-service series of its side.
     pub fn count_refused(&self, service: &str, side: Side, reason: Refused) {
+        if !self.is_configured(service, side) {
+            self.unknown_service_refused
+                .get_or_create(&SideOnly { side: side.into() })
+                .inc();
+            return;
+        }
         self.service_refused
             .get_or_create(&RefusedLabel {
                 service: service.to_owned(),
@@ -392,6 +446,9 @@ impl Metrics {
 
     /// A service was deleted: its series go (the refusal counters too).
     pub fn forget_service(&self, service: &str, side: Side) {
+        if let Ok(mut c) = self.configured.write() {
+            c.remove(&(side, service.to_owned()));
+        }
         let l = Self::service_label(service, side);
         self.service_accepted.remove(&l);
         self.service_active.remove(&l);
@@ -421,7 +478,7 @@ impl Metrics {
         self.admin_requests
             .get_or_create(&AdminLabel {
                 route: route.to_owned(),
-                method: method.to_owned(),
+                method: method_label(method),
                 status,
             })
             .inc();
@@ -449,13 +506,32 @@ mod tests {
         let s = m.service("web", Side::Local);
         let guard = s.active();
         m.count_refused("web", Side::Local, Refused::NotBound);
+        m.configure_service("web", Side::Local);
+        m.count_refused("web", Side::Local, Refused::NotBound);
+        for i in 0..100 {
+            m.count_refused(
+                &format!("made-up-{i}"),
+                Side::Remote,
+                Refused::UnknownService,
+            );
+            m.count_admin_request("unmatched", &format!("M{i}"), 405);
+        }
         let text = m.encode();
         assert!(
             text.contains("menet_tunnel_sent_bytes_total{tunnel=\"t1\"} 123"),
             "{text}"
         );
         assert!(text.contains("menet_service_connections_active{service=\"web\",side=\"local\"} 1"));
-        assert!(text.contains("reason=\"not_bound\"} 1"));
+        assert!(text.contains("reason=\"not_bound\"} 1"), "{text}");
+        assert!(!text.contains("made-up"), "{text}");
+        assert!(text.contains("menet_unknown_service_connections_refused_total{side=\"local\"} 1"));
+        assert!(
+            text.contains("menet_unknown_service_connections_refused_total{side=\"remote\"} 100")
+        );
+        assert!(
+            text.contains("method=\"other\",status=\"405\"} 100"),
+            "{text}"
+        );
         assert!(text.contains("menet_build_info{"));
         drop(guard);
         assert!(m

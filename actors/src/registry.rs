@@ -9,8 +9,9 @@
 //! change is written to the state file before it is answered.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use serde_json::{json, Map, Value};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
+use crate::admission::{self, SourceBuckets};
 use crate::cipher::{CipherKind, Secret, ServiceKey};
 use crate::handshake::{
     self, fingerprint, HandshakeError, Identity, RefuseCode, Terms, IDENTITY_LEN,
@@ -66,9 +68,23 @@ impl DialError {
     /// The peer is a menet node that answered and refused (authentication, name held, limits):
     /// worth re-dialling while its operator fixes things.
     fn refused_by_peer(&self) -> bool {
+        !self.reached_itself()
+            && matches!(
+                self,
+                DialError::Handshake(
+                    HandshakeError::Refused { .. } | HandshakeError::AuthFailed(_)
+                )
+            )
+    }
+
+    /// The peer is this node itself (it saw its own identity): never worth a re-dial.
+    fn reached_itself(&self) -> bool {
         matches!(
             self,
-            DialError::Handshake(HandshakeError::Refused { .. } | HandshakeError::AuthFailed(_))
+            DialError::Handshake(HandshakeError::Refused {
+                code: RefuseCode::OwnPort,
+                ..
+            })
         )
     }
 }
@@ -91,8 +107,18 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// A dialled tunnel replaced by another connection of its name starts its back-off anew only if
 /// it had lasted this long: two dialers that claim one name do not knock each other off in a loop.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
-/// Accepted tunnel names remembered (pinned to their dialer's identity) at most.
-const MAX_PINS: usize = 4096;
+/// A pin's last contact is journaled again once it is this stale in the state file (the TTL is
+/// counted in days: an hour's error is nothing, and a reconnecting dialer costs no fsync).
+const SEEN_SAVE_EVERY: u64 = 3600;
+/// Source addresses whose rate of new tunnel names is remembered.
+const NAME_SOURCES: usize = 4096;
+
+/// Seconds since the Unix epoch, for pins' last contact.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 /// How long shutdown waits for the tunnels to flush their goodbyes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -146,6 +172,10 @@ struct AcceptedName {
     pin: Option<[u8; IDENTITY_LEN]>,
     /// Declared by `POST /tunnel {"role": "acceptor"}`, not just claimed by a dialer.
     declared: bool,
+    /// When its dialer was last connected (Unix seconds): the pin expires `pin_ttl` after it.
+    seen: u64,
+    /// `seen` as the state file has it, so a reconnect journals it only once it is stale.
+    saved_seen: u64,
 }
 
 /// A listening socket the Registry keeps open: a local service's, or the tunnel port.
@@ -267,6 +297,8 @@ pub struct Registry {
     data: Vec<Arbiter>,
     /// The arbiter the next tunnel goes to.
     next_data: usize,
+    /// New tunnel names each source address may still claim (`new_names_per_minute`).
+    new_names: SourceBuckets,
 }
 
 impl Registry {
@@ -318,7 +350,16 @@ impl Registry {
             identity_unsaved,
             data: (0..threads).map(|_| Arbiter::new()).collect(),
             next_data: 0,
+            new_names: SourceBuckets::new(settings.limits.new_names_per_minute, NAME_SOURCES),
         }
+    }
+
+    /// The gauge of a new local service's clients: at most `max_connections_per_service`, and at
+    /// most its share of the descriptor pool, so one service cannot starve the others.
+    fn service_gauge(&self) -> Arc<Gauge> {
+        let l = &self.settings.limits;
+        let share = l.descriptor_share(self.usage.descriptors.max());
+        Gauge::new(l.max_connections_per_service.min(share))
     }
 
     /// The data arbiter for the next tunnel, and its number.
@@ -445,13 +486,27 @@ impl Registry {
         }
     }
 
-    /// Whether `dest` is this node's own tunnel port.
+    /// Whether `dest` is this node's own tunnel port, however it is spelt: an IPv4-mapped
+    /// address is its IPv4 one, an unspecified address is loopback (where the kernel sends it),
+    /// and a port bound to every address is reached by loopback or any of this host's interface
+    /// addresses. (A peer that still turns out to be this node, through a relay or a NAT, shows
+    /// this node's own identity in its HELLO and is refused there.)
     fn is_own_port(&self, dest: SocketAddr) -> bool {
         let own = self.port_addr;
-        dest.port() == own.port()
-            && (dest.ip() == own.ip()
-                || (own.ip().is_unspecified()
-                    && (dest.ip().is_loopback() || dest.ip().is_unspecified())))
+        if dest.port() != own.port() {
+            return false;
+        }
+        let reached = match admission::source(dest.ip()) {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let own_ip = admission::source(own.ip());
+        if own_ip.is_unspecified() {
+            reached.is_loopback() || crate::io::interface_addresses().contains(&reached)
+        } else {
+            reached == own_ip
+        }
     }
 
     /// The secret a dialer of `name` must prove: the name's own, else the node's.
@@ -495,12 +550,25 @@ impl Registry {
             } => (Some(dest), Role::Dialer, attempt, secret),
             Origin::Accepted { identity } => {
                 let entry = self.accepted.entry(name.clone()).or_default();
-                if entry.pin != Some(identity) {
-                    info!(
-                        "tunnel {name}: pinned to the identity {} of its dialer",
-                        fingerprint(&identity)
-                    );
+                let now = unix_now();
+                entry.seen = now;
+                let stale = now.saturating_sub(entry.saved_seen) >= SEEN_SAVE_EVERY;
+                let repinned = entry.pin != Some(identity);
+                if repinned {
+                    if let Some(ip) = peer_addr.map(|a| a.ip()) {
+                        log_limited_for!(
+                            info,
+                            "tunnel-pinned",
+                            ip,
+                            "tunnel {}: pinned to the identity {} of its dialer",
+                            Escaped(&name),
+                            fingerprint(&identity)
+                        );
+                    }
                     entry.pin = Some(identity);
+                }
+                if repinned || stale {
+                    entry.saved_seen = now;
                     self.save_in_background(&[Key::Accepted(name.clone())], ctx);
                 }
                 (None, Role::Acceptor, 0, None)
@@ -558,12 +626,15 @@ impl Registry {
                 secret,
             },
         );
+        let log_ip = peer_addr.map_or(IpAddr::from([0u8, 0, 0, 0]), |a| a.ip());
         if let Some(old) = old {
             if matches!(old.link, Link::Up(_)) {
-                log_limited!(
+                log_limited_for!(
                     info,
                     "tunnel-replaced",
-                    "tunnel {name}: replaced by a new connection of the same dialer ({})",
+                    log_ip,
+                    "tunnel {}: replaced by a new connection of the same dialer ({})",
+                    Escaped(&name),
                     peer_addr.map_or("?".to_owned(), |a| a.to_string())
                 );
             }
@@ -577,7 +648,13 @@ impl Registry {
             Role::Dialer => "dialled",
             Role::Acceptor => "accepted",
         };
-        info!("tunnel {name} up ({role})");
+        log_limited_for!(
+            info,
+            "tunnel-up",
+            log_ip,
+            "tunnel {} up ({role})",
+            Escaped(&name)
+        );
         metrics().set_tunnel_connected(&name, true);
         self.reroute(&[Key::Tunnel(name)]);
     }
@@ -781,6 +858,7 @@ impl Registry {
                     secret: a.secret.as_ref().map(|s| s.expose().to_owned()),
                     identity: a.pin.as_ref().map(|p| handshake::to_hex(p)),
                     declared: a.declared,
+                    seen: a.pin.map(|_| a.seen),
                 }),
             },
             Key::Service(side, name) => Change::Service {
@@ -854,6 +932,7 @@ impl Registry {
         };
         let timeout = |t: Option<u64>| t.map(Duration::from_millis);
         for (name, s) in state.services.remote {
+            metrics().configure_service(&name, Side::Remote);
             self.remote.insert(
                 name,
                 RemoteService {
@@ -870,9 +949,10 @@ impl Registry {
                     key: key(s.key, s.cipher),
                     timeout: timeout(s.timeout_ms),
                     listening: Listening::new(s.addr, None),
-                    connections: Gauge::new(self.settings.limits.max_connections_per_service),
+                    connections: self.service_gauge(),
                 },
             );
+            metrics().configure_service(&name, Side::Local);
             self.start_listener(Accepts::Service(name), ctx);
         }
         self.binds.insert(Side::Local, state.bind.local);
@@ -883,12 +963,16 @@ impl Registry {
                 .as_deref()
                 .and_then(handshake::from_hex)
                 .and_then(|v| <[u8; IDENTITY_LEN]>::try_from(v).ok());
+            // A pin saved before pins had a last contact counts as seen now.
+            let seen = a.seen.unwrap_or_else(unix_now);
             self.accepted.insert(
                 name,
                 AcceptedName {
                     secret: a.secret.as_deref().map(Secret::new),
                     pin,
                     declared: a.declared,
+                    seen,
+                    saved_seen: a.seen.unwrap_or(0),
                 },
             );
         }
@@ -1028,7 +1112,7 @@ impl Registry {
             "security": {"tunnel_secret": self.access.secret.is_some(),
                          "identity": fingerprint(&self.identity.public()),
                          "accept": if self.access.known_only { "known" } else { "any" }},
-            "limits": self.usage.to_json(self.accepted_count()),
+            "limits": self.usage.to_json(self.accepted_count(), self.accepted.len()),
         })
     }
 
@@ -1099,6 +1183,11 @@ impl Actor for Registry {
         if std::mem::take(&mut self.identity_unsaved) {
             self.save_in_background(&[Key::Identity], ctx);
         }
+        // Pins of dialers gone for `pin_ttl` go, checked at start and then every so often.
+        self.expire_pins(ctx);
+        let every =
+            (self.settings.pin_ttl / 8).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        ctx.run_interval(every, |act, ctx| act.expire_pins(ctx));
     }
 }
 
@@ -1211,6 +1300,15 @@ impl Handler<AddTunnel> for Registry {
                         Err(e) => e,
                     };
                     warn!("tunnel {name}: cannot open to {dest}: {e}");
+                    if e.reached_itself() {
+                        return (
+                            Err(AdminError::Invalid(format!(
+                                "tunnel {name}: {dest} is this node itself (it answered with \
+                                 this node's own identity)"
+                            ))),
+                            false,
+                        );
+                    }
                     if !e.refused_by_peer() {
                         return (
                             Err(AdminError::Unreachable(format!(
@@ -1362,9 +1460,7 @@ impl Registry {
                     .local
                     .get(&spec.name)
                     .map(|s| s.connections.clone())
-                    .unwrap_or_else(|| {
-                        Gauge::new(self.settings.limits.max_connections_per_service)
-                    });
+                    .unwrap_or_else(|| self.service_gauge());
                 let old = self.local.insert(
                     spec.name.clone(),
                     LocalService {
@@ -1394,7 +1490,11 @@ impl Handler<AddService> for Registry {
 
     fn handle(&mut self, AddService(spec): AddService, ctx: &mut Self::Context) -> Self::Result {
         let keys = [Key::Service(spec.side, spec.name.clone())];
+        let (name, side) = (spec.name.clone(), spec.side);
         let change = self.add_service(spec, ctx);
+        if change.is_ok() {
+            metrics().configure_service(&name, side);
+        }
         self.commit(change, &keys)
     }
 }
@@ -1682,15 +1782,63 @@ impl Handler<TunnelSecret> for Registry {
     }
 }
 
+/// Why a dialer may not have a tunnel name: what it is told, and what this node logs. A dialer
+/// that proved no secret is told only what it needs to fix its own request: not who holds a
+/// name, with which identity, or whether that tunnel is connected now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRefusal {
+    /// The REFUSE code.
+    pub code: RefuseCode,
+    /// The REFUSE text, sent to the dialer.
+    pub peer: String,
+    /// This node's log line.
+    pub log: String,
+}
+
+impl TunnelRefusal {
+    /// A refusal whose whole reason the dialer may read.
+    pub fn same(code: RefuseCode, reason: String) -> TunnelRefusal {
+        TunnelRefusal {
+            code,
+            peer: reason.clone(),
+            log: reason,
+        }
+    }
+
+    /// A refusal that tells a dialer without a proven secret only `brief`.
+    fn told(code: RefuseCode, proven: bool, brief: &str, log: String) -> TunnelRefusal {
+        TunnelRefusal {
+            code,
+            peer: if proven {
+                log.clone()
+            } else {
+                brief.to_owned()
+            },
+            log,
+        }
+    }
+}
+
 /// Tunnel port -> Registry: a dialer proved the secret (if any) and its identity; may it have
 /// the name? Asked before the handshake is answered, so a refused dialer learns why.
 #[derive(Message)]
-#[rtype(result = "Result<(), (RefuseCode, String)>")]
+#[rtype(result = "Result<(), TunnelRefusal>")]
 pub struct MayAccept {
     pub name: String,
     pub identity: [u8; IDENTITY_LEN],
     /// The dialer proved a secret (the name's or the node's), not just its identity.
     pub secret_proven: bool,
+    /// Where it dials from: new names are rate-limited per source address.
+    pub peer: IpAddr,
+}
+
+/// What [`Registry::may_accept`] found about the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameStatus {
+    /// Declared here, or pinned (to this dialer, or a secret let it take the name over).
+    Known,
+    /// New to this node: a pin is to be made, within the name table and the source's rate.
+    New,
 }
 
 impl Registry {
@@ -1698,69 +1846,183 @@ impl Registry {
         &self,
         name: &str,
         identity: &[u8; IDENTITY_LEN],
-        secret_proven: bool,
-    ) -> Result<(), (RefuseCode, String)> {
+        proven: bool,
+    ) -> Result<NameStatus, TunnelRefusal> {
         if self.shutting_down {
-            return Err((
+            return Err(TunnelRefusal::same(
                 RefuseCode::ShuttingDown,
                 "the node is shutting down".to_owned(),
             ));
         }
+        if *identity == self.identity.public() {
+            return Err(TunnelRefusal::same(
+                RefuseCode::OwnPort,
+                "the dialer is this node itself (its own identity)".to_owned(),
+            ));
+        }
+        let shown = Escaped(name);
         let live = self.connected_tunnel(name).is_some();
-        match self.tunnels.get(name) {
-            Some(t) if t.role == Role::Dialer => {
-                return Err((
-                    RefuseCode::NameHeld,
-                    format!("this node dials a tunnel named {name} itself; pick another name"),
-                ))
-            }
-            _ => {}
+        if matches!(self.tunnels.get(name), Some(t) if t.role == Role::Dialer) {
+            return Err(TunnelRefusal::told(
+                RefuseCode::NameHeld,
+                proven,
+                "this tunnel name is not available here; pick another",
+                format!("this node dials a tunnel named {shown} itself; pick another name"),
+            ));
         }
         let known = self.accepted.get(name);
         if self.access.known_only && !known.is_some_and(|a| a.declared) {
-            return Err((
+            return Err(TunnelRefusal::same(
                 RefuseCode::UnknownName,
-                format!("tunnel name {name} is not declared on this node"),
+                format!("tunnel name {shown} is not declared on this node"),
             ));
         }
-        match known.and_then(|a| a.pin) {
-            Some(pin) if pin != *identity && (live || !secret_proven) => {
-                return Err((
+        if let Some(pin) = known.and_then(|a| a.pin) {
+            if pin != *identity && (live || !proven) {
+                return Err(TunnelRefusal::told(
                     RefuseCode::NameHeld,
+                    proven,
+                    "this tunnel name is held by another dialer; pick another",
                     format!(
-                        "tunnel name {name} is held by another dialer (identity {}){}",
+                        "tunnel name {shown} is held by another dialer (identity {}){}",
                         fingerprint(&pin),
                         if live { ", connected now" } else { "" }
                     ),
-                ))
+                ));
             }
-            None if known.is_none() && self.accepted.len() >= MAX_PINS => {
-                return Err((
-                    RefuseCode::Busy,
-                    format!("this node remembers {MAX_PINS} tunnel names; no new ones"),
-                ))
-            }
-            _ => {}
         }
-        if !live && self.accepted_count() >= self.settings.limits.max_tunnels {
+        // Expected dialers (a declared name, or the identity a name is pinned to) may take the
+        // places strangers' new names may not.
+        let expected = known.is_some_and(|a| a.declared || a.pin == Some(*identity));
+        let l = &self.settings.limits;
+        let room = if expected {
+            l.max_tunnels
+        } else {
+            l.max_tunnels.saturating_sub(l.reserved_tunnels)
+        };
+        if !live && self.accepted_count() >= room {
             self.usage.refuse_tunnel();
-            return Err((
+            return Err(TunnelRefusal::told(
                 RefuseCode::Busy,
+                proven,
+                "this node accepts no more tunnels now",
                 format!(
-                    "this node accepts at most {} tunnels",
-                    self.settings.limits.max_tunnels
+                    "this node accepts at most {} tunnels ({} of them kept for expected dialers)",
+                    l.max_tunnels, l.reserved_tunnels
                 ),
             ));
         }
+        Ok(if known.is_some() {
+            NameStatus::Known
+        } else {
+            NameStatus::New
+        })
+    }
+
+    /// Whether a pin may go to make room, or at its TTL: no live tunnel, not declared, no bind
+    /// naming it (binds are the operator's word that the name is expected).
+    fn pin_is_loose(&self, name: &str, a: &AcceptedName, bound: &HashSet<&str>) -> bool {
+        !a.declared && !bound.contains(name) && self.connected_tunnel(name).is_none()
+    }
+
+    /// The tunnel names binds name, on either side.
+    fn bound_tunnels(&self) -> HashSet<&str> {
+        self.binds
+            .values()
+            .flat_map(|b| b.values().map(String::as_str))
+            .collect()
+    }
+
+    /// Forgets pinned name `name` (evicted or expired): its pin, its series; journaled.
+    fn forget_pin(&mut self, name: &str, why: &str, ctx: &mut Context<Self>) {
+        if self.accepted.remove(name).is_none() {
+            return;
+        }
+        self.usage
+            .names_evicted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics().forget_tunnel(name);
+        log_limited!(
+            info,
+            "pin-forgotten",
+            "tunnel name {}: pin forgotten ({why})",
+            Escaped(name)
+        );
+        self.save_in_background(&[Key::Accepted(name.to_owned())], ctx);
+    }
+
+    /// Makes room in the name table for a new name: at `max_names`, the loose pin seen least
+    /// recently goes; if none is loose, the new name is refused.
+    fn make_room_for_name(&mut self, ctx: &mut Context<Self>) -> Result<(), TunnelRefusal> {
+        let max = self.settings.limits.max_names;
+        if self.accepted.len() < max {
+            return Ok(());
+        }
+        let bound = self.bound_tunnels();
+        let oldest = self
+            .accepted
+            .iter()
+            .filter(|(n, a)| self.pin_is_loose(n, a, &bound))
+            .min_by_key(|(_, a)| a.seen)
+            .map(|(n, _)| n.clone());
+        drop(bound);
+        let Some(oldest) = oldest else {
+            self.usage
+                .names_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(TunnelRefusal::same(
+                RefuseCode::Busy,
+                "this node takes no new tunnel names now".to_owned(),
+            ));
+        };
+        self.forget_pin(&oldest, "the name table is full: seen least recently", ctx);
         Ok(())
+    }
+
+    /// Forgets the loose pins not seen for `pin_ttl`.
+    fn expire_pins(&mut self, ctx: &mut Context<Self>) {
+        let ttl = self.settings.pin_ttl.as_secs();
+        let now = unix_now();
+        let bound = self.bound_tunnels();
+        let expired: Vec<String> = self
+            .accepted
+            .iter()
+            .filter(|(n, a)| {
+                a.pin.is_some()
+                    && now.saturating_sub(a.seen) >= ttl
+                    && self.pin_is_loose(n, a, &bound)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        drop(bound);
+        for name in expired {
+            self.forget_pin(&name, "its dialer has not been seen for pin_ttl", ctx);
+        }
     }
 }
 
 impl Handler<MayAccept> for Registry {
-    type Result = Result<(), (RefuseCode, String)>;
+    type Result = Result<(), TunnelRefusal>;
 
-    fn handle(&mut self, msg: MayAccept, _ctx: &mut Self::Context) -> Self::Result {
-        self.may_accept(&msg.name, &msg.identity, msg.secret_proven)
+    fn handle(&mut self, msg: MayAccept, ctx: &mut Self::Context) -> Self::Result {
+        if self.may_accept(&msg.name, &msg.identity, msg.secret_proven)? == NameStatus::New {
+            // A dialer that proved the secret is no stranger: only strangers are rate-limited.
+            if !msg.secret_proven && !self.new_names.try_take(msg.peer, Instant::now()) {
+                self.usage
+                    .names_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(TunnelRefusal::same(
+                    RefuseCode::Busy,
+                    format!(
+                        "too many new tunnel names from this address (at most {} a minute); \
+                         try again later",
+                        self.settings.limits.new_names_per_minute
+                    ),
+                ));
+            }
+            self.make_room_for_name(ctx)?;
+        }
+        Ok(())
     }
 }
 
@@ -1781,12 +2043,23 @@ impl Handler<TunnelAccepted> for Registry {
     fn handle(&mut self, msg: TunnelAccepted, ctx: &mut Self::Context) {
         // Checked again: another dialer may have claimed the name since the first check.
         let proven = self.secret_for(&msg.name).is_some();
-        if let Err((_, why)) = self.may_accept(&msg.name, &msg.identity, proven) {
-            log_limited!(
+        let verdict = match self.may_accept(&msg.name, &msg.identity, proven) {
+            Ok(NameStatus::New) => self.make_room_for_name(ctx),
+            Ok(NameStatus::Known) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(refusal) = verdict {
+            let ip = msg
+                .sock
+                .peer_addr()
+                .map_or(IpAddr::from([0u8, 0, 0, 0]), |a| a.ip());
+            log_limited_for!(
                 warn,
                 "tunnel-refused",
-                "tunnel {}: accepted connection dropped: {why}",
-                Escaped(&msg.name)
+                ip,
+                "tunnel {}: accepted connection dropped: {}",
+                Escaped(&msg.name),
+                refusal.log
             );
             crate::io::reset_now(&msg.sock);
             return;
@@ -1811,6 +2084,8 @@ pub struct TunnelDown {
     pub heard: bool,
     /// How long the tunnel was up.
     pub lasted: Duration,
+    /// The peer's address, for the rate limit of lines about it.
+    pub peer_ip: IpAddr,
 }
 
 impl Handler<TunnelDown> for Registry {
@@ -1837,7 +2112,14 @@ impl Registry {
         metrics().set_tunnel_connected(&msg.name, false);
         match (t.role, msg.goaway) {
             (Role::Dialer, Some(GoAway::Deleted)) => {
-                info!("tunnel {} removed: {}", msg.name, msg.reason);
+                log_limited_for!(
+                    info,
+                    "tunnel-down",
+                    msg.peer_ip,
+                    "tunnel {} removed: {}",
+                    msg.name,
+                    msg.reason
+                );
                 self.tunnels.remove(&msg.name);
                 metrics().forget_tunnel(&msg.name);
                 self.save_in_background(&[Key::Tunnel(msg.name.clone())], ctx);
@@ -1853,7 +2135,10 @@ impl Registry {
                     t.dialled_on + 1
                 };
                 let delay = backoff(attempt);
-                warn!(
+                log_limited_for!(
+                    warn,
+                    "tunnel-down",
+                    msg.peer_ip,
                     "tunnel {} is down: {}; re-dialing in {} ms",
                     msg.name,
                     msg.reason,
@@ -1864,20 +2149,58 @@ impl Registry {
             }
             (Role::Dialer, _) => info!("tunnel {} closed: {}", msg.name, msg.reason),
             (Role::Acceptor, goaway) => {
-                info!("tunnel {} removed: {}", msg.name, msg.reason);
+                log_limited_for!(
+                    info,
+                    "tunnel-down",
+                    msg.peer_ip,
+                    "tunnel {} removed: {}",
+                    Escaped(&msg.name),
+                    msg.reason
+                );
                 self.tunnels.remove(&msg.name);
+                if let Some(a) = self.accepted.get_mut(&msg.name) {
+                    // Its last contact: the pin's TTL runs from here.
+                    a.seen = unix_now();
+                }
                 if goaway == Some(GoAway::Deleted) {
-                    // Its dialer deleted it: the name is free again (a declaration stays).
-                    match self.accepted.get_mut(&msg.name) {
-                        Some(a) if a.declared => a.pin = None,
-                        _ => {
-                            self.accepted.remove(&msg.name);
-                        }
-                    }
-                    self.save_in_background(&[Key::Accepted(msg.name.clone())], ctx);
+                    self.name_freed(&msg.name, ctx);
                 }
             }
         }
+    }
+}
+
+impl Registry {
+    /// The dialer of accepted name `name` deleted its tunnel: the name is free again. A declared
+    /// name keeps its declaration and its binds; an undeclared one loses its binds too, so a
+    /// stranger who claims the name next is carried nothing the old dialer was.
+    fn name_freed(&mut self, name: &str, ctx: &mut Context<Self>) {
+        let mut keys = vec![Key::Accepted(name.to_owned())];
+        match self.accepted.get_mut(name) {
+            Some(a) if a.declared => a.pin = None,
+            _ => {
+                self.accepted.remove(name);
+                metrics().forget_tunnel(name);
+                for (side, binds) in &mut self.binds {
+                    let unbound: Vec<String> = binds
+                        .iter()
+                        .filter(|(_, t)| t.as_str() == name)
+                        .map(|(s, _)| s.clone())
+                        .collect();
+                    for service in unbound {
+                        binds.remove(&service);
+                        info!(
+                            "{side} service {service}: unbound from tunnel {}, whose dialer \
+                             deleted it",
+                            Escaped(name)
+                        );
+                        keys.push(Key::Bind(*side, service));
+                    }
+                }
+            }
+        }
+        self.reroute(&keys);
+        self.save_in_background(&keys, ctx);
     }
 }
 

@@ -131,13 +131,18 @@ impl Routes {
                 _ => return Ok(r),
             },
         };
+        let peer = match reason {
+            _ if !authenticated => "refused".to_owned(),
+            // Bound to another tunnel or not there: the same words, so a peer learns nothing of
+            // the services other tunnels carry.
+            Refused::UnknownService | Refused::NotBound => {
+                format!("no remote service named {shown} for this tunnel")
+            }
+            _ => why.clone(),
+        };
         Err(Refusal {
             reason,
-            peer: if authenticated {
-                why.clone()
-            } else {
-                "refused".to_owned()
-            },
+            peer,
             log: why,
         })
     }
@@ -217,7 +222,15 @@ mod tests {
             assert!(e.log.contains(log), "{}", e.log);
             assert_eq!(e.peer, "refused");
             let e = r.open(tunnel, service, keyed, true).err().expect("refused");
-            assert_eq!(e.peer, e.log, "an authenticated peer is told why");
+            if matches!(e.reason, Refused::UnknownService | Refused::NotBound) {
+                assert_eq!(
+                    e.peer,
+                    format!("no remote service named {service} for this tunnel"),
+                    "bound elsewhere reads as absent"
+                );
+            } else {
+                assert_eq!(e.peer, e.log, "an authenticated peer is told why");
+            }
         }
     }
 

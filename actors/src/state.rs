@@ -16,7 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
@@ -53,6 +53,8 @@ pub enum StateError {
     Locked { path: PathBuf, lock: PathBuf },
     #[error("journal {path} is corrupt at offset {offset} (good records follow a bad one, so this is not a torn write); fix or remove it, it is never overwritten")]
     Journal { path: PathBuf, offset: u64 },
+    #[error("{path} {problem}: the state holds keys, secrets and this node's identity, so it is kept only where no other user can read or replace it; fix the ownership or mode (chown to this user, chmod go-w for a directory, chmod 600 for a file) or choose another path")]
+    Unsafe { path: PathBuf, problem: String },
 }
 
 /// What is kept. Field names follow the admin API.
@@ -97,6 +99,10 @@ pub struct AcceptedRecord {
     /// Declared by the admin API (not only claimed by a dialer).
     #[serde(default)]
     pub declared: bool,
+    /// When its dialer was last connected (seconds since the Unix epoch): a pin expires
+    /// `pin_ttl` after it, across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -250,13 +256,13 @@ fn load(path: &Path) -> Result<(Option<State>, Option<u64>), StateError> {
         let path = path.to_owned();
         move |source| StateError::Io { path, source }
     };
-    let snapshot = match fs::read(path) {
+    let snapshot = match read_private(path) {
         Ok(text) => Some(State::parse_only(&text, path)?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(path)(e)),
     };
     let jpath = journal_path(path);
-    let bytes = match fs::read(&jpath) {
+    let bytes = match read_private(&jpath) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err(&jpath)(e)),
@@ -298,13 +304,20 @@ impl StateStore {
             source,
         };
         let dir = parent(path);
-        fs::create_dir_all(&dir).map_err(io_err)?;
+        // Directories menet makes are its own alone.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err)?;
+        check_private(path)?;
         let lock_path = with_suffix(path, ".lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(io_err)?;
         // SAFETY: flock on a descriptor we own; the lock lives as long as the writer thread
@@ -584,6 +597,91 @@ fn remove_stale_temporaries(path: &Path) {
             let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// Reads a whole file without following a symbolic link at its name.
+fn read_private(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Refuses a state directory or file another local user could read or replace: the directory
+/// must be this user's and writable by no one else; each file that exists must be a regular file
+/// (not a link), this user's, and writable by no one else (readable by others: a warning, as
+/// menet itself makes them 0600).
+pub fn check_private(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let unsafe_at = |path: &Path, problem: String| StateError::Unsafe {
+        path: path.to_owned(),
+        problem,
+    };
+    let dir = parent(path);
+    let meta = fs::metadata(&dir).map_err(|source| StateError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    if meta.uid() != me {
+        return Err(unsafe_at(
+            &dir,
+            format!(
+                "(a directory) belongs to user {}, not to this user ({me})",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_at(
+            &dir,
+            format!(
+                "(a directory) is writable by others (mode {:o})",
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    for file in [
+        path.to_owned(),
+        journal_path(path),
+        with_suffix(path, ".lock"),
+    ] {
+        let meta = match fs::symlink_metadata(&file) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(StateError::Io { path: file, source }),
+        };
+        if !meta.file_type().is_file() {
+            return Err(unsafe_at(
+                &file,
+                "is not a regular file (a link?)".to_owned(),
+            ));
+        }
+        if meta.uid() != me {
+            return Err(unsafe_at(
+                &file,
+                format!("belongs to user {}, not to this user ({me})", meta.uid()),
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(unsafe_at(
+                &file,
+                format!("is writable by others (mode {:o})", meta.mode() & 0o7777),
+            ));
+        }
+        if meta.mode() & 0o044 != 0 {
+            warn!(
+                "{} is readable by other users (mode {:o}): it holds keys and secrets; chmod 600 it",
+                file.display(),
+                meta.mode() & 0o7777
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parent(path: &Path) -> PathBuf {

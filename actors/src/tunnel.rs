@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
-use log::{debug, error, info};
+use log::{debug, error};
 use serde::Serialize;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -36,7 +36,7 @@ use crate::connection::{Connection, Keying, StreamEvent};
 use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
 use crate::io::write_all_vectored;
-use crate::limits::{Escaped, Slot, TokenBucket, Usage};
+use crate::limits::{Escaped, Gauge, Slot, TokenBucket, Usage};
 use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
 use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
@@ -176,6 +176,9 @@ pub struct Tunnel {
     usage: Arc<Usage>,
     /// Backend dials the peer may still cause this second.
     dials: TokenBucket,
+    /// This tunnel's backend connections, against its share of the descriptor pool: one peer
+    /// cannot take every descriptor from the other tunnels and services.
+    backends: Arc<Gauge>,
     /// Where OPENs from the peer go, as the Registry last published.
     routes: RouteTable,
     /// The peer proved a secret: refusals may tell it why.
@@ -258,6 +261,7 @@ impl Tunnel {
             peer,
             peer_addr: sock.peer_addr().ok(),
             dials: TokenBucket::new(settings.limits.max_dials_per_second, Instant::now()),
+            backends: Gauge::new(settings.limits.descriptor_share(usage.descriptors.max())),
             usage,
             routes,
             authenticated,
@@ -651,11 +655,23 @@ impl Tunnel {
             }
             Frame::GoAway { code, reason } => {
                 let reason = Escaped(&reason).to_string();
-                info!("tunnel {}: peer closed the tunnel: {reason}", self.name);
+                log_limited_for!(
+                    info,
+                    "tunnel-goaway",
+                    self.peer_ip(),
+                    "tunnel {}: peer closed the tunnel: {reason}",
+                    self.name
+                );
                 self.goaway_received = Some(code);
                 self.fail(ctx, format!("closed by the peer: {reason}"));
             }
         }
+    }
+
+    /// The peer's address, for lines rate-limited per peer.
+    fn peer_ip(&self) -> std::net::IpAddr {
+        self.peer_addr
+            .map_or(std::net::IpAddr::from([0u8, 0, 0, 0]), |a| a.ip())
     }
 
     fn on_data(&mut self, id: u32, payload: BytesMut, ctx: &mut Context<Self>) {
@@ -750,11 +766,28 @@ impl Tunnel {
         } else {
             None
         };
+        let share = match refusal {
+            Some(_) => None,
+            None => self.backends.try_acquire(),
+        };
+        if share.is_none() && refusal.is_none() {
+            log_limited!(
+                warn,
+                "descriptors",
+                "tunnel {}: its backend connections use its share of the descriptor pool ({}); \
+                 refusing stream {id}",
+                self.name,
+                self.backends.max()
+            );
+        }
+        let refusal = refusal.or(share
+            .is_none()
+            .then_some("this tunnel has too many connections"));
         let descriptor = match refusal {
             Some(_) => None,
             None => self.usage.descriptors.try_acquire(),
         };
-        let Some(descriptor) = descriptor else {
+        let (Some(descriptor), Some(share)) = (descriptor, share) else {
             if refusal.is_none() {
                 log_limited!(
                     warn,
@@ -784,7 +817,7 @@ impl Tunnel {
             service.clone(),
             crypto.map(|c| Keying::Ready(Box::new(c))),
             route.timeout,
-            vec![descriptor],
+            vec![descriptor, share],
         )
         .start();
         let mut entry = StreamEntry::new(Some(conn), service, Side::Remote, &self.settings);
@@ -929,7 +962,10 @@ impl Actor for Tunnel {
                 .down_reason
                 .take()
                 .unwrap_or_else(|| "closed".to_owned());
-            info!(
+            log_limited_for!(
+                info,
+                "tunnel-down",
+                self.peer_ip(),
                 "tunnel {} down ({} streams closed): {reason}",
                 self.name,
                 self.streams.len()
@@ -950,6 +986,7 @@ impl Actor for Tunnel {
             goaway: self.goaway_received,
             heard: self.heard,
             lasted: self.up_since.elapsed(),
+            peer_ip: self.peer_ip(),
         });
     }
 }

@@ -96,6 +96,13 @@ impl Node {
         Node::spawn_with(config, "127.0.0.1:0", "127.0.0.1:0", &[], Some(nofile))
     }
 
+    /// A node whose configuration file is `toml`, with its tunnel port on `tunnel` (IP:PORT).
+    pub fn with_tunnel_at(dir: &TempDir, name: &str, toml: &str, tunnel: &str) -> Node {
+        let config = dir.path(&format!("{name}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        Node::spawn(config, "127.0.0.1:0", tunnel)
+    }
+
     fn spawn_env(config: PathBuf, admin: &str, tunnel: &str, env: &[(&str, &str)]) -> Node {
         Node::spawn_with(config, admin, tunnel, env, None)
     }
@@ -219,6 +226,21 @@ impl Node {
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Bytes its log holds (this run's), newlines included.
+    pub fn log_bytes(&self) -> usize {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .map(|l| l.len() + 1)
+            .sum()
+    }
+
+    /// Every line of its log (this run's).
+    pub fn log_all(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -779,6 +801,48 @@ pub fn raw_dial(
     raw_dial_windows(addr, name, secret, identity, (1 << 20, 32 << 20))
 }
 
+/// A TCP connection to `addr` from source address `from` (127.0.0.2, say: a second host).
+pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    // Closed with a reset, never left in TIME_WAIT: a client port in TIME_WAIT (thousands of
+    // them, in the hostile tests) keeps other tests' services from binding 0.0.0.0 on it.
+    socket.set_linger(Some(Duration::ZERO))?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A dialer's HELLO for tunnel `name` (a fresh identity, the usual windows).
+pub fn hello_bytes(name: &str) -> Vec<u8> {
+    use menet_actors::handshake::{Dialer, Identity, Terms};
+    use menet_actors::protocol::Windows;
+    let terms = Terms {
+        windows: Windows {
+            stream: 1 << 20,
+            tunnel: 32 << 20,
+        },
+        max_streams: 4096,
+    };
+    Dialer::new(name, terms, Arc::new(Identity::generate()), None)
+        .hello()
+        .to_vec()
+}
+
+/// [`raw_dial`] from source address `from`.
+pub fn raw_dial_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    name: &str,
+    identity: Option<Arc<menet_actors::handshake::Identity>>,
+) -> Result<TcpStream, String> {
+    let s = connect_from(from, addr).map_err(|e| e.to_string())?;
+    raw_handshake(s, name, None, identity, (1 << 20, 32 << 20))
+}
+
 /// [`raw_dial`], announcing `windows` (stream, tunnel).
 pub fn raw_dial_windows(
     addr: SocketAddr,
@@ -787,9 +851,20 @@ pub fn raw_dial_windows(
     identity: Option<Arc<menet_actors::handshake::Identity>>,
     windows: (u32, u32),
 ) -> Result<TcpStream, String> {
+    let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    raw_handshake(s, name, secret, identity, windows)
+}
+
+/// The dialer's side of the handshake on a connected socket.
+fn raw_handshake(
+    mut s: TcpStream,
+    name: &str,
+    secret: Option<&str>,
+    identity: Option<Arc<menet_actors::handshake::Identity>>,
+    windows: (u32, u32),
+) -> Result<TcpStream, String> {
     use menet_actors::handshake::{Dialer, Identity, Terms};
     use menet_actors::protocol::Windows;
-    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(IO_TIMEOUT)).ok();
     let terms = Terms {
         windows: Windows {
