@@ -120,6 +120,7 @@ struct LimitsTable {
     new_names_per_minute: Option<u32>,
     descriptor_share_percent: Option<u8>,
     max_admin_connections: Option<usize>,
+    max_buffered_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -397,7 +398,13 @@ impl Config {
                 .descriptor_share_percent
                 .unwrap_or(d.descriptor_share_percent),
             max_admin_connections: l.max_admin_connections.unwrap_or(d.max_admin_connections),
+            max_buffered_bytes: l.max_buffered_bytes.unwrap_or(d.max_buffered_bytes),
         };
+        if settings.limits.max_buffered_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "[limits] max_buffered_bytes must be at least 1048576 (1 MiB)".to_owned(),
+            ));
+        }
         // Room for one stranger's new names and for every expected dialer, past any reserve.
         if l.max_tunnels.is_some() && l.reserved_tunnels.is_none() {
             settings.limits.reserved_tunnels = settings.limits.max_tunnels / 4;

@@ -77,6 +77,10 @@ fn unique_service_names_in_opens_leave_metrics_and_memory_where_they_were() {
         "every OPEN refused"
     );
     let (metrics_after, rss_after) = (metrics_text(&b), rss(&b));
+    eprintln!(
+        "19,000 OPENs with unique names: /metrics {metrics_before} -> {} bytes, RSS {rss_before} -> {rss_after} KiB",
+        metrics_after.len()
+    );
     assert!(
         metrics_after.len() < metrics_before + 100,
         "/metrics grew from {metrics_before} to {} bytes",
@@ -121,6 +125,10 @@ fn unique_http_methods_leave_metrics_and_memory_where_they_were() {
         request(i);
     }
     let (metrics_after, rss_after) = (metrics_text(&b), rss(&b));
+    eprintln!(
+        "4,800 requests with unique methods: /metrics {metrics_before} -> {} bytes, RSS {rss_before} -> {rss_after} KiB",
+        metrics_after.len()
+    );
     assert!(
         metrics_after.len() < metrics_before + 200,
         "/metrics grew from {metrics_before} to {} bytes",
@@ -149,6 +157,10 @@ fn idle_sockets_from_strangers_cannot_lock_the_tunnel_port() {
     thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let local = wire(&a, &b, backend.addr, None);
+    eprintln!(
+        "200 idle sockets held: tunnel dialled and wired in {:?}",
+        started.elapsed()
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(roundtrip(local, b"through"), b"through");
     let handshakes = &limits(&b)["handshakes"];
@@ -185,6 +197,10 @@ fn stranger_names_cannot_fill_the_name_table_before_or_after_a_restart() {
             Err(e) => refused.push(e),
         }
     }
+    eprintln!(
+        "6,000 new names from one address: {admitted} admitted in {:?}",
+        started.elapsed()
+    );
     assert!(
         (50..=80).contains(&admitted),
         "{admitted} new names admitted from one address in {:?}",
@@ -408,6 +424,7 @@ fn two_thousand_tunnel_openings_under_one_name_log_little() {
     }
     thread::sleep(Duration::from_millis(500));
     let written = b.log_bytes() - before;
+    eprintln!("2,000 openings of one name: {written} bytes of log");
     assert!(
         written <= 2000 * 100,
         "{written} bytes of log for 2000 openings"
@@ -564,4 +581,86 @@ fn one_tunnel_cannot_take_every_descriptor() {
     let a = Node::start();
     let local = wire(&a, &b, backend.addr, None);
     assert_eq!(roundtrip(local, b"room left"), b"room left");
+}
+
+#[test]
+fn stalled_readers_hold_at_most_the_node_buffer_budget_and_a_tunnel_window() {
+    let dir = TempDir::new("budget");
+    // A backend that sends without end, to clients that never read.
+    let firehose = Backend::start(|mut s| {
+        let chunk = vec![0x5au8; 64 * 1024];
+        while s.write_all(&chunk).is_ok() {}
+    });
+    let tunnel = "[tunnel]\nstream_window = 262144\ntunnel_window = 1048576\n";
+    let a = Node::with_config(
+        &dir,
+        "a",
+        &format!("{tunnel}[limits]\nmax_buffered_bytes = 2097152\n"),
+    );
+    let b = Node::with_config(&dir, "b", tunnel);
+    let local = wire(&a, &b, firehose.addr, None);
+    let stalled: Vec<TcpStream> = (0..32).map(|_| connect(local)).collect();
+    let budget = || limits(&a)["buffered_bytes"].clone();
+    assert!(
+        eventually(Duration::from_secs(20), || budget()["credit_withheld"]
+            .as_u64()
+            > Some(0)),
+        "the budget was never reached: {}",
+        budget()
+    );
+    thread::sleep(Duration::from_millis(500));
+    let held = budget()["in_use"].as_u64().unwrap_or(u64::MAX);
+    eprintln!(
+        "32 stalled readers, 2 MiB budget: {held} bytes held, {}",
+        budget()
+    );
+    assert!(
+        held <= 2 * 1024 * 1024 + 1024 * 1024 + 64 * 1024,
+        "{held} bytes held with a 2 MiB budget and a 1 MiB tunnel window"
+    );
+    // Readers again: everything drains and the budget is free.
+    drop(stalled);
+    assert!(
+        eventually(Duration::from_secs(10), || budget()["in_use"] == 0),
+        "{}",
+        budget()
+    );
+    let mut s = connect(local);
+    let mut got = vec![0u8; 1 << 20];
+    s.read_exact(&mut got).expect("a new stream is carried");
+    assert!(got.iter().all(|b| *b == 0x5a));
+}
+
+#[test]
+fn pins_expire_after_pin_ttl_and_the_clock_survives_a_restart() {
+    let dir = TempDir::new("ttl");
+    let state = dir.path("b.json");
+    let mut b = Node::with_config(
+        &dir,
+        "b",
+        &format!(
+            "[tunnel]\npin_ttl = \"2s\"\n[state]\npath = {:?}\n",
+            state.display().to_string()
+        ),
+    );
+    drop(raw_dial_from(stranger(), b.tunnel, "passing", None).expect("pin"));
+    assert!(b.config()["accepted"]["passing"].is_object());
+    assert!(eventually(Duration::from_secs(5), || {
+        b.config()["accepted"]["passing"].is_null()
+    }));
+    assert!(limits(&b)["names"]["evicted"].as_u64() >= Some(1));
+    // Pinned, then the node is down past the TTL: the pin is gone at the next start, not
+    // two seconds after it (its last contact was kept in the state file).
+    drop(raw_dial_from(stranger(), b.tunnel, "sleeper", None).expect("pin"));
+    assert!(eventually(Duration::from_secs(2), || {
+        b.config()["accepted"]["sleeper"].is_object()
+    }));
+    b.kill9();
+    thread::sleep(Duration::from_millis(2500));
+    b.restart();
+    let restarted = Instant::now();
+    assert!(eventually(Duration::from_secs(1), || {
+        b.config()["accepted"]["sleeper"].is_null()
+    }));
+    assert!(restarted.elapsed() < Duration::from_secs(1));
 }

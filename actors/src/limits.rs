@@ -47,6 +47,10 @@ pub struct Limits {
     pub descriptor_share_percent: u8,
     /// Admin API connections open at once (inside the descriptor reserve).
     pub max_admin_connections: usize,
+    /// Bytes all tunnels together may hold for their streams (received, not yet written to the
+    /// stream's socket); past it, tunnels return no credit for what they receive until their
+    /// streams drain, so peers slow down instead of the node growing.
+    pub max_buffered_bytes: u64,
 }
 
 impl Limits {
@@ -73,6 +77,7 @@ impl Default for Limits {
             new_names_per_minute: 60,
             descriptor_share_percent: 50,
             max_admin_connections: 64,
+            max_buffered_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -157,6 +162,8 @@ pub struct Usage {
     pub names_refused: AtomicU64,
     /// Pins evicted for a new name, or expired after `pin_ttl`.
     pub names_evicted: AtomicU64,
+    /// What all tunnels hold for their streams, against `max_buffered_bytes`.
+    pub buffers: BufferBudget,
     /// Sockets of connections and handshakes, against the descriptor limit less the reserve.
     pub descriptors: Arc<Gauge>,
     /// The process's descriptor limit (`RLIMIT_NOFILE`).
@@ -180,6 +187,7 @@ impl Usage {
             handshakes_dropped: AtomicU64::new(0),
             names_refused: AtomicU64::new(0),
             names_evicted: AtomicU64::new(0),
+            buffers: BufferBudget::new(limits.max_buffered_bytes),
             descriptors: Gauge::new(fd_limit.saturating_sub(limits.fd_reserve)),
             fd_limit,
             tunnels_refused: AtomicU64::new(0),
@@ -229,7 +237,68 @@ impl Usage {
                             "share": l.descriptor_share(self.descriptors.max()),
                             "refused": self.descriptors.refused()},
             "admin_connections": {"max": l.max_admin_connections},
+            "buffered_bytes": {"max": l.max_buffered_bytes, "in_use": self.buffers.held(),
+                               "credit_withheld": self.buffers.withheld()},
         })
+    }
+}
+
+/// The node-wide budget of bytes tunnels hold for their streams: received from a peer, not yet
+/// written to the stream's socket. Each tunnel adds what it hands a stream and takes back what
+/// the stream wrote (or dropped); while the sum is over the budget, tunnels hold back the credit
+/// of what they receive, so the node's memory stays near the budget plus one tunnel window per
+/// tunnel, however many streams stall.
+#[derive(Debug)]
+pub struct BufferBudget {
+    /// The budget (`max_buffered_bytes`).
+    max: u64,
+    /// Bytes held now, by every tunnel.
+    held: AtomicU64,
+    /// Times a tunnel held back credit because the budget was spent.
+    withheld: AtomicU64,
+}
+
+impl BufferBudget {
+    pub fn new(max: u64) -> BufferBudget {
+        BufferBudget {
+            max,
+            held: AtomicU64::new(0),
+            withheld: AtomicU64::new(0),
+        }
+    }
+
+    /// A stream now holds `n` more bytes; whether the budget is still unspent (credit may go).
+    pub fn hold(&self, n: u64) -> bool {
+        let now = self.held.fetch_add(n, Ordering::AcqRel).saturating_add(n);
+        let room = now <= self.max;
+        if !room {
+            self.withheld.fetch_add(1, Ordering::Relaxed);
+        }
+        room
+    }
+
+    /// A stream wrote or dropped `n` bytes it held.
+    pub fn release(&self, n: u64) {
+        let before = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(h.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        debug_assert!(before >= n, "released {n} of {before} bytes held");
+    }
+
+    /// Whether held credit may go back to peers now.
+    pub fn has_room(&self) -> bool {
+        self.held.load(Ordering::Acquire) <= self.max
+    }
+
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn withheld(&self) -> u64 {
+        self.withheld.load(Ordering::Relaxed)
     }
 }
 
@@ -443,6 +512,18 @@ mod tests {
         drop(a);
         assert!(g.try_acquire().is_some());
         assert_eq!(g.in_use(), 1, "the temporary slot was dropped at once");
+    }
+
+    #[test]
+    fn the_buffer_budget_says_when_it_is_spent() {
+        let b = BufferBudget::new(100);
+        assert!(b.hold(60));
+        assert!(b.hold(40), "at the budget is within it");
+        assert!(!b.hold(1));
+        assert!(!b.has_room());
+        b.release(41);
+        assert!(b.has_room());
+        assert_eq!((b.held(), b.withheld()), (60, 1));
     }
 
     #[test]

@@ -1099,7 +1099,8 @@ impl Registry {
                     name.clone(),
                     json!({"declared": a.declared, "secret": a.secret.as_ref().map(|_| "***"),
                            "identity": a.pin.as_ref().map(fingerprint),
-                           "connected": self.connected_tunnel(name).is_some()}),
+                           "connected": self.connected_tunnel(name).is_some(),
+                           "last_seen": a.pin.map(|_| a.seen)}),
                 )
             })
             .collect();

@@ -215,6 +215,9 @@ pub struct Tunnel {
     recv: RecvWindow,
     /// The sum of the streams' receive targets, against `max_tunnel_window`: their growth budget.
     windows_total: u64,
+    /// Tunnel credit held back while the node's buffer budget is spent: returned to the peer
+    /// once streams have written enough for the budget to have room again.
+    withheld: u64,
     /// The path's round trip, from PING/PONG: decides whether a window is what limits a stream.
     rtt: Rtt,
     /// The PING in flight and when it went, for the next RTT sample.
@@ -285,6 +288,7 @@ impl Tunnel {
                 Instant::now(),
             ),
             windows_total: 0,
+            withheld: 0,
             rtt: Rtt::default(),
             ping_sent: None,
             last_heard: Instant::now(),
@@ -497,6 +501,8 @@ impl Tunnel {
     /// Forgets a stream, returning its unused credit in both directions.
     fn remove_stream(&mut self, id: u32) -> Option<StreamEntry> {
         let e = self.streams.remove(&id)?;
+        // What it held and never wrote is dropped with it.
+        self.usage.buffers.release(e.recv.buffered());
         self.metrics.streams.set(self.streams.len() as i64);
         match e.side {
             Side::Local => self.local_streams -= 1,
@@ -683,13 +689,13 @@ impl Tunnel {
         }
         self.bytes_received += len;
         self.metrics.received.inc_by(len);
-        // The tunnel's hands are empty again at once: what the stream holds, its window bounds.
-        self.credit_tunnel(len, now, ctx);
         let Some(e) = self.streams.get_mut(&id) else {
-            // A stream that was just reset: the bytes are dropped.
+            // A stream that was just reset: the bytes are dropped, their credit goes back.
+            self.credit_tunnel(len, now, ctx);
             return;
         };
         if e.state == StreamState::Opening || !e.recv.receive(len, now) {
+            self.credit_tunnel(len, now, ctx);
             log_limited!(
                 warn,
                 "stream-overrun",
@@ -703,6 +709,21 @@ impl Tunnel {
         e.service_metrics.received.inc_by(len);
         if let Some(conn) = &e.conn {
             conn.do_send(StreamEvent::Data(payload));
+        }
+        // The tunnel's hands are empty again at once (what the stream holds, its window
+        // bounds), unless the node's streams together hold more than its budget.
+        if self.usage.buffers.hold(len) {
+            self.credit_tunnel(len, now, ctx);
+        } else {
+            self.withheld += len;
+        }
+    }
+
+    /// Returns the tunnel credit held back for the buffer budget, once it has room again.
+    fn release_withheld(&mut self, ctx: &mut Context<Self>) {
+        if self.withheld > 0 && self.usage.buffers.has_room() {
+            let n = std::mem::take(&mut self.withheld);
+            self.credit_tunnel(n, Instant::now(), ctx);
         }
     }
 
@@ -940,6 +961,8 @@ impl Actor for Tunnel {
             }
             act.windows_total = total;
             act.publish_gauges();
+            // Other tunnels' streams may have made room in the node's buffer budget.
+            act.release_withheld(ctx);
             let silent = act.last_heard.elapsed();
             if silent > act.settings.heartbeat_timeout {
                 act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
@@ -973,6 +996,7 @@ impl Actor for Tunnel {
             reason
         };
         for (_, e) in self.streams.drain() {
+            self.usage.buffers.release(e.recv.buffered());
             if let Some(conn) = e.conn {
                 conn.do_send(StreamEvent::Abort);
             }
@@ -1173,6 +1197,8 @@ impl Handler<FromConnection> for Tunnel {
                 let Some(e) = self.streams.get_mut(&stream) else {
                     return;
                 };
+                let bytes = bytes.min(e.recv.buffered());
+                self.usage.buffers.release(bytes);
                 let before = e.recv.target();
                 let update = e.recv.consume(bytes, Instant::now(), rtt, room);
                 self.windows_total = self.windows_total - before + e.recv.target();
@@ -1185,6 +1211,7 @@ impl Handler<FromConnection> for Tunnel {
                         ctx,
                     );
                 }
+                self.release_withheld(ctx);
             }
             FromConnection::Fin { stream } => {
                 let Some(e) = self.streams.get_mut(&stream) else {
