@@ -128,12 +128,17 @@ fn tunnels_and_handshakes_are_capped() {
     assert!(e.contains("accepts no more tunnels now"), "{e}");
     assert!(b.wait_log("at most 1 tunnels", Duration::from_secs(2)));
     assert_eq!(limits(&b)["tunnels"]["refused"], 1);
-    // Two connections that never speak hold both handshake slots; a third pushes the oldest
-    // out (it is closed at once) instead of being refused.
+    // Two connections that never speak hold both handshake slots; a third from the same
+    // address is refused while they are young (a burst of honest dialers finishes), and once
+    // they have waited a second it pushes the oldest out (closed at once) instead.
     let mut silent: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(b.tunnel).expect("connect"))
         .collect();
-    thread::sleep(Duration::from_millis(200));
+    thread::sleep(Duration::from_millis(100));
+    let mut early = TcpStream::connect(b.tunnel).expect("connect");
+    assert!(closed_within(&mut early, Duration::from_secs(1)));
+    assert_eq!(limits(&b)["handshakes"]["refused"], 1);
+    thread::sleep(Duration::from_millis(1100));
     let mut third = TcpStream::connect(b.tunnel).expect("connect");
     let started = Instant::now();
     assert!(closed_within(&mut silent[0], Duration::from_secs(2)));

@@ -2,15 +2,19 @@
 //!
 //! - [`HandshakeSlots`]: the handshakes under way. Each source address and each source network
 //!   (/24 for IPv4, /64 for IPv6) gets a share of the global cap, and a full cap makes room by
-//!   dropping the *oldest attempt that has not yet proved itself* in that scope, never by
+//!   dropping the *oldest attempt that has not yet proved itself* in that scope instead of
 //!   refusing the newcomer: holding idle sockets open cannot lock the port, since every new
-//!   dialer pushes the oldest idle one out (and the first-bytes deadline recycles the rest).
+//!   dialer pushes the oldest idle one out (and the first-bytes deadline recycles the rest). One
+//!   exception keeps a burst of honest dialers from one address (a hub re-dialling its tunnels)
+//!   from knocking each other out: within its own address's share, a newcomer only pushes out an
+//!   attempt that has already waited [`SlotCaps::grace`]; otherwise the newcomer is refused (and
+//!   re-dials), and the attempts under way finish.
 //! - [`SourceBuckets`]: a token bucket per source address, in a table of bounded size, for what
 //!   a stranger may do only so often (claim a new tunnel name).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::limits::TokenBucket;
 
@@ -45,6 +49,8 @@ pub struct SlotCaps {
     pub per_address: usize,
     /// From one source network (/24, /64).
     pub per_network: usize,
+    /// Within its own address's share, a newcomer pushes out only an attempt at least this old.
+    pub grace: Duration,
 }
 
 /// One handshake under way.
@@ -56,6 +62,8 @@ struct Attempt<T> {
     network: IpAddr,
     /// It proved the secret and its identity: no longer dropped to make room.
     proven: bool,
+    /// When it was admitted: within its address's share, only an attempt past the grace goes.
+    since: Instant,
     /// What cancels it (the task's abort handle), handed back when it is dropped.
     handle: Option<T>,
 }
@@ -65,6 +73,8 @@ struct Attempt<T> {
 pub enum SlotRefusal {
     /// Every attempt in the full scope has proved itself: none may be dropped.
     AllProven,
+    /// The address's share is full of attempts still within their grace: the newcomer waits.
+    AddressBusy,
 }
 
 /// A set of attempts sharing a cap.
@@ -135,7 +145,7 @@ impl<T> HandshakeSlots<T> {
 
     /// Admits an attempt from `peer`, dropping the oldest unproven attempt of each full scope
     /// (its address, its network, the node) to make room.
-    pub fn admit(&mut self, peer: IpAddr) -> Result<Admitted<T>, SlotRefusal> {
+    pub fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Admitted<T>, SlotRefusal> {
         let address = source(peer);
         let network = network(peer);
         let mut dropped = Vec::new();
@@ -144,10 +154,17 @@ impl<T> HandshakeSlots<T> {
                 .attempts
                 .iter()
                 .find(|(_, a)| !a.proven && scope.holds(a))
-                .map(|(id, _)| *id);
-            match oldest.and_then(|id| self.remove(id)) {
-                Some(handle) => dropped.extend(handle),
-                None => return Err(SlotRefusal::AllProven),
+                .map(|(id, a)| (*id, a.since));
+            let Some((id, since)) = oldest else {
+                return Err(SlotRefusal::AllProven);
+            };
+            if matches!(scope, Scope::Address(_))
+                && now.saturating_duration_since(since) < self.caps.grace
+            {
+                return Err(SlotRefusal::AddressBusy);
+            }
+            if let Some(handle) = self.remove(id) {
+                dropped.extend(handle);
             }
         }
         let id = self.next;
@@ -160,6 +177,7 @@ impl<T> HandshakeSlots<T> {
                 address,
                 network,
                 proven: false,
+                since: now,
                 handle: None,
             },
         );
@@ -271,7 +289,10 @@ impl SourceBuckets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
@@ -282,19 +303,20 @@ mod tests {
             total: 8,
             per_address: 2,
             per_network: 4,
+            grace: Duration::ZERO,
         }
     }
 
     #[test]
     fn an_address_over_its_share_pushes_out_its_own_oldest() {
         let mut s = HandshakeSlots::new(caps());
-        let a = s.admit(ip("10.0.0.1")).expect("a");
+        let a = s.admit(ip("10.0.0.1"), t0()).expect("a");
         s.attach(a.id, "a");
-        let b = s.admit(ip("10.0.0.1")).expect("b");
+        let b = s.admit(ip("10.0.0.1"), t0()).expect("b");
         s.attach(b.id, "b");
-        let other = s.admit(ip("10.0.0.2")).expect("other");
+        let other = s.admit(ip("10.0.0.2"), t0()).expect("other");
         s.attach(other.id, "other");
-        let c = s.admit(ip("10.0.0.1")).expect("c");
+        let c = s.admit(ip("10.0.0.1"), t0()).expect("c");
         assert_eq!(c.dropped, vec!["a"], "the oldest of the same address goes");
         assert_eq!(s.len(), 3);
     }
@@ -302,13 +324,13 @@ mod tests {
     #[test]
     fn a_network_over_its_share_pushes_out_its_oldest_and_spares_others() {
         let mut s = HandshakeSlots::new(caps());
-        let outsider = s.admit(ip("192.0.2.9")).expect("outsider");
+        let outsider = s.admit(ip("192.0.2.9"), t0()).expect("outsider");
         s.attach(outsider.id, "outsider");
         for i in 1..=4 {
-            let a = s.admit(ip(&format!("10.0.0.{i}"))).expect("admitted");
+            let a = s.admit(ip(&format!("10.0.0.{i}")), t0()).expect("admitted");
             s.attach(a.id, "first");
         }
-        let n = s.admit(ip("10.0.0.99")).expect("admitted");
+        let n = s.admit(ip("10.0.0.99"), t0()).expect("admitted");
         assert_eq!(n.dropped, vec!["first"]);
         assert_eq!(s.len(), 5, "the outsider stays");
     }
@@ -319,33 +341,60 @@ mod tests {
             total: 2,
             per_address: 2,
             per_network: 2,
+            grace: Duration::ZERO,
         });
-        let a = s.admit(ip("10.0.0.1")).expect("a");
+        let a = s.admit(ip("10.0.0.1"), t0()).expect("a");
         s.attach(a.id, "a");
         s.prove(a.id);
-        let b = s.admit(ip("10.0.1.1")).expect("b");
+        let b = s.admit(ip("10.0.1.1"), t0()).expect("b");
         s.attach(b.id, "b");
-        let c = s.admit(ip("10.0.2.1")).expect("c");
+        let c = s.admit(ip("10.0.2.1"), t0()).expect("c");
         assert_eq!(c.dropped, vec!["b"], "the proven one stays");
         s.prove(c.id);
-        assert_eq!(s.admit(ip("10.0.3.1")).err(), Some(SlotRefusal::AllProven));
+        assert_eq!(s.admit(ip("10.0.3.1"), t0()).err(), Some(SlotRefusal::AllProven));
         s.release(a.id);
-        assert!(s.admit(ip("10.0.3.1")).is_ok());
+        assert!(s.admit(ip("10.0.3.1"), t0()).is_ok());
         assert_eq!(s.len(), 2);
     }
 
     #[test]
     fn releasing_frees_the_place_and_mapped_addresses_count_as_ipv4() {
         let mut s = HandshakeSlots::<()>::new(caps());
-        let a = s.admit(ip("::ffff:10.0.0.1")).expect("a");
-        let _b = s.admit(ip("10.0.0.1")).expect("b");
-        let c = s.admit(ip("10.0.0.1")).expect("c");
+        let a = s.admit(ip("::ffff:10.0.0.1"), t0()).expect("a");
+        let _b = s.admit(ip("10.0.0.1"), t0()).expect("b");
+        let c = s.admit(ip("10.0.0.1"), t0()).expect("c");
         assert_eq!(c.dropped.len(), 0, "handles not attached are not returned");
         assert_eq!(s.len(), 2, "a was dropped: one address, two places");
         s.release(a.id);
         s.release(c.id);
         assert_eq!(s.len(), 1);
         assert_eq!(network(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn within_its_grace_a_burst_from_one_address_waits_instead_of_evicting() {
+        let mut s = HandshakeSlots::new(SlotCaps {
+            grace: Duration::from_secs(1),
+            ..caps()
+        });
+        let start = Instant::now();
+        let a = s.admit(ip("10.0.0.1"), start).expect("a");
+        s.attach(a.id, "a");
+        s.admit(ip("10.0.0.1"), start).expect("b");
+        assert_eq!(
+            s.admit(ip("10.0.0.1"), start).err(),
+            Some(SlotRefusal::AddressBusy),
+            "young attempts of the address finish"
+        );
+        let later = start + Duration::from_millis(1500);
+        let c = s.admit(ip("10.0.0.1"), later).expect("c");
+        assert_eq!(c.dropped, vec!["a"], "an attempt past its grace goes");
+        // Another address of the network is not held back by the grace.
+        for i in 2..=3 {
+            s.admit(ip(&format!("10.0.0.{i}")), start).expect("room");
+        }
+        let n = s.admit(ip("10.0.0.9"), start).expect("the network makes room");
+        assert_eq!(n.dropped.len(), 0, "the oldest in the network had no handle: {n:?}");
     }
 
     #[test]

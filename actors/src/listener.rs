@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use crate::admission::{HandshakeSlots, SlotCaps};
+use crate::admission::{HandshakeSlots, SlotCaps, SlotRefusal};
 use crate::handshake::{
     read_message, refusal, version1_refusal, write_message, Acceptor, HandshakeError, RefuseCode,
 };
@@ -28,6 +28,11 @@ use crate::registry::{
 use crate::routes::RouteTable;
 use crate::tunnel::CarryClient;
 use crate::{Settings, Side};
+
+/// Within its own address's share of the handshake slots, a newcomer pushes out only an attempt
+/// that has waited this long: a burst of honest dialers from one address finishes instead of
+/// knocking itself out, while idle sockets (older than this) still make room.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 
 /// Pause after an accept error (out of file descriptors, say) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -135,6 +140,7 @@ impl Listener {
             total: l.max_handshakes.max(1),
             per_address: l.handshakes_per_address.clamp(1, l.max_handshakes.max(1)),
             per_network: l.handshakes_per_network.clamp(1, l.max_handshakes.max(1)),
+            grace: HANDSHAKE_GRACE,
         };
         Listener {
             accepts,
@@ -152,20 +158,34 @@ impl Listener {
     /// A dialer on the tunnel port: its handshake runs as a task of its own, in a slot of the
     /// table; the oldest unproven attempts in a full scope are aborted to make room.
     fn start_handshake(&self, sock: TcpStream, peer: SocketAddr) {
-        let admitted = self.handshakes.borrow_mut().admit(peer.ip());
+        let admitted = self
+            .handshakes
+            .borrow_mut()
+            .admit(peer.ip(), std::time::Instant::now());
         let admitted = match admitted {
             Ok(a) => a,
-            Err(_) => {
+            Err(refusal) => {
                 self.usage
                     .handshakes_refused
                     .fetch_add(1, Ordering::Relaxed);
-                log_limited!(
-                    warn,
-                    "listener-limit",
-                    "tunnel port: every handshake slot ({}) holds a dialer that proved itself; \
-                     closing {peer}",
-                    self.settings.limits.max_handshakes
-                );
+                match refusal {
+                    SlotRefusal::AllProven => log_limited!(
+                        warn,
+                        "listener-limit",
+                        "tunnel port: every handshake slot ({}) holds a dialer that proved \
+                         itself; closing {peer}",
+                        self.settings.limits.max_handshakes
+                    ),
+                    SlotRefusal::AddressBusy => log_limited_for!(
+                        warn,
+                        "listener-limit",
+                        peer.ip(),
+                        "tunnel port: {} handshakes from {} under way (handshakes_per_address); \
+                         closing {peer}",
+                        self.settings.limits.handshakes_per_address,
+                        peer.ip()
+                    ),
+                }
                 crate::io::reset_now(&sock);
                 return;
             }
