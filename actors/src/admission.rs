@@ -18,13 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::limits::TokenBucket;
 
-/// The address an attempt is counted under: an IPv4-mapped IPv6 address is its IPv4 address.
-pub fn source(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
+pub use crate::limits::source;
 
 /// The network a source address belongs to: its /24 (IPv4) or /64 (IPv6).
 pub fn network(ip: IpAddr) -> IpAddr {
@@ -351,7 +345,10 @@ mod tests {
         let c = s.admit(ip("10.0.2.1"), t0()).expect("c");
         assert_eq!(c.dropped, vec!["b"], "the proven one stays");
         s.prove(c.id);
-        assert_eq!(s.admit(ip("10.0.3.1"), t0()).err(), Some(SlotRefusal::AllProven));
+        assert_eq!(
+            s.admit(ip("10.0.3.1"), t0()).err(),
+            Some(SlotRefusal::AllProven)
+        );
         s.release(a.id);
         assert!(s.admit(ip("10.0.3.1"), t0()).is_ok());
         assert_eq!(s.len(), 2);
@@ -393,8 +390,14 @@ mod tests {
         for i in 2..=3 {
             s.admit(ip(&format!("10.0.0.{i}")), start).expect("room");
         }
-        let n = s.admit(ip("10.0.0.9"), start).expect("the network makes room");
-        assert_eq!(n.dropped.len(), 0, "the oldest in the network had no handle: {n:?}");
+        let n = s
+            .admit(ip("10.0.0.9"), start)
+            .expect("the network makes room");
+        assert_eq!(
+            n.dropped.len(),
+            0,
+            "the oldest in the network had no handle: {n:?}"
+        );
     }
 
     #[test]

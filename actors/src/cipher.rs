@@ -17,7 +17,6 @@
 //! refuses the stream instead of producing garbage.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -36,79 +35,14 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Keystream bytes thrown away after keying (RFC 4345 recommends at least 1536; the design asks 3072).
 pub const DISCARD: usize = 3072;
-/// Bytes an AEAD adds to each DATA frame.
-pub const TAG_LEN: usize = 16;
+pub use crate::protocol::{CipherKind, TAG_LEN};
 
-/// The cipher of a keyed service. Both ends of a service must name the same one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CipherKind {
-    Rc4,
-    ChaCha20Poly1305,
-    Aes256Gcm,
-}
-
-impl CipherKind {
-    /// The byte that names the cipher in OPEN.
-    pub fn wire_id(self) -> u8 {
-        match self {
-            CipherKind::Rc4 => 1,
-            CipherKind::ChaCha20Poly1305 => 2,
-            CipherKind::Aes256Gcm => 3,
-        }
-    }
-
-    pub fn from_wire(id: u8) -> Option<CipherKind> {
-        match id {
-            1 => Some(CipherKind::Rc4),
-            2 => Some(CipherKind::ChaCha20Poly1305),
-            3 => Some(CipherKind::Aes256Gcm),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CipherKind::Rc4 => "rc4",
-            CipherKind::ChaCha20Poly1305 => "chacha20-poly1305",
-            CipherKind::Aes256Gcm => "aes-256-gcm",
-        }
-    }
-
-    /// Bytes this cipher adds to each DATA frame.
-    pub fn overhead(self) -> usize {
-        match self {
-            CipherKind::Rc4 => 0,
-            CipherKind::ChaCha20Poly1305 | CipherKind::Aes256Gcm => TAG_LEN,
-        }
-    }
-
-    fn aead(self) -> Option<&'static aead::Algorithm> {
-        match self {
-            CipherKind::Rc4 => None,
-            CipherKind::ChaCha20Poly1305 => Some(&aead::CHACHA20_POLY1305),
-            CipherKind::Aes256Gcm => Some(&aead::AES_256_GCM),
-        }
-    }
-}
-
-impl fmt::Display for CipherKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for CipherKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<CipherKind, String> {
-        [
-            CipherKind::Rc4,
-            CipherKind::ChaCha20Poly1305,
-            CipherKind::Aes256Gcm,
-        ]
-        .into_iter()
-        .find(|c| c.name() == s)
-        .ok_or_else(|| "must be \"rc4\", \"chacha20-poly1305\" or \"aes-256-gcm\"".to_owned())
+/// ring's algorithm for an AEAD cipher (`None`: RC4).
+fn aead_of(kind: CipherKind) -> Option<&'static aead::Algorithm> {
+    match kind {
+        CipherKind::Rc4 => None,
+        CipherKind::ChaCha20Poly1305 => Some(&aead::CHACHA20_POLY1305),
+        CipherKind::Aes256Gcm => Some(&aead::AES_256_GCM),
     }
 }
 
@@ -222,7 +156,7 @@ impl ServiceKey {
 
     fn direction(&self, nonces: &[u8], direction: Direction) -> DirectionCipher {
         let d = direction as u8;
-        match self.cipher.aead() {
+        match aead_of(self.cipher) {
             None => {
                 let mut mac = self.secret.mac();
                 mac.update(b"menet-rc4-v2");

@@ -27,7 +27,31 @@ use crate::cipher::{ServiceKey, StreamCrypto};
 use crate::io::{reset_now, try_read_data_frame, write_all_vectored, Chunk};
 use crate::limits::Slot;
 use crate::protocol::{set_frame_len, ResetCode, HEADER_LEN, MAX_DATA, NONCE_LEN};
-use crate::tunnel::{FromConnection, Tunnel};
+
+/// Connection -> its tunnel: what happens on a stream's downstream socket. A report going up,
+/// declared here beside its sender; the tunnel is only a `Recipient` of it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum FromConnection {
+    /// The remote end reached its target: the stream is open.
+    Dialed { stream: u32 },
+    /// The socket has data: the connection wants credit.
+    Want { stream: u32 },
+    /// Credit granted but not used: the socket ran dry.
+    Return { stream: u32, bytes: u64 },
+    /// A DATA frame, header included, built against a grant.
+    Data { stream: u32, frame: Bytes },
+    /// End of the downstream socket's input.
+    Fin { stream: u32 },
+    /// This many received (wire) bytes have been written downstream.
+    Consumed { stream: u32, bytes: u64 },
+    /// The connection is gone; `failure` says why (and with which code the stream is reset) if
+    /// it did not end cleanly.
+    Closed {
+        stream: u32,
+        failure: Option<(ResetCode, String)>,
+    },
+}
 
 /// Tunnel -> connection.
 #[derive(Message, Debug)]
@@ -90,7 +114,7 @@ enum WriteState {
 }
 
 pub struct Connection {
-    tunnel: Addr<Tunnel>,
+    tunnel: Recipient<FromConnection>,
     /// The service carried, for log lines.
     service: String,
     stream: u32,
@@ -133,7 +157,7 @@ pub struct Connection {
 impl Connection {
     fn new(
         stream: u32,
-        tunnel: Addr<Tunnel>,
+        tunnel: Recipient<FromConnection>,
         service: String,
         keying: Option<Keying>,
         idle_timeout: Option<Duration>,
@@ -167,7 +191,7 @@ impl Connection {
     pub fn accepted(
         stream: u32,
         sock: TcpStream,
-        tunnel: Addr<Tunnel>,
+        tunnel: Recipient<FromConnection>,
         service: String,
         keying: Option<Keying>,
         idle_timeout: Option<Duration>,
@@ -185,7 +209,7 @@ impl Connection {
         stream: u32,
         target: SocketAddr,
         connect_timeout: Duration,
-        tunnel: Addr<Tunnel>,
+        tunnel: Recipient<FromConnection>,
         service: String,
         keying: Option<Keying>,
         idle_timeout: Option<Duration>,

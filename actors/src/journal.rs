@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::state::{AcceptedRecord, ServiceRecord, State, StateError, TunnelRecord};
+use crate::model::{AcceptedRecord, ServiceRecord, State, StateError, TunnelRecord};
 use crate::Side;
 
 /// One change to the kept state: a key set to a value, or removed (`None`).

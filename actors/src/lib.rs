@@ -22,6 +22,7 @@ pub mod journal;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod model;
 pub mod protocol;
 pub mod registry;
 pub mod routes;

@@ -390,6 +390,17 @@ pub fn log_allowed(category: &'static str) -> Option<u64> {
     }
 }
 
+/// The address a peer is counted under (rate limits, log windows, handshake slots): an
+/// IPv4-mapped IPv6 address is its IPv4 address.
+pub fn source(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Categories times peer addresses remembered by [`log_allowed_for`]; past it, lines of new
 /// addresses share one window per category.
 const LOG_KEYS: usize = 1024;
@@ -405,7 +416,7 @@ pub fn log_allowed_for(category: &'static str, peer: std::net::IpAddr) -> Option
     };
     let windows = guard.get_or_insert_with(HashMap::new);
     let now = Instant::now();
-    let mut key = (category, crate::admission::source(peer));
+    let mut key = (category, source(peer));
     if !windows.contains_key(&key) && windows.len() >= LOG_KEYS {
         windows.retain(|_, w| now.duration_since(w.started) < LOG_PERIOD || w.suppressed > 0);
         if windows.len() >= LOG_KEYS {

@@ -17,17 +17,108 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::admission::{HandshakeSlots, SlotCaps, SlotRefusal};
+use crate::cipher::Secret;
 use crate::handshake::{
     read_message, refusal, version1_refusal, write_message, Acceptor, HandshakeError, RefuseCode,
+    Terms, IDENTITY_LEN,
 };
 use crate::limits::{printable, Escaped, Gauge, Slot, Usage};
 use crate::metrics::{metrics, Refused};
-use crate::registry::{
-    ListenerDown, MayAccept, Registry, TunnelAccepted, TunnelRefusal, TunnelSecret,
-};
-use crate::routes::RouteTable;
-use crate::tunnel::CarryClient;
+use crate::routes::{CarryClient, RouteTable};
 use crate::{Settings, Side};
+
+/// Where a listener reports and asks upward: its owner (the Registry), as recipients, so this
+/// module names no actor above it. The messages are declared here, beside their sender.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Told when the listener stops, to restart it unless it was told to stop.
+    pub down: Recipient<ListenerDown>,
+    /// Asked which secret a tunnel name's dialer must prove.
+    pub secret: Recipient<TunnelSecret>,
+    /// Asked whether a dialer that proved itself may have the name.
+    pub may_accept: Recipient<MayAccept>,
+    /// Handed each tunnel whose handshake is done.
+    pub accepted: Recipient<TunnelAccepted>,
+}
+
+/// Tunnel port -> its owner (the Registry): which secret must a dialer of this name prove? Answered for any
+/// name (the node's secret when the name has none of its own), so the answer tells nothing.
+#[derive(Message)]
+#[rtype(result = "Option<Secret>")]
+pub struct TunnelSecret {
+    pub name: String,
+}
+
+/// Why a dialer may not have a tunnel name: what it is told, and what this node logs. A dialer
+/// that proved no secret is told only what it needs to fix its own request: not who holds a
+/// name, with which identity, or whether that tunnel is connected now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRefusal {
+    /// The REFUSE code.
+    pub code: RefuseCode,
+    /// The REFUSE text, sent to the dialer.
+    pub peer: String,
+    /// This node's log line.
+    pub log: String,
+}
+
+impl TunnelRefusal {
+    /// A refusal whose whole reason the dialer may read.
+    pub fn same(code: RefuseCode, reason: String) -> TunnelRefusal {
+        TunnelRefusal {
+            code,
+            peer: reason.clone(),
+            log: reason,
+        }
+    }
+
+    /// A refusal that tells a dialer without a proven secret only `brief`.
+    pub fn told(code: RefuseCode, proven: bool, brief: &str, log: String) -> TunnelRefusal {
+        TunnelRefusal {
+            code,
+            peer: if proven {
+                log.clone()
+            } else {
+                brief.to_owned()
+            },
+            log,
+        }
+    }
+}
+
+/// Tunnel port -> its owner (the Registry): a dialer proved the secret (if any) and its identity; may it have
+/// the name? Asked before the handshake is answered, so a refused dialer learns why.
+#[derive(Message)]
+#[rtype(result = "Result<(), TunnelRefusal>")]
+pub struct MayAccept {
+    pub name: String,
+    pub identity: [u8; IDENTITY_LEN],
+    /// The dialer proved a secret (the name's or the node's), not just its identity.
+    pub secret_proven: bool,
+    /// Where it dials from: new names are rate-limited per source address.
+    pub peer: std::net::IpAddr,
+}
+
+/// Tunnel port -> its owner (the Registry): a peer dialled in and completed the handshake. An older tunnel of the
+/// same name and identity (a dead one the peer has given up on) is replaced.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TunnelAccepted {
+    pub name: String,
+    pub sock: TcpStream,
+    pub peer: Terms,
+    pub identity: [u8; IDENTITY_LEN],
+}
+
+/// Listener -> its owner (the Registry): a listener actor stopped. Unless the Registry stopped it (the service is
+/// gone or has a newer listener), it is restarted with back-off.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ListenerDown {
+    pub accepts: Accepts,
+    pub id: u64,
+    pub panicked: bool,
+}
 
 /// Within its own address's share of the handshake slots, a newcomer pushes out only an attempt
 /// that has waited this long: a burst of honest dialers from one address finishes instead of
@@ -80,7 +171,7 @@ pub struct Listener {
     accepts: Accepts,
     /// Which incarnation this is, so the Registry can tell a stale report from a current one.
     id: u64,
-    registry: Addr<Registry>,
+    registry: Upstream,
     /// The listening socket, shared with the Registry (which closes it).
     socket: SharedSocket,
     settings: Settings,
@@ -128,7 +219,7 @@ impl Listener {
     pub fn new(
         accepts: Accepts,
         id: u64,
-        registry: Addr<Registry>,
+        registry: Upstream,
         socket: SharedSocket,
         settings: Settings,
         usage: Arc<Usage>,
@@ -320,7 +411,7 @@ impl Actor for Listener {
         if panicked {
             error!("{}: the listener actor panicked", self.accepts);
         }
-        self.registry.do_send(ListenerDown {
+        self.registry.down.do_send(ListenerDown {
             accepts: self.accepts.clone(),
             id: self.id,
             panicked,
@@ -393,7 +484,7 @@ impl Handler<crate::Crash> for Listener {
 async fn handshake(
     sock: TcpStream,
     peer: SocketAddr,
-    registry: Addr<Registry>,
+    registry: Upstream,
     settings: Settings,
     slot: HandshakeSlot,
 ) {
@@ -410,7 +501,7 @@ async fn handshake(
             );
             // The handshake slot is given back now.
             drop(slot);
-            registry.do_send(accepted);
+            registry.accepted.do_send(accepted);
         }
         Ok(Err(e)) if e.is_auth_failure() => log_limited_for!(
             warn,
@@ -437,7 +528,7 @@ async fn handshake(
 async fn answer(
     mut sock: TcpStream,
     peer: SocketAddr,
-    registry: &Addr<Registry>,
+    registry: &Upstream,
     settings: Settings,
     slot: &HandshakeSlot,
 ) -> Result<TunnelAccepted, HandshakeError> {
@@ -470,6 +561,7 @@ async fn answer(
         return Err(HandshakeError::Malformed("HELLO (tunnel name)"));
     }
     let secret = registry
+        .secret
         .send(TunnelSecret { name: name.clone() })
         .await
         .map_err(|_| HandshakeError::Refused {
@@ -488,6 +580,7 @@ async fn answer(
     }
     slot.prove();
     let verdict = registry
+        .may_accept
         .send(MayAccept {
             name: name.clone(),
             identity: acceptor.hello.identity,

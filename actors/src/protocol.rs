@@ -19,7 +19,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 use tokio_util::codec::Decoder;
 
-use crate::cipher::CipherKind;
+use std::fmt;
+use std::str::FromStr;
 
 /// Frame header: payload length (u32), kind (u8), stream id (u32), all big-endian.
 pub const HEADER_LEN: usize = 9;
@@ -427,6 +428,75 @@ impl Decoder for FrameCodec {
 pub struct Windows {
     pub stream: u32,
     pub tunnel: u32,
+}
+
+/// Bytes an AEAD adds to each DATA frame.
+pub const TAG_LEN: usize = 16;
+
+/// The cipher of a keyed service, as OPEN names it (the cipher itself is in `cipher.rs`). Both
+/// ends of a service must name the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CipherKind {
+    Rc4,
+    ChaCha20Poly1305,
+    Aes256Gcm,
+}
+
+impl CipherKind {
+    /// The byte that names the cipher in OPEN.
+    pub fn wire_id(self) -> u8 {
+        match self {
+            CipherKind::Rc4 => 1,
+            CipherKind::ChaCha20Poly1305 => 2,
+            CipherKind::Aes256Gcm => 3,
+        }
+    }
+
+    pub fn from_wire(id: u8) -> Option<CipherKind> {
+        match id {
+            1 => Some(CipherKind::Rc4),
+            2 => Some(CipherKind::ChaCha20Poly1305),
+            3 => Some(CipherKind::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CipherKind::Rc4 => "rc4",
+            CipherKind::ChaCha20Poly1305 => "chacha20-poly1305",
+            CipherKind::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// Bytes this cipher adds to each DATA frame.
+    pub fn overhead(self) -> usize {
+        match self {
+            CipherKind::Rc4 => 0,
+            CipherKind::ChaCha20Poly1305 | CipherKind::Aes256Gcm => TAG_LEN,
+        }
+    }
+}
+
+impl fmt::Display for CipherKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CipherKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<CipherKind, String> {
+        [
+            CipherKind::Rc4,
+            CipherKind::ChaCha20Poly1305,
+            CipherKind::Aes256Gcm,
+        ]
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| "must be \"rc4\", \"chacha20-poly1305\" or \"aes-256-gcm\"".to_owned())
+    }
 }
 
 #[cfg(test)]

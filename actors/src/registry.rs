@@ -31,12 +31,15 @@ use crate::handshake::{
 };
 use crate::journal::Change;
 use crate::limits::{Escaped, Gauge, Usage};
-use crate::listener::{self, Accepts, Listener, SharedSocket, SocketReplaced, StopListener};
+use crate::listener::{
+    self, Accepts, Listener, ListenerDown, MayAccept, SharedSocket, SocketReplaced, StopListener,
+    TunnelAccepted, TunnelRefusal, TunnelSecret, Upstream,
+};
 use crate::metrics::metrics;
 use crate::protocol::GoAway;
 use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
-use crate::tunnel::{CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelStats};
+use crate::tunnel::{CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelDown, TunnelStats};
 use crate::{Access, Settings, Side};
 
 /// Why an admin request was refused. A refused request changes nothing, except `Unsaved`: the
@@ -362,6 +365,17 @@ impl Registry {
         Gauge::new(l.max_connections_per_service.min(share))
     }
 
+    /// Where listeners report and ask: this Registry, as recipients.
+    fn upstream(&self, ctx: &Context<Self>) -> Upstream {
+        let me = ctx.address();
+        Upstream {
+            down: me.clone().recipient(),
+            secret: me.clone().recipient(),
+            may_accept: me.clone().recipient(),
+            accepted: me.recipient(),
+        }
+    }
+
     /// The data arbiter for the next tunnel, and its number.
     fn next_data_arbiter(&mut self) -> Option<(ArbiterHandle, usize)> {
         let n = self.next_data % self.data.len().max(1);
@@ -432,7 +446,9 @@ impl Registry {
                 }
                 Key::Tunnel(name) => match self.tunnels.get(name).map(|t| &t.link) {
                     Some(Link::Up(a)) => {
-                        self.current.tunnels.insert(name.clone(), a.clone());
+                        self.current
+                            .tunnels
+                            .insert(name.clone(), a.clone().recipient());
                     }
                     _ => {
                         self.current.tunnels.remove(name);
@@ -478,7 +494,7 @@ impl Registry {
                 .tunnels
                 .iter()
                 .filter_map(|(n, t)| match &t.link {
-                    Link::Up(a) => Some((n.clone(), a.clone())),
+                    Link::Up(a) => Some((n.clone(), a.clone().recipient())),
                     Link::Retrying { .. } => None,
                 })
                 .collect(),
@@ -587,7 +603,7 @@ impl Registry {
             }
         };
         let (registry, settings, usage, routes) = (
-            ctx.address(),
+            ctx.address().recipient(),
             self.settings,
             self.usage.clone(),
             self.routes.clone(),
@@ -774,7 +790,7 @@ impl Registry {
     /// bind that fails is retried with back-off.
     fn start_listener(&mut self, accepts: Accepts, ctx: &mut Context<Self>) {
         let id = self.next_generation();
-        let (registry, settings, usage) = (ctx.address(), self.settings, self.usage.clone());
+        let (registry, settings, usage) = (self.upstream(ctx), self.settings, self.usage.clone());
         let routes = self.routes.clone();
         let gate = match &accepts {
             Accepts::Service(name) => self.local.get(name).map(|s| s.connections.clone()),
@@ -1767,70 +1783,12 @@ impl Handler<GetReadiness> for Registry {
     }
 }
 
-/// Tunnel port -> Registry: which secret must a dialer of this name prove? Answered for any
-/// name (the node's secret when the name has none of its own), so the answer tells nothing.
-#[derive(Message)]
-#[rtype(result = "Option<Secret>")]
-pub struct TunnelSecret {
-    pub name: String,
-}
-
 impl Handler<TunnelSecret> for Registry {
     type Result = Option<Secret>;
 
     fn handle(&mut self, msg: TunnelSecret, _ctx: &mut Self::Context) -> Self::Result {
         self.secret_for(&msg.name)
     }
-}
-
-/// Why a dialer may not have a tunnel name: what it is told, and what this node logs. A dialer
-/// that proved no secret is told only what it needs to fix its own request: not who holds a
-/// name, with which identity, or whether that tunnel is connected now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TunnelRefusal {
-    /// The REFUSE code.
-    pub code: RefuseCode,
-    /// The REFUSE text, sent to the dialer.
-    pub peer: String,
-    /// This node's log line.
-    pub log: String,
-}
-
-impl TunnelRefusal {
-    /// A refusal whose whole reason the dialer may read.
-    pub fn same(code: RefuseCode, reason: String) -> TunnelRefusal {
-        TunnelRefusal {
-            code,
-            peer: reason.clone(),
-            log: reason,
-        }
-    }
-
-    /// A refusal that tells a dialer without a proven secret only `brief`.
-    fn told(code: RefuseCode, proven: bool, brief: &str, log: String) -> TunnelRefusal {
-        TunnelRefusal {
-            code,
-            peer: if proven {
-                log.clone()
-            } else {
-                brief.to_owned()
-            },
-            log,
-        }
-    }
-}
-
-/// Tunnel port -> Registry: a dialer proved the secret (if any) and its identity; may it have
-/// the name? Asked before the handshake is answered, so a refused dialer learns why.
-#[derive(Message)]
-#[rtype(result = "Result<(), TunnelRefusal>")]
-pub struct MayAccept {
-    pub name: String,
-    pub identity: [u8; IDENTITY_LEN],
-    /// The dialer proved a secret (the name's or the node's), not just its identity.
-    pub secret_proven: bool,
-    /// Where it dials from: new names are rate-limited per source address.
-    pub peer: IpAddr,
 }
 
 /// What [`Registry::may_accept`] found about the name.
@@ -2027,17 +1985,6 @@ impl Handler<MayAccept> for Registry {
     }
 }
 
-/// Tunnel port -> Registry: a peer dialled in and completed the handshake. An older tunnel of the
-/// same name and identity (a dead one the peer has given up on) is replaced.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TunnelAccepted {
-    pub name: String,
-    pub sock: TcpStream,
-    pub peer: Terms,
-    pub identity: [u8; IDENTITY_LEN],
-}
-
 impl Handler<TunnelAccepted> for Registry {
     type Result = ();
 
@@ -2070,23 +2017,6 @@ impl Handler<TunnelAccepted> for Registry {
         };
         self.install_tunnel(msg.name, origin, msg.sock, msg.peer, ctx);
     }
-}
-
-/// Tunnel -> Registry: the tunnel actor stopped.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TunnelDown {
-    pub name: String,
-    pub generation: u64,
-    pub reason: String,
-    /// The peer's goodbye, if it said one.
-    pub goaway: Option<GoAway>,
-    /// The peer sent at least one frame.
-    pub heard: bool,
-    /// How long the tunnel was up.
-    pub lasted: Duration,
-    /// The peer's address, for the rate limit of lines about it.
-    pub peer_ip: IpAddr,
 }
 
 impl Handler<TunnelDown> for Registry {
@@ -2203,16 +2133,6 @@ impl Registry {
         self.reroute(&keys);
         self.save_in_background(&keys, ctx);
     }
-}
-
-/// Listener -> Registry: a listener actor stopped. Unless the Registry stopped it (the service is
-/// gone or has a newer listener), it is restarted with back-off.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ListenerDown {
-    pub accepts: Accepts,
-    pub id: u64,
-    pub panicked: bool,
 }
 
 impl Handler<ListenerDown> for Registry {

@@ -8,13 +8,33 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use actix::Addr;
+use actix::prelude::*;
 
 use crate::cipher::ServiceKey;
 use crate::limits::Escaped;
+use crate::limits::Slot;
 use crate::metrics::Refused;
 use crate::protocol::KeyedOpen;
-use crate::tunnel::Tunnel;
+
+/// Listener -> tunnel: carry a client just accepted by a local service as a new stream. The route
+/// table's currency: a route names its tunnel as a `Recipient` of this message.
+///
+/// The tunnel starts the connection actor itself, so a connection exists only once its tunnel
+/// knows it: if the tunnel is gone, this message and the socket in it are dropped, and the client
+/// sees its connection closed at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CarryClient {
+    /// The client, not yet registered: the tunnel's arbiter takes it over.
+    pub sock: std::net::TcpStream,
+    pub service: String,
+    /// The service key, if keyed: the stream's keys are derived once OPEN_OK brings the
+    /// acceptor's nonce.
+    pub key: Option<crate::cipher::ServiceKey>,
+    pub idle_timeout: Option<Duration>,
+    /// Held for the connection's life: its descriptor and its place in the service's limit.
+    pub slots: Vec<Slot>,
+}
 
 /// A local service's route: where its clients go.
 #[derive(Clone)]
@@ -43,7 +63,7 @@ pub struct Routes {
     pub local: imbl::HashMap<String, LocalRoute>,
     pub remote: imbl::HashMap<String, RemoteRoute>,
     /// Tunnels connected now, by name.
-    pub tunnels: imbl::HashMap<String, Addr<Tunnel>>,
+    pub tunnels: imbl::HashMap<String, Recipient<CarryClient>>,
     /// The node is shutting down: no new connections.
     pub closed: bool,
 }
@@ -60,7 +80,10 @@ pub struct Refusal {
 impl Routes {
     /// Where a client of local service `service` goes: its route and the tunnel to carry it, or
     /// why it cannot be carried.
-    pub fn carry(&self, service: &str) -> Result<(&LocalRoute, &Addr<Tunnel>), (Refused, String)> {
+    pub fn carry(
+        &self,
+        service: &str,
+    ) -> Result<(&LocalRoute, &Recipient<CarryClient>), (Refused, String)> {
         if self.closed {
             return Err((
                 Refused::ShuttingDown,

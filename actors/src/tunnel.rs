@@ -32,20 +32,37 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
 use crate::cipher::fresh_nonce;
-use crate::connection::{Connection, Keying, StreamEvent};
+use crate::connection::{Connection, FromConnection, Keying, StreamEvent};
 use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
 use crate::io::write_all_vectored;
-use crate::limits::{Escaped, Gauge, Slot, TokenBucket, Usage};
+use crate::limits::{Escaped, Gauge, TokenBucket, Usage};
 use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
 use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
     NONCE_LEN, TUNNEL_STREAM,
 };
-use crate::registry::{Registry, TunnelDown};
-use crate::routes::RouteTable;
+use crate::routes::{CarryClient, RouteTable};
 use crate::schedule::SendQueue;
 use crate::{Settings, Side};
+
+/// Tunnel -> its owner (the Registry): the tunnel actor stopped. A report going up, declared
+/// here beside its sender.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TunnelDown {
+    pub name: String,
+    pub generation: u64,
+    pub reason: String,
+    /// The peer's goodbye, if it said one.
+    pub goaway: Option<GoAway>,
+    /// The peer sent at least one frame.
+    pub heard: bool,
+    /// How long the tunnel was up.
+    pub lasted: Duration,
+    /// The peer's address, for the rate limit of lines about it.
+    pub peer_ip: std::net::IpAddr,
+}
 
 /// Most credit one stream holds at once; a stream is topped up when below half of it.
 const GRANT_MAX: u64 = 128 * 1024;
@@ -167,7 +184,7 @@ pub struct Tunnel {
     generation: u64,
     /// Who dialled: decides stream id parity and what happens after a drop.
     role: Role,
-    registry: Addr<Registry>,
+    registry: Recipient<TunnelDown>,
     settings: Settings,
     /// What the peer granted us in the handshake: its windows and stream limit.
     peer: Terms,
@@ -248,7 +265,7 @@ impl Tunnel {
         role: Role,
         sock: std::net::TcpStream,
         peer: Terms,
-        registry: Addr<Registry>,
+        registry: Recipient<TunnelDown>,
         settings: Settings,
         usage: Arc<Usage>,
         routes: RouteTable,
@@ -834,7 +851,7 @@ impl Tunnel {
             id,
             route.addr,
             self.settings.connect_timeout,
-            ctx.address(),
+            ctx.address().recipient(),
             service.clone(),
             crypto.map(|c| Keying::Ready(Box::new(c))),
             route.timeout,
@@ -1041,25 +1058,6 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
     }
 }
 
-/// Registry -> tunnel: carry a client just accepted by a local service as a new stream.
-///
-/// The tunnel starts the connection actor itself, so a connection exists only once its tunnel
-/// knows it: if the tunnel is gone, this message and the socket in it are dropped, and the client
-/// sees its connection closed at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CarryClient {
-    /// The client, not yet registered: the tunnel's arbiter takes it over.
-    pub sock: std::net::TcpStream,
-    pub service: String,
-    /// The service key, if keyed: the stream's keys are derived once OPEN_OK brings the
-    /// acceptor's nonce.
-    pub key: Option<crate::cipher::ServiceKey>,
-    pub idle_timeout: Option<Duration>,
-    /// Held for the connection's life: its descriptor and its place in the service's limit.
-    pub slots: Vec<Slot>,
-}
-
 impl Handler<CarryClient> for Tunnel {
     type Result = ();
 
@@ -1107,7 +1105,7 @@ impl Handler<CarryClient> for Tunnel {
         let conn = Connection::accepted(
             id,
             sock,
-            ctx.address(),
+            ctx.address().recipient(),
             msg.service.clone(),
             keying,
             msg.idle_timeout,
@@ -1123,30 +1121,6 @@ impl Handler<CarryClient> for Tunnel {
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }
-}
-
-/// Connection -> tunnel: what happens on a stream's downstream socket.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum FromConnection {
-    /// The remote end reached its target: the stream is open.
-    Dialed { stream: u32 },
-    /// The socket has data: the connection wants credit.
-    Want { stream: u32 },
-    /// Credit granted but not used: the socket ran dry.
-    Return { stream: u32, bytes: u64 },
-    /// A DATA frame, header included, built against a grant.
-    Data { stream: u32, frame: Bytes },
-    /// End of the downstream socket's input.
-    Fin { stream: u32 },
-    /// This many received (wire) bytes have been written downstream.
-    Consumed { stream: u32, bytes: u64 },
-    /// The connection is gone; `failure` says why (and with which code the stream is reset) if
-    /// it did not end cleanly.
-    Closed {
-        stream: u32,
-        failure: Option<(ResetCode, String)>,
-    },
 }
 
 impl Handler<FromConnection> for Tunnel {
