@@ -20,14 +20,15 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use thiserror::Error;
 
+use crate::http::not_found;
+pub use crate::http::{method_not_allowed, ApiError, Reply};
 use menet_actors::cipher::CipherKind;
 use menet_actors::limits::{printable, Escaped};
 use menet_actors::log_limited;
 use menet_actors::registry::{
-    AddService, AddTunnel, AdminError, ConfigFilter, DeleteService, DeleteTunnel, GetConfig,
-    Registry, ServiceSpec, SetBind,
+    AddService, AddTunnel, ConfigFilter, DeleteService, DeleteTunnel, GetConfig, Registry,
+    ServiceSpec, SetBind,
 };
 use menet_actors::tunnel::Role;
 use menet_actors::Side;
@@ -36,68 +37,6 @@ use menet_actors::Side;
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest name of a tunnel or service (it travels in a one-byte length on the wire).
 const MAX_NAME: usize = 255;
-
-#[derive(Debug, Error)]
-#[error("{message}")]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut reply = HttpResponse::build(self.status);
-        if self.status == StatusCode::UNAUTHORIZED {
-            reply.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"menet\""));
-        }
-        reply.json(json!({ "error": self.message }))
-    }
-}
-
-impl From<AdminError> for ApiError {
-    fn from(e: AdminError) -> ApiError {
-        let status = match e {
-            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::Conflict(_) => StatusCode::CONFLICT,
-            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
-            AdminError::Unreachable(_) => StatusCode::BAD_GATEWAY,
-            AdminError::Unsaved(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
-impl From<actix::MailboxError> for ApiError {
-    fn from(e: actix::MailboxError) -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("registry unavailable: {e}"),
-        )
-    }
-}
-
-pub type Reply = Result<HttpResponse, ApiError>;
 
 /// Who may use the admin API, checked by [`guard`] before every route.
 #[derive(Debug, Clone, Default)]
@@ -205,7 +144,7 @@ fn refuse(req: &ServiceRequest, access: &AdminAccess) -> Option<ApiError> {
         }
     }
     let bearer = text(header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
-    if !crate::ops::open_path(req.path()) && !access.token_matches(bearer.map(str::trim)) {
+    if !crate::http::open_path(req.path()) && !access.token_matches(bearer.map(str::trim)) {
         return Some(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "this admin API needs \"Authorization: Bearer TOKEN\"",
@@ -259,9 +198,6 @@ pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
                 .route(web::get().to(get_config))
                 .default_service(web::to(method_not_allowed)),
         )
-        .configure(crate::rest::routes)
-        .configure(crate::ops::routes)
-        .configure(crate::openapi::routes)
         .default_service(web::to(not_found));
     #[cfg(feature = "fault-injection")]
     cfg.service(web::resource("/fault").route(web::post().to(post_fault)));
@@ -305,21 +241,6 @@ async fn post_fault(registry: web::Data<Addr<Registry>>, body: web::Payload) -> 
 
 fn ok() -> Reply {
     Ok(HttpResponse::Ok().json(json!({"ok": true})))
-}
-
-pub async fn method_not_allowed() -> Reply {
-    Err(ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed on this path",
-    ))
-}
-
-async fn not_found() -> Reply {
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "no such path: see /openapi.json (the seed's /tunnel, /service, /bind, /config; \
-         /tunnels, /services, /binds; /metrics, /healthz, /readyz; the dashboard at /ui/)",
-    ))
 }
 
 /// The body-carrying routes, for [`parse`].
@@ -467,21 +388,21 @@ pub async fn execute(registry: &Addr<Registry>, route: Route, body: &[u8]) -> Re
     description = "Dials a peer's tunnel port (`dest`) and registers the tunnel as `name` once the \
                    handshake is done; with `\"role\":\"acceptor\"` (no `dest`), declares a name \
                    peers may claim. Re-posting an unchanged tunnel changes nothing.",
-    request_body = crate::openapi::TunnelBody,
-    responses((status = 200, description = "Connected (or declared)", body = crate::openapi::Done),
-              (status = 400, description = "Invalid request", body = crate::openapi::Error),
-              (status = 409, description = "The name is taken in another role", body = crate::openapi::Error),
-              (status = 502, description = "The peer could not be reached or refused", body = crate::openapi::Error)))]
+    request_body = crate::schema::TunnelBody,
+    responses((status = 200, description = "Connected (or declared)", body = crate::schema::Done),
+              (status = 400, description = "Invalid request", body = crate::schema::Error),
+              (status = 409, description = "The name is taken in another role", body = crate::schema::Error),
+              (status = 502, description = "The peer could not be reached or refused", body = crate::schema::Error)))]
 pub async fn post_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::PostTunnel).await
 }
 
 #[utoipa::path(delete, path = "/tunnel", tag = "seed",
     description = "Closes and forgets tunnel `name` (the other fields of its POST may be sent too).",
-    request_body = crate::openapi::TunnelBody,
-    responses((status = 200, description = "Deleted", body = crate::openapi::Done),
-              (status = 400, description = "Invalid request", body = crate::openapi::Error),
-              (status = 404, description = "No such tunnel", body = crate::openapi::Error)))]
+    request_body = crate::schema::TunnelBody,
+    responses((status = 200, description = "Deleted", body = crate::schema::Done),
+              (status = 400, description = "Invalid request", body = crate::schema::Error),
+              (status = 404, description = "No such tunnel", body = crate::schema::Error)))]
 pub async fn delete_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::DeleteTunnel).await
 }
@@ -489,40 +410,40 @@ pub async fn delete_tunnel(registry: web::Data<Addr<Registry>>, body: web::Paylo
 #[utoipa::path(post, path = "/service", tag = "seed",
     description = "Creates or replaces a service: a local one listens on `addr`, a remote one is \
                    where streams arriving over a tunnel are sent.",
-    request_body = crate::openapi::ServiceBody,
-    responses((status = 200, description = "Done", body = crate::openapi::Done),
-              (status = 400, description = "Invalid request", body = crate::openapi::Error),
-              (status = 409, description = "The address is taken", body = crate::openapi::Error)))]
+    request_body = crate::schema::ServiceBody,
+    responses((status = 200, description = "Done", body = crate::schema::Done),
+              (status = 400, description = "Invalid request", body = crate::schema::Error),
+              (status = 409, description = "The address is taken", body = crate::schema::Error)))]
 pub async fn post_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::PostService).await
 }
 
 #[utoipa::path(delete, path = "/service", tag = "seed",
     description = "Deletes service `name` of side `type`; its connections are reset.",
-    request_body = crate::openapi::ServiceBody,
-    responses((status = 200, description = "Deleted", body = crate::openapi::Done),
-              (status = 400, description = "Invalid request", body = crate::openapi::Error),
-              (status = 404, description = "No such service", body = crate::openapi::Error)))]
+    request_body = crate::schema::ServiceBody,
+    responses((status = 200, description = "Deleted", body = crate::schema::Done),
+              (status = 400, description = "Invalid request", body = crate::schema::Error),
+              (status = 404, description = "No such service", body = crate::schema::Error)))]
 pub async fn delete_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::DeleteService).await
 }
 
 #[utoipa::path(post, path = "/bind", tag = "seed",
     description = "Carries service `service` of side `type` over tunnel `tunnel`.",
-    request_body = crate::openapi::BindBody,
-    responses((status = 200, description = "Done", body = crate::openapi::Done),
-              (status = 400, description = "Invalid request", body = crate::openapi::Error),
-              (status = 404, description = "No such service", body = crate::openapi::Error)))]
+    request_body = crate::schema::BindBody,
+    responses((status = 200, description = "Done", body = crate::schema::Done),
+              (status = 400, description = "Invalid request", body = crate::schema::Error),
+              (status = 404, description = "No such service", body = crate::schema::Error)))]
 pub async fn post_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::PostBind).await
 }
 
 #[utoipa::path(delete, path = "/bind", tag = "seed",
     description = "Stops carrying the service over the tunnel.",
-    request_body = crate::openapi::BindBody,
-    responses((status = 200, description = "Unbound", body = crate::openapi::Done),
-              (status = 400, description = "Invalid request", body = crate::openapi::Error),
-              (status = 404, description = "No such bind", body = crate::openapi::Error)))]
+    request_body = crate::schema::BindBody,
+    responses((status = 200, description = "Unbound", body = crate::schema::Done),
+              (status = 400, description = "Invalid request", body = crate::schema::Error),
+              (status = 404, description = "No such bind", body = crate::schema::Error)))]
 pub async fn delete_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
     handle(registry, body, Route::DeleteBind).await
 }
@@ -534,7 +455,7 @@ pub async fn delete_bind(registry: web::Data<Addr<Registry>>, body: web::Payload
            ("service" = Option<String>, Query, description = "Only this service (both sides) and the tunnels it is bound to"),
            ("connections" = Option<bool>, Query, description = "false: leave the live connections out")),
     responses((status = 200, description = "The configuration", body = Object),
-              (status = 400, description = "An unknown or malformed query parameter", body = crate::openapi::Error)))]
+              (status = 400, description = "An unknown or malformed query parameter", body = crate::schema::Error)))]
 pub async fn get_config(registry: web::Data<Addr<Registry>>, req: HttpRequest) -> Reply {
     let filter = config_filter(req.query_string())?;
     let config = registry.send(GetConfig(filter)).await?;
@@ -788,8 +709,8 @@ mod tests {
             json!({}),
         ] {
             let e = endpoint(&obj(bad.clone()), "a").expect_err("refused");
-            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
-            assert!(e.message.contains("\"a\""), "{}", e.message);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.message().contains("\"a\""), "{}", e.message());
         }
     }
 
@@ -830,19 +751,19 @@ mod tests {
             Route::PostService,
             r#"{"name":"s", "Key":"k", "type": "local", "addr":["0.0.0.0", "8080"]}"#,
         );
-        assert!(e.message.contains("unknown field \"Key\""), "{}", e.message);
+        assert!(e.message().contains("unknown field \"Key\""), "{}", e.message());
         let e = refused(
             Route::PostService,
             r#"{"name":"s", "cipher":"aes-256-gcm", "type": "local", "addr":["0.0.0.0", "8080"]}"#,
         );
-        assert!(e.message.contains("needs a \"key\""), "{}", e.message);
+        assert!(e.message().contains("needs a \"key\""), "{}", e.message());
         let e = refused(
             Route::PostTunnel,
             r#"{"name":"t", "role":"acceptor", "dest":["127.0.0.1", "1"]}"#,
         );
-        assert!(e.message.contains("\"dest\""), "{}", e.message);
+        assert!(e.message().contains("\"dest\""), "{}", e.message());
         let e = refused(Route::PostTunnel, r#"{"name":"t", "secret":"hunter2"}"#);
-        assert!(!e.message.contains("hunter2"), "{}", e.message);
+        assert!(!e.message().contains("hunter2"), "{}", e.message());
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! HTTP API ([`api`]), kept in a library so the fuzz targets and tests can reach the parsers.
 
 pub mod api;
+pub mod app;
 pub mod config;
+pub mod http;
 pub mod openapi;
 pub mod ops;
 pub mod rest;
+pub mod schema;

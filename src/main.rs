@@ -248,7 +248,7 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
             .app_data(admin_access.clone())
             .wrap(from_fn(api::guard))
             .wrap(from_fn(menet::ops::count_requests))
-            .configure(|c| api::routes(c, routes.clone()))
+            .configure(|c| menet::app::routes(c, routes.clone()))
     })
     .workers(1)
     // Inside the descriptor reserve: idle admin connections cannot use up the descriptors the

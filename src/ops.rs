@@ -12,34 +12,28 @@ use serde_json::json;
 use menet_actors::metrics::metrics;
 use menet_actors::registry::{GetReadiness, Registry};
 
-use crate::api::ApiError;
+use crate::http::ApiError;
 
 /// The dashboard: one page, its script and its style, embedded (no build step, no CDN).
 const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("dashboard/app.js");
 const DASHBOARD_CSS: &str = include_str!("dashboard/style.css");
 
-/// Paths served without the admin token: the dashboard's static files (they hold no data; the
-/// page asks for the token and sends it with every API call) and the health probes.
-pub fn open_path(path: &str) -> bool {
-    matches!(path, "/" | "/healthz" | "/readyz") || path.starts_with("/ui/") || path == "/ui"
-}
-
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/metrics")
             .route(web::get().to(get_metrics))
-            .default_service(web::to(crate::api::method_not_allowed)),
+            .default_service(web::to(crate::http::method_not_allowed)),
     )
     .service(
         web::resource("/healthz")
             .route(web::get().to(healthz))
-            .default_service(web::to(crate::api::method_not_allowed)),
+            .default_service(web::to(crate::http::method_not_allowed)),
     )
     .service(
         web::resource("/readyz")
             .route(web::get().to(readyz))
-            .default_service(web::to(crate::api::method_not_allowed)),
+            .default_service(web::to(crate::http::method_not_allowed)),
     )
     .service(web::resource("/").route(web::get().to(to_dashboard)))
     .service(web::resource("/ui").route(web::get().to(to_dashboard)))
@@ -59,7 +53,7 @@ pub async fn get_metrics() -> HttpResponse {
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     description = "200 while the process runs its event loop. Needs no token.",
-    responses((status = 200, description = "Alive", body = crate::openapi::Health)))]
+    responses((status = 200, description = "Alive", body = crate::schema::Health)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
@@ -67,8 +61,8 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     description = "200 once the state file is loaded and the tunnel port and every local service \
                    listen; 503 with the reasons otherwise. Needs no token.",
-    responses((status = 200, description = "Ready", body = crate::openapi::Health),
-              (status = 503, description = "Not ready, and why", body = crate::openapi::NotReady)))]
+    responses((status = 200, description = "Ready", body = crate::schema::Health),
+              (status = 503, description = "Not ready, and why", body = crate::schema::NotReady)))]
 pub async fn readyz(registry: web::Data<Addr<Registry>>) -> Result<HttpResponse, ApiError> {
     match registry.send(GetReadiness).await? {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),

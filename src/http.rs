@@ -1,0 +1,98 @@
+//! The admin API's shared HTTP pieces: its error type (JSON `{"error": ...}` with a status), the
+//! fallbacks every route set uses, and which paths need no token. A leaf: every handler module
+//! uses it, it uses none of them.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use thiserror::Error;
+
+use menet_actors::registry::AdminError;
+
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The text of the `{"error": ...}` body.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut reply = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            reply.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"menet\""));
+        }
+        reply.json(json!({ "error": self.message }))
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> ApiError {
+        let status = match e {
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AdminError::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            AdminError::Unsaved(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("registry unavailable: {e}"),
+        )
+    }
+}
+
+pub type Reply = Result<HttpResponse, ApiError>;
+
+/// Paths served without the admin token: the dashboard's static files (they hold no data; the
+/// page asks for the token and sends it with every API call) and the health probes.
+pub fn open_path(path: &str) -> bool {
+    matches!(path, "/" | "/healthz" | "/readyz") || path.starts_with("/ui/") || path == "/ui"
+}
+
+pub async fn method_not_allowed() -> Reply {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this path",
+    ))
+}
+
+pub async fn not_found() -> Reply {
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such path: see /openapi.json (the seed's /tunnel, /service, /bind, /config; \
+         /tunnels, /services, /binds; /metrics, /healthz, /readyz; the dashboard at /ui/)",
+    ))
+}
