@@ -751,7 +751,11 @@ mod tests {
             Route::PostService,
             r#"{"name":"s", "Key":"k", "type": "local", "addr":["0.0.0.0", "8080"]}"#,
         );
-        assert!(e.message().contains("unknown field \"Key\""), "{}", e.message());
+        assert!(
+            e.message().contains("unknown field \"Key\""),
+            "{}",
+            e.message()
+        );
         let e = refused(
             Route::PostService,
             r#"{"name":"s", "cipher":"aes-256-gcm", "type": "local", "addr":["0.0.0.0", "8080"]}"#,

@@ -1,0 +1,483 @@
+//! The Registry actor: the one owner of a node's configuration (tunnels, services, binds). It
+//! starts and stops the tunnel and listener actors, and after every change publishes the route
+//! table ([`crate::routes`]) that listeners and tunnels read to place new connections themselves:
+//! which tunnel carries a client, whether a stream the peer opens is served. Neither new
+//! connections nor bytes pass through here.
+//!
+//! It also supervises: a dialled tunnel that drops is re-dialled with back-off until it is deleted,
+//! a listener that stops unbidden (or panics) is restarted with back-off, and every accepted admin
+//! change is written to the state file before it is answered.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::future::{join_all, LocalBoxFuture};
+use log::{error, info, warn};
+use rand::Rng;
+use serde_json::{json, Map, Value};
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+use crate::admission::{self, SourceBuckets};
+use crate::cipher::{CipherKind, Secret, ServiceKey};
+use crate::handshake::{
+    self, fingerprint, HandshakeError, Identity, RefuseCode, Terms, IDENTITY_LEN,
+};
+use crate::journal::Change;
+use crate::limits::{Escaped, Gauge, Usage};
+use crate::listener::{
+    self, Accepts, Listener, ListenerDown, MayAccept, SharedSocket, SocketReplaced, StopListener,
+    TunnelAccepted, TunnelRefusal, TunnelSecret, Upstream,
+};
+use crate::metrics::metrics;
+use crate::protocol::GoAway;
+use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
+use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
+use crate::tunnel::{CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelDown, TunnelStats};
+use crate::{Access, Settings, Side};
+
+mod accept;
+mod admin;
+mod persistence;
+mod publish;
+mod shutdown;
+mod supervision;
+mod views;
+
+pub use admin::{AddService, AddTunnel, DeleteService, DeleteTunnel, SetBind};
+#[cfg(feature = "fault-injection")]
+pub use shutdown::InjectFault;
+pub use shutdown::Shutdown;
+pub use views::{ConfigFilter, GetConfig, GetReadiness};
+
+/// Why an admin request was refused. A refused request changes nothing, except `Unsaved`: the
+/// change is live but the state file could not be written.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AdminError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Unsaved(String),
+}
+
+/// Why a dial of a tunnel failed.
+#[derive(Debug, Error)]
+pub enum DialError {
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("no handshake within {} ms", .0.as_millis())]
+    Timeout(Duration),
+}
+
+impl DialError {
+    /// The peer is a menet node that answered and refused (authentication, name held, limits):
+    /// worth re-dialling while its operator fixes things.
+    fn refused_by_peer(&self) -> bool {
+        !self.reached_itself()
+            && matches!(
+                self,
+                DialError::Handshake(
+                    HandshakeError::Refused { .. } | HandshakeError::AuthFailed(_)
+                )
+            )
+    }
+
+    /// The peer is this node itself (it saw its own identity): never worth a re-dial.
+    fn reached_itself(&self) -> bool {
+        matches!(
+            self,
+            DialError::Handshake(HandshakeError::Refused {
+                code: RefuseCode::OwnPort,
+                ..
+            })
+        )
+    }
+}
+
+/// Re-dials and listener restarts wait `backoff(n)` before attempt `n` (from 1): exponential from
+/// 200 ms to 30 s, with "equal jitter" (a random point in the upper half of the step) so that many
+/// nodes cut at once do not re-dial in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MOST: Duration = Duration::from_secs(30);
+    let step = FIRST
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MOST);
+    step.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+        .max(FIRST)
+}
+
+/// A listener that has lived this long is healthy again: its next restart starts the back-off anew.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// A dialled tunnel replaced by another connection of its name starts its back-off anew only if
+/// it had lasted this long: two dialers that claim one name do not knock each other off in a loop.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// A pin's last contact is journaled again once it is this stale in the state file (the TTL is
+/// counted in days: an hour's error is nothing, and a reconnecting dialer costs no fsync).
+const SEEN_SAVE_EVERY: u64 = 3600;
+/// Source addresses whose rate of new tunnel names is remembered.
+const NAME_SOURCES: usize = 4096;
+
+/// Seconds since the Unix epoch, for pins' last contact.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+/// How long shutdown waits for the tunnels to flush their goodbyes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+enum Link {
+    Up(Addr<Tunnel>),
+    /// Waiting for, or making, re-dial attempt `attempt` (dialled tunnels only).
+    Retrying {
+        attempt: u32,
+        task: SpawnHandle,
+    },
+}
+
+struct TunnelEntry {
+    /// Where a dialled tunnel goes; `None` for an accepted one.
+    dest: Option<SocketAddr>,
+    role: Role,
+    /// The incarnation: a new tunnel connection gets a new one, so stale reports are ignored.
+    generation: u64,
+    link: Link,
+    /// Why the last attempt or connection failed, for `GET /config`.
+    last_error: Option<String>,
+    /// A dialled tunnel's own secret, overriding the node's.
+    secret: Option<Secret>,
+    /// The re-dial attempt that made this connection (0: the admin API did). A tunnel that drops
+    /// before its peer said a word goes on from there instead of starting the back-off anew, so
+    /// a peer that accepts and drops at once is not hammered.
+    dialled_on: u32,
+    /// The data arbiter the connected tunnel runs on (`GET /config` `thread`), if any.
+    thread: Option<usize>,
+}
+
+/// How a tunnel connection came to be.
+enum Origin {
+    /// This node dialled `dest`: by the admin API (attempt 0) or re-dial attempt `attempt`.
+    Dialled {
+        dest: SocketAddr,
+        attempt: u32,
+        secret: Option<Secret>,
+    },
+    /// A peer dialled in, proving `identity`.
+    Accepted { identity: [u8; IDENTITY_LEN] },
+}
+
+/// A tunnel name this node accepts: declared by the admin API (with its own secret, perhaps), or
+/// claimed by a dialer, whose identity it is pinned to.
+#[derive(Debug, Clone, Default)]
+struct AcceptedName {
+    /// Only a dialer proving this secret may claim the name (instead of the node's).
+    secret: Option<Secret>,
+    /// The identity of the dialer that holds the name.
+    pin: Option<[u8; IDENTITY_LEN]>,
+    /// Declared by `POST /tunnel {"role": "acceptor"}`, not just claimed by a dialer.
+    declared: bool,
+    /// When its dialer was last connected (Unix seconds): the pin expires `pin_ttl` after it.
+    seen: u64,
+    /// `seen` as the state file has it, so a reconnect journals it only once it is stale.
+    saved_seen: u64,
+}
+
+/// A listening socket the Registry keeps open: a local service's, or the tunnel port.
+struct Listening {
+    addr: SocketAddr,
+    /// Shared with the listener actor so that closing it frees the port at once.
+    socket: SharedSocket,
+    actor: Option<Addr<Listener>>,
+    id: u64,
+    started: Instant,
+    restarts: u32,
+    retry: Option<SpawnHandle>,
+    last_error: Option<String>,
+}
+
+impl Listening {
+    fn new(addr: SocketAddr, socket: Option<tokio::net::TcpListener>) -> Listening {
+        Listening {
+            addr,
+            socket: Rc::new(RefCell::new(socket)),
+            actor: None,
+            id: 0,
+            started: Instant::now(),
+            restarts: 0,
+            retry: None,
+            last_error: None,
+        }
+    }
+
+    fn close(self, ctx: &mut Context<Registry>) {
+        // Dropping the socket frees the port now; the actor goes when it reads the message.
+        self.socket.borrow_mut().take();
+        if let Some(actor) = self.actor {
+            actor.do_send(StopListener);
+        }
+        if let Some(retry) = self.retry {
+            ctx.cancel_future(retry);
+        }
+    }
+}
+
+struct LocalService {
+    /// `None`: plaintext.
+    key: Option<ServiceKey>,
+    /// Idle timeout of each connection.
+    timeout: Option<Duration>,
+    listening: Listening,
+    /// Clients carried at once, against `max_connections_per_service`.
+    connections: Arc<Gauge>,
+}
+
+struct RemoteService {
+    /// Where streams of this service are dialled.
+    addr: SocketAddr,
+    key: Option<ServiceKey>,
+    timeout: Option<Duration>,
+}
+
+/// What `POST /service` carries, validated.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub key: Option<String>,
+    /// The cipher of a keyed service (RC4 when not given).
+    pub cipher: Option<CipherKind>,
+    pub timeout: Option<Duration>,
+    pub side: Side,
+    pub addr: SocketAddr,
+}
+
+/// The state file's verdict on a change, awaited before the API answers.
+type Saved = LocalBoxFuture<'static, Result<(), AdminError>>;
+
+/// What a change touched, for the journal: the state at each key is written as it is after the
+/// change (set or removed), O(1) per key.
+#[derive(Debug, Clone)]
+enum Key {
+    Identity,
+    Tunnel(String),
+    Accepted(String),
+    Service(Side, String),
+    Bind(Side, String),
+}
+
+pub struct Registry {
+    settings: Settings,
+    /// The node's tunnel secret and who may dial in.
+    access: Access,
+    /// The limits and their counters, shared with every actor.
+    usage: Arc<Usage>,
+    /// This node's own tunnel port, which `POST /tunnel` must not dial.
+    port_addr: SocketAddr,
+    /// This node's identity as a dialer (kept in the state file): acceptors pin the names it
+    /// claims to it.
+    identity: Arc<Identity>,
+    tunnels: BTreeMap<String, TunnelEntry>,
+    /// Names peers may claim: declared ones, and the pins of names claimed.
+    accepted: BTreeMap<String, AcceptedName>,
+    /// What listeners and tunnels read to place new connections; republished on every change.
+    routes: RouteTable,
+    /// The routes as of now (persistent maps: a change costs O(log n), publishing O(1)).
+    current: Routes,
+    /// Latest `POST /tunnel` dial under way per tunnel name (generation, destination); a later
+    /// request or a DELETE supersedes it.
+    dialing: HashMap<String, (u64, SocketAddr)>,
+    local: BTreeMap<String, LocalService>,
+    remote: BTreeMap<String, RemoteService>,
+    binds: BTreeMap<Side, BTreeMap<String, String>>,
+    tunnel_port: Option<Listening>,
+    store: Option<StateStore>,
+    /// Restored when the actor starts.
+    restore: Option<State>,
+    shutting_down: bool,
+    generation: u64,
+    /// The identity was made at this start (none in the state file): journaled once running.
+    identity_unsaved: bool,
+    /// The data arbiters (`[node] threads`), each a thread of its own running tunnels and their
+    /// connections; none: they run here, beside the Registry.
+    data: Vec<Arbiter>,
+    /// The arbiter the next tunnel goes to.
+    next_data: usize,
+    /// New tunnel names each source address may still claim (`new_names_per_minute`).
+    new_names: SourceBuckets,
+}
+
+impl Registry {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Settings,
+        access: Access,
+        tunnel_port: tokio::net::TcpListener,
+        store: Option<StateStore>,
+        restore: Option<State>,
+        fd_limit: usize,
+        threads: usize,
+    ) -> Registry {
+        let port_addr = tunnel_port
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let loaded = restore
+            .as_ref()
+            .and_then(|s| s.identity.as_deref())
+            .and_then(|hex| {
+                Identity::from_hex(hex)
+                    .map_err(|e| error!("state file: identity: {e}; a new one is made"))
+                    .ok()
+            });
+        let identity_unsaved = loaded.is_none();
+        let identity = loaded.unwrap_or_else(Identity::generate);
+        Registry {
+            settings,
+            access,
+            usage: Usage::new(settings.limits, fd_limit),
+            port_addr,
+            identity: Arc::new(identity),
+            tunnels: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            routes: RouteTable::default(),
+            current: Routes::default(),
+            dialing: HashMap::new(),
+            local: BTreeMap::new(),
+            remote: BTreeMap::new(),
+            binds: BTreeMap::from([
+                (Side::Local, BTreeMap::new()),
+                (Side::Remote, BTreeMap::new()),
+            ]),
+            tunnel_port: Some(Listening::new(port_addr, Some(tunnel_port))),
+            store,
+            restore,
+            shutting_down: false,
+            generation: 0,
+            identity_unsaved,
+            data: (0..threads).map(|_| Arbiter::new()).collect(),
+            next_data: 0,
+            new_names: SourceBuckets::new(settings.limits.new_names_per_minute, NAME_SOURCES),
+        }
+    }
+
+    /// The gauge of a new local service's clients: at most `max_connections_per_service`, and at
+    /// most its share of the descriptor pool, so one service cannot starve the others.
+    fn service_gauge(&self) -> Arc<Gauge> {
+        let l = &self.settings.limits;
+        let share = l.descriptor_share(self.usage.descriptors.max());
+        Gauge::new(l.max_connections_per_service.min(share))
+    }
+
+    /// Where listeners report and ask: this Registry, as recipients.
+    fn upstream(&self, ctx: &Context<Self>) -> Upstream {
+        let me = ctx.address();
+        Upstream {
+            down: me.clone().recipient(),
+            secret: me.clone().recipient(),
+            may_accept: me.clone().recipient(),
+            accepted: me.recipient(),
+        }
+    }
+
+    /// The data arbiter for the next tunnel, and its number.
+    fn next_data_arbiter(&mut self) -> Option<(ArbiterHandle, usize)> {
+        let n = self.next_data % self.data.len().max(1);
+        let arbiter = self.data.get(n)?;
+        self.next_data = self.next_data.wrapping_add(1);
+        Some((arbiter.handle(), n))
+    }
+
+    fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    fn binds(&mut self, side: Side) -> &mut BTreeMap<String, String> {
+        self.binds.entry(side).or_default()
+    }
+
+    fn connected_tunnel(&self, name: &str) -> Option<Addr<Tunnel>> {
+        match self.tunnels.get(name).map(|t| &t.link) {
+            Some(Link::Up(actor)) => Some(actor.clone()),
+            _ => None,
+        }
+    }
+
+    /// The secret a dialer of `name` must prove: the name's own, else the node's.
+    fn secret_for(&self, name: &str) -> Option<Secret> {
+        self.accepted
+            .get(name)
+            .and_then(|a| a.secret.clone())
+            .or_else(|| self.access.secret.clone())
+    }
+
+    /// The secret this node proves when dialling a tunnel with `own` secret.
+    fn dial_secret(&self, own: &Option<Secret>) -> Option<Secret> {
+        own.clone().or_else(|| self.access.secret.clone())
+    }
+
+    /// Accepted tunnels up now, against `max_tunnels`.
+    fn accepted_count(&self) -> usize {
+        self.tunnels
+            .values()
+            .filter(|t| t.role == Role::Acceptor && matches!(t.link, Link::Up(_)))
+            .count()
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        self.start_listener(Accepts::Tunnels, ctx);
+        if let Some(state) = self.restore.take() {
+            self.restore(state, ctx);
+        }
+        if std::mem::take(&mut self.identity_unsaved) {
+            self.save_in_background(&[Key::Identity], ctx);
+        }
+        // Pins of dialers gone for `pin_ttl` go, checked at start and then every so often.
+        self.expire_pins(ctx);
+        let every =
+            (self.settings.pin_ttl / 8).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        ctx.run_interval(every, |act, ctx| act.expire_pins(ctx));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_200_ms_to_30_s_with_jitter() {
+        for _ in 0..200 {
+            assert_eq!(backoff(1), Duration::from_millis(200));
+            let second = backoff(2);
+            assert!((200..=400).contains(&second.as_millis()), "{second:?}");
+            let sixth = backoff(6);
+            assert!((3200..=6400).contains(&sixth.as_millis()), "{sixth:?}");
+            for n in [9, 10, 40, u32::MAX] {
+                let late = backoff(n);
+                assert!(
+                    (15_000..=30_000).contains(&late.as_millis()),
+                    "{n}: {late:?}"
+                );
+            }
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| backoff(8).as_millis()).collect();
+        assert!(spread.len() > 10, "jitter: {spread:?}");
+    }
+}

@@ -1,0 +1,413 @@
+//! Supervision: dialling, installing, re-dialling and retiring tunnels, starting and restarting listeners, and what the Registry does when a tunnel or a listener stops.
+
+use super::*;
+
+impl Registry {
+    /// Ends a tunnel entry's life: its connection closed (with `goodbye` if given), its re-dial
+    /// cancelled.
+    pub(super) fn retire(
+        entry: TunnelEntry,
+        goodbye: Option<(GoAway, String)>,
+        ctx: &mut Context<Self>,
+    ) {
+        match entry.link {
+            Link::Up(actor) => actor.do_send(CloseTunnel { goodbye }),
+            Link::Retrying { task, .. } => {
+                ctx.cancel_future(task);
+            }
+        }
+    }
+
+    pub(super) fn install_tunnel(
+        &mut self,
+        name: String,
+        origin: Origin,
+        sock: TcpStream,
+        peer: Terms,
+        ctx: &mut Context<Self>,
+    ) {
+        let peer_addr = sock.peer_addr().ok();
+        let (dest, role, dialled_on, secret) = match origin {
+            Origin::Dialled {
+                dest,
+                attempt,
+                secret,
+            } => (Some(dest), Role::Dialer, attempt, secret),
+            Origin::Accepted { identity } => {
+                let entry = self.accepted.entry(name.clone()).or_default();
+                let now = unix_now();
+                entry.seen = now;
+                let stale = now.saturating_sub(entry.saved_seen) >= SEEN_SAVE_EVERY;
+                let repinned = entry.pin != Some(identity);
+                if repinned {
+                    if let Some(ip) = peer_addr.map(|a| a.ip()) {
+                        log_limited_for!(
+                            info,
+                            "tunnel-pinned",
+                            ip,
+                            "tunnel {}: pinned to the identity {} of its dialer",
+                            Escaped(&name),
+                            fingerprint(&identity)
+                        );
+                    }
+                    entry.pin = Some(identity);
+                }
+                if repinned || stale {
+                    entry.saved_seen = now;
+                    self.save_in_background(&[Key::Accepted(name.clone())], ctx);
+                }
+                (None, Role::Acceptor, 0, None)
+            }
+        };
+        let generation = self.next_generation();
+        let authenticated = match role {
+            Role::Dialer => self.dial_secret(&secret).is_some(),
+            Role::Acceptor => self.secret_for(&name).is_some(),
+        };
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("tunnel {name}: cannot hand the socket to a data thread: {e}");
+                return;
+            }
+        };
+        let (registry, settings, usage, routes) = (
+            ctx.address().recipient(),
+            self.settings,
+            self.usage.clone(),
+            self.routes.clone(),
+        );
+        let tunnel_name = name.clone();
+        let make = move |_: &mut Context<Tunnel>| {
+            Tunnel::new(
+                tunnel_name,
+                generation,
+                role,
+                sock,
+                peer,
+                registry,
+                settings,
+                usage,
+                routes,
+                authenticated,
+            )
+        };
+        // A tunnel and all its connections on one data arbiter, so a stream's bytes never cross
+        // threads; tunnels are dealt round-robin over them.
+        let (actor, thread) = match self.next_data_arbiter() {
+            Some((arbiter, n)) => (Tunnel::start_in_arbiter(&arbiter, make), Some(n)),
+            None => (Tunnel::create(make), None),
+        };
+        let old = self.tunnels.insert(
+            name.clone(),
+            TunnelEntry {
+                dest,
+                role,
+                generation,
+                link: Link::Up(actor),
+                last_error: None,
+                dialled_on,
+                thread,
+                secret,
+            },
+        );
+        let log_ip = peer_addr.map_or(IpAddr::from([0u8, 0, 0, 0]), |a| a.ip());
+        if let Some(old) = old {
+            if matches!(old.link, Link::Up(_)) {
+                log_limited_for!(
+                    info,
+                    "tunnel-replaced",
+                    log_ip,
+                    "tunnel {}: replaced by a new connection of the same dialer ({})",
+                    Escaped(&name),
+                    peer_addr.map_or("?".to_owned(), |a| a.to_string())
+                );
+            }
+            let goodbye = (
+                GoAway::Replaced,
+                "replaced by a newer connection".to_owned(),
+            );
+            Registry::retire(old, Some(goodbye), ctx);
+        }
+        let role = match role {
+            Role::Dialer => "dialled",
+            Role::Acceptor => "accepted",
+        };
+        log_limited_for!(
+            info,
+            "tunnel-up",
+            log_ip,
+            "tunnel {} up ({role})",
+            Escaped(&name)
+        );
+        metrics().set_tunnel_connected(&name, true);
+        self.reroute(&[Key::Tunnel(name)]);
+    }
+
+    /// Dials tunnel `name` to `dest`, within the dial timeout.
+    pub(super) fn dial(
+        &self,
+        name: &str,
+        dest: SocketAddr,
+        secret: &Option<Secret>,
+    ) -> impl std::future::Future<Output = Result<(TcpStream, Terms), DialError>> {
+        let identity = self.identity.clone();
+        let limit = self.settings.dial_timeout;
+        let terms = self.settings.terms();
+        let secret = self.dial_secret(secret);
+        let name = name.to_owned();
+        async move {
+            match tokio::time::timeout(limit, handshake::dial(dest, &name, terms, identity, secret))
+                .await
+            {
+                Ok(Ok(done)) => Ok(done),
+                Ok(Err(e)) => Err(DialError::Handshake(e)),
+                Err(_) => Err(DialError::Timeout(limit)),
+            }
+        }
+    }
+
+    /// Schedules re-dial attempt `attempt` of a dialled tunnel after `delay`.
+    pub(super) fn retry_tunnel(
+        &mut self,
+        name: &str,
+        attempt: u32,
+        delay: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(t) = self.tunnels.get_mut(name) else {
+            return;
+        };
+        let generation = t.generation;
+        let owned = name.to_owned();
+        metrics().set_tunnel_connected(name, false);
+        metrics().count_redial(name);
+        let task = ctx.run_later(delay, move |act, ctx| act.redial(owned, generation, ctx));
+        if let Link::Retrying { task: old, .. } =
+            std::mem::replace(&mut t.link, Link::Retrying { attempt, task })
+        {
+            ctx.cancel_future(old);
+        }
+    }
+
+    pub(super) fn redial(&mut self, name: String, generation: u64, ctx: &mut Context<Self>) {
+        let Some(t) = self.tunnels.get(&name) else {
+            return;
+        };
+        let (Some(dest), Link::Retrying { attempt, .. }, true) =
+            (t.dest, &t.link, t.generation == generation)
+        else {
+            return;
+        };
+        let attempt = *attempt;
+        let secret = t.secret.clone();
+        let entry = name.clone();
+        let dial = self
+            .dial(&name, dest, &secret)
+            .into_actor(self)
+        .map(move |result, act, ctx| {
+            let Some(t) = act.tunnels.get_mut(&name) else {
+                return;
+            };
+            if t.generation != generation || act.shutting_down {
+                return;
+            }
+            match result {
+                Ok((sock, peer)) => {
+                    info!("tunnel {name}: re-dial attempt {attempt} to {dest} succeeded");
+                    let origin = Origin::Dialled {
+                        dest,
+                        attempt,
+                        secret,
+                    };
+                    act.install_tunnel(name, origin, sock, peer, ctx);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    let delay = backoff(attempt + 1);
+                    warn!(
+                        "tunnel {name}: re-dial attempt {attempt} to {dest} failed: {e}; next in {} ms",
+                        delay.as_millis()
+                    );
+                    t.last_error = Some(e);
+                    act.retry_tunnel(&name, attempt + 1, delay, ctx);
+                }
+            }
+        });
+        let task = ctx.spawn(dial);
+        if let Some(t) = self.tunnels.get_mut(&entry) {
+            t.link = Link::Retrying { attempt, task };
+        }
+    }
+
+    pub(super) fn listening_mut(&mut self, accepts: &Accepts) -> Option<&mut Listening> {
+        match accepts {
+            Accepts::Service(name) => self.local.get_mut(name).map(|s| &mut s.listening),
+            Accepts::Tunnels => self.tunnel_port.as_mut(),
+        }
+    }
+
+    /// Starts a listener actor on `accepts`'s socket, binding the socket first if it has none. A
+    /// bind that fails is retried with back-off.
+    pub(super) fn start_listener(&mut self, accepts: Accepts, ctx: &mut Context<Self>) {
+        let id = self.next_generation();
+        let (registry, settings, usage) = (self.upstream(ctx), self.settings, self.usage.clone());
+        let routes = self.routes.clone();
+        let gate = match &accepts {
+            Accepts::Service(name) => self.local.get(name).map(|s| s.connections.clone()),
+            Accepts::Tunnels => None,
+        };
+        let Some(l) = self.listening_mut(&accepts) else {
+            return;
+        };
+        l.retry = None;
+        if l.socket.borrow().is_none() {
+            match listener::bind(l.addr) {
+                Ok(socket) => *l.socket.borrow_mut() = Some(socket),
+                Err(e) => {
+                    l.restarts += 1;
+                    let delay = backoff(l.restarts);
+                    error!(
+                        "{accepts}: cannot listen on {}: {e}; retrying in {} ms",
+                        l.addr,
+                        delay.as_millis()
+                    );
+                    l.last_error = Some(format!("cannot listen on {}: {e}", l.addr));
+                    let again = accepts.clone();
+                    l.retry =
+                        Some(ctx.run_later(delay, move |act, ctx| act.start_listener(again, ctx)));
+                    return;
+                }
+            }
+        }
+        l.id = id;
+        l.started = Instant::now();
+        l.last_error = None;
+        l.actor = Some(
+            Listener::new(
+                accepts,
+                id,
+                registry,
+                l.socket.clone(),
+                settings,
+                usage,
+                gate,
+                routes,
+            )
+            .start(),
+        );
+    }
+}
+
+impl Handler<TunnelDown> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: TunnelDown, ctx: &mut Self::Context) {
+        let Some(t) = self.tunnels.get_mut(&msg.name) else {
+            return;
+        };
+        if t.generation != msg.generation || !matches!(t.link, Link::Up(_)) {
+            return;
+        }
+        let name = msg.name.clone();
+        self.tunnel_down(msg, ctx);
+        self.reroute(&[Key::Tunnel(name)]);
+    }
+}
+
+impl Registry {
+    pub(super) fn tunnel_down(&mut self, msg: TunnelDown, ctx: &mut Context<Self>) {
+        let Some(t) = self.tunnels.get_mut(&msg.name) else {
+            return;
+        };
+        metrics().set_tunnel_connected(&msg.name, false);
+        match (t.role, msg.goaway) {
+            (Role::Dialer, Some(GoAway::Deleted)) => {
+                log_limited_for!(
+                    info,
+                    "tunnel-down",
+                    msg.peer_ip,
+                    "tunnel {} removed: {}",
+                    msg.name,
+                    msg.reason
+                );
+                self.tunnels.remove(&msg.name);
+                metrics().forget_tunnel(&msg.name);
+                self.save_in_background(&[Key::Tunnel(msg.name.clone())], ctx);
+            }
+            (Role::Dialer, _) if !self.shutting_down => {
+                // Replaced by another connection of the name soon after it came up: another
+                // dialer claims the name too. Going on with the back-off keeps the two from
+                // knocking each other off in a loop.
+                let flapping = msg.goaway == Some(GoAway::Replaced) && msg.lasted < STABLE_AFTER;
+                let attempt = if msg.heard && !flapping {
+                    1
+                } else {
+                    t.dialled_on + 1
+                };
+                let delay = backoff(attempt);
+                log_limited_for!(
+                    warn,
+                    "tunnel-down",
+                    msg.peer_ip,
+                    "tunnel {} is down: {}; re-dialing in {} ms",
+                    msg.name,
+                    msg.reason,
+                    delay.as_millis()
+                );
+                t.last_error = Some(msg.reason);
+                self.retry_tunnel(&msg.name, attempt, delay, ctx);
+            }
+            (Role::Dialer, _) => info!("tunnel {} closed: {}", msg.name, msg.reason),
+            (Role::Acceptor, goaway) => {
+                log_limited_for!(
+                    info,
+                    "tunnel-down",
+                    msg.peer_ip,
+                    "tunnel {} removed: {}",
+                    Escaped(&msg.name),
+                    msg.reason
+                );
+                self.tunnels.remove(&msg.name);
+                if let Some(a) = self.accepted.get_mut(&msg.name) {
+                    // Its last contact: the pin's TTL runs from here.
+                    a.seen = unix_now();
+                }
+                if goaway == Some(GoAway::Deleted) {
+                    self.name_freed(&msg.name, ctx);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<ListenerDown> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ListenerDown, ctx: &mut Self::Context) {
+        if self.shutting_down {
+            return;
+        }
+        let Some(l) = self.listening_mut(&msg.accepts) else {
+            return;
+        };
+        if l.id != msg.id || l.retry.is_some() {
+            return;
+        }
+        l.actor = None;
+        if l.started.elapsed() >= HEALTHY_AFTER {
+            l.restarts = 0;
+        }
+        l.restarts += 1;
+        let delay = backoff(l.restarts);
+        let why = if msg.panicked { "panicked" } else { "stopped" };
+        error!(
+            "{}: the listener {why}; restarting it in {} ms",
+            msg.accepts,
+            delay.as_millis()
+        );
+        l.last_error = Some(format!("the listener {why}"));
+        let accepts = msg.accepts;
+        l.retry = Some(ctx.run_later(delay, move |act, ctx| act.start_listener(accepts, ctx)));
+    }
+}
