@@ -1,0 +1,180 @@
+//! Clients from listeners (a new local stream) and reports from the connections of the streams.
+
+use super::*;
+
+impl Handler<CarryClient> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CarryClient, ctx: &mut Self::Context) {
+        if self.closing || self.local_streams >= self.peer.max_streams {
+            log_limited!(
+                warn,
+                "carry-refused",
+                "tunnel {}: the peer takes at most {} streams; resetting a client of service {}",
+                self.name,
+                self.peer.max_streams,
+                msg.service
+            );
+            let reason = if self.closing {
+                Refused::ShuttingDown
+            } else {
+                Refused::StreamLimit
+            };
+            metrics().count_refused(&msg.service, Side::Local, reason);
+            crate::io::reset_now(&msg.sock);
+            return;
+        }
+        // The client was accepted on the listener's arbiter: register it with this one.
+        let sock = match TcpStream::from_std(msg.sock) {
+            Ok(s) => s,
+            Err(e) => {
+                log_limited!(
+                    warn,
+                    "carry-refused",
+                    "tunnel {}: cannot take over a client of service {}: {e}",
+                    self.name,
+                    msg.service
+                );
+                metrics().count_refused(&msg.service, Side::Local, Refused::Resources);
+                return;
+            }
+        };
+        metrics().count_accepted(&msg.service, Side::Local);
+        let id = self.alloc_id();
+        let open = msg.key.as_ref().map(|k| k.open());
+        let keying = msg.key.zip(open).map(|(key, open)| Keying::Opener {
+            key,
+            nonce: open.nonce,
+        });
+        let conn = Connection::accepted(
+            id,
+            sock,
+            ctx.address().recipient(),
+            msg.service.clone(),
+            keying,
+            msg.idle_timeout,
+            msg.slots,
+        )
+        .start();
+        let frame = Frame::Open {
+            stream: id,
+            service: msg.service.clone(),
+            keyed: open,
+        };
+        let entry = StreamEntry::new(Some(conn), msg.service, Side::Local, &self.settings);
+        self.insert_stream(id, entry);
+        self.queue_control(&frame, ctx);
+    }
+}
+
+impl Handler<FromConnection> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromConnection, ctx: &mut Self::Context) {
+        match msg {
+            FromConnection::Data { stream, frame } => {
+                let payload = (frame.len() - HEADER_LEN) as u64;
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                let used = payload.min(e.granted);
+                e.granted -= used;
+                self.granted_total -= used;
+                e.bytes_sent += payload;
+                e.service_metrics.sent.inc_by(payload);
+                self.bytes_sent += payload;
+                self.metrics.sent.inc_by(payload);
+                self.queue_data(stream, frame, ctx);
+                self.grant(stream);
+                self.refill(stream);
+            }
+            FromConnection::Want { stream } => {
+                if let Some(e) = self.streams.get_mut(&stream) {
+                    e.wanting = true;
+                    self.grant(stream);
+                }
+            }
+            FromConnection::Return { stream, bytes } => {
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                // Unused credit goes back to both windows it was carved from.
+                let bytes = bytes.min(e.granted);
+                e.granted -= bytes;
+                e.send_avail += bytes;
+                e.wanting = false;
+                self.send_window += bytes;
+                self.granted_total -= bytes;
+                self.serve_starving();
+                self.refill(stream);
+            }
+            FromConnection::Consumed { stream, bytes } => {
+                let room =
+                    u64::from(self.settings.max_tunnel_window).saturating_sub(self.windows_total);
+                let rtt = self.rtt.get();
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                let bytes = bytes.min(e.recv.buffered());
+                self.usage.buffers.release(bytes);
+                let before = e.recv.target();
+                let update = e.recv.consume(bytes, Instant::now(), rtt, room);
+                self.windows_total = self.windows_total - before + e.recv.target();
+                if let Some(inc) = update {
+                    self.queue_control(
+                        &Frame::Window {
+                            stream,
+                            increment: inc as u32,
+                        },
+                        ctx,
+                    );
+                }
+                self.release_withheld(ctx);
+            }
+            FromConnection::Fin { stream } => {
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                e.state = StreamState::HalfClosed;
+                let unused = std::mem::take(&mut e.granted);
+                self.send_window += unused;
+                self.granted_total -= unused;
+                self.standing_total -= std::mem::take(&mut e.standing);
+                self.serve_starving();
+                let mut fin = BytesMut::with_capacity(HEADER_LEN);
+                Frame::Fin { stream }.encode(&mut fin);
+                self.queue_data(stream, fin.freeze(), ctx);
+            }
+            FromConnection::Dialed { stream } => {
+                let Some(e) = self.streams.get_mut(&stream) else {
+                    return;
+                };
+                e.state = StreamState::Open;
+                e.send_avail = u64::from(self.peer.windows.stream);
+                metrics().count_accepted(&e.service, Side::Remote);
+                let nonce = e.accept_nonce.take();
+                self.queue_control(&Frame::OpenOk { stream, nonce }, ctx);
+                self.grant(stream);
+                self.give_standing(stream);
+            }
+            FromConnection::Closed { stream, failure } => {
+                if failure.is_some() {
+                    self.drop_queued(stream);
+                }
+                let Some(e) = self.remove_stream(stream) else {
+                    return;
+                };
+                match failure {
+                    None => {}
+                    Some((_, reason))
+                        if e.state == StreamState::Opening && e.side == Side::Remote =>
+                    {
+                        metrics().count_refused(&e.service, Side::Remote, Refused::Unreachable);
+                        self.queue_control(&Frame::OpenFail { stream, reason }, ctx)
+                    }
+                    Some((code, _)) => self.queue_control(&Frame::Reset { stream, code }, ctx),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Commands from the Registry: close the tunnel or a service's streams, counters for `GET /config`, and the test-only fault hooks.
+
+use super::*;
+
+/// Registry -> tunnel: close. With a goodbye the peer learns why at once (and forgets the tunnel
+/// if it was deleted) instead of finding out from a broken connection or the heartbeat.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseTunnel {
+    pub goodbye: Option<(GoAway, String)>,
+}
+
+impl Handler<CloseTunnel> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseTunnel, ctx: &mut Self::Context) {
+        self.down_reason = Some(match &msg.goodbye {
+            Some((_, reason)) => reason.clone(),
+            None => "replaced".to_owned(),
+        });
+        match msg.goodbye {
+            Some((code, reason)) => {
+                for (_, e) in self.streams.drain() {
+                    if let Some(conn) = e.conn {
+                        conn.do_send(StreamEvent::Abort);
+                    }
+                }
+                self.sched.clear();
+                self.closing = true;
+                self.queue_control(&Frame::GoAway { code, reason }, ctx);
+                ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+            }
+            None => ctx.stop(),
+        }
+    }
+}
+
+/// Registry -> tunnel: a service was deleted; close its streams.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseService {
+    pub service: String,
+    pub side: Side,
+}
+
+impl Handler<CloseService> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseService, ctx: &mut Self::Context) {
+        let ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, e)| e.side == msg.side && e.service == msg.service)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.reset_stream(id, ResetCode::Aborted, ctx);
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::Crash> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::Crash, _ctx: &mut Self::Context) {
+        panic!("fault injected into tunnel {}", self.name);
+    }
+}
+
+/// Test-only fault hook: make the connection actor of one stream panic.
+#[cfg(feature = "fault-injection")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CrashStream {
+    pub stream: u32,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<CrashStream> for Tunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: CrashStream, _ctx: &mut Self::Context) {
+        if let Some(conn) = self.streams.get(&msg.stream).and_then(|e| e.conn.as_ref()) {
+            conn.do_send(crate::Crash);
+        }
+    }
+}
+
+/// Registry -> tunnel: its counters, for `GET /config`; its connections too unless
+/// `connections` is false (only those of `service` if given).
+#[derive(Message)]
+#[rtype(result = "TunnelStats")]
+pub struct Snapshot {
+    pub connections: bool,
+    pub service: Option<String>,
+}
+
+impl Handler<Snapshot> for Tunnel {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.snapshot(&msg))
+    }
+}

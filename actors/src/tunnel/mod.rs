@@ -1,0 +1,451 @@
+//! The tunnel actor: one per tunnel TCP connection. It multiplexes the streams of every service
+//! bound to the tunnel, and owns both levels of flow control. A stream's life is in
+//! `actors/STREAMS.md`; the arithmetic is in plain types, [`crate::credit`] and
+//! [`crate::schedule`].
+//!
+//! Sending: a connection actor reads its socket only against a *grant* from this actor, carved
+//! out of the peer's stream window and the peer's tunnel window together, so every byte a
+//! connection hands over already has credit and nothing waits here for credit. A connection asks
+//! only when its socket is readable and hands back what it did not use when the socket runs dry,
+//! so idle streams reserve nothing. What the tunnel holds towards its peer (granted or queued) is
+//! capped per stream and per tunnel, whatever the peer grants; frames queue per stream and leave
+//! deficit round-robin, so one bulk stream delays a small frame by one frame at most; streams
+//! waiting for credit are served round-robin.
+//!
+//! Receiving: a DATA frame is handed straight to its connection actor (the reader never waits on
+//! a stream), and its tunnel credit goes back at once: what a stream holds unread, its own window
+//! bounds. Stream credit goes back only once the connection reports the bytes written to its
+//! socket, and the window grows while it limits the stream. A peer that sends past a stream's
+//! window gets that stream reset; past the tunnel window, the tunnel is closed.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use log::{debug, error};
+use serde::Serialize;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+
+use crate::cipher::fresh_nonce;
+use crate::connection::{Connection, FromConnection, Keying, StreamEvent};
+use crate::credit::{RecvWindow, Rtt};
+use crate::handshake::Terms;
+use crate::io::write_all_vectored;
+use crate::limits::{Escaped, Gauge, TokenBucket, Usage};
+use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
+use crate::protocol::{
+    Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
+    NONCE_LEN, TUNNEL_STREAM,
+};
+use crate::routes::{CarryClient, RouteTable};
+use crate::schedule::SendQueue;
+use crate::{Settings, Side};
+
+mod clients;
+mod commands;
+mod peer;
+mod send;
+mod streams;
+mod writer;
+
+#[cfg(feature = "fault-injection")]
+pub use commands::CrashStream;
+pub use commands::{CloseService, CloseTunnel, Snapshot};
+
+/// Tunnel -> its owner (the Registry): the tunnel actor stopped. A report going up, declared
+/// here beside its sender.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TunnelDown {
+    pub name: String,
+    pub generation: u64,
+    pub reason: String,
+    /// The peer's goodbye, if it said one.
+    pub goaway: Option<GoAway>,
+    /// The peer sent at least one frame.
+    pub heard: bool,
+    /// How long the tunnel was up.
+    pub lasted: Duration,
+    /// The peer's address, for the rate limit of lines about it.
+    pub peer_ip: std::net::IpAddr,
+}
+
+/// Most credit one stream holds at once; a stream is topped up when below half of it.
+const GRANT_MAX: u64 = 128 * 1024;
+/// One write to the tunnel socket carries at most about this much data, so that control frames
+/// queued meanwhile wait for no more than this.
+const WRITE_BATCH: usize = 128 * 1024;
+/// What one tunnel holds towards its peer at most (granted to connections, or queued here):
+/// enough to keep the socket busy, little enough that a new frame never waits long.
+const SEND_BUDGET: u64 = 1 << 20;
+/// The same, per stream: one bulk stream cannot fill the tunnel's queue.
+const STREAM_SEND_MAX: u64 = 256 * 1024;
+/// Credit a stream keeps across hand-backs (its standing grant), so that a request or response
+/// this small is read and sent at once, with no Want/Grant round between actors.
+const STANDING_GRANT: u64 = 8 * 1024;
+/// Standing grants one tunnel hands out in all (first come, given back when a stream's sending
+/// side ends): on top of [`SEND_BUDGET`], and the bound on what idle streams hold.
+const STANDING_POOL: u64 = 256 * 1024;
+/// Unsent bytes the kernel may hold for the tunnel socket (`TCP_NOTSENT_LOWAT`): the queue that
+/// no scheduling can reorder is kept this small.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+/// Control frames a peer can make us queue (pongs, window updates) while not reading them.
+const MAX_CONTROL_QUEUE: usize = 1 << 20;
+/// Most credit a peer may extend, per stream or per tunnel.
+const MAX_CREDIT: u64 = 1 << 32;
+/// How long a closing tunnel may take to flush its goodbye.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Dialer,
+    Acceptor,
+}
+
+/// Where a stream is in its life, as its tunnel sees it (`actors/STREAMS.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// OPEN sent (local) or received (remote); no OPEN_OK yet: no data may flow.
+    Opening,
+    /// OPEN_OK exchanged: data flows both ways.
+    Open,
+    /// Our side sent FIN: it reads no more, so it needs no more credit; the peer may still send.
+    HalfClosed,
+}
+
+impl StreamState {
+    fn name(self) -> &'static str {
+        match self {
+            StreamState::Opening => "opening",
+            StreamState::Open => "open",
+            StreamState::HalfClosed => "half-closed",
+        }
+    }
+}
+
+/// One multiplexed stream, as the tunnel sees it.
+struct StreamEntry {
+    /// `None` while the Registry decides on an OPEN from the peer.
+    conn: Option<Addr<Connection>>,
+    /// Which service the stream carries, for `GET /config` and for closing a deleted service.
+    service: String,
+    /// Local: we opened it for a client; remote: the peer opened it towards our backend.
+    side: Side,
+    /// Our stream nonce of a keyed stream the peer opened, sent in OPEN_OK.
+    accept_nonce: Option<[u8; NONCE_LEN]>,
+    /// Where the stream is in its life (see `STREAMS.md`).
+    state: StreamState,
+    /// Peer's credit for this stream that has not been granted to the connection yet.
+    send_avail: u64,
+    /// Granted to the connection and not yet come back as data or handed back.
+    granted: u64,
+    /// The connection has asked for credit and not handed back since.
+    wanting: bool,
+    /// The part of `granted` the connection keeps while idle (0 or [`STANDING_GRANT`]), carved
+    /// from the tunnel's standing pool.
+    standing: u64,
+    /// Queued in `Tunnel::starving`, waiting for tunnel credit.
+    starving: bool,
+    /// What the peer may send on this stream: grows while the stream is window-limited.
+    recv: RecvWindow,
+    /// Wire bytes of this stream, for `GET /config`.
+    bytes_sent: u64,
+    bytes_received: u64,
+    /// Its service's byte counters in `GET /metrics`.
+    service_metrics: ServiceMetrics,
+    /// Counts the stream in its service's active connections while it lives.
+    _active: ActiveConnection,
+}
+
+/// Counters of one tunnel, for `GET /config`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TunnelStats {
+    pub peer: Option<String>,
+    pub streams: usize,
+    pub streams_opened: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub send_window: u64,
+    pub queued_bytes: usize,
+    pub connections: Vec<StreamStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamStats {
+    pub stream: u32,
+    pub service: String,
+    pub side: Side,
+    pub state: &'static str,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// The stream's receive window now (it grows while window-limited, shrinks when idle).
+    pub window: u64,
+}
+
+pub struct Tunnel {
+    /// The tunnel's name, shared by both ends.
+    name: String,
+    /// Which incarnation of the name this is, so the Registry ignores a stale report.
+    generation: u64,
+    /// Who dialled: decides stream id parity and what happens after a drop.
+    role: Role,
+    registry: Recipient<TunnelDown>,
+    settings: Settings,
+    /// What the peer granted us in the handshake: its windows and stream limit.
+    peer: Terms,
+    peer_addr: Option<SocketAddr>,
+    /// The node's limits and their counters (streams and dials refused).
+    usage: Arc<Usage>,
+    /// Backend dials the peer may still cause this second.
+    dials: TokenBucket,
+    /// This tunnel's backend connections, against its share of the descriptor pool: one peer
+    /// cannot take every descriptor from the other tunnels and services.
+    backends: Arc<Gauge>,
+    /// Where OPENs from the peer go, as the Registry last published.
+    routes: RouteTable,
+    /// The peer proved a secret: refusals may tell it why.
+    authenticated: bool,
+    /// Moved into the frame reader once the actor starts.
+    /// The tunnel's socket until the actor starts: registered with the arbiter it runs on there
+    /// (it may have been accepted or dialled on another).
+    sock: Option<std::net::TcpStream>,
+    /// `None` while a write is under way (the write future owns it).
+    writer: Option<OwnedWriteHalf>,
+    writing: bool,
+    /// Encoded control frames, written ahead of data.
+    control: BytesMut,
+    /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
+    sched: SendQueue,
+    streams: HashMap<u32, StreamEntry>,
+    /// Streams we opened and streams the peer opened, against the two stream limits.
+    local_streams: u32,
+    remote_streams: u32,
+    next_id: u32,
+    /// Peer's tunnel-level credit not yet granted to any stream.
+    send_window: u64,
+    /// Credit granted to our connections and not yet come back as data: with what `sched` holds,
+    /// what we have in hand towards the peer, capped by [`SEND_BUDGET`] (plus the standing
+    /// grants) whatever it announced.
+    granted_total: u64,
+    /// Standing grants handed out, within [`STANDING_POOL`].
+    standing_total: u64,
+    /// Streams waiting for tunnel credit, served round-robin.
+    starving: VecDeque<u32>,
+    /// What the peer may have in flight over the whole tunnel. Credit goes back as soon as a
+    /// frame is handed to its stream, so bytes a stalled stream holds never hold the tunnel: each
+    /// stream's own window bounds those.
+    recv: RecvWindow,
+    /// The sum of the streams' receive targets, against `max_tunnel_window`: their growth budget.
+    windows_total: u64,
+    /// Tunnel credit held back while the node's buffer budget is spent: returned to the peer
+    /// once streams have written enough for the budget to have room again.
+    withheld: u64,
+    /// The path's round trip, from PING/PONG: decides whether a window is what limits a stream.
+    rtt: Rtt,
+    /// The PING in flight and when it went, for the next RTT sample.
+    ping_sent: Option<(u64, Instant)>,
+    last_heard: Instant,
+    /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
+    heard: bool,
+    /// When the tunnel came up, to tell a lasting tunnel from one that flaps.
+    up_since: Instant,
+    pings: u64,
+    /// A goodbye is being flushed: stop once the queues are empty.
+    closing: bool,
+    down_reason: Option<String>,
+    /// The peer said goodbye, and why.
+    goaway_received: Option<GoAway>,
+    streams_opened: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    /// The tunnel's series in `GET /metrics` (they belong to the name: a reconnect finds them).
+    metrics: TunnelMetrics,
+}
+
+impl Tunnel {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        generation: u64,
+        role: Role,
+        sock: std::net::TcpStream,
+        peer: Terms,
+        registry: Recipient<TunnelDown>,
+        settings: Settings,
+        usage: Arc<Usage>,
+        routes: RouteTable,
+        authenticated: bool,
+    ) -> Tunnel {
+        Tunnel {
+            metrics: metrics().tunnel(&name),
+            name,
+            generation,
+            role,
+            registry,
+            settings,
+            peer,
+            peer_addr: sock.peer_addr().ok(),
+            dials: TokenBucket::new(settings.limits.max_dials_per_second, Instant::now()),
+            backends: Gauge::new(settings.limits.descriptor_share(usage.descriptors.max())),
+            usage,
+            routes,
+            authenticated,
+            sock: Some(sock),
+            writer: None,
+            writing: false,
+            control: BytesMut::new(),
+            sched: SendQueue::default(),
+            streams: HashMap::new(),
+            local_streams: 0,
+            remote_streams: 0,
+            // The dialer opens odd streams, the acceptor even ones, so ids never collide.
+            next_id: if role == Role::Dialer { 1 } else { 2 },
+            send_window: u64::from(peer.windows.tunnel),
+            granted_total: 0,
+            standing_total: 0,
+            starving: VecDeque::new(),
+            recv: RecvWindow::new(
+                u64::from(settings.tunnel_window),
+                u64::from(settings.max_tunnel_window),
+                Instant::now(),
+            ),
+            windows_total: 0,
+            withheld: 0,
+            rtt: Rtt::default(),
+            ping_sent: None,
+            last_heard: Instant::now(),
+            heard: false,
+            up_since: Instant::now(),
+            pings: 0,
+            closing: false,
+            down_reason: None,
+            goaway_received: None,
+            streams_opened: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    /// The credit and queue gauges of `GET /metrics`: set after each write and each second.
+    fn publish_gauges(&self) {
+        let queued = self.sched.bytes() + self.control.len();
+        self.metrics
+            .queued
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        self.metrics
+            .send_window
+            .set(i64::try_from(self.send_window).unwrap_or(i64::MAX));
+    }
+
+    /// The peer's address, for lines rate-limited per peer.
+    fn peer_ip(&self) -> std::net::IpAddr {
+        self.peer_addr
+            .map_or(std::net::IpAddr::from([0u8, 0, 0, 0]), |a| a.ip())
+    }
+
+    fn fail(&mut self, ctx: &mut Context<Self>, reason: String) {
+        if self.down_reason.is_none() {
+            self.down_reason = Some(reason);
+        }
+        ctx.stop();
+    }
+}
+
+impl Actor for Tunnel {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(256);
+        if let Some(sock) = self.sock.take() {
+            crate::io::set_notsent_lowat(&sock, NOTSENT_LOWAT);
+            let sock = match TcpStream::from_std(sock) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.fail(ctx, format!("cannot take the socket over: {e}"));
+                    return;
+                }
+            };
+            let (reader, writer) = sock.into_split();
+            self.writer = Some(writer);
+            ctx.add_stream(FramedRead::with_capacity(
+                reader,
+                FrameCodec,
+                HEADER_LEN + MAX_DATA,
+            ));
+        }
+        // A first ping at once, so a working peer is heard within a round trip. Pings keep an
+        // idle tunnel audible; silence is checked on a shorter period of its own, so a dead peer
+        // is declared within the timeout, not the timeout plus an interval.
+        self.send_ping(ctx);
+        ctx.run_interval(self.settings.heartbeat_interval, |act, ctx| {
+            act.send_ping(ctx)
+        });
+        let check = (self.settings.heartbeat_timeout / 8).min(Duration::from_secs(1));
+        ctx.run_interval(check, |act, ctx| {
+            let now = Instant::now();
+            let mut total = 0;
+            for e in act.streams.values_mut() {
+                e.recv.shrink_if_idle(now);
+                total += e.recv.target();
+            }
+            act.windows_total = total;
+            act.publish_gauges();
+            // Other tunnels' streams may have made room in the node's buffer budget.
+            act.release_withheld(ctx);
+            let silent = act.last_heard.elapsed();
+            if silent > act.settings.heartbeat_timeout {
+                act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
+            }
+        });
+    }
+
+    /// Also runs when a handler panicked (actix stops the actor as its task unwinds): keep it
+    /// to sends and logging, which cannot panic again.
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let reason = if std::thread::panicking() {
+            error!(
+                "tunnel {}: the tunnel actor panicked; closing its {} streams",
+                self.name,
+                self.streams.len()
+            );
+            "the tunnel actor panicked".to_owned()
+        } else {
+            let reason = self
+                .down_reason
+                .take()
+                .unwrap_or_else(|| "closed".to_owned());
+            log_limited_for!(
+                info,
+                "tunnel-down",
+                self.peer_ip(),
+                "tunnel {} down ({} streams closed): {reason}",
+                self.name,
+                self.streams.len()
+            );
+            reason
+        };
+        for (_, e) in self.streams.drain() {
+            self.usage.buffers.release(e.recv.buffered());
+            if let Some(conn) = e.conn {
+                conn.do_send(StreamEvent::Abort);
+            }
+        }
+        self.metrics.streams.set(0);
+        self.metrics.queued.set(0);
+        self.registry.do_send(TunnelDown {
+            name: self.name.clone(),
+            generation: self.generation,
+            reason,
+            goaway: self.goaway_received,
+            heard: self.heard,
+            lasted: self.up_since.elapsed(),
+            peer_ip: self.peer_ip(),
+        });
+    }
+}

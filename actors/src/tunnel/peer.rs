@@ -1,0 +1,310 @@
+//! Frames from the peer: DATA under credit, OPEN decided from the route table, window updates, resets, pings and goodbyes.
+
+use super::*;
+
+impl Tunnel {
+    pub(super) fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        match frame {
+            Frame::Data { stream, payload } => self.on_data(stream, payload, ctx),
+            Frame::Window { stream, increment } => {
+                // Credit past 4 GiB is a broken or hostile peer: windows are at most 1 GiB.
+                let inc = u64::from(increment);
+                if stream == TUNNEL_STREAM {
+                    self.send_window += inc;
+                    if self.send_window > MAX_CREDIT {
+                        self.fail(ctx, "peer overflowed the tunnel window".to_owned());
+                        return;
+                    }
+                    self.serve_starving();
+                } else if let Some(e) = self.streams.get_mut(&stream) {
+                    e.send_avail += inc;
+                    if e.send_avail + e.granted > MAX_CREDIT {
+                        self.fail(
+                            ctx,
+                            format!("peer overflowed the window of stream {stream}"),
+                        );
+                        return;
+                    }
+                    self.grant(stream);
+                    self.refill(stream);
+                }
+            }
+            Frame::Open {
+                stream,
+                service,
+                keyed,
+            } => self.on_open(stream, service, keyed, ctx),
+            Frame::OpenOk { stream, nonce } => match self.streams.get_mut(&stream) {
+                Some(e) if e.side == Side::Local && e.state == StreamState::Opening => {
+                    e.state = StreamState::Open;
+                    e.send_avail = u64::from(self.peer.windows.stream);
+                    if let Some(conn) = &e.conn {
+                        conn.do_send(StreamEvent::Opened { nonce });
+                    }
+                    self.grant(stream);
+                    self.give_standing(stream);
+                }
+                _ => debug!("tunnel {}: OPEN_OK for unknown stream {stream}", self.name),
+            },
+            Frame::OpenFail { stream, reason } => {
+                let known = matches!(self.streams.get(&stream), Some(e) if e.side == Side::Local && e.state == StreamState::Opening);
+                if known {
+                    if let Some(e) = self.remove_stream(stream) {
+                        metrics().count_refused(&e.service, Side::Local, Refused::PeerRefused);
+                        log_limited!(
+                            warn,
+                            "stream-refused-by-peer",
+                            "tunnel {}: service {} refused by the peer: {}; resetting the client",
+                            self.name,
+                            e.service,
+                            Escaped(&reason)
+                        );
+                        if let Some(conn) = e.conn {
+                            conn.do_send(StreamEvent::Abort);
+                        }
+                    }
+                }
+            }
+            Frame::Fin { stream } => {
+                if let Some(conn) = self.streams.get(&stream).and_then(|e| e.conn.as_ref()) {
+                    conn.do_send(StreamEvent::Fin);
+                }
+            }
+            Frame::Reset { stream, code } => {
+                self.drop_queued(stream);
+                if let Some(e) = self.remove_stream(stream) {
+                    if code == ResetCode::Integrity {
+                        log_limited!(
+                            warn,
+                            "stream-integrity",
+                            "tunnel {}: stream {stream} of service {} reset by the peer: {}",
+                            self.name,
+                            e.service,
+                            code.describe()
+                        );
+                    } else {
+                        debug!(
+                            "tunnel {}: stream {stream} reset by the peer: {}",
+                            self.name,
+                            code.describe()
+                        );
+                    }
+                    if let Some(conn) = e.conn {
+                        conn.do_send(StreamEvent::Abort);
+                    }
+                }
+            }
+            Frame::Ping(v) => self.queue_control(&Frame::Pong(v), ctx),
+            Frame::Pong(v) => {
+                if let Some((sent, at)) = self.ping_sent {
+                    if sent == v {
+                        self.rtt.sample(at.elapsed());
+                        self.metrics.rtt.set(at.elapsed().as_secs_f64());
+                        self.ping_sent = None;
+                    }
+                }
+            }
+            Frame::GoAway { code, reason } => {
+                let reason = Escaped(&reason).to_string();
+                log_limited_for!(
+                    info,
+                    "tunnel-goaway",
+                    self.peer_ip(),
+                    "tunnel {}: peer closed the tunnel: {reason}",
+                    self.name
+                );
+                self.goaway_received = Some(code);
+                self.fail(ctx, format!("closed by the peer: {reason}"));
+            }
+        }
+    }
+
+    pub(super) fn on_data(&mut self, id: u32, payload: BytesMut, ctx: &mut Context<Self>) {
+        let len = payload.len() as u64;
+        let now = Instant::now();
+        if !self.recv.receive(len, now) {
+            self.fail(ctx, "peer overran the tunnel window".to_owned());
+            return;
+        }
+        self.bytes_received += len;
+        self.metrics.received.inc_by(len);
+        let Some(e) = self.streams.get_mut(&id) else {
+            // A stream that was just reset: the bytes are dropped, their credit goes back.
+            self.credit_tunnel(len, now, ctx);
+            return;
+        };
+        if e.state == StreamState::Opening || !e.recv.receive(len, now) {
+            self.credit_tunnel(len, now, ctx);
+            log_limited!(
+                warn,
+                "stream-overrun",
+                "tunnel {}: peer overran the window of stream {id}; resetting it",
+                self.name
+            );
+            self.reset_stream(id, ResetCode::WindowOverrun, ctx);
+            return;
+        }
+        e.bytes_received += len;
+        e.service_metrics.received.inc_by(len);
+        if let Some(conn) = &e.conn {
+            conn.do_send(StreamEvent::Data(payload));
+        }
+        // The tunnel's hands are empty again at once (what the stream holds, its window
+        // bounds), unless the node's streams together hold more than its budget.
+        if self.usage.buffers.hold(len) {
+            self.credit_tunnel(len, now, ctx);
+        } else {
+            self.withheld += len;
+        }
+    }
+
+    pub(super) fn on_open(
+        &mut self,
+        id: u32,
+        service: String,
+        keyed: Option<KeyedOpen>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.peer_may_open(id) {
+            self.fail(
+                ctx,
+                format!("peer opened stream {id} with the wrong parity"),
+            );
+            return;
+        }
+        if self.streams.contains_key(&id) {
+            self.fail(ctx, format!("peer reopened live stream {id}"));
+            return;
+        }
+        if self.remote_streams >= self.settings.limits.max_streams {
+            self.usage.refuse_stream();
+            metrics().count_refused(&service, Side::Remote, Refused::StreamLimit);
+            let reason = "too many streams on this tunnel";
+            log_limited!(
+                warn,
+                "stream-limit",
+                "tunnel {}: refusing stream {id}: {reason} (max_streams {})",
+                self.name,
+                self.settings.limits.max_streams
+            );
+            return self.refuse_open(id, reason.to_owned(), ctx);
+        }
+        // Decided here, from the routes the Registry published: no round trip through it.
+        let routes = self.routes.load();
+        let route = match routes.open(&self.name, &service, keyed.as_ref(), self.authenticated) {
+            Ok(route) => route,
+            Err(refusal) => {
+                metrics().count_refused(&service, Side::Remote, refusal.reason);
+                log_limited!(
+                    warn,
+                    "stream-refused",
+                    "tunnel {}: refusing stream {id}: {}",
+                    self.name,
+                    refusal.log
+                );
+                return self.refuse_open(id, refusal.peer, ctx);
+            }
+        };
+        let refusal = if !self.dials.try_take(Instant::now()) {
+            self.usage.refuse_dial();
+            log_limited!(
+                warn,
+                "dial-limit",
+                "tunnel {}: refusing stream {id}: the peer opens more than {} streams a second",
+                self.name,
+                self.settings.limits.max_dials_per_second
+            );
+            Some("too many new streams per second")
+        } else {
+            None
+        };
+        let share = match refusal {
+            Some(_) => None,
+            None => self.backends.try_acquire(),
+        };
+        if share.is_none() && refusal.is_none() {
+            log_limited!(
+                warn,
+                "descriptors",
+                "tunnel {}: its backend connections use its share of the descriptor pool ({}); \
+                 refusing stream {id}",
+                self.name,
+                self.backends.max()
+            );
+        }
+        let refusal = refusal.or(share
+            .is_none()
+            .then_some("this tunnel has too many connections"));
+        let descriptor = match refusal {
+            Some(_) => None,
+            None => self.usage.descriptors.try_acquire(),
+        };
+        let (Some(descriptor), Some(share)) = (descriptor, share) else {
+            if refusal.is_none() {
+                log_limited!(
+                    warn,
+                    "descriptors",
+                    "tunnel {}: out of file descriptors (reserve kept); refusing stream {id}",
+                    self.name
+                );
+            }
+            let reason = refusal.unwrap_or("the node is out of connections");
+            metrics().count_refused(&service, Side::Remote, Refused::Resources);
+            return self.refuse_open(id, reason.to_owned(), ctx);
+        };
+        // Key setup here, not in the Registry: our nonce goes back in OPEN_OK.
+        let crypto = route.key.as_ref().zip(keyed.as_ref()).map(|(k, o)| {
+            let ours = fresh_nonce();
+            (k.stream(&o.nonce, &ours, false), ours)
+        });
+        let (crypto, nonce) = match crypto {
+            Some((c, n)) => (Some(c), Some(n)),
+            None => (None, None),
+        };
+        let conn = Connection::dialing(
+            id,
+            route.addr,
+            self.settings.connect_timeout,
+            ctx.address().recipient(),
+            service.clone(),
+            crypto.map(|c| Keying::Ready(Box::new(c))),
+            route.timeout,
+            vec![descriptor, share],
+        )
+        .start();
+        let mut entry = StreamEntry::new(Some(conn), service, Side::Remote, &self.settings);
+        entry.accept_nonce = nonce;
+        self.insert_stream(id, entry);
+    }
+
+    /// Answers a peer's OPEN with OPEN_FAIL.
+    pub(super) fn refuse_open(&mut self, stream: u32, reason: String, ctx: &mut Context<Self>) {
+        self.queue_control(&Frame::OpenFail { stream, reason }, ctx);
+    }
+}
+
+impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
+    fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
+        match item {
+            Ok(frame) => {
+                // Only a frame counts as hearing the peer: a reset or garbage does not.
+                self.last_heard = Instant::now();
+                self.heard = true;
+                self.on_frame(frame, ctx)
+            }
+            Err(e) => {
+                log_limited!(
+                    warn,
+                    "tunnel-protocol",
+                    "tunnel {}: {e}; closing the tunnel",
+                    self.name
+                );
+                self.fail(ctx, e.to_string());
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        self.fail(ctx, "the peer closed the connection".to_owned());
+    }
+}

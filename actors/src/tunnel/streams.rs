@@ -1,0 +1,129 @@
+//! The stream table: ids, a stream's entry and its removal (its credit given back), resets, and the per-stream view of `GET /config`.
+
+use super::*;
+
+impl Tunnel {
+    pub(super) fn alloc_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(2);
+            if self.next_id == 0 || self.next_id == 1 {
+                self.next_id = if self.role == Role::Dialer { 1 } else { 2 };
+            }
+            if !self.streams.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub(super) fn peer_may_open(&self, id: u32) -> bool {
+        id != TUNNEL_STREAM && (id % 2 == 1) == (self.role == Role::Acceptor)
+    }
+
+    /// Forgets a stream, returning its unused credit in both directions.
+    pub(super) fn remove_stream(&mut self, id: u32) -> Option<StreamEntry> {
+        let e = self.streams.remove(&id)?;
+        // What it held and never wrote is dropped with it.
+        self.usage.buffers.release(e.recv.buffered());
+        self.metrics.streams.set(self.streams.len() as i64);
+        match e.side {
+            Side::Local => self.local_streams -= 1,
+            Side::Remote => self.remote_streams -= 1,
+        }
+        self.send_window += e.granted;
+        self.granted_total -= e.granted;
+        self.standing_total -= e.standing;
+        self.windows_total -= e.recv.target();
+        self.serve_starving();
+        Some(e)
+    }
+
+    pub(super) fn reset_stream(&mut self, id: u32, code: ResetCode, ctx: &mut Context<Self>) {
+        self.drop_queued(id);
+        if let Some(e) = self.remove_stream(id) {
+            debug!(
+                "tunnel {}: stream {id} reset: {}",
+                self.name,
+                code.describe()
+            );
+            if let Some(conn) = e.conn {
+                conn.do_send(StreamEvent::Abort);
+            }
+            self.queue_control(&Frame::Reset { stream: id, code }, ctx);
+        }
+    }
+
+    /// Registers a new stream, counted against its side's limit.
+    pub(super) fn insert_stream(&mut self, id: u32, entry: StreamEntry) {
+        self.windows_total += entry.recv.target();
+        match entry.side {
+            Side::Local => self.local_streams += 1,
+            Side::Remote => self.remote_streams += 1,
+        }
+        self.streams.insert(id, entry);
+        self.streams_opened += 1;
+        self.metrics.streams_opened.inc();
+        self.metrics.streams.set(self.streams.len() as i64);
+    }
+
+    pub(super) fn snapshot(&self, ask: &Snapshot) -> TunnelStats {
+        let connections = self
+            .streams
+            .iter()
+            .filter(|(_, e)| {
+                ask.connections && ask.service.as_ref().is_none_or(|s| *s == e.service)
+            })
+            .map(|(id, e)| StreamStats {
+                stream: *id,
+                service: e.service.clone(),
+                side: e.side,
+                state: e.state.name(),
+                bytes_sent: e.bytes_sent,
+                bytes_received: e.bytes_received,
+                window: e.recv.target(),
+            })
+            .collect();
+        TunnelStats {
+            peer: self.peer_addr.map(|a| a.to_string()),
+            streams: self.streams.len(),
+            streams_opened: self.streams_opened,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            send_window: self.send_window,
+            queued_bytes: self.sched.bytes() + self.control.len(),
+            connections,
+        }
+    }
+}
+
+impl StreamEntry {
+    pub(super) fn new(
+        conn: Option<Addr<Connection>>,
+        service: String,
+        side: Side,
+        s: &Settings,
+    ) -> Self {
+        let service_metrics = metrics().service(&service, side);
+        StreamEntry {
+            conn,
+            service,
+            side,
+            accept_nonce: None,
+            state: StreamState::Opening,
+            send_avail: 0,
+            granted: 0,
+            wanting: false,
+            standing: 0,
+            starving: false,
+            recv: RecvWindow::new(
+                u64::from(s.stream_window),
+                u64::from(s.max_stream_window),
+                Instant::now(),
+            ),
+            bytes_sent: 0,
+            bytes_received: 0,
+            _active: service_metrics.active(),
+            service_metrics,
+        }
+    }
+}

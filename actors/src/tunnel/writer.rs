@@ -1,0 +1,78 @@
+//! The writer: control frames ahead of data, data frames per stream taken round-robin, written to the tunnel socket in vectored batches with `TCP_NOTSENT_LOWAT`.
+
+use super::*;
+
+impl Tunnel {
+    pub(super) fn queue_control(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
+        frame.encode(&mut self.control);
+        if self.control.len() > MAX_CONTROL_QUEUE {
+            self.fail(
+                ctx,
+                "peer does not read its control frames; closing".to_owned(),
+            );
+            return;
+        }
+        self.flush(ctx);
+    }
+
+    pub(super) fn queue_data(&mut self, stream: u32, frame: Bytes, ctx: &mut Context<Self>) {
+        self.sched.push(stream, frame);
+        self.flush(ctx);
+    }
+
+    /// Drops what a reset stream still had queued, giving its credit back to the tunnel window.
+    pub(super) fn drop_queued(&mut self, stream: u32) {
+        self.send_window += self.sched.drop_stream(stream);
+    }
+
+    pub(super) fn send_ping(&mut self, ctx: &mut Context<Self>) {
+        let v = self.pings;
+        self.pings += 1;
+        if self.ping_sent.is_none() {
+            self.ping_sent = Some((v, Instant::now()));
+        }
+        self.queue_control(&Frame::Ping(v), ctx);
+    }
+
+    /// Starts a write of what is queued, control frames first, unless one is under way.
+    pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
+            return;
+        }
+        if self.control.is_empty() && self.sched.is_empty() {
+            if self.closing {
+                ctx.stop();
+            }
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(8);
+        if !self.control.is_empty() {
+            batch.push(self.control.split().freeze());
+        }
+        self.sched.take(WRITE_BATCH, &mut batch);
+        self.writing = true;
+        ctx.spawn(
+            async move {
+                let result = write_all_vectored(&mut writer, batch).await;
+                (writer, result)
+            }
+            .into_actor(self)
+            .map(|(writer, result), act, ctx| {
+                act.writing = false;
+                act.publish_gauges();
+                match result {
+                    Ok(()) => {
+                        act.writer = Some(writer);
+                        // Room in our send budget again.
+                        act.serve_starving();
+                        act.flush(ctx);
+                    }
+                    Err(e) => act.fail(ctx, format!("write failed: {e}")),
+                }
+            }),
+        );
+    }
+}
