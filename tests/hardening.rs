@@ -590,7 +590,8 @@ fn stalled_readers_hold_at_most_the_node_buffer_budget_and_a_tunnel_window() {
         let chunk = vec![0x5au8; 64 * 1024];
         while s.write_all(&chunk).is_ok() {}
     });
-    let tunnel = "[tunnel]\nstream_window = 262144\ntunnel_window = 1048576\n";
+    let tunnel =
+        "[tunnel]\nstream_window = 262144\ntunnel_window = 1048576\nmax_tunnel_window = 1048576\n";
     let a = Node::with_config(
         &dir,
         "a",

@@ -27,6 +27,7 @@ pub mod protocol;
 pub mod registry;
 pub mod routes;
 pub mod schedule;
+pub mod send_credit;
 pub mod state;
 pub mod tunnel;
 

@@ -520,6 +520,16 @@ impl Drop for Backend {
     }
 }
 
+/// Whether a client of `addr` is closed (reset or EOF) within `within`: the node may reset it so
+/// soon on loopback that the reset arrives before `connect` returns, which counts too.
+pub fn refused_within(addr: SocketAddr, within: Duration) -> bool {
+    match TcpStream::connect(addr) {
+        Ok(mut s) => closed_within(&mut s, within),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+        Err(e) => panic!("connect to {addr}: {e}"),
+    }
+}
+
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");

@@ -61,7 +61,7 @@ impl Handler<CarryClient> for Tunnel {
             service: msg.service.clone(),
             keyed: open,
         };
-        let entry = StreamEntry::new(Some(conn), msg.service, Side::Local, &self.settings);
+        let entry = StreamEntry::new(conn, msg.service, Side::Local, &self.settings);
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }
@@ -77,37 +77,16 @@ impl Handler<FromConnection> for Tunnel {
                 let Some(e) = self.streams.get_mut(&stream) else {
                     return;
                 };
-                let used = payload.min(e.granted);
-                e.granted -= used;
-                self.granted_total -= used;
                 e.bytes_sent += payload;
                 e.service_metrics.sent.inc_by(payload);
                 self.bytes_sent += payload;
                 self.metrics.sent.inc_by(payload);
                 self.queue_data(stream, frame, ctx);
-                self.grant(stream);
-                self.refill(stream);
+                self.stream_sent(stream, payload);
             }
-            FromConnection::Want { stream } => {
-                if let Some(e) = self.streams.get_mut(&stream) {
-                    e.wanting = true;
-                    self.grant(stream);
-                }
-            }
-            FromConnection::Return { stream, bytes } => {
-                let Some(e) = self.streams.get_mut(&stream) else {
-                    return;
-                };
-                // Unused credit goes back to both windows it was carved from.
-                let bytes = bytes.min(e.granted);
-                e.granted -= bytes;
-                e.send_avail += bytes;
-                e.wanting = false;
-                self.send_window += bytes;
-                self.granted_total -= bytes;
-                self.serve_starving();
-                self.refill(stream);
-            }
+            FromConnection::Want { stream } => self.stream_wants(stream),
+            // Unused credit goes back to both windows it was carved from.
+            FromConnection::Return { stream, bytes } => self.stream_handed_back(stream, bytes),
             FromConnection::Consumed { stream, bytes } => {
                 let room =
                     u64::from(self.settings.max_tunnel_window).saturating_sub(self.windows_total);
@@ -136,11 +115,7 @@ impl Handler<FromConnection> for Tunnel {
                     return;
                 };
                 e.state = StreamState::HalfClosed;
-                let unused = std::mem::take(&mut e.granted);
-                self.send_window += unused;
-                self.granted_total -= unused;
-                self.standing_total -= std::mem::take(&mut e.standing);
-                self.serve_starving();
+                self.stream_half_closed(stream);
                 let mut fin = BytesMut::with_capacity(HEADER_LEN);
                 Frame::Fin { stream }.encode(&mut fin);
                 self.queue_data(stream, fin.freeze(), ctx);
@@ -150,12 +125,10 @@ impl Handler<FromConnection> for Tunnel {
                     return;
                 };
                 e.state = StreamState::Open;
-                e.send_avail = u64::from(self.peer.windows.stream);
                 metrics().count_accepted(&e.service, Side::Remote);
                 let nonce = e.accept_nonce.take();
                 self.queue_control(&Frame::OpenOk { stream, nonce }, ctx);
-                self.grant(stream);
-                self.give_standing(stream);
+                self.stream_opened(stream, u64::from(self.peer.windows.stream));
             }
             FromConnection::Closed { stream, failure } => {
                 if failure.is_some() {

@@ -21,9 +21,7 @@ impl Handler<CloseTunnel> for Tunnel {
         match msg.goodbye {
             Some((code, reason)) => {
                 for (_, e) in self.streams.drain() {
-                    if let Some(conn) = e.conn {
-                        conn.do_send(StreamEvent::Abort);
-                    }
+                    e.conn.do_send(StreamEvent::Abort);
                 }
                 self.sched.clear();
                 self.closing = true;
@@ -81,8 +79,8 @@ impl Handler<CrashStream> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CrashStream, _ctx: &mut Self::Context) {
-        if let Some(conn) = self.streams.get(&msg.stream).and_then(|e| e.conn.as_ref()) {
-            conn.do_send(crate::Crash);
+        if let Some(e) = self.streams.get(&msg.stream) {
+            e.conn.do_send(crate::Crash);
         }
     }
 }

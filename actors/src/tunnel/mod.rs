@@ -18,7 +18,7 @@
 //! socket, and the window grows while it limits the stream. A peer that sends past a stream's
 //! window gets that stream reset; past the tunnel window, the tunnel is closed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +44,7 @@ use crate::protocol::{
 };
 use crate::routes::{CarryClient, RouteTable};
 use crate::schedule::SendQueue;
+use crate::send_credit::{Overflow, SendCredit};
 use crate::{Settings, Side};
 
 mod clients;
@@ -75,29 +76,18 @@ pub struct TunnelDown {
     pub peer_ip: std::net::IpAddr,
 }
 
-/// Most credit one stream holds at once; a stream is topped up when below half of it.
-const GRANT_MAX: u64 = 128 * 1024;
 /// One write to the tunnel socket carries at most about this much data, so that control frames
 /// queued meanwhile wait for no more than this.
 const WRITE_BATCH: usize = 128 * 1024;
 /// What one tunnel holds towards its peer at most (granted to connections, or queued here):
 /// enough to keep the socket busy, little enough that a new frame never waits long.
 const SEND_BUDGET: u64 = 1 << 20;
-/// The same, per stream: one bulk stream cannot fill the tunnel's queue.
-const STREAM_SEND_MAX: u64 = 256 * 1024;
-/// Credit a stream keeps across hand-backs (its standing grant), so that a request or response
-/// this small is read and sent at once, with no Want/Grant round between actors.
-const STANDING_GRANT: u64 = 8 * 1024;
-/// Standing grants one tunnel hands out in all (first come, given back when a stream's sending
-/// side ends): on top of [`SEND_BUDGET`], and the bound on what idle streams hold.
-const STANDING_POOL: u64 = 256 * 1024;
+/// (Per stream, the grant caps and the standing grants are in [`crate::send_credit`].)
 /// Unsent bytes the kernel may hold for the tunnel socket (`TCP_NOTSENT_LOWAT`): the queue that
 /// no scheduling can reorder is kept this small.
 const NOTSENT_LOWAT: u32 = 128 * 1024;
 /// Control frames a peer can make us queue (pongs, window updates) while not reading them.
 const MAX_CONTROL_QUEUE: usize = 1 << 20;
-/// Most credit a peer may extend, per stream or per tunnel.
-const MAX_CREDIT: u64 = 1 << 32;
 /// How long a closing tunnel may take to flush its goodbye.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -131,8 +121,8 @@ impl StreamState {
 
 /// One multiplexed stream, as the tunnel sees it.
 struct StreamEntry {
-    /// `None` while the Registry decides on an OPEN from the peer.
-    conn: Option<Addr<Connection>>,
+    /// The connection actor of the stream's socket (started by this tunnel).
+    conn: Addr<Connection>,
     /// Which service the stream carries, for `GET /config` and for closing a deleted service.
     service: String,
     /// Local: we opened it for a client; remote: the peer opened it towards our backend.
@@ -141,17 +131,6 @@ struct StreamEntry {
     accept_nonce: Option<[u8; NONCE_LEN]>,
     /// Where the stream is in its life (see `STREAMS.md`).
     state: StreamState,
-    /// Peer's credit for this stream that has not been granted to the connection yet.
-    send_avail: u64,
-    /// Granted to the connection and not yet come back as data or handed back.
-    granted: u64,
-    /// The connection has asked for credit and not handed back since.
-    wanting: bool,
-    /// The part of `granted` the connection keeps while idle (0 or [`STANDING_GRANT`]), carved
-    /// from the tunnel's standing pool.
-    standing: u64,
-    /// Queued in `Tunnel::starving`, waiting for tunnel credit.
-    starving: bool,
     /// What the peer may send on this stream: grows while the stream is window-limited.
     recv: RecvWindow,
     /// Wire bytes of this stream, for `GET /config`.
@@ -227,16 +206,9 @@ pub struct Tunnel {
     local_streams: u32,
     remote_streams: u32,
     next_id: u32,
-    /// Peer's tunnel-level credit not yet granted to any stream.
-    send_window: u64,
-    /// Credit granted to our connections and not yet come back as data: with what `sched` holds,
-    /// what we have in hand towards the peer, capped by [`SEND_BUDGET`] (plus the standing
-    /// grants) whatever it announced.
-    granted_total: u64,
-    /// Standing grants handed out, within [`STANDING_POOL`].
-    standing_total: u64,
-    /// Streams waiting for tunnel credit, served round-robin.
-    starving: VecDeque<u32>,
+    /// What we may send the peer and what our connections hold of it (grants, standing grants,
+    /// streams starving for tunnel credit): a plain type with its own invariants.
+    credit: SendCredit,
     /// What the peer may have in flight over the whole tunnel. Credit goes back as soon as a
     /// frame is handed to its stream, so bytes a stalled stream holds never hold the tunnel: each
     /// stream's own window bounds those.
@@ -306,10 +278,10 @@ impl Tunnel {
             remote_streams: 0,
             // The dialer opens odd streams, the acceptor even ones, so ids never collide.
             next_id: if role == Role::Dialer { 1 } else { 2 },
-            send_window: u64::from(peer.windows.tunnel),
-            granted_total: 0,
-            standing_total: 0,
-            starving: VecDeque::new(),
+            credit: SendCredit::new(
+                u64::from(peer.windows.tunnel),
+                SEND_BUDGET.min(u64::from(settings.tunnel_window)),
+            ),
             recv: RecvWindow::new(
                 u64::from(settings.tunnel_window),
                 u64::from(settings.max_tunnel_window),
@@ -340,7 +312,7 @@ impl Tunnel {
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         self.metrics
             .send_window
-            .set(i64::try_from(self.send_window).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.credit.window()).unwrap_or(i64::MAX));
     }
 
     /// The peer's address, for lines rate-limited per peer.
@@ -432,9 +404,7 @@ impl Actor for Tunnel {
         };
         for (_, e) in self.streams.drain() {
             self.usage.buffers.release(e.recv.buffered());
-            if let Some(conn) = e.conn {
-                conn.do_send(StreamEvent::Abort);
-            }
+            e.conn.do_send(StreamEvent::Abort);
         }
         self.metrics.streams.set(0);
         self.metrics.queued.set(0);

@@ -8,25 +8,13 @@ impl Tunnel {
             Frame::Data { stream, payload } => self.on_data(stream, payload, ctx),
             Frame::Window { stream, increment } => {
                 // Credit past 4 GiB is a broken or hostile peer: windows are at most 1 GiB.
-                let inc = u64::from(increment);
-                if stream == TUNNEL_STREAM {
-                    self.send_window += inc;
-                    if self.send_window > MAX_CREDIT {
-                        self.fail(ctx, "peer overflowed the tunnel window".to_owned());
-                        return;
-                    }
-                    self.serve_starving();
-                } else if let Some(e) = self.streams.get_mut(&stream) {
-                    e.send_avail += inc;
-                    if e.send_avail + e.granted > MAX_CREDIT {
-                        self.fail(
-                            ctx,
-                            format!("peer overflowed the window of stream {stream}"),
-                        );
-                        return;
-                    }
-                    self.grant(stream);
-                    self.refill(stream);
+                if self.peer_window(stream, u64::from(increment)).is_err() {
+                    let what = if stream == TUNNEL_STREAM {
+                        "the tunnel window".to_owned()
+                    } else {
+                        format!("the window of stream {stream}")
+                    };
+                    self.fail(ctx, format!("peer overflowed {what}"));
                 }
             }
             Frame::Open {
@@ -37,12 +25,8 @@ impl Tunnel {
             Frame::OpenOk { stream, nonce } => match self.streams.get_mut(&stream) {
                 Some(e) if e.side == Side::Local && e.state == StreamState::Opening => {
                     e.state = StreamState::Open;
-                    e.send_avail = u64::from(self.peer.windows.stream);
-                    if let Some(conn) = &e.conn {
-                        conn.do_send(StreamEvent::Opened { nonce });
-                    }
-                    self.grant(stream);
-                    self.give_standing(stream);
+                    e.conn.do_send(StreamEvent::Opened { nonce });
+                    self.stream_opened(stream, u64::from(self.peer.windows.stream));
                 }
                 _ => debug!("tunnel {}: OPEN_OK for unknown stream {stream}", self.name),
             },
@@ -59,15 +43,13 @@ impl Tunnel {
                             e.service,
                             Escaped(&reason)
                         );
-                        if let Some(conn) = e.conn {
-                            conn.do_send(StreamEvent::Abort);
-                        }
+                        e.conn.do_send(StreamEvent::Abort);
                     }
                 }
             }
             Frame::Fin { stream } => {
-                if let Some(conn) = self.streams.get(&stream).and_then(|e| e.conn.as_ref()) {
-                    conn.do_send(StreamEvent::Fin);
+                if let Some(e) = self.streams.get(&stream) {
+                    e.conn.do_send(StreamEvent::Fin);
                 }
             }
             Frame::Reset { stream, code } => {
@@ -89,9 +71,7 @@ impl Tunnel {
                             code.describe()
                         );
                     }
-                    if let Some(conn) = e.conn {
-                        conn.do_send(StreamEvent::Abort);
-                    }
+                    e.conn.do_send(StreamEvent::Abort);
                 }
             }
             Frame::Ping(v) => self.queue_control(&Frame::Pong(v), ctx),
@@ -146,9 +126,7 @@ impl Tunnel {
         }
         e.bytes_received += len;
         e.service_metrics.received.inc_by(len);
-        if let Some(conn) = &e.conn {
-            conn.do_send(StreamEvent::Data(payload));
-        }
+        e.conn.do_send(StreamEvent::Data(payload));
         // The tunnel's hands are empty again at once (what the stream holds, its window
         // bounds), unless the node's streams together hold more than its budget.
         if self.usage.buffers.hold(len) {
@@ -272,7 +250,7 @@ impl Tunnel {
             vec![descriptor, share],
         )
         .start();
-        let mut entry = StreamEntry::new(Some(conn), service, Side::Remote, &self.settings);
+        let mut entry = StreamEntry::new(conn, service, Side::Remote, &self.settings);
         entry.accept_nonce = nonce;
         self.insert_stream(id, entry);
     }

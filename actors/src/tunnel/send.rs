@@ -1,91 +1,80 @@
-//! Send credit: grants to connections carved from the peer's stream and tunnel windows within the send budget, standing grants, streams starving for tunnel credit served round-robin; and the tunnel credit this node returns.
+//! Send credit in the tunnel: the [`SendCredit`] type decides (plain, unit-tested); here its
+//! grants reach the connections. And the tunnel credit this node returns to its peer (withheld
+//! while the node's buffer budget is spent).
 
 use super::*;
 
+/// Hands each grant [`SendCredit`] decides to its stream's connection.
+fn deliver(streams: &HashMap<u32, StreamEntry>) -> impl FnMut(u32, u64) + '_ {
+    move |id, g| {
+        if let Some(e) = streams.get(&id) {
+            e.conn.do_send(StreamEvent::Grant(g));
+        }
+    }
+}
+
 impl Tunnel {
-    /// Tops up a stream's grant from its own window and the tunnel window.
-    pub(super) fn grant(&mut self, id: u32) {
-        let tunnel_room = self.send_room();
-        let queued_here = self.sched.bytes_of(id) as u64;
-        let Some(e) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if e.state != StreamState::Open || !e.wanting || e.granted >= GRANT_MAX / 2 {
-            return;
-        }
-        if e.conn.is_none() {
-            return;
-        }
-        let want = (GRANT_MAX - e.granted).min(e.send_avail);
-        if want == 0 {
-            return;
-        }
-        // What we hold towards the peer is bounded by our own budget, not by what it announced;
-        // per stream too, so one bulk stream cannot fill the queue.
-        let room = tunnel_room.min(STREAM_SEND_MAX.saturating_sub(e.granted + queued_here));
-        let g = want.min(self.send_window).min(room);
-        hand_credit(e, g, &mut self.send_window, &mut self.granted_total);
-        if g < want && !e.starving {
-            e.starving = true;
-            self.starving.push_back(id);
-        }
-    }
-
-    /// Gives a stream that just opened a standing grant, if the pool has one left.
-    pub(super) fn give_standing(&mut self, id: u32) {
-        if self.standing_total + STANDING_GRANT > STANDING_POOL {
-            return;
-        }
-        let Some(e) = self.streams.get_mut(&id) else {
-            return;
-        };
-        let Some(conn) = e.conn.as_ref() else {
-            return;
-        };
-        e.standing = STANDING_GRANT;
-        self.standing_total += STANDING_GRANT;
-        conn.do_send(StreamEvent::Standing(STANDING_GRANT));
-        self.refill(id);
-    }
-
-    /// Tops a stream that is not asking for credit back up to its standing grant, from its own
-    /// window and the tunnel window (not from the send budget: the pool is its own bound).
-    pub(super) fn refill(&mut self, id: u32) {
-        let Some(e) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if e.state != StreamState::Open || e.wanting || e.granted >= e.standing {
-            return;
-        }
-        if e.conn.is_none() {
-            return;
-        }
-        let g = (e.standing - e.granted)
-            .min(e.send_avail)
-            .min(self.send_window);
-        hand_credit(e, g, &mut self.send_window, &mut self.granted_total);
-    }
-
-    /// What more we may hand our connections for this tunnel: granted and queued bytes together
-    /// stay under the send budget.
-    pub(super) fn send_room(&self) -> u64 {
-        let budget = SEND_BUDGET.min(u64::from(self.settings.tunnel_window));
-        budget.saturating_sub(self.granted_total + self.sched.bytes() as u64)
-    }
-
-    /// Round-robin over the streams that wait for tunnel credit.
+    /// Credit may have come back: the streams waiting for it are served in turn.
     pub(super) fn serve_starving(&mut self) {
-        for _ in 0..self.starving.len() {
-            if self.send_window == 0 || self.send_room() == 0 {
-                break;
+        self.credit
+            .serve_starving(&self.sched, &mut deliver(&self.streams));
+    }
+
+    /// Stream `id` opened: the peer granted `window` for it; it gets what it asked for, and a
+    /// standing grant if the pool has one left.
+    pub(super) fn stream_opened(&mut self, id: u32, window: u64) {
+        self.credit
+            .open(id, window, &self.sched, &mut deliver(&self.streams));
+        if let Some(standing) = self.credit.give_standing(id) {
+            if let Some(e) = self.streams.get(&id) {
+                e.conn.do_send(StreamEvent::Standing(standing));
             }
-            let Some(id) = self.starving.pop_front() else {
-                break;
-            };
-            if let Some(e) = self.streams.get_mut(&id) {
-                e.starving = false;
-                self.grant(id);
-            }
+            self.credit.refill(id, &mut deliver(&self.streams));
+        }
+    }
+
+    /// The connection of stream `id` wants credit.
+    pub(super) fn stream_wants(&mut self, id: u32) {
+        self.credit
+            .want(id, &self.sched, &mut deliver(&self.streams));
+    }
+
+    /// Stream `id` sent a DATA frame of `payload` bytes (already queued).
+    pub(super) fn stream_sent(&mut self, id: u32, payload: u64) {
+        self.credit
+            .sent(id, payload, &self.sched, &mut deliver(&self.streams));
+    }
+
+    /// Stream `id` handed back credit it did not use.
+    pub(super) fn stream_handed_back(&mut self, id: u32, bytes: u64) {
+        self.credit
+            .hand_back(id, bytes, &self.sched, &mut deliver(&self.streams));
+    }
+
+    /// Stream `id` sent its FIN: what it held goes back.
+    pub(super) fn stream_half_closed(&mut self, id: u32) {
+        self.credit
+            .half_close(id, &self.sched, &mut deliver(&self.streams));
+    }
+
+    /// Stream `id` is gone from the table: its credit goes back.
+    pub(super) fn stream_credit_removed(&mut self, id: u32) {
+        self.credit
+            .remove(id, &self.sched, &mut deliver(&self.streams));
+    }
+
+    /// A WINDOW frame from the peer: for the tunnel (stream 0) or one stream.
+    pub(super) fn peer_window(&mut self, stream: u32, increment: u64) -> Result<(), Overflow> {
+        if stream == TUNNEL_STREAM {
+            self.credit
+                .peer_tunnel_window(increment, &self.sched, &mut deliver(&self.streams))
+        } else {
+            self.credit.peer_stream_window(
+                stream,
+                increment,
+                &self.sched,
+                &mut deliver(&self.streams),
+            )
         }
     }
 
@@ -109,24 +98,5 @@ impl Tunnel {
             let n = std::mem::take(&mut self.withheld);
             self.credit_tunnel(n, Instant::now(), ctx);
         }
-    }
-}
-
-/// Grants `g` bytes to stream `e`'s connection, carved from its window and the tunnel's.
-pub(super) fn hand_credit(
-    e: &mut StreamEntry,
-    g: u64,
-    send_window: &mut u64,
-    granted_total: &mut u64,
-) {
-    let Some(conn) = e.conn.as_ref() else {
-        return;
-    };
-    if g > 0 {
-        conn.do_send(StreamEvent::Grant(g));
-        e.send_avail -= g;
-        e.granted += g;
-        *send_window -= g;
-        *granted_total += g;
     }
 }

@@ -30,11 +30,8 @@ impl Tunnel {
             Side::Local => self.local_streams -= 1,
             Side::Remote => self.remote_streams -= 1,
         }
-        self.send_window += e.granted;
-        self.granted_total -= e.granted;
-        self.standing_total -= e.standing;
         self.windows_total -= e.recv.target();
-        self.serve_starving();
+        self.stream_credit_removed(id);
         Some(e)
     }
 
@@ -46,15 +43,14 @@ impl Tunnel {
                 self.name,
                 code.describe()
             );
-            if let Some(conn) = e.conn {
-                conn.do_send(StreamEvent::Abort);
-            }
+            e.conn.do_send(StreamEvent::Abort);
             self.queue_control(&Frame::Reset { stream: id, code }, ctx);
         }
     }
 
     /// Registers a new stream, counted against its side's limit.
     pub(super) fn insert_stream(&mut self, id: u32, entry: StreamEntry) {
+        self.credit.add(id);
         self.windows_total += entry.recv.target();
         match entry.side {
             Side::Local => self.local_streams += 1,
@@ -89,7 +85,7 @@ impl Tunnel {
             streams_opened: self.streams_opened,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
-            send_window: self.send_window,
+            send_window: self.credit.window(),
             queued_bytes: self.sched.bytes() + self.control.len(),
             connections,
         }
@@ -97,12 +93,7 @@ impl Tunnel {
 }
 
 impl StreamEntry {
-    pub(super) fn new(
-        conn: Option<Addr<Connection>>,
-        service: String,
-        side: Side,
-        s: &Settings,
-    ) -> Self {
+    pub(super) fn new(conn: Addr<Connection>, service: String, side: Side, s: &Settings) -> Self {
         let service_metrics = metrics().service(&service, side);
         StreamEntry {
             conn,
@@ -110,11 +101,6 @@ impl StreamEntry {
             side,
             accept_nonce: None,
             state: StreamState::Opening,
-            send_avail: 0,
-            granted: 0,
-            wanting: false,
-            standing: 0,
-            starving: false,
             recv: RecvWindow::new(
                 u64::from(s.stream_window),
                 u64::from(s.max_stream_window),

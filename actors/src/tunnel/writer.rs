@@ -22,7 +22,7 @@ impl Tunnel {
 
     /// Drops what a reset stream still had queued, giving its credit back to the tunnel window.
     pub(super) fn drop_queued(&mut self, stream: u32) {
-        self.send_window += self.sched.drop_stream(stream);
+        self.credit.unsent(self.sched.drop_stream(stream));
     }
 
     pub(super) fn send_ping(&mut self, ctx: &mut Context<Self>) {
