@@ -232,15 +232,13 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
             source,
         })?;
     let tunnel_addr = tunnel_port.local_addr().unwrap_or(config.tunnel);
-    let registry = menet_actors::start(
-        config.settings,
-        config.access.clone(),
-        tunnel_port,
-        store,
-        restore,
+    let setup = menet_actors::NodeSetup {
+        settings: config.settings,
+        access: config.access.clone(),
         fd_limit,
-        config.threads,
-    );
+        threads: config.threads,
+    };
+    let registry = menet_actors::start(setup, tunnel_port, store, restore);
     let routes = registry.clone();
     let admin_access = web::Data::new(Arc::new(config.admin_access.clone()));
     let server = HttpServer::new(move || {

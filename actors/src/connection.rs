@@ -113,6 +113,22 @@ enum WriteState {
     Done,
 }
 
+/// What a connection is given about its stream when its tunnel starts it.
+pub struct StreamSpec {
+    /// The stream's id on its tunnel.
+    pub stream: u32,
+    /// Where the connection reports (its tunnel).
+    pub tunnel: Recipient<FromConnection>,
+    /// The service it carries, for logs and `GET /config`.
+    pub service: String,
+    /// The stream's keys, if its service is keyed.
+    pub keying: Option<Keying>,
+    /// Closed (with a reset) after this long without a byte either way.
+    pub idle_timeout: Option<Duration>,
+    /// Its descriptor and its places in the node's limits, held for its life.
+    pub slots: Vec<Slot>,
+}
+
 pub struct Connection {
     tunnel: Recipient<FromConnection>,
     /// The service carried, for log lines.
@@ -155,18 +171,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn new(
-        stream: u32,
-        tunnel: Recipient<FromConnection>,
-        service: String,
-        keying: Option<Keying>,
-        idle_timeout: Option<Duration>,
-        slots: Vec<Slot>,
-    ) -> Connection {
+    fn new(spec: StreamSpec) -> Connection {
         Connection {
-            tunnel,
-            service,
-            stream,
+            tunnel: spec.tunnel,
+            service: spec.service,
+            stream: spec.stream,
             target: None,
             peer: None,
             fd: None,
@@ -179,43 +188,26 @@ impl Connection {
             peer_fin: false,
             out: VecDeque::new(),
             out_wire: 0,
-            keying,
-            idle_timeout,
+            keying: spec.keying,
+            idle_timeout: spec.idle_timeout,
             last_active: Instant::now(),
             reported: false,
-            _slots: slots,
+            _slots: spec.slots,
         }
     }
 
-    /// A client accepted by a local service, carried as stream `stream`.
-    pub fn accepted(
-        stream: u32,
-        sock: TcpStream,
-        tunnel: Recipient<FromConnection>,
-        service: String,
-        keying: Option<Keying>,
-        idle_timeout: Option<Duration>,
-        slots: Vec<Slot>,
-    ) -> Connection {
-        let mut c = Connection::new(stream, tunnel, service, keying, idle_timeout, slots);
+    /// A client accepted by a local service, carried as stream `spec.stream`.
+    pub fn accepted(spec: StreamSpec, sock: TcpStream) -> Connection {
+        let mut c = Connection::new(spec);
         c.peer = sock.peer_addr().ok();
         c.attach(sock);
         c
     }
 
-    /// The remote end of stream `stream`, to be dialled to `target`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn dialing(
-        stream: u32,
-        target: SocketAddr,
-        connect_timeout: Duration,
-        tunnel: Recipient<FromConnection>,
-        service: String,
-        keying: Option<Keying>,
-        idle_timeout: Option<Duration>,
-        slots: Vec<Slot>,
-    ) -> Connection {
-        let mut c = Connection::new(stream, tunnel, service, keying, idle_timeout, slots);
+    /// The remote end of stream `spec.stream`, to be dialled to `target` within
+    /// `connect_timeout`.
+    pub fn dialing(spec: StreamSpec, target: SocketAddr, connect_timeout: Duration) -> Connection {
+        let mut c = Connection::new(spec);
         c.target = Some((target, connect_timeout));
         c
     }

@@ -125,6 +125,34 @@ impl Settings {
     }
 }
 
+/// What the actors of one node share: its tunables and limits, the accounting of those limits,
+/// and the route table. Cheap to clone (a copy and two `Arc`s); every tunnel and listener gets
+/// one instead of a long parameter list.
+#[derive(Clone)]
+pub struct Shared {
+    /// Tunables and limits.
+    pub settings: Settings,
+    /// The limits' counters: descriptors, handshakes, buffers, refusals.
+    pub usage: std::sync::Arc<limits::Usage>,
+    /// Where new connections go, as the Registry last published it.
+    pub routes: routes::RouteTable,
+}
+
+/// How a node starts, besides its sockets and its state: tunables, who may dial in, the
+/// process's descriptor limit (of which `settings.limits.fd_reserve` is kept free for the admin
+/// API and the tunnel port) and the data threads (0: tunnels run beside the Registry).
+#[derive(Debug, Clone)]
+pub struct NodeSetup {
+    /// Tunables and limits.
+    pub settings: Settings,
+    /// The tunnel secret and who may dial in.
+    pub access: Access,
+    /// The process's descriptor limit (`RLIMIT_NOFILE`).
+    pub fd_limit: usize,
+    /// Data arbiters for tunnels and their connections.
+    pub threads: usize,
+}
+
 /// Which peers may open tunnels to this node.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
@@ -135,29 +163,14 @@ pub struct Access {
 }
 
 /// Starts the Registry on the current actix system: it listens on the tunnel port and restores
-/// `restore` (what the state file held). Tunnels and their connections run on `threads` data
-/// arbiters of their own (0: on the current one, beside the Registry).
-/// `fd_limit` is the process's descriptor limit, of which `settings.limits.fd_reserve` is kept
-/// free for the admin API and the tunnel port.
+/// `restore` (what the state file held).
 pub fn start(
-    settings: Settings,
-    access: Access,
+    setup: NodeSetup,
     tunnel_port: tokio::net::TcpListener,
     store: Option<state::StateStore>,
     restore: Option<state::State>,
-    fd_limit: usize,
-    threads: usize,
 ) -> Addr<Registry> {
-    Registry::new(
-        settings,
-        access,
-        tunnel_port,
-        store,
-        restore,
-        fd_limit,
-        threads,
-    )
-    .start()
+    Registry::new(setup, tunnel_port, store, restore).start()
 }
 
 /// Test-only fault hook: the actor that receives it panics.

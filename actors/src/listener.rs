@@ -25,7 +25,7 @@ use crate::handshake::{
 use crate::limits::{printable, Escaped, Gauge, Slot, Usage};
 use crate::metrics::{metrics, Refused};
 use crate::routes::{CarryClient, RouteTable};
-use crate::{Settings, Side};
+use crate::{Settings, Shared, Side};
 
 /// Where a listener reports and asks upward: its owner (the Registry), as recipients, so this
 /// module names no actor above it. The messages are declared here, beside their sender.
@@ -215,17 +215,19 @@ impl Drop for HandshakeSlot {
 }
 
 impl Listener {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         accepts: Accepts,
         id: u64,
         registry: Upstream,
         socket: SharedSocket,
-        settings: Settings,
-        usage: Arc<Usage>,
+        shared: Shared,
         connections: Option<Arc<Gauge>>,
-        routes: RouteTable,
     ) -> Listener {
+        let Shared {
+            settings,
+            usage,
+            routes,
+        } = shared;
         let l = &settings.limits;
         let caps = SlotCaps {
             total: l.max_handshakes.max(1),

@@ -39,8 +39,10 @@ use crate::metrics::metrics;
 use crate::protocol::GoAway;
 use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
-use crate::tunnel::{CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelDown, TunnelStats};
-use crate::{Access, Settings, Side};
+use crate::tunnel::{
+    CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelDown, TunnelLink, TunnelStats,
+};
+use crate::{Access, NodeSetup, Settings, Shared, Side};
 
 mod accept;
 mod admin;
@@ -319,16 +321,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        settings: Settings,
-        access: Access,
+        setup: NodeSetup,
         tunnel_port: tokio::net::TcpListener,
         store: Option<StateStore>,
         restore: Option<State>,
-        fd_limit: usize,
-        threads: usize,
     ) -> Registry {
+        let NodeSetup {
+            settings,
+            access,
+            fd_limit,
+            threads,
+        } = setup;
         let port_addr = tunnel_port
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -387,6 +391,15 @@ impl Registry {
             secret: me.clone().recipient(),
             may_accept: me.clone().recipient(),
             accepted: me.recipient(),
+        }
+    }
+
+    /// What every tunnel and listener shares with this node.
+    fn shared(&self) -> Shared {
+        Shared {
+            settings: self.settings,
+            usage: self.usage.clone(),
+            routes: self.routes.clone(),
         }
     }
 

@@ -71,27 +71,16 @@ impl Registry {
                 return;
             }
         };
-        let (registry, settings, usage, routes) = (
-            ctx.address().recipient(),
-            self.settings,
-            self.usage.clone(),
-            self.routes.clone(),
-        );
-        let tunnel_name = name.clone();
-        let make = move |_: &mut Context<Tunnel>| {
-            Tunnel::new(
-                tunnel_name,
-                generation,
-                role,
-                sock,
-                peer,
-                registry,
-                settings,
-                usage,
-                routes,
-                authenticated,
-            )
+        let (registry, shared) = (ctx.address().recipient(), self.shared());
+        let link = TunnelLink {
+            name: name.clone(),
+            generation,
+            role,
+            sock,
+            peer,
+            authenticated,
         };
+        let make = move |_: &mut Context<Tunnel>| Tunnel::new(link, registry, shared);
         // A tunnel and all its connections on one data arbiter, so a stream's bytes never cross
         // threads; tunnels are dealt round-robin over them.
         let (actor, thread) = match self.next_data_arbiter() {
@@ -251,8 +240,7 @@ impl Registry {
     /// bind that fails is retried with back-off.
     pub(super) fn start_listener(&mut self, accepts: Accepts, ctx: &mut Context<Self>) {
         let id = self.next_generation();
-        let (registry, settings, usage) = (self.upstream(ctx), self.settings, self.usage.clone());
-        let routes = self.routes.clone();
+        let (registry, shared) = (self.upstream(ctx), self.shared());
         let gate = match &accepts {
             Accepts::Service(name) => self.local.get(name).map(|s| s.connections.clone()),
             Accepts::Tunnels => None,
@@ -283,19 +271,8 @@ impl Registry {
         l.id = id;
         l.started = Instant::now();
         l.last_error = None;
-        l.actor = Some(
-            Listener::new(
-                accepts,
-                id,
-                registry,
-                l.socket.clone(),
-                settings,
-                usage,
-                gate,
-                routes,
-            )
-            .start(),
-        );
+        l.actor =
+            Some(Listener::new(accepts, id, registry, l.socket.clone(), shared, gate).start());
     }
 }
 

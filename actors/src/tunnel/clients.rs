@@ -46,16 +46,15 @@ impl Handler<CarryClient> for Tunnel {
             key,
             nonce: open.nonce,
         });
-        let conn = Connection::accepted(
-            id,
-            sock,
-            ctx.address().recipient(),
-            msg.service.clone(),
+        let spec = StreamSpec {
+            stream: id,
+            tunnel: ctx.address().recipient(),
+            service: msg.service.clone(),
             keying,
-            msg.idle_timeout,
-            msg.slots,
-        )
-        .start();
+            idle_timeout: msg.idle_timeout,
+            slots: msg.slots,
+        };
+        let conn = Connection::accepted(spec, sock).start();
         let frame = Frame::Open {
             stream: id,
             service: msg.service.clone(),

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
 use crate::cipher::fresh_nonce;
-use crate::connection::{Connection, FromConnection, Keying, StreamEvent};
+use crate::connection::{Connection, FromConnection, Keying, StreamEvent, StreamSpec};
 use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
 use crate::io::write_all_vectored;
@@ -45,7 +45,7 @@ use crate::protocol::{
 use crate::routes::{CarryClient, RouteTable};
 use crate::schedule::SendQueue;
 use crate::send_credit::{Overflow, SendCredit};
-use crate::{Settings, Side};
+use crate::{Settings, Shared, Side};
 
 mod clients;
 mod commands;
@@ -167,6 +167,22 @@ pub struct StreamStats {
     pub window: u64,
 }
 
+/// One tunnel connection as its Registry hands it over: who, on which socket, on what terms.
+pub struct TunnelLink {
+    /// The tunnel's name, shared by both ends.
+    pub name: String,
+    /// Which incarnation of the name this is.
+    pub generation: u64,
+    /// Which end dialled.
+    pub role: Role,
+    /// The socket, not yet registered with the arbiter the tunnel runs on.
+    pub sock: std::net::TcpStream,
+    /// What the peer granted in the handshake.
+    pub peer: Terms,
+    /// The peer proved a secret.
+    pub authenticated: bool,
+}
+
 pub struct Tunnel {
     /// The tunnel's name, shared by both ends.
     name: String,
@@ -241,19 +257,20 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: String,
-        generation: u64,
-        role: Role,
-        sock: std::net::TcpStream,
-        peer: Terms,
-        registry: Recipient<TunnelDown>,
-        settings: Settings,
-        usage: Arc<Usage>,
-        routes: RouteTable,
-        authenticated: bool,
-    ) -> Tunnel {
+    pub fn new(link: TunnelLink, registry: Recipient<TunnelDown>, shared: Shared) -> Tunnel {
+        let TunnelLink {
+            name,
+            generation,
+            role,
+            sock,
+            peer,
+            authenticated,
+        } = link;
+        let Shared {
+            settings,
+            usage,
+            routes,
+        } = shared;
         Tunnel {
             metrics: metrics().tunnel(&name),
             name,

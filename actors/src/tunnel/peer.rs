@@ -239,17 +239,15 @@ impl Tunnel {
             Some((c, n)) => (Some(c), Some(n)),
             None => (None, None),
         };
-        let conn = Connection::dialing(
-            id,
-            route.addr,
-            self.settings.connect_timeout,
-            ctx.address().recipient(),
-            service.clone(),
-            crypto.map(|c| Keying::Ready(Box::new(c))),
-            route.timeout,
-            vec![descriptor, share],
-        )
-        .start();
+        let spec = StreamSpec {
+            stream: id,
+            tunnel: ctx.address().recipient(),
+            service: service.clone(),
+            keying: crypto.map(|c| Keying::Ready(Box::new(c))),
+            idle_timeout: route.timeout,
+            slots: vec![descriptor, share],
+        };
+        let conn = Connection::dialing(spec, route.addr, self.settings.connect_timeout).start();
         let mut entry = StreamEntry::new(conn, service, Side::Remote, &self.settings);
         entry.accept_nonce = nonce;
         self.insert_stream(id, entry);
