@@ -295,196 +295,12 @@ impl Config {
                 })
             }
         };
-        let mut settings = Settings::default();
         let invalid = |message: String| ConfigError::Invalid {
             path: cli.config.clone(),
             message,
         };
-        for (key, value, slot) in [
-            (
-                "stream_window",
-                file.tunnel.stream_window,
-                &mut settings.stream_window,
-            ),
-            (
-                "tunnel_window",
-                file.tunnel.tunnel_window,
-                &mut settings.tunnel_window,
-            ),
-            (
-                "max_stream_window",
-                file.tunnel.max_stream_window,
-                &mut settings.max_stream_window,
-            ),
-            (
-                "max_tunnel_window",
-                file.tunnel.max_tunnel_window,
-                &mut settings.max_tunnel_window,
-            ),
-        ] {
-            if let Some(v) = value {
-                if !WINDOW_RANGE.contains(&v) {
-                    return Err(invalid(format!(
-                        "[tunnel] {key} = {v} is outside 65536..=1073741824 bytes"
-                    )));
-                }
-                *slot = v;
-            }
-        }
-        if settings.tunnel_window < settings.stream_window {
-            return Err(invalid(
-                "[tunnel] tunnel_window must be at least stream_window".to_owned(),
-            ));
-        }
-        // A window set without its maximum: the maximum follows, so the setting is honoured.
-        if file.tunnel.max_stream_window.is_none() {
-            settings.max_stream_window = settings.max_stream_window.max(settings.stream_window);
-        }
-        if file.tunnel.max_tunnel_window.is_none() {
-            settings.max_tunnel_window = settings.max_tunnel_window.max(settings.tunnel_window);
-        }
-        if settings.max_stream_window < settings.stream_window
-            || settings.max_tunnel_window < settings.tunnel_window
-        {
-            return Err(invalid(
-                "[tunnel] max_stream_window and max_tunnel_window must be at least stream_window and tunnel_window".to_owned(),
-            ));
-        }
-        for (key, value, slot) in [
-            (
-                "heartbeat_interval_ms",
-                file.tunnel.heartbeat_interval_ms,
-                &mut settings.heartbeat_interval,
-            ),
-            (
-                "heartbeat_timeout_ms",
-                file.tunnel.heartbeat_timeout_ms,
-                &mut settings.heartbeat_timeout,
-            ),
-        ] {
-            if let Some(ms) = value {
-                if !HEARTBEAT_RANGE.contains(&ms) {
-                    return Err(invalid(format!(
-                        "[tunnel] {key} = {ms} is outside 10..=3600000 ms"
-                    )));
-                }
-                *slot = Duration::from_millis(ms);
-            }
-        }
-        if settings.heartbeat_timeout <= settings.heartbeat_interval {
-            return Err(invalid(format!(
-                "[tunnel] heartbeat_timeout_ms ({} ms) must be longer than heartbeat_interval_ms ({} ms)",
-                settings.heartbeat_timeout.as_millis(),
-                settings.heartbeat_interval.as_millis()
-            )));
-        }
-        let l = &file.limits;
-        let d = Limits::default();
-        settings.limits = Limits {
-            max_handshakes: l.max_handshakes.unwrap_or(d.max_handshakes),
-            max_tunnels: l.max_tunnels.unwrap_or(d.max_tunnels),
-            max_streams: l.max_streams.unwrap_or(d.max_streams),
-            max_connections_per_service: l
-                .max_connections_per_service
-                .unwrap_or(d.max_connections_per_service),
-            max_dials_per_second: l.max_dials_per_second.unwrap_or(d.max_dials_per_second),
-            fd_reserve: l.fd_reserve.unwrap_or(d.fd_reserve),
-            handshakes_per_address: l.handshakes_per_address.unwrap_or(d.handshakes_per_address),
-            handshakes_per_network: l.handshakes_per_network.unwrap_or(d.handshakes_per_network),
-            reserved_tunnels: l.reserved_tunnels.unwrap_or(d.reserved_tunnels),
-            max_names: l.max_names.unwrap_or(d.max_names),
-            new_names_per_minute: l.new_names_per_minute.unwrap_or(d.new_names_per_minute),
-            descriptor_share_percent: l
-                .descriptor_share_percent
-                .unwrap_or(d.descriptor_share_percent),
-            max_admin_connections: l.max_admin_connections.unwrap_or(d.max_admin_connections),
-            max_buffered_bytes: l.max_buffered_bytes.unwrap_or(d.max_buffered_bytes),
-        };
-        if settings.limits.max_buffered_bytes < 1024 * 1024 {
-            return Err(invalid(
-                "[limits] max_buffered_bytes must be at least 1048576 (1 MiB)".to_owned(),
-            ));
-        }
-        // Room for one stranger's new names and for every expected dialer, past any reserve.
-        if l.max_tunnels.is_some() && l.reserved_tunnels.is_none() {
-            settings.limits.reserved_tunnels = settings.limits.max_tunnels / 4;
-        }
-        let lim = &settings.limits;
-        if lim.reserved_tunnels >= lim.max_tunnels {
-            return Err(invalid(format!(
-                "[limits] reserved_tunnels ({}) must be less than max_tunnels ({})",
-                lim.reserved_tunnels, lim.max_tunnels
-            )));
-        }
-        if !(1..=100).contains(&lim.descriptor_share_percent) {
-            return Err(invalid(
-                "[limits] descriptor_share_percent must be within 1..=100".to_owned(),
-            ));
-        }
-        for (key, v) in [
-            ("max_handshakes", settings.limits.max_handshakes),
-            ("max_tunnels", settings.limits.max_tunnels),
-            ("max_streams", settings.limits.max_streams as usize),
-            (
-                "max_connections_per_service",
-                settings.limits.max_connections_per_service,
-            ),
-            (
-                "max_dials_per_second",
-                settings.limits.max_dials_per_second as usize,
-            ),
-            (
-                "handshakes_per_address",
-                settings.limits.handshakes_per_address,
-            ),
-            (
-                "handshakes_per_network",
-                settings.limits.handshakes_per_network,
-            ),
-            ("max_names", settings.limits.max_names),
-            (
-                "new_names_per_minute",
-                settings.limits.new_names_per_minute as usize,
-            ),
-            (
-                "max_admin_connections",
-                settings.limits.max_admin_connections,
-            ),
-        ] {
-            if v == 0 {
-                return Err(invalid(format!("[limits] {key} must be at least 1")));
-            }
-        }
-        for (key, value, slot) in [
-            (
-                "hello_timeout_ms",
-                file.tunnel.hello_timeout_ms,
-                &mut settings.hello_timeout,
-            ),
-            (
-                "handshake_timeout_ms",
-                file.tunnel.handshake_timeout_ms,
-                &mut settings.handshake_timeout,
-            ),
-        ] {
-            if let Some(ms) = value {
-                if !(10..=60_000).contains(&ms) {
-                    return Err(invalid(format!(
-                        "[tunnel] {key} = {ms} is outside 10..=60000 ms"
-                    )));
-                }
-                *slot = Duration::from_millis(ms);
-            }
-        }
-        if let Some(ttl) = &file.tunnel.pin_ttl {
-            settings.pin_ttl = parse_duration(ttl)
-                .filter(|d| *d >= Duration::from_secs(1))
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "[tunnel] pin_ttl = {ttl}: a duration such as \"30d\", \"12h\", \"90m\", \"45s\" or a number of seconds, at least 1 s"
-                    ))
-                })?;
-        }
+        let mut settings = tunnel_settings(&file, &invalid)?;
+        settings.limits = limits(&file, &invalid)?;
         let secret = from_sources(
             ENV_TUNNEL_SECRET,
             file.tunnel.secret,
@@ -574,6 +390,201 @@ fn parse(text: &str, path: &Path) -> Result<File, ConfigError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// `[tunnel]` flow-control windows, each within the protocol's range, maxima at least the
+/// initial windows.
+fn windows(
+    file: &File,
+    settings: &mut Settings,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    for (key, value, slot) in [
+        (
+            "stream_window",
+            file.tunnel.stream_window,
+            &mut settings.stream_window,
+        ),
+        (
+            "tunnel_window",
+            file.tunnel.tunnel_window,
+            &mut settings.tunnel_window,
+        ),
+        (
+            "max_stream_window",
+            file.tunnel.max_stream_window,
+            &mut settings.max_stream_window,
+        ),
+        (
+            "max_tunnel_window",
+            file.tunnel.max_tunnel_window,
+            &mut settings.max_tunnel_window,
+        ),
+    ] {
+        if let Some(v) = value {
+            if !WINDOW_RANGE.contains(&v) {
+                return Err(invalid(format!(
+                    "[tunnel] {key} = {v} is outside 65536..=1073741824 bytes"
+                )));
+            }
+            *slot = v;
+        }
+    }
+    if settings.tunnel_window < settings.stream_window {
+        return Err(invalid(
+            "[tunnel] tunnel_window must be at least stream_window".to_owned(),
+        ));
+    }
+    // A window set without its maximum: the maximum follows, so the setting is honoured.
+    if file.tunnel.max_stream_window.is_none() {
+        settings.max_stream_window = settings.max_stream_window.max(settings.stream_window);
+    }
+    if file.tunnel.max_tunnel_window.is_none() {
+        settings.max_tunnel_window = settings.max_tunnel_window.max(settings.tunnel_window);
+    }
+    if settings.max_stream_window < settings.stream_window
+        || settings.max_tunnel_window < settings.tunnel_window
+    {
+        return Err(invalid(
+            "[tunnel] max_stream_window and max_tunnel_window must be at least stream_window and tunnel_window".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// `[tunnel]`: windows, heartbeats and the handshake's deadlines and pins' TTL.
+fn tunnel_settings(
+    file: &File,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::default();
+    windows(file, &mut settings, invalid)?;
+    for (key, value, slot) in [
+        (
+            "heartbeat_interval_ms",
+            file.tunnel.heartbeat_interval_ms,
+            &mut settings.heartbeat_interval,
+        ),
+        (
+            "heartbeat_timeout_ms",
+            file.tunnel.heartbeat_timeout_ms,
+            &mut settings.heartbeat_timeout,
+        ),
+    ] {
+        if let Some(ms) = value {
+            if !HEARTBEAT_RANGE.contains(&ms) {
+                return Err(invalid(format!(
+                    "[tunnel] {key} = {ms} is outside 10..=3600000 ms"
+                )));
+            }
+            *slot = Duration::from_millis(ms);
+        }
+    }
+    if settings.heartbeat_timeout <= settings.heartbeat_interval {
+        return Err(invalid(format!(
+            "[tunnel] heartbeat_timeout_ms ({} ms) must be longer than heartbeat_interval_ms ({} ms)",
+            settings.heartbeat_timeout.as_millis(),
+            settings.heartbeat_interval.as_millis()
+        )));
+    }
+    for (key, value, slot) in [
+        (
+            "hello_timeout_ms",
+            file.tunnel.hello_timeout_ms,
+            &mut settings.hello_timeout,
+        ),
+        (
+            "handshake_timeout_ms",
+            file.tunnel.handshake_timeout_ms,
+            &mut settings.handshake_timeout,
+        ),
+    ] {
+        if let Some(ms) = value {
+            if !(10..=60_000).contains(&ms) {
+                return Err(invalid(format!(
+                    "[tunnel] {key} = {ms} is outside 10..=60000 ms"
+                )));
+            }
+            *slot = Duration::from_millis(ms);
+        }
+    }
+    if let Some(ttl) = &file.tunnel.pin_ttl {
+        settings.pin_ttl = parse_duration(ttl)
+            .filter(|d| *d >= Duration::from_secs(1))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "[tunnel] pin_ttl = {ttl}: a duration such as \"30d\", \"12h\", \"90m\", \"45s\" or a number of seconds, at least 1 s"
+                ))
+            })?;
+    }
+    Ok(settings)
+}
+
+/// `[limits]`: what peers and clients may use of this node.
+fn limits(file: &File, invalid: &dyn Fn(String) -> ConfigError) -> Result<Limits, ConfigError> {
+    let l = &file.limits;
+    let d = Limits::default();
+    let mut limits = Limits {
+        max_handshakes: l.max_handshakes.unwrap_or(d.max_handshakes),
+        max_tunnels: l.max_tunnels.unwrap_or(d.max_tunnels),
+        max_streams: l.max_streams.unwrap_or(d.max_streams),
+        max_connections_per_service: l
+            .max_connections_per_service
+            .unwrap_or(d.max_connections_per_service),
+        max_dials_per_second: l.max_dials_per_second.unwrap_or(d.max_dials_per_second),
+        fd_reserve: l.fd_reserve.unwrap_or(d.fd_reserve),
+        handshakes_per_address: l.handshakes_per_address.unwrap_or(d.handshakes_per_address),
+        handshakes_per_network: l.handshakes_per_network.unwrap_or(d.handshakes_per_network),
+        reserved_tunnels: l.reserved_tunnels.unwrap_or(d.reserved_tunnels),
+        max_names: l.max_names.unwrap_or(d.max_names),
+        new_names_per_minute: l.new_names_per_minute.unwrap_or(d.new_names_per_minute),
+        descriptor_share_percent: l
+            .descriptor_share_percent
+            .unwrap_or(d.descriptor_share_percent),
+        max_admin_connections: l.max_admin_connections.unwrap_or(d.max_admin_connections),
+        max_buffered_bytes: l.max_buffered_bytes.unwrap_or(d.max_buffered_bytes),
+    };
+    if limits.max_buffered_bytes < 1024 * 1024 {
+        return Err(invalid(
+            "[limits] max_buffered_bytes must be at least 1048576 (1 MiB)".to_owned(),
+        ));
+    }
+    // Room for one stranger's new names and for every expected dialer, past any reserve.
+    if l.max_tunnels.is_some() && l.reserved_tunnels.is_none() {
+        limits.reserved_tunnels = limits.max_tunnels / 4;
+    }
+    let lim = &limits;
+    if lim.reserved_tunnels >= lim.max_tunnels {
+        return Err(invalid(format!(
+            "[limits] reserved_tunnels ({}) must be less than max_tunnels ({})",
+            lim.reserved_tunnels, lim.max_tunnels
+        )));
+    }
+    if !(1..=100).contains(&lim.descriptor_share_percent) {
+        return Err(invalid(
+            "[limits] descriptor_share_percent must be within 1..=100".to_owned(),
+        ));
+    }
+    for (key, v) in [
+        ("max_handshakes", limits.max_handshakes),
+        ("max_tunnels", limits.max_tunnels),
+        ("max_streams", limits.max_streams as usize),
+        (
+            "max_connections_per_service",
+            limits.max_connections_per_service,
+        ),
+        ("max_dials_per_second", limits.max_dials_per_second as usize),
+        ("handshakes_per_address", limits.handshakes_per_address),
+        ("handshakes_per_network", limits.handshakes_per_network),
+        ("max_names", limits.max_names),
+        ("new_names_per_minute", limits.new_names_per_minute as usize),
+        ("max_admin_connections", limits.max_admin_connections),
+    ] {
+        if v == 0 {
+            return Err(invalid(format!("[limits] {key} must be at least 1")));
+        }
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod body;
 pub mod config;
 pub mod http;
 pub mod openapi;

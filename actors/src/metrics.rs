@@ -242,96 +242,8 @@ impl Metrics {
                 ("protocol", crate::handshake::VERSION.to_string()),
             ]),
         );
-        r.register(
-            "tunnel_connected",
-            "1 while the tunnel is connected, 0 while it re-dials or waits for its dialer",
-            m.tunnel_connected.clone(),
-        );
-        r.register(
-            "tunnel_sent_bytes",
-            "DATA payload bytes sent to the peer",
-            m.tunnel_sent.clone(),
-        );
-        r.register(
-            "tunnel_received_bytes",
-            "DATA payload bytes received from the peer",
-            m.tunnel_received.clone(),
-        );
-        r.register(
-            "tunnel_streams",
-            "Streams open on the tunnel",
-            m.tunnel_streams.clone(),
-        );
-        r.register(
-            "tunnel_streams_opened",
-            "Streams opened on the tunnel, by either end",
-            m.tunnel_streams_opened.clone(),
-        );
-        r.register(
-            "tunnel_redials",
-            "Re-dials after the tunnel was lost or a dial failed",
-            m.tunnel_redials.clone(),
-        );
-        r.register(
-            "tunnel_heartbeat_rtt_seconds",
-            "Round trip of the last heartbeat (PING/PONG)",
-            m.tunnel_rtt.clone(),
-        );
-        r.register(
-            "tunnel_send_window_bytes",
-            "Peer's tunnel credit not yet granted to a stream",
-            m.tunnel_send_window.clone(),
-        );
-        r.register(
-            "tunnel_queued_bytes",
-            "Bytes queued in the tunnel, not yet written to its socket",
-            m.tunnel_queued.clone(),
-        );
-        r.register(
-            "service_connections_accepted",
-            "Connections carried: clients accepted (local) or backends reached (remote)",
-            m.service_accepted.clone(),
-        );
-        r.register(
-            "service_connections_refused",
-            "Connections refused, by reason",
-            m.service_refused.clone(),
-        );
-        r.register(
-            "unknown_service_connections_refused",
-            "Connections refused for a service this node does not have (no name label: bounded)",
-            m.unknown_service_refused.clone(),
-        );
-        r.register(
-            "service_connections_active",
-            "Connections of the service now",
-            m.service_active.clone(),
-        );
-        r.register(
-            "service_sent_bytes",
-            "Bytes carried from the service's sockets into the tunnel (DATA payload)",
-            m.service_sent.clone(),
-        );
-        r.register(
-            "service_received_bytes",
-            "Bytes carried from the tunnel to the service's sockets (DATA payload)",
-            m.service_received.clone(),
-        );
-        r.register(
-            "admin_requests",
-            "Admin API requests, by route pattern, method and status",
-            m.admin_requests.clone(),
-        );
-        r.register(
-            "state_writes",
-            "State file writes (each fsynced)",
-            m.state_writes.clone(),
-        );
-        r.register(
-            "state_write_failures",
-            "State file writes that failed",
-            m.state_write_failures.clone(),
-        );
+        register_tunnel_series(r, &m);
+        register_other_series(r, &m);
         Metrics { registry, ..m }
     }
 
@@ -490,6 +402,104 @@ impl Metrics {
             self.state_write_failures.inc();
         }
     }
+}
+
+/// Registers the per-tunnel series.
+fn register_tunnel_series(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "tunnel_connected",
+        "1 while the tunnel is connected, 0 while it re-dials or waits for its dialer",
+        m.tunnel_connected.clone(),
+    );
+    r.register(
+        "tunnel_sent_bytes",
+        "DATA payload bytes sent to the peer",
+        m.tunnel_sent.clone(),
+    );
+    r.register(
+        "tunnel_received_bytes",
+        "DATA payload bytes received from the peer",
+        m.tunnel_received.clone(),
+    );
+    r.register(
+        "tunnel_streams",
+        "Streams open on the tunnel",
+        m.tunnel_streams.clone(),
+    );
+    r.register(
+        "tunnel_streams_opened",
+        "Streams opened on the tunnel, by either end",
+        m.tunnel_streams_opened.clone(),
+    );
+    r.register(
+        "tunnel_redials",
+        "Re-dials after the tunnel was lost or a dial failed",
+        m.tunnel_redials.clone(),
+    );
+    r.register(
+        "tunnel_heartbeat_rtt_seconds",
+        "Round trip of the last heartbeat (PING/PONG)",
+        m.tunnel_rtt.clone(),
+    );
+    r.register(
+        "tunnel_send_window_bytes",
+        "Peer's tunnel credit not yet granted to a stream",
+        m.tunnel_send_window.clone(),
+    );
+    r.register(
+        "tunnel_queued_bytes",
+        "Bytes queued in the tunnel, not yet written to its socket",
+        m.tunnel_queued.clone(),
+    );
+}
+
+/// Registers the per-service, admin and state series.
+fn register_other_series(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "service_connections_accepted",
+        "Connections carried: clients accepted (local) or backends reached (remote)",
+        m.service_accepted.clone(),
+    );
+    r.register(
+        "service_connections_refused",
+        "Connections refused, by reason",
+        m.service_refused.clone(),
+    );
+    r.register(
+        "unknown_service_connections_refused",
+        "Connections refused for a service this node does not have (no name label: bounded)",
+        m.unknown_service_refused.clone(),
+    );
+    r.register(
+        "service_connections_active",
+        "Connections of the service now",
+        m.service_active.clone(),
+    );
+    r.register(
+        "service_sent_bytes",
+        "Bytes carried from the service's sockets into the tunnel (DATA payload)",
+        m.service_sent.clone(),
+    );
+    r.register(
+        "service_received_bytes",
+        "Bytes carried from the tunnel to the service's sockets (DATA payload)",
+        m.service_received.clone(),
+    );
+    r.register(
+        "admin_requests",
+        "Admin API requests, by route pattern, method and status",
+        m.admin_requests.clone(),
+    );
+    r.register(
+        "state_writes",
+        "State file writes (each fsynced)",
+        m.state_writes.clone(),
+    );
+    r.register(
+        "state_write_failures",
+        "State file writes that failed",
+        m.state_write_failures.clone(),
+    );
 }
 
 #[cfg(test)]

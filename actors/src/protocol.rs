@@ -290,36 +290,7 @@ impl Frame {
         }
         let mut body = body.freeze();
         let frame = match kind {
-            kind::OPEN => {
-                if body.is_empty() {
-                    return Err(ProtocolError::Malformed("OPEN"));
-                }
-                let keyed = body.get_u8();
-                if body.is_empty() {
-                    return Err(ProtocolError::Malformed("OPEN"));
-                }
-                let cipher = body.get_u8();
-                let service = get_text(&mut body, "OPEN")?;
-                let keyed = match (keyed, CipherKind::from_wire(cipher)) {
-                    (0, _) if cipher == 0 && body.is_empty() => None,
-                    (1, Some(cipher)) if body.len() == NONCE_LEN + CHECK_LEN => {
-                        let mut k = KeyedOpen {
-                            cipher,
-                            nonce: [0; NONCE_LEN],
-                            check: [0; CHECK_LEN],
-                        };
-                        body.copy_to_slice(&mut k.nonce);
-                        body.copy_to_slice(&mut k.check);
-                        Some(k)
-                    }
-                    _ => return Err(ProtocolError::Malformed("OPEN")),
-                };
-                Frame::Open {
-                    stream,
-                    service,
-                    keyed,
-                }
-            }
+            kind::OPEN => decode_open(stream, &mut body)?,
             kind::OPEN_OK => {
                 let nonce = match body.len() {
                     0 => None,
@@ -387,6 +358,39 @@ impl Frame {
         }
         Ok(frame)
     }
+}
+
+/// An OPEN frame's body: the keyed flag, the cipher, the service name, and for a keyed stream
+/// the opener's nonce and the key check.
+fn decode_open(stream: u32, body: &mut Bytes) -> Result<Frame, ProtocolError> {
+    if body.is_empty() {
+        return Err(ProtocolError::Malformed("OPEN"));
+    }
+    let keyed = body.get_u8();
+    if body.is_empty() {
+        return Err(ProtocolError::Malformed("OPEN"));
+    }
+    let cipher = body.get_u8();
+    let service = get_text(body, "OPEN")?;
+    let keyed = match (keyed, CipherKind::from_wire(cipher)) {
+        (0, _) if cipher == 0 && body.is_empty() => None,
+        (1, Some(cipher)) if body.len() == NONCE_LEN + CHECK_LEN => {
+            let mut k = KeyedOpen {
+                cipher,
+                nonce: [0; NONCE_LEN],
+                check: [0; CHECK_LEN],
+            };
+            body.copy_to_slice(&mut k.nonce);
+            body.copy_to_slice(&mut k.check);
+            Some(k)
+        }
+        _ => return Err(ProtocolError::Malformed("OPEN")),
+    };
+    Ok(Frame::Open {
+        stream,
+        service,
+        keyed,
+    })
 }
 
 /// Frame decoder for the tunnel connection once the handshake is done (encoding is [`Frame::encode`]).

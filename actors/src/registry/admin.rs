@@ -162,102 +162,146 @@ impl Handler<AddTunnel> for Registry {
         self.dialing.insert(msg.name.clone(), (generation, dest));
         info!("tunnel {}: dialing {dest}", msg.name);
         let name = msg.name;
-        let keys = [Key::Tunnel(name.clone())];
         Box::pin(
             self.dial(&name, dest, &secret)
                 .into_actor(self)
                 .map(move |result, act, ctx| {
-                    if act.dialing.get(&name).map(|d| d.0) != Some(generation) {
-                        return (
-                            Err(AdminError::Conflict(format!(
-                                "tunnel {name}: superseded by a later request while dialing"
-                            ))),
-                            false,
-                        );
-                    }
-                    act.dialing.remove(&name);
-                    let e = match result {
-                        Ok((sock, peer)) => {
-                            let origin = Origin::Dialled {
-                                dest,
-                                attempt: 0,
-                                secret,
-                            };
-                            act.install_tunnel(name, origin, sock, peer, ctx);
-                            return (Ok(()), true);
-                        }
-                        Err(e) => e,
+                    let dial = AdminDial {
+                        name,
+                        dest,
+                        secret,
+                        generation,
                     };
-                    warn!("tunnel {name}: cannot open to {dest}: {e}");
-                    if e.reached_itself() {
-                        return (
-                            Err(AdminError::Invalid(format!(
-                                "tunnel {name}: {dest} is this node itself (it answered with \
-                                 this node's own identity)"
-                            ))),
-                            false,
-                        );
-                    }
-                    if !e.refused_by_peer() {
-                        return (
-                            Err(AdminError::Unreachable(format!(
-                                "tunnel {name}: cannot reach {dest}: {e}"
-                            ))),
-                            false,
-                        );
-                    }
-                    // The peer answered and refused: keep the tunnel and re-dial on the back-off,
-                    // as its operator may be fixing the secret. A live tunnel of the name stays.
-                    let live =
-                        matches!(act.tunnels.get(&name), Some(t) if matches!(t.link, Link::Up(_)));
-                    if !live {
-                        let generation = act.next_generation();
-                        let old = act.tunnels.insert(
-                            name.clone(),
-                            TunnelEntry {
-                                dest: Some(dest),
-                                role: Role::Dialer,
-                                generation,
-                                link: Link::Retrying {
-                                    attempt: 1,
-                                    task: SpawnHandle::default(),
-                                },
-                                last_error: Some(e.to_string()),
-                                dialled_on: 0,
-                                thread: None,
-                                secret,
-                            },
-                        );
-                        if let Some(old) = old {
-                            Registry::retire(old, None, ctx);
-                        }
-                        act.retry_tunnel(&name, 1, backoff(1), ctx);
-                    }
-                    let kept = if live {
-                        "the live tunnel of that name stays"
-                    } else {
-                        "kept: re-dialling with back-off until it is deleted"
-                    };
-                    (
-                        Err(AdminError::Unreachable(format!(
-                            "tunnel {name}: {dest} refused it: {e}; {kept}"
-                        ))),
-                        !live,
-                    )
+                    act.admin_dial_done(dial, result, ctx)
                 })
-                .then(move |(change, save), act, _ctx| {
-                    let saved = match (&change, save) {
-                        (_, false) => Box::pin(async { Ok(()) }),
-                        (_, true) => act.persist(&keys),
-                    };
-                    async move {
-                        saved.await?;
-                        change
-                    }
-                    .into_actor(act)
-                }),
+                .then(|answer, act, _ctx| answer.into_actor(act)),
         )
     }
+}
+
+/// A dial the admin API asked for, while it is under way.
+struct AdminDial {
+    /// The tunnel's name.
+    name: String,
+    /// Where it dials.
+    dest: SocketAddr,
+    /// Its own secret, if any.
+    secret: Option<Secret>,
+    /// The request's number in `dialing`: a later request for the name supersedes this one.
+    generation: u64,
+}
+
+impl Registry {
+    /// The answer to `POST /tunnel` once its dial is done, after what it changed is journaled.
+    fn admin_dial_done(
+        &mut self,
+        dial: AdminDial,
+        result: Result<(TcpStream, Terms), DialError>,
+        ctx: &mut Context<Self>,
+    ) -> Saved {
+        let AdminDial {
+            name,
+            dest,
+            secret,
+            generation,
+        } = dial;
+        if self.dialing.get(&name).map(|d| d.0) != Some(generation) {
+            return answer_now(Err(AdminError::Conflict(format!(
+                "tunnel {name}: superseded by a later request while dialing"
+            ))));
+        }
+        self.dialing.remove(&name);
+        let e = match result {
+            Ok((sock, peer)) => {
+                let keys = [Key::Tunnel(name.clone())];
+                let origin = Origin::Dialled {
+                    dest,
+                    attempt: 0,
+                    secret,
+                };
+                self.install_tunnel(name, origin, sock, peer, ctx);
+                return self.answer_once_saved(Ok(()), &keys);
+            }
+            Err(e) => e,
+        };
+        warn!("tunnel {name}: cannot open to {dest}: {e}");
+        if e.reached_itself() {
+            return answer_now(Err(AdminError::Invalid(format!(
+                "tunnel {name}: {dest} is this node itself (it answered with this node's own \
+                 identity)"
+            ))));
+        }
+        if !e.refused_by_peer() {
+            return answer_now(Err(AdminError::Unreachable(format!(
+                "tunnel {name}: cannot reach {dest}: {e}"
+            ))));
+        }
+        self.keep_refused(
+            AdminDial {
+                name,
+                dest,
+                secret,
+                generation,
+            },
+            e,
+            ctx,
+        )
+    }
+
+    /// The peer answered and refused: the tunnel is kept and re-dialled on the back-off, as its
+    /// operator may be fixing the secret. A live tunnel of the name stays as it is.
+    fn keep_refused(&mut self, dial: AdminDial, e: DialError, ctx: &mut Context<Self>) -> Saved {
+        let AdminDial {
+            name, dest, secret, ..
+        } = dial;
+        let live = matches!(self.tunnels.get(&name), Some(t) if matches!(t.link, Link::Up(_)));
+        if live {
+            return answer_now(Err(AdminError::Unreachable(format!(
+                "tunnel {name}: {dest} refused it: {e}; the live tunnel of that name stays"
+            ))));
+        }
+        let generation = self.next_generation();
+        let old = self.tunnels.insert(
+            name.clone(),
+            TunnelEntry {
+                dest: Some(dest),
+                role: Role::Dialer,
+                generation,
+                link: Link::Retrying {
+                    attempt: 1,
+                    task: SpawnHandle::default(),
+                },
+                last_error: Some(e.to_string()),
+                dialled_on: 0,
+                thread: None,
+                secret,
+            },
+        );
+        if let Some(old) = old {
+            Registry::retire(old, None, ctx);
+        }
+        self.retry_tunnel(&name, 1, backoff(1), ctx);
+        let answer = Err(AdminError::Unreachable(format!(
+            "tunnel {name}: {dest} refused it: {e}; kept: re-dialling with back-off until it is \
+             deleted"
+        )));
+        self.answer_once_saved(answer, &[Key::Tunnel(name)])
+    }
+
+    /// `answer`, once what the change touched (`keys`) is journaled (a failed write is the answer
+    /// then).
+    fn answer_once_saved(&self, answer: Result<(), AdminError>, keys: &[Key]) -> Saved {
+        let saved = self.persist(keys);
+        Box::pin(async move {
+            saved.await?;
+            answer
+        })
+    }
+}
+
+/// An answer with nothing to journal.
+fn answer_now(answer: Result<(), AdminError>) -> Saved {
+    Box::pin(async move { answer })
 }
 
 /// `DELETE /tunnel`: close it on both ends, with every connection it carries; an accepted name

@@ -18,6 +18,65 @@ impl Registry {
         }
     }
 
+    /// An accepted tunnel's name is pinned to its dialer's identity (kept in the state file)
+    /// and its last contact noted: journaled when the pin changes, or when the saved contact
+    /// is an hour old.
+    fn pin_dialer(
+        &mut self,
+        name: &str,
+        identity: [u8; IDENTITY_LEN],
+        peer_addr: Option<SocketAddr>,
+        ctx: &mut Context<Self>,
+    ) {
+        let entry = self.accepted.entry(name.to_owned()).or_default();
+        let now = unix_now();
+        entry.seen = now;
+        let stale = now.saturating_sub(entry.saved_seen) >= SEEN_SAVE_EVERY;
+        let repinned = entry.pin != Some(identity);
+        if repinned {
+            if let Some(ip) = peer_addr.map(|a| a.ip()) {
+                log_limited_for!(
+                    info,
+                    "tunnel-pinned",
+                    ip,
+                    "tunnel {}: pinned to the identity {} of its dialer",
+                    Escaped(name),
+                    fingerprint(&identity)
+                );
+            }
+            entry.pin = Some(identity);
+        }
+        if repinned || stale {
+            entry.saved_seen = now;
+            self.save_in_background(&[Key::Accepted(name.to_owned())], ctx);
+        }
+    }
+
+    /// The entry a new connection of tunnel `name` replaced goes, with a goodbye if it was up.
+    fn replaced(
+        name: &str,
+        old: TunnelEntry,
+        peer_addr: Option<SocketAddr>,
+        ctx: &mut Context<Self>,
+    ) {
+        if matches!(old.link, Link::Up(_)) {
+            let ip = peer_addr.map_or(IpAddr::from([0u8, 0, 0, 0]), |a| a.ip());
+            log_limited_for!(
+                info,
+                "tunnel-replaced",
+                ip,
+                "tunnel {}: replaced by a new connection of the same dialer ({})",
+                Escaped(name),
+                peer_addr.map_or("?".to_owned(), |a| a.to_string())
+            );
+        }
+        let goodbye = (
+            GoAway::Replaced,
+            "replaced by a newer connection".to_owned(),
+        );
+        Registry::retire(old, Some(goodbye), ctx);
+    }
+
     pub(super) fn install_tunnel(
         &mut self,
         name: String,
@@ -34,28 +93,7 @@ impl Registry {
                 secret,
             } => (Some(dest), Role::Dialer, attempt, secret),
             Origin::Accepted { identity } => {
-                let entry = self.accepted.entry(name.clone()).or_default();
-                let now = unix_now();
-                entry.seen = now;
-                let stale = now.saturating_sub(entry.saved_seen) >= SEEN_SAVE_EVERY;
-                let repinned = entry.pin != Some(identity);
-                if repinned {
-                    if let Some(ip) = peer_addr.map(|a| a.ip()) {
-                        log_limited_for!(
-                            info,
-                            "tunnel-pinned",
-                            ip,
-                            "tunnel {}: pinned to the identity {} of its dialer",
-                            Escaped(&name),
-                            fingerprint(&identity)
-                        );
-                    }
-                    entry.pin = Some(identity);
-                }
-                if repinned || stale {
-                    entry.saved_seen = now;
-                    self.save_in_background(&[Key::Accepted(name.clone())], ctx);
-                }
+                self.pin_dialer(&name, identity, peer_addr, ctx);
                 (None, Role::Acceptor, 0, None)
             }
         };
@@ -102,21 +140,7 @@ impl Registry {
         );
         let log_ip = peer_addr.map_or(IpAddr::from([0u8, 0, 0, 0]), |a| a.ip());
         if let Some(old) = old {
-            if matches!(old.link, Link::Up(_)) {
-                log_limited_for!(
-                    info,
-                    "tunnel-replaced",
-                    log_ip,
-                    "tunnel {}: replaced by a new connection of the same dialer ({})",
-                    Escaped(&name),
-                    peer_addr.map_or("?".to_owned(), |a| a.to_string())
-                );
-            }
-            let goodbye = (
-                GoAway::Replaced,
-                "replaced by a newer connection".to_owned(),
-            );
-            Registry::retire(old, Some(goodbye), ctx);
+            Registry::replaced(&name, old, peer_addr, ctx);
         }
         let role = match role {
             Role::Dialer => "dialled",

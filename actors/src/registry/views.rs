@@ -2,14 +2,28 @@
 
 use super::*;
 
+/// An address as `GET /config` shows it: `["ip", port]`.
+fn endpoint(a: &SocketAddr) -> Value {
+    json!([a.ip().to_string(), a.port()])
+}
+
+/// A key as `GET /config` shows it: never the key itself.
+fn key(k: &Option<ServiceKey>) -> Option<&'static str> {
+    k.as_ref().map(|_| "***")
+}
+
+fn cipher(k: &Option<ServiceKey>) -> Option<&'static str> {
+    k.as_ref().map(|k| k.cipher.name())
+}
+
+fn millis(t: &Option<Duration>) -> Option<u64> {
+    t.map(|d| d.as_millis() as u64)
+}
+
 impl Registry {
-    pub(super) fn snapshot_config(&self, f: &ConfigFilter) -> Value {
-        let endpoint = |a: &SocketAddr| json!([a.ip().to_string(), a.port()]);
-        let key = |k: &Option<ServiceKey>| k.as_ref().map(|_| "***");
-        let cipher = |k: &Option<ServiceKey>| k.as_ref().map(|k| k.cipher.name());
-        let millis = |t: &Option<Duration>| t.map(|d| d.as_millis() as u64);
-        let tunnels: Map<String, Value> = self
-            .tunnels
+    /// The tunnels part of `GET /config` (without their counters, which the tunnels add).
+    fn tunnels_view(&self, f: &ConfigFilter) -> Map<String, Value> {
+        self.tunnels
             .iter()
             .filter(|(name, _)| self.keeps_tunnel(f, name))
             .map(|(name, t)| {
@@ -47,7 +61,11 @@ impl Registry {
                         )
                     }),
             )
-            .collect();
+            .collect()
+    }
+
+    /// The services part of `GET /config`: local and remote.
+    fn services_view(&self, f: &ConfigFilter) -> (Map<String, Value>, Map<String, Value>) {
         let local: Map<String, Value> = candidates(&self.local, f)
             .filter(|(name, _)| self.keeps_service(f, Side::Local, name))
             .map(|(name, s)| {
@@ -78,6 +96,12 @@ impl Registry {
                 )
             })
             .collect();
+        (local, remote)
+    }
+
+    pub(super) fn snapshot_config(&self, f: &ConfigFilter) -> Value {
+        let tunnels = self.tunnels_view(f);
+        let (local, remote) = self.services_view(f);
         let binds = |side: Side| -> Value {
             let kept: Map<String, Value> = self
                 .binds

@@ -36,7 +36,7 @@ use crate::connection::{Connection, FromConnection, Keying, StreamEvent, StreamS
 use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
 use crate::io::write_all_vectored;
-use crate::limits::{Escaped, Gauge, TokenBucket, Usage};
+use crate::limits::{Escaped, Gauge, Slot, TokenBucket, Usage};
 use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
 use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,

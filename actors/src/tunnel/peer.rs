@@ -183,52 +183,12 @@ impl Tunnel {
                 return self.refuse_open(id, refusal.peer, ctx);
             }
         };
-        let refusal = if !self.dials.try_take(Instant::now()) {
-            self.usage.refuse_dial();
-            log_limited!(
-                warn,
-                "dial-limit",
-                "tunnel {}: refusing stream {id}: the peer opens more than {} streams a second",
-                self.name,
-                self.settings.limits.max_dials_per_second
-            );
-            Some("too many new streams per second")
-        } else {
-            None
-        };
-        let share = match refusal {
-            Some(_) => None,
-            None => self.backends.try_acquire(),
-        };
-        if share.is_none() && refusal.is_none() {
-            log_limited!(
-                warn,
-                "descriptors",
-                "tunnel {}: its backend connections use its share of the descriptor pool ({}); \
-                 refusing stream {id}",
-                self.name,
-                self.backends.max()
-            );
-        }
-        let refusal = refusal.or(share
-            .is_none()
-            .then_some("this tunnel has too many connections"));
-        let descriptor = match refusal {
-            Some(_) => None,
-            None => self.usage.descriptors.try_acquire(),
-        };
-        let (Some(descriptor), Some(share)) = (descriptor, share) else {
-            if refusal.is_none() {
-                log_limited!(
-                    warn,
-                    "descriptors",
-                    "tunnel {}: out of file descriptors (reserve kept); refusing stream {id}",
-                    self.name
-                );
+        let slots = match self.backend_slots(id) {
+            Ok(slots) => slots,
+            Err(reason) => {
+                metrics().count_refused(&service, Side::Remote, Refused::Resources);
+                return self.refuse_open(id, reason.to_owned(), ctx);
             }
-            let reason = refusal.unwrap_or("the node is out of connections");
-            metrics().count_refused(&service, Side::Remote, Refused::Resources);
-            return self.refuse_open(id, reason.to_owned(), ctx);
         };
         // Key setup here, not in the Registry: our nonce goes back in OPEN_OK.
         let crypto = route.key.as_ref().zip(keyed.as_ref()).map(|(k, o)| {
@@ -245,12 +205,50 @@ impl Tunnel {
             service: service.clone(),
             keying: crypto.map(|c| Keying::Ready(Box::new(c))),
             idle_timeout: route.timeout,
-            slots: vec![descriptor, share],
+            slots,
         };
         let conn = Connection::dialing(spec, route.addr, self.settings.connect_timeout).start();
         let mut entry = StreamEntry::new(conn, service, Side::Remote, &self.settings);
         entry.accept_nonce = nonce;
         self.insert_stream(id, entry);
+    }
+
+    /// The slots the backend connection of stream `id` needs: a token of the peer's dial rate,
+    /// a place in this tunnel's share of descriptors, a descriptor. Or what the peer is told
+    /// (logged, counted).
+    fn backend_slots(&mut self, id: u32) -> Result<Vec<Slot>, &'static str> {
+        if !self.dials.try_take(Instant::now()) {
+            self.usage.refuse_dial();
+            log_limited!(
+                warn,
+                "dial-limit",
+                "tunnel {}: refusing stream {id}: the peer opens more than {} streams a second",
+                self.name,
+                self.settings.limits.max_dials_per_second
+            );
+            return Err("too many new streams per second");
+        }
+        let Some(share) = self.backends.try_acquire() else {
+            log_limited!(
+                warn,
+                "descriptors",
+                "tunnel {}: its backend connections use its share of the descriptor pool ({}); \
+                 refusing stream {id}",
+                self.name,
+                self.backends.max()
+            );
+            return Err("this tunnel has too many connections");
+        };
+        let Some(descriptor) = self.usage.descriptors.try_acquire() else {
+            log_limited!(
+                warn,
+                "descriptors",
+                "tunnel {}: out of file descriptors (reserve kept); refusing stream {id}",
+                self.name
+            );
+            return Err("the node is out of connections");
+        };
+        Ok(vec![descriptor, share])
     }
 
     /// Answers a peer's OPEN with OPEN_FAIL.
