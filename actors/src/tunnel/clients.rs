@@ -6,13 +6,13 @@ impl Handler<CarryClient> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CarryClient, ctx: &mut Self::Context) {
-        if self.closing || self.local_streams >= self.peer.max_streams {
+        if self.closing || self.counts.local >= self.peer.terms.max_streams {
             log_limited!(
                 warn,
                 "carry-refused",
                 "tunnel {}: the peer takes at most {} streams; resetting a client of service {}",
                 self.name,
-                self.peer.max_streams,
+                self.peer.terms.max_streams,
                 msg.service
             );
             let reason = if self.closing {
@@ -60,7 +60,7 @@ impl Handler<CarryClient> for Tunnel {
             service: msg.service.clone(),
             keyed: open,
         };
-        let entry = StreamEntry::new(conn, msg.service, Side::Local, &self.settings);
+        let entry = StreamEntry::new(conn, msg.service, Side::Local, &self.shared.settings);
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }
@@ -78,7 +78,7 @@ impl Handler<FromConnection> for Tunnel {
                 };
                 e.bytes_sent += payload;
                 e.service_metrics.sent.inc_by(payload);
-                self.bytes_sent += payload;
+                self.stats.bytes_sent += payload;
                 self.metrics.sent.inc_by(payload);
                 self.queue_data(stream, frame, ctx);
                 self.stream_sent(stream, payload);
@@ -87,17 +87,17 @@ impl Handler<FromConnection> for Tunnel {
             // Unused credit goes back to both windows it was carved from.
             FromConnection::Return { stream, bytes } => self.stream_handed_back(stream, bytes),
             FromConnection::Consumed { stream, bytes } => {
-                let room =
-                    u64::from(self.settings.max_tunnel_window).saturating_sub(self.windows_total);
-                let rtt = self.rtt.get();
+                let room = u64::from(self.shared.settings.max_tunnel_window)
+                    .saturating_sub(self.receive.windows_total);
+                let rtt = self.beat.rtt.get();
                 let Some(e) = self.streams.get_mut(&stream) else {
                     return;
                 };
                 let bytes = bytes.min(e.recv.buffered());
-                self.usage.buffers.release(bytes);
+                self.shared.usage.buffers.release(bytes);
                 let before = e.recv.target();
                 let update = e.recv.consume(bytes, Instant::now(), rtt, room);
-                self.windows_total = self.windows_total - before + e.recv.target();
+                self.receive.windows_total = self.receive.windows_total - before + e.recv.target();
                 if let Some(inc) = update {
                     self.queue_control(
                         &Frame::Window {
@@ -127,7 +127,7 @@ impl Handler<FromConnection> for Tunnel {
                 metrics().count_accepted(&e.service, Side::Remote);
                 let nonce = e.accept_nonce.take();
                 self.queue_control(&Frame::OpenOk { stream, nonce }, ctx);
-                self.stream_opened(stream, u64::from(self.peer.windows.stream));
+                self.stream_opened(stream, u64::from(self.peer.terms.windows.stream));
             }
             FromConnection::Closed { stream, failure } => {
                 if failure.is_some() {

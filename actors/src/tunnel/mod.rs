@@ -36,13 +36,13 @@ use crate::connection::{Connection, FromConnection, Keying, StreamEvent, StreamS
 use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
 use crate::io::write_all_vectored;
-use crate::limits::{Escaped, Gauge, Slot, TokenBucket, Usage};
+use crate::limits::{Escaped, Gauge, Slot, TokenBucket};
 use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
 use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
     NONCE_LEN, TUNNEL_STREAM,
 };
-use crate::routes::{CarryClient, RouteTable};
+use crate::routes::CarryClient;
 use crate::schedule::SendQueue;
 use crate::send_credit::{Overflow, SendCredit};
 use crate::{Settings, Shared, Side};
@@ -183,6 +183,72 @@ pub struct TunnelLink {
     pub authenticated: bool,
 }
 
+/// What the peer is: its terms, its address, whether it proved a secret.
+struct PeerInfo {
+    /// What the peer granted us in the handshake: its windows and stream limit.
+    terms: Terms,
+    /// Its address, for `GET /config` and for rate-limiting lines about it.
+    addr: Option<SocketAddr>,
+    /// It proved a secret: refusals may tell it why.
+    authenticated: bool,
+}
+
+/// What one tunnel lets its peer open: the stream ids, the two stream counts, and the
+/// resources a peer's OPEN takes.
+struct StreamCounts {
+    /// Streams we opened, against the peer's `max_streams`.
+    local: u32,
+    /// Streams the peer opened, against ours.
+    remote: u32,
+    /// The next id of a stream we open (odd for the dialer, even for the acceptor).
+    next_id: u32,
+    /// Backend dials the peer may still cause this second.
+    dials: TokenBucket,
+    /// This tunnel's backend connections, against its share of the descriptor pool: one peer
+    /// cannot take every descriptor from the other tunnels and services.
+    backends: Arc<Gauge>,
+}
+
+/// The receiving side's tunnel-level accounting.
+struct Receive {
+    /// What the peer may have in flight over the whole tunnel. Credit goes back as soon as a
+    /// frame is handed to its stream, so bytes a stalled stream holds never hold the tunnel: each
+    /// stream's own window bounds those.
+    window: RecvWindow,
+    /// The sum of the streams' receive targets, against `max_tunnel_window`: their growth budget.
+    windows_total: u64,
+    /// Tunnel credit held back while the node's buffer budget is spent: returned to the peer
+    /// once streams have written enough for the budget to have room again.
+    withheld: u64,
+}
+
+/// The heartbeat: pings, the round trip, and when the peer was last heard.
+struct Heartbeat {
+    /// The path's round trip, from PING/PONG: decides whether a window is what limits a stream.
+    rtt: Rtt,
+    /// The PING in flight and when it went, for the next RTT sample.
+    ping_sent: Option<(u64, Instant)>,
+    /// When the last frame came: past the heartbeat timeout the peer is dead.
+    last_heard: Instant,
+    /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
+    heard: bool,
+    /// When the tunnel came up, to tell a lasting tunnel from one that flaps.
+    up_since: Instant,
+    /// PINGs sent, the next one's value.
+    pings: u64,
+}
+
+/// The tunnel's own counters for `GET /config`.
+#[derive(Default)]
+struct Counters {
+    /// Streams opened (either end), ever.
+    streams_opened: u64,
+    /// DATA payload bytes sent to the peer.
+    bytes_sent: u64,
+    /// DATA payload bytes received from the peer.
+    bytes_received: u64,
+}
+
 pub struct Tunnel {
     /// The tunnel's name, shared by both ends.
     name: String,
@@ -190,68 +256,40 @@ pub struct Tunnel {
     generation: u64,
     /// Who dialled: decides stream id parity and what happens after a drop.
     role: Role,
+    /// Where the tunnel reports that it stopped (its Registry).
     registry: Recipient<TunnelDown>,
-    settings: Settings,
-    /// What the peer granted us in the handshake: its windows and stream limit.
-    peer: Terms,
-    peer_addr: Option<SocketAddr>,
-    /// The node's limits and their counters (streams and dials refused).
-    usage: Arc<Usage>,
-    /// Backend dials the peer may still cause this second.
-    dials: TokenBucket,
-    /// This tunnel's backend connections, against its share of the descriptor pool: one peer
-    /// cannot take every descriptor from the other tunnels and services.
-    backends: Arc<Gauge>,
-    /// Where OPENs from the peer go, as the Registry last published.
-    routes: RouteTable,
-    /// The peer proved a secret: refusals may tell it why.
-    authenticated: bool,
-    /// Moved into the frame reader once the actor starts.
+    /// The node's settings, limits' accounting and route table.
+    shared: Shared,
+    /// The peer: its terms, address and proof.
+    peer: PeerInfo,
     /// The tunnel's socket until the actor starts: registered with the arbiter it runs on there
     /// (it may have been accepted or dialled on another).
     sock: Option<std::net::TcpStream>,
-    /// `None` while a write is under way (the write future owns it).
+    /// The socket's write half; `None` while a write is under way (the write future owns it).
     writer: Option<OwnedWriteHalf>,
-    writing: bool,
     /// Encoded control frames, written ahead of data.
     control: BytesMut,
     /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
     sched: SendQueue,
+    /// The streams carried now, by id.
     streams: HashMap<u32, StreamEntry>,
-    /// Streams we opened and streams the peer opened, against the two stream limits.
-    local_streams: u32,
-    remote_streams: u32,
-    next_id: u32,
+    /// Stream ids and counts, and what a peer's OPEN may take.
+    counts: StreamCounts,
     /// What we may send the peer and what our connections hold of it (grants, standing grants,
     /// streams starving for tunnel credit): a plain type with its own invariants.
     credit: SendCredit,
-    /// What the peer may have in flight over the whole tunnel. Credit goes back as soon as a
-    /// frame is handed to its stream, so bytes a stalled stream holds never hold the tunnel: each
-    /// stream's own window bounds those.
-    recv: RecvWindow,
-    /// The sum of the streams' receive targets, against `max_tunnel_window`: their growth budget.
-    windows_total: u64,
-    /// Tunnel credit held back while the node's buffer budget is spent: returned to the peer
-    /// once streams have written enough for the budget to have room again.
-    withheld: u64,
-    /// The path's round trip, from PING/PONG: decides whether a window is what limits a stream.
-    rtt: Rtt,
-    /// The PING in flight and when it went, for the next RTT sample.
-    ping_sent: Option<(u64, Instant)>,
-    last_heard: Instant,
-    /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
-    heard: bool,
-    /// When the tunnel came up, to tell a lasting tunnel from one that flaps.
-    up_since: Instant,
-    pings: u64,
+    /// What the peer may send us, and the credit held back for the node's buffer budget.
+    receive: Receive,
+    /// Pings, the round trip, and when the peer was last heard.
+    beat: Heartbeat,
     /// A goodbye is being flushed: stop once the queues are empty.
     closing: bool,
+    /// Why the tunnel went down, for the Registry's report.
     down_reason: Option<String>,
     /// The peer said goodbye, and why.
     goaway_received: Option<GoAway>,
-    streams_opened: u64,
-    bytes_sent: u64,
-    bytes_received: u64,
+    /// Streams and bytes, for `GET /config`.
+    stats: Counters,
     /// The tunnel's series in `GET /metrics` (they belong to the name: a reconnect finds them).
     metrics: TunnelMetrics,
 }
@@ -271,53 +309,61 @@ impl Tunnel {
             usage,
             routes,
         } = shared;
+        let counts = StreamCounts {
+            local: 0,
+            remote: 0,
+            // The dialer opens odd streams, the acceptor even ones, so ids never collide.
+            next_id: if role == Role::Dialer { 1 } else { 2 },
+            dials: TokenBucket::new(settings.limits.max_dials_per_second, Instant::now()),
+            backends: Gauge::new(settings.limits.descriptor_share(usage.descriptors.max())),
+        };
         Tunnel {
             metrics: metrics().tunnel(&name),
             name,
             generation,
             role,
             registry,
-            settings,
-            peer,
-            peer_addr: sock.peer_addr().ok(),
-            dials: TokenBucket::new(settings.limits.max_dials_per_second, Instant::now()),
-            backends: Gauge::new(settings.limits.descriptor_share(usage.descriptors.max())),
-            usage,
-            routes,
-            authenticated,
+            peer: PeerInfo {
+                terms: peer,
+                addr: sock.peer_addr().ok(),
+                authenticated,
+            },
             sock: Some(sock),
             writer: None,
-            writing: false,
             control: BytesMut::new(),
             sched: SendQueue::default(),
             streams: HashMap::new(),
-            local_streams: 0,
-            remote_streams: 0,
-            // The dialer opens odd streams, the acceptor even ones, so ids never collide.
-            next_id: if role == Role::Dialer { 1 } else { 2 },
+            counts,
             credit: SendCredit::new(
                 u64::from(peer.windows.tunnel),
                 SEND_BUDGET.min(u64::from(settings.tunnel_window)),
             ),
-            recv: RecvWindow::new(
-                u64::from(settings.tunnel_window),
-                u64::from(settings.max_tunnel_window),
-                Instant::now(),
-            ),
-            windows_total: 0,
-            withheld: 0,
-            rtt: Rtt::default(),
-            ping_sent: None,
-            last_heard: Instant::now(),
-            heard: false,
-            up_since: Instant::now(),
-            pings: 0,
+            receive: Receive {
+                window: RecvWindow::new(
+                    u64::from(settings.tunnel_window),
+                    u64::from(settings.max_tunnel_window),
+                    Instant::now(),
+                ),
+                windows_total: 0,
+                withheld: 0,
+            },
+            beat: Heartbeat {
+                rtt: Rtt::default(),
+                ping_sent: None,
+                last_heard: Instant::now(),
+                heard: false,
+                up_since: Instant::now(),
+                pings: 0,
+            },
             closing: false,
             down_reason: None,
             goaway_received: None,
-            streams_opened: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
+            stats: Counters::default(),
+            shared: Shared {
+                settings,
+                usage,
+                routes,
+            },
         }
     }
 
@@ -334,7 +380,8 @@ impl Tunnel {
 
     /// The peer's address, for lines rate-limited per peer.
     fn peer_ip(&self) -> std::net::IpAddr {
-        self.peer_addr
+        self.peer
+            .addr
             .map_or(std::net::IpAddr::from([0u8, 0, 0, 0]), |a| a.ip())
     }
 
@@ -372,10 +419,10 @@ impl Actor for Tunnel {
         // idle tunnel audible; silence is checked on a shorter period of its own, so a dead peer
         // is declared within the timeout, not the timeout plus an interval.
         self.send_ping(ctx);
-        ctx.run_interval(self.settings.heartbeat_interval, |act, ctx| {
+        ctx.run_interval(self.shared.settings.heartbeat_interval, |act, ctx| {
             act.send_ping(ctx)
         });
-        let check = (self.settings.heartbeat_timeout / 8).min(Duration::from_secs(1));
+        let check = (self.shared.settings.heartbeat_timeout / 8).min(Duration::from_secs(1));
         ctx.run_interval(check, |act, ctx| {
             let now = Instant::now();
             let mut total = 0;
@@ -383,12 +430,12 @@ impl Actor for Tunnel {
                 e.recv.shrink_if_idle(now);
                 total += e.recv.target();
             }
-            act.windows_total = total;
+            act.receive.windows_total = total;
             act.publish_gauges();
             // Other tunnels' streams may have made room in the node's buffer budget.
             act.release_withheld(ctx);
-            let silent = act.last_heard.elapsed();
-            if silent > act.settings.heartbeat_timeout {
+            let silent = act.beat.last_heard.elapsed();
+            if silent > act.shared.settings.heartbeat_timeout {
                 act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
             }
         });
@@ -420,7 +467,7 @@ impl Actor for Tunnel {
             reason
         };
         for (_, e) in self.streams.drain() {
-            self.usage.buffers.release(e.recv.buffered());
+            self.shared.usage.buffers.release(e.recv.buffered());
             e.conn.do_send(StreamEvent::Abort);
         }
         self.metrics.streams.set(0);
@@ -430,8 +477,8 @@ impl Actor for Tunnel {
             generation: self.generation,
             reason,
             goaway: self.goaway_received,
-            heard: self.heard,
-            lasted: self.up_since.elapsed(),
+            heard: self.beat.heard,
+            lasted: self.beat.up_since.elapsed(),
             peer_ip: self.peer_ip(),
         });
     }

@@ -26,7 +26,7 @@ impl Tunnel {
                 Some(e) if e.side == Side::Local && e.state == StreamState::Opening => {
                     e.state = StreamState::Open;
                     e.conn.do_send(StreamEvent::Opened { nonce });
-                    self.stream_opened(stream, u64::from(self.peer.windows.stream));
+                    self.stream_opened(stream, u64::from(self.peer.terms.windows.stream));
                 }
                 _ => debug!("tunnel {}: OPEN_OK for unknown stream {stream}", self.name),
             },
@@ -76,11 +76,11 @@ impl Tunnel {
             }
             Frame::Ping(v) => self.queue_control(&Frame::Pong(v), ctx),
             Frame::Pong(v) => {
-                if let Some((sent, at)) = self.ping_sent {
+                if let Some((sent, at)) = self.beat.ping_sent {
                     if sent == v {
-                        self.rtt.sample(at.elapsed());
+                        self.beat.rtt.sample(at.elapsed());
                         self.metrics.rtt.set(at.elapsed().as_secs_f64());
-                        self.ping_sent = None;
+                        self.beat.ping_sent = None;
                     }
                 }
             }
@@ -102,11 +102,11 @@ impl Tunnel {
     pub(super) fn on_data(&mut self, id: u32, payload: BytesMut, ctx: &mut Context<Self>) {
         let len = payload.len() as u64;
         let now = Instant::now();
-        if !self.recv.receive(len, now) {
+        if !self.receive.window.receive(len, now) {
             self.fail(ctx, "peer overran the tunnel window".to_owned());
             return;
         }
-        self.bytes_received += len;
+        self.stats.bytes_received += len;
         self.metrics.received.inc_by(len);
         let Some(e) = self.streams.get_mut(&id) else {
             // A stream that was just reset: the bytes are dropped, their credit goes back.
@@ -129,10 +129,10 @@ impl Tunnel {
         e.conn.do_send(StreamEvent::Data(payload));
         // The tunnel's hands are empty again at once (what the stream holds, its window
         // bounds), unless the node's streams together hold more than its budget.
-        if self.usage.buffers.hold(len) {
+        if self.shared.usage.buffers.hold(len) {
             self.credit_tunnel(len, now, ctx);
         } else {
-            self.withheld += len;
+            self.receive.withheld += len;
         }
     }
 
@@ -154,8 +154,8 @@ impl Tunnel {
             self.fail(ctx, format!("peer reopened live stream {id}"));
             return;
         }
-        if self.remote_streams >= self.settings.limits.max_streams {
-            self.usage.refuse_stream();
+        if self.counts.remote >= self.shared.settings.limits.max_streams {
+            self.shared.usage.refuse_stream();
             metrics().count_refused(&service, Side::Remote, Refused::StreamLimit);
             let reason = "too many streams on this tunnel";
             log_limited!(
@@ -163,13 +163,18 @@ impl Tunnel {
                 "stream-limit",
                 "tunnel {}: refusing stream {id}: {reason} (max_streams {})",
                 self.name,
-                self.settings.limits.max_streams
+                self.shared.settings.limits.max_streams
             );
             return self.refuse_open(id, reason.to_owned(), ctx);
         }
         // Decided here, from the routes the Registry published: no round trip through it.
-        let routes = self.routes.load();
-        let route = match routes.open(&self.name, &service, keyed.as_ref(), self.authenticated) {
+        let routes = self.shared.routes.load();
+        let route = match routes.open(
+            &self.name,
+            &service,
+            keyed.as_ref(),
+            self.peer.authenticated,
+        ) {
             Ok(route) => route,
             Err(refusal) => {
                 metrics().count_refused(&service, Side::Remote, refusal.reason);
@@ -207,8 +212,9 @@ impl Tunnel {
             idle_timeout: route.timeout,
             slots,
         };
-        let conn = Connection::dialing(spec, route.addr, self.settings.connect_timeout).start();
-        let mut entry = StreamEntry::new(conn, service, Side::Remote, &self.settings);
+        let conn =
+            Connection::dialing(spec, route.addr, self.shared.settings.connect_timeout).start();
+        let mut entry = StreamEntry::new(conn, service, Side::Remote, &self.shared.settings);
         entry.accept_nonce = nonce;
         self.insert_stream(id, entry);
     }
@@ -217,29 +223,29 @@ impl Tunnel {
     /// a place in this tunnel's share of descriptors, a descriptor. Or what the peer is told
     /// (logged, counted).
     fn backend_slots(&mut self, id: u32) -> Result<Vec<Slot>, &'static str> {
-        if !self.dials.try_take(Instant::now()) {
-            self.usage.refuse_dial();
+        if !self.counts.dials.try_take(Instant::now()) {
+            self.shared.usage.refuse_dial();
             log_limited!(
                 warn,
                 "dial-limit",
                 "tunnel {}: refusing stream {id}: the peer opens more than {} streams a second",
                 self.name,
-                self.settings.limits.max_dials_per_second
+                self.shared.settings.limits.max_dials_per_second
             );
             return Err("too many new streams per second");
         }
-        let Some(share) = self.backends.try_acquire() else {
+        let Some(share) = self.counts.backends.try_acquire() else {
             log_limited!(
                 warn,
                 "descriptors",
                 "tunnel {}: its backend connections use its share of the descriptor pool ({}); \
                  refusing stream {id}",
                 self.name,
-                self.backends.max()
+                self.counts.backends.max()
             );
             return Err("this tunnel has too many connections");
         };
-        let Some(descriptor) = self.usage.descriptors.try_acquire() else {
+        let Some(descriptor) = self.shared.usage.descriptors.try_acquire() else {
             log_limited!(
                 warn,
                 "descriptors",
@@ -262,8 +268,8 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
         match item {
             Ok(frame) => {
                 // Only a frame counts as hearing the peer: a reset or garbage does not.
-                self.last_heard = Instant::now();
-                self.heard = true;
+                self.beat.last_heard = Instant::now();
+                self.beat.heard = true;
                 self.on_frame(frame, ctx)
             }
             Err(e) => {

@@ -80,8 +80,8 @@ impl Tunnel {
 
     /// `n` bytes left the tunnel's hands (handed to their stream, or dropped): tunnel credit.
     pub(super) fn credit_tunnel(&mut self, n: u64, now: Instant, ctx: &mut Context<Self>) {
-        let rtt = self.rtt.get();
-        if let Some(increment) = self.recv.consume(n, now, rtt, u64::MAX) {
+        let rtt = self.beat.rtt.get();
+        if let Some(increment) = self.receive.window.consume(n, now, rtt, u64::MAX) {
             self.queue_control(
                 &Frame::Window {
                     stream: TUNNEL_STREAM,
@@ -94,8 +94,8 @@ impl Tunnel {
 
     /// Returns the tunnel credit held back for the buffer budget, once it has room again.
     pub(super) fn release_withheld(&mut self, ctx: &mut Context<Self>) {
-        if self.withheld > 0 && self.usage.buffers.has_room() {
-            let n = std::mem::take(&mut self.withheld);
+        if self.receive.withheld > 0 && self.shared.usage.buffers.has_room() {
+            let n = std::mem::take(&mut self.receive.withheld);
             self.credit_tunnel(n, Instant::now(), ctx);
         }
     }

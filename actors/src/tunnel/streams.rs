@@ -5,10 +5,10 @@ use super::*;
 impl Tunnel {
     pub(super) fn alloc_id(&mut self) -> u32 {
         loop {
-            let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(2);
-            if self.next_id == 0 || self.next_id == 1 {
-                self.next_id = if self.role == Role::Dialer { 1 } else { 2 };
+            let id = self.counts.next_id;
+            self.counts.next_id = self.counts.next_id.wrapping_add(2);
+            if self.counts.next_id == 0 || self.counts.next_id == 1 {
+                self.counts.next_id = if self.role == Role::Dialer { 1 } else { 2 };
             }
             if !self.streams.contains_key(&id) {
                 return id;
@@ -24,13 +24,13 @@ impl Tunnel {
     pub(super) fn remove_stream(&mut self, id: u32) -> Option<StreamEntry> {
         let e = self.streams.remove(&id)?;
         // What it held and never wrote is dropped with it.
-        self.usage.buffers.release(e.recv.buffered());
+        self.shared.usage.buffers.release(e.recv.buffered());
         self.metrics.streams.set(self.streams.len() as i64);
         match e.side {
-            Side::Local => self.local_streams -= 1,
-            Side::Remote => self.remote_streams -= 1,
+            Side::Local => self.counts.local -= 1,
+            Side::Remote => self.counts.remote -= 1,
         }
-        self.windows_total -= e.recv.target();
+        self.receive.windows_total -= e.recv.target();
         self.stream_credit_removed(id);
         Some(e)
     }
@@ -51,13 +51,13 @@ impl Tunnel {
     /// Registers a new stream, counted against its side's limit.
     pub(super) fn insert_stream(&mut self, id: u32, entry: StreamEntry) {
         self.credit.add(id);
-        self.windows_total += entry.recv.target();
+        self.receive.windows_total += entry.recv.target();
         match entry.side {
-            Side::Local => self.local_streams += 1,
-            Side::Remote => self.remote_streams += 1,
+            Side::Local => self.counts.local += 1,
+            Side::Remote => self.counts.remote += 1,
         }
         self.streams.insert(id, entry);
-        self.streams_opened += 1;
+        self.stats.streams_opened += 1;
         self.metrics.streams_opened.inc();
         self.metrics.streams.set(self.streams.len() as i64);
     }
@@ -80,11 +80,11 @@ impl Tunnel {
             })
             .collect();
         TunnelStats {
-            peer: self.peer_addr.map(|a| a.to_string()),
+            peer: self.peer.addr.map(|a| a.to_string()),
             streams: self.streams.len(),
-            streams_opened: self.streams_opened,
-            bytes_sent: self.bytes_sent,
-            bytes_received: self.bytes_received,
+            streams_opened: self.stats.streams_opened,
+            bytes_sent: self.stats.bytes_sent,
+            bytes_received: self.stats.bytes_received,
             send_window: self.credit.window(),
             queued_bytes: self.sched.bytes() + self.control.len(),
             connections,

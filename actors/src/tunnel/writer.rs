@@ -26,17 +26,18 @@ impl Tunnel {
     }
 
     pub(super) fn send_ping(&mut self, ctx: &mut Context<Self>) {
-        let v = self.pings;
-        self.pings += 1;
-        if self.ping_sent.is_none() {
-            self.ping_sent = Some((v, Instant::now()));
+        let v = self.beat.pings;
+        self.beat.pings += 1;
+        if self.beat.ping_sent.is_none() {
+            self.beat.ping_sent = Some((v, Instant::now()));
         }
         self.queue_control(&Frame::Ping(v), ctx);
     }
 
     /// Starts a write of what is queued, control frames first, unless one is under way.
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.writing {
+        // After the start the socket is split; no writer then means a write is under way.
+        if self.sock.is_none() && self.writer.is_none() {
             return;
         }
         if self.control.is_empty() && self.sched.is_empty() {
@@ -53,7 +54,6 @@ impl Tunnel {
             batch.push(self.control.split().freeze());
         }
         self.sched.take(WRITE_BATCH, &mut batch);
-        self.writing = true;
         ctx.spawn(
             async move {
                 let result = write_all_vectored(&mut writer, batch).await;
@@ -61,7 +61,6 @@ impl Tunnel {
             }
             .into_actor(self)
             .map(|(writer, result), act, ctx| {
-                act.writing = false;
                 act.publish_gauges();
                 match result {
                     Ok(()) => {
