@@ -483,3 +483,6 @@ impl Actor for Tunnel {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

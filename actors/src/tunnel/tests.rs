@@ -1,0 +1,239 @@
+//! The tunnel actor tested alone: a real socket pair on loopback, this test as the peer (frames
+//! in, frames out), and a stub recipient in the Registry's place.
+
+use std::sync::Mutex;
+
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
+
+use super::*;
+use crate::limits::Usage;
+use crate::routes::{RemoteRoute, RouteTable, Routes};
+
+/// The test's side of the tunnel socket: frames out, frames in.
+struct Peer {
+    /// Frames from the tunnel.
+    read: FramedRead<OwnedReadHalf, FrameCodec>,
+    /// Where the test writes its frames.
+    write: OwnedWriteHalf,
+}
+
+impl Peer {
+    async fn send(&mut self, frame: Frame) -> std::io::Result<()> {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        self.write.write_all(&buf).await
+    }
+
+    async fn next(&mut self) -> Option<Result<Frame, ProtocolError>> {
+        self.read.next().await
+    }
+}
+
+/// Stands in for the Registry: keeps the tunnel's report.
+struct Owner(Arc<Mutex<Option<TunnelDown>>>);
+
+impl Actor for Owner {
+    type Context = Context<Self>;
+}
+
+impl Handler<TunnelDown> for Owner {
+    type Result = ();
+
+    fn handle(&mut self, msg: TunnelDown, _ctx: &mut Self::Context) {
+        *self.0.lock().expect("report") = Some(msg);
+    }
+}
+
+fn terms() -> Terms {
+    Settings::default().terms()
+}
+
+/// Starts a tunnel (the acceptor of `name`) on one end of a loopback pair; the other end, framed.
+async fn tunnel_and_peer(routes: Routes) -> (Peer, Arc<Mutex<Option<TunnelDown>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("dial");
+    let (sock, _) = listener.accept().expect("accept");
+    sock.set_nonblocking(true).expect("nonblocking");
+    peer.set_nonblocking(true).expect("nonblocking");
+    let report = Arc::new(Mutex::new(None));
+    let owner = Owner(report.clone()).start();
+    let settings = Settings::default();
+    let table = RouteTable::default();
+    table.publish(routes);
+    let shared = Shared {
+        settings,
+        usage: Usage::new(settings.limits, 1024),
+        routes: table,
+    };
+    let link = TunnelLink {
+        name: "t1".to_owned(),
+        generation: 1,
+        role: Role::Acceptor,
+        sock,
+        peer: terms(),
+        authenticated: true,
+    };
+    Tunnel::new(link, owner.recipient(), shared).start();
+    let (read, write) = tokio::net::TcpStream::from_std(peer)
+        .expect("peer")
+        .into_split();
+    let peer = Peer {
+        read: FramedRead::new(read, FrameCodec),
+        write,
+    };
+    (peer, report)
+}
+
+/// The next frame from the tunnel that is not a PING (answered) or a WINDOW.
+async fn next_frame(peer: &mut Peer) -> Option<Frame> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), peer.next())
+            .await
+            .ok()??
+            .ok()?;
+        match frame {
+            Frame::Ping(v) => peer.send(Frame::Pong(v)).await.ok()?,
+            Frame::Window { .. } => {}
+            other => return Some(other),
+        }
+    }
+}
+
+async fn report_of(report: &Arc<Mutex<Option<TunnelDown>>>) -> Option<TunnelDown> {
+    for _ in 0..100 {
+        if let Some(r) = report.lock().expect("report").take() {
+            return Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[test]
+fn an_open_for_a_service_not_bound_here_is_refused_and_the_tunnel_stays() {
+    actix_rt::System::new().block_on(async {
+        let (mut peer, report) = tunnel_and_peer(Routes::default()).await;
+        peer.send(Frame::Open {
+            stream: 1,
+            service: "nope".into(),
+            keyed: None,
+        })
+        .await
+        .expect("open");
+        match next_frame(&mut peer).await {
+            Some(Frame::OpenFail { stream: 1, reason }) => {
+                assert_eq!(reason, "no remote service named nope for this tunnel")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The tunnel lives on: a ping is answered.
+        peer.send(Frame::Ping(7)).await.expect("ping");
+        let pong = loop {
+            match tokio::time::timeout(Duration::from_secs(5), peer.next()).await {
+                Ok(Some(Ok(Frame::Pong(v)))) => break v,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(pong, 7);
+        assert!(report.lock().expect("report").is_none());
+    });
+}
+
+#[test]
+fn an_open_of_a_bound_service_reaches_its_backend_and_carries_bytes() {
+    actix_rt::System::new().block_on(async {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("backend");
+        let mut routes = Routes::default();
+        routes.remote.insert(
+            "svc".into(),
+            RemoteRoute {
+                addr: backend.local_addr().expect("addr"),
+                key: None,
+                timeout: None,
+                tunnel: Some("t1".into()),
+            },
+        );
+        let (mut peer, _report) = tunnel_and_peer(routes).await;
+        peer.send(Frame::Open {
+            stream: 1,
+            service: "svc".into(),
+            keyed: None,
+        })
+        .await
+        .expect("open");
+        let (mut conn, _) = backend.accept().await.expect("dialled");
+        assert!(matches!(
+            next_frame(&mut peer).await,
+            Some(Frame::OpenOk { stream: 1, .. })
+        ));
+        peer.send(Frame::Data {
+            stream: 1,
+            payload: BytesMut::from(&b"hello backend"[..]),
+        })
+        .await
+        .expect("data");
+        let mut got = [0u8; 13];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut got)
+            .await
+            .expect("bytes");
+        assert_eq!(&got, b"hello backend");
+        tokio::io::AsyncWriteExt::write_all(&mut conn, b"and back")
+            .await
+            .expect("reply");
+        match next_frame(&mut peer).await {
+            Some(Frame::Data { stream: 1, payload }) => assert_eq!(&payload[..], b"and back"),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_peer_past_the_tunnel_window_loses_the_tunnel_and_the_owner_hears_why() {
+    actix_rt::System::new().block_on(async {
+        let (mut peer, report) = tunnel_and_peer(Routes::default()).await;
+        peer.send(Frame::Window {
+            stream: TUNNEL_STREAM,
+            increment: u32::MAX,
+        })
+        .await
+        .expect("window");
+        peer.send(Frame::Window {
+            stream: TUNNEL_STREAM,
+            increment: u32::MAX,
+        })
+        .await
+        .expect("window");
+        let down = report_of(&report).await.expect("reported");
+        assert!(
+            down.reason.contains("overflowed the tunnel window"),
+            "{}",
+            down.reason
+        );
+        assert_eq!(down.name, "t1");
+    });
+}
+
+#[test]
+fn a_goodbye_from_the_peer_is_reported_with_its_code() {
+    actix_rt::System::new().block_on(async {
+        let (mut peer, report) = tunnel_and_peer(Routes::default()).await;
+        peer.send(Frame::GoAway {
+            code: GoAway::Deleted,
+            reason: "bye\nforged".into(),
+        })
+        .await
+        .expect("goaway");
+        let down = report_of(&report).await.expect("reported");
+        assert_eq!(down.goaway, Some(GoAway::Deleted));
+        assert!(
+            down.reason.contains("bye\\nforged"),
+            "escaped: {}",
+            down.reason
+        );
+    });
+}
