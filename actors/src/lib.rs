@@ -1,14 +1,23 @@
 //! menet's engine: the actors that carry TCP connections through multiplexed tunnels.
 //!
-//! - [`registry::Registry`] owns the configuration (kept on disk by [`state`]) and supervises the
-//!   tunnels and listeners.
-//! - [`tunnel::Tunnel`] is one tunnel connection: framing, multiplexing, flow control, heartbeats;
-//!   it starts and supervises the connection actors of its streams.
-//! - [`listener::Listener`] accepts the clients of one local service.
-//! - [`connection::Connection`] is one client or backend connection, carried as one stream.
+//! The crate in layers; a module imports only from its own layer or the ones below. A report or
+//! a question going up is declared beside its sender and travels as a `Recipient`; a command
+//! going down lives beside its handler.
 //!
-//! The wire protocol is [`handshake`] and [`protocol`] (prose in `PROTOCOL.md`); stream
-//! encryption is [`cipher`]; what peers and clients may use is [`limits`].
+//! - **wire** (plain types and codecs, no actors):
+//!   [`protocol`] frames and the cipher ids they carry; [`handshake`] the handshake messages and
+//!   both state machines; [`cipher`] stream keys and ciphers; [`credit`] receive windows and the
+//!   round trip; [`send_credit`] what a tunnel may send and what its streams hold of it;
+//!   [`schedule`] the per-stream send queue; [`limits`] the node's limits, their accounting, the
+//!   log's rate limits and escaping; [`admission`] handshake slots and per-source rates;
+//!   [`metrics`] the Prometheus series; `io` socket helpers; [`fuzzing`] fuzz entry points.
+//! - **stream**: [`connection`] one client or backend socket, carried as one stream.
+//! - **tunnel**: [`tunnel`] one tunnel connection (multiplexing, flow control, heartbeats; it
+//!   starts its streams' connections); [`routes`] the published route table; [`listener`] a
+//!   local service's listener and the tunnel port.
+//! - **registry**: [`registry`] the actor that owns the configuration and supervises the rest;
+//!   [`model`] the state kept on disk, [`journal`] its line format, [`state`] the writer thread.
+//! - **admin** is the `menet` crate (`src/`): the HTTP API turns requests into Registry messages.
 
 pub mod admission;
 pub mod cipher;

@@ -150,7 +150,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// What a listener accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepts {
-    /// Clients of this local service, handed to the Registry.
+    /// Clients of this local service, each handed straight to the tunnel its service is bound to.
     Service(String),
     /// Peers dialling tunnels: each gets its handshake, then the Registry takes the tunnel.
     Tunnels,

@@ -299,13 +299,16 @@ impl Drop for Node {
     }
 }
 
+/// Resident memory of process `pid` in KiB. Fails the test when it cannot be read: a memory
+/// check that silently measured 0 would pass without checking anything.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status to measure memory: {e}"));
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// One HTTP/1.1 request as `curl -d` sends it (form Content-Type, JSON body).
