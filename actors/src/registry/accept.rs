@@ -1,4 +1,6 @@
-//! Tunnel-port admission: which secret a dialer must prove, whether it may have a name (pins, the name table and its rate per source, places kept for expected dialers), and the tunnel handed over once the handshake is done.
+//! Tunnel-port admission: which secret a dialer must prove, whether it may have a name (pins, the
+//! name table and its rate per source, places kept for expected dialers), and the tunnel handed
+//! over once the handshake is done.
 
 use super::*;
 

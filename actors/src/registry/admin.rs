@@ -1,4 +1,5 @@
-//! The admin commands: add and delete tunnels, services and binds (each validated, applied, routed and journaled).
+//! The admin commands: add and delete tunnels, services and binds (each validated, applied, routed
+//! and journaled).
 
 use super::*;
 

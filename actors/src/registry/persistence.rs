@@ -1,4 +1,5 @@
-//! Persistence: what a change touched (its keys) journaled through the state store, and the configuration restored from it at start.
+//! Persistence: what a change touched (its keys) journaled through the state store, and the
+//! configuration restored from it at start.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Route publishing: the Registry keeps the routes as persistent maps, changes them at the keys a change touched and publishes a new immutable table for listeners and tunnels.
+//! Route publishing: the Registry keeps the routes as persistent maps, changes them at the keys a
+//! change touched and publishes a new immutable table for listeners and tunnels.
 
 use super::*;
 

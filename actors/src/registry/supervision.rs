@@ -1,4 +1,5 @@
-//! Supervision: dialling, installing, re-dialling and retiring tunnels, starting and restarting listeners, and what the Registry does when a tunnel or a listener stops.
+//! Supervision: dialling, installing, re-dialling and retiring tunnels, starting and restarting
+//! listeners, and what the Registry does when a tunnel or a listener stops.
 
 use super::*;
 

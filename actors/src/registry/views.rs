@@ -1,4 +1,5 @@
-//! The views: `GET /config` (whole or filtered) and readiness, built from the Registry's model and each tunnel's counters.
+//! The views: `GET /config` (whole or filtered) and readiness, built from the Registry's model and
+//! each tunnel's counters.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Commands from the Registry: close the tunnel or a service's streams, counters for `GET /config`, and the test-only fault hooks.
+//! Commands from the Registry: close the tunnel or a service's streams, counters for `GET /config`,
+//! and the test-only fault hooks.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Frames from the peer: DATA under credit, OPEN decided from the route table, window updates, resets, pings and goodbyes.
+//! Frames from the peer: DATA under credit, OPEN decided from the route table, window updates,
+//! resets, pings and goodbyes.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The stream table: ids, a stream's entry and its removal (its credit given back), resets, and the per-stream view of `GET /config`.
+//! The stream table: ids, a stream's entry and its removal (its credit given back), resets, and the
+//! per-stream view of `GET /config`.
 
 use super::*;
 

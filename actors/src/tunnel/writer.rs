@@ -1,4 +1,5 @@
-//! The writer: control frames ahead of data, data frames per stream taken round-robin, written to the tunnel socket in vectored batches with `TCP_NOTSENT_LOWAT`.
+//! The writer: control frames ahead of data, data frames per stream taken round-robin, written to
+//! the tunnel socket in vectored batches with `TCP_NOTSENT_LOWAT`.
 
 use super::*;
 
