@@ -52,6 +52,9 @@ mod shutdown;
 mod supervision;
 mod views;
 
+#[cfg(test)]
+mod admin_tests;
+
 pub use admin::{AddService, AddTunnel, DeleteService, DeleteTunnel, SetBind};
 #[cfg(feature = "fault-injection")]
 pub use shutdown::InjectFault;
