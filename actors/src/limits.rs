@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 /// The configured limits. The defaults let a small VPS survive a hostile peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,10 +132,6 @@ impl Gauge {
     pub fn max(&self) -> usize {
         self.max
     }
-
-    pub fn to_json(&self) -> Value {
-        json!({"max": self.max, "in_use": self.in_use(), "refused": self.refused()})
-    }
 }
 
 /// One unit of a [`Gauge`], held for as long as the thing it counts lives.
@@ -213,33 +209,61 @@ impl Usage {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn to_json(&self, tunnels_accepted: usize, names: usize) -> Value {
+    /// The limits as `GET /config` shows them: each with its use and refusals.
+    pub fn view(&self, tunnels_accepted: usize, names: usize) -> LimitsView {
         let l = &self.limits;
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "handshakes": {"max": l.max_handshakes, "per_address": l.handshakes_per_address,
-                           "per_network": l.handshakes_per_network,
-                           "in_use": self.handshakes_in_use.load(Ordering::Relaxed),
-                           "refused": count(&self.handshakes_refused),
-                           "dropped": count(&self.handshakes_dropped)},
-            "tunnels": {"max": l.max_tunnels, "reserved": l.reserved_tunnels,
-                        "in_use": tunnels_accepted, "refused": count(&self.tunnels_refused)},
-            "names": {"max": l.max_names, "in_use": names,
-                      "new_per_minute": l.new_names_per_minute,
-                      "refused": count(&self.names_refused),
-                      "evicted": count(&self.names_evicted)},
-            "streams_per_tunnel": {"max": l.max_streams, "refused": count(&self.streams_refused)},
-            "connections_per_service": {"max": l.max_connections_per_service,
-                                        "refused": count(&self.connections_refused)},
-            "dials_per_second": {"max": l.max_dials_per_second, "refused": count(&self.dials_refused)},
-            "descriptors": {"limit": self.fd_limit, "reserve": l.fd_reserve,
-                            "max": self.descriptors.max(), "in_use": self.descriptors.in_use(),
-                            "share": l.descriptor_share(self.descriptors.max()),
-                            "refused": self.descriptors.refused()},
-            "admin_connections": {"max": l.max_admin_connections},
-            "buffered_bytes": {"max": l.max_buffered_bytes, "in_use": self.buffers.held(),
-                               "credit_withheld": self.buffers.withheld()},
-        })
+        LimitsView {
+            handshakes: HandshakesView {
+                max: l.max_handshakes,
+                per_address: l.handshakes_per_address,
+                per_network: l.handshakes_per_network,
+                in_use: self.handshakes_in_use.load(Ordering::Relaxed),
+                refused: count(&self.handshakes_refused),
+                dropped: count(&self.handshakes_dropped),
+            },
+            tunnels: TunnelsView {
+                max: l.max_tunnels,
+                reserved: l.reserved_tunnels,
+                in_use: tunnels_accepted,
+                refused: count(&self.tunnels_refused),
+            },
+            names: NamesView {
+                max: l.max_names,
+                in_use: names,
+                new_per_minute: l.new_names_per_minute,
+                refused: count(&self.names_refused),
+                evicted: count(&self.names_evicted),
+            },
+            streams_per_tunnel: Refusals {
+                max: u64::from(l.max_streams),
+                refused: count(&self.streams_refused),
+            },
+            connections_per_service: Refusals {
+                max: l.max_connections_per_service as u64,
+                refused: count(&self.connections_refused),
+            },
+            dials_per_second: Refusals {
+                max: u64::from(l.max_dials_per_second),
+                refused: count(&self.dials_refused),
+            },
+            descriptors: DescriptorsView {
+                limit: self.fd_limit,
+                reserve: l.fd_reserve,
+                max: self.descriptors.max(),
+                in_use: self.descriptors.in_use(),
+                share: l.descriptor_share(self.descriptors.max()),
+                refused: self.descriptors.refused(),
+            },
+            admin_connections: MaxView {
+                max: l.max_admin_connections,
+            },
+            buffered_bytes: BuffersView {
+                max: l.max_buffered_bytes,
+                in_use: self.buffers.held(),
+                credit_withheld: self.buffers.withheld(),
+            },
+        }
     }
 }
 
@@ -300,6 +324,96 @@ impl BufferBudget {
     pub fn withheld(&self) -> u64 {
         self.withheld.load(Ordering::Relaxed)
     }
+}
+
+/// Every limit as `GET /config` shows it (`limits`).
+#[derive(Debug, Serialize)]
+pub struct LimitsView {
+    /// Handshakes under way on the tunnel port.
+    pub handshakes: HandshakesView,
+    /// Accepted tunnels.
+    pub tunnels: TunnelsView,
+    /// Tunnel names remembered.
+    pub names: NamesView,
+    /// Streams a peer may open per tunnel.
+    pub streams_per_tunnel: Refusals,
+    /// Clients of one local service.
+    pub connections_per_service: Refusals,
+    /// Backend dials a peer may cause per second.
+    pub dials_per_second: Refusals,
+    /// The descriptor pool.
+    pub descriptors: DescriptorsView,
+    /// Admin connections at once.
+    pub admin_connections: MaxView,
+    /// Bytes held for streams, node-wide.
+    pub buffered_bytes: BuffersView,
+}
+
+/// `limits.handshakes`.
+#[derive(Debug, Serialize)]
+pub struct HandshakesView {
+    pub max: usize,
+    pub per_address: usize,
+    pub per_network: usize,
+    pub in_use: usize,
+    pub refused: u64,
+    /// Unproven attempts dropped to make room.
+    pub dropped: u64,
+}
+
+/// `limits.tunnels`.
+#[derive(Debug, Serialize)]
+pub struct TunnelsView {
+    pub max: usize,
+    /// Kept for expected dialers.
+    pub reserved: usize,
+    pub in_use: usize,
+    pub refused: u64,
+}
+
+/// `limits.names`.
+#[derive(Debug, Serialize)]
+pub struct NamesView {
+    pub max: usize,
+    pub in_use: usize,
+    pub new_per_minute: u32,
+    pub refused: u64,
+    pub evicted: u64,
+}
+
+/// A limit that only refuses: its maximum and the refusals.
+#[derive(Debug, Serialize)]
+pub struct Refusals {
+    pub max: u64,
+    pub refused: u64,
+}
+
+/// `limits.descriptors`.
+#[derive(Debug, Serialize)]
+pub struct DescriptorsView {
+    /// `RLIMIT_NOFILE`.
+    pub limit: usize,
+    pub reserve: usize,
+    pub max: usize,
+    pub in_use: usize,
+    /// What one tunnel or service may hold.
+    pub share: usize,
+    pub refused: u64,
+}
+
+/// A limit with only a maximum.
+#[derive(Debug, Serialize)]
+pub struct MaxView {
+    pub max: usize,
+}
+
+/// `limits.buffered_bytes`.
+#[derive(Debug, Serialize)]
+pub struct BuffersView {
+    pub max: u64,
+    pub in_use: u64,
+    /// Times a tunnel held back credit for the budget.
+    pub credit_withheld: u64,
 }
 
 /// A token bucket: `rate` tokens a second, holding at most `burst`.

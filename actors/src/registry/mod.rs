@@ -20,7 +20,8 @@ use actix::prelude::*;
 use futures_util::future::{join_all, LocalBoxFuture};
 use log::{error, info, warn};
 use rand::Rng;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
@@ -39,9 +40,7 @@ use crate::metrics::metrics;
 use crate::protocol::GoAway;
 use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
-use crate::tunnel::{
-    CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelDown, TunnelLink, TunnelStats,
-};
+use crate::tunnel::{CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelDown, TunnelLink};
 use crate::{Access, NodeSetup, Settings, Shared, Side};
 
 mod accept;

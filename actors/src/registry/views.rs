@@ -4,8 +4,10 @@
 use super::*;
 
 /// An address as `GET /config` shows it: `["ip", port]`.
-fn endpoint(a: &SocketAddr) -> Value {
-    json!([a.ip().to_string(), a.port()])
+pub type Endpoint = (String, u16);
+
+fn endpoint(a: &SocketAddr) -> Endpoint {
+    (a.ip().to_string(), a.port())
 }
 
 /// A key as `GET /config` shows it: never the key itself.
@@ -21,53 +23,211 @@ fn millis(t: &Option<Duration>) -> Option<u64> {
     t.map(|d| d.as_millis() as u64)
 }
 
+/// `GET /config`: everything the node knows, live.
+#[derive(Debug, Serialize)]
+pub struct ConfigView {
+    /// Tunnels by name: dialled, accepted, being dialled.
+    pub tunnels: BTreeMap<String, TunnelView>,
+    /// Names peers may claim: declared ones and pins.
+    pub accepted: BTreeMap<String, AcceptedView>,
+    /// Local and remote services.
+    pub services: ServicesView,
+    /// Which tunnel carries each service.
+    pub bind: BindsView,
+    /// Live streams by `tunnel/stream` (absent with `connections=false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<BTreeMap<String, ConnectionView>>,
+    /// The node's secret (whether set), identity and who may dial in.
+    pub security: SecurityView,
+    /// Every limit with its use and refusals.
+    pub limits: crate::limits::LimitsView,
+}
+
+/// One tunnel in `GET /config`.
+#[derive(Debug, Serialize)]
+pub struct TunnelView {
+    /// Where a dialled tunnel goes (`null` for an accepted one).
+    pub dest: Option<Endpoint>,
+    /// Which end dialled.
+    pub role: Role,
+    /// Why the last attempt or connection failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<Option<String>>,
+    /// A dialled tunnel's own secret, shown as `"***"` (dialers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Option<&'static str>>,
+    /// The pinned identity of an accepted tunnel's dialer (acceptors only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Option<String>>,
+    /// `connected`, `reconnecting` or `connecting`.
+    pub state: &'static str,
+    /// The data thread a connected tunnel runs on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<Option<usize>>,
+    /// The re-dial attempt under way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// A connected tunnel's counters, from the tunnel itself.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<TunnelCounters>,
+}
+
+/// A connected tunnel's counters.
+#[derive(Debug, Serialize)]
+pub struct TunnelCounters {
+    /// The peer's address.
+    pub peer: Option<String>,
+    /// Streams open now.
+    pub streams: usize,
+    /// Streams opened, ever.
+    pub streams_opened: u64,
+    /// DATA payload bytes sent.
+    pub bytes_sent: u64,
+    /// DATA payload bytes received.
+    pub bytes_received: u64,
+    /// The peer's tunnel credit not yet granted.
+    pub send_window: u64,
+    /// Bytes queued, not yet written.
+    pub queued_bytes: usize,
+}
+
+/// A name peers may claim.
+#[derive(Debug, Serialize)]
+pub struct AcceptedView {
+    /// Declared by the admin API (not only claimed).
+    pub declared: bool,
+    /// Its own secret, shown as `"***"`.
+    pub secret: Option<&'static str>,
+    /// The identity it is pinned to.
+    pub identity: Option<String>,
+    /// A tunnel of the name is connected now.
+    pub connected: bool,
+    /// When its dialer was last connected (Unix seconds), for a pin.
+    pub last_seen: Option<u64>,
+}
+
+/// The services, by side.
+#[derive(Debug, Serialize)]
+pub struct ServicesView {
+    pub local: BTreeMap<String, LocalServiceView>,
+    pub remote: BTreeMap<String, RemoteServiceView>,
+}
+
+/// A local service: where it listens.
+#[derive(Debug, Serialize)]
+pub struct LocalServiceView {
+    /// The address asked for.
+    pub addr: Endpoint,
+    /// `"***"` when keyed.
+    pub key: Option<&'static str>,
+    /// The cipher of a keyed service.
+    pub cipher: Option<&'static str>,
+    /// Idle timeout, milliseconds.
+    pub timeout: Option<u64>,
+    /// The address it listens on now, if it does.
+    pub listening: Option<String>,
+    /// Clients carried now.
+    pub connections: usize,
+    /// Why it does not listen, if it does not.
+    pub last_error: Option<String>,
+}
+
+/// A remote service: where its streams are dialled.
+#[derive(Debug, Serialize)]
+pub struct RemoteServiceView {
+    pub addr: Endpoint,
+    pub key: Option<&'static str>,
+    pub cipher: Option<&'static str>,
+    pub timeout: Option<u64>,
+}
+
+/// Binds, by side: service -> tunnel.
+#[derive(Debug, Serialize)]
+pub struct BindsView {
+    pub local: BTreeMap<String, String>,
+    pub remote: BTreeMap<String, String>,
+}
+
+/// One live stream.
+#[derive(Debug, Serialize)]
+pub struct ConnectionView {
+    pub tunnel: String,
+    pub stream: u32,
+    pub service: String,
+    pub side: Side,
+    pub state: &'static str,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Its receive window now.
+    pub window: u64,
+}
+
+/// The node's security settings.
+#[derive(Debug, Serialize)]
+pub struct SecurityView {
+    /// A node-wide tunnel secret is set.
+    pub tunnel_secret: bool,
+    /// This node's identity fingerprint.
+    pub identity: String,
+    /// `any` or `known`.
+    pub accept: &'static str,
+}
+
 impl Registry {
     /// The tunnels part of `GET /config` (without their counters, which the tunnels add).
-    fn tunnels_view(&self, f: &ConfigFilter) -> Map<String, Value> {
-        self.tunnels
+    fn tunnels_view(&self, f: &ConfigFilter) -> BTreeMap<String, TunnelView> {
+        let listed = self
+            .tunnels
             .iter()
             .filter(|(name, _)| self.keeps_tunnel(f, name))
             .map(|(name, t)| {
-                let mut v = json!({
-                    "dest": t.dest.as_ref().map(endpoint),
-                    "role": t.role,
-                    "last_error": t.last_error,
-                });
-                if t.role == Role::Dialer {
-                    v["secret"] = json!(t.secret.as_ref().map(|_| "***"));
-                } else if let Some(a) = self.accepted.get(name) {
-                    v["identity"] = json!(a.pin.as_ref().map(fingerprint));
-                }
-                match &t.link {
-                    Link::Up(_) => {
-                        v["state"] = json!("connected");
-                        v["thread"] = json!(t.thread);
-                    }
-                    Link::Retrying { attempt, .. } => {
-                        v["state"] = json!("reconnecting");
-                        v["attempt"] = json!(attempt);
-                    }
-                }
-                (name.clone(), v)
-            })
-            .chain(
-                self.dialing
-                    .iter()
-                    .filter(|(n, _)| !self.tunnels.contains_key(*n) && self.keeps_tunnel(f, n))
-                    .map(|(n, (_, dest))| {
-                        (
-                            n.clone(),
-                            json!({"dest": endpoint(dest), "role": Role::Dialer,
-                                   "state": "connecting"}),
-                        )
-                    }),
-            )
-            .collect()
+                let (state, thread, attempt) = match &t.link {
+                    Link::Up(_) => ("connected", Some(t.thread), None),
+                    Link::Retrying { attempt, .. } => ("reconnecting", None, Some(*attempt)),
+                };
+                let view = TunnelView {
+                    dest: t.dest.as_ref().map(endpoint),
+                    role: t.role,
+                    last_error: Some(t.last_error.clone()),
+                    secret: (t.role == Role::Dialer).then(|| t.secret.as_ref().map(|_| "***")),
+                    identity: match t.role {
+                        Role::Acceptor => self
+                            .accepted
+                            .get(name)
+                            .map(|a| a.pin.as_ref().map(fingerprint)),
+                        Role::Dialer => None,
+                    },
+                    state,
+                    thread,
+                    attempt,
+                    counters: None,
+                };
+                (name.clone(), view)
+            });
+        let dialing = self
+            .dialing
+            .iter()
+            .filter(|(n, _)| !self.tunnels.contains_key(*n) && self.keeps_tunnel(f, n))
+            .map(|(n, (_, dest))| {
+                let view = TunnelView {
+                    dest: Some(endpoint(dest)),
+                    role: Role::Dialer,
+                    last_error: None,
+                    secret: None,
+                    identity: None,
+                    state: "connecting",
+                    thread: None,
+                    attempt: None,
+                    counters: None,
+                };
+                (n.clone(), view)
+            });
+        listed.chain(dialing).collect()
     }
 
-    /// The services part of `GET /config`: local and remote.
-    fn services_view(&self, f: &ConfigFilter) -> (Map<String, Value>, Map<String, Value>) {
-        let local: Map<String, Value> = candidates(&self.local, f)
+    /// The services part of `GET /config`.
+    fn services_view(&self, f: &ConfigFilter) -> ServicesView {
+        let local = candidates(&self.local, f)
             .filter(|(name, _)| self.keeps_service(f, Side::Local, name))
             .map(|(name, s)| {
                 let l = &s.listening;
@@ -77,68 +237,78 @@ impl Registry {
                     .as_ref()
                     .and_then(|l| l.local_addr().ok())
                     .map(|a| a.to_string());
-                (
-                    name.clone(),
-                    json!({"addr": endpoint(&l.addr), "key": key(&s.key),
-                           "cipher": cipher(&s.key),
-                           "timeout": millis(&s.timeout), "listening": listening,
-                           "connections": s.connections.in_use(),
-                           "last_error": l.last_error}),
-                )
+                let view = LocalServiceView {
+                    addr: endpoint(&l.addr),
+                    key: key(&s.key),
+                    cipher: cipher(&s.key),
+                    timeout: millis(&s.timeout),
+                    listening,
+                    connections: s.connections.in_use(),
+                    last_error: l.last_error.clone(),
+                };
+                (name.clone(), view)
             })
             .collect();
-        let remote: Map<String, Value> = candidates(&self.remote, f)
+        let remote = candidates(&self.remote, f)
             .filter(|(name, _)| self.keeps_service(f, Side::Remote, name))
             .map(|(name, s)| {
-                (
-                    name.clone(),
-                    json!({"addr": endpoint(&s.addr), "key": key(&s.key),
-                           "cipher": cipher(&s.key), "timeout": millis(&s.timeout)}),
-                )
+                let view = RemoteServiceView {
+                    addr: endpoint(&s.addr),
+                    key: key(&s.key),
+                    cipher: cipher(&s.key),
+                    timeout: millis(&s.timeout),
+                };
+                (name.clone(), view)
             })
             .collect();
-        (local, remote)
+        ServicesView { local, remote }
     }
 
-    pub(super) fn snapshot_config(&self, f: &ConfigFilter) -> Value {
-        let tunnels = self.tunnels_view(f);
-        let (local, remote) = self.services_view(f);
-        let binds = |side: Side| -> Value {
-            let kept: Map<String, Value> = self
-                .binds
+    pub(super) fn snapshot_config(&self, f: &ConfigFilter) -> ConfigView {
+        let binds = |side: Side| -> BTreeMap<String, String> {
+            self.binds
                 .get(&side)
                 .into_iter()
                 .flat_map(|b| candidates(b, f))
                 .filter(|(s, _)| self.keeps_service(f, side, s))
-                .map(|(s, t)| (s.clone(), json!(t)))
-                .collect();
-            Value::Object(kept)
+                .map(|(s, t)| (s.clone(), t.clone()))
+                .collect()
         };
-        let accepted: Map<String, Value> = self
+        let accepted = self
             .accepted
             .iter()
             .filter(|(name, _)| self.keeps_tunnel(f, name))
             .map(|(name, a)| {
-                (
-                    name.clone(),
-                    json!({"declared": a.declared, "secret": a.secret.as_ref().map(|_| "***"),
-                           "identity": a.pin.as_ref().map(fingerprint),
-                           "connected": self.connected_tunnel(name).is_some(),
-                           "last_seen": a.pin.map(|_| a.seen)}),
-                )
+                let view = AcceptedView {
+                    declared: a.declared,
+                    secret: a.secret.as_ref().map(|_| "***"),
+                    identity: a.pin.as_ref().map(fingerprint),
+                    connected: self.connected_tunnel(name).is_some(),
+                    last_seen: a.pin.map(|_| a.seen),
+                };
+                (name.clone(), view)
             })
             .collect();
-        json!({
-            "tunnels": tunnels,
-            "accepted": accepted,
-            "services": {"local": local, "remote": remote},
-            "bind": {"local": binds(Side::Local), "remote": binds(Side::Remote)},
-            "connections": {},
-            "security": {"tunnel_secret": self.access.secret.is_some(),
-                         "identity": fingerprint(&self.identity.public()),
-                         "accept": if self.access.known_only { "known" } else { "any" }},
-            "limits": self.usage.to_json(self.accepted_count(), self.accepted.len()),
-        })
+        ConfigView {
+            tunnels: self.tunnels_view(f),
+            accepted,
+            services: self.services_view(f),
+            bind: BindsView {
+                local: binds(Side::Local),
+                remote: binds(Side::Remote),
+            },
+            connections: f.connections.then(BTreeMap::new),
+            security: SecurityView {
+                tunnel_secret: self.access.secret.is_some(),
+                identity: fingerprint(&self.identity.public()),
+                accept: if self.access.known_only {
+                    "known"
+                } else {
+                    "any"
+                },
+            },
+            limits: self.usage.view(self.accepted_count(), self.accepted.len()),
+        }
     }
 }
 
@@ -229,37 +399,36 @@ impl Handler<GetConfig> for Registry {
                     async move { (name, actor.send(ask).await.ok()) }
                 }))
                 .await;
-                let mut connections = Map::new();
                 for (name, stats) in stats {
                     let Some(stats) = stats else { continue };
-                    let TunnelStats {
-                        connections: conns, ..
-                    } = &stats;
-                    for c in conns {
-                        connections.insert(
-                            format!("{name}/{}", c.stream),
-                            json!({"tunnel": name, "stream": c.stream, "service": c.service,
-                                   "side": c.side, "state": c.state,
-                                   "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,
-                                   "window": c.window}),
-                        );
+                    if let Some(conns) = config.connections.as_mut() {
+                        for c in &stats.connections {
+                            let view = ConnectionView {
+                                tunnel: name.clone(),
+                                stream: c.stream,
+                                service: c.service.clone(),
+                                side: c.side,
+                                state: c.state,
+                                bytes_sent: c.bytes_sent,
+                                bytes_received: c.bytes_received,
+                                window: c.window,
+                            };
+                            conns.insert(format!("{name}/{}", c.stream), view);
+                        }
                     }
-                    if let Some(Value::Object(t)) = config["tunnels"].get_mut(&name) {
-                        t.insert("peer".into(), json!(stats.peer));
-                        t.insert("streams".into(), json!(stats.streams));
-                        t.insert("streams_opened".into(), json!(stats.streams_opened));
-                        t.insert("bytes_sent".into(), json!(stats.bytes_sent));
-                        t.insert("bytes_received".into(), json!(stats.bytes_received));
-                        t.insert("send_window".into(), json!(stats.send_window));
-                        t.insert("queued_bytes".into(), json!(stats.queued_bytes));
+                    if let Some(t) = config.tunnels.get_mut(&name) {
+                        t.counters = Some(TunnelCounters {
+                            peer: stats.peer,
+                            streams: stats.streams,
+                            streams_opened: stats.streams_opened,
+                            bytes_sent: stats.bytes_sent,
+                            bytes_received: stats.bytes_received,
+                            send_window: stats.send_window,
+                            queued_bytes: stats.queued_bytes,
+                        });
                     }
                 }
-                if filter.connections {
-                    config["connections"] = Value::Object(connections);
-                } else if let Some(c) = config.as_object_mut() {
-                    c.remove("connections");
-                }
-                config
+                serde_json::to_value(&config).unwrap_or(Value::Null)
             }
             .into_actor(self),
         )
