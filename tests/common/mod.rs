@@ -397,7 +397,7 @@ pub fn carry(
     carry_at(local, remote, tunnel, name, &key, free_port(), target)
 }
 
-/// [`carry`] with the local service on `port` and `fields` (each followed by `, `, such as
+/// [`carry`] with the local service on 127.0.0.1:`port` and `fields` (each followed by `, `, such as
 /// `"key":"k", "cipher":"aes-256-gcm", `) in both service bodies; the seed's body shapes.
 pub fn carry_at(
     local: &Node,
@@ -411,7 +411,7 @@ pub fn carry_at(
     local.ok(
         "POST",
         "/service",
-        &format!(r#"{{"name":"{name}", {fields}"type": "local", "addr":["0.0.0.0", "{port}"]}}"#),
+        &format!(r#"{{"name":"{name}", {fields}"type": "local", "addr":["127.0.0.1", "{port}"]}}"#),
     );
     remote.ok(
         "POST",
