@@ -451,7 +451,7 @@ pub async fn delete_bind(registry: web::Data<Addr<Registry>>, body: web::Payload
     params(("tunnel" = Option<String>, Query, description = "Only this tunnel and the services bound to it"),
            ("service" = Option<String>, Query, description = "Only this service (both sides) and the tunnels it is bound to"),
            ("connections" = Option<bool>, Query, description = "false: leave the live connections out")),
-    responses((status = 200, description = "The configuration", body = Object),
+    responses((status = 200, description = "The configuration", body = menet_actors::registry::ConfigView),
               (status = 400, description = "An unknown or malformed query parameter", body = crate::schema::Error)))]
 pub async fn get_config(registry: web::Data<Addr<Registry>>, req: HttpRequest) -> Reply {
     let filter = config_filter(req.query_string())?;

@@ -327,7 +327,7 @@ impl BufferBudget {
 }
 
 /// Every limit as `GET /config` shows it (`limits`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LimitsView {
     /// Handshakes under way on the tunnel port.
     pub handshakes: HandshakesView,
@@ -350,7 +350,7 @@ pub struct LimitsView {
 }
 
 /// `limits.handshakes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HandshakesView {
     pub max: usize,
     pub per_address: usize,
@@ -362,7 +362,7 @@ pub struct HandshakesView {
 }
 
 /// `limits.tunnels`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TunnelsView {
     pub max: usize,
     /// Kept for expected dialers.
@@ -372,7 +372,7 @@ pub struct TunnelsView {
 }
 
 /// `limits.names`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NamesView {
     pub max: usize,
     pub in_use: usize,
@@ -382,14 +382,14 @@ pub struct NamesView {
 }
 
 /// A limit that only refuses: its maximum and the refusals.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Refusals {
     pub max: u64,
     pub refused: u64,
 }
 
 /// `limits.descriptors`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DescriptorsView {
     /// `RLIMIT_NOFILE`.
     pub limit: usize,
@@ -402,13 +402,13 @@ pub struct DescriptorsView {
 }
 
 /// A limit with only a maximum.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MaxView {
     pub max: usize,
 }
 
 /// `limits.buffered_bytes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BuffersView {
     pub max: u64,
     pub in_use: u64,

@@ -58,7 +58,10 @@ pub use admin::{AddService, AddTunnel, DeleteService, DeleteTunnel, SetBind};
 #[cfg(feature = "fault-injection")]
 pub use shutdown::InjectFault;
 pub use shutdown::Shutdown;
-pub use views::{ConfigFilter, GetConfig, GetReadiness};
+pub use views::{
+    AcceptedView, BindsView, ConfigFilter, ConfigView, ConnectionView, GetConfig, GetReadiness,
+    LocalServiceView, RemoteServiceView, SecurityView, ServicesView, TunnelCounters, TunnelView,
+};
 
 /// Why an admin request was refused. A refused request changes nothing, except `Unsaved`: the
 /// change is live but the state file could not be written.

@@ -24,7 +24,7 @@ fn millis(t: &Option<Duration>) -> Option<u64> {
 }
 
 /// `GET /config`: everything the node knows, live.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConfigView {
     /// Tunnels by name: dialled, accepted, being dialled.
     pub tunnels: BTreeMap<String, TunnelView>,
@@ -44,9 +44,10 @@ pub struct ConfigView {
 }
 
 /// One tunnel in `GET /config`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TunnelView {
-    /// Where a dialled tunnel goes (`null` for an accepted one).
+    /// Where a dialled tunnel goes, `["ip", port]` (`null` for an accepted one).
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     pub dest: Option<Endpoint>,
     /// Which end dialled.
     pub role: Role,
@@ -73,7 +74,7 @@ pub struct TunnelView {
 }
 
 /// A connected tunnel's counters.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TunnelCounters {
     /// The peer's address.
     pub peer: Option<String>,
@@ -92,7 +93,7 @@ pub struct TunnelCounters {
 }
 
 /// A name peers may claim.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AcceptedView {
     /// Declared by the admin API (not only claimed).
     pub declared: bool,
@@ -107,16 +108,17 @@ pub struct AcceptedView {
 }
 
 /// The services, by side.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServicesView {
     pub local: BTreeMap<String, LocalServiceView>,
     pub remote: BTreeMap<String, RemoteServiceView>,
 }
 
 /// A local service: where it listens.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LocalServiceView {
-    /// The address asked for.
+    /// The address asked for, `["ip", port]`.
+    #[schema(value_type = Vec<serde_json::Value>)]
     pub addr: Endpoint,
     /// `"***"` when keyed.
     pub key: Option<&'static str>,
@@ -133,8 +135,10 @@ pub struct LocalServiceView {
 }
 
 /// A remote service: where its streams are dialled.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RemoteServiceView {
+    /// Where its streams are dialled, `["ip", port]`.
+    #[schema(value_type = Vec<serde_json::Value>)]
     pub addr: Endpoint,
     pub key: Option<&'static str>,
     pub cipher: Option<&'static str>,
@@ -142,14 +146,14 @@ pub struct RemoteServiceView {
 }
 
 /// Binds, by side: service -> tunnel.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BindsView {
     pub local: BTreeMap<String, String>,
     pub remote: BTreeMap<String, String>,
 }
 
 /// One live stream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     pub tunnel: String,
     pub stream: u32,
@@ -163,7 +167,7 @@ pub struct ConnectionView {
 }
 
 /// The node's security settings.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SecurityView {
     /// A node-wide tunnel secret is set.
     pub tunnel_secret: bool,

@@ -91,7 +91,7 @@ const MAX_CONTROL_QUEUE: usize = 1 << 20;
 /// How long a closing tunnel may take to flush its goodbye.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Dialer,
