@@ -472,9 +472,38 @@ const LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// One category's lines in the current period.
 struct LogWindow {
+    /// When the current period began.
     started: Instant,
+    /// Lines logged in it, against [`LOG_BURST`].
     logged: u32,
+    /// Lines suppressed since the last one logged, said by the next one.
     suppressed: u64,
+}
+
+impl LogWindow {
+    fn new(now: Instant) -> LogWindow {
+        LogWindow {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether one more line may be logged now (`Some(lines suppressed since the last one)`), or
+    /// none (it is counted as suppressed).
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if now.duration_since(self.started) >= LOG_PERIOD {
+            self.started = now;
+            self.logged = 0;
+        }
+        if self.logged < LOG_BURST {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// Whether a line of `category` may be logged now: `Some(n)` if so, `n` being how many lines of it
@@ -486,22 +515,10 @@ pub fn log_allowed(category: &'static str) -> Option<u64> {
     };
     let windows = guard.get_or_insert_with(HashMap::new);
     let now = Instant::now();
-    let w = windows.entry(category).or_insert(LogWindow {
-        started: now,
-        logged: 0,
-        suppressed: 0,
-    });
-    if now.duration_since(w.started) >= LOG_PERIOD {
-        w.started = now;
-        w.logged = 0;
-    }
-    if w.logged < LOG_BURST {
-        w.logged += 1;
-        Some(std::mem::take(&mut w.suppressed))
-    } else {
-        w.suppressed += 1;
-        None
-    }
+    windows
+        .entry(category)
+        .or_insert_with(|| LogWindow::new(now))
+        .admit(now)
 }
 
 /// The address a peer is counted under (rate limits, log windows, handshake slots): an
@@ -538,22 +555,10 @@ pub fn log_allowed_for(category: &'static str, peer: std::net::IpAddr) -> Option
             key.1 = std::net::IpAddr::from([0u8, 0, 0, 0]);
         }
     }
-    let w = windows.entry(key).or_insert(LogWindow {
-        started: now,
-        logged: 0,
-        suppressed: 0,
-    });
-    if now.duration_since(w.started) >= LOG_PERIOD {
-        w.started = now;
-        w.logged = 0;
-    }
-    if w.logged < LOG_BURST {
-        w.logged += 1;
-        Some(std::mem::take(&mut w.suppressed))
-    } else {
-        w.suppressed += 1;
-        None
-    }
+    windows
+        .entry(key)
+        .or_insert_with(|| LogWindow::new(now))
+        .admit(now)
 }
 
 /// Logs at `level` unless the category has logged its share of the period; the next line logged
