@@ -190,7 +190,8 @@ fn unreachable_backend_closes_the_client_promptly() {
     let local = wire(&a, &b, dead, None);
     let started = Instant::now();
     let mut s = connect(local);
-    s.write_all(b"hello?").expect("send");
+    // The refusal may reset the client before it writes (a dead port refuses at once).
+    let _ = s.write_all(b"hello?");
     assert!(closed_within(&mut s, Duration::from_secs(4)));
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(b.wait_log("cannot reach", Duration::from_secs(2)));
@@ -224,7 +225,8 @@ fn key_mismatch_refuses_the_stream_on_both_ends() {
         ),
     );
     let mut s = connect(local);
-    s.write_all(b"anyone?").expect("send");
+    // The refusal may reset the client before it writes (loopback is that fast): that is fine.
+    let _ = s.write_all(b"anyone?");
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     assert!(got.is_empty(), "the client never receives garbage");
