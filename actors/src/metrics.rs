@@ -151,7 +151,7 @@ pub struct Metrics {
     state_write_failures: Counter,
     /// The services configured now: only they have series of their own, so a name a peer or
     /// client makes up never becomes a label.
-    configured: RwLock<HashSet<(Side, String)>>,
+    configured: RwLock<[HashSet<String>; 2]>,
 }
 
 /// The node's metrics (one set per process).
@@ -230,7 +230,7 @@ impl Metrics {
             admin_requests: Family::default(),
             state_writes: Counter::default(),
             state_write_failures: Counter::default(),
-            configured: RwLock::new(HashSet::new()),
+            configured: RwLock::new([HashSet::new(), HashSet::new()]),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -327,15 +327,14 @@ impl Metrics {
     /// Service `service` exists now on `side`: its series may be made.
     pub fn configure_service(&self, service: &str, side: Side) {
         if let Ok(mut c) = self.configured.write() {
-            c.insert((side, service.to_owned()));
+            c[side as usize].insert(service.to_owned());
         }
     }
 
     fn is_configured(&self, service: &str, side: Side) -> bool {
-        // The set holds owned names; a lookup by `&str` would need a borrowed tuple.
         self.configured
             .read()
-            .is_ok_and(|c| c.contains(&(side, service.to_owned())))
+            .is_ok_and(|c| c[side as usize].contains(service))
     }
 
     /// A refused connection of `service`: under the service's own series if it is configured,
@@ -359,7 +358,7 @@ impl Metrics {
     /// A service was deleted: its series go (the refusal counters too).
     pub fn forget_service(&self, service: &str, side: Side) {
         if let Ok(mut c) = self.configured.write() {
-            c.remove(&(side, service.to_owned()));
+            c[side as usize].remove(service);
         }
         let l = Self::service_label(service, side);
         self.service_accepted.remove(&l);

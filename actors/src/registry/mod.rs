@@ -40,7 +40,9 @@ use crate::metrics::metrics;
 use crate::protocol::GoAway;
 use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
-use crate::tunnel::{CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelDown, TunnelLink};
+use crate::tunnel::{
+    CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelCounters, TunnelDown, TunnelLink,
+};
 use crate::{Access, NodeSetup, Settings, Shared, Side};
 
 mod accept;
@@ -60,7 +62,7 @@ pub use shutdown::InjectFault;
 pub use shutdown::Shutdown;
 pub use views::{
     AcceptedView, BindsView, ConfigFilter, ConfigView, ConnectionView, GetConfig, GetReadiness,
-    LocalServiceView, RemoteServiceView, SecurityView, ServicesView, TunnelCounters, TunnelView,
+    LocalServiceView, RemoteServiceView, SecurityView, ServicesView, TunnelView,
 };
 
 /// Why an admin request was refused. A refused request changes nothing, except `Unsaved`: the

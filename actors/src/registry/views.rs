@@ -73,25 +73,6 @@ pub struct TunnelView {
     pub counters: Option<TunnelCounters>,
 }
 
-/// A connected tunnel's counters.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TunnelCounters {
-    /// The peer's address.
-    pub peer: Option<String>,
-    /// Streams open now.
-    pub streams: usize,
-    /// Streams opened, ever.
-    pub streams_opened: u64,
-    /// DATA payload bytes sent.
-    pub bytes_sent: u64,
-    /// DATA payload bytes received.
-    pub bytes_received: u64,
-    /// The peer's tunnel credit not yet granted.
-    pub send_window: u64,
-    /// Bytes queued, not yet written.
-    pub queued_bytes: usize,
-}
-
 /// A name peers may claim.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AcceptedView {
@@ -421,15 +402,7 @@ impl Handler<GetConfig> for Registry {
                         }
                     }
                     if let Some(t) = config.tunnels.get_mut(&name) {
-                        t.counters = Some(TunnelCounters {
-                            peer: stats.peer,
-                            streams: stats.streams,
-                            streams_opened: stats.streams_opened,
-                            bytes_sent: stats.bytes_sent,
-                            bytes_received: stats.bytes_received,
-                            send_window: stats.send_window,
-                            queued_bytes: stats.queued_bytes,
-                        });
+                        t.counters = Some(stats.counters);
                     }
                 }
                 serde_json::to_value(&config).unwrap_or(Value::Null)

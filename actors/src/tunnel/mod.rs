@@ -142,16 +142,31 @@ struct StreamEntry {
     _active: ActiveConnection,
 }
 
-/// Counters of one tunnel, for `GET /config`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TunnelStats {
+/// A connected tunnel's counters.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct TunnelCounters {
+    /// The peer's address.
     pub peer: Option<String>,
+    /// Streams open now.
     pub streams: usize,
+    /// Streams opened, ever.
     pub streams_opened: u64,
+    /// DATA payload bytes sent.
     pub bytes_sent: u64,
+    /// DATA payload bytes received.
     pub bytes_received: u64,
+    /// The peer's tunnel credit not yet granted.
     pub send_window: u64,
+    /// Bytes queued, not yet written.
     pub queued_bytes: usize,
+}
+
+/// What a tunnel answers [`Snapshot`]: its counters, and its streams if asked.
+#[derive(Debug, Clone, Default)]
+pub struct TunnelStats {
+    /// The tunnel's own counters, shown in its `GET /config` entry.
+    pub counters: TunnelCounters,
+    /// Its live streams (none unless asked for).
     pub connections: Vec<StreamStats>,
 }
 

@@ -81,13 +81,15 @@ impl Tunnel {
             })
             .collect();
         TunnelStats {
-            peer: self.peer.addr.map(|a| a.to_string()),
-            streams: self.streams.len(),
-            streams_opened: self.stats.streams_opened,
-            bytes_sent: self.stats.bytes_sent,
-            bytes_received: self.stats.bytes_received,
-            send_window: self.credit.window(),
-            queued_bytes: self.sched.bytes() + self.control.len(),
+            counters: TunnelCounters {
+                peer: self.peer.addr.map(|a| a.to_string()),
+                streams: self.streams.len(),
+                streams_opened: self.stats.streams_opened,
+                bytes_sent: self.stats.bytes_sent,
+                bytes_received: self.stats.bytes_received,
+                send_window: self.credit.window(),
+                queued_bytes: self.sched.bytes() + self.control.len(),
+            },
             connections,
         }
     }
