@@ -645,7 +645,9 @@ fn pins_expire_after_pin_ttl_and_the_clock_survives_a_restart() {
         ),
     );
     drop(raw_dial_from(stranger(), b.tunnel, "passing", None).expect("pin"));
-    assert!(b.config()["accepted"]["passing"].is_object());
+    assert!(eventually(Duration::from_secs(2), || {
+        b.config()["accepted"]["passing"].is_object()
+    }));
     assert!(eventually(Duration::from_secs(5), || {
         b.config()["accepted"]["passing"].is_null()
     }));
