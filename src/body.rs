@@ -1,14 +1,18 @@
 //! Request bodies: a JSON object whatever the `Content-Type` says, with known fields only and no
-//! key twice, and its fields read as the types the admin API takes (names, sides, addresses,
-//! secrets, timeouts), each error naming the field. A leaf under the handlers.
+//! key twice ([`object`]), then deserialized into the handler's typed body ([`typed`]) whose
+//! fields are read by the readers here (names, sides, addresses, secrets, timeouts, roles,
+//! ciphers), each error naming the field in the API's own words. A leaf under the handlers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
+use serde::de::{DeserializeOwned, Deserializer, Visitor};
 use serde_json::{Map, Value};
 
+use menet_actors::cipher::CipherKind;
 use menet_actors::limits::{printable, Escaped};
+use menet_actors::tunnel::Role;
 use menet_actors::Side;
 
 use crate::http::ApiError;
@@ -105,19 +109,72 @@ impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
     }
 }
 
-pub fn present(body: &Map<String, Value>, field: &str) -> bool {
-    !matches!(body.get(field), None | Some(Value::Null))
+/// The body `map` (already checked by [`object`]) as the typed body `T`. Readers' errors keep
+/// their words; serde's "missing field `x`" is said the API's way, `missing field "x"`.
+pub fn typed<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
+    serde_json::from_value(Value::Object(map)).map_err(|e| {
+        let text = e.to_string();
+        match text.strip_prefix("missing field `") {
+            Some(rest) => {
+                ApiError::bad(format!("missing field \"{}\"", rest.trim_end_matches('`')))
+            }
+            None => ApiError::bad(text),
+        }
+    })
 }
 
-pub fn field<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a Value, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Err(ApiError::bad(format!("missing field \"{field}\""))),
-        Some(v) => Ok(v),
+/// The JSON field names of the struct `T` deserializes (renames applied), read from its
+/// `Deserialize` implementation: the list [`object`] checks a body against, never a copy.
+pub fn field_names<T: DeserializeOwned>() -> &'static [&'static str] {
+    /// A deserializer that only records the fields a struct asks for, then stops.
+    struct Fields(&'static [&'static str]);
+    impl<'de> Deserializer<'de> for &mut Fields {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(serde::de::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
     }
+    let mut fields = Fields(&[]);
+    let _ = T::deserialize(&mut fields);
+    fields.0
 }
 
+/// The value as `Some` unless it is JSON `null`.
+fn given(v: &Value) -> Option<&Value> {
+    (!v.is_null()).then_some(v)
+}
+
+fn missing(f: &str) -> ApiError {
+    ApiError::bad(format!("missing field \"{f}\""))
+}
+
+/// A field of `body` that is there and not `null`.
+pub fn field<'a>(body: &'a Map<String, Value>, f: &str) -> Result<&'a Value, ApiError> {
+    body.get(f).and_then(given).ok_or_else(|| missing(f))
+}
+
+/// A field of `body` read as a name ([`name_value`]).
 pub fn name(body: &Map<String, Value>, f: &str) -> Result<String, ApiError> {
-    match field(body, f)? {
+    name_value(field(body, f)?, f)
+}
+
+/// A tunnel's or service's name: a non-empty printable string of at most [`MAX_NAME`] bytes.
+pub fn name_value(v: &Value, f: &str) -> Result<String, ApiError> {
+    match given(v).ok_or_else(|| missing(f))? {
         Value::String(s) if s.is_empty() => {
             Err(ApiError::bad(format!("field \"{f}\" must not be empty")))
         }
@@ -132,20 +189,36 @@ pub fn name(body: &Map<String, Value>, f: &str) -> Result<String, ApiError> {
     }
 }
 
-pub fn side(body: &Map<String, Value>) -> Result<Side, ApiError> {
-    match field(body, "type")?.as_str() {
+/// `"local"` or `"remote"`.
+pub fn side_value(v: &Value, f: &str) -> Result<Side, ApiError> {
+    match given(v).ok_or_else(|| missing(f))?.as_str() {
         Some("local") => Ok(Side::Local),
         Some("remote") => Ok(Side::Remote),
-        _ => Err(ApiError::bad(
-            "field \"type\" must be \"local\" or \"remote\"",
-        )),
+        _ => Err(ApiError::bad(format!(
+            "field \"{f}\" must be \"local\" or \"remote\""
+        ))),
     }
 }
 
 /// `[ip, port]`, the port a JSON number or a string of digits, 1..=65535.
-pub fn endpoint(body: &Map<String, Value>, f: &str) -> Result<SocketAddr, ApiError> {
+pub fn endpoint_value(v: &Value, f: &str) -> Result<SocketAddr, ApiError> {
+    let addr = any_port_endpoint_value(v, f)?;
+    if addr.port() == 0 {
+        return Err(ApiError::bad(format!(
+            "field \"{f}\": port \"0\" is not a number in 1..65535"
+        )));
+    }
+    Ok(addr)
+}
+
+/// `[ip, port]` where port 0 may be given too: a local service's address, where it means "any
+/// free port" (the one bound is shown as `listening` in `GET /config`).
+pub fn any_port_endpoint_value(v: &Value, f: &str) -> Result<SocketAddr, ApiError> {
     let shape = || ApiError::bad(format!("field \"{f}\" must be [ip, port]"));
-    let pair = field(body, f)?.as_array().ok_or_else(shape)?;
+    let pair = given(v)
+        .ok_or_else(|| missing(f))?
+        .as_array()
+        .ok_or_else(shape)?;
     let [ip, port] = pair.as_slice() else {
         return Err(shape());
     };
@@ -162,7 +235,7 @@ pub fn endpoint(body: &Map<String, Value>, f: &str) -> Result<SocketAddr, ApiErr
         Value::String(s) => s.trim().parse::<u64>().ok(),
         _ => None,
     }
-    .filter(|p| (1..=65535).contains(p))
+    .filter(|p| *p <= 65535)
     .ok_or_else(|| {
         ApiError::bad(format!(
             "field \"{f}\": port {} is not a number in 1..65535",
@@ -172,24 +245,70 @@ pub fn endpoint(body: &Map<String, Value>, f: &str) -> Result<SocketAddr, ApiErr
     Ok(SocketAddr::new(ip, port as u16))
 }
 
+/// An optional `[ip, port]`: `null` is none.
+pub fn optional_endpoint_value(v: &Value, f: &str) -> Result<Option<SocketAddr>, ApiError> {
+    given(v).map(|v| endpoint_value(v, f)).transpose()
+}
+
 /// An optional secret (a service key, a tunnel secret); empty is the same as none. Never echoed.
-pub fn secret(body: &Map<String, Value>, f: &str) -> Result<Option<String>, ApiError> {
-    match body.get(f) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::bad(format!("field \"{f}\" must be a string"))),
+pub fn secret_value(v: &Value, f: &str) -> Result<Option<String>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(ApiError::bad(format!("field \"{f}\" must be a string"))),
     }
 }
 
 /// Optional idle timeout in milliseconds; 0 means none.
-pub fn timeout(body: &Map<String, Value>) -> Result<Option<Duration>, ApiError> {
-    let ms = match body.get("timeout") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-        Some(_) => None,
+pub fn timeout_value(v: &Value, f: &str) -> Result<Option<Duration>, ApiError> {
+    let ms = match v {
+        Value::Null => return Ok(None),
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
     }
-    .ok_or_else(|| ApiError::bad("field \"timeout\" must be a whole number of milliseconds"))?;
+    .ok_or_else(|| {
+        ApiError::bad(format!(
+            "field \"{f}\" must be a whole number of milliseconds"
+        ))
+    })?;
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
+}
+
+/// A tunnel's role; `null` is the default, a dialer.
+pub fn role_value(v: &Value, f: &str) -> Result<Role, ApiError> {
+    match v {
+        Value::Null => Ok(Role::Dialer),
+        Value::String(r) if r == "dialer" => Ok(Role::Dialer),
+        Value::String(r) if r == "acceptor" => Ok(Role::Acceptor),
+        _ => Err(ApiError::bad(format!(
+            "field \"{f}\" must be \"dialer\" or \"acceptor\""
+        ))),
+    }
+}
+
+/// An optional cipher name.
+pub fn cipher_value(v: &Value, f: &str) -> Result<Option<CipherKind>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(c) => c
+            .parse::<CipherKind>()
+            .map(Some)
+            .map_err(|e| ApiError::bad(format!("field \"{f}\" {e}"))),
+        _ => Err(ApiError::bad(format!("field \"{f}\" must be a string"))),
+    }
+}
+
+/// Reads one field of a typed body with a reader above, its errors in the API's words:
+/// `field_reader!(fn_name, "json name", Type, reader)` makes the function a
+/// `#[serde(deserialize_with = "fn_name")]` names.
+#[macro_export]
+macro_rules! field_reader {
+    ($fn_name:ident, $field:literal, $ty:ty, $read:path) => {
+        fn $fn_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+            let v = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+            $read(&v, $field).map_err(|e| serde::de::Error::custom(e.message()))
+        }
+    };
 }

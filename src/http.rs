@@ -4,10 +4,42 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
 use thiserror::Error;
+use utoipa::ToSchema;
 
 use menet_actors::registry::AdminError;
+
+/// A change was made: `{"ok": true}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Done {
+    /// Always true: a failed change answers an [`ErrorReply`] with its status instead.
+    pub ok: bool,
+}
+
+/// Every error's body: what is wrong, never a key, secret or token.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorReply {
+    /// What is wrong, naming the field, object or header at fault.
+    pub error: String,
+}
+
+/// `/healthz` and a ready `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `"ok"` (alive) or `"ready"`.
+    pub status: &'static str,
+}
+
+/// A `/readyz` that is not ready, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotReady {
+    /// Always `"not ready"`.
+    pub status: &'static str,
+    /// One line per thing not ready yet (the state file, the tunnel port, a local service).
+    pub reasons: Vec<String>,
+}
 
 #[derive(Debug, Error)]
 #[error("{message}")]
@@ -48,7 +80,9 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             reply.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"menet\""));
         }
-        reply.json(json!({ "error": self.message }))
+        reply.json(ErrorReply {
+            error: self.message.clone(),
+        })
     }
 }
 

@@ -9,4 +9,3 @@ pub mod http;
 pub mod openapi;
 pub mod ops;
 pub mod rest;
-pub mod schema;

@@ -7,12 +7,11 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use menet_actors::metrics::metrics;
 use menet_actors::registry::{GetReadiness, Registry};
 
-use crate::http::ApiError;
+use crate::http::{ApiError, Health, NotReady};
 
 /// The dashboard: one page, its script and its style, embedded (no build step, no CDN).
 const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
@@ -53,21 +52,23 @@ pub async fn get_metrics() -> HttpResponse {
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     description = "200 while the process runs its event loop. Needs no token.",
-    responses((status = 200, description = "Alive", body = crate::schema::Health)))]
+    responses((status = 200, description = "Alive", body = crate::http::Health)))]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     description = "200 once the state file is loaded and the tunnel port and every local service \
                    listen; 503 with the reasons otherwise. Needs no token.",
-    responses((status = 200, description = "Ready", body = crate::schema::Health),
-              (status = 503, description = "Not ready, and why", body = crate::schema::NotReady)))]
+    responses((status = 200, description = "Ready", body = crate::http::Health),
+              (status = 503, description = "Not ready, and why", body = crate::http::NotReady)))]
 pub async fn readyz(registry: web::Data<Addr<Registry>>) -> Result<HttpResponse, ApiError> {
     match registry.send(GetReadiness).await? {
-        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
-        Err(reasons) => Ok(HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not ready", "reasons": reasons}))),
+        Ok(()) => Ok(HttpResponse::Ok().json(Health { status: "ready" })),
+        Err(reasons) => Ok(HttpResponse::ServiceUnavailable().json(NotReady {
+            status: "not ready",
+            reasons,
+        })),
     }
 }
 

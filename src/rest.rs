@@ -144,7 +144,7 @@ pub async fn list_tunnels(registry: web::Data<Addr<Registry>>) -> Reply {
                    declared for acceptance: `accepted.NAME`).",
     params(("name" = String, Path, description = "Tunnel name")),
     responses((status = 200, description = "The tunnel", body = Object),
-              (status = 404, description = "No such tunnel", body = crate::schema::Error)))]
+              (status = 404, description = "No such tunnel", body = crate::http::ErrorReply)))]
 pub async fn get_tunnel(registry: web::Data<Addr<Registry>>, name: Name) -> Reply {
     let missing = || format!("no tunnel named {}", name.as_str());
     let filter = || only(Some(name.as_str()), None);
@@ -159,11 +159,11 @@ pub async fn get_tunnel(registry: web::Data<Addr<Registry>>, name: Name) -> Repl
 #[utoipa::path(put, path = "/tunnels/{name}", tag = "paths", operation_id = "put_tunnel_by_path",
     description = "Creates or changes a tunnel: the same as `POST /tunnel` with this name.",
     params(("name" = String, Path, description = "Tunnel name")),
-    request_body = crate::schema::TunnelPut,
-    responses((status = 200, description = "Done", body = crate::schema::Done),
-              (status = 400, description = "Invalid request", body = crate::schema::Error),
-              (status = 409, description = "The name is taken in another role", body = crate::schema::Error),
-              (status = 502, description = "The peer could not be reached or refused", body = crate::schema::Error)))]
+    request_body = crate::api::TunnelPut,
+    responses((status = 200, description = "Done", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 409, description = "The name is taken in another role", body = crate::http::ErrorReply),
+              (status = 502, description = "The peer could not be reached or refused", body = crate::http::ErrorReply)))]
 pub async fn put_tunnel(
     registry: web::Data<Addr<Registry>>,
     name: Name,
@@ -175,9 +175,9 @@ pub async fn put_tunnel(
 #[utoipa::path(delete, path = "/tunnels/{name}", tag = "paths", operation_id = "delete_tunnel_by_path",
     description = "Deletes a tunnel: the same as `DELETE /tunnel` with this name.",
     params(("name" = String, Path, description = "Tunnel name")),
-    responses((status = 200, description = "Deleted", body = crate::schema::Done),
-              (status = 400, description = "Invalid body", body = crate::schema::Error),
-              (status = 404, description = "No such tunnel", body = crate::schema::Error)))]
+    responses((status = 200, description = "Deleted", body = crate::http::Done),
+              (status = 400, description = "Invalid body", body = crate::http::ErrorReply),
+              (status = 404, description = "No such tunnel", body = crate::http::ErrorReply)))]
 pub async fn delete_tunnel(
     registry: web::Data<Addr<Registry>>,
     name: Name,
@@ -195,10 +195,10 @@ pub async fn list_services(registry: web::Data<Addr<Registry>>) -> Reply {
 
 #[utoipa::path(get, path = "/services/{side}/{name}", tag = "paths", operation_id = "get_service_by_path",
     description = "One service's part of `GET /config` (`services.SIDE.NAME`).",
-    params(("side" = crate::schema::SideParam, Path, description = "local or remote"),
+    params(("side" = menet_actors::Side, Path, description = "local or remote"),
            ("name" = String, Path, description = "Service name")),
     responses((status = 200, description = "The service", body = Object),
-              (status = 404, description = "No such service", body = crate::schema::Error)))]
+              (status = 404, description = "No such service", body = crate::http::ErrorReply)))]
 pub async fn get_service(registry: web::Data<Addr<Registry>>, path: SideName) -> Reply {
     let (s, name) = path.into_inner();
     let s = side(&s)?;
@@ -214,13 +214,13 @@ pub async fn get_service(registry: web::Data<Addr<Registry>>, path: SideName) ->
 
 #[utoipa::path(put, path = "/services/{side}/{name}", tag = "paths", operation_id = "put_service_by_path",
     description = "Creates or changes a service: the same as `POST /service` with this name and type.",
-    params(("side" = crate::schema::SideParam, Path, description = "local or remote"),
+    params(("side" = menet_actors::Side, Path, description = "local or remote"),
            ("name" = String, Path, description = "Service name")),
-    request_body = crate::schema::ServicePut,
-    responses((status = 200, description = "Done", body = crate::schema::Done),
-              (status = 400, description = "Invalid request", body = crate::schema::Error),
-              (status = 404, description = "No such side", body = crate::schema::Error),
-              (status = 409, description = "The address is taken", body = crate::schema::Error)))]
+    request_body = crate::api::ServicePut,
+    responses((status = 200, description = "Done", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 404, description = "No such side", body = crate::http::ErrorReply),
+              (status = 409, description = "The address is taken", body = crate::http::ErrorReply)))]
 pub async fn put_service(
     registry: web::Data<Addr<Registry>>,
     path: SideName,
@@ -233,11 +233,11 @@ pub async fn put_service(
 
 #[utoipa::path(delete, path = "/services/{side}/{name}", tag = "paths", operation_id = "delete_service_by_path",
     description = "Deletes a service: the same as `DELETE /service` with this name and type.",
-    params(("side" = crate::schema::SideParam, Path, description = "local or remote"),
+    params(("side" = menet_actors::Side, Path, description = "local or remote"),
            ("name" = String, Path, description = "Service name")),
-    responses((status = 200, description = "Deleted", body = crate::schema::Done),
-              (status = 400, description = "Invalid body", body = crate::schema::Error),
-              (status = 404, description = "No such service", body = crate::schema::Error)))]
+    responses((status = 200, description = "Deleted", body = crate::http::Done),
+              (status = 400, description = "Invalid body", body = crate::http::ErrorReply),
+              (status = 404, description = "No such service", body = crate::http::ErrorReply)))]
 pub async fn delete_service(
     registry: web::Data<Addr<Registry>>,
     path: SideName,
@@ -258,10 +258,10 @@ pub async fn list_binds(registry: web::Data<Addr<Registry>>) -> Reply {
 #[utoipa::path(get, path = "/binds/{side}/{service}", tag = "paths", operation_id = "get_bind_by_path",
     description = "One bind's part of `GET /config` (`bind.SIDE.SERVICE`): its tunnel's name, \
                    a JSON string.",
-    params(("side" = crate::schema::SideParam, Path, description = "local or remote"),
+    params(("side" = menet_actors::Side, Path, description = "local or remote"),
            ("service" = String, Path, description = "Service name")),
     responses((status = 200, description = "The tunnel the service is bound to", body = String),
-              (status = 404, description = "The service is not bound", body = crate::schema::Error)))]
+              (status = 404, description = "The service is not bound", body = crate::http::ErrorReply)))]
 pub async fn get_bind(registry: web::Data<Addr<Registry>>, path: SideName) -> Reply {
     let (s, service) = path.into_inner();
     let s = side(&s)?;
@@ -277,12 +277,12 @@ pub async fn get_bind(registry: web::Data<Addr<Registry>>, path: SideName) -> Re
 
 #[utoipa::path(put, path = "/binds/{side}/{service}", tag = "paths", operation_id = "put_bind_by_path",
     description = "Binds a service to a tunnel: the same as `POST /bind`.",
-    params(("side" = crate::schema::SideParam, Path, description = "local or remote"),
+    params(("side" = menet_actors::Side, Path, description = "local or remote"),
            ("service" = String, Path, description = "Service name")),
-    request_body = crate::schema::BindPut,
-    responses((status = 200, description = "Done", body = crate::schema::Done),
-              (status = 400, description = "Invalid request", body = crate::schema::Error),
-              (status = 404, description = "No such service", body = crate::schema::Error)))]
+    request_body = crate::api::BindPut,
+    responses((status = 200, description = "Done", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 404, description = "No such service", body = crate::http::ErrorReply)))]
 pub async fn put_bind(
     registry: web::Data<Addr<Registry>>,
     path: SideName,
@@ -296,12 +296,12 @@ pub async fn put_bind(
 #[utoipa::path(delete, path = "/binds/{side}/{service}", tag = "paths", operation_id = "delete_bind_by_path",
     description = "Unbinds a service: the same as `DELETE /bind`; the body may name the tunnel \
                    (`{\"tunnel\"}`) or be empty.",
-    params(("side" = crate::schema::SideParam, Path, description = "local or remote"),
+    params(("side" = menet_actors::Side, Path, description = "local or remote"),
            ("service" = String, Path, description = "Service name")),
-    request_body = crate::schema::BindPut,
-    responses((status = 200, description = "Unbound", body = crate::schema::Done),
-              (status = 400, description = "Invalid request", body = crate::schema::Error),
-              (status = 404, description = "No such bind", body = crate::schema::Error)))]
+    request_body = crate::api::BindPut,
+    responses((status = 200, description = "Unbound", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 404, description = "No such bind", body = crate::http::ErrorReply)))]
 pub async fn delete_bind(
     registry: web::Data<Addr<Registry>>,
     path: SideName,

@@ -74,7 +74,7 @@ fn kill_of_the_dialling_node_restores_and_redials() {
     let backend = Backend::echo();
     let mut a = Node::persistent(&dir, "a", None);
     let b = Node::persistent(&dir, "b", None);
-    let local = wire(&a, &b, backend.addr, None);
+    let local = wire_fixed(&a, &b, backend.addr, None);
     let before = shape(a.config());
     a.kill9();
     assert!(eventually(Duration::from_secs(3), || b.config()["tunnels"]
@@ -96,7 +96,7 @@ fn sigterm_says_goodbye_and_a_restart_is_identical() {
     let backend = Backend::echo();
     let mut a = Node::persistent(&dir, "a", None);
     let mut b = Node::persistent(&dir, "b", None);
-    let local = wire(&a, &b, backend.addr, Some("k2"));
+    let local = wire_fixed(&a, &b, backend.addr, Some("k2"));
     let mut client = connect(local);
     echo_once(&mut client, 1);
     let before = shape(a.config());
@@ -320,7 +320,7 @@ fn concurrent_admin_changes_while_traffic_flows() {
     let backend = Backend::echo();
     let mut a = Node::persistent(&dir, "a", None);
     let b = Node::persistent(&dir, "b", None);
-    let local = wire(&a, &b, backend.addr, Some("k4"));
+    let local = wire_fixed(&a, &b, backend.addr, Some("k4"));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     let traffic = thread::spawn(move || {

@@ -206,7 +206,7 @@ fn pins_survive_a_restart_of_either_node() {
     let backend = Backend::echo();
     let mut a = Node::persistent(&dir, "a", None);
     let mut b = Node::persistent(&dir, "b", None);
-    let local = wire(&a, &b, backend.addr, None);
+    let local = wire_fixed(&a, &b, backend.addr, None);
     a.kill9();
     b.kill9();
     b.restart();

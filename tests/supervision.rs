@@ -146,7 +146,7 @@ mod with_the_hook {
         let backend = Backend::echo();
         let mut a = Node::persistent(&dir, "a", None);
         let b = Node::persistent(&dir, "b", None);
-        let local = wire(&a, &b, backend.addr, Some("k"));
+        let local = wire_fixed(&a, &b, backend.addr, Some("k"));
         let _ = a.request("POST", "/fault", r#"{"actor":"registry"}"#);
         assert!(a.wait_log("the registry actor died", Duration::from_secs(3)));
         assert!(eventually(Duration::from_secs(5), || !a.alive()));

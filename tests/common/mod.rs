@@ -383,7 +383,7 @@ pub fn dial_addr(from: &Node, dest: SocketAddr, tunnel: &str) {
     );
 }
 
-/// Carries service `name` over `tunnel`: local on `local` (listening on a free port, returned),
+/// Carries service `name` over `tunnel`: local on `local` (on port 0: the port it got is returned),
 /// remote on `remote` (sent to `target`); the bodies are the seed's curl calls.
 pub fn carry(
     local: &Node,
@@ -394,10 +394,11 @@ pub fn carry(
     target: SocketAddr,
 ) -> SocketAddr {
     let key = key.map(|k| format!(r#""key":"{k}", "#)).unwrap_or_default();
-    carry_at(local, remote, tunnel, name, &key, free_port(), target)
+    carry_at(local, remote, tunnel, name, &key, 0, target)
 }
 
-/// [`carry`] with the local service on 127.0.0.1:`port` and `fields` (each followed by `, `, such as
+/// [`carry`] with the local service on 127.0.0.1:`port` (0: any free port, read back from
+/// `listening` in `GET /config`) and `fields` (each followed by `, `, such as
 /// `"key":"k", "cipher":"aes-256-gcm", `) in both service bodies; the seed's body shapes.
 pub fn carry_at(
     local: &Node,
@@ -429,13 +430,30 @@ pub fn carry_at(
             &format!(r#"{{"tunnel": "{tunnel}", "service":"{name}", "type": "{side}"}}"#),
         );
     }
-    SocketAddr::from(([127, 0, 0, 1], port))
+    if port != 0 {
+        return SocketAddr::from(([127, 0, 0, 1], port));
+    }
+    let listening = local.config()["services"]["local"][name]["listening"].clone();
+    listening
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("service {name} on port 0 shows no listening address: {listening}")
+        })
 }
 
 /// The seed scenario: A dials B as `tunnel1`, `service1` local on A and remote on B (`target`).
 pub fn wire(a: &Node, b: &Node, target: SocketAddr, key: Option<&str>) -> SocketAddr {
     dial(a, b, "tunnel1");
     carry(a, b, "tunnel1", "service1", key, target)
+}
+
+/// [`wire`] with the local service on a port of its own asked for by number, so that a restart
+/// listens on the same one (a service on port 0 gets any free port at each start).
+pub fn wire_fixed(a: &Node, b: &Node, target: SocketAddr, key: Option<&str>) -> SocketAddr {
+    dial(a, b, "tunnel1");
+    let key = key.map(|k| format!(r#""key":"{k}", "#)).unwrap_or_default();
+    carry_at(a, b, "tunnel1", "service1", &key, free_port(), target)
 }
 
 /// A backend server that runs `serve` on each connection in its own thread; stops accepting when

@@ -51,7 +51,14 @@ impl Registry {
         let Some(old) = self.local.get(&spec.name).map(|s| &s.listening) else {
             return Err(refused(err));
         };
-        if err.kind() != std::io::ErrorKind::AddrInUse || old.addr.port() != spec.addr.port() {
+        // The port the old listener holds: the one it asked for, or the one it got for port 0.
+        let held = old
+            .socket
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .map_or(old.addr.port(), |a| a.port());
+        if err.kind() != std::io::ErrorKind::AddrInUse || held != spec.addr.port() {
             return Err(refused(err));
         }
         let released = old.socket.borrow_mut().take();
@@ -389,6 +396,8 @@ impl Registry {
                     }
                 }
                 let socket = self.rebind(&spec)?;
+                // Port 0 asks for any free port: the log says the one bound.
+                let bound = socket.local_addr().unwrap_or(spec.addr);
                 // Connections already carried keep counting against the service's limit.
                 let connections = self
                     .local
@@ -412,7 +421,7 @@ impl Registry {
                     old.listening.close(ctx);
                 }
                 self.start_listener(Accepts::Service(spec.name.clone()), ctx);
-                info!("service {} (local): listening on {}", spec.name, spec.addr);
+                info!("service {} (local): listening on {bound}", spec.name);
             }
         }
         Ok(())

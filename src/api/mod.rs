@@ -1,0 +1,225 @@
+//! The admin HTTP API's seed routes (`/tunnel`, `/service`, `/bind`, `/config`): each handler
+//! parses its body into a Registry message ([`parse`] in `bodies.rs`, a plain function, fuzzed
+//! and unit-tested without a server) and turns the Registry's answer into a response. Every error
+//! is JSON `{"error": ...}` naming what is wrong; no error repeats a key, a secret or a token.
+//! [`guard`] (`guard.rs`) runs before every route.
+
+mod bodies;
+mod guard;
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use crate::http::not_found;
+pub use crate::http::{method_not_allowed, ApiError, Reply};
+use menet_actors::registry::{ConfigFilter, GetConfig, Registry};
+
+#[cfg(feature = "fault-injection")]
+use crate::body::{field, name};
+pub use crate::body::{object, MAX_BODY};
+pub use bodies::{
+    fields, fuzz_request, parse, BindBody, BindPut, Request, Route, ServiceBody, ServicePut,
+    TunnelBody, TunnelPut,
+};
+pub use guard::{guard, AdminAccess};
+
+pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
+    cfg.app_data(web::Data::new(registry))
+        .service(
+            web::resource("/tunnel")
+                .route(web::post().to(post_tunnel))
+                .route(web::delete().to(delete_tunnel))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/service")
+                .route(web::post().to(post_service))
+                .route(web::delete().to(delete_service))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/bind")
+                .route(web::post().to(post_bind))
+                .route(web::delete().to(delete_bind))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/config")
+                .route(web::get().to(get_config))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(not_found));
+    #[cfg(feature = "fault-injection")]
+    cfg.service(web::resource("/fault").route(web::post().to(post_fault)));
+}
+
+/// Test-only: `{"actor": "registry"}`, `{"actor": "tunnel-port"}`,
+/// `{"actor": "listener", "service": S}`, `{"actor": "tunnel", "tunnel": T}` or
+/// `{"actor": "connection", "tunnel": T, "stream": N}` makes that actor panic.
+#[cfg(feature = "fault-injection")]
+async fn post_fault(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+    use menet_actors::registry::InjectFault;
+    let body = object(
+        &read_body(body).await?,
+        &["actor", "service", "tunnel", "stream"],
+    )?;
+    let msg = match field(&body, "actor")?.as_str() {
+        Some("registry") => InjectFault::Registry,
+        Some("tunnel-port") => InjectFault::TunnelPort,
+        Some("listener") => InjectFault::Listener {
+            service: name(&body, "service")?,
+        },
+        Some("tunnel") => InjectFault::Tunnel {
+            name: name(&body, "tunnel")?,
+        },
+        Some("connection") => InjectFault::Connection {
+            tunnel: name(&body, "tunnel")?,
+            stream: field(&body, "stream")?
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| ApiError::bad("field \"stream\" must be a stream id"))?,
+        },
+        _ => {
+            return Err(ApiError::bad(
+                "field \"actor\" must be \"registry\", \"tunnel-port\", \"listener\", \"tunnel\" or \"connection\"",
+            ))
+        }
+    };
+    registry.send(msg).await??;
+    ok()
+}
+
+fn ok() -> Reply {
+    Ok(HttpResponse::Ok().json(crate::http::Done { ok: true }))
+}
+
+async fn handle(registry: web::Data<Addr<Registry>>, body: web::Payload, route: Route) -> Reply {
+    execute(&registry, route, &read_body(body).await?).await
+}
+
+/// Parses `body` for `route` and carries it out: behind the seed's routes and the path API alike.
+pub async fn execute(registry: &Addr<Registry>, route: Route, body: &[u8]) -> Reply {
+    match parse(route, body)? {
+        Request::AddTunnel(m) => registry.send(m).await??,
+        Request::DeleteTunnel(m) => registry.send(m).await??,
+        Request::AddService(m) => registry.send(m).await??,
+        Request::DeleteService(m) => registry.send(m).await??,
+        Request::SetBind(m) => registry.send(m).await??,
+    }
+    ok()
+}
+
+#[utoipa::path(post, path = "/tunnel", tag = "seed",
+    description = "Dials a peer's tunnel port (`dest`) and registers the tunnel as `name` once the \
+                   handshake is done; with `\"role\":\"acceptor\"` (no `dest`), declares a name \
+                   peers may claim. Re-posting an unchanged tunnel changes nothing.",
+    request_body = crate::api::TunnelBody,
+    responses((status = 200, description = "Connected (or declared)", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 409, description = "The name is taken in another role", body = crate::http::ErrorReply),
+              (status = 502, description = "The peer could not be reached or refused", body = crate::http::ErrorReply)))]
+pub async fn post_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+    handle(registry, body, Route::PostTunnel).await
+}
+
+#[utoipa::path(delete, path = "/tunnel", tag = "seed",
+    description = "Closes and forgets tunnel `name` (the other fields of its POST may be sent too).",
+    request_body = crate::api::TunnelBody,
+    responses((status = 200, description = "Deleted", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 404, description = "No such tunnel", body = crate::http::ErrorReply)))]
+pub async fn delete_tunnel(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+    handle(registry, body, Route::DeleteTunnel).await
+}
+
+#[utoipa::path(post, path = "/service", tag = "seed",
+    description = "Creates or replaces a service: a local one listens on `addr`, a remote one is \
+                   where streams arriving over a tunnel are sent.",
+    request_body = crate::api::ServiceBody,
+    responses((status = 200, description = "Done", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 409, description = "The address is taken", body = crate::http::ErrorReply)))]
+pub async fn post_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+    handle(registry, body, Route::PostService).await
+}
+
+#[utoipa::path(delete, path = "/service", tag = "seed",
+    description = "Deletes service `name` of side `type`; its connections are reset.",
+    request_body = crate::api::ServiceBody,
+    responses((status = 200, description = "Deleted", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 404, description = "No such service", body = crate::http::ErrorReply)))]
+pub async fn delete_service(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+    handle(registry, body, Route::DeleteService).await
+}
+
+#[utoipa::path(post, path = "/bind", tag = "seed",
+    description = "Carries service `service` of side `type` over tunnel `tunnel`.",
+    request_body = crate::api::BindBody,
+    responses((status = 200, description = "Done", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 404, description = "No such service", body = crate::http::ErrorReply)))]
+pub async fn post_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+    handle(registry, body, Route::PostBind).await
+}
+
+#[utoipa::path(delete, path = "/bind", tag = "seed",
+    description = "Stops carrying the service over the tunnel.",
+    request_body = crate::api::BindBody,
+    responses((status = 200, description = "Unbound", body = crate::http::Done),
+              (status = 400, description = "Invalid request", body = crate::http::ErrorReply),
+              (status = 404, description = "No such bind", body = crate::http::ErrorReply)))]
+pub async fn delete_bind(registry: web::Data<Addr<Registry>>, body: web::Payload) -> Reply {
+    handle(registry, body, Route::DeleteBind).await
+}
+
+#[utoipa::path(get, path = "/config", tag = "seed",
+    description = "Everything the node knows, live: tunnels, accepted names, services, binds, \
+                   connections, security and limits; or the part the query asks for.",
+    params(("tunnel" = Option<String>, Query, description = "Only this tunnel and the services bound to it"),
+           ("service" = Option<String>, Query, description = "Only this service (both sides) and the tunnels it is bound to"),
+           ("connections" = Option<bool>, Query, description = "false: leave the live connections out")),
+    responses((status = 200, description = "The configuration", body = menet_actors::registry::ConfigView),
+              (status = 400, description = "An unknown or malformed query parameter", body = crate::http::ErrorReply)))]
+pub async fn get_config(registry: web::Data<Addr<Registry>>, req: HttpRequest) -> Reply {
+    let filter = config_filter(req.query_string())?;
+    let config = registry.send(GetConfig(filter)).await?;
+    Ok(HttpResponse::Ok().json(config))
+}
+
+/// `?tunnel=T&service=S&connections=false`, as a [`ConfigFilter`]; anything else is a 400.
+pub fn config_filter(query: &str) -> Result<ConfigFilter, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Query {
+        tunnel: Option<String>,
+        service: Option<String>,
+        connections: Option<bool>,
+    }
+    let q = web::Query::<Query>::from_query(query)
+        .map_err(|e| ApiError::bad(format!("query: {e} (known: tunnel, service, connections)")))?
+        .into_inner();
+    Ok(ConfigFilter {
+        tunnel: q.tunnel,
+        service: q.service,
+        connections: q.connections.unwrap_or(true),
+    })
+}
+
+/// Reads the body, at most [`MAX_BODY`] bytes.
+pub async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is over {MAX_BODY} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
