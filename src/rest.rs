@@ -11,7 +11,13 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::{Map, Value};
 
-use menet_actors::registry::{ConfigFilter, GetConfig, Registry};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use menet_actors::registry::{
+    AcceptedView, BindsView, ConfigFilter, ConfigView, GetConfig, LocalServiceView, Registry,
+    RemoteServiceView, ServicesView, TunnelView,
+};
 
 use crate::api::{self, ApiError, Reply, Route};
 
@@ -111,22 +117,27 @@ fn only(tunnel: Option<&str>, service: Option<&str>) -> ConfigFilter {
     }
 }
 
-/// The part of `GET /config` at `keys`, built with `filter`, or a 404 saying what is missing.
-async fn part(
-    registry: &Addr<Registry>,
-    filter: ConfigFilter,
-    keys: &[&str],
-    missing: impl FnOnce() -> String,
-) -> Reply {
-    let mut config = registry.send(GetConfig(filter)).await?;
-    let mut at = &mut config;
-    for k in keys {
-        at = match at.get_mut(*k) {
-            Some(v) => v,
-            None => return Err(ApiError::new(StatusCode::NOT_FOUND, missing())),
-        };
+/// `GET /config` built with `filter`, typed: each GET below answers one part of it.
+async fn view(registry: &Addr<Registry>, filter: ConfigFilter) -> Result<ConfigView, ApiError> {
+    Ok(registry.send(GetConfig(filter)).await?)
+}
+
+/// The part found, or a 404 saying what is missing.
+fn found<T: Serialize>(part: Option<T>, missing: impl FnOnce() -> String) -> Reply {
+    match part {
+        Some(part) => Ok(HttpResponse::Ok().json(part)),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, missing())),
     }
-    Ok(HttpResponse::Ok().json(at.take()))
+}
+
+/// `GET /tunnels/{name}`: a tunnel, or a name only declared for acceptance.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TunnelPart {
+    /// `tunnels.NAME`: connected, connecting or re-dialling.
+    Tunnel(TunnelView),
+    /// `accepted.NAME`: a name peers may claim, not connected now.
+    Accepted(AcceptedView),
 }
 
 type Name = web::Path<String>;
@@ -134,26 +145,27 @@ type SideName = web::Path<(String, String)>;
 
 #[utoipa::path(get, path = "/tunnels", tag = "paths", operation_id = "list_tunnels_by_path",
     description = "The `tunnels` part of `GET /config`.",
-    responses((status = 200, description = "Every tunnel by name", body = Object)))]
+    responses((status = 200, description = "Every tunnel by name", body = BTreeMap<String, TunnelView>)))]
 pub async fn list_tunnels(registry: web::Data<Addr<Registry>>) -> Reply {
-    part(&registry, only(None, None), &["tunnels"], String::new).await
+    Ok(HttpResponse::Ok().json(view(&registry, only(None, None)).await?.tunnels))
 }
 
 #[utoipa::path(get, path = "/tunnels/{name}", tag = "paths", operation_id = "get_tunnel_by_path",
     description = "One tunnel's part of `GET /config` (`tunnels.NAME`; a name that is only \
                    declared for acceptance: `accepted.NAME`).",
     params(("name" = String, Path, description = "Tunnel name")),
-    responses((status = 200, description = "The tunnel", body = Object),
+    responses((status = 200, description = "The tunnel", body = TunnelPart),
               (status = 404, description = "No such tunnel", body = crate::http::ErrorReply)))]
 pub async fn get_tunnel(registry: web::Data<Addr<Registry>>, name: Name) -> Reply {
-    let missing = || format!("no tunnel named {}", name.as_str());
-    let filter = || only(Some(name.as_str()), None);
-    match part(&registry, filter(), &["tunnels", name.as_str()], missing).await {
-        Err(e) if e.status() == StatusCode::NOT_FOUND => {
-            part(&registry, filter(), &["accepted", name.as_str()], missing).await
-        }
-        other => other,
-    }
+    let mut config = view(&registry, only(Some(name.as_str()), None)).await?;
+    let part = match config.tunnels.remove(name.as_str()) {
+        Some(t) => Some(TunnelPart::Tunnel(t)),
+        None => config
+            .accepted
+            .remove(name.as_str())
+            .map(TunnelPart::Accepted),
+    };
+    found(part, || format!("no tunnel named {}", name.as_str()))
 }
 
 #[utoipa::path(put, path = "/tunnels/{name}", tag = "paths", operation_id = "put_tunnel_by_path",
@@ -188,28 +200,36 @@ pub async fn delete_tunnel(
 
 #[utoipa::path(get, path = "/services", tag = "paths", operation_id = "list_services_by_path",
     description = "The `services` part of `GET /config`: `local` and `remote`.",
-    responses((status = 200, description = "Every service by side and name", body = Object)))]
+    responses((status = 200, description = "Every service by side and name", body = ServicesView)))]
 pub async fn list_services(registry: web::Data<Addr<Registry>>) -> Reply {
-    part(&registry, only(None, None), &["services"], String::new).await
+    Ok(HttpResponse::Ok().json(view(&registry, only(None, None)).await?.services))
 }
 
 #[utoipa::path(get, path = "/services/{side}/{name}", tag = "paths", operation_id = "get_service_by_path",
     description = "One service's part of `GET /config` (`services.SIDE.NAME`).",
     params(("side" = menet_actors::Side, Path, description = "local or remote"),
            ("name" = String, Path, description = "Service name")),
-    responses((status = 200, description = "The service", body = Object),
+    responses((status = 200, description = "The service", body = ServicePart),
               (status = 404, description = "No such service", body = crate::http::ErrorReply)))]
 pub async fn get_service(registry: web::Data<Addr<Registry>>, path: SideName) -> Reply {
     let (s, name) = path.into_inner();
     let s = side(&s)?;
-    let missing = || format!("no {s} service named {name}");
-    part(
-        &registry,
-        only(None, Some(&name)),
-        &["services", s, &name],
-        missing,
-    )
-    .await
+    let mut services = view(&registry, only(None, Some(&name))).await?.services;
+    let part = match s {
+        "local" => services.local.remove(&name).map(ServicePart::Local),
+        _ => services.remote.remove(&name).map(ServicePart::Remote),
+    };
+    found(part, || format!("no {s} service named {name}"))
+}
+
+/// `GET /services/{side}/{name}`: one service of the side the path names.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ServicePart {
+    /// `services.local.NAME`.
+    Local(LocalServiceView),
+    /// `services.remote.NAME`.
+    Remote(RemoteServiceView),
 }
 
 #[utoipa::path(put, path = "/services/{side}/{name}", tag = "paths", operation_id = "put_service_by_path",
@@ -250,9 +270,9 @@ pub async fn delete_service(
 
 #[utoipa::path(get, path = "/binds", tag = "paths", operation_id = "list_binds_by_path",
     description = "The `bind` part of `GET /config`: for each side, service name -> tunnel name.",
-    responses((status = 200, description = "Every bind", body = Object)))]
+    responses((status = 200, description = "Every bind", body = BindsView)))]
 pub async fn list_binds(registry: web::Data<Addr<Registry>>) -> Reply {
-    part(&registry, only(None, None), &["bind"], String::new).await
+    Ok(HttpResponse::Ok().json(view(&registry, only(None, None)).await?.bind))
 }
 
 #[utoipa::path(get, path = "/binds/{side}/{service}", tag = "paths", operation_id = "get_bind_by_path",
@@ -265,14 +285,21 @@ pub async fn list_binds(registry: web::Data<Addr<Registry>>) -> Reply {
 pub async fn get_bind(registry: web::Data<Addr<Registry>>, path: SideName) -> Reply {
     let (s, service) = path.into_inner();
     let s = side(&s)?;
-    let missing = || format!("{s} service {service} is not bound");
-    part(
-        &registry,
-        only(None, Some(&service)),
-        &["bind", s, &service],
-        missing,
-    )
-    .await
+    let tunnel = bound_tunnel(&registry, s, &service).await?;
+    found(tunnel, || format!("{s} service {service} is not bound"))
+}
+
+/// The tunnel `side` service `service` is bound to, if it is.
+async fn bound_tunnel(
+    registry: &Addr<Registry>,
+    side: &str,
+    service: &str,
+) -> Result<Option<String>, ApiError> {
+    let mut bind = view(registry, only(None, Some(service))).await?.bind;
+    Ok(match side {
+        "local" => bind.local.remove(service),
+        _ => bind.remote.remove(service),
+    })
 }
 
 #[utoipa::path(put, path = "/binds/{side}/{service}", tag = "paths", operation_id = "put_bind_by_path",
@@ -315,14 +342,13 @@ pub async fn delete_bind(
     // looked up when the body leaves it out.
     if let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&body) {
         if !map.contains_key("tunnel") {
-            let config = registry.send(GetConfig(only(None, Some(&service)))).await?;
-            let Some(tunnel) = config["bind"][s][&service].as_str() else {
+            let Some(tunnel) = bound_tunnel(&registry, s, &service).await? else {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     format!("{s} service {service} is not bound"),
                 ));
             };
-            map.insert("tunnel".to_owned(), Value::String(tunnel.to_owned()));
+            map.insert("tunnel".to_owned(), Value::String(tunnel));
             body = serde_json::to_vec(&Value::Object(map))
                 .map_err(|e| ApiError::bad(format!("cannot re-encode the body: {e}")))?;
         }

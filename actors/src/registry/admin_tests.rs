@@ -2,6 +2,7 @@
 //! its messages, with no admin API, no peer and no state file (only its tunnel port is a socket).
 
 use super::*;
+use serde_json::Value;
 
 /// Runs `f` against a fresh Registry with the default settings and no data threads.
 fn with_registry<F, Fut>(f: F)
@@ -44,9 +45,11 @@ fn bind(tunnel: &str, service: &str, bound: bool) -> SetBind {
 }
 
 async fn config(r: &Addr<Registry>) -> Value {
-    r.send(GetConfig(ConfigFilter::default()))
+    let view = r
+        .send(GetConfig(ConfigFilter::default()))
         .await
-        .expect("config")
+        .expect("config");
+    serde_json::to_value(view).expect("a view serializes")
 }
 
 #[test]

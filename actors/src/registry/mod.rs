@@ -21,7 +21,6 @@ use futures_util::future::{join_all, LocalBoxFuture};
 use log::{error, info, warn};
 use rand::Rng;
 use serde::Serialize;
-use serde_json::Value;
 use thiserror::Error;
 use tokio::net::TcpStream;
 

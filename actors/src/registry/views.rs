@@ -300,7 +300,7 @@ impl Registry {
 /// `GET /config`: the live configuration with the tunnels' counters and connections, all of it
 /// or the part a [`ConfigFilter`] asks for.
 #[derive(Message, Default)]
-#[rtype(result = "Value")]
+#[rtype(result = "ConfigView")]
 pub struct GetConfig(pub ConfigFilter);
 
 /// Which part of `GET /config` to build (`?tunnel=`, `?service=`, `?connections=false`): a tool
@@ -361,7 +361,7 @@ impl Registry {
 }
 
 impl Handler<GetConfig> for Registry {
-    type Result = ResponseActFuture<Self, Value>;
+    type Result = ResponseActFuture<Self, ConfigView>;
 
     fn handle(&mut self, GetConfig(filter): GetConfig, _ctx: &mut Self::Context) -> Self::Result {
         let mut config = self.snapshot_config(&filter);
@@ -405,7 +405,7 @@ impl Handler<GetConfig> for Registry {
                         t.counters = Some(stats.counters);
                     }
                 }
-                serde_json::to_value(&config).unwrap_or(Value::Null)
+                config
             }
             .into_actor(self),
         )
