@@ -629,3 +629,7 @@ impl Handler<crate::Crash> for Connection {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;

@@ -1,0 +1,201 @@
+//! The connection actor tested alone: a real loopback socket pair (this test holds the client's
+//! end), the actor on the other end, and a stub recipient in its tunnel's place that hands every
+//! report to the test. Frames in (as `StreamEvent`s), reports out, bytes compared exactly.
+
+use std::io::ErrorKind;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// Stands in for the tunnel: every report goes to the test.
+struct StubTunnel(mpsc::UnboundedSender<FromConnection>);
+
+impl Actor for StubTunnel {
+    type Context = Context<Self>;
+}
+
+impl Handler<FromConnection> for StubTunnel {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromConnection, _ctx: &mut Self::Context) {
+        let _ = self.0.send(msg);
+    }
+}
+
+/// A plaintext connection for stream 7 on one end of a loopback pair; the client's end and the
+/// reports.
+async fn connection_and_client() -> (
+    Addr<Connection>,
+    tokio::net::TcpStream,
+    mpsc::UnboundedReceiver<FromConnection>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("dial");
+    let (sock, _) = listener.accept().await.expect("accept");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let spec = StreamSpec {
+        stream: 7,
+        tunnel: StubTunnel(tx).start().recipient(),
+        service: "svc".to_owned(),
+        keying: None,
+        idle_timeout: None,
+        slots: Vec::new(),
+    };
+    (Connection::accepted(spec, sock).start(), client, rx)
+}
+
+/// The next report, within 5 s.
+async fn report(rx: &mut mpsc::UnboundedReceiver<FromConnection>) -> FromConnection {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a report within 5 s")
+        .expect("the stub is alive")
+}
+
+#[test]
+fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
+    actix_rt::System::new().block_on(async {
+        let (conn, mut client, mut rx) = connection_and_client().await;
+        client.write_all(b"hello, tunnel").await.expect("write");
+        // Not open yet: nothing is read, nothing reported.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "a report before the stream was open"
+        );
+        conn.do_send(StreamEvent::Opened { nonce: None });
+        assert!(matches!(
+            report(&mut rx).await,
+            FromConnection::Want { stream: 7 }
+        ));
+        // A grant (payload bytes on the wire) smaller than what waits: no frame carries more.
+        let granted = 5;
+        conn.do_send(StreamEvent::Grant(granted));
+        let mut payload = Vec::new();
+        while payload.len() < b"hello, tunnel".len() {
+            match report(&mut rx).await {
+                FromConnection::Data { stream: 7, frame } => {
+                    let carried = (frame.len() - HEADER_LEN) as u64;
+                    assert!(
+                        carried <= granted,
+                        "{carried} bytes on a grant of {granted}"
+                    );
+                    payload.extend_from_slice(&frame[HEADER_LEN..]);
+                    // Still wanting (it asked once): the tunnel grants again, unasked.
+                    if payload.len() < b"hello, tunnel".len() {
+                        conn.do_send(StreamEvent::Grant(granted));
+                    }
+                }
+                FromConnection::Want { stream: 7 } => conn.do_send(StreamEvent::Grant(granted)),
+                FromConnection::Return { .. } => {}
+                _ => panic!("an unexpected report"),
+            }
+        }
+        assert_eq!(payload, b"hello, tunnel");
+
+        // Bytes from the far end reach the client, and are reported consumed.
+        conn.do_send(StreamEvent::Data(BytesMut::from(&b"and back"[..])));
+        let mut got = [0u8; 8];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"and back");
+        loop {
+            match report(&mut rx).await {
+                FromConnection::Consumed { stream: 7, bytes } => {
+                    assert_eq!(bytes, 8);
+                    break;
+                }
+                FromConnection::Return { .. } | FromConnection::Want { .. } => {}
+                _ => panic!("an unexpected report"),
+            }
+        }
+
+        // The far end's FIN: the client reads EOF. The client's FIN: the tunnel hears Fin.
+        conn.do_send(StreamEvent::Fin);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.expect("a clean EOF");
+        assert!(rest.is_empty());
+        client.shutdown().await.expect("shutdown");
+        loop {
+            match report(&mut rx).await {
+                FromConnection::Fin { stream: 7 } => break,
+                // Readable (at EOF): the end is read under credit like any byte.
+                FromConnection::Want { stream: 7 } => conn.do_send(StreamEvent::Grant(1024)),
+                FromConnection::Return { .. } => {}
+                _ => panic!("an unexpected report"),
+            }
+        }
+    });
+}
+
+#[test]
+fn an_abort_resets_the_client_and_never_looks_like_an_end() {
+    actix_rt::System::new().block_on(async {
+        let (conn, mut client, _rx) = connection_and_client().await;
+        conn.do_send(StreamEvent::Opened { nonce: None });
+        conn.do_send(StreamEvent::Data(BytesMut::from(&b"partial"[..])));
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.expect("read");
+        conn.do_send(StreamEvent::Abort);
+        let mut rest = [0u8; 16];
+        let end = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
+            .await
+            .expect("the client hears within 5 s");
+        match end {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+            Ok(n) => {
+                panic!("{n} bytes or a FIN after an abort: a truncated stream looked complete")
+            }
+        }
+    });
+}
+
+#[test]
+fn a_client_reset_is_reported_as_a_failure_not_an_end() {
+    actix_rt::System::new().block_on(async {
+        let (conn, client, mut rx) = connection_and_client().await;
+        conn.do_send(StreamEvent::Opened { nonce: None });
+        let client = client.into_std().expect("std");
+        socket_linger_zero(&client);
+        drop(client);
+        loop {
+            match report(&mut rx).await {
+                FromConnection::Closed {
+                    stream: 7,
+                    failure: Some(_),
+                } => break,
+                FromConnection::Closed { failure: None, .. } | FromConnection::Fin { .. } => {
+                    panic!("a reset client reported as a clean end")
+                }
+                // Readable: the reset is read once credit allows a read.
+                FromConnection::Want { stream: 7 } => conn.do_send(StreamEvent::Grant(1024)),
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Makes closing `sock` send a reset (SO_LINGER 0) instead of a FIN.
+fn socket_linger_zero(sock: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid descriptor and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+}
