@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-60}
-for target in frames handshake admin_request; do
+for target in frames records handshake admin_request; do
   mkdir -p "corpus/$target"
   cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$seconds" -max_len=4096
   # Keep the corpus small: only inputs that add coverage.

@@ -288,6 +288,22 @@ pub fn role_value(v: &Value, f: &str) -> Result<Role, ApiError> {
     }
 }
 
+/// An optional public identity of a node: 64 hex digits, as `GET /config` shows it.
+pub fn identity_value(v: &Value, f: &str) -> Result<Option<[u8; 32]>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => menet_actors::handshake::parse_identity(s.trim())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "field \"{f}\" must be 64 hex digits (a node's identity, as its GET /config \
+                     shows it under security.identity)"
+                ))
+            }),
+        _ => Err(ApiError::bad(format!("field \"{f}\" must be a string"))),
+    }
+}
+
 /// An optional cipher name.
 pub fn cipher_value(v: &Value, f: &str) -> Result<Option<CipherKind>, ApiError> {
     match v {

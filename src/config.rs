@@ -21,7 +21,7 @@ pub const ENV_ADMIN_TOKEN: &str = "MENET_ADMIN_TOKEN";
 pub const DEFAULT_PATH: &str = "config/menet.toml";
 
 /// `--version`: the release and the tunnel protocol it speaks (a unit test keeps the two in step).
-pub const VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), " (tunnel protocol 2)");
+pub const VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), " (tunnel protocol 3)");
 
 #[derive(Debug, Parser)]
 #[command(
@@ -179,6 +179,13 @@ struct Tunnel {
     /// A loose pinned name is forgotten this long after its dialer was last seen: "30d", "12h",
     /// "90m", "45s" or a number of seconds.
     pin_ttl: Option<toml::Value>,
+    /// Seal every frame of the tunnels in records (default true); false only for measurements
+    /// and links that are private already (a tunnel stays sealed if its peer wants it).
+    encrypt: Option<bool>,
+    /// A sealed tunnel replaces its sending key after this many bytes (default 1 GiB).
+    rekey_bytes: Option<u64>,
+    /// ... or after this long (default "1h"; a duration as for `pin_ttl`).
+    rekey_interval: Option<toml::Value>,
 }
 
 /// A duration written as seconds (an integer) or a number with a unit: `s`, `m`, `h` or `d`.
@@ -246,6 +253,9 @@ impl Default for Tunnel {
             hello_timeout_ms: None,
             handshake_timeout_ms: None,
             pin_ttl: None,
+            encrypt: None,
+            rekey_bytes: None,
+            rekey_interval: None,
         }
     }
 }
@@ -514,6 +524,26 @@ fn tunnel_settings(
             .ok_or_else(|| {
                 invalid(format!(
                     "[tunnel] pin_ttl = {ttl}: a duration such as \"30d\", \"12h\", \"90m\", \"45s\" or a number of seconds, at least 1 s"
+                ))
+            })?;
+    }
+    if let Some(encrypt) = file.tunnel.encrypt {
+        settings.encrypt = encrypt;
+    }
+    if let Some(bytes) = file.tunnel.rekey_bytes {
+        if bytes < 1 << 20 {
+            return Err(invalid(format!(
+                "[tunnel] rekey_bytes = {bytes}: at least 1048576 (1 MiB)"
+            )));
+        }
+        settings.rekey.bytes = bytes;
+    }
+    if let Some(every) = &file.tunnel.rekey_interval {
+        settings.rekey.interval = parse_duration(every)
+            .filter(|d| *d >= Duration::from_secs(1))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "[tunnel] rekey_interval = {every}: a duration such as \"1h\", \"10m\" or a number of seconds, at least 1 s"
                 ))
             })?;
     }

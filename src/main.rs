@@ -212,6 +212,14 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
             config.tunnel
         );
     }
+    if !config.settings.encrypt && !config.tunnel.ip().is_loopback() {
+        warn!(
+            "[tunnel] encrypt = false and the tunnel port listens on {}: this node's tunnels cross \
+             the network in the clear (names, and the bytes of every service without a key) \
+             unless the peer asks for sealing",
+            config.tunnel
+        );
+    }
     let (store, restore) = match &config.state {
         Some(path) => {
             let (store, state) = StateStore::open_with(path, config.compact_bytes)?;

@@ -135,7 +135,7 @@ fn found<T: Serialize>(part: Option<T>, missing: impl FnOnce() -> String) -> Rep
 #[serde(untagged)]
 pub enum TunnelPart {
     /// `tunnels.NAME`: connected, connecting or re-dialling.
-    Tunnel(TunnelView),
+    Tunnel(Box<TunnelView>),
     /// `accepted.NAME`: a name peers may claim, not connected now.
     Accepted(AcceptedView),
 }
@@ -159,7 +159,7 @@ pub async fn list_tunnels(registry: web::Data<Addr<Registry>>) -> Reply {
 pub async fn get_tunnel(registry: web::Data<Addr<Registry>>, name: Name) -> Reply {
     let mut config = view(&registry, only(Some(name.as_str()), None)).await?;
     let part = match config.tunnels.remove(name.as_str()) {
-        Some(t) => Some(TunnelPart::Tunnel(t)),
+        Some(t) => Some(TunnelPart::Tunnel(Box::new(t))),
         None => config
             .accepted
             .remove(name.as_str())

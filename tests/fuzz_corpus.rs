@@ -24,6 +24,11 @@ fn frame_decoder_corpus() {
 }
 
 #[test]
+fn record_layer_corpus() {
+    replay("records", menet_actors::fuzzing::records);
+}
+
+#[test]
 fn handshake_corpus() {
     replay("handshake", menet_actors::fuzzing::handshake);
 }

@@ -53,7 +53,7 @@ fn unique_service_names_in_opens_leave_metrics_and_memory_where_they_were() {
         });
         fails
     });
-    let send = |peer: &mut TcpStream, from: u32, to: u32| {
+    let send = |peer: &mut RawPeer, from: u32, to: u32| {
         let mut buf = bytes::BytesMut::new();
         for i in from..to {
             Frame::Open {
@@ -319,7 +319,7 @@ fn strangers_new_names_cannot_take_the_places_kept_for_expected_dialers() {
         "/tunnel",
         r#"{"name": "expected", "role": "acceptor"}"#,
     );
-    let held: Vec<TcpStream> = (0..2)
+    let held: Vec<RawPeer> = (0..2)
         .map(|i| raw_dial_from(stranger(), b.tunnel, &format!("s{i}"), None).expect("room"))
         .collect();
     let e = raw_dial_from(stranger(), b.tunnel, "s2", None).expect_err("no more for strangers");
@@ -420,7 +420,7 @@ fn two_thousand_tunnel_openings_under_one_name_log_little() {
     let before = b.log_bytes();
     for _ in 0..2000 {
         let s = raw_dial_from(stranger(), b.tunnel, "churn", Some(id.clone())).expect("again");
-        linger_zero(&s);
+        linger_zero(s.socket());
     }
     thread::sleep(Duration::from_millis(500));
     let written = b.log_bytes() - before;

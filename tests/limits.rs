@@ -34,7 +34,7 @@ fn acceptor(dir: &TempDir, limits: &str, target: std::net::SocketAddr) -> Node {
     b
 }
 
-fn open(s: &mut TcpStream, stream: u32) {
+fn open(s: &mut RawPeer, stream: u32) {
     send_frame(
         s,
         &Frame::Open {
@@ -46,7 +46,7 @@ fn open(s: &mut TcpStream, stream: u32) {
 }
 
 /// Counts OPEN_OK and OPEN_FAIL answers (with the failure reasons) until `n` have come.
-fn answers(s: &mut TcpStream, n: usize) -> (usize, Vec<String>) {
+fn answers(s: &mut RawPeer, n: usize) -> (usize, Vec<String>) {
     let (mut ok, mut failed) = (0, Vec::new());
     recv_frame_until(s, Duration::from_secs(10), |f| {
         match f {

@@ -357,10 +357,13 @@ fn recording_backend() -> (Backend, Received) {
     (backend, log)
 }
 
-/// Two nodes with the tunnel through a [`FrameRelay`] and `service1` keyed with `cipher`.
+/// Two nodes with the tunnel through a [`FrameRelay`] and `service1` keyed with `cipher`. Both
+/// nodes turn the record layer off (`[tunnel] encrypt = false`), so the relay reads and forges
+/// frames: what the per-service key protects on its own, end to end.
 struct Keyed {
     a: Node,
     b: Node,
+    _dir: TempDir,
     relay: FrameRelay,
     local: SocketAddr,
     _backend: Backend,
@@ -369,7 +372,12 @@ struct Keyed {
 
 fn keyed_over_relay(cipher: &str) -> Keyed {
     let (backend, received) = recording_backend();
-    let (a, b) = (Node::start(), Node::start());
+    let dir = TempDir::new("keyed");
+    let clear = "[tunnel]\nencrypt = false\n";
+    let (a, b) = (
+        Node::with_config(&dir, "a", clear),
+        Node::with_config(&dir, "b", clear),
+    );
     let relay = FrameRelay::start(b.tunnel);
     dial_addr(&a, relay.addr, "tunnel1");
     let cipher = if cipher == "rc4" {
@@ -390,6 +398,7 @@ fn keyed_over_relay(cipher: &str) -> Keyed {
     Keyed {
         a,
         b,
+        _dir: dir,
         relay,
         local,
         _backend: backend,
@@ -446,6 +455,7 @@ fn a_tampered_aead_frame_resets_the_stream_and_no_byte_of_it_arrives() {
         local,
         received,
         _backend: _kept,
+        ..
     } = keyed_over_relay("chacha20-poly1305");
     // A first stream, untouched.
     assert_eq!(roundtrip(local, b"clean"), b"clean");
@@ -508,6 +518,7 @@ fn a_replayed_keyed_stream_never_reaches_the_backend_as_the_original() {
             received,
             _backend: _kept,
             a: _a,
+            ..
         } = keyed_over_relay(cipher);
         let secret = b"GET /payroll HTTP/1.1\r\nAuthorization: Basic c2VjcmV0\r\n\r\n";
         assert_eq!(roundtrip(local, secret), secret.to_vec());

@@ -127,12 +127,87 @@ fn half_close_is_carried_through() {
     assert_eq!(roundtrip(local, &data), want);
 }
 
-/// A relay between the nodes records what crosses the tunnel: a keyed service's plaintext never
-/// does (and, as a control, a plaintext service's does).
+/// A relay between the nodes records what crosses the tunnel, with default settings (the tunnel
+/// sealed): no byte of a service without a key, no service or tunnel name and no run of zeros is
+/// readable; and a second connection of the tunnel shares no ciphertext with the first.
 #[test]
-fn no_plaintext_of_a_keyed_service_crosses_the_tunnel() {
+fn a_sealed_tunnel_shows_a_relay_no_name_no_byte_and_no_repeat() {
     let backend = Backend::echo();
     let (a, b) = (Node::start(), Node::start());
+    let wire_log = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let relay = relay_to(b.tunnel, wire_log.clone());
+    let dial = format!(
+        r#"{{"name":"tunnel-name-marker", "dest":["127.0.0.1", {}]}}"#,
+        relay.port()
+    );
+    a.ok("POST", "/tunnel", &dial);
+    let plain = carry(
+        &a,
+        &b,
+        "tunnel-name-marker",
+        "service-name-marker",
+        None,
+        backend.addr,
+    );
+    let marker = b"THE-PLAINTEXT-MARKER-0123456789".repeat(64);
+    let zeros = vec![0u8; 256 * 1024];
+    assert_eq!(roundtrip(plain, &marker), marker);
+    assert_eq!(roundtrip(plain, &zeros), zeros);
+    let transport = a.config()["tunnels"]["tunnel-name-marker"]["transport"].clone();
+    assert!(
+        transport == "aes-256-gcm" || transport == "chacha20-poly1305",
+        "{transport}"
+    );
+    let first = std::mem::take(&mut *wire_log.lock().expect("lock"));
+    assert!(first.len() > 256 * 1024, "the relay carried the tunnel");
+    for (what, needle) in [
+        ("a service's bytes", &b"THE-PLAINTEXT-MARKER"[..]),
+        ("the service's name", b"service-name-marker"),
+        ("the tunnel's name", b"tunnel-name-marker"),
+        ("a run of zeros", &[0u8; 64][..]),
+    ] {
+        assert!(
+            !contains(&first, needle),
+            "{what} crossed the tunnel readable"
+        );
+    }
+    // The same tunnel again (a new connection, new keys): the same bytes, no common ciphertext.
+    a.ok("DELETE", "/tunnel", r#"{"name":"tunnel-name-marker"}"#);
+    a.ok("POST", "/tunnel", &dial);
+    for side in ["local", "remote"] {
+        let node = if side == "local" { &a } else { &b };
+        node.ok(
+            "POST",
+            "/bind",
+            &format!(
+                r#"{{"tunnel": "tunnel-name-marker", "service":"service-name-marker", "type": "{side}"}}"#
+            ),
+        );
+    }
+    assert_eq!(roundtrip(plain, &marker), marker);
+    assert_eq!(roundtrip(plain, &zeros), zeros);
+    let second = wire_log.lock().expect("lock").clone();
+    let shared = first
+        .chunks(32)
+        .filter(|c| c.len() == 32)
+        .any(|c| contains(&second, c));
+    assert!(
+        !shared,
+        "the second connection repeats ciphertext of the first"
+    );
+}
+
+/// With the record layer off on both nodes (`[tunnel] encrypt = false`), a keyed service's
+/// plaintext still never crosses the tunnel (and, as a control, a plaintext service's does).
+#[test]
+fn no_plaintext_of_a_keyed_service_crosses_a_clear_tunnel() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("clear");
+    let clear = "[tunnel]\nencrypt = false\n";
+    let (a, b) = (
+        Node::with_config(&dir, "a", clear),
+        Node::with_config(&dir, "b", clear),
+    );
     let wire_log = Arc::new(Mutex::new(Vec::<u8>::new()));
     let relay = relay_to(b.tunnel, wire_log.clone());
     a.ok(
@@ -143,6 +218,7 @@ fn no_plaintext_of_a_keyed_service_crosses_the_tunnel() {
             relay.port()
         ),
     );
+    assert_eq!(a.config()["tunnels"]["tunnel1"]["transport"], "none");
     let keyed = carry(
         &a,
         &b,
@@ -164,7 +240,7 @@ fn no_plaintext_of_a_keyed_service_crosses_the_tunnel() {
     let seen = wire_log.lock().expect("lock").clone();
     assert!(
         contains(&seen, b"THE-PLAINTEXT-MARKER"),
-        "the relay sees plaintext services"
+        "the relay sees plaintext services on a clear tunnel"
     );
 }
 

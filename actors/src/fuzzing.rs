@@ -7,8 +7,9 @@ use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use crate::cipher::Secret;
-use crate::handshake::{Acceptor, Dialer, Identity, Message, Terms};
+use crate::handshake::{Acceptor, Dialer, Identity, Message, Terms, Transport};
 use crate::protocol::{FrameCodec, Windows};
+use crate::record::{RekeyPolicy, SealedFrameCodec, SessionKeys, TransportCipher};
 
 /// The frame decoder on a byte stream: every frame decoded is encoded again and must decode to
 /// itself.
@@ -45,21 +46,34 @@ pub fn handshake(data: &[u8]) {
     let secret = Secret::new("fuzz");
     let mut rest = data;
     let mut acceptor: Option<Acceptor> = None;
-    let mut dialer = Dialer::new(
+    let identity = std::sync::Arc::new(fixed_identity());
+    let transport = Transport {
+        encrypt: true,
+        aes: true,
+    };
+    let Ok(mut dialer) = Dialer::new(
         "fuzz",
         terms,
-        std::sync::Arc::new(fixed_identity()),
+        identity.clone(),
         Some(secret.clone()),
-    );
+        transport,
+    ) else {
+        return;
+    };
     while let Ok(Some((msg, used))) = Message::parse(rest) {
         let raw = &rest[..used];
         match &msg {
-            Message::Hello(_) => acceptor = Acceptor::on_hello(msg.clone(), raw).ok(),
+            Message::Hello(_) => {
+                acceptor = Acceptor::on_hello(msg.clone(), raw, identity.clone(), transport).ok()
+            }
             Message::Proof { .. } => {
-                if let Some(a) = &acceptor {
-                    let _ = a.verify(&msg, None);
-                    let _ = a.verify(&msg, Some(&secret));
-                    let _ = a.welcome(Some(&secret), terms);
+                if let Some(a) = &mut acceptor {
+                    if a.open_proof(&msg).is_ok() {
+                        let _ = a.verify(None);
+                        let _ = a.verify(Some(&secret));
+                        let _ = a.welcome(Some(&secret), terms);
+                        let _ = a.keys(Some(&secret));
+                    }
                 }
             }
             Message::Challenge { .. } => {
@@ -71,6 +85,35 @@ pub fn handshake(data: &[u8]) {
         }
         rest = &rest[used..];
     }
+}
+
+/// The record layer's decoder on a byte stream: garbage, and records sealed under the fuzzer's
+/// fixed keys (the input's first byte picks how many of its frames are sealed first), so both
+/// the checks and the frames inside opened records are exercised.
+pub fn records(data: &[u8]) {
+    let keys = || SessionKeys::derive(&[5; 32], b"fuzz", &[6; 32], TransportCipher::Aes256Gcm);
+    let (mut sealer, _) = keys().split(true, RekeyPolicy::default());
+    let (_, opener) = keys().split(false, RekeyPolicy::default());
+    let mut codec = SealedFrameCodec::new(opener);
+    let mut input = BytesMut::new();
+    if let Some((first, rest)) = data.split_first() {
+        // The rest, cut into chunks sealed as records: whatever frames (or garbage) they hold
+        // reach the frame decoder through an opened record.
+        let chunks: Vec<bytes::Bytes> = rest
+            .chunks(usize::from(*first).max(1) * 64)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        let mut sealed = Vec::new();
+        for c in chunks {
+            sealer.seal(vec![c], &mut sealed);
+        }
+        for r in &sealed {
+            input.extend_from_slice(r);
+        }
+        // Then the raw bytes as they are: never opened, never a panic.
+        input.extend_from_slice(rest);
+    }
+    while let Ok(Some(_)) = codec.decode(&mut input) {}
 }
 
 /// One identity for every run, so a crash reproduces.

@@ -183,6 +183,7 @@ mod tests {
                 record: Some(TunnelRecord {
                     dest: "127.0.0.1:4321".parse().expect("addr"),
                     secret: None,
+                    peer_identity: None,
                 }),
             },
             Change::Bind {

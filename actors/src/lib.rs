@@ -5,7 +5,7 @@
 //! going down lives beside its handler.
 //!
 //! - **wire** (plain types and codecs, no actors):
-//!   [`protocol`] frames and the cipher ids they carry; [`handshake`] the handshake messages and
+//!   [`protocol`] frames and the cipher ids they carry; [`record`] the sealed records under them; [`handshake`] the handshake messages and
 //!   both state machines; [`cipher`] stream keys and ciphers; [`credit`] receive windows and the
 //!   round trip; [`send_credit`] what a tunnel may send and what its streams hold of it;
 //!   [`schedule`] the per-stream send queue; [`limits`] the node's limits, their accounting, the
@@ -33,6 +33,7 @@ pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod protocol;
+pub mod record;
 pub mod registry;
 pub mod routes;
 pub mod schedule;
@@ -108,6 +109,11 @@ pub struct Settings {
     pub dial_timeout: Duration,
     /// What peers and clients may use of this node.
     pub limits: Limits,
+    /// Seal the tunnel's frames in records (`[tunnel] encrypt`, on by default): a tunnel is
+    /// sealed unless both of its nodes turned this off.
+    pub encrypt: bool,
+    /// When a sealed tunnel's sending key is replaced.
+    pub rekey: record::RekeyPolicy,
 }
 
 impl Default for Settings {
@@ -125,6 +131,8 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(3),
             dial_timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            encrypt: true,
+            rekey: record::RekeyPolicy::default(),
         }
     }
 }

@@ -19,11 +19,12 @@ use tokio::task::JoinHandle;
 use crate::admission::{HandshakeSlots, SlotCaps, SlotRefusal};
 use crate::cipher::Secret;
 use crate::handshake::{
-    read_message, refusal, version1_refusal, write_message, Acceptor, HandshakeError, RefuseCode,
-    Terms, IDENTITY_LEN,
+    read_message, refusal, version1_refusal, version2_refusal, write_message, Acceptor,
+    HandshakeError, Identity, Message, RefuseCode, Terms, Transport, IDENTITY_LEN,
 };
 use crate::limits::{printable, Escaped, Gauge, Slot, Usage};
 use crate::metrics::{metrics, Refused};
+use crate::record::SessionKeys;
 use crate::routes::{CarryClient, RouteTable};
 use crate::{Settings, Shared, Side};
 
@@ -39,6 +40,8 @@ pub struct Upstream {
     pub may_accept: Recipient<MayAccept>,
     /// Handed each tunnel whose handshake is done.
     pub accepted: Recipient<TunnelAccepted>,
+    /// This node's identity: the tunnel port signs its WELCOME with it, for the dialers' pins.
+    pub identity: Arc<Identity>,
 }
 
 /// Tunnel port -> its owner (the Registry): which secret must a dialer of this name prove? Answered for any
@@ -108,6 +111,8 @@ pub struct TunnelAccepted {
     pub sock: TcpStream,
     pub peer: Terms,
     pub identity: [u8; IDENTITY_LEN],
+    /// The record layer's keys; `None` when neither node seals.
+    pub keys: Option<SessionKeys>,
 }
 
 /// Listener -> its owner (the Registry): a listener actor stopped. Unless the Registry stopped it (the service is
@@ -527,6 +532,44 @@ async fn handshake(
     }
 }
 
+/// Opens PROOF and checks it with the secret its tunnel name needs: the name, the dialer's
+/// identity and that secret; or the refusal to send and why.
+async fn check_proof(
+    acceptor: &mut Acceptor,
+    proof: &Message,
+    registry: &Upstream,
+) -> Result<(String, [u8; IDENTITY_LEN], Option<Secret>), (bytes::BytesMut, HandshakeError)> {
+    let auth_failed = || refusal(RefuseCode::AuthFailed, "authentication failed");
+    let claim = acceptor.open_proof(proof).map_err(|e| (auth_failed(), e))?;
+    let (name, identity) = (claim.name.clone(), claim.identity);
+    if name.is_empty() || !printable(&name) {
+        let answer = refusal(
+            RefuseCode::Other,
+            "a tunnel name must be printable and not empty",
+        );
+        return Err((answer, HandshakeError::Malformed("PROOF (tunnel name)")));
+    }
+    let stopping = || {
+        let reason = "the node is stopping";
+        (
+            refusal(RefuseCode::ShuttingDown, reason),
+            HandshakeError::Refused {
+                code: RefuseCode::ShuttingDown,
+                reason: reason.to_owned(),
+            },
+        )
+    };
+    let secret = registry
+        .secret
+        .send(TunnelSecret { name: name.clone() })
+        .await
+        .map_err(|_| stopping())?;
+    acceptor
+        .verify(secret.as_ref())
+        .map_err(|e| (auth_failed(), e))?;
+    Ok((name, identity, secret))
+}
+
 async fn answer(
     mut sock: TcpStream,
     peer: SocketAddr,
@@ -544,48 +587,34 @@ async fn answer(
             })
         }
         Ok(Err(HandshakeError::Version(v))) => {
-            let _ = write_message(&mut sock, &version1_refusal()).await;
+            // Refused in a layout the older dialer reads, so its operator sees why.
+            let refusal = if v == 1 {
+                version1_refusal()
+            } else {
+                version2_refusal()
+            };
+            let _ = write_message(&mut sock, &refusal).await;
             return Err(HandshakeError::Version(v));
         }
         Ok(other) => other?,
     };
-    let acceptor = Acceptor::on_hello(hello, &raw)?;
-    let name = acceptor.hello.name.clone();
-    if name.is_empty() || !printable(&name) {
-        let _ = write_message(
-            &mut sock,
-            &refusal(
-                RefuseCode::Other,
-                "a tunnel name must be printable and not empty",
-            ),
-        )
-        .await;
-        return Err(HandshakeError::Malformed("HELLO (tunnel name)"));
-    }
-    let secret = registry
-        .secret
-        .send(TunnelSecret { name: name.clone() })
-        .await
-        .map_err(|_| HandshakeError::Refused {
-            code: RefuseCode::ShuttingDown,
-            reason: "the node is stopping".to_owned(),
-        })?;
+    let transport = Transport::here(settings.encrypt);
+    let mut acceptor = Acceptor::on_hello(hello, &raw, registry.identity.clone(), transport)?;
     write_message(&mut sock, acceptor.challenge()).await?;
     let (proof, _) = read_message(&mut sock).await?;
-    if let Err(e) = acceptor.verify(&proof, secret.as_ref()) {
-        let _ = write_message(
-            &mut sock,
-            &refusal(RefuseCode::AuthFailed, "authentication failed"),
-        )
-        .await;
-        return Err(e);
-    }
+    let (name, identity, secret) = match check_proof(&mut acceptor, &proof, registry).await {
+        Ok(proven) => proven,
+        Err((answer, e)) => {
+            let _ = write_message(&mut sock, &answer).await;
+            return Err(e);
+        }
+    };
     slot.prove();
     let verdict = registry
         .may_accept
         .send(MayAccept {
             name: name.clone(),
-            identity: acceptor.hello.identity,
+            identity,
             secret_proven: secret.is_some(),
             peer: peer.ip(),
         })
@@ -612,6 +641,7 @@ async fn answer(
         name,
         sock,
         peer: acceptor.hello.terms,
-        identity: acceptor.hello.identity,
+        identity,
+        keys: acceptor.keys(secret.as_ref()),
     })
 }

@@ -65,6 +65,9 @@ pub struct TunnelRecord {
     /// The tunnel's own secret, in clear like the keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The acceptor's public identity (hex) pinned to the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

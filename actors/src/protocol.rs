@@ -44,6 +44,10 @@ pub enum ProtocolError {
     UnknownKind(u8),
     #[error("malformed {0} frame")]
     Malformed(&'static str),
+    #[error("a record failed its check (tampered with, replayed, dropped or reordered)")]
+    Integrity,
+    #[error("a record of {0} sealed bytes is out of bounds")]
+    RecordSize(usize),
 }
 
 mod kind {

@@ -538,6 +538,7 @@ mod tests {
             TunnelRecord {
                 dest: "127.0.0.1:4321".parse().expect("addr"),
                 secret: None,
+                peer_identity: None,
             },
         );
         state.services.local.insert(

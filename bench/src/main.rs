@@ -688,7 +688,7 @@ fn idle_memory(a: &Node, b: &Node, addr: SocketAddr, count: usize) -> f64 {
 /// the secret and closing, over and over.
 fn handshakes_per_second(rt: &Runtime, addr: SocketAddr, dialers: usize, window: Duration) -> f64 {
     use menet_actors::cipher::Secret;
-    use menet_actors::handshake::{self, Identity, Terms};
+    use menet_actors::handshake::{self, Identity, Terms, Transport};
     use menet_actors::protocol::Windows;
     let terms = Terms {
         windows: Windows {
@@ -709,7 +709,19 @@ fn handshakes_per_second(rt: &Runtime, addr: SocketAddr, dialers: usize, window:
                 let secret = Some(Secret::new(KEY));
                 // Eight dialers share one address: past its share of handshake slots
                 // (`handshakes_per_address`) a dial is refused at once and made again.
-                match handshake::dial(addr, &name, terms, identity.clone(), secret).await {
+                // A dialer that wants the tunnel sealed: the X25519 exchange and the key
+                // schedule are part of what is measured.
+                let transport = Transport::here(true);
+                let dial = handshake::dial(
+                    addr,
+                    &name,
+                    terms,
+                    identity.clone(),
+                    secret,
+                    transport,
+                    None,
+                );
+                match dial.await {
                     Ok(_) => n += 1,
                     Err(_) => tokio::time::sleep(Duration::from_micros(200)).await,
                 }

@@ -17,7 +17,7 @@ use menet_actors::tunnel::Role;
 use menet_actors::Side;
 
 use crate::body::{
-    any_port_endpoint_value, cipher_value, field_names, name_value, object,
+    any_port_endpoint_value, cipher_value, field_names, identity_value, name_value, object,
     optional_endpoint_value, role_value, secret_value, side_value, timeout_value, typed,
 };
 use crate::field_reader;
@@ -36,6 +36,12 @@ field_reader!(read_addr, "addr", SocketAddr, any_port_endpoint_value);
 field_reader!(read_secret, "secret", Option<String>, secret_value);
 field_reader!(read_key, "key", Option<String>, secret_value);
 field_reader!(read_role, "role", Role, role_value);
+field_reader!(
+    read_peer_identity,
+    "peer_identity",
+    Option<[u8; 32]>,
+    identity_value
+);
 field_reader!(read_cipher, "cipher", Option<CipherKind>, cipher_value);
 field_reader!(read_timeout, "timeout", Option<Duration>, timeout_value);
 field_reader!(read_side, "type", Side, side_value);
@@ -58,6 +64,11 @@ pub struct TunnelBody {
     /// `dialer` (the default) dials `dest`; `acceptor` declares a name peers may claim.
     #[serde(default = "dialer", deserialize_with = "read_role")]
     pub role: Role,
+    /// A dialer's: the acceptor's identity (64 hex digits) to require, instead of pinning
+    /// whatever identity answers first; a new one replaces the pin.
+    #[serde(default, deserialize_with = "read_peer_identity")]
+    #[schema(value_type = Option<String>, example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")]
+    pub peer_identity: Option<[u8; 32]>,
 }
 
 fn dialer() -> Role {
@@ -148,6 +159,7 @@ pub struct TunnelPut {
     dest: Option<SocketAddr>,
     secret: Option<String>,
     role: Option<Role>,
+    peer_identity: Option<String>,
 }
 
 /// `PUT /services/{side}/{name}`: a [`ServiceBody`] whose `name` and `type`, if given, must be
@@ -250,6 +262,12 @@ pub fn parse(route: Route, body: &[u8]) -> Result<Request, ApiError> {
 
 /// A tunnel body's fields that depend on each other: a dialer needs `dest`, an acceptor has none.
 fn add_tunnel(b: TunnelBody) -> Result<AddTunnel, ApiError> {
+    if b.role == Role::Acceptor && b.peer_identity.is_some() {
+        return Err(ApiError::bad(
+            "field \"peer_identity\": an accepted tunnel pins its dialer's identity at first \
+             contact; omit it",
+        ));
+    }
     match (b.role, b.dest) {
         (Role::Dialer, None) => Err(ApiError::bad("missing field \"dest\"")),
         (Role::Acceptor, Some(_)) => Err(ApiError::bad(
@@ -260,6 +278,7 @@ fn add_tunnel(b: TunnelBody) -> Result<AddTunnel, ApiError> {
             role,
             dest,
             secret: b.secret,
+            peer_identity: b.peer_identity,
         }),
     }
 }
@@ -439,7 +458,7 @@ mod tests {
     fn allowed_fields_come_from_the_body_types() {
         assert_eq!(
             fields(Route::PostTunnel),
-            ["name", "dest", "secret", "role"]
+            ["name", "dest", "secret", "role", "peer_identity"]
         );
         assert_eq!(
             fields(Route::DeleteService),

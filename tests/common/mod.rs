@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod peer;
+pub use peer::{RawPeer, Timeout};
+
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running node; killed when dropped.
@@ -745,8 +748,8 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Whether the peer closed `s` (EOF or reset) within `within`.
-pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).expect("timeout");
+pub fn closed_within(s: &mut (impl Read + Timeout), within: Duration) -> bool {
+    s.set_timeout(Some(within)).expect("timeout");
     let mut buf = [0u8; 1024];
     let deadline = Instant::now() + within;
     loop {
@@ -821,14 +824,14 @@ pub fn read_handshake(
     }
 }
 
-/// A hand-made dialer: the v2 handshake to `addr` for `name`, proving `secret` (if any) and a
+/// A hand-made dialer: the v3 handshake to `addr` for `name`, proving `secret` (if any) and a
 /// fresh identity (or `identity`). The socket, once WELCOME checked out; or why not.
 pub fn raw_dial(
     addr: SocketAddr,
     name: &str,
     secret: Option<&str>,
     identity: Option<Arc<menet_actors::handshake::Identity>>,
-) -> Result<TcpStream, String> {
+) -> Result<RawPeer, String> {
     raw_dial_windows(addr, name, secret, identity, (1 << 20, 32 << 20))
 }
 
@@ -858,7 +861,9 @@ pub fn hello_bytes(name: &str) -> Vec<u8> {
         },
         max_streams: 4096,
     };
-    Dialer::new(name, terms, Arc::new(Identity::generate()), None)
+    let transport = menet_actors::handshake::Transport::here(true);
+    Dialer::new(name, terms, Arc::new(Identity::generate()), None, transport)
+        .expect("a dialer")
         .hello()
         .to_vec()
 }
@@ -869,7 +874,7 @@ pub fn raw_dial_from(
     addr: SocketAddr,
     name: &str,
     identity: Option<Arc<menet_actors::handshake::Identity>>,
-) -> Result<TcpStream, String> {
+) -> Result<RawPeer, String> {
     let s = connect_from(from, addr).map_err(|e| e.to_string())?;
     raw_handshake(s, name, None, identity, (1 << 20, 32 << 20))
 }
@@ -881,7 +886,7 @@ pub fn raw_dial_windows(
     secret: Option<&str>,
     identity: Option<Arc<menet_actors::handshake::Identity>>,
     windows: (u32, u32),
-) -> Result<TcpStream, String> {
+) -> Result<RawPeer, String> {
     let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     raw_handshake(s, name, secret, identity, windows)
 }
@@ -893,8 +898,8 @@ fn raw_handshake(
     secret: Option<&str>,
     identity: Option<Arc<menet_actors::handshake::Identity>>,
     windows: (u32, u32),
-) -> Result<TcpStream, String> {
-    use menet_actors::handshake::{Dialer, Identity, Terms};
+) -> Result<RawPeer, String> {
+    use menet_actors::handshake::{Dialer, Identity, Terms, Transport};
     use menet_actors::protocol::Windows;
     s.set_read_timeout(Some(IO_TIMEOUT)).ok();
     let terms = Terms {
@@ -910,25 +915,28 @@ fn raw_handshake(
         terms,
         identity,
         secret.map(menet_actors::cipher::Secret::new),
-    );
+        Transport::here(true),
+    )
+    .map_err(|e| e.to_string())?;
     s.write_all(d.hello()).map_err(|e| e.to_string())?;
     let (msg, raw) = read_handshake(&mut s)?;
     let proof = d.on_challenge(msg, &raw).map_err(|e| e.to_string())?;
     s.write_all(&proof).map_err(|e| e.to_string())?;
     let (msg, _) = read_handshake(&mut s)?;
-    d.on_welcome(msg).map_err(|e| e.to_string())?;
-    Ok(s)
+    let done = d.on_welcome(msg).map_err(|e| e.to_string())?;
+    Ok(RawPeer::dialer(s, done.keys))
 }
 
 /// A hand-made acceptor without a secret: answers a dialer's handshake on `s`; whether it
 /// completed.
 pub fn raw_accept(s: &mut TcpStream) -> bool {
-    use menet_actors::handshake::{Acceptor, Terms};
+    use menet_actors::handshake::{Acceptor, Identity, Terms, Transport};
     use menet_actors::protocol::Windows;
     let Ok((hello, raw)) = read_handshake(s) else {
         return false;
     };
-    let Ok(a) = Acceptor::on_hello(hello, &raw) else {
+    let identity = Arc::new(Identity::generate());
+    let Ok(mut a) = Acceptor::on_hello(hello, &raw, identity, Transport::here(true)) else {
         return false;
     };
     if s.write_all(a.challenge()).is_err() {
@@ -937,7 +945,7 @@ pub fn raw_accept(s: &mut TcpStream) -> bool {
     let Ok((proof, _)) = read_handshake(s) else {
         return false;
     };
-    if a.verify(&proof, None).is_err() {
+    if a.open_proof(&proof).is_err() || a.verify(None).is_err() {
         return false;
     }
     let terms = Terms {
@@ -1002,7 +1010,7 @@ pub fn http_text(
 }
 
 /// Writes one tunnel frame to a blocking socket.
-pub fn send_frame(s: &mut TcpStream, frame: &menet_actors::protocol::Frame) {
+pub fn send_frame(s: &mut impl Write, frame: &menet_actors::protocol::Frame) {
     let mut buf = bytes::BytesMut::new();
     frame.encode(&mut buf);
     s.write_all(&buf).expect("send frame");
@@ -1011,7 +1019,7 @@ pub fn send_frame(s: &mut TcpStream, frame: &menet_actors::protocol::Frame) {
 /// Reads tunnel frames from a blocking socket until `want` matches one (pings are answered);
 /// `None` on close, error or timeout.
 pub fn recv_frame_until(
-    s: &mut TcpStream,
+    s: &mut (impl Read + Write + Timeout),
     within: Duration,
     mut want: impl FnMut(&menet_actors::protocol::Frame) -> bool,
 ) -> Option<menet_actors::protocol::Frame> {
@@ -1031,7 +1039,7 @@ pub fn recv_frame_until(
             }
         }
         let left = deadline.checked_duration_since(Instant::now())?;
-        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        s.set_timeout(Some(left.max(Duration::from_millis(1))))
             .ok()?;
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => return None,

@@ -12,25 +12,54 @@ fn terms() -> Terms {
     }
 }
 
+fn sealed() -> Transport {
+    Transport {
+        encrypt: true,
+        aes: true,
+    }
+}
+
+fn dialer(secret: Option<Secret>) -> Dialer {
+    Dialer::new(
+        "t",
+        terms(),
+        Arc::new(Identity::generate()),
+        secret,
+        sealed(),
+    )
+    .expect("dialer")
+}
+
+fn acceptor(hello: Message, raw: &[u8]) -> Result<Acceptor, HandshakeError> {
+    Acceptor::on_hello(hello, raw, Arc::new(Identity::generate()), sealed())
+}
+
 /// Runs the whole exchange in memory; the acceptor's verdict and the dialer's.
 fn exchange(
     dialer_secret: Option<&str>,
     acceptor_secret: Option<&str>,
 ) -> (Result<(), HandshakeError>, Result<Terms, HandshakeError>) {
     let id = Arc::new(Identity::generate());
-    let mut d = Dialer::new("tunnel1", terms(), id, dialer_secret.map(Secret::new));
+    let mut d = Dialer::new(
+        "tunnel1",
+        terms(),
+        id,
+        dialer_secret.map(Secret::new),
+        sealed(),
+    )
+    .expect("dialer");
     let (hello, n) = Message::parse(d.hello()).expect("ok").expect("whole");
     assert_eq!(n, d.hello().len());
-    let a = Acceptor::on_hello(hello, d.hello()).expect("hello");
-    assert_eq!(a.hello.name, "tunnel1");
+    let mut a = acceptor(hello, d.hello()).expect("hello");
     let (challenge, _) = Message::parse(a.challenge()).expect("ok").expect("whole");
     let proof = d.on_challenge(challenge, a.challenge()).expect("proof");
     let (proof, _) = Message::parse(&proof).expect("ok").expect("whole");
+    assert_eq!(a.open_proof(&proof).expect("opens").name, "tunnel1");
     let secret = acceptor_secret.map(Secret::new);
-    let verdict = a.verify(&proof, secret.as_ref());
+    let verdict = a.verify(secret.as_ref());
     let welcome = a.welcome(secret.as_ref(), terms());
     let (welcome, _) = Message::parse(&welcome).expect("ok").expect("whole");
-    (verdict, d.on_welcome(welcome))
+    (verdict, d.on_welcome(welcome).map(|e| e.terms))
 }
 
 #[test]
@@ -62,45 +91,69 @@ fn a_missing_or_wrong_secret_fails_on_the_side_that_checks() {
 
 #[test]
 fn a_replayed_proof_or_a_forged_identity_is_refused() {
-    let id = Arc::new(Identity::generate());
     let secret = Some(Secret::new("s"));
-    let mut d = Dialer::new("t", terms(), id, secret.clone());
+    let mut d = dialer(secret.clone());
     let (hello, _) = Message::parse(d.hello()).expect("ok").expect("whole");
-    let first = Acceptor::on_hello(hello.clone(), d.hello()).expect("hello");
+    let mut first = acceptor(hello.clone(), d.hello()).expect("hello");
     let (c, _) = Message::parse(first.challenge())
         .expect("ok")
         .expect("whole");
     let proof = d.on_challenge(c, first.challenge()).expect("proof");
     let (proof, _) = Message::parse(&proof).expect("ok").expect("whole");
-    first.verify(&proof, secret.as_ref()).expect("genuine");
-    // The same HELLO and PROOF replayed to a new handshake: the new nonce refuses it.
-    let second = Acceptor::on_hello(hello.clone(), d.hello()).expect("hello");
-    assert!(second.verify(&proof, secret.as_ref()).is_err());
-    // Someone else's identity in HELLO: the signature fails though the secret is right.
-    let Message::Hello(mut h) = hello else {
+    first.open_proof(&proof).expect("opens");
+    first.verify(secret.as_ref()).expect("genuine");
+    // The same HELLO and PROOF replayed to a new handshake: it does not even open (the new
+    // ephemeral key and nonce make another key).
+    let mut second = acceptor(hello.clone(), d.hello()).expect("hello");
+    assert!(second.open_proof(&proof).is_err());
+    assert!(second.verify(secret.as_ref()).is_err());
+    // A PROOF with one byte changed: refused.
+    let mut third = acceptor(hello, d.hello()).expect("hello");
+    let Message::Proof { mut sealed } = proof else {
         unreachable!()
     };
-    h.identity = Identity::generate().public();
-    let raw = Message::Hello(h.clone()).encode();
-    let mut d2 = Dialer::new("t", terms(), Arc::new(Identity::generate()), secret.clone());
-    let a = Acceptor::on_hello(Message::Hello(h), &raw).expect("hello");
+    sealed[3] ^= 1;
+    assert!(third.open_proof(&Message::Proof { sealed }).is_err());
+}
+
+/// What crosses the wire in the clear says neither the tunnel's name nor the dialer's identity.
+#[test]
+fn the_name_and_the_dialer_identity_cross_the_wire_sealed() {
+    let id = Arc::new(Identity::generate());
+    let mut d =
+        Dialer::new("a-secret-tunnel-name", terms(), id.clone(), None, sealed()).expect("dialer");
+    let (hello, _) = Message::parse(d.hello()).expect("ok").expect("whole");
+    let mut a = acceptor(hello, d.hello()).expect("hello");
     let (c, _) = Message::parse(a.challenge()).expect("ok").expect("whole");
-    let p = d2.on_challenge(c, a.challenge()).expect("proof");
-    let (p, _) = Message::parse(&p).expect("ok").expect("whole");
-    assert!(a.verify(&p, secret.as_ref()).is_err());
+    let proof = d.on_challenge(c, a.challenge()).expect("proof");
+    let mut wire = d.hello().to_vec();
+    wire.extend_from_slice(a.challenge());
+    wire.extend_from_slice(&proof);
+    let seen = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(!seen(b"a-secret-tunnel-name"));
+    assert!(!seen(&id.public()));
+    let (proof, _) = Message::parse(&proof).expect("ok").expect("whole");
+    let claim = a.open_proof(&proof).expect("opens").clone();
+    assert_eq!(claim.name, "a-secret-tunnel-name");
+    assert_eq!(claim.identity, id.public());
 }
 
 #[test]
 fn codec_round_trips_and_refuses_garbage() {
     for msg in [
-        Message::Challenge { nonce: [1; 32] },
+        Message::Challenge {
+            nonce: [1; 32],
+            identity: [5; 32],
+            ephemeral: [6; 32],
+            transport: sealed(),
+        },
         Message::Proof {
-            mac: [2; 32],
-            signature: [3; 64],
+            sealed: vec![2; 150],
         },
         Message::Welcome {
             terms: terms(),
             mac: [4; 32],
+            signature: [7; 64],
         },
         Message::Refuse {
             code: RefuseCode::NameHeld,
@@ -120,7 +173,13 @@ fn codec_round_trips_and_refuses_garbage() {
         Message::parse(b"MNET\x01\x07tunnel1"),
         Err(HandshakeError::Version(1))
     ));
-    let mut huge = Message::Challenge { nonce: [0; 32] }.encode();
+    let mut huge = Message::Challenge {
+        nonce: [0; 32],
+        identity: [0; 32],
+        ephemeral: [0; 32],
+        transport: sealed(),
+    }
+    .encode();
     huge[6..8].copy_from_slice(&u16::MAX.to_be_bytes());
     assert!(matches!(
         Message::parse(&huge),
@@ -132,8 +191,7 @@ fn codec_round_trips_and_refuses_garbage() {
 fn random_and_mutated_messages_never_panic() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-    let id = Arc::new(Identity::generate());
-    let d = Dialer::new("t", terms(), id, None);
+    let d = dialer(None);
     let good = d.hello().to_vec();
     for _ in 0..20_000 {
         let mut v = good.clone();
@@ -143,14 +201,11 @@ fn random_and_mutated_messages_never_panic() {
         }
         v.truncate(rng.gen_range(0..=v.len()));
         if let Ok(Some((msg, _))) = Message::parse(&v) {
-            if let Ok(a) = Acceptor::on_hello(msg, &v) {
-                let _ = a.verify(
-                    &Message::Proof {
-                        mac: [0; 32],
-                        signature: [0; 64],
-                    },
-                    None,
-                );
+            if let Ok(mut a) = acceptor(msg, &v) {
+                let _ = a.open_proof(&Message::Proof {
+                    sealed: vec![0; 150],
+                });
+                let _ = a.verify(None);
             }
         }
     }
@@ -163,4 +218,75 @@ fn identities_survive_the_state_file() {
     assert_eq!(back.public(), id.public());
     assert!(Identity::from_hex("zz").is_err());
     assert_eq!(version1_refusal()[..6], *b"MNET\x01\x01");
+    let v2 = version2_refusal();
+    assert_eq!(v2[..6], *b"MNET\x02\x05");
+    assert!(String::from_utf8_lossy(&v2).contains("version 3"));
+}
+
+/// Both ends derive the same keys, and their records open on the other side; a middle that
+/// answers each side with its own handshake is caught by the secret, or by the dialer's pin.
+#[test]
+fn both_ends_agree_keys_and_a_spliced_handshake_is_refused() {
+    use crate::record::{RekeyPolicy, SealedFrameCodec};
+    use tokio_util::codec::Decoder;
+    let secret = Some(Secret::new("s"));
+    let mut d = dialer(secret.clone());
+    let (hello, _) = Message::parse(d.hello()).expect("ok").expect("whole");
+    let acceptor_id = Arc::new(Identity::generate());
+    let mut a = Acceptor::on_hello(hello, d.hello(), acceptor_id.clone(), sealed()).expect("hello");
+    let (c, _) = Message::parse(a.challenge()).expect("ok").expect("whole");
+    let proof = d.on_challenge(c, a.challenge()).expect("proof");
+    let (proof, _) = Message::parse(&proof).expect("ok").expect("whole");
+    a.open_proof(&proof).expect("opens");
+    a.verify(secret.as_ref()).expect("verified");
+    let (w, _) = Message::parse(&a.welcome(secret.as_ref(), terms()))
+        .expect("ok")
+        .expect("whole");
+    let done = d.on_welcome(w).expect("welcome");
+    assert_eq!(done.peer_identity, acceptor_id.public());
+    let (mut sealer, _) = done
+        .keys
+        .expect("sealed")
+        .split(true, RekeyPolicy::default());
+    let (_, opener) = a
+        .keys(secret.as_ref())
+        .expect("sealed")
+        .split(false, RekeyPolicy::default());
+    let mut wire = Vec::new();
+    let mut frame = BytesMut::new();
+    crate::protocol::Frame::Ping(7).encode(&mut frame);
+    sealer.seal(vec![frame.freeze()], &mut wire);
+    let mut src = BytesMut::from(&wire[0][..]);
+    assert_eq!(
+        SealedFrameCodec::new(opener)
+            .decode(&mut src)
+            .expect("opens"),
+        Some(crate::protocol::Frame::Ping(7))
+    );
+
+    // A WELCOME signed by another identity than CHALLENGE named: refused.
+    let mut d = dialer(None);
+    let (hello, _) = Message::parse(d.hello()).expect("ok").expect("whole");
+    let a = acceptor(hello.clone(), d.hello()).expect("hello");
+    let (c, _) = Message::parse(a.challenge()).expect("ok").expect("whole");
+    d.on_challenge(c, a.challenge()).expect("proof");
+    let impostor = acceptor(hello, d.hello()).expect("hello");
+    let (w, _) = Message::parse(&impostor.welcome(None, terms()))
+        .expect("ok")
+        .expect("whole");
+    assert!(d.on_welcome(w).is_err(), "a WELCOME from another handshake");
+}
+
+#[test]
+fn sealed_unless_both_turn_it_off_with_aes_only_when_both_accelerate_it() {
+    let t = |encrypt, aes| Transport { encrypt, aes };
+    assert_eq!(Transport::agree(t(false, true), t(false, true)), None);
+    assert_eq!(
+        Transport::agree(t(true, true), t(false, true)),
+        Some(TransportCipher::Aes256Gcm)
+    );
+    assert_eq!(
+        Transport::agree(t(false, false), t(true, true)),
+        Some(TransportCipher::ChaCha20Poly1305)
+    );
 }

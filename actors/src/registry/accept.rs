@@ -239,7 +239,7 @@ impl Handler<TunnelAccepted> for Registry {
         let origin = Origin::Accepted {
             identity: msg.identity,
         };
-        self.install_tunnel(msg.name, origin, msg.sock, msg.peer, ctx);
+        self.install_tunnel(msg.name, origin, msg.sock, msg.peer, msg.keys, ctx);
     }
 }
 

@@ -95,6 +95,9 @@ pub struct AddTunnel {
     pub dest: Option<SocketAddr>,
     /// The tunnel's own secret, overriding the node's.
     pub secret: Option<String>,
+    /// The acceptor's identity to require (`"peer_identity"`), instead of pinning whatever
+    /// identity answers first; a new one replaces the pin.
+    pub peer_identity: Option<[u8; IDENTITY_LEN]>,
 }
 
 impl Registry {
@@ -156,8 +159,15 @@ impl Handler<AddTunnel> for Registry {
             return Box::pin(fut::ready(Err(e)));
         }
         let secret = msg.secret.as_deref().map(Secret::new);
+        // The pin to require: the one given, else the one this tunnel holds.
+        let existing = self.tunnels.get(&msg.name).and_then(|t| t.peer_pin);
+        let pin = msg.peer_identity.or(existing);
         if let Some(t) = self.tunnels.get(&msg.name) {
-            if matches!(t.link, Link::Up(_)) && t.dest == Some(dest) && t.secret == secret {
+            if matches!(t.link, Link::Up(_))
+                && t.dest == Some(dest)
+                && t.secret == secret
+                && pin == t.peer_pin
+            {
                 // The same body again: the live tunnel and its connections stay as they are.
                 info!(
                     "tunnel {}: unchanged (already connected to {dest})",
@@ -171,7 +181,7 @@ impl Handler<AddTunnel> for Registry {
         info!("tunnel {}: dialing {dest}", msg.name);
         let name = msg.name;
         Box::pin(
-            self.dial(&name, dest, &secret)
+            self.dial(&name, dest, &secret, pin)
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     let dial = AdminDial {
@@ -179,6 +189,7 @@ impl Handler<AddTunnel> for Registry {
                         dest,
                         secret,
                         generation,
+                        pin,
                     };
                     act.admin_dial_done(dial, result, ctx)
                 })
@@ -197,6 +208,8 @@ struct AdminDial {
     secret: Option<Secret>,
     /// The request's number in `dialing`: a later request for the name supersedes this one.
     generation: u64,
+    /// The acceptor identity required, if any.
+    pin: Option<[u8; IDENTITY_LEN]>,
 }
 
 impl Registry {
@@ -204,7 +217,7 @@ impl Registry {
     fn admin_dial_done(
         &mut self,
         dial: AdminDial,
-        result: Result<(TcpStream, Terms), DialError>,
+        result: Result<(TcpStream, Established), DialError>,
         ctx: &mut Context<Self>,
     ) -> Saved {
         let AdminDial {
@@ -212,6 +225,7 @@ impl Registry {
             dest,
             secret,
             generation,
+            pin,
         } = dial;
         if self.dialing.get(&name).map(|d| d.0) != Some(generation) {
             return answer_now(Err(AdminError::Conflict(format!(
@@ -220,14 +234,15 @@ impl Registry {
         }
         self.dialing.remove(&name);
         let e = match result {
-            Ok((sock, peer)) => {
+            Ok((sock, done)) => {
                 let keys = [Key::Tunnel(name.clone())];
                 let origin = Origin::Dialled {
                     dest,
                     attempt: 0,
                     secret,
+                    peer_identity: done.peer_identity,
                 };
-                self.install_tunnel(name, origin, sock, peer, ctx);
+                self.install_tunnel(name, origin, sock, done.terms, done.keys, ctx);
                 return self.answer_once_saved(Ok(()), &keys);
             }
             Err(e) => e,
@@ -250,6 +265,7 @@ impl Registry {
                 dest,
                 secret,
                 generation,
+                pin,
             },
             e,
             ctx,
@@ -260,7 +276,11 @@ impl Registry {
     /// operator may be fixing the secret. A live tunnel of the name stays as it is.
     fn keep_refused(&mut self, dial: AdminDial, e: DialError, ctx: &mut Context<Self>) -> Saved {
         let AdminDial {
-            name, dest, secret, ..
+            name,
+            dest,
+            secret,
+            pin,
+            ..
         } = dial;
         let live = matches!(self.tunnels.get(&name), Some(t) if matches!(t.link, Link::Up(_)));
         if live {
@@ -283,6 +303,7 @@ impl Registry {
                 dialled_on: 0,
                 thread: None,
                 secret,
+                peer_pin: pin,
             },
         );
         if let Some(old) = old {

@@ -101,6 +101,7 @@ fn refusals_name_what_is_wrong_and_change_nothing() {
             role: Role::Dialer,
             dest: Some(SocketAddr::from(([0, 0, 0, 0], own.port()))),
             secret: None,
+            peer_identity: None,
         };
         let e = r.send(own_port).await.expect("send");
         assert!(
@@ -123,6 +124,7 @@ fn a_declared_name_is_accepted_here_and_cannot_also_be_dialled() {
             role: Role::Acceptor,
             dest: None,
             secret: Some("s3cret".into()),
+            peer_identity: None,
         };
         assert_eq!(r.send(declare).await.expect("send"), Ok(()));
         let c = config(&r).await;
@@ -133,6 +135,7 @@ fn a_declared_name_is_accepted_here_and_cannot_also_be_dialled() {
             role: Role::Dialer,
             dest: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
             secret: None,
+            peer_identity: None,
         };
         let e = r.send(dial).await.expect("send");
         assert!(matches!(e, Err(AdminError::Conflict(_))), "{e:?}");

@@ -27,7 +27,8 @@ use tokio::net::TcpStream;
 use crate::admission::{self, SourceBuckets};
 use crate::cipher::{CipherKind, Secret, ServiceKey};
 use crate::handshake::{
-    self, fingerprint, HandshakeError, Identity, RefuseCode, Terms, IDENTITY_LEN,
+    self, fingerprint, parse_identity, Established, HandshakeError, Identity, RefuseCode, Terms,
+    Transport, IDENTITY_LEN,
 };
 use crate::journal::Change;
 use crate::limits::{Escaped, Gauge, Usage};
@@ -37,6 +38,7 @@ use crate::listener::{
 };
 use crate::metrics::metrics;
 use crate::protocol::GoAway;
+use crate::record::SessionKeys;
 use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
 use crate::tunnel::{
@@ -97,7 +99,9 @@ impl DialError {
             && matches!(
                 self,
                 DialError::Handshake(
-                    HandshakeError::Refused { .. } | HandshakeError::AuthFailed(_)
+                    HandshakeError::Refused { .. }
+                        | HandshakeError::AuthFailed(_)
+                        | HandshakeError::IdentityChanged { .. }
                 )
             )
     }
@@ -173,6 +177,9 @@ struct TunnelEntry {
     dialled_on: u32,
     /// The data arbiter the connected tunnel runs on (`GET /config` `thread`), if any.
     thread: Option<usize>,
+    /// A dialled tunnel's acceptor identity: pinned at first contact (or by `peer_identity`),
+    /// then required of every connection.
+    peer_pin: Option<[u8; IDENTITY_LEN]>,
 }
 
 /// How a tunnel connection came to be.
@@ -182,6 +189,8 @@ enum Origin {
         dest: SocketAddr,
         attempt: u32,
         secret: Option<Secret>,
+        /// The identity the acceptor proved, pinned to the tunnel from now on.
+        peer_identity: [u8; IDENTITY_LEN],
     },
     /// A peer dialled in, proving `identity`.
     Accepted { identity: [u8; IDENTITY_LEN] },
@@ -397,6 +406,7 @@ impl Registry {
             secret: me.clone().recipient(),
             may_accept: me.clone().recipient(),
             accepted: me.recipient(),
+            identity: self.identity.clone(),
         }
     }
 

@@ -46,6 +46,7 @@ impl Registry {
                         Some(TunnelRecord {
                             dest: t.dest?,
                             secret: t.secret.as_ref().map(|s| s.expose().to_owned()),
+                            peer_identity: t.peer_pin.as_ref().map(|p| handshake::to_hex(p)),
                         })
                     }),
             },
@@ -155,11 +156,7 @@ impl Registry {
         self.binds.insert(Side::Local, state.bind.local);
         self.binds.insert(Side::Remote, state.bind.remote);
         for (name, a) in state.accepted {
-            let pin = a
-                .identity
-                .as_deref()
-                .and_then(handshake::from_hex)
-                .and_then(|v| <[u8; IDENTITY_LEN]>::try_from(v).ok());
+            let pin = a.identity.as_deref().and_then(parse_identity);
             // A pin saved before pins had a last contact counts as seen now.
             let seen = a.seen.unwrap_or_else(unix_now);
             self.accepted.insert(
@@ -189,6 +186,7 @@ impl Registry {
                     dialled_on: 0,
                     thread: None,
                     secret: t.secret.as_deref().map(Secret::new),
+                    peer_pin: t.peer_identity.as_deref().and_then(parse_identity),
                 },
             );
             self.retry_tunnel(&name, 1, Duration::ZERO, ctx);

@@ -84,18 +84,35 @@ impl Registry {
         origin: Origin,
         sock: TcpStream,
         peer: Terms,
+        keys: Option<SessionKeys>,
         ctx: &mut Context<Self>,
     ) {
         let peer_addr = sock.peer_addr().ok();
-        let (dest, role, dialled_on, secret) = match origin {
+        let (dest, role, dialled_on, secret, peer_pin) = match origin {
             Origin::Dialled {
                 dest,
                 attempt,
                 secret,
-            } => (Some(dest), Role::Dialer, attempt, secret),
+                peer_identity,
+            } => {
+                let old = self.tunnels.get(&name).and_then(|t| t.peer_pin);
+                if old != Some(peer_identity) {
+                    info!(
+                        "tunnel {name}: pinned to the identity {} of its acceptor",
+                        fingerprint(&peer_identity)
+                    );
+                }
+                (
+                    Some(dest),
+                    Role::Dialer,
+                    attempt,
+                    secret,
+                    Some(peer_identity),
+                )
+            }
             Origin::Accepted { identity } => {
                 self.pin_dialer(&name, identity, peer_addr, ctx);
-                (None, Role::Acceptor, 0, None)
+                (None, Role::Acceptor, 0, None, None)
             }
         };
         let generation = self.next_generation();
@@ -118,6 +135,7 @@ impl Registry {
             sock,
             peer,
             authenticated,
+            keys,
         };
         let make = move |_: &mut Context<Tunnel>| Tunnel::new(link, registry, shared);
         // A tunnel and all its connections on one data arbiter, so a stream's bytes never cross
@@ -137,6 +155,7 @@ impl Registry {
                 dialled_on,
                 thread,
                 secret,
+                peer_pin,
             },
         );
         let log_ip = peer_addr.map_or(IpAddr::from([0u8, 0, 0, 0]), |a| a.ip());
@@ -164,16 +183,17 @@ impl Registry {
         name: &str,
         dest: SocketAddr,
         secret: &Option<Secret>,
-    ) -> impl std::future::Future<Output = Result<(TcpStream, Terms), DialError>> {
+        pin: Option<[u8; IDENTITY_LEN]>,
+    ) -> impl std::future::Future<Output = Result<(TcpStream, Established), DialError>> {
         let identity = self.identity.clone();
         let limit = self.settings.dial_timeout;
         let terms = self.settings.terms();
+        let transport = Transport::here(self.settings.encrypt);
         let secret = self.dial_secret(secret);
         let name = name.to_owned();
         async move {
-            match tokio::time::timeout(limit, handshake::dial(dest, &name, terms, identity, secret))
-                .await
-            {
+            let dial = handshake::dial(dest, &name, terms, identity, secret, transport, pin);
+            match tokio::time::timeout(limit, dial).await {
                 Ok(Ok(done)) => Ok(done),
                 Ok(Err(e)) => Err(DialError::Handshake(e)),
                 Err(_) => Err(DialError::Timeout(limit)),
@@ -215,9 +235,10 @@ impl Registry {
         };
         let attempt = *attempt;
         let secret = t.secret.clone();
+        let pin = t.peer_pin;
         let entry = name.clone();
         let dial = self
-            .dial(&name, dest, &secret)
+            .dial(&name, dest, &secret, pin)
             .into_actor(self)
         .map(move |result, act, ctx| {
             let Some(t) = act.tunnels.get_mut(&name) else {
@@ -227,14 +248,15 @@ impl Registry {
                 return;
             }
             match result {
-                Ok((sock, peer)) => {
+                Ok((sock, done)) => {
                     info!("tunnel {name}: re-dial attempt {attempt} to {dest} succeeded");
                     let origin = Origin::Dialled {
                         dest,
                         attempt,
                         secret,
+                        peer_identity: done.peer_identity,
                     };
-                    act.install_tunnel(name, origin, sock, peer, ctx);
+                    act.install_tunnel(name, origin, sock, done.terms, done.keys, ctx);
                 }
                 Err(e) => {
                     let e = e.to_string();

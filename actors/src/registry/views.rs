@@ -60,6 +60,10 @@ pub struct TunnelView {
     /// The pinned identity of an accepted tunnel's dialer (acceptors only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<Option<String>>,
+    /// The acceptor's whole identity pinned to a dialled tunnel (dialers only): every
+    /// connection must prove it; `null` until the first contact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<Option<String>>,
     /// `connected`, `reconnecting` or `connecting`.
     pub state: &'static str,
     /// The data thread a connected tunnel runs on.
@@ -154,6 +158,9 @@ pub struct SecurityView {
     pub tunnel_secret: bool,
     /// This node's identity fingerprint.
     pub identity: String,
+    /// This node's whole public identity (64 hex digits): what a dialer's `peer_identity` names
+    /// to require this node.
+    pub public_identity: String,
     /// `any` or `known`.
     pub accept: &'static str,
 }
@@ -182,6 +189,8 @@ impl Registry {
                             .map(|a| a.pin.as_ref().map(fingerprint)),
                         Role::Dialer => None,
                     },
+                    peer_identity: (t.role == Role::Dialer)
+                        .then(|| t.peer_pin.as_ref().map(|p| handshake::to_hex(p))),
                     state,
                     thread,
                     attempt,
@@ -200,6 +209,7 @@ impl Registry {
                     last_error: None,
                     secret: None,
                     identity: None,
+                    peer_identity: None,
                     state: "connecting",
                     thread: None,
                     attempt: None,
@@ -286,6 +296,7 @@ impl Registry {
             security: SecurityView {
                 tunnel_secret: self.access.secret.is_some(),
                 identity: fingerprint(&self.identity.public()),
+                public_identity: handshake::to_hex(&self.identity.public()),
                 accept: if self.access.known_only {
                     "known"
                 } else {

@@ -40,8 +40,9 @@ use crate::limits::{Escaped, Gauge, Slot, TokenBucket};
 use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
 use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
-    NONCE_LEN, TUNNEL_STREAM,
+    NONCE_LEN, TAG_LEN, TUNNEL_STREAM,
 };
+use crate::record::{SealedFrameCodec, Sealer, SessionKeys, MAX_RECORD, RECORD_HEADER};
 use crate::routes::CarryClient;
 use crate::schedule::SendQueue;
 use crate::send_credit::{Overflow, SendCredit};
@@ -159,6 +160,10 @@ pub struct TunnelCounters {
     pub send_window: u64,
     /// Bytes queued, not yet written.
     pub queued_bytes: usize,
+    /// The AEAD sealing the tunnel's records, or `"none"` (both nodes turned sealing off).
+    pub transport: &'static str,
+    /// Times this end replaced its sending key.
+    pub rekeys: u64,
 }
 
 /// What a tunnel answers [`Snapshot`]: its counters, and its streams if asked.
@@ -196,6 +201,19 @@ pub struct TunnelLink {
     pub peer: Terms,
     /// The peer proved a secret.
     pub authenticated: bool,
+    /// The record layer's keys from the handshake; `None`: frames go in the clear.
+    pub keys: Option<SessionKeys>,
+}
+
+/// The tunnel's record layer through its life.
+enum Record {
+    /// Before the actor starts: the handshake's keys, if the tunnel is sealed.
+    Keys(Option<SessionKeys>),
+    /// Frames go to the socket as they are (both nodes turned sealing off).
+    Plain,
+    /// Frames go out sealed in records; the reading half has the opener. (Boxed: a key
+    /// schedule is large, and a clear tunnel should not carry its room.)
+    Sealed(Box<Sealer>),
 }
 
 /// What the peer is: its terms, its address, whether it proved a secret.
@@ -280,6 +298,8 @@ pub struct Tunnel {
     /// The tunnel's socket until the actor starts: registered with the arbiter it runs on there
     /// (it may have been accepted or dialled on another).
     sock: Option<std::net::TcpStream>,
+    /// Seals what the writer sends, once started (the reading half opens what comes in).
+    record: Record,
     /// The socket's write half; `None` while a write is under way (the write future owns it).
     writer: Option<OwnedWriteHalf>,
     /// Encoded control frames, written ahead of data.
@@ -318,6 +338,7 @@ impl Tunnel {
             sock,
             peer,
             authenticated,
+            keys,
         } = link;
         let Shared {
             settings,
@@ -344,6 +365,7 @@ impl Tunnel {
                 authenticated,
             },
             sock: Some(sock),
+            record: Record::Keys(keys),
             writer: None,
             control: BytesMut::new(),
             sched: SendQueue::default(),
@@ -424,11 +446,29 @@ impl Actor for Tunnel {
             };
             let (reader, writer) = sock.into_split();
             self.writer = Some(writer);
-            ctx.add_stream(FramedRead::with_capacity(
-                reader,
-                FrameCodec,
-                HEADER_LEN + MAX_DATA,
-            ));
+            let keys = match std::mem::replace(&mut self.record, Record::Plain) {
+                Record::Keys(keys) => keys,
+                _ => None,
+            };
+            match keys {
+                Some(keys) => {
+                    let dialer = self.role == Role::Dialer;
+                    let (sealer, opener) = keys.split(dialer, self.shared.settings.rekey);
+                    self.record = Record::Sealed(Box::new(sealer));
+                    ctx.add_stream(FramedRead::with_capacity(
+                        reader,
+                        SealedFrameCodec::new(opener),
+                        RECORD_HEADER + MAX_RECORD + TAG_LEN,
+                    ));
+                }
+                None => {
+                    ctx.add_stream(FramedRead::with_capacity(
+                        reader,
+                        FrameCodec,
+                        HEADER_LEN + MAX_DATA,
+                    ));
+                }
+            }
         }
         // A first ping at once, so a working peer is heard within a round trip. Pings keep an
         // idle tunnel audible; silence is checked on a shorter period of its own, so a dead peer

@@ -83,6 +83,14 @@ impl Tunnel {
         TunnelStats {
             counters: TunnelCounters {
                 peer: self.peer.addr.map(|a| a.to_string()),
+                transport: match &self.record {
+                    Record::Sealed(s) => s.cipher().name(),
+                    _ => "none",
+                },
+                rekeys: match &self.record {
+                    Record::Sealed(s) => s.rekeys(),
+                    _ => 0,
+                },
                 streams: self.streams.len(),
                 streams_opened: self.stats.streams_opened,
                 bytes_sent: self.stats.bytes_sent,

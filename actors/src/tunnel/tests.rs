@@ -74,6 +74,7 @@ async fn tunnel_and_peer(routes: Routes) -> (Peer, Arc<Mutex<Option<TunnelDown>>
         sock,
         peer: terms(),
         authenticated: true,
+        keys: None,
     };
     Tunnel::new(link, owner.recipient(), shared).start();
     let (read, write) = tokio::net::TcpStream::from_std(peer)

@@ -55,6 +55,11 @@ impl Tunnel {
             batch.push(self.control.split().freeze());
         }
         self.sched.take(WRITE_BATCH, &mut batch);
+        if let Record::Sealed(sealer) = &mut self.record {
+            let mut records = Vec::with_capacity(4);
+            sealer.seal(batch, &mut records);
+            batch = records;
+        }
         ctx.spawn(
             async move {
                 let result = write_all_vectored(&mut writer, batch).await;
