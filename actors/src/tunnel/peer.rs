@@ -274,11 +274,14 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
                 self.on_frame(frame, ctx)
             }
             Err(e) => {
-                log_limited!(
+                let peer = self.peer.addr.map_or("?".to_owned(), |a| a.to_string());
+                log_limited_for!(
                     warn,
                     "tunnel-protocol",
-                    "tunnel {}: {e}; closing the tunnel",
-                    self.name
+                    self.peer_ip(),
+                    "tunnel {} (peer {peer}): {e}; closing the tunnel and resetting its {} streams",
+                    Escaped(&self.name),
+                    self.streams.len()
                 );
                 self.fail(ctx, e.to_string());
             }
