@@ -100,6 +100,22 @@ fn main() {
         })
         .collect();
     let echoed = a.carry(&b, "echo", None, echo);
+    // The same services through a tunnel with the record layer off (`[tunnel] encrypt = false`
+    // on both nodes): what sealing the whole tunnel (the default) costs.
+    let clear_config =
+        std::env::temp_dir().join(format!("menet-clear-{}.toml", std::process::id()));
+    std::fs::write(&clear_config, "[tunnel]\nencrypt = false\n").expect("clear config");
+    let clear_args = ["--config", clear_config.to_str().expect("path")];
+    let (ca, cb) = (
+        Node::start_args(&menet, &[], &clear_args),
+        Node::start_args(&menet, &[], &clear_args),
+    );
+    ca.post(
+        "/tunnel",
+        &format!(r#"{{"name":"t","dest":["127.0.0.1","{}"]}}"#, cb.tunnel),
+    );
+    let clear_plain = ca.carry(&cb, "bulk", None, bulk);
+    let clear_echoed = ca.carry(&cb, "echo", None, echo);
 
     println!(
         "{:<64} {:>12} {:>12} {:>7}",
@@ -142,6 +158,17 @@ fn main() {
             plaintext.insert((upload, streams), m);
         }
     }
+    // The tunnel is sealed by default: the same plaintext service through a clear tunnel.
+    for (dir, upload) in [("upload", true), ("download", false)] {
+        for streams in [1usize, 8] {
+            let c = throughput(&rt, clear_plain, streams, plan.bulk_plain, upload);
+            row(
+                &format!("bulk {streams} stream(s) {dir}, sealed tunnel vs clear (MiB/s)"),
+                c,
+                plaintext[&(upload, streams)],
+            );
+        }
+    }
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
             let name = format!("bulk {streams} stream(s) {dir}, keyed");
@@ -176,6 +203,9 @@ fn main() {
     row("latency p50, 64 B request/response (us)", d50, m50);
     row("latency p99, 64 B request/response (us)", d99, m99);
     println!("{:<64} {:>12.1}", "  added p99 latency (us)", m99 - d99);
+    let (c50, c99) = latency(clear_echoed, plan.pings);
+    row("  latency p50, sealed tunnel vs clear (us)", c50, m50);
+    row("  latency p99, sealed tunnel vs clear (us)", c99, m99);
     // Four bulk downloads beside the exchange: through the same tunnel, and (the baseline: the
     // same load generator on the same cores) directly.
     // The fair baseline for menet's own queueing: the same load through another tunnel between
@@ -218,6 +248,13 @@ fn main() {
         exchanges_per_second(&rt, echo, 32, 32, true, plan.window),
         exchanges_per_second(&rt, echoed, 32, 32, true, plan.window),
     );
+    row(
+        "  requests/s, 32 keep-alive connections, sealed tunnel vs clear",
+        exchanges_per_second(&rt, clear_echoed, 32, 128, false, plan.window),
+        exchanges_per_second(&rt, echoed, 32, 128, false, plan.window),
+    );
+    drop((ca, cb));
+    let _ = std::fs::remove_file(&clear_config);
 
     if std::env::args().any(|a| a == "--loopback-only") {
         // For before/after comparisons of the data path: the loopback table alone.
@@ -226,8 +263,8 @@ fn main() {
     stalled_reader(&a, &b, plain, if quick { 3 } else { 10 });
     long_link(&menet, &rt, bulk, echo, &plan);
 
-    // Tunnel handshakes with a secret (HMAC both ways and an Ed25519 signature), one dialer and
-    // eight at once, against a fresh acceptor.
+    // Tunnel handshakes with a secret (HMAC both ways, an Ed25519 signature each way, an X25519
+    // exchange and the sealed PROOF), one dialer and eight at once, against a fresh acceptor.
     let guarded = Node::start_env(&menet, &[("MENET_TUNNEL_SECRET", KEY)]);
     let port = SocketAddr::from(([127, 0, 0, 1], guarded.tunnel));
     for dialers in [1usize, 8] {

@@ -110,6 +110,10 @@ function renderTunnels(config, now) {
     cell(tr, t.state, "state state-" + t.state);
     cell(tr, t.role);
     cell(tr, t.peer || endpoint(t.dest));
+    // The peer's pinned identity: the acceptor's for a dialled tunnel, the dialer's otherwise.
+    const id = t.peer_identity ? t.peer_identity.slice(0, 16) : t.identity;
+    cell(tr, id || "", "mono");
+    cell(tr, t.transport || "");
     cell(tr, t.streams, "num");
     cell(tr, rate(up), "num");
     cell(tr, rate(down), "num");
@@ -127,6 +131,8 @@ function renderTunnels(config, now) {
     cell(tr, name);
     cell(tr, a.declared ? "declared" : "pinned", "state");
     cell(tr, "acceptor");
+    cell(tr, "");
+    cell(tr, a.identity ? a.identity.slice(0, 16) : "", "mono");
     for (let i = 0; i < 7; i++) cell(tr, "");
     deleteButton(tr, "forget", () =>
       change("DELETE", "/tunnel", { name }, "name " + name + " forgotten"));
@@ -212,7 +218,7 @@ async function refresh() {
   live.textContent = "live";
   live.className = "badge ok";
   const config = r.data;
-  if (config.security) $("#node").textContent = "identity " + config.security.identity;
+  if (config.security) $("#node").textContent = "identity " + config.security.public_identity;
   renderTunnels(config, Date.now());
   renderServices(config);
   renderBinds(config);
