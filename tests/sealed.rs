@@ -319,3 +319,37 @@ fn a_man_in_the_middle_is_refused_by_the_secret_or_caught_by_the_pin() {
     );
     assert_eq!(c.config()["tunnels"]["tunnel9"]["peer_identity"], real);
 }
+
+/// A version-2 acceptor answers a version-3 HELLO the way it answers every newer one, in the
+/// version-1 layout: the dialer's operator reads what it said.
+#[test]
+fn a_version_2_acceptor_refusal_reaches_the_operator() {
+    let old = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = old.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for conn in old.incoming().take(4) {
+            let Ok(mut s) = conn else { break };
+            let mut hello = [0u8; 64];
+            let _ = s.read(&mut hello);
+            let reason = b"this node speaks menet protocol version 2; upgrade this node";
+            let mut answer = b"MNET\x01\x01".to_vec();
+            answer.extend_from_slice(&[0; 8]);
+            answer.push(reason.len() as u8);
+            answer.extend_from_slice(reason);
+            let _ = s.write_all(&answer);
+        }
+    });
+    let a = Node::start();
+    let (code, reply) = a.request(
+        "POST",
+        "/tunnel",
+        &format!(r#"{{"name":"old", "dest":["127.0.0.1", {port}]}}"#),
+    );
+    assert_eq!(code, 502, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("speaks menet protocol version 2")),
+        "{reply}"
+    );
+}

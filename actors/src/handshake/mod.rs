@@ -494,14 +494,52 @@ pub fn version2_refusal() -> Vec<u8> {
 pub async fn read_message<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<(Message, Vec<u8>), HandshakeError> {
-    let eof = |e: io::Error| match e.kind() {
+    read(r, false).await
+}
+
+/// Reads the acceptor's answer to this dialer: as [`read_message`], but an older node's version
+/// refusal (every older node answers a newer HELLO in the version-1 layout) is read out as a
+/// refusal, so the operator sees what the peer said ("this node speaks menet protocol version
+/// 2; upgrade this node").
+pub async fn read_answer<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<(Message, Vec<u8>), HandshakeError> {
+    read(r, true).await
+}
+
+fn eof(e: io::Error) -> HandshakeError {
+    match e.kind() {
         io::ErrorKind::UnexpectedEof => HandshakeError::Closed,
         _ => HandshakeError::Io(e),
-    };
+    }
+}
+
+/// The rest of a version-1 refusal after `MNET 1`: status 1, eight bytes, a u8 length, the text.
+async fn version1_reason<R: AsyncRead + Unpin>(r: &mut R) -> Result<String, HandshakeError> {
+    let mut head = [0u8; 10];
+    r.read_exact(&mut head).await.map_err(eof)?;
+    if head[0] != 1 {
+        return Err(HandshakeError::Version(1));
+    }
+    let mut text = vec![0u8; usize::from(head[9])];
+    r.read_exact(&mut text).await.map_err(eof)?;
+    Ok(crate::limits::Escaped(&String::from_utf8_lossy(&text)).to_string())
+}
+
+async fn read<R: AsyncRead + Unpin>(
+    r: &mut R,
+    answer: bool,
+) -> Result<(Message, Vec<u8>), HandshakeError> {
     let mut raw = vec![0u8; HEADER];
     r.read_exact(&mut raw[..5]).await.map_err(eof)?;
     if raw[..4] != MAGIC {
         return Err(HandshakeError::BadMagic);
+    }
+    if raw[4] == 1 && answer {
+        return Err(HandshakeError::Refused {
+            code: RefuseCode::Other,
+            reason: version1_reason(r).await?,
+        });
     }
     if raw[4] != VERSION {
         return Err(HandshakeError::Version(raw[4]));
@@ -1062,10 +1100,10 @@ pub async fn dial(
     sock.set_nodelay(true)?;
     let mut dialer = Dialer::new(name, ours, identity, secret, transport)?;
     write_message(&mut sock, dialer.hello()).await?;
-    let (msg, raw) = read_message(&mut sock).await?;
+    let (msg, raw) = read_answer(&mut sock).await?;
     let proof = dialer.on_challenge(msg, &raw)?;
     write_message(&mut sock, &proof).await?;
-    let (msg, _) = read_message(&mut sock).await?;
+    let (msg, _) = read_answer(&mut sock).await?;
     let established = dialer.on_welcome(msg)?;
     if let Some(pin) = pin {
         if pin != established.peer_identity {
