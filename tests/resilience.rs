@@ -13,7 +13,9 @@ use serde_json::Value;
 fn shape(mut config: Value) -> Value {
     if let Some(tunnels) = config["tunnels"].as_object_mut() {
         for t in tunnels.values_mut() {
-            *t = serde_json::json!({"dest": t["dest"], "role": t["role"], "state": t["state"]});
+            // The acceptor's identity pinned to a dialled tunnel survives restarts too.
+            *t = serde_json::json!({"dest": t["dest"], "role": t["role"], "state": t["state"],
+                                    "peer_identity": t["peer_identity"]});
         }
     }
     config["connections"] = Value::Null;
