@@ -196,7 +196,9 @@ async fn notify_systemd(registry: Addr<Registry>) {
     }
 }
 
-async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
+/// Refuses an admin API open to the network without a token, and warns about what else a
+/// configuration leaves exposed.
+fn check_exposure(config: &Config) -> Result<(), StartError> {
     if config.admin_access.token.is_none() && !config.admin.ip().is_loopback() {
         if !config.allow_insecure_admin {
             return Err(StartError::InsecureAdmin(config.admin));
@@ -220,6 +222,11 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
             config.tunnel
         );
     }
+    Ok(())
+}
+
+async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
+    check_exposure(&config)?;
     let (store, restore) = match &config.state {
         Some(path) => {
             let (store, state) = StateStore::open_with(path, config.compact_bytes)?;
