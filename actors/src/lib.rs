@@ -5,8 +5,9 @@
 //! going down lives beside its handler.
 //!
 //! - **wire** (plain types and codecs, no actors):
-//!   [`protocol`] frames and the cipher ids they carry; [`record`] the sealed records under them; [`handshake`] the handshake messages and
-//!   both state machines; [`cipher`] stream keys and ciphers; [`credit`] receive windows and the
+//!   [`protocol`] frames and the cipher ids they carry; [`record`] the sealed records under
+//!   them (AEAD, implicit counters, rekeying); [`handshake`] the handshake messages, identities,
+//!   the key exchange and both state machines; [`cipher`] stream keys and ciphers; [`credit`] receive windows and the
 //!   round trip; [`send_credit`] what a tunnel may send and what its streams hold of it;
 //!   [`schedule`] the per-stream send queue; [`limits`] the node's limits, their accounting, the
 //!   log's rate limits and escaping; [`admission`] handshake slots and per-source rates;
