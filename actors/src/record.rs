@@ -35,6 +35,9 @@ const KEY_UPDATE: u32 = 1 << 31;
 pub const MAX_RECORD: usize = 128 * 1024;
 /// The writer closes a record once it holds this many bytes (a larger frame goes alone).
 const RECORD_TARGET: usize = 64 * 1024;
+/// A frame at least this large that no one else holds is sealed in place, in a record of its
+/// own, instead of being copied into a shared one.
+const IN_PLACE_MIN: usize = 4 * 1024;
 /// Length of a traffic secret.
 const SECRET_LEN: usize = 32;
 
@@ -264,23 +267,36 @@ impl Sealer {
         self.rekeys
     }
 
-    /// Seals `frames` (whole encoded frames, in order) into records appended to `out`.
+    /// Seals `frames` (whole encoded frames, in order) into records appended to `out`. Small
+    /// frames are gathered into one record (copied); a large one that no one else holds is
+    /// sealed where it lies, its record word and tag written beside it (no copy of its bytes).
     pub fn seal(&mut self, frames: Vec<Bytes>, out: &mut Vec<Bytes>) {
-        let mut start = 0;
-        while start < frames.len() {
-            // Whole frames up to the target; a larger frame goes alone.
-            let mut end = start;
-            let mut len = 0;
-            while end < frames.len() && (end == start || len + frames[end].len() <= RECORD_TARGET) {
-                len += frames[end].len();
-                end += 1;
+        let mut group: Vec<Bytes> = Vec::new();
+        let mut len = 0;
+        for frame in frames {
+            let frame = if frame.len() >= IN_PLACE_MIN {
+                match frame.try_into_mut() {
+                    Ok(mut own) => {
+                        self.flush_group(&mut group, &mut len, out);
+                        self.seal_in_place(&mut own, out);
+                        continue;
+                    }
+                    Err(shared) => shared,
+                }
+            } else {
+                frame
+            };
+            if !group.is_empty() && len + frame.len() > RECORD_TARGET {
+                self.flush_group(&mut group, &mut len, out);
             }
-            out.push(self.seal_record(&frames[start..end], len));
-            start = end;
+            len += frame.len();
+            group.push(frame);
         }
+        self.flush_group(&mut group, &mut len, out);
     }
 
-    fn seal_record(&mut self, frames: &[Bytes], len: usize) -> Bytes {
+    /// The record word for `len` frame bytes, moving to the next key first when it is due.
+    fn next_word(&mut self, len: usize) -> [u8; RECORD_HEADER] {
         debug_assert!(len <= MAX_RECORD, "a record of {len} bytes");
         let mut word = (len + TAG_LEN) as u32;
         if self.sealed >= self.policy.bytes || self.since.elapsed() >= self.policy.interval {
@@ -290,24 +306,47 @@ impl Sealer {
             self.rekeys += 1;
             word |= KEY_UPDATE;
         }
-        let mut record = BytesMut::with_capacity(RECORD_HEADER + len + TAG_LEN);
-        record.put_u32(word);
-        for f in frames {
-            record.put_slice(f);
-        }
+        self.sealed += len as u64;
+        word.to_be_bytes()
+    }
+
+    /// Seals `body` in place under the next nonce, with `word` as associated data; its tag.
+    fn seal_body(&mut self, word: [u8; RECORD_HEADER], body: &mut [u8]) -> aead::Tag {
         let nonce = self.key.next_nonce();
-        let (head, body) = record.split_at_mut(RECORD_HEADER);
-        let tag = match self
+        match self
             .key
             .key
-            .seal_in_place_separate_tag(nonce, Aad::from(&*head), body)
+            .seal_in_place_separate_tag(nonce, Aad::from(word), body)
         {
             Ok(tag) => tag,
             Err(_) => unreachable!("ring seals any length below 2^32 blocks"),
-        };
+        }
+    }
+
+    /// One large frame sealed where it lies: word, frame, tag as three buffers.
+    fn seal_in_place(&mut self, frame: &mut BytesMut, out: &mut Vec<Bytes>) {
+        let word = self.next_word(frame.len());
+        let tag = self.seal_body(word, frame);
+        out.push(Bytes::copy_from_slice(&word));
+        out.push(std::mem::take(frame).freeze());
+        out.push(Bytes::copy_from_slice(tag.as_ref()));
+    }
+
+    /// The small frames gathered so far, copied into one record.
+    fn flush_group(&mut self, group: &mut Vec<Bytes>, len: &mut usize, out: &mut Vec<Bytes>) {
+        if group.is_empty() {
+            return;
+        }
+        let word = self.next_word(*len);
+        let mut record = BytesMut::with_capacity(RECORD_HEADER + *len + TAG_LEN);
+        record.put_slice(&word);
+        for f in group.drain(..) {
+            record.put_slice(&f);
+        }
+        let tag = self.seal_body(word, &mut record[RECORD_HEADER..]);
         record.put_slice(tag.as_ref());
-        self.sealed += len as u64;
-        record.freeze()
+        out.push(record.freeze());
+        *len = 0;
     }
 }
 
@@ -473,6 +512,35 @@ mod tests {
                 plain_frames(&sent)
             );
         }
+    }
+
+    /// Large frames no one else holds are sealed where they lie (word, frame, tag: three
+    /// buffers, no copy); small ones share a record; all of them open to the same frames.
+    #[test]
+    fn large_frames_are_sealed_in_place_and_small_ones_together() {
+        let (mut s, mut c) = pair(RekeyPolicy::default());
+        let expected = plain_frames(&frames(3, 20_000));
+        let mut mixed = frames(3, 20_000);
+        mixed.extend(frames(5, 100));
+        let expected: Vec<Frame> = expected
+            .into_iter()
+            .chain(plain_frames(&frames(5, 100)))
+            .collect();
+        let before: Vec<*const u8> = mixed.iter().map(|f| f.as_ptr()).collect();
+        let mut wire = Vec::new();
+        s.seal(mixed, &mut wire);
+        assert_eq!(wire.len(), 3 * 3 + 1, "three in place, one shared record");
+        for (i, ptr) in before.iter().take(3).enumerate() {
+            assert_eq!(wire[3 * i + 1].as_ptr(), *ptr, "frame {i} was copied");
+            assert_eq!(wire[3 * i].len(), RECORD_HEADER);
+            assert_eq!(wire[3 * i + 2].len(), TAG_LEN);
+        }
+        let all: Vec<u8> = wire.iter().flat_map(|r| r.to_vec()).collect();
+        assert!(
+            !all.windows(64).any(|w| w.iter().all(|b| *b == 1)),
+            "plaintext visible"
+        );
+        assert_eq!(decode_all(&mut c, &wire).expect("opens"), expected);
     }
 
     #[test]

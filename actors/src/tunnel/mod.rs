@@ -42,7 +42,7 @@ use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
     NONCE_LEN, TAG_LEN, TUNNEL_STREAM,
 };
-use crate::record::{SealedFrameCodec, Sealer, SessionKeys, MAX_RECORD, RECORD_HEADER};
+use crate::record::{SealedFrameCodec, Sealer, SessionKeys, RECORD_HEADER};
 use crate::routes::CarryClient;
 use crate::schedule::SendQueue;
 use crate::send_credit::{Overflow, SendCredit};
@@ -458,7 +458,9 @@ impl Actor for Tunnel {
                     ctx.add_stream(FramedRead::with_capacity(
                         reader,
                         SealedFrameCodec::new(opener),
-                        RECORD_HEADER + MAX_RECORD + TAG_LEN,
+                        // The largest record a writer makes (one largest DATA frame); a larger
+                        // one (up to MAX_RECORD) grows the buffer when it comes.
+                        RECORD_HEADER + HEADER_LEN + MAX_DATA + TAG_LEN,
                     ));
                 }
                 None => {
