@@ -113,6 +113,18 @@ fn echo_until_end(addr: SocketAddr, data: &[u8]) -> (Vec<u8>, bool) {
     (got, reset || writer_saw_reset)
 }
 
+/// `POST /tunnel` of `name` to `port` on 127.0.0.1 from `node` (and `extra` fields): it must
+/// answer 502 with an error containing `words`.
+fn dial_refused(node: &Node, name: &str, port: u16, extra: &str, words: &str) {
+    let body = format!(r#"{{"name":"{name}", "dest":["127.0.0.1", {port}]{extra}}}"#);
+    let (code, reply) = node.request("POST", "/tunnel", &body);
+    assert_eq!(code, 502, "{reply}");
+    assert!(
+        reply["error"].as_str().is_some_and(|e| e.contains(words)),
+        "{reply}"
+    );
+}
+
 #[test]
 fn a_flipped_byte_ends_the_tunnel_never_reaches_a_client_and_the_dialer_redials() {
     let backend = Backend::echo();
@@ -229,21 +241,8 @@ fn the_dialer_holds_its_acceptor_to_the_pinned_identity() {
     assert_ne!(a.config()["tunnels"]["tunnel1"]["state"], "connected");
     // A wrong identity given up front: refused with the same words.
     let dest = format!(r#"["127.0.0.1", {}]"#, b.tunnel.port());
-    let (code, reply) = a.request(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel2", "dest":{dest}, "peer_identity":"{}"}}"#,
-            "ab".repeat(32)
-        ),
-    );
-    assert_eq!(code, 502, "{reply}");
-    assert!(
-        reply["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("pinned")),
-        "{reply}"
-    );
+    let wrong = format!(r#", "peer_identity":"{}""#, "ab".repeat(32));
+    dial_refused(&a, "tunnel2", b.tunnel.port(), &wrong, "pinned");
     // The operator accepts the new identity: re-POSTed with it, the tunnel comes up.
     let new = b.config()["security"]["public_identity"].clone();
     a.ok(
@@ -278,21 +277,7 @@ fn a_man_in_the_middle_is_refused_by_the_secret_or_caught_by_the_pin() {
     );
     // The middle: a node of its own that accepts any name, without the secret.
     let middle = Node::start();
-    let (code, reply) = a.request(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel1", "dest":["127.0.0.1", {}]}}"#,
-            middle.tunnel.port()
-        ),
-    );
-    assert_eq!(code, 502, "{reply}");
-    assert!(
-        reply["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("authentication")),
-        "{reply}"
-    );
+    dial_refused(&a, "tunnel1", middle.tunnel.port(), "", "authentication");
     assert!(middle.config()["tunnels"]["tunnel1"].is_null());
     // The real acceptor, with the secret: it works.
     dial(&a, &b, "tunnel1");
@@ -302,21 +287,7 @@ fn a_man_in_the_middle_is_refused_by_the_secret_or_caught_by_the_pin() {
     dial(&c, &d, "tunnel9");
     let real = c.config()["tunnels"]["tunnel9"]["peer_identity"].clone();
     assert_eq!(real, d.config()["security"]["public_identity"]);
-    let (code, reply) = c.request(
-        "POST",
-        "/tunnel",
-        &format!(
-            r#"{{"name":"tunnel9", "dest":["127.0.0.1", {}]}}"#,
-            middle.tunnel.port()
-        ),
-    );
-    assert_eq!(code, 502, "{reply}");
-    assert!(
-        reply["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("pinned")),
-        "{reply}"
-    );
+    dial_refused(&c, "tunnel9", middle.tunnel.port(), "", "pinned");
     assert_eq!(c.config()["tunnels"]["tunnel9"]["peer_identity"], real);
 }
 
@@ -340,16 +311,5 @@ fn a_version_2_acceptor_refusal_reaches_the_operator() {
         }
     });
     let a = Node::start();
-    let (code, reply) = a.request(
-        "POST",
-        "/tunnel",
-        &format!(r#"{{"name":"old", "dest":["127.0.0.1", {port}]}}"#),
-    );
-    assert_eq!(code, 502, "{reply}");
-    assert!(
-        reply["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("speaks menet protocol version 2")),
-        "{reply}"
-    );
+    dial_refused(&a, "old", port, "", "speaks menet protocol version 2");
 }
