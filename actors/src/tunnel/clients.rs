@@ -6,7 +6,8 @@ impl Handler<CarryClient> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CarryClient, ctx: &mut Self::Context) {
-        if self.closing || self.counts.local >= self.peer.terms.max_streams {
+        let ending = !matches!(self.life, Life::Open);
+        if ending || self.counts.local >= self.peer.terms.max_streams {
             log_limited!(
                 warn,
                 "carry-refused",
@@ -15,7 +16,7 @@ impl Handler<CarryClient> for Tunnel {
                 self.peer.terms.max_streams,
                 msg.service
             );
-            let reason = if self.closing {
+            let reason = if ending {
                 Refused::ShuttingDown
             } else {
                 Refused::StreamLimit

@@ -15,21 +15,25 @@ impl Handler<CloseTunnel> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CloseTunnel, ctx: &mut Self::Context) {
-        self.down_reason = Some(match &msg.goodbye {
-            Some((_, reason)) => reason.clone(),
-            None => "replaced".to_owned(),
-        });
         match msg.goodbye {
             Some((code, reason)) => {
                 for (_, e) in self.streams.drain() {
                     e.conn.do_send(StreamEvent::Abort);
                 }
                 self.sched.clear();
-                self.closing = true;
+                self.life = Life::Closing {
+                    reason: reason.clone(),
+                };
                 self.queue_control(&Frame::GoAway { code, reason }, ctx);
                 ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
             }
-            None => ctx.stop(),
+            None => {
+                self.life = Life::Down {
+                    reason: "replaced".to_owned(),
+                    goaway: None,
+                };
+                ctx.stop();
+            }
         }
     }
 }

@@ -205,6 +205,20 @@ pub struct TunnelLink {
     pub keys: Option<SessionKeys>,
 }
 
+/// A tunnel's end, as one state.
+enum Life {
+    /// Carrying streams.
+    Open,
+    /// A goodbye (GOAWAY) is being flushed: stop once the queues are empty; `reason` is told
+    /// to the Registry.
+    Closing { reason: String },
+    /// Stopping: why, for the Registry's report, and the peer's goodbye if it sent one.
+    Down {
+        reason: String,
+        goaway: Option<GoAway>,
+    },
+}
+
 /// The tunnel's record layer through its life.
 enum Record {
     /// Before the actor starts: the handshake's keys, if the tunnel is sealed.
@@ -317,12 +331,8 @@ pub struct Tunnel {
     receive: Receive,
     /// Pings, the round trip, and when the peer was last heard.
     beat: Heartbeat,
-    /// A goodbye is being flushed: stop once the queues are empty.
-    closing: bool,
-    /// Why the tunnel went down, for the Registry's report.
-    down_reason: Option<String>,
-    /// The peer said goodbye, and why.
-    goaway_received: Option<GoAway>,
+    /// Open, saying goodbye, or going down (and why): one state for the tunnel's end.
+    life: Life,
     /// Streams and bytes, for `GET /config`.
     stats: Counters,
     /// The tunnel's series in `GET /metrics` (they belong to the name: a reconnect finds them).
@@ -392,9 +402,7 @@ impl Tunnel {
                 up_since: Instant::now(),
                 pings: 0,
             },
-            closing: false,
-            down_reason: None,
-            goaway_received: None,
+            life: Life::Open,
             stats: Counters::default(),
             shared: Shared {
                 settings,
@@ -423,10 +431,24 @@ impl Tunnel {
     }
 
     fn fail(&mut self, ctx: &mut Context<Self>, reason: String) {
-        if self.down_reason.is_none() {
-            self.down_reason = Some(reason);
-        }
+        self.go_down(reason, None);
         ctx.stop();
+    }
+
+    /// Marks the tunnel going down: the first reason stands (a goodbye being flushed keeps its
+    /// own); a goodbye from the peer is kept whenever it comes.
+    fn go_down(&mut self, reason: String, goaway: Option<GoAway>) {
+        self.life = match std::mem::replace(&mut self.life, Life::Open) {
+            Life::Open => Life::Down { reason, goaway },
+            Life::Closing { reason } => Life::Down { reason, goaway },
+            Life::Down {
+                reason,
+                goaway: before,
+            } => Life::Down {
+                reason,
+                goaway: before.or(goaway),
+            },
+        };
     }
 }
 
@@ -509,10 +531,10 @@ impl Actor for Tunnel {
             );
             "the tunnel actor panicked".to_owned()
         } else {
-            let reason = self
-                .down_reason
-                .take()
-                .unwrap_or_else(|| "closed".to_owned());
+            let reason = match &self.life {
+                Life::Open => "closed".to_owned(),
+                Life::Closing { reason } | Life::Down { reason, .. } => reason.clone(),
+            };
             log_limited_for!(
                 info,
                 "tunnel-down",
@@ -533,7 +555,10 @@ impl Actor for Tunnel {
             name: self.name.clone(),
             generation: self.generation,
             reason,
-            goaway: self.goaway_received,
+            goaway: match self.life {
+                Life::Down { goaway, .. } => goaway,
+                _ => None,
+            },
             heard: self.beat.heard,
             lasted: self.beat.up_since.elapsed(),
             peer_ip: self.peer_ip(),

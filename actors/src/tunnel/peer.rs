@@ -94,8 +94,8 @@ impl Tunnel {
                     "tunnel {}: peer closed the tunnel: {reason}",
                     self.name
                 );
-                self.goaway_received = Some(code);
-                self.fail(ctx, format!("closed by the peer: {reason}"));
+                self.go_down(format!("closed by the peer: {reason}"), Some(code));
+                ctx.stop();
             }
         }
     }

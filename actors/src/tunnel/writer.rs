@@ -42,7 +42,7 @@ impl Tunnel {
             return;
         }
         if self.control.is_empty() && self.sched.is_empty() {
-            if self.closing {
+            if matches!(self.life, Life::Closing { .. }) {
                 ctx.stop();
             }
             return;
