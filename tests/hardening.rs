@@ -335,7 +335,10 @@ fn strangers_new_names_cannot_take_the_places_kept_for_expected_dialers() {
 #[test]
 fn self_dial_is_refused_in_any_spelling() {
     let dir = TempDir::new("self");
-    let wide = Node::with_tunnel_at(&dir, "wide", "", "0.0.0.0:0");
+    let wide = Node::build()
+        .config(&dir, "wide", "")
+        .tunnel_at("0.0.0.0:0")
+        .start();
     let port = wide.tunnel.port();
     for ip in ["0.0.0.0", "::ffff:127.0.0.1", "127.0.0.2", "127.0.0.1"] {
         let (status, reply) = wide.request(
@@ -538,7 +541,10 @@ fn a_state_directory_others_could_write_is_refused() {
 fn one_tunnel_cannot_take_every_descriptor() {
     let dir = TempDir::new("share");
     let backend = Backend::echo();
-    let b = Node::with_config_nofile(&dir, "b", "[limits]\nfd_reserve = 64\n", 224);
+    let b = Node::build()
+        .config(&dir, "b", "[limits]\nfd_reserve = 64\n")
+        .nofile(224)
+        .start();
     let pool = limits(&b)["descriptors"]["max"].as_u64().expect("max");
     let share = limits(&b)["descriptors"]["share"].as_u64().expect("share");
     assert_eq!((pool, share), (160, 80));

@@ -182,12 +182,14 @@ fn a_local_service_carries_at_most_its_limit() {
 fn out_of_descriptors_the_admin_api_and_tunnel_port_still_answer() {
     let dir = TempDir::new("fds");
     let backend = Backend::echo();
-    let a = Node::with_config_nofile(
-        &dir,
-        "a",
-        "[limits]\nfd_reserve = 64\ndescriptor_share_percent = 100\n",
-        160,
-    );
+    let a = Node::build()
+        .config(
+            &dir,
+            "a",
+            "[limits]\nfd_reserve = 64\ndescriptor_share_percent = 100\n",
+        )
+        .nofile(160)
+        .start();
     let b = Node::start();
     let local = wire(&a, &b, backend.addr, None);
     let max = limits(&a)["descriptors"]["max"].as_u64().expect("max");

@@ -722,12 +722,14 @@ fn systemd_is_told_ready_once_the_listeners_are_bound() {
             .to_string(),
     )
     .expect("state");
-    let mut node = Node::with_config_env(
-        &dir,
-        "n",
-        &format!("[state]\npath = {:?}\n", state.display().to_string()),
-        &[("NOTIFY_SOCKET", socket.to_str().expect("path"))],
-    );
+    let mut node = Node::build()
+        .config(
+            &dir,
+            "n",
+            &format!("[state]\npath = {:?}\n", state.display().to_string()),
+        )
+        .env("NOTIFY_SOCKET", socket.to_str().expect("path"))
+        .start();
     let mut buf = [0u8; 256];
     let n = listener.recv(&mut buf).expect("READY=1 within 10 s");
     assert_eq!(std::str::from_utf8(&buf[..n]).map(str::trim), Ok("READY=1"));

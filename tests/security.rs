@@ -601,7 +601,10 @@ fn the_admin_token_guards_every_route() {
             token_file.display().to_string()
         ),
     );
-    let from_env = Node::with_config_env(&dir, "env", "", &[("MENET_ADMIN_TOKEN", "s3cr3t-t0ken")]);
+    let from_env = Node::build()
+        .config(&dir, "env", "")
+        .env("MENET_ADMIN_TOKEN", "s3cr3t-t0ken")
+        .start();
     for node in [&from_file, &from_env] {
         for (method, path, body) in [
             ("GET", "/config", ""),

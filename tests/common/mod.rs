@@ -50,18 +50,74 @@ impl Drop for TempDir {
     }
 }
 
+/// How to start a node: the one way every test starts one ([`Node::start`], [`Node::with_config`]
+/// and [`Node::persistent`] are its common cases).
+pub struct NodeBuilder {
+    /// The configuration file: the repository's default, or one written into a test's folder.
+    config: PathBuf,
+    /// Where the tunnel port listens (`IP:PORT`; port 0 by default).
+    tunnel: String,
+    /// Extra environment variables.
+    env: Vec<(String, String)>,
+    /// A lower open-file limit for the process, if any.
+    nofile: Option<u64>,
+}
+
+impl NodeBuilder {
+    /// The configuration `toml`, written as `name`.toml in `dir`.
+    pub fn config(mut self, dir: &TempDir, name: &str, toml: &str) -> NodeBuilder {
+        self.config = dir.path(&format!("{name}.toml"));
+        std::fs::write(&self.config, toml).expect("write config");
+        self
+    }
+
+    /// The tunnel port on `addr` (IP:PORT) instead of 127.0.0.1 on a free port.
+    pub fn tunnel_at(mut self, addr: &str) -> NodeBuilder {
+        self.tunnel = addr.to_owned();
+        self
+    }
+
+    /// An extra environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> NodeBuilder {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// At most `n` open descriptors.
+    pub fn nofile(mut self, n: u64) -> NodeBuilder {
+        self.nofile = Some(n);
+        self
+    }
+
+    pub fn start(self) -> Node {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Node::spawn_with(self.config, "127.0.0.1:0", &self.tunnel, &env, self.nofile)
+    }
+}
+
 impl Node {
+    /// The builder: the repository's default configuration, free loopback ports.
+    pub fn build() -> NodeBuilder {
+        NodeBuilder {
+            config: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/menet.toml")),
+            tunnel: "127.0.0.1:0".to_owned(),
+            env: Vec::new(),
+            nofile: None,
+        }
+    }
+
     /// A node on the repository's default configuration, on free loopback ports.
     pub fn start() -> Node {
-        let config = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config/menet.toml"));
-        Node::spawn(config, "127.0.0.1:0", "127.0.0.1:0")
+        Node::build().start()
     }
 
     /// A node whose configuration file is `toml`, written as `name`.toml in `dir`, on free ports.
     pub fn with_config(dir: &TempDir, name: &str, toml: &str) -> Node {
-        let config = dir.path(&format!("{name}.toml"));
-        std::fs::write(&config, toml).expect("write config");
-        Node::spawn(config, "127.0.0.1:0", "127.0.0.1:0")
+        Node::build().config(dir, name, toml).start()
     }
 
     /// A node with a state file (`name`.json in `dir`) and the given `[tunnel]` heartbeat.
@@ -70,44 +126,11 @@ impl Node {
         let heartbeat = heartbeat_ms
             .map(|(i, t)| format!("heartbeat_interval_ms = {i}\nheartbeat_timeout_ms = {t}\n"))
             .unwrap_or_default();
-        Node::with_config(
-            dir,
-            name,
-            &format!(
-                "[tunnel]\n{heartbeat}[state]\npath = {:?}\n",
-                state.display().to_string()
-            ),
-        )
-    }
-
-    fn spawn(config: PathBuf, admin: &str, tunnel: &str) -> Node {
-        Node::spawn_env(config, admin, tunnel, &[])
-    }
-
-    /// A node whose configuration file is `toml` (as in [`Node::with_config`]), started with
-    /// extra environment variables.
-    pub fn with_config_env(dir: &TempDir, name: &str, toml: &str, env: &[(&str, &str)]) -> Node {
-        let config = dir.path(&format!("{name}.toml"));
-        std::fs::write(&config, toml).expect("write config");
-        Node::spawn_env(config, "127.0.0.1:0", "127.0.0.1:0", env)
-    }
-
-    /// A node whose configuration file is `toml`, with at most `nofile` open descriptors.
-    pub fn with_config_nofile(dir: &TempDir, name: &str, toml: &str, nofile: u64) -> Node {
-        let config = dir.path(&format!("{name}.toml"));
-        std::fs::write(&config, toml).expect("write config");
-        Node::spawn_with(config, "127.0.0.1:0", "127.0.0.1:0", &[], Some(nofile))
-    }
-
-    /// A node whose configuration file is `toml`, with its tunnel port on `tunnel` (IP:PORT).
-    pub fn with_tunnel_at(dir: &TempDir, name: &str, toml: &str, tunnel: &str) -> Node {
-        let config = dir.path(&format!("{name}.toml"));
-        std::fs::write(&config, toml).expect("write config");
-        Node::spawn(config, "127.0.0.1:0", tunnel)
-    }
-
-    fn spawn_env(config: PathBuf, admin: &str, tunnel: &str, env: &[(&str, &str)]) -> Node {
-        Node::spawn_with(config, admin, tunnel, env, None)
+        let toml = format!(
+            "[tunnel]\n{heartbeat}[state]\npath = {:?}\n",
+            state.display().to_string()
+        );
+        Node::with_config(dir, name, &toml)
     }
 
     fn spawn_with(
@@ -175,10 +198,12 @@ impl Node {
     /// Starts the node again, same configuration and same addresses, once it has exited.
     pub fn restart(&mut self) {
         assert!(!self.alive(), "restart of a running node");
-        let again = Node::spawn(
+        let again = Node::spawn_with(
             self.config.clone(),
             &self.admin.to_string(),
             &self.tunnel.to_string(),
+            &[],
+            None,
         );
         *self = again;
     }
