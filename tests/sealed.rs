@@ -313,3 +313,26 @@ fn a_version_2_acceptor_refusal_reaches_the_operator() {
     let a = Node::start();
     dial_refused(&a, "old", port, "", "speaks menet protocol version 2");
 }
+
+/// A tunnel is sealed unless both nodes turned sealing off: one node with `encrypt = false`
+/// still gets a sealed tunnel from a peer that wants one, on both ends.
+#[test]
+fn one_node_with_encrypt_off_still_gets_a_sealed_tunnel() {
+    let dir = TempDir::new("mixed");
+    let clear = Node::with_config(&dir, "clear", "[tunnel]\nencrypt = false\n");
+    let sealed = Node::start();
+    let backend = Backend::echo();
+    for (dialer, acceptor, name) in [(&clear, &sealed, "out"), (&sealed, &clear, "in")] {
+        dial(dialer, acceptor, name);
+        for node in [dialer, acceptor] {
+            let t = node.config()["tunnels"][name].clone();
+            assert!(
+                t["transport"] == "aes-256-gcm" || t["transport"] == "chacha20-poly1305",
+                "{name}: {t}"
+            );
+        }
+        let local = carry(dialer, acceptor, name, name, None, backend.addr);
+        let data = pattern(1 << 20, 5);
+        assert!(roundtrip(local, &data) == data, "{name}: byte-exact");
+    }
+}
