@@ -110,6 +110,16 @@ impl Default for RekeyPolicy {
     }
 }
 
+/// Overwrites key material with zeros before its memory is given back (volatile writes, so the
+/// compiler keeps them). ring's own key schedules are not reachable from here.
+pub fn wipe(bytes: &mut [u8]) {
+    for b in bytes.iter_mut() {
+        // SAFETY: a write through a valid, aligned, exclusive reference.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The two traffic secrets a handshake produced, and the cipher agreed.
 pub struct SessionKeys {
     /// Seals what the dialer sends.
@@ -118,6 +128,13 @@ pub struct SessionKeys {
     pub acceptor_to_dialer: [u8; SECRET_LEN],
     /// The agreed AEAD.
     pub cipher: TransportCipher,
+}
+
+impl Drop for SessionKeys {
+    fn drop(&mut self) {
+        wipe(&mut self.dialer_to_acceptor);
+        wipe(&mut self.acceptor_to_dialer);
+    }
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -139,6 +156,7 @@ impl SessionKeys {
         ikm.extend_from_slice(shared);
         ikm.extend_from_slice(tunnel_secret);
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript).extract(&ikm);
+        wipe(&mut ikm);
         let expand = |label: &[u8]| {
             let mut out = [0u8; SECRET_LEN];
             fill(&prk, label, &mut out);
@@ -205,6 +223,12 @@ struct DirectionKey {
     counter: u64,
     /// Which AEAD the key is for.
     cipher: TransportCipher,
+}
+
+impl Drop for DirectionKey {
+    fn drop(&mut self) {
+        wipe(&mut self.secret);
+    }
 }
 
 impl DirectionKey {

@@ -164,6 +164,12 @@ struct Challenged {
     cipher: Option<TransportCipher>,
 }
 
+impl Drop for Challenged {
+    fn drop(&mut self) {
+        crate::record::wipe(&mut self.shared);
+    }
+}
+
 impl Dialer {
     pub fn new(
         name: &str,
@@ -305,6 +311,12 @@ pub struct Acceptor {
     shared: Vec<u8>,
     /// The record layer both sides agreed, if any.
     cipher: Option<TransportCipher>,
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        crate::record::wipe(&mut self.shared);
+    }
 }
 
 impl Acceptor {
