@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A relay on the tunnel link: forwards both ways, records what the dialer sends on its first
-/// connection, and flips one byte of it at `flip_at` (if set) on that first connection only.
+/// A relay on the tunnel link: forwards both ways, records what the dialer sends on each
+/// connection, and flips one byte of it at `flip_at` (if set) on the first connection only.
 struct Tap {
     addr: SocketAddr,
-    /// What the dialer sent on the first connection.
-    recorded: Arc<Mutex<Vec<u8>>>,
+    /// What the dialer sent, per connection (in the order they came).
+    recorded: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Connections relayed so far.
     connections: Arc<AtomicUsize>,
 }
@@ -37,7 +37,9 @@ impl Tap {
                 let Ok(acceptor) = TcpStream::connect(to) else {
                     continue;
                 };
-                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                let index = count.fetch_add(1, Ordering::SeqCst);
+                let first = index == 0;
+                rec.lock().expect("lock").push(Vec::new());
                 let (d2, a2) = (
                     dialer.try_clone().expect("clone"),
                     acceptor.try_clone().expect("clone"),
@@ -45,8 +47,8 @@ impl Tap {
                 let rec = rec.clone();
                 thread::spawn(move || {
                     pump(dialer, acceptor, |seen, chunk| {
+                        rec.lock().expect("lock")[index].extend_from_slice(chunk);
                         if first {
-                            rec.lock().expect("lock").extend_from_slice(chunk);
                             if let Some(at) = flip_at {
                                 if (seen..seen + chunk.len()).contains(&at) {
                                     chunk[at - seen] ^= 0x01;
@@ -152,6 +154,19 @@ fn a_flipped_byte_ends_the_tunnel_never_reaches_a_client_and_the_dialer_redials(
         }),
         "traffic flows after the re-dial"
     );
+    // The re-dialled connection (new keys) repeats no 32-byte run of the first's ciphertext.
+    let recorded = tap.recorded.lock().expect("lock").clone();
+    let (first, second) = (&recorded[0], &recorded[1]);
+    assert!(
+        second.len() > 1 << 20,
+        "the second connection carried the transfer"
+    );
+    let runs: std::collections::HashSet<&[u8]> = first.chunks_exact(32).collect();
+    let repeated = second.windows(32).any(|w| runs.contains(w));
+    assert!(
+        !repeated,
+        "the re-dialled tunnel repeats ciphertext of the first"
+    );
 }
 
 #[test]
@@ -175,7 +190,7 @@ fn a_recorded_tunnel_connection_replayed_to_the_acceptor_gets_nowhere() {
     assert_eq!(roundtrip(local, &request), request);
     let peer_before = b.config()["tunnels"]["tunnel1"]["peer"].clone();
     let served_before = served.load(Ordering::SeqCst);
-    let recording = tap.recorded.lock().expect("lock").clone();
+    let recording = tap.recorded.lock().expect("lock")[0].clone();
     assert!(recording.len() > request.len());
     // The whole recorded dialer side, replayed to the acceptor's tunnel port.
     let mut replay = TcpStream::connect(b.tunnel).expect("connect");
