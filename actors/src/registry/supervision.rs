@@ -78,6 +78,20 @@ impl Registry {
         Registry::retire(old, Some(goodbye), ctx);
     }
 
+    /// Whether a dialled tunnel's acceptor identity is new to it (first contact, or a pin given
+    /// by the API), said in the log.
+    fn acceptor_pinned(&self, name: &str, identity: [u8; IDENTITY_LEN]) -> bool {
+        let old = self.tunnels.get(name).and_then(|t| t.peer_pin);
+        if old == Some(identity) {
+            return false;
+        }
+        info!(
+            "tunnel {name}: pinned to the identity {} of its acceptor",
+            fingerprint(&identity)
+        );
+        true
+    }
+
     pub(super) fn install_tunnel(
         &mut self,
         name: String,
@@ -88,6 +102,7 @@ impl Registry {
         ctx: &mut Context<Self>,
     ) {
         let peer_addr = sock.peer_addr().ok();
+        let mut repinned = false;
         let (dest, role, dialled_on, secret, peer_pin) = match origin {
             Origin::Dialled {
                 dest,
@@ -95,20 +110,9 @@ impl Registry {
                 secret,
                 peer_identity,
             } => {
-                let old = self.tunnels.get(&name).and_then(|t| t.peer_pin);
-                if old != Some(peer_identity) {
-                    info!(
-                        "tunnel {name}: pinned to the identity {} of its acceptor",
-                        fingerprint(&peer_identity)
-                    );
-                }
-                (
-                    Some(dest),
-                    Role::Dialer,
-                    attempt,
-                    secret,
-                    Some(peer_identity),
-                )
+                repinned = self.acceptor_pinned(&name, peer_identity);
+                let pin = Some(peer_identity);
+                (Some(dest), Role::Dialer, attempt, secret, pin)
             }
             Origin::Accepted { identity } => {
                 self.pin_dialer(&name, identity, peer_addr, ctx);
@@ -161,6 +165,10 @@ impl Registry {
         let log_ip = peer_addr.map_or(IpAddr::from([0u8, 0, 0, 0]), |a| a.ip());
         if let Some(old) = old {
             Registry::replaced(&name, old, peer_addr, ctx);
+        }
+        if repinned {
+            // A pin taken on a re-dial (a tunnel restored from an older state file) is kept too.
+            self.save_in_background(&[Key::Tunnel(name.clone())], ctx);
         }
         let role = match role {
             Role::Dialer => "dialled",
