@@ -86,10 +86,15 @@ fn check(cli: &Cli) -> ExitCode {
         }
     };
     println!(
-        "config {}: good (admin API {}, tunnel port {}, tunnel secret {}, admin token {})",
+        "config {}: good (admin API {}, tunnel port {}, tunnels {}, tunnel secret {}, admin token {})",
         cli.config.display(),
         config.admin,
         config.tunnel,
+        if config.settings.encrypt {
+            "sealed"
+        } else {
+            "clear unless the peer seals"
+        },
         if config.access.secret.is_some() {
             "set"
         } else {
