@@ -145,6 +145,11 @@ fn a_flipped_byte_ends_the_tunnel_never_reaches_a_client_and_the_dialer_redials(
         line.contains("peer 127.0.0.1:"),
         "the line names the peer: {line}"
     );
+    let (_, _, metrics) = http_text(b.admin, "GET", "/metrics", "", "");
+    assert!(
+        metrics.contains("menet_tunnel_integrity_failures_total{tunnel=\"tunnel1\"} 1"),
+        "counted in /metrics"
+    );
     // The dialer re-dials (a new connection through the tap, not flipped) and traffic flows.
     let again = pattern(1 << 20, 4);
     assert!(

@@ -137,6 +137,7 @@ pub struct Metrics {
     tunnel_streams: Family<TunnelLabel, Gauge>,
     tunnel_streams_opened: Family<TunnelLabel, Counter>,
     tunnel_redials: Family<TunnelLabel, Counter>,
+    tunnel_integrity_failures: Family<TunnelLabel, Counter>,
     tunnel_rtt: Family<TunnelLabel, FloatGauge>,
     tunnel_send_window: Family<TunnelLabel, Gauge>,
     tunnel_queued: Family<TunnelLabel, Gauge>,
@@ -218,6 +219,7 @@ impl Metrics {
             tunnel_streams: Family::default(),
             tunnel_streams_opened: Family::default(),
             tunnel_redials: Family::default(),
+            tunnel_integrity_failures: Family::default(),
             tunnel_rtt: Family::default(),
             tunnel_send_window: Family::default(),
             tunnel_queued: Family::default(),
@@ -287,6 +289,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A connection of tunnel `name` ended because a sealed record failed its check.
+    pub fn count_integrity_failure(&self, name: &str) {
+        self.tunnel_integrity_failures
+            .get_or_create(&Self::tunnel_label(name))
+            .inc();
+    }
+
     /// Tunnel `name` was deleted: its series go.
     pub fn forget_tunnel(&self, name: &str) {
         let l = Self::tunnel_label(name);
@@ -296,6 +305,7 @@ impl Metrics {
         self.tunnel_streams.remove(&l);
         self.tunnel_streams_opened.remove(&l);
         self.tunnel_redials.remove(&l);
+        self.tunnel_integrity_failures.remove(&l);
         self.tunnel_rtt.remove(&l);
         self.tunnel_send_window.remove(&l);
         self.tunnel_queued.remove(&l);
@@ -434,6 +444,12 @@ fn register_tunnel_series(r: &mut Registry, m: &Metrics) {
         "tunnel_redials",
         "Re-dials after the tunnel was lost or a dial failed",
         m.tunnel_redials.clone(),
+    );
+    r.register(
+        "tunnel_integrity_failures",
+        "Connections of the tunnel closed because a sealed record failed its check (changed, \
+         replayed, dropped or reordered on the link)",
+        m.tunnel_integrity_failures.clone(),
     );
     r.register(
         "tunnel_heartbeat_rtt_seconds",

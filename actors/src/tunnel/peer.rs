@@ -274,6 +274,9 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
                 self.on_frame(frame, ctx)
             }
             Err(e) => {
+                if matches!(e, ProtocolError::Integrity) {
+                    metrics().count_integrity_failure(&self.name);
+                }
                 let peer = self.peer.addr.map_or("?".to_owned(), |a| a.to_string());
                 log_limited_for!(
                     warn,
