@@ -42,7 +42,8 @@ use crate::record::SessionKeys;
 use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
 use crate::tunnel::{
-    CloseService, CloseTunnel, Role, Snapshot, Tunnel, TunnelCounters, TunnelDown, TunnelLink,
+    CloseService, CloseTunnel, Role, Snapshot, StreamStats, Tunnel, TunnelCounters, TunnelDown,
+    TunnelLink,
 };
 use crate::{Access, NodeSetup, Settings, Shared, Side};
 

@@ -137,18 +137,14 @@ pub struct BindsView {
     pub remote: BTreeMap<String, String>,
 }
 
-/// One live stream.
+/// One live stream: its tunnel, and what the tunnel reports of it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
+    /// The tunnel carrying it.
     pub tunnel: String,
-    pub stream: u32,
-    pub service: String,
-    pub side: Side,
-    pub state: &'static str,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    /// Its receive window now.
-    pub window: u64,
+    /// The stream, as its tunnel reports it.
+    #[serde(flatten)]
+    pub stats: StreamStats,
 }
 
 /// The node's security settings.
@@ -398,18 +394,13 @@ impl Handler<GetConfig> for Registry {
                 for (name, stats) in stats {
                     let Some(stats) = stats else { continue };
                     if let Some(conns) = config.connections.as_mut() {
-                        for c in &stats.connections {
+                        for c in stats.connections {
+                            let key = format!("{name}/{}", c.stream);
                             let view = ConnectionView {
                                 tunnel: name.clone(),
-                                stream: c.stream,
-                                service: c.service.clone(),
-                                side: c.side,
-                                state: c.state,
-                                bytes_sent: c.bytes_sent,
-                                bytes_received: c.bytes_received,
-                                window: c.window,
+                                stats: c,
                             };
-                            conns.insert(format!("{name}/{}", c.stream), view);
+                            conns.insert(key, view);
                         }
                     }
                     if let Some(t) = config.tunnels.get_mut(&name) {

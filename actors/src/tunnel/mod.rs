@@ -175,13 +175,20 @@ pub struct TunnelStats {
     pub connections: Vec<StreamStats>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One stream as its tunnel reports it (`GET /config` `connections`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StreamStats {
+    /// Its id on the tunnel.
     pub stream: u32,
+    /// The service it carries.
     pub service: String,
+    /// Which end of the service this node is.
     pub side: Side,
+    /// `opening`, `open` or `half-closed` (our side sent FIN).
     pub state: &'static str,
+    /// Payload bytes sent to the peer.
     pub bytes_sent: u64,
+    /// Payload bytes received from the peer.
     pub bytes_received: u64,
     /// The stream's receive window now (it grows while window-limited, shrinks when idle).
     pub window: u64,
