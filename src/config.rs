@@ -440,6 +440,11 @@ fn windows(
             *slot = v;
         }
     }
+    // A stream window set without a tunnel window: the tunnel's follows, so one stream may use
+    // its whole window at once.
+    if file.tunnel.tunnel_window.is_none() {
+        settings.tunnel_window = settings.tunnel_window.max(settings.stream_window);
+    }
     if settings.tunnel_window < settings.stream_window {
         return Err(invalid(
             "[tunnel] tunnel_window must be at least stream_window".to_owned(),

@@ -238,11 +238,18 @@ fn a_window_grows_on_a_long_path_and_shrinks_when_idle() {
     let mut got = Vec::with_capacity(len);
     let mut buf = vec![0u8; 1 << 20];
     let mut widest = 0;
+    let mut last_sample = Instant::now();
     while got.len() < len {
         let n = s.read(&mut buf).expect("download");
         assert!(n > 0, "closed early at {}", got.len());
         got.extend_from_slice(&buf[..n]);
-        if let Some(c) = a.config()["connections"].as_object() {
+        // Sampled, not after every read: a client busy asking would be the slow reader.
+        if last_sample.elapsed() < Duration::from_millis(100) {
+            continue;
+        }
+        last_sample = Instant::now();
+        let cfg = a.config();
+        if let Some(c) = cfg["connections"].as_object() {
             for conn in c.values() {
                 widest = widest.max(conn["window"].as_u64().unwrap_or(0));
             }
@@ -267,6 +274,84 @@ fn a_window_grows_on_a_long_path_and_shrinks_when_idle() {
         .map(|c| c.values().filter_map(|v| v["window"].as_u64()).collect())
         .unwrap_or_default();
     assert!(windows.iter().all(|&w| w <= 1 << 20), "{windows:?}");
+}
+
+/// Four bulk downloads on one loopback tunnel: what the sending node has in its tunnel socket
+/// (unsent and unacknowledged), and what the receiving node has not read of it, each stay
+/// within the receiving node's tunnel window (it stays near its initial 256 KiB on loopback), so a
+/// small frame behind bulk waits for about that much at most; and `GET /config` and `/metrics`
+/// show each queue.
+#[test]
+fn bulk_keeps_at_most_the_tunnel_window_in_flight_and_unread_and_shows_where_it_waits() {
+    let backend = flood_backend();
+    let (a, b) = (Node::start(), Node::start());
+    dial(&a, &b, "t");
+    let local = carry(&a, &b, "t", "bulk", None, backend.addr);
+    let len: usize = 64 << 20;
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut s = connect(local);
+                s.write_all(b"D").expect("cmd");
+                s.write_all(&(len as u32).to_be_bytes()).expect("len");
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut got = 0;
+                while got < len {
+                    let n = s.read(&mut buf).expect("download");
+                    assert!(n > 0, "closed early at {got}");
+                    got += n;
+                }
+            })
+        })
+        .collect();
+    let (mut samples, mut widest_window, mut most_sending, mut most_unread) = (0, 0, 0, 0);
+    let started = Instant::now();
+    while !readers.iter().all(|r| r.is_finished()) && started.elapsed() < Duration::from_secs(60) {
+        let (ta, tb) = (&a.config()["tunnels"]["t"], &b.config()["tunnels"]["t"]);
+        let n = |v: &serde_json::Value| v.as_u64().expect("a number");
+        widest_window = widest_window.max(n(&ta["receive_window"]));
+        // B sends the downloads: what its socket holds, and what A has not read.
+        most_sending = most_sending.max(n(&tb["socket"]["unsent"]) + n(&tb["socket"]["unacked"]));
+        most_unread = most_unread.max(n(&ta["socket"]["unread"]));
+        samples += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    for r in readers {
+        r.join().expect("a download ended early");
+    }
+    eprintln!(
+        "{samples} samples: at most {most_sending} bytes in B's tunnel socket, {most_unread} \
+         unread in A's, A's tunnel window at most {widest_window}"
+    );
+    assert!(
+        samples >= 5,
+        "the downloads were too quick to sample: {samples}"
+    );
+    // Each queue holds at most a window (and the control frames and record overhead beside
+    // it): B cannot send past A's credit, and A's credit goes back as it reads.
+    for (what, bytes) in [
+        ("in B's socket", most_sending),
+        ("unread by A", most_unread),
+    ] {
+        assert!(
+            bytes <= widest_window + 64 * 1024,
+            "{bytes} bytes {what}, beyond a window of {widest_window}"
+        );
+    }
+    assert!(
+        widest_window <= 1 << 20,
+        "on loopback the tunnel window stays small: {widest_window}"
+    );
+    let (status, _, metrics) = http_text(a.admin, "GET", "/metrics", "", "");
+    assert_eq!(status, 200);
+    for series in [
+        "menet_tunnel_receive_window_bytes{tunnel=\"t\"}",
+        "menet_tunnel_socket_unsent_bytes{tunnel=\"t\"}",
+        "menet_tunnel_socket_unacked_bytes{tunnel=\"t\"}",
+        "menet_tunnel_socket_unread_bytes{tunnel=\"t\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
 }
 
 /// A client that resets its connection resets the backend's too: an aborted upload never looks

@@ -10,14 +10,27 @@
 //! held back by the window sends it in a burst each round trip, so its quarters are consumed in
 //! quick succession; a sender held back by the path delivers a quarter of the window every
 //! quarter of `window / rate`. So when credit is due again within [`GROW_WITHIN`] of a round
-//! trip of the last increment, the window is what limits, and the target doubles (up to `max`,
-//! within the `room` the caller's budget leaves). That stops at about 1.25 x the bandwidth-delay
-//! product: bytes in flight beyond it would only queue on the path and delay every other stream
-//! (the round trip used is the smallest seen, so queueing does not feed growth). A window idle
-//! for [`IDLE`] falls back to its initial size; the peer's outstanding credit is then not topped
-//! up until it is below the new target. A stalled reader costs at most its current target.
+//! trip of the last increment, the window may be what limits, and the target doubles (up to
+//! `max`, within the `room` the caller's budget leaves) — but only while it is below
+//! [`BDP_CEILING`] bandwidth-delay products at the rate its bytes are consumed (measured over
+//! at least [`RATE_INTERVAL`] or a round trip). Quick quarters alone cannot tell a window-limited
+//! sender from a reader that drains a backlog in one go (the scheduler held it back, then let
+//! it read several quarters within microseconds); the rate can: such a reader is the limit
+//! itself, its rate times the round trip is small, and a larger window would only hold more
+//! unread ahead of other streams. The round trip used is the smallest seen on a quiet tunnel, so
+//! queueing does not feed growth. A window idle for [`IDLE`] falls back to its initial size;
+//! the peer's outstanding credit is then not topped up until it is below the new target. A
+//! stalled reader costs at most its current target.
 
 use std::time::{Duration, Instant};
+
+/// The consumption rate is measured over intervals at least this long (or a round trip, if
+/// longer), so that bursts of a reader the scheduler held back average out.
+pub const RATE_INTERVAL: Duration = Duration::from_millis(10);
+/// A window grows only while below this many bandwidth-delay products at its measured rate
+/// (eight, not one: the rate lags the window by an interval while it grows, and ramping up
+/// quickly matters more than one interval of overshoot).
+const BDP_CEILING: f64 = 8.0;
 
 /// A window unused this long shrinks back to its initial size.
 pub const IDLE: Duration = Duration::from_secs(1);
@@ -42,6 +55,9 @@ pub struct RecvWindow {
     /// When the last increment went out: credit due again within two round trips means the
     /// window is what limits the sender.
     last_update: Option<Instant>,
+    /// How fast the window's bytes are consumed: growth past a few bandwidth-delay products at
+    /// this rate would only queue.
+    rate: Rate,
     /// When bytes last arrived or were consumed, for the shrink after [`IDLE`].
     last_active: Instant,
 }
@@ -55,6 +71,7 @@ impl RecvWindow {
             left: initial,
             buffered: 0,
             last_update: None,
+            rate: Rate::new(now),
             last_active: now,
         }
     }
@@ -84,14 +101,19 @@ impl RecvWindow {
         self.buffered = self.buffered.saturating_sub(n);
         if now.saturating_duration_since(self.last_active) >= IDLE {
             self.target = self.min;
+            self.rate = Rate::new(now);
         }
+        self.rate.add(n, now, rtt);
         self.last_active = now;
         let mut increment = self.target.saturating_sub(self.left + self.buffered);
         if increment == 0 || increment < self.target / 4 {
             return None;
         }
         if let (Some(last), Some(rtt)) = (self.last_update, rtt) {
-            if now.saturating_duration_since(last) < rtt * GROW_WITHIN.0 / GROW_WITHIN.1 {
+            let ceiling = BDP_CEILING * self.rate.per_second() * rtt.as_secs_f64();
+            if now.saturating_duration_since(last) < rtt * GROW_WITHIN.0 / GROW_WITHIN.1
+                && (self.target as f64) < ceiling
+            {
                 let grow = self.target.min(self.max - self.target).min(room);
                 self.target += grow;
                 increment += grow;
@@ -102,11 +124,19 @@ impl RecvWindow {
         Some(increment)
     }
 
+    /// Raises the window to at least `n` (within its maximum): a tunnel's window follows its
+    /// largest stream's, so a stream whose own window grew to the path is not then held back by
+    /// the tunnel's. The increment follows with the next credit due.
+    pub fn raise_to(&mut self, n: u64) {
+        self.target = self.target.max(n.min(self.max));
+    }
+
     /// Shrinks an idle window back to its initial size (the credit the peer already holds stays
     /// valid; it is not topped up until below the new target).
     pub fn shrink_if_idle(&mut self, now: Instant) {
         if now.saturating_duration_since(self.last_active) >= IDLE {
             self.target = self.min;
+            self.rate = Rate::new(now);
         }
     }
 
@@ -121,8 +151,44 @@ impl RecvWindow {
     }
 }
 
-/// The path's round trip from the tunnel's PING/PONG: the smallest sample, which is the path's
-/// own delay (a larger one includes queueing, often our own, and must not feed window growth).
+/// The rate a window's bytes are consumed at, over the last whole interval of at least
+/// [`RATE_INTERVAL`] (or a round trip, if longer).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    /// When the interval being measured began.
+    since: Instant,
+    /// Bytes consumed in it so far.
+    bytes: u64,
+    /// Bytes per second over the last whole interval (0 until one has passed).
+    last: f64,
+}
+
+impl Rate {
+    fn new(now: Instant) -> Rate {
+        Rate {
+            since: now,
+            bytes: 0,
+            last: 0.0,
+        }
+    }
+
+    fn add(&mut self, n: u64, now: Instant, rtt: Option<Duration>) {
+        self.bytes += n;
+        let span = now.saturating_duration_since(self.since);
+        if span >= RATE_INTERVAL.max(rtt.unwrap_or_default()) {
+            self.last = self.bytes as f64 / span.as_secs_f64();
+            self.since = now;
+            self.bytes = 0;
+        }
+    }
+
+    fn per_second(&self) -> f64 {
+        self.last
+    }
+}
+
+/// The path's round trip from the tunnel's PING/PONG (quiet ones only): the smallest sample,
+/// which is the path's own delay (a larger one includes queueing, often our own, and must not feed window growth).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rtt {
     min: Option<Duration>,
@@ -198,6 +264,48 @@ mod tests {
         assert_eq!(idle.target(), 4096 * KIB, "not idle long enough");
         idle.shrink_if_idle(later);
         assert_eq!(idle.target(), 256 * KIB);
+    }
+
+    #[test]
+    fn a_reader_draining_a_backlog_in_bursts_does_not_grow_the_window() {
+        // The window held in the socket, read in one go every 10 ms (our reader is the limit,
+        // not the window): quarters come back microseconds apart, but each round of credit takes
+        // 10 ms, ten round trips of this 1 ms path.
+        let t0 = Instant::now();
+        let rtt = Some(Duration::from_millis(1));
+        let mut w = RecvWindow::new(256 * KIB, 64 * 1024 * KIB, t0);
+        let mut now = t0;
+        for _ in 0..50 {
+            now += Duration::from_millis(10);
+            let backlog = w.left;
+            assert!(w.receive(backlog, now));
+            for _ in 0..16 {
+                now += Duration::from_micros(5);
+                let _ = w.consume(backlog / 16, now, rtt, u64::MAX);
+            }
+        }
+        assert_eq!(w.target(), 256 * KIB);
+    }
+
+    #[test]
+    fn a_held_back_reader_draining_several_windows_at_once_does_not_grow_the_window() {
+        // Every 10 ms our reader gets the CPU and drains four windows in 40 us (the sender
+        // refills as fast as credit comes back): its rounds are tiny, but the rate is 100 MB/s,
+        // whose bandwidth-delay product on this 0.25 ms path is 25 KB: 256 KiB is past eight.
+        let t0 = Instant::now();
+        let rtt = Some(Duration::from_micros(250));
+        let mut w = RecvWindow::new(256 * KIB, 64 * 1024 * KIB, t0);
+        let mut now = t0;
+        for _ in 0..50 {
+            now += Duration::from_millis(10);
+            for _ in 0..16 {
+                now += Duration::from_micros(2);
+                let n = w.left.min(64 * KIB);
+                assert!(w.receive(n, now));
+                let _ = w.consume(n, now, rtt, u64::MAX);
+            }
+        }
+        assert_eq!(w.target(), 256 * KIB);
     }
 
     #[test]

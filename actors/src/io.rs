@@ -163,6 +163,42 @@ pub fn set_notsent_lowat(sock: &impl std::os::fd::AsRawFd, bytes: u32) {
     }
 }
 
+/// Where a socket's bytes wait in the kernel, from its `SIOCOUTQ`, `SIOCOUTQNSD` and `SIOCINQ`:
+/// what bounds a tunnel's queues is visible beside what the tunnel itself holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct SocketQueues {
+    /// Written, not yet sent (the part `TCP_NOTSENT_LOWAT` bounds).
+    pub unsent: u64,
+    /// Sent, not yet acknowledged by the peer's kernel (in flight on the path).
+    pub unacked: u64,
+    /// Received, not yet read by this node.
+    pub unread: u64,
+}
+
+/// `SIOCOUTQNSD` (linux/sockios.h): bytes in the send queue not yet sent.
+const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+
+/// The kernel's queues of socket `fd` now; zeros for what the kernel will not tell.
+pub fn socket_queues(fd: std::os::fd::RawFd) -> SocketQueues {
+    let ask = |request: libc::c_ulong| -> u64 {
+        let mut n: libc::c_int = 0;
+        // SAFETY: these ioctls write one int through the pointer, on a descriptor we own.
+        let rc = unsafe { libc::ioctl(fd, request as _, std::ptr::addr_of_mut!(n)) };
+        if rc == 0 {
+            u64::try_from(n).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let queued = ask(libc::TIOCOUTQ as libc::c_ulong);
+    let unsent = ask(SIOCOUTQNSD);
+    SocketQueues {
+        unsent,
+        unacked: queued.saturating_sub(unsent),
+        unread: ask(libc::FIONREAD as libc::c_ulong),
+    }
+}
+
 /// The addresses of this host's network interfaces (`getifaddrs`), to recognise a dial of this
 /// node's own tunnel port by one of them. Empty if the kernel will not say.
 pub fn interface_addresses() -> Vec<std::net::IpAddr> {

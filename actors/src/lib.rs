@@ -120,9 +120,12 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            stream_window: 1024 * 1024,
-            max_stream_window: 16 * 1024 * 1024,
-            tunnel_window: 32 * 1024 * 1024,
+            // Small at first, so bulk holds little in flight and unread ahead of a small
+            // exchange; both grow while they limit the sender (to the bandwidth-delay product).
+            stream_window: 256 * 1024,
+            // A stream may grow to the whole tunnel budget: one stream as fast as the path.
+            max_stream_window: 64 * 1024 * 1024,
+            tunnel_window: 256 * 1024,
             max_tunnel_window: 64 * 1024 * 1024,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),

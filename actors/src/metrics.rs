@@ -141,6 +141,10 @@ pub struct Metrics {
     tunnel_rtt: Family<TunnelLabel, FloatGauge>,
     tunnel_send_window: Family<TunnelLabel, Gauge>,
     tunnel_queued: Family<TunnelLabel, Gauge>,
+    tunnel_receive_window: Family<TunnelLabel, Gauge>,
+    tunnel_socket_unsent: Family<TunnelLabel, Gauge>,
+    tunnel_socket_unacked: Family<TunnelLabel, Gauge>,
+    tunnel_socket_unread: Family<TunnelLabel, Gauge>,
     service_accepted: Family<ServiceLabel, Counter>,
     service_refused: Family<RefusedLabel, Counter>,
     unknown_service_refused: Family<SideOnly, Counter>,
@@ -178,6 +182,14 @@ pub struct TunnelMetrics {
     pub send_window: Gauge,
     /// Bytes queued in the tunnel, not yet written to its socket.
     pub queued: Gauge,
+    /// The tunnel window offered to the peer now.
+    pub receive_window: Gauge,
+    /// The tunnel socket's send queue: written, not yet sent.
+    pub socket_unsent: Gauge,
+    /// The tunnel socket's send queue: sent, not yet acknowledged.
+    pub socket_unacked: Gauge,
+    /// The tunnel socket's receive queue: received, not yet read.
+    pub socket_unread: Gauge,
 }
 
 /// A service's handles, held by each of its streams.
@@ -223,6 +235,10 @@ impl Metrics {
             tunnel_rtt: Family::default(),
             tunnel_send_window: Family::default(),
             tunnel_queued: Family::default(),
+            tunnel_receive_window: Family::default(),
+            tunnel_socket_unsent: Family::default(),
+            tunnel_socket_unacked: Family::default(),
+            tunnel_socket_unread: Family::default(),
             service_accepted: Family::default(),
             service_refused: Family::default(),
             unknown_service_refused: Family::default(),
@@ -274,6 +290,10 @@ impl Metrics {
             rtt: self.tunnel_rtt.get_or_create(&l).clone(),
             send_window: self.tunnel_send_window.get_or_create(&l).clone(),
             queued: self.tunnel_queued.get_or_create(&l).clone(),
+            receive_window: self.tunnel_receive_window.get_or_create(&l).clone(),
+            socket_unsent: self.tunnel_socket_unsent.get_or_create(&l).clone(),
+            socket_unacked: self.tunnel_socket_unacked.get_or_create(&l).clone(),
+            socket_unread: self.tunnel_socket_unread.get_or_create(&l).clone(),
         }
     }
 
@@ -309,6 +329,10 @@ impl Metrics {
         self.tunnel_rtt.remove(&l);
         self.tunnel_send_window.remove(&l);
         self.tunnel_queued.remove(&l);
+        self.tunnel_receive_window.remove(&l);
+        self.tunnel_socket_unsent.remove(&l);
+        self.tunnel_socket_unacked.remove(&l);
+        self.tunnel_socket_unread.remove(&l);
     }
 
     fn service_label(service: &str, side: Side) -> ServiceLabel {
@@ -465,6 +489,26 @@ fn register_tunnel_series(r: &mut Registry, m: &Metrics) {
         "tunnel_queued_bytes",
         "Bytes queued in the tunnel, not yet written to its socket",
         m.tunnel_queued.clone(),
+    );
+    r.register(
+        "tunnel_receive_window_bytes",
+        "Tunnel window offered to the peer: what it may have in flight and unread towards us",
+        m.tunnel_receive_window.clone(),
+    );
+    r.register(
+        "tunnel_socket_unsent_bytes",
+        "Tunnel socket's send queue in the kernel: written, not yet sent",
+        m.tunnel_socket_unsent.clone(),
+    );
+    r.register(
+        "tunnel_socket_unacked_bytes",
+        "Tunnel socket's send queue in the kernel: sent, not yet acknowledged",
+        m.tunnel_socket_unacked.clone(),
+    );
+    r.register(
+        "tunnel_socket_unread_bytes",
+        "Tunnel socket's receive queue in the kernel: received, not yet read",
+        m.tunnel_socket_unread.clone(),
     );
 }
 

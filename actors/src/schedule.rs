@@ -3,6 +3,13 @@
 //! frame per busy stream per round. So a small frame waits behind at most one frame of each busy
 //! stream, whatever they have queued; a stream's own frames keep their order (its FIN after its
 //! DATA). Control frames are not scheduled here: they go ahead of all data.
+//!
+//! A stream that had nothing queued (a request, a keystroke, a reply) is *sparse*: it is served
+//! ahead of the busy streams, once, as fq_codel serves its new flows, so an interactive exchange
+//! does not wait for a round of the bulk streams beside it. A sparse stream that still has frames
+//! after its quantum joins the busy ring at the back; one whose queue emptied stays in the busy
+//! ring (empty) until its turn, so no stream can be sparse again before the busy streams have
+//! each been served once: bulk cannot starve by posing as sparse.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -24,8 +31,12 @@ struct StreamQueue {
 
 #[derive(Debug, Default)]
 pub struct SendQueue {
+    /// Every stream in one of the two rings (with frames queued, or emptied as a sparse stream
+    /// and waiting for its turn in the busy ring).
     streams: HashMap<u32, StreamQueue>,
-    /// Streams with frames queued, in the order they are served.
+    /// Sparse streams (they had nothing queued), served first, in arrival order.
+    sparse: VecDeque<u32>,
+    /// Busy streams, in the order they are served.
     ring: VecDeque<u32>,
     /// Bytes queued over all streams.
     bytes: usize,
@@ -34,10 +45,10 @@ pub struct SendQueue {
 impl SendQueue {
     /// Queues an encoded DATA or FIN frame of `stream`.
     pub fn push(&mut self, stream: u32, frame: Bytes) {
-        let q = self.streams.entry(stream).or_default();
-        if q.frames.is_empty() {
-            self.ring.push_back(stream);
-        }
+        let q = self.streams.entry(stream).or_insert_with(|| {
+            self.sparse.push_back(stream);
+            StreamQueue::default()
+        });
         q.bytes += frame.len();
         self.bytes += frame.len();
         q.frames.push_back(frame);
@@ -62,8 +73,12 @@ impl SendQueue {
     pub fn take(&mut self, budget: usize, out: &mut Vec<Bytes>) -> usize {
         let mut taken = 0;
         while taken < budget {
-            let Some(id) = self.ring.pop_front() else {
-                break;
+            let (id, sparse) = match self.sparse.pop_front() {
+                Some(id) => (id, true),
+                None => match self.ring.pop_front() {
+                    Some(id) => (id, false),
+                    None => break,
+                },
             };
             let Some(q) = self.streams.get_mut(&id) else {
                 continue;
@@ -78,9 +93,12 @@ impl SendQueue {
                 taken += len;
                 out.extend(q.frames.pop_front());
             }
-            if q.frames.is_empty() {
+            if q.frames.is_empty() && !sparse {
                 self.streams.remove(&id);
             } else {
+                if q.frames.is_empty() {
+                    q.deficit = 0;
+                }
                 self.ring.push_back(id);
             }
         }
@@ -95,6 +113,7 @@ impl SendQueue {
             return 0;
         };
         self.ring.retain(|&id| id != stream);
+        self.sparse.retain(|&id| id != stream);
         self.bytes -= q.bytes;
         q.frames
             .iter()
@@ -105,6 +124,7 @@ impl SendQueue {
     pub fn clear(&mut self) {
         self.streams.clear();
         self.ring.clear();
+        self.sparse.clear();
         self.bytes = 0;
     }
 }
@@ -149,6 +169,42 @@ mod tests {
             before, 4,
             "one frame of each of the four bulk streams, then ours"
         );
+    }
+
+    #[test]
+    fn a_sparse_stream_goes_ahead_of_busy_ones_but_only_once_per_round() {
+        let mut q = SendQueue::default();
+        for s in [1, 3, 5, 7] {
+            for _ in 0..16 {
+                q.push(s, frame(s, MAX_DATA));
+            }
+        }
+        let mut batch = Vec::new();
+        q.take(4 * QUANTUM, &mut batch);
+        // The bulk streams are busy now: a small frame of an idle stream goes first.
+        q.push(9, frame(9, 64));
+        let mut batch = Vec::new();
+        q.take(1, &mut batch);
+        assert_eq!(stream_of(&batch[0]), 9);
+        // Posing as sparse again at once does not jump the queue: the busy streams each get
+        // their turn before stream 9 is sparse again.
+        q.push(9, frame(9, 64));
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let mut batch = Vec::new();
+            q.take(1, &mut batch);
+            seen.push(stream_of(&batch[0]));
+        }
+        assert_eq!(
+            seen,
+            [1, 3, 5, 7, 9],
+            "the busy ring, in turn, then stream 9"
+        );
+        // Every frame is accounted for.
+        let mut rest = Vec::new();
+        q.take(usize::MAX, &mut rest);
+        assert!(q.is_empty());
+        assert_eq!(q.streams.len(), 0, "no stream left behind");
     }
 
     #[test]

@@ -62,7 +62,10 @@ pub struct SendCredit {
     window: u64,
     /// Granted to connections, over all streams.
     granted: u64,
-    /// Standing grants handed out, over all streams (at most [`STANDING_POOL`]).
+    /// The standing pool of this tunnel: [`STANDING_POOL`], or a quarter of the peer's initial
+    /// tunnel window if that is less, so idle streams never hold the window a new one needs.
+    pool: u64,
+    /// Standing grants handed out, over all streams (at most `pool`).
     standing: u64,
     /// What the tunnel may hold towards its peer, granted and queued together.
     budget: u64,
@@ -85,6 +88,7 @@ impl SendCredit {
         SendCredit {
             window,
             granted: 0,
+            pool: STANDING_POOL.min(window / 4),
             standing: 0,
             budget,
             streams: HashMap::new(),
@@ -123,7 +127,7 @@ impl SendCredit {
     /// Reserves a standing grant for stream `id` if the pool has one left; the tunnel announces
     /// it to the connection, then calls [`SendCredit::refill`].
     pub fn give_standing(&mut self, id: u32) -> Option<u64> {
-        if self.standing + STANDING_GRANT > STANDING_POOL {
+        if self.standing + STANDING_GRANT > self.pool {
             return None;
         }
         let s = self.streams.get_mut(&id)?;
@@ -337,7 +341,7 @@ impl SendCredit {
         let marked = self.streams.values().filter(|s| s.starving).count();
         granted == self.granted
             && standing == self.standing
-            && self.standing <= STANDING_POOL
+            && self.standing <= self.pool
             && marked == self.starving.len()
             && self
                 .starving

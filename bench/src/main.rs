@@ -5,8 +5,11 @@
 //!     cargo build --release && cargo run --release -p menet-bench [-- --quick] [--loopback-only]
 //!         [--menet PATH]
 //!     cargo run --release -p menet-bench -- --scale [--objects 10000] [--listeners 2000]
-//!     any of them with --node-threads N: the nodes' data threads (0: all on the admin thread)
+//!     any of them with --node-threads N: the nodes' data threads (0: all on the admin thread),
+//!     --node-config FILE: the nodes' configuration file,
+//!     --rathole PATH: the same rows through rathole (a build of its own, not in this repository)
 
+mod rathole;
 mod scale;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -117,14 +120,47 @@ fn main() {
     let clear_plain = ca.carry(&cb, "bulk", None, bulk);
     let clear_echoed = ca.carry(&cb, "echo", None, echo);
 
+    // rathole beside menet, carrying the same backends (bulk, echo, hold).
+    let rh = rathole::binary().map(|path| {
+        let r = rathole::Rathole::start(
+            &path,
+            &[("bulk", bulk), ("echo", echo), ("hold", hold)],
+            |_| None,
+        );
+        r.wait_echo(1);
+        r
+    });
+    let rh_port = |i: usize| rh.as_ref().map(|r| r.ports[i]);
     println!(
-        "{:<64} {:>12} {:>12} {:>7}",
-        "measure", "direct", "menet", "ratio"
+        "{:<64} {:>12} {:>12} {:>7}{}",
+        "measure",
+        "direct",
+        "menet",
+        "ratio",
+        if rh.is_some() {
+            format!(" {:>12} {:>7}", "rathole", "ratio")
+        } else {
+            String::new()
+        }
     );
     if std::env::args().any(|a| a == "--requests-only") {
         // For profiling the request/response path: a long run of that measure alone.
         let m = exchanges_per_second(&rt, echoed, 32, 128, false, Duration::from_secs(8));
         println!("requests/s: {m:.0}");
+        return;
+    }
+    if std::env::args().any(|a| a == "--latency-only") {
+        // For profiling one connection's latency: fresh nodes, then after a bulk download.
+        for when in ["fresh nodes", "fresh nodes", "after bulk", "after bulk"] {
+            if when == "after bulk" {
+                throughput(&rt, plain, 8, plan.bulk_plain / 4, false);
+            }
+            let (d50, d99) = latency(echo, plan.pings);
+            let (m50, m99) = latency(echoed, plan.pings);
+            println!(
+                "{when}: direct p50 {d50:.0} p99 {d99:.0} us, menet p50 {m50:.0} p99 {m99:.0} us"
+            );
+        }
         return;
     }
     if std::env::args().any(|a| a == "--connections-only") {
@@ -139,6 +175,48 @@ fn main() {
             menet / direct
         );
     };
+    // A row with rathole's figure for the same measure, when it runs.
+    let row3 = |name: &str, direct: f64, menet: f64, rathole: Option<f64>| match rathole {
+        Some(r) => println!(
+            "{name:<64} {direct:>12.1} {menet:>12.1} {:>7.2} {r:>12.1} {:>7.2}",
+            menet / direct,
+            r / direct
+        ),
+        None => row(name, direct, menet),
+    };
+    if std::env::args().any(|a| a == "--flow-only") {
+        // For tuning flow control: bulk through the tunnel, and a small exchange beside bulk on
+        // the same tunnel and on another.
+        for (dir, upload) in [("upload", true), ("download", false)] {
+            for streams in [1usize, 8] {
+                row(
+                    &format!("bulk {streams} stream(s) {dir}, plaintext (MiB/s)"),
+                    throughput(&rt, bulk, streams, plan.bulk_plain, upload),
+                    throughput(&rt, plain, streams, plan.bulk_plain, upload),
+                );
+            }
+        }
+        a.post(
+            "/tunnel",
+            &format!(r#"{{"name":"t2","dest":["127.0.0.1","{}"]}}"#, b.tunnel),
+        );
+        let elsewhere = a.carry_on("t2", &b, "bulk2", None, bulk);
+        for _ in 0..2 {
+            let (o50, o99) = latency_under_load(elsewhere, 4, echoed, plan.pings / 4);
+            let (l50, l99) = latency_under_load(plain, 4, echoed, plan.pings / 4);
+            row(
+                "  p50 (us) beside 4 bulk downloads: another tunnel, same tunnel",
+                o50,
+                l50,
+            );
+            row(
+                "  p99 (us) beside 4 bulk downloads: another tunnel, same tunnel",
+                o99,
+                l99,
+            );
+        }
+        return;
+    }
     let mut cpu_rows: Vec<(String, u64, u64)> = Vec::new();
     // Node CPU time spent on one tunnelled run, beside what it moved.
     let mut tunnelled =
@@ -154,7 +232,8 @@ fn main() {
             let d = throughput(&rt, bulk, streams, plan.bulk_plain, upload);
             let name = format!("bulk {streams} stream(s) {dir}, plaintext");
             let m = tunnelled(plain, streams, plan.bulk_plain, upload, name.clone());
-            row(&format!("{name} (MiB/s)"), d, m);
+            let r = rh_port(0).map(|p| throughput(&rt, p, streams, plan.bulk_plain, upload));
+            row3(&format!("{name} (MiB/s)"), d, m, r);
             plaintext.insert((upload, streams), m);
         }
     }
@@ -213,9 +292,32 @@ fn main() {
     }
     let (d50, d99) = latency(echo, plan.pings);
     let (m50, m99) = latency(echoed, plan.pings);
-    row("latency p50, 64 B request/response (us)", d50, m50);
-    row("latency p99, 64 B request/response (us)", d99, m99);
-    println!("{:<64} {:>12.1}", "  added p99 latency (us)", m99 - d99);
+    let r = rh_port(1).map(|p| latency(p, plan.pings));
+    row3(
+        "latency p50, 64 B request/response (us)",
+        d50,
+        m50,
+        r.map(|r| r.0),
+    );
+    row3(
+        "latency p99, 64 B request/response (us)",
+        d99,
+        m99,
+        r.map(|r| r.1),
+    );
+    for (what, d, m, r) in [
+        ("p50", d50, m50, r.map(|r| r.0)),
+        ("p99", d99, m99, r.map(|r| r.1)),
+    ] {
+        println!(
+            "{:<64} {:>12} {:>12.1} {:>7}{}",
+            format!("  added {what} latency (us)"),
+            "-",
+            m - d,
+            "",
+            r.map_or(String::new(), |r| format!(" {:>12.1}", r - d))
+        );
+    }
     let (c50, c99) = latency(clear_echoed, plan.pings);
     row("  latency p50, sealed tunnel vs clear (us)", c50, m50);
     row("  latency p99, sealed tunnel vs clear (us)", c99, m99);
@@ -250,16 +352,28 @@ fn main() {
         o99,
         l99,
     );
+    if let (Some(rb), Some(re)) = (rh_port(0), rh_port(1)) {
+        // rathole carries each connection on a TCP connection of its own: its figure beside
+        // the same load through it.
+        // Fewer exchanges: each waits milliseconds there.
+        let (r50, r99) = latency_under_load(rb, 4, re, plan.pings / 40);
+        println!(
+            "{:<64} {:>12.0} {:>12.0}",
+            "  p50, p99 (us) beside 4 bulk downloads through rathole", r50, r99
+        );
+    }
 
-    row(
+    row3(
         "requests/s, 32 keep-alive connections",
         exchanges_per_second(&rt, echo, 32, 128, false, plan.window),
         exchanges_per_second(&rt, echoed, 32, 128, false, plan.window),
+        rh_port(1).map(|p| exchanges_per_second(&rt, p, 32, 128, false, plan.window)),
     );
-    row(
+    row3(
         "new connections/s, 32 clients (32 B echo)",
         exchanges_per_second(&rt, echo, 32, 32, true, plan.window),
         exchanges_per_second(&rt, echoed, 32, 32, true, plan.window),
+        rh_port(1).map(|p| exchanges_per_second(&rt, p, 32, 32, true, plan.window)),
     );
     let (mut c, mut m) = (Vec::new(), Vec::new());
     for _ in 0..3 {
@@ -317,15 +431,24 @@ fn main() {
         &format!(r#"{{"name":"t","dest":["127.0.0.1","{}"]}}"#, b.tunnel),
     );
     let held = a.carry(&b, "hold", None, hold);
-    let per_conn = idle_memory(&a, &b, held, plan.idle_conns);
+    let per_conn = idle_memory(&|| a.rss_kib() + b.rss_kib(), held, plan.idle_conns);
+    // A fresh rathole too, for the same reason.
+    drop(rh);
+    let rathole = rathole::binary().map(|path| {
+        let r = rathole::Rathole::start(&path, &[("echo", echo), ("hold", hold)], |_| None);
+        r.wait_echo(0);
+        idle_memory(&|| r.rss_kib(), r.ports[1], plan.idle_conns)
+    });
     println!(
-        "{:<64} {:>12} {:>12.1}",
+        "{:<64} {:>12} {:>12.1} {:>7}{}",
         format!(
             "RSS per idle connection, both nodes (KiB), {}",
             plan.idle_conns
         ),
         "-",
-        per_conn
+        per_conn,
+        "",
+        rathole.map_or(String::new(), |r| format!(" {r:>12.1}"))
     );
 }
 
@@ -334,6 +457,12 @@ fn node_threads() -> Option<String> {
     std::env::args()
         .skip_while(|a| a != "--node-threads")
         .nth(1)
+}
+
+/// `--node-config FILE`, if given: the configuration file of the nodes started without one of
+/// their own (to measure other settings, e.g. `[tunnel]` windows).
+fn node_config() -> Option<String> {
+    std::env::args().skip_while(|a| a != "--node-config").nth(1)
 }
 
 /// `target/release/menet` beside this binary, or `--menet PATH`.
@@ -378,7 +507,8 @@ impl Node {
     }
 
     fn start_env(menet: &PathBuf, env: &[(&str, &str)]) -> Node {
-        Node::start_args(menet, env, &["--config", "/dev/null"])
+        let config = node_config().unwrap_or_else(|| "/dev/null".to_owned());
+        Node::start_args(menet, env, &["--config", &config])
     }
 
     fn start_args(menet: &PathBuf, env: &[(&str, &str)], args: &[&str]) -> Node {
@@ -516,14 +646,18 @@ impl Node {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        rss_of(self.child.id())
     }
+}
+
+/// Resident memory of process `pid`, in KiB (0 if it cannot be read).
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for Node {
@@ -736,7 +870,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn idle_memory(a: &Node, b: &Node, addr: SocketAddr, count: usize) -> f64 {
+fn idle_memory(rss: &dyn Fn() -> u64, addr: SocketAddr, count: usize) -> f64 {
     let open = |n: usize| -> Vec<TcpStream> {
         (0..n)
             .map(|_| {
@@ -751,10 +885,10 @@ fn idle_memory(a: &Node, b: &Node, addr: SocketAddr, count: usize) -> f64 {
     // A few first connections set up what every node sets up once.
     drop(open(10));
     thread::sleep(Duration::from_millis(300));
-    let before = a.rss_kib() + b.rss_kib();
+    let before = rss();
     let held = open(count);
     thread::sleep(Duration::from_millis(500));
-    let after = a.rss_kib() + b.rss_kib();
+    let after = rss();
     drop(held);
     after.saturating_sub(before) as f64 / count as f64
 }
@@ -910,6 +1044,48 @@ fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAddr, 
             same / 1000.0
         );
     }
+    drop((a, b));
+    if let Some(path) = rathole::binary() {
+        long_link_rathole(&path, &script, rt, bulk, echo, plan);
+    }
+}
+
+/// The long-link rows through rathole: its client dials its server through the same relay.
+fn long_link_rathole(
+    path: &std::path::Path,
+    script: &PathBuf,
+    rt: &Runtime,
+    bulk: SocketAddr,
+    echo: SocketAddr,
+    plan: &Plan,
+) {
+    let mut relay = None;
+    let r = rathole::Rathole::start(path, &[("bulk", bulk), ("echo", echo)], |control| {
+        let (process, port) = spawn_relay(script, control);
+        relay = Some(process);
+        Some(port)
+    });
+    r.wait_echo(1);
+    println!("rathole over the same relay:");
+    for (dir, upload) in [("upload", true), ("download", false)] {
+        for streams in [1usize, 8] {
+            let mbit = throughput_for(rt, r.ports[0], streams, plan.long_run, upload);
+            println!(
+                "{:<64} {:>12} {mbit:>12.0}",
+                format!("  bulk {streams} stream(s) {dir} over 50 ms, rathole (Mbit/s)"),
+                "-"
+            );
+        }
+    }
+    let (r50, r99) = latency_under_load(r.ports[0], 1, r.ports[1], 200);
+    println!(
+        "{:<64} {:>12.1} {:>12.1}",
+        "  64 B p50, p99 (ms) beside a bulk download, rathole",
+        r50 / 1000.0,
+        r99 / 1000.0
+    );
+    drop(r);
+    drop(relay);
 }
 
 /// One of 32 downloads on a tunnel stops reading for `secs` seconds: what it costs the nodes in

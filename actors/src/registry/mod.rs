@@ -385,7 +385,7 @@ impl Registry {
             shutting_down: false,
             generation: 0,
             identity_unsaved,
-            data: (0..threads).map(|_| Arbiter::new()).collect(),
+            data: (0..threads).map(|_| data_thread()).collect(),
             next_data: 0,
             new_names: SourceBuckets::new(settings.limits.new_names_per_minute, NAME_SOURCES),
         }
@@ -484,6 +484,25 @@ impl Actor for Registry {
             (self.settings.pin_ttl / 8).clamp(Duration::from_secs(1), Duration::from_secs(60));
         ctx.run_interval(every, |act, ctx| act.expire_pins(ctx));
     }
+}
+
+/// Tokio's current-thread scheduler looks for I/O events only when its run queue is empty or
+/// after this many task polls. On a data thread under bulk load the queue is never empty, and a
+/// poll can copy and seal a 64 KiB frame: at tokio's default (61), a small request that became
+/// readable waited for up to 61 of them (milliseconds). Eight keeps that wait near one poll of each
+/// busy stream, for one `epoll_wait` per eight polls.
+const EVENT_INTERVAL: u32 = 8;
+
+/// A data thread: an arbiter whose runtime checks for I/O events every [`EVENT_INTERVAL`] polls.
+fn data_thread() -> Arbiter {
+    Arbiter::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .event_interval(EVENT_INTERVAL)
+            .build()
+            // As `Arbiter::new` does: a thread without a runtime cannot run at all.
+            .expect("a data thread's runtime")
+    })
 }
 
 #[cfg(test)]

@@ -98,7 +98,14 @@ impl Handler<FromConnection> for Tunnel {
                 self.shared.usage.buffers.release(bytes);
                 let before = e.recv.target();
                 let update = e.recv.consume(bytes, Instant::now(), rtt, room);
-                self.receive.windows_total = self.receive.windows_total - before + e.recv.target();
+                let after = e.recv.target();
+                self.receive.windows_total = self.receive.windows_total - before + after;
+                if after > before {
+                    // The tunnel window grows with the stream's (what the stream's own window
+                    // lets through, beside what the others had at first).
+                    let initial = u64::from(self.shared.settings.tunnel_window);
+                    self.receive.window.raise_to(after + initial);
+                }
                 if let Some(inc) = update {
                     self.queue_control(
                         &Frame::Window {

@@ -35,7 +35,7 @@ use crate::cipher::fresh_nonce;
 use crate::connection::{Connection, FromConnection, Keying, StreamEvent, StreamSpec};
 use crate::credit::{RecvWindow, Rtt};
 use crate::handshake::Terms;
-use crate::io::write_all_vectored;
+use crate::io::{socket_queues, write_all_vectored, SocketQueues};
 use crate::limits::{Escaped, Gauge, Slot, TokenBucket};
 use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
 use crate::protocol::{
@@ -79,16 +79,22 @@ pub struct TunnelDown {
 
 /// One write to the tunnel socket carries at most about this much data, so that control frames
 /// queued meanwhile wait for no more than this.
-const WRITE_BATCH: usize = 128 * 1024;
+const WRITE_BATCH: usize = 64 * 1024;
 /// What one tunnel holds towards its peer at most (granted to connections, or queued here):
 /// enough to keep the socket busy, little enough that a new frame never waits long.
 const SEND_BUDGET: u64 = 1 << 20;
 /// (Per stream, the grant caps and the standing grants are in [`crate::send_credit`].)
 /// Unsent bytes the kernel may hold for the tunnel socket (`TCP_NOTSENT_LOWAT`): the queue that
 /// no scheduling can reorder is kept this small.
-const NOTSENT_LOWAT: u32 = 128 * 1024;
+const NOTSENT_LOWAT: u32 = 64 * 1024;
 /// Control frames a peer can make us queue (pongs, window updates) while not reading them.
 const MAX_CONTROL_QUEUE: usize = 1 << 20;
+/// DATA bytes received during a PING's round trip below which it measured the path, not a queue
+/// of the peer's bulk (one record's worth).
+const QUIET_BYTES: u64 = 64 * 1024;
+/// Extra PINGs soon after the tunnel comes up, while it is most likely quiet: the first
+/// round-trip samples window growth relies on.
+const EARLY_PINGS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(200)];
 /// How long a closing tunnel may take to flush its goodbye.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -158,8 +164,13 @@ pub struct TunnelCounters {
     pub bytes_received: u64,
     /// The peer's tunnel credit not yet granted.
     pub send_window: u64,
-    /// Bytes queued, not yet written.
+    /// Bytes queued in the tunnel, not yet written to its socket.
     pub queued_bytes: usize,
+    /// The tunnel window offered to the peer now: what it may have in flight and unread
+    /// towards us (it grows while it limits the peer, to the path's bandwidth-delay product).
+    pub receive_window: u64,
+    /// Where the tunnel's bytes wait in the kernel: its socket's send and receive queues.
+    pub socket: SocketQueues,
     /// The AEAD sealing the tunnel's records, or `"none"` (both nodes turned sealing off).
     pub transport: &'static str,
     /// Times this end replaced its sending key.
@@ -280,8 +291,9 @@ struct Receive {
 struct Heartbeat {
     /// The path's round trip, from PING/PONG: decides whether a window is what limits a stream.
     rtt: Rtt,
-    /// The PING in flight and when it went, for the next RTT sample.
-    ping_sent: Option<(u64, Instant)>,
+    /// The PING in flight: its value, when it went, and the DATA bytes received by then (a
+    /// round trip taken while bulk arrived measured our own queue, not the path).
+    ping_sent: Option<(u64, Instant, u64)>,
     /// When the last frame came: past the heartbeat timeout the peer is dead.
     last_heard: Instant,
     /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
@@ -319,6 +331,8 @@ pub struct Tunnel {
     /// The tunnel's socket until the actor starts: registered with the arbiter it runs on there
     /// (it may have been accepted or dialled on another).
     sock: Option<std::net::TcpStream>,
+    /// The socket's descriptor once started, to ask the kernel what waits in its queues.
+    fd: Option<std::os::fd::RawFd>,
     /// Seals what the writer sends, once started (the reading half opens what comes in).
     record: Record,
     /// The socket's write half; `None` while a write is under way (the write future owns it).
@@ -382,6 +396,7 @@ impl Tunnel {
                 authenticated,
             },
             sock: Some(sock),
+            fd: None,
             record: Record::Keys(keys),
             writer: None,
             control: BytesMut::new(),
@@ -430,6 +445,23 @@ impl Tunnel {
             .set(i64::try_from(self.credit.window()).unwrap_or(i64::MAX));
     }
 
+    /// The kernel's queues of the tunnel socket (zeros before the actor starts).
+    fn socket_queues(&self) -> SocketQueues {
+        self.fd.map(socket_queues).unwrap_or_default()
+    }
+
+    /// The kernel-side gauges of `GET /metrics`: set each second (three system calls).
+    fn publish_socket_gauges(&self) {
+        let q = self.socket_queues();
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.socket_unsent.set(gauge(q.unsent));
+        self.metrics.socket_unacked.set(gauge(q.unacked));
+        self.metrics.socket_unread.set(gauge(q.unread));
+        self.metrics
+            .receive_window
+            .set(gauge(self.receive.window.target()));
+    }
+
     /// The peer's address, for lines rate-limited per peer.
     fn peer_ip(&self) -> std::net::IpAddr {
         self.peer
@@ -466,6 +498,7 @@ impl Actor for Tunnel {
         ctx.set_mailbox_capacity(256);
         if let Some(sock) = self.sock.take() {
             crate::io::set_notsent_lowat(&sock, NOTSENT_LOWAT);
+            self.fd = Some(std::os::fd::AsRawFd::as_raw_fd(&sock));
             let sock = match TcpStream::from_std(sock) {
                 Ok(s) => s,
                 Err(e) => {
@@ -505,6 +538,13 @@ impl Actor for Tunnel {
         // idle tunnel audible; silence is checked on a shorter period of its own, so a dead peer
         // is declared within the timeout, not the timeout plus an interval.
         self.send_ping(ctx);
+        for after in EARLY_PINGS {
+            ctx.run_later(after, |act, ctx| {
+                if act.beat.ping_sent.is_none() {
+                    act.send_ping(ctx);
+                }
+            });
+        }
         ctx.run_interval(self.shared.settings.heartbeat_interval, |act, ctx| {
             act.send_ping(ctx)
         });
@@ -518,6 +558,13 @@ impl Actor for Tunnel {
             }
             act.receive.windows_total = total;
             act.publish_gauges();
+            act.publish_socket_gauges();
+            // A round-trip sample each check, not only each heartbeat: window growth uses the
+            // smallest, and one taken while the machine was busy would let windows grow past
+            // what the path needs.
+            if act.beat.ping_sent.is_none() {
+                act.send_ping(ctx);
+            }
             // Other tunnels' streams may have made room in the node's buffer budget.
             act.release_withheld(ctx);
             let silent = act.beat.last_heard.elapsed();
@@ -558,6 +605,9 @@ impl Actor for Tunnel {
         }
         self.metrics.streams.set(0);
         self.metrics.queued.set(0);
+        self.metrics.socket_unsent.set(0);
+        self.metrics.socket_unacked.set(0);
+        self.metrics.socket_unread.set(0);
         self.registry.do_send(TunnelDown {
             name: self.name.clone(),
             generation: self.generation,

@@ -77,9 +77,14 @@ impl Tunnel {
             }
             Frame::Ping(v) => self.queue_control(&Frame::Pong(v), ctx),
             Frame::Pong(v) => {
-                if let Some((sent, at)) = self.beat.ping_sent {
+                if let Some((sent, at, received)) = self.beat.ping_sent {
                     if sent == v {
-                        self.beat.rtt.sample(at.elapsed());
+                        // The path's round trip, for window growth, only from a quiet exchange:
+                        // a PONG that waited behind our peer's bulk measured the queue that
+                        // growth would lengthen.
+                        if self.stats.bytes_received - received < QUIET_BYTES {
+                            self.beat.rtt.sample(at.elapsed());
+                        }
                         self.metrics.rtt.set(at.elapsed().as_secs_f64());
                         self.beat.ping_sent = None;
                     }

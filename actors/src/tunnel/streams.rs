@@ -97,6 +97,8 @@ impl Tunnel {
                 bytes_received: self.stats.bytes_received,
                 send_window: self.credit.window(),
                 queued_bytes: self.sched.bytes() + self.control.len(),
+                receive_window: self.receive.window.target(),
+                socket: self.socket_queues(),
             },
             connections,
         }

@@ -30,9 +30,25 @@ impl Tunnel {
         let v = self.beat.pings;
         self.beat.pings += 1;
         if self.beat.ping_sent.is_none() {
-            self.beat.ping_sent = Some((v, Instant::now()));
+            self.beat.ping_sent = Some((v, Instant::now(), self.stats.bytes_received));
         }
         self.queue_control(&Frame::Ping(v), ctx);
+    }
+
+    /// What one write carries: the control frames, then data frames round-robin up to
+    /// [`WRITE_BATCH`], sealed into records if the tunnel is sealed.
+    fn take_batch(&mut self) -> Vec<Bytes> {
+        let mut batch = Vec::with_capacity(8);
+        if !self.control.is_empty() {
+            batch.push(self.control.split().freeze());
+        }
+        self.sched.take(WRITE_BATCH, &mut batch);
+        if let Record::Sealed(sealer) = &mut self.record {
+            let mut records = Vec::with_capacity(4);
+            sealer.seal(batch, &mut records);
+            batch = records;
+        }
+        batch
     }
 
     /// Starts a write of what is queued, control frames first, unless one is under way.
@@ -50,34 +66,31 @@ impl Tunnel {
         let Some(mut writer) = self.writer.take() else {
             return;
         };
-        let mut batch = Vec::with_capacity(8);
-        if !self.control.is_empty() {
-            batch.push(self.control.split().freeze());
-        }
-        self.sched.take(WRITE_BATCH, &mut batch);
-        if let Record::Sealed(sealer) = &mut self.record {
-            let mut records = Vec::with_capacity(4);
-            sealer.seal(batch, &mut records);
-            batch = records;
-        }
+        // The batch is taken when the write is first polled, after the handlers of every message
+        // already in the mailbox have run: what they queue (a burst of requests, the credit for
+        // them) leaves in this one write instead of one write each.
         ctx.spawn(
-            async move {
-                let result = write_all_vectored(&mut writer, batch).await;
-                (writer, result)
-            }
-            .into_actor(self)
-            .map(|(writer, result), act, ctx| {
-                act.publish_gauges();
-                match result {
-                    Ok(()) => {
-                        act.writer = Some(writer);
-                        // Room in our send budget again.
-                        act.serve_starving();
-                        act.flush(ctx);
+            actix::fut::ready(())
+                .then(move |(), act: &mut Tunnel, _ctx| {
+                    let batch = act.take_batch();
+                    async move {
+                        let result = write_all_vectored(&mut writer, batch).await;
+                        (writer, result)
                     }
-                    Err(e) => act.fail(ctx, format!("write failed: {e}")),
-                }
-            }),
+                    .into_actor(act)
+                })
+                .map(|(writer, result), act, ctx| {
+                    act.publish_gauges();
+                    match result {
+                        Ok(()) => {
+                            act.writer = Some(writer);
+                            // Room in our send budget again.
+                            act.serve_starving();
+                            act.flush(ctx);
+                        }
+                        Err(e) => act.fail(ctx, format!("write failed: {e}")),
+                    }
+                }),
         );
     }
 }
