@@ -559,10 +559,11 @@ impl Actor for Tunnel {
             act.receive.windows_total = total;
             act.publish_gauges();
             act.publish_socket_gauges();
-            // A round-trip sample each check, not only each heartbeat: window growth uses the
-            // smallest, and one taken while the machine was busy would let windows grow past
-            // what the path needs.
-            if act.beat.ping_sent.is_none() {
+            // While streams are open, a round-trip sample each check, not only each heartbeat:
+            // window growth uses the smallest quiet one, and one taken while the machine was
+            // busy would let windows grow past what the path needs. (An idle tunnel pings at its
+            // heartbeat interval only.)
+            if act.beat.ping_sent.is_none() && !act.streams.is_empty() {
                 act.send_ping(ctx);
             }
             // Other tunnels' streams may have made room in the node's buffer budget.
