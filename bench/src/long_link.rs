@@ -1,0 +1,246 @@
+//! The long link: the tunnel's TCP connection through `../shared/tools/delay_relay.py` (25 ms
+//! each way, 32 MiB in flight), menet's rows and, with `--rathole PATH`, rathole's through the
+//! same relay.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Runtime;
+
+use crate::{dial, latency, latency_under_load, rathole, Node, Plan, CHUNK};
+
+/// The tunnel link through `../shared/tools/delay_relay.py` (25 ms each way, 32 MiB in flight):
+/// one stream and eight each way, and a small exchange while one bulk stream fills the link.
+pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAddr, plan: &Plan) {
+    let script = std::env::args()
+        .skip_while(|a| a != "--relay")
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/tools/delay_relay.py"
+            ))
+        });
+    if !script.exists() {
+        println!(
+            "long link: {} not found (--relay PATH); skipped",
+            script.display()
+        );
+        return;
+    }
+    // `--max-stream-window BYTES`: the long-link nodes' [tunnel] max_stream_window.
+    let config = std::env::args()
+        .skip_while(|a| a != "--max-stream-window")
+        .nth(1)
+        .map(|w| {
+            let path =
+                std::env::temp_dir().join(format!("menet-bench-{}.toml", std::process::id()));
+            std::fs::write(&path, format!("[tunnel]\nmax_stream_window = {w}\n")).expect("config");
+            path
+        });
+    let start = || match &config {
+        Some(path) => Node::start_args(menet, &[], &["--config", path.to_str().expect("path")]),
+        None => Node::start(menet),
+    };
+    let (a, b) = (start(), start());
+    let (_relay, port) = spawn_relay(&script, b.tunnel);
+    a.post(
+        "/tunnel",
+        &format!(r#"{{"name":"t","dest":["127.0.0.1","{port}"]}}"#),
+    );
+    let plain = a.carry(&b, "bulk", None, bulk);
+    let echoed = a.carry(&b, "echo", None, echo);
+    println!("\nlong link: the tunnel through a relay delaying 25 ms each way (50 ms RTT), 32 MiB in flight");
+    let mut results = Vec::new();
+    for (dir, upload) in [("upload", true), ("download", false)] {
+        for streams in [1usize, 8] {
+            let mbit = throughput_for(rt, plain, streams, plan.long_run, upload);
+            println!(
+                "{:<64} {:>12} {mbit:>12.0}",
+                format!("bulk {streams} stream(s) {dir} over 50 ms (Mbit/s)"),
+                "-"
+            );
+            results.push(((upload, streams), mbit));
+        }
+    }
+    for upload in [true, false] {
+        let one = results
+            .iter()
+            .find(|r| r.0 == (upload, 1))
+            .map_or(0.0, |r| r.1);
+        let eight = results
+            .iter()
+            .find(|r| r.0 == (upload, 8))
+            .map_or(1.0, |r| r.1);
+        println!(
+            "{:<64} {:>12} {:>12.2}",
+            format!(
+                "  one stream / eight streams, {}",
+                if upload { "upload" } else { "download" }
+            ),
+            "-",
+            one / eight
+        );
+    }
+    let (i50, i99) = latency(echoed, 200);
+    println!(
+        "{:<64} {:>12} {:>12.1}\n{:<64} {:>12} {:>12.1}",
+        "64 B request/response p50 (ms), link idle",
+        "-",
+        i50 / 1000.0,
+        "64 B request/response p99 (ms), link idle",
+        "-",
+        i99 / 1000.0
+    );
+    // Baseline: the bulk download on a second tunnel through a relay of its own, so the
+    // exchange's relay is not the one busy; then the same download on the exchange's tunnel.
+    let (_second, port2) = spawn_relay(&script, b.tunnel);
+    a.post(
+        "/tunnel",
+        &format!(r#"{{"name":"t2","dest":["127.0.0.1","{port2}"]}}"#),
+    );
+    let elsewhere = a.carry_on("t2", &b, "bulk2", None, bulk);
+    let (o50, o99) = latency_under_load(elsewhere, 1, echoed, 200);
+    let (l50, l99) = latency_under_load(plain, 1, echoed, 200);
+    for (what, other, same) in [("p50", o50, l50), ("p99", o99, l99)] {
+        println!(
+            "{:<64} {:>12.1} {:>12.1}",
+            format!("64 B request/response {what} (ms) beside a bulk download: other, same tunnel"),
+            other / 1000.0,
+            same / 1000.0
+        );
+    }
+    drop((a, b));
+    if let Some(path) = rathole::binary() {
+        long_link_rathole(&path, &script, rt, bulk, echo, plan);
+    }
+}
+
+/// The long-link rows through rathole: its client dials its server through the same relay.
+fn long_link_rathole(
+    path: &std::path::Path,
+    script: &PathBuf,
+    rt: &Runtime,
+    bulk: SocketAddr,
+    echo: SocketAddr,
+    plan: &Plan,
+) {
+    let mut relay = None;
+    let r = rathole::Rathole::start(path, &[("bulk", bulk), ("echo", echo)], |control| {
+        let (process, port) = spawn_relay(script, control);
+        relay = Some(process);
+        Some(port)
+    });
+    r.wait_echo(1);
+    println!("rathole over the same relay:");
+    for (dir, upload) in [("upload", true), ("download", false)] {
+        for streams in [1usize, 8] {
+            let mbit = throughput_for(rt, r.ports[0], streams, plan.long_run, upload);
+            println!(
+                "{:<64} {:>12} {mbit:>12.0}",
+                format!("  bulk {streams} stream(s) {dir} over 50 ms, rathole (Mbit/s)"),
+                "-"
+            );
+        }
+    }
+    let (r50, r99) = latency_under_load(r.ports[0], 1, r.ports[1], 200);
+    println!(
+        "{:<64} {:>12.1} {:>12.1}",
+        "  64 B p50, p99 (ms) beside a bulk download, rathole",
+        r50 / 1000.0,
+        r99 / 1000.0
+    );
+    drop(r);
+    drop(relay);
+}
+
+/// Starts the delay relay (25 ms each way, 32 MiB in flight) in front of `target`; its process
+/// (killed when dropped) and port.
+fn spawn_relay(script: &PathBuf, target: u16) -> (RelayProcess, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut relay = Command::new("python3");
+    relay
+        .arg(script)
+        .args([
+            port.to_string(),
+            target.to_string(),
+            "25".into(),
+            (32u32 << 20).to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; the relay dies with the benchmark.
+    unsafe {
+        relay.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let process = RelayProcess(relay.spawn().expect("start the delay relay"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "relay did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    (process, port)
+}
+
+/// The delay relay's process, killed with the section.
+struct RelayProcess(Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Mbit/s moved by `streams` streams for `run` (uploads counted by the backend).
+fn throughput_for(
+    rt: &Runtime,
+    addr: SocketAddr,
+    streams: usize,
+    run: Duration,
+    upload: bool,
+) -> f64 {
+    let started = Instant::now();
+    let deadline = started + run;
+    let bytes: u64 = rt
+        .block_on(join_all((0..streams).map(|_| async move {
+            let mut s = dial(addr).await;
+            let mut buf = vec![0x5au8; CHUNK];
+            if upload {
+                s.write_u8(b'U').await.expect("cmd");
+                while Instant::now() < deadline {
+                    s.write_all(&buf).await.expect("upload");
+                }
+                s.shutdown().await.expect("half-close");
+                s.read_u64().await.expect("count")
+            } else {
+                s.write_u8(b'D').await.expect("cmd");
+                s.write_u64(u64::MAX).await.expect("len");
+                let mut got = 0u64;
+                while Instant::now() < deadline {
+                    got += s.read(&mut buf).await.expect("download") as u64;
+                }
+                got
+            }
+        })))
+        .into_iter()
+        .sum();
+    bytes as f64 * 8.0 / 1e6 / started.elapsed().as_secs_f64()
+}
