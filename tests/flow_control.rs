@@ -278,7 +278,7 @@ fn a_window_grows_on_a_long_path_and_shrinks_when_idle() {
 
 /// Four bulk downloads on one loopback tunnel: what the sending node has in its tunnel socket
 /// (unsent and unacknowledged), and what the receiving node has not read of it, each stay
-/// within the receiving node's tunnel window (it stays near its initial 256 KiB on loopback), so a
+/// within the receiving node's tunnel window (near its initial 256 KiB on a quiet loopback), so a
 /// small frame behind bulk waits for about that much at most; and `GET /config` and `/metrics`
 /// show each queue.
 #[test]
@@ -338,8 +338,11 @@ fn bulk_keeps_at_most_the_tunnel_window_in_flight_and_unread_and_shows_where_it_
             "{bytes} bytes {what}, beyond a window of {widest_window}"
         );
     }
+    // It stays at 256 KiB on a quiet machine (README's figures); a loaded one lengthens the
+    // quiet round trips growth is measured against, so only a loose bound here: far under the
+    // 32 MiB every tunnel used to start with.
     assert!(
-        widest_window <= 1 << 20,
+        widest_window <= 8 << 20,
         "on loopback the tunnel window stays small: {widest_window}"
     );
     let (status, _, metrics) = http_text(a.admin, "GET", "/metrics", "", "");
