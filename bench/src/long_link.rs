@@ -3,7 +3,6 @@
 //! same relay.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -179,13 +178,7 @@ fn spawn_relay(script: &PathBuf, target: u16) -> (RelayProcess, u16) {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: prctl is async-signal-safe; the relay dies with the benchmark.
-    unsafe {
-        relay.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    crate::dies_with_bench(&mut relay);
     let process = RelayProcess(relay.spawn().expect("start the delay relay"));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let started = Instant::now();

@@ -203,18 +203,9 @@ fn main() {
         );
         let elsewhere = a.carry_on("t2", &b, "bulk2", None, bulk);
         for _ in 0..2 {
-            let (o50, o99) = latency_under_load(elsewhere, 4, echoed, plan.pings / 4);
-            let (l50, l99) = latency_under_load(plain, 4, echoed, plan.pings / 4);
-            row(
-                "  p50 (us) beside 4 bulk downloads: another tunnel, same tunnel",
-                o50,
-                l50,
-            );
-            row(
-                "  p99 (us) beside 4 bulk downloads: another tunnel, same tunnel",
-                o99,
-                l99,
-            );
+            let other = latency_under_load(elsewhere, 4, echoed, plan.pings / 4);
+            let same = latency_under_load(plain, 4, echoed, plan.pings / 4);
+            beside_rows(&row, other, same);
         }
         return;
     }
@@ -343,16 +334,7 @@ fn main() {
         x99,
         o99
     );
-    row(
-        "  p50 (us) beside 4 bulk downloads: another tunnel, same tunnel",
-        o50,
-        l50,
-    );
-    row(
-        "  p99 (us) beside 4 bulk downloads: another tunnel, same tunnel",
-        o99,
-        l99,
-    );
+    beside_rows(&row, (o50, o99), (l50, l99));
     if let (Some(rb), Some(re)) = (rh_port(0), rh_port(1)) {
         // rathole carries each connection on a TCP connection of its own: its figure beside
         // the same load through it.
@@ -534,13 +516,7 @@ impl Node {
         cmd.env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; it makes the node die with the benchmark.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        dies_with_bench(&mut cmd);
         let mut child = cmd.spawn().expect("start menet");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let (mut admin, mut tunnel) = (None, None);
@@ -648,6 +624,33 @@ impl Node {
 
     fn rss_kib(&self) -> u64 {
         rss_of(self.child.id())
+    }
+}
+
+/// The two rows of a small exchange beside 4 bulk downloads: with the bulk on another tunnel,
+/// and on the exchange's own; (p50, p99) each.
+fn beside_rows(row: &dyn Fn(&str, f64, f64), other: (f64, f64), same: (f64, f64)) {
+    row(
+        "  p50 (us) beside 4 bulk downloads: another tunnel, same tunnel",
+        other.0,
+        same.0,
+    );
+    row(
+        "  p99 (us) beside 4 bulk downloads: another tunnel, same tunnel",
+        other.1,
+        same.1,
+    );
+}
+
+/// Makes the process `cmd` starts die with the benchmark (a node, a relay, rathole), so none
+/// outlives an interrupted run.
+fn dies_with_bench(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it only sets the child's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
