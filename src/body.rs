@@ -245,6 +245,63 @@ pub fn any_port_endpoint_value(v: &Value, f: &str) -> Result<SocketAddr, ApiErro
     Ok(SocketAddr::new(ip, port as u16))
 }
 
+/// One `[ip, port]` or a list of them (`[[ip, port], ...]`, a remote service's backends), port
+/// 0 allowed (the caller decides); at most [`MAX_ADDRS`], none twice.
+pub fn addrs_value(v: &Value, f: &str) -> Result<Vec<SocketAddr>, ApiError> {
+    let Some(Value::Array(items)) = given(v) else {
+        return any_port_endpoint_value(v, f).map(|a| vec![a]);
+    };
+    if !items.first().is_some_and(Value::is_array) {
+        return any_port_endpoint_value(v, f).map(|a| vec![a]);
+    }
+    if items.len() > MAX_ADDRS {
+        return Err(ApiError::bad(format!(
+            "field \"{f}\": at most {MAX_ADDRS} addresses"
+        )));
+    }
+    let mut addrs = Vec::with_capacity(items.len());
+    for item in items {
+        let a = any_port_endpoint_value(item, f)?;
+        if addrs.contains(&a) {
+            return Err(ApiError::bad(format!("field \"{f}\": {a} is given twice")));
+        }
+        addrs.push(a);
+    }
+    Ok(addrs)
+}
+
+/// The most addresses a remote service may have.
+pub const MAX_ADDRS: usize = 64;
+
+/// An optional word from a fixed set (`"udp"`, `"v2"`, `"round-robin"`): `null` is none; the
+/// type's own parser says which words it takes.
+pub fn word_value<T: std::str::FromStr<Err = String>>(
+    v: &Value,
+    f: &str,
+) -> Result<Option<T>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(w) => w
+            .trim()
+            .parse::<T>()
+            .map(Some)
+            .map_err(|e| ApiError::bad(format!("field \"{f}\" {e}"))),
+        _ => Err(ApiError::bad(format!("field \"{f}\" must be a string"))),
+    }
+}
+
+/// An optional whole number (a number or a string of digits); `null` or 0 is none.
+pub fn amount_value(v: &Value, f: &str) -> Result<Option<u64>, ApiError> {
+    let n = match v {
+        Value::Null => return Ok(None),
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::bad(format!("field \"{f}\" must be a whole number")))?;
+    Ok((n > 0).then_some(n))
+}
+
 /// An optional `[ip, port]`: `null` is none.
 pub fn optional_endpoint_value(v: &Value, f: &str) -> Result<Option<SocketAddr>, ApiError> {
     given(v).map(|v| endpoint_value(v, f)).transpose()

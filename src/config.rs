@@ -21,7 +21,7 @@ pub const ENV_ADMIN_TOKEN: &str = "MENET_ADMIN_TOKEN";
 pub const DEFAULT_PATH: &str = "config/menet.toml";
 
 /// `--version`: the release and the tunnel protocol it speaks (a unit test keeps the two in step).
-pub const VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), " (tunnel protocol 3)");
+pub const VERSION_TEXT: &str = concat!(env!("CARGO_PKG_VERSION"), " (tunnel protocol 4)");
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,6 +111,7 @@ struct LimitsTable {
     max_tunnels: Option<usize>,
     max_streams: Option<u32>,
     max_connections_per_service: Option<usize>,
+    max_udp_flows_per_service: Option<usize>,
     max_dials_per_second: Option<u32>,
     fd_reserve: Option<usize>,
     handshakes_per_address: Option<usize>,
@@ -566,6 +567,9 @@ fn limits(file: &File, invalid: &dyn Fn(String) -> ConfigError) -> Result<Limits
         max_connections_per_service: l
             .max_connections_per_service
             .unwrap_or(d.max_connections_per_service),
+        max_udp_flows_per_service: l
+            .max_udp_flows_per_service
+            .unwrap_or(d.max_udp_flows_per_service),
         max_dials_per_second: l.max_dials_per_second.unwrap_or(d.max_dials_per_second),
         fd_reserve: l.fd_reserve.unwrap_or(d.fd_reserve),
         handshakes_per_address: l.handshakes_per_address.unwrap_or(d.handshakes_per_address),
@@ -607,6 +611,10 @@ fn limits(file: &File, invalid: &dyn Fn(String) -> ConfigError) -> Result<Limits
         (
             "max_connections_per_service",
             limits.max_connections_per_service,
+        ),
+        (
+            "max_udp_flows_per_service",
+            limits.max_udp_flows_per_service,
         ),
         ("max_dials_per_second", limits.max_dials_per_second as usize),
         ("handshakes_per_address", limits.handshakes_per_address),

@@ -188,7 +188,7 @@ fn garbage_and_silence_on_the_tunnel_port_are_dropped() {
     let mut answer = Vec::new();
     let _ = old.read_to_end(&mut answer);
     assert_eq!(&answer[..6], b"MNET\x01\x01", "a version-1 refusal");
-    assert!(String::from_utf8_lossy(&answer).contains("version 3"));
+    assert!(String::from_utf8_lossy(&answer).contains("version 4"));
     assert!(b.wait_log("version 1", Duration::from_secs(2)));
     // A version-2 peer gets a REFUSE in the layout it reads.
     let mut old = TcpStream::connect(b.tunnel).expect("connect");
@@ -199,8 +199,19 @@ fn garbage_and_silence_on_the_tunnel_port_are_dropped() {
     let mut answer = Vec::new();
     let _ = old.read_to_end(&mut answer);
     assert_eq!(&answer[..6], b"MNET\x02\x05", "a version-2 REFUSE");
-    assert!(String::from_utf8_lossy(&answer).contains("version 3"));
+    assert!(String::from_utf8_lossy(&answer).contains("version 4"));
     assert!(b.wait_log("version 2", Duration::from_secs(2)));
+    // So does a version-3 peer (whose OPEN has no client address).
+    let mut old = TcpStream::connect(b.tunnel).expect("connect");
+    let mut hello = b"MNET\x03\x01".to_vec();
+    hello.extend_from_slice(&[0, 10]);
+    hello.extend_from_slice(&[0; 10]);
+    old.write_all(&hello).expect("hello");
+    let mut answer = Vec::new();
+    let _ = old.read_to_end(&mut answer);
+    assert_eq!(&answer[..6], b"MNET\x03\x05", "a version-3 REFUSE");
+    assert!(String::from_utf8_lossy(&answer).contains("version 4"));
+    assert!(b.wait_log("version 3", Duration::from_secs(2)));
 
     // Valid handshake, then a frame over the size limit: the tunnel is closed with a log line.
     let mut rogue = raw_dial(b.tunnel, "rogue", None, None).expect("handshake");

@@ -60,6 +60,8 @@ fn unique_service_names_in_opens_leave_metrics_and_memory_where_they_were() {
                 stream: 2 * i + 1,
                 service: format!("made-up-service-{i:08}-{}", "x".repeat(150)),
                 keyed: None,
+                protocol: menet_actors::protocol::Protocol::Tcp,
+                origin: None,
             }
             .encode(&mut buf);
         }
@@ -286,6 +288,8 @@ fn a_name_freed_by_its_dialer_takes_its_binds_with_it() {
             stream: 1,
             service: "service1".into(),
             keyed: None,
+            protocol: menet_actors::protocol::Protocol::Tcp,
+            origin: None,
         },
     );
     let answer = recv_frame_until(&mut s, Duration::from_secs(5), |f| {
@@ -568,6 +572,8 @@ fn one_tunnel_cannot_take_every_descriptor() {
             stream: 2 * i + 1,
             service: "svc".into(),
             keyed: None,
+            protocol: menet_actors::protocol::Protocol::Tcp,
+            origin: None,
         }
         .encode(&mut buf);
     }

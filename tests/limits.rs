@@ -41,6 +41,8 @@ fn open(s: &mut RawPeer, stream: u32) {
             stream,
             service: "svc".into(),
             keyed: None,
+            protocol: menet_actors::protocol::Protocol::Tcp,
+            origin: None,
         },
     );
 }

@@ -551,6 +551,8 @@ fn a_replayed_keyed_stream_never_reaches_the_backend_as_the_original() {
             stream: replay,
             service: "service1".into(),
             keyed: Some(keyed),
+            protocol: menet_actors::protocol::Protocol::Tcp,
+            origin: None,
         });
         assert!(eventually(Duration::from_secs(3), || relay
             .from_acceptor
@@ -747,6 +749,8 @@ fn peer_supplied_text_is_escaped_and_refusals_do_not_flood_the_log() {
             stream: 2 * i + 1,
             service: "evil\r\n[2026-01-01T00:00:00Z INFO  menet] forged".into(),
             keyed: None,
+            protocol: menet_actors::protocol::Protocol::Tcp,
+            origin: None,
         }
         .encode(&mut burst);
     }

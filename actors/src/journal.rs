@@ -166,12 +166,9 @@ mod tests {
             Change::Service {
                 side: Side::Local,
                 name: "web".into(),
-                record: Some(ServiceRecord {
-                    addr: "127.0.0.1:8080".parse().expect("addr"),
-                    key: None,
-                    cipher: None,
-                    timeout_ms: None,
-                }),
+                record: Some(ServiceRecord::plain(
+                    "127.0.0.1:8080".parse().expect("addr"),
+                )),
             },
             Change::Bind {
                 side: Side::Local,

@@ -11,19 +11,26 @@
 //!   round trip; [`send_credit`] what a tunnel may send and what its streams hold of it;
 //!   [`schedule`] the per-stream send queue; [`limits`] the node's limits, their accounting, the
 //!   log's rate limits and escaping; [`admission`] handshake slots and per-source rates;
-//!   [`metrics`] the Prometheus series; `io` socket helpers; [`fuzzing`] fuzz entry points.
-//! - **stream**: [`connection`] one client or backend socket, carried as one stream.
+//!   [`metrics`] the Prometheus series; `io` socket helpers; [`fuzzing`] fuzz entry points;
+//!   [`service`] a service's options (protocol, PROXY header, balance, bandwidth);
+//!   [`backends`] a remote service's addresses and their health; [`pace`] bandwidth limits
+//!   (token buckets); [`proxy_header`] the PROXY protocol header.
+//! - **stream**: [`connection`] one client or backend socket, carried as one stream;
+//!   [`datagram`] one UDP flow (a client address), carried as one stream.
 //! - **tunnel**: [`tunnel`] one tunnel connection (multiplexing, flow control, heartbeats; it
 //!   starts its streams' connections); [`routes`] the published route table; [`listener`] a
-//!   local service's listener and the tunnel port.
+//!   local service's listener and the tunnel port; [`udp_listener`] a local UDP service's
+//!   socket and its flow table.
 //! - **registry**: [`registry`] the actor that owns the configuration and supervises the rest;
 //!   [`model`] the state kept on disk, [`journal`] its line format, [`state`] the writer thread.
 //! - **admin** is the `menet` crate (`src/`): the HTTP API turns requests into Registry messages.
 
 pub mod admission;
+pub mod backends;
 pub mod cipher;
 pub mod connection;
 pub mod credit;
+pub mod datagram;
 pub mod fuzzing;
 pub mod handshake;
 mod io;
@@ -33,14 +40,18 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod model;
+pub mod pace;
 pub mod protocol;
+pub mod proxy_header;
 pub mod record;
 pub mod registry;
 pub mod routes;
 pub mod schedule;
 pub mod send_credit;
+pub mod service;
 pub mod state;
 pub mod tunnel;
+pub mod udp_listener;
 
 use std::fmt;
 use std::time::Duration;

@@ -25,6 +25,8 @@ pub struct Limits {
     pub max_streams: u32,
     /// Clients one local service carries at once.
     pub max_connections_per_service: usize,
+    /// Flows (client addresses) one local UDP service carries at once.
+    pub max_udp_flows_per_service: usize,
     /// Backend dials one tunnel's peer may cause per second (OPENs of remote services).
     pub max_dials_per_second: u32,
     /// File descriptors kept free for the admin API, the tunnel port and the state file.
@@ -68,6 +70,7 @@ impl Default for Limits {
             max_tunnels: 256,
             max_streams: 4096,
             max_connections_per_service: 4096,
+            max_udp_flows_per_service: 4096,
             max_dials_per_second: 10_000,
             fd_reserve: 128,
             handshakes_per_address: 4,
@@ -452,17 +455,50 @@ impl TokenBucket {
         }
     }
 
+    /// `rate` bytes a second (a bandwidth limit), with a burst of one second's worth.
+    pub fn bytes_per_second(rate: u64, now: Instant) -> TokenBucket {
+        let rate = rate.max(1) as f64;
+        TokenBucket {
+            rate,
+            burst: rate,
+            tokens: rate,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now.max(self.last);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        debug_assert!(self.tokens <= self.burst);
+    }
+
     /// Takes a token if one is there.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// How long to wait before taking anything: `None` while tokens are there. With
+    /// [`TokenBucket::take`] the bucket may be in debt; this waits until it is paid.
+    pub fn wait(&mut self, now: Instant) -> Option<Duration> {
+        self.refill(now);
+        if self.tokens > 0.0 {
+            return None;
+        }
+        let secs = (1.0 - self.tokens) / self.rate;
+        Some(Duration::from_secs_f64(secs).max(Duration::from_millis(1)))
+    }
+
+    /// Takes `n` tokens, going into debt if there are fewer (bytes already moved).
+    pub fn take(&mut self, n: u64, now: Instant) {
+        self.refill(now);
+        self.tokens -= n as f64;
     }
 }
 

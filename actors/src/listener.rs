@@ -19,13 +19,14 @@ use tokio::task::JoinHandle;
 use crate::admission::{HandshakeSlots, SlotCaps, SlotRefusal};
 use crate::cipher::Secret;
 use crate::handshake::{
-    read_message, refusal, version1_refusal, version2_refusal, write_message, Acceptor,
+    older_refusal, read_message, refusal, version1_refusal, write_message, Acceptor,
     HandshakeError, Identity, Message, RefuseCode, Terms, Transport, IDENTITY_LEN,
 };
 use crate::limits::{printable, Escaped, Gauge, Slot, Usage};
 use crate::metrics::{metrics, Refused};
+use crate::protocol::Origin;
 use crate::record::SessionKeys;
-use crate::routes::{CarryClient, RouteTable};
+use crate::routes::{CarryClient, Client, RouteTable};
 use crate::{Settings, Shared, Side};
 
 /// Where a listener reports and asks upward: its owner (the Registry), as recipients, so this
@@ -330,10 +331,15 @@ impl Listener {
             // The tunnel may run on another arbiter: the socket goes unregistered.
             Ok((route, tunnel)) => match sock.into_std() {
                 Ok(sock) => tunnel.do_send(CarryClient {
-                    sock,
+                    origin: sock.local_addr().ok().map(|reached| Origin {
+                        client: peer,
+                        reached,
+                    }),
+                    client: Client::Tcp(sock),
                     service: service.to_owned(),
                     key: route.key.clone(),
                     idle_timeout: route.timeout,
+                    pace: route.pace.clone(),
                     slots,
                 }),
                 Err(e) => log_limited!(
@@ -591,7 +597,7 @@ async fn answer(
             let refusal = if v == 1 {
                 version1_refusal()
             } else {
-                version2_refusal()
+                older_refusal(v)
             };
             let _ = write_message(&mut sock, &refusal).await;
             return Err(HandshakeError::Version(v));

@@ -97,6 +97,8 @@ pub enum Refused {
     TunnelDown,
     /// The two ends' keys or ciphers differ.
     KeyMismatch,
+    /// One end carries TCP, the other UDP.
+    ProtocolMismatch,
     /// A stream limit (`max_streams`, ours or the peer's).
     StreamLimit,
     /// `max_connections_per_service`.
@@ -117,6 +119,7 @@ impl Refused {
             Refused::NotBound => "not_bound",
             Refused::TunnelDown => "tunnel_down",
             Refused::KeyMismatch => "key_mismatch",
+            Refused::ProtocolMismatch => "protocol_mismatch",
             Refused::StreamLimit => "stream_limit",
             Refused::ConnectionLimit => "connection_limit",
             Refused::Resources => "resources",

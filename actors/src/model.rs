@@ -10,11 +10,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// The format this build writes. It reads version 1 too (which had no identities, secrets,
-/// accepted names or ciphers).
-pub const VERSION: u64 = 2;
+use crate::service::{Balance, Protocol, ProxyVersion, ServiceOptions};
+
+/// The format this build writes. It reads versions 1 (which had no identities, secrets,
+/// accepted names or ciphers) and 2 (no protocols, PROXY headers, several addresses, health
+/// checks or bandwidth limits) too.
+pub const VERSION: u64 = 3;
 /// Versions this build reads.
-pub const READS: [u64; 2] = [1, 2];
+pub const READS: [u64; 3] = [1, 2, 3];
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -25,7 +28,7 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("state file {path} has version {found}, this menet reads versions 1 and {VERSION}; it is left as it is")]
+    #[error("state file {path} has version {found}, this menet reads versions 1 to {VERSION}; it is left as it is")]
     Version { path: PathBuf, found: String },
     #[error("state file {path} is inconsistent: {message}")]
     Inconsistent { path: PathBuf, message: String },
@@ -109,6 +112,62 @@ pub struct ServiceRecord {
     pub cipher: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// A remote service's further addresses, after `addr`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_addrs: Vec<SocketAddr>,
+    /// `udp`, when not TCP.
+    #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
+    pub protocol: Protocol,
+    /// The PROXY header a remote service's backend receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// `round-robin`, when not `first`.
+    #[serde(default, skip_serializing_if = "Balance::is_first")]
+    pub balance: Balance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_ms: Option<u64>,
+    /// Bytes per second, each direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
+}
+
+impl ServiceRecord {
+    /// A plaintext TCP service at `addr`, nothing else set.
+    pub fn plain(addr: SocketAddr) -> ServiceRecord {
+        ServiceRecord {
+            addr,
+            key: None,
+            cipher: None,
+            timeout_ms: None,
+            more_addrs: Vec::new(),
+            protocol: Protocol::Tcp,
+            proxy_protocol: None,
+            balance: Balance::First,
+            health_check_ms: None,
+            bandwidth: None,
+        }
+    }
+
+    /// The options kept beside the address, key and timeout.
+    pub fn options(&self) -> ServiceOptions {
+        ServiceOptions {
+            protocol: self.protocol,
+            proxy_protocol: self.proxy_protocol,
+            balance: self.balance,
+            health_check_ms: self.health_check_ms,
+            bandwidth: self.bandwidth,
+        }
+    }
+
+    /// Sets the options kept beside the address, key and timeout.
+    pub fn with_options(mut self, o: &ServiceOptions) -> ServiceRecord {
+        self.protocol = o.protocol;
+        self.proxy_protocol = o.proxy_protocol;
+        self.balance = o.balance;
+        self.health_check_ms = o.health_check_ms;
+        self.bandwidth = o.bandwidth;
+        self
+    }
 }
 
 /// Service name -> tunnel name, per side.

@@ -20,7 +20,10 @@ use thiserror::Error;
 use tokio_util::codec::Decoder;
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+
+pub use crate::service::Protocol;
 
 /// Frame header: payload length (u32), kind (u8), stream id (u32), all big-endian.
 pub const HEADER_LEN: usize = 9;
@@ -115,12 +118,24 @@ impl ResetCode {
     }
 }
 
+/// Where a stream's client came from: its address as the local service's listener saw it, and
+/// the address it reached (for a PROXY protocol header at the remote end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub client: SocketAddr,
+    pub reached: SocketAddr,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Open {
         stream: u32,
         service: String,
         keyed: Option<KeyedOpen>,
+        /// What the service carries: the acceptor refuses a stream of the other protocol.
+        protocol: Protocol,
+        /// The client's addresses, when the opener knows them.
+        origin: Option<Origin>,
     },
     /// `nonce`: the acceptor's stream nonce, for a keyed stream.
     OpenOk {
@@ -228,17 +243,33 @@ impl Frame {
                 stream,
                 service,
                 keyed,
+                protocol,
+                origin,
             } => {
                 let name = truncate_utf8(service, MAX_NAME);
-                let len = 3 + name.len() + keyed.map_or(0, |_| NONCE_LEN + CHECK_LEN);
+                let origin = origin.map(Origin::one_family);
+                let len = 3
+                    + name.len()
+                    + keyed.map_or(0, |_| NONCE_LEN + CHECK_LEN)
+                    + 1
+                    + origin.map_or(0, |o| 2 * (ip_len(o.client) + 2));
                 put_header(dst, kind::OPEN, *stream, len);
-                dst.put_u8(u8::from(keyed.is_some()));
+                let udp = u8::from(*protocol == Protocol::Udp) << 1;
+                dst.put_u8(u8::from(keyed.is_some()) | udp);
                 dst.put_u8(keyed.map_or(0, |k| k.cipher.wire_id()));
                 dst.put_u8(name.len() as u8);
                 dst.put_slice(name);
                 if let Some(k) = keyed {
                     dst.put_slice(&k.nonce);
                     dst.put_slice(&k.check);
+                }
+                match origin {
+                    None => dst.put_u8(0),
+                    Some(o) => {
+                        dst.put_u8(if o.client.is_ipv4() { 4 } else { 6 });
+                        put_addr(dst, o.client);
+                        put_addr(dst, o.reached);
+                    }
                 }
             }
             Frame::OpenOk { stream, nonce } => {
@@ -364,21 +395,28 @@ impl Frame {
     }
 }
 
-/// An OPEN frame's body: the keyed flag, the cipher, the service name, and for a keyed stream
-/// the opener's nonce and the key check.
+/// An OPEN frame's body: the flags (keyed, UDP), the cipher, the service name, for a keyed
+/// stream the opener's nonce and the key check, then the origin (none, or the client's and the
+/// reached address, both IPv4 or both IPv6).
 fn decode_open(stream: u32, body: &mut Bytes) -> Result<Frame, ProtocolError> {
-    if body.is_empty() {
-        return Err(ProtocolError::Malformed("OPEN"));
+    let bad = || ProtocolError::Malformed("OPEN");
+    if body.len() < 2 {
+        return Err(bad());
     }
-    let keyed = body.get_u8();
-    if body.is_empty() {
-        return Err(ProtocolError::Malformed("OPEN"));
-    }
+    let flags = body.get_u8();
     let cipher = body.get_u8();
+    if flags & !3 != 0 {
+        return Err(bad());
+    }
+    let protocol = if flags & 2 != 0 {
+        Protocol::Udp
+    } else {
+        Protocol::Tcp
+    };
     let service = get_text(body, "OPEN")?;
-    let keyed = match (keyed, CipherKind::from_wire(cipher)) {
-        (0, _) if cipher == 0 && body.is_empty() => None,
-        (1, Some(cipher)) if body.len() == NONCE_LEN + CHECK_LEN => {
+    let keyed = match (flags & 1, CipherKind::from_wire(cipher)) {
+        (0, _) if cipher == 0 => None,
+        (1, Some(cipher)) if body.len() >= NONCE_LEN + CHECK_LEN => {
             let mut k = KeyedOpen {
                 cipher,
                 nonce: [0; NONCE_LEN],
@@ -388,13 +426,81 @@ fn decode_open(stream: u32, body: &mut Bytes) -> Result<Frame, ProtocolError> {
             body.copy_to_slice(&mut k.check);
             Some(k)
         }
-        _ => return Err(ProtocolError::Malformed("OPEN")),
+        _ => return Err(bad()),
     };
+    if body.is_empty() {
+        return Err(bad());
+    }
+    let origin = match body.get_u8() {
+        0 => None,
+        family @ (4 | 6) => Some(Origin {
+            client: get_addr(body, family).ok_or_else(bad)?,
+            reached: get_addr(body, family).ok_or_else(bad)?,
+        }),
+        _ => return Err(bad()),
+    };
+    if !body.is_empty() {
+        return Err(bad());
+    }
     Ok(Frame::Open {
         stream,
         service,
         keyed,
+        protocol,
+        origin,
     })
+}
+
+impl Origin {
+    /// Both addresses in one family: IPv4-mapped addresses as IPv4, and if they still differ
+    /// the IPv4 one mapped into IPv6.
+    pub fn one_family(self) -> Origin {
+        let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let (client, reached) = (canon(self.client), canon(self.reached));
+        if client.is_ipv4() == reached.is_ipv4() {
+            return Origin { client, reached };
+        }
+        let six = |a: SocketAddr| match a.ip() {
+            IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+            IpAddr::V6(_) => a,
+        };
+        Origin {
+            client: six(client),
+            reached: six(reached),
+        }
+    }
+}
+
+fn ip_len(a: SocketAddr) -> usize {
+    if a.is_ipv4() {
+        4
+    } else {
+        16
+    }
+}
+
+fn put_addr(dst: &mut BytesMut, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(v4) => dst.put_slice(&v4.octets()),
+        IpAddr::V6(v6) => dst.put_slice(&v6.octets()),
+    }
+    dst.put_u16(a.port());
+}
+
+fn get_addr(body: &mut Bytes, family: u8) -> Option<SocketAddr> {
+    let ip = if family == 4 {
+        let raw: [u8; 4] = body.get(..4)?.try_into().ok()?;
+        body.advance(4);
+        IpAddr::from(raw)
+    } else {
+        let raw: [u8; 16] = body.get(..16)?.try_into().ok()?;
+        body.advance(16);
+        IpAddr::from(raw)
+    };
+    if body.len() < 2 {
+        return None;
+    }
+    Some(SocketAddr::new(ip, body.get_u16()))
 }
 
 /// Frame decoder for the tunnel connection once the handshake is done (encoding is [`Frame::encode`]).
@@ -528,6 +634,28 @@ mod tests {
             stream: 7,
             service: "service1".into(),
             keyed: None,
+            protocol: Protocol::Tcp,
+            origin: None,
+        });
+        roundtrip(Frame::Open {
+            stream: 7,
+            service: "service1".into(),
+            keyed: None,
+            protocol: Protocol::Udp,
+            origin: Some(Origin {
+                client: "192.0.2.7:5353".parse().expect("addr"),
+                reached: "127.0.0.1:53".parse().expect("addr"),
+            }),
+        });
+        roundtrip(Frame::Open {
+            stream: 7,
+            service: "v6".into(),
+            keyed: None,
+            protocol: Protocol::Tcp,
+            origin: Some(Origin {
+                client: "[2001:db8::7]:5353".parse().expect("addr"),
+                reached: "[::1]:53".parse().expect("addr"),
+            }),
         });
         roundtrip(Frame::Open {
             stream: 9,
@@ -537,6 +665,14 @@ mod tests {
                 nonce: [3; NONCE_LEN],
                 check: [4; CHECK_LEN],
             }),
+            protocol: Protocol::Tcp,
+            origin: Some(
+                Origin {
+                    client: "[::ffff:10.1.2.3]:40000".parse().expect("addr"),
+                    reached: "10.0.0.1:80".parse().expect("addr"),
+                }
+                .one_family(),
+            ),
         });
         roundtrip(Frame::OpenOk {
             stream: 1,
@@ -624,6 +760,11 @@ mod tests {
                 cipher: CipherKind::Rc4,
                 nonce: [1; NONCE_LEN],
                 check: [2; CHECK_LEN],
+            }),
+            protocol: Protocol::Udp,
+            origin: Some(Origin {
+                client: "192.0.2.1:1".parse().expect("addr"),
+                reached: "[::1]:2".parse().expect("addr"),
             }),
         }
         .encode(&mut valid);

@@ -9,12 +9,17 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
+use bytes::Bytes;
 
+use crate::backends::Backends;
 use crate::cipher::ServiceKey;
+use crate::datagram::{DatagramCounts, FlowReport};
 use crate::limits::Escaped;
 use crate::limits::Slot;
 use crate::metrics::Refused;
-use crate::protocol::KeyedOpen;
+use crate::pace::Pace;
+use crate::protocol::{KeyedOpen, Origin};
+use crate::service::{Protocol, ProxyVersion};
 
 /// Listener -> tunnel: carry a client just accepted by a local service as a new stream. The route
 /// table's currency: a route names its tunnel as a `Recipient` of this message.
@@ -25,15 +30,43 @@ use crate::protocol::KeyedOpen;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CarryClient {
-    /// The client, not yet registered: the tunnel's arbiter takes it over.
-    pub sock: std::net::TcpStream,
+    /// The client: a TCP connection or a UDP flow's first datagram.
+    pub client: Client,
     pub service: String,
     /// The service key, if keyed: the stream's keys are derived once OPEN_OK brings the
     /// acceptor's nonce.
     pub key: Option<crate::cipher::ServiceKey>,
     pub idle_timeout: Option<Duration>,
+    /// The client's address and the one it reached, sent in OPEN (for a PROXY header).
+    pub origin: Option<Origin>,
+    /// The service's bandwidth limit, if it has one.
+    pub pace: Option<Arc<Pace>>,
     /// Held for the connection's life: its descriptor and its place in the service's limit.
     pub slots: Vec<Slot>,
+}
+
+/// What a listener hands its tunnel.
+pub enum Client {
+    /// A TCP client, not yet registered: the tunnel's arbiter takes it over.
+    Tcp(std::net::TcpStream),
+    /// A new UDP flow.
+    Udp(FlowStart),
+}
+
+/// A UDP listener -> its tunnel: start a flow for `client`.
+pub struct FlowStart {
+    /// The service's socket, where replies are sent from.
+    pub socket: Arc<tokio::net::UdpSocket>,
+    /// The client's address: the flow's key.
+    pub client: SocketAddr,
+    /// The flow's number for its listener.
+    pub id: u64,
+    /// Told when the flow starts and ends.
+    pub listener: Recipient<FlowReport>,
+    /// The client's first datagram.
+    pub first: Bytes,
+    /// The service's datagram counts.
+    pub counts: Arc<DatagramCounts>,
 }
 
 /// A local service's route: where its clients go.
@@ -43,16 +76,29 @@ pub struct LocalRoute {
     pub tunnel: Option<String>,
     pub key: Option<ServiceKey>,
     pub timeout: Option<Duration>,
+    /// What it carries, named in each OPEN.
+    pub protocol: Protocol,
+    /// Its bandwidth limit, shared by its connections.
+    pub pace: Option<Arc<Pace>>,
 }
 
 /// A remote service's route: where streams for it are dialled, and from which tunnel.
 #[derive(Clone)]
 pub struct RemoteRoute {
-    pub addr: SocketAddr,
+    /// Its addresses and their health, shared by its streams.
+    pub backends: Arc<Backends>,
     pub key: Option<ServiceKey>,
     pub timeout: Option<Duration>,
     /// The tunnel it is bound to: OPENs from any other tunnel are refused.
     pub tunnel: Option<String>,
+    /// What it carries: OPENs of the other protocol are refused.
+    pub protocol: Protocol,
+    /// The header its backend receives first, if any.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Its bandwidth limit, shared by its connections.
+    pub pace: Option<Arc<Pace>>,
+    /// A UDP service's datagram and flow counts.
+    pub datagrams: Arc<DatagramCounts>,
 }
 
 /// One immutable version of the routes.
@@ -119,6 +165,7 @@ impl Routes {
         tunnel: &str,
         service: &str,
         keyed: Option<&KeyedOpen>,
+        protocol: Protocol,
         authenticated: bool,
     ) -> Result<&RemoteRoute, Refusal> {
         let shown = Escaped(service);
@@ -134,6 +181,13 @@ impl Routes {
             Some(r) if r.tunnel.as_deref() != Some(tunnel) => (
                 Refused::NotBound,
                 format!("remote service {shown} is not bound to tunnel {tunnel}"),
+            ),
+            Some(r) if r.protocol != protocol => (
+                Refused::ProtocolMismatch,
+                format!(
+                    "protocol mismatch for service {shown}: the peer carries {protocol}, this node {}",
+                    r.protocol
+                ),
             ),
             Some(r) => match (&r.key, keyed) {
                 (Some(k), Some(open)) if open.cipher != k.cipher => (
@@ -205,19 +259,33 @@ mod tests {
         r.remote.insert(
             "svc".into(),
             RemoteRoute {
-                addr: "127.0.0.1:80".parse().expect("addr"),
+                backends: Arc::new(Backends::new(
+                    &["127.0.0.1:80".parse().expect("addr")],
+                    crate::service::Balance::First,
+                )),
                 key: Some(ServiceKey::new("k", CipherKind::Aes256Gcm)),
                 timeout: None,
                 tunnel: Some("t1".into()),
+                protocol: Protocol::Tcp,
+                proxy_protocol: None,
+                pace: None,
+                datagrams: Arc::default(),
             },
         );
         r.remote.insert(
             "plain".into(),
             RemoteRoute {
-                addr: "127.0.0.1:81".parse().expect("addr"),
+                backends: Arc::new(Backends::new(
+                    &["127.0.0.1:81".parse().expect("addr")],
+                    crate::service::Balance::First,
+                )),
                 key: None,
                 timeout: None,
                 tunnel: Some("t1".into()),
+                protocol: Protocol::Tcp,
+                proxy_protocol: None,
+                pace: None,
+                datagrams: Arc::default(),
             },
         );
         r
@@ -227,8 +295,20 @@ mod tests {
     fn opens_are_decided_and_strangers_learn_nothing() {
         let r = routes();
         let good = ServiceKey::new("k", CipherKind::Aes256Gcm).open();
-        assert!(r.open("t1", "svc", Some(&good), false).is_ok());
-        assert!(r.open("t1", "plain", None, false).is_ok());
+        assert!(r
+            .open("t1", "svc", Some(&good), Protocol::Tcp, false)
+            .is_ok());
+        assert!(r.open("t1", "plain", None, Protocol::Tcp, false).is_ok());
+        let e = r
+            .open("t1", "plain", None, Protocol::Udp, true)
+            .err()
+            .expect("refused");
+        assert_eq!(e.reason, Refused::ProtocolMismatch);
+        assert!(
+            e.log.contains("the peer carries udp, this node tcp"),
+            "{}",
+            e.log
+        );
         let wrong_key = ServiceKey::new("x", CipherKind::Aes256Gcm).open();
         let wrong_cipher = ServiceKey::new("k", CipherKind::Rc4).open();
         for (tunnel, service, keyed, log) in [
@@ -239,12 +319,15 @@ mod tests {
             ("t1", "svc", None, "only one end has a key"),
         ] {
             let e = r
-                .open(tunnel, service, keyed, false)
+                .open(tunnel, service, keyed, Protocol::Tcp, false)
                 .err()
                 .expect("refused");
             assert!(e.log.contains(log), "{}", e.log);
             assert_eq!(e.peer, "refused");
-            let e = r.open(tunnel, service, keyed, true).err().expect("refused");
+            let e = r
+                .open(tunnel, service, keyed, Protocol::Tcp, true)
+                .err()
+                .expect("refused");
             if matches!(e.reason, Refused::UnknownService | Refused::NotBound) {
                 assert_eq!(
                     e.peer,
@@ -266,6 +349,8 @@ mod tests {
                 tunnel: Some("t1".into()),
                 key: None,
                 timeout: None,
+                protocol: Protocol::Tcp,
+                pace: None,
             },
         );
         let (reason, why) = r.carry("l").err().expect("down");

@@ -544,10 +544,10 @@ mod tests {
         state.services.local.insert(
             "s".into(),
             ServiceRecord {
-                addr: "0.0.0.0:8080".parse().expect("addr"),
                 key: Some("secret".into()),
                 cipher: Some("aes-256-gcm".into()),
                 timeout_ms: Some(5000),
+                ..ServiceRecord::plain("0.0.0.0:8080".parse().expect("addr"))
             },
         );
         state.bind.local.insert("s".into(), "t".into());
@@ -570,7 +570,7 @@ mod tests {
 
         for (text, want) in [
             ("{\"version\":1,", "corrupt"),
-            ("{\"version\":3}", "version 3"),
+            ("{\"version\":4}", "version 4"),
             ("[]", "version (none)"),
             ("{\"version\":1,\"tunnels\":{\"t\":{}}}", "corrupt"),
             (

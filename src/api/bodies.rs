@@ -13,12 +13,16 @@ use menet_actors::cipher::CipherKind;
 use menet_actors::registry::{
     AddService, AddTunnel, DeleteService, DeleteTunnel, ServiceSpec, SetBind,
 };
+use menet_actors::service::{
+    Balance, Protocol, ProxyVersion, ServiceOptions, MIN_BANDWIDTH, MIN_HEALTH_CHECK_MS,
+};
 use menet_actors::tunnel::Role;
 use menet_actors::Side;
 
 use crate::body::{
-    any_port_endpoint_value, cipher_value, field_names, identity_value, name_value, object,
+    addrs_value, amount_value, cipher_value, field_names, identity_value, name_value, object,
     optional_endpoint_value, role_value, secret_value, side_value, timeout_value, typed,
+    word_value,
 };
 use crate::field_reader;
 use crate::http::ApiError;
@@ -32,7 +36,22 @@ field_reader!(
     Option<SocketAddr>,
     optional_endpoint_value
 );
-field_reader!(read_addr, "addr", SocketAddr, any_port_endpoint_value);
+field_reader!(read_addrs, "addr", Vec<SocketAddr>, addrs_value);
+field_reader!(read_protocol, "protocol", Option<Protocol>, word_value);
+field_reader!(
+    read_proxy_protocol,
+    "proxy_protocol",
+    Option<ProxyVersion>,
+    word_value
+);
+field_reader!(read_balance, "balance", Option<Balance>, word_value);
+field_reader!(
+    read_health_check,
+    "health_check_ms",
+    Option<u64>,
+    amount_value
+);
+field_reader!(read_bandwidth, "bandwidth", Option<u64>, amount_value);
 field_reader!(read_secret, "secret", Option<String>, secret_value);
 field_reader!(read_key, "key", Option<String>, secret_value);
 field_reader!(read_role, "role", Role, role_value);
@@ -118,10 +137,33 @@ pub struct ServiceBody {
     #[serde(rename = "type", deserialize_with = "read_side")]
     pub side: Side,
     /// `[ip, port]`: where a local service listens (port 0: any free port, shown as `listening`
-    /// in `GET /config`), where a remote one's streams are sent.
-    #[serde(deserialize_with = "read_addr")]
-    #[schema(value_type = Vec<serde_json::Value>, min_items = 2, max_items = 2, example = json!(["127.0.0.1", 8080]))]
-    pub addr: SocketAddr,
+    /// in `GET /config`), where a remote one's streams are sent; a remote service may have a
+    /// list of them (`[["127.0.0.1", 8000], ["127.0.0.1", 8001]]`), tried as `balance` says.
+    #[serde(deserialize_with = "read_addrs")]
+    #[schema(value_type = Vec<serde_json::Value>, example = json!(["127.0.0.1", 8080]))]
+    pub addr: Vec<SocketAddr>,
+    /// `tcp` (the default) or `udp`; both ends of a tunnel must name the same.
+    #[serde(default, deserialize_with = "read_protocol")]
+    #[schema(value_type = Option<Protocol>)]
+    pub protocol: Option<Protocol>,
+    /// A remote service's backend receives a PROXY protocol header (`v1`, TCP only, or `v2`)
+    /// with the client's address before its first byte.
+    #[serde(default, deserialize_with = "read_proxy_protocol")]
+    #[schema(value_type = Option<ProxyVersion>)]
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// A remote service with several addresses: `first` (the default: the first that
+    /// answers, in order) or `round-robin`.
+    #[serde(default, deserialize_with = "read_balance")]
+    #[schema(value_type = Option<Balance>)]
+    pub balance: Option<Balance>,
+    /// A remote service's addresses are dialled this often (milliseconds, at least 100) to
+    /// find which answer; absent: only streams' dials tell.
+    #[serde(default, deserialize_with = "read_health_check")]
+    pub health_check_ms: Option<u64>,
+    /// Bytes per second the service's connections may move together, each direction (at
+    /// least 1024); absent: no limit.
+    #[serde(default, deserialize_with = "read_bandwidth")]
+    pub bandwidth: Option<u64>,
 }
 
 /// The fields `DELETE /service` reads.
@@ -173,8 +215,13 @@ pub struct ServicePut {
     timeout: Option<u64>,
     #[schema(rename = "type")]
     side: Option<Side>,
-    #[schema(value_type = Vec<serde_json::Value>, min_items = 2, max_items = 2, example = json!(["127.0.0.1", 8080]))]
+    #[schema(value_type = Vec<serde_json::Value>, example = json!(["127.0.0.1", 8080]))]
     addr: SocketAddr,
+    protocol: Option<Protocol>,
+    proxy_protocol: Option<ProxyVersion>,
+    balance: Option<Balance>,
+    health_check_ms: Option<u64>,
+    bandwidth: Option<u64>,
 }
 
 /// `PUT /binds/{side}/{service}` (and optionally `DELETE`): a [`BindBody`] whose `service` and
@@ -283,17 +330,47 @@ fn add_tunnel(b: TunnelBody) -> Result<AddTunnel, ApiError> {
     }
 }
 
-/// A service body's fields that depend on each other: a cipher needs a key.
+/// A service body's fields that depend on each other: a cipher needs a key; several addresses,
+/// a PROXY header, a balance and a health check are a remote service's.
 fn add_service(b: ServiceBody) -> Result<AddService, ApiError> {
+    let bad = |m: &str| Err(ApiError::bad(m.to_owned()));
     if b.cipher.is_some() && b.key.is_none() {
-        return Err(ApiError::bad(
-            "field \"cipher\" needs a \"key\": a plaintext service has no cipher",
-        ));
+        return bad("field \"cipher\" needs a \"key\": a plaintext service has no cipher");
     }
-    if b.side == Side::Remote && b.addr.port() == 0 {
-        return Err(ApiError::bad(
-            "field \"addr\": port 0 (any free port) is only for a local service",
-        ));
+    let Some((&addr, more)) = b.addr.split_first() else {
+        return bad("field \"addr\" must be [ip, port] or a list of them");
+    };
+    let local = b.side == Side::Local;
+    if local && !more.is_empty() {
+        return bad("field \"addr\": a local service listens on one address");
+    }
+    if !local && b.addr.iter().any(|a| a.port() == 0) {
+        return bad("field \"addr\": port 0 (any free port) is only for a local service");
+    }
+    let protocol = b.protocol.unwrap_or_default();
+    for (given, field) in [
+        (b.proxy_protocol.is_some(), "proxy_protocol"),
+        (b.balance.is_some(), "balance"),
+        (b.health_check_ms.is_some(), "health_check_ms"),
+    ] {
+        if local && given {
+            return Err(ApiError::bad(format!(
+                "field \"{field}\" is a remote service's (where connections are sent)"
+            )));
+        }
+    }
+    if protocol == Protocol::Udp && b.proxy_protocol.is_some() {
+        return bad("field \"proxy_protocol\" is for a TCP service");
+    }
+    if b.health_check_ms.is_some_and(|ms| ms < MIN_HEALTH_CHECK_MS) {
+        return Err(ApiError::bad(format!(
+            "field \"health_check_ms\" must be at least {MIN_HEALTH_CHECK_MS}"
+        )));
+    }
+    if b.bandwidth.is_some_and(|n| n < MIN_BANDWIDTH) {
+        return Err(ApiError::bad(format!(
+            "field \"bandwidth\" must be at least {MIN_BANDWIDTH} bytes per second"
+        )));
     }
     Ok(AddService(ServiceSpec {
         name: b.name,
@@ -301,7 +378,15 @@ fn add_service(b: ServiceBody) -> Result<AddService, ApiError> {
         cipher: b.cipher,
         timeout: b.timeout,
         side: b.side,
-        addr: b.addr,
+        addr,
+        more_addrs: more.to_vec(),
+        options: ServiceOptions {
+            protocol,
+            proxy_protocol: b.proxy_protocol,
+            balance: b.balance.unwrap_or_default(),
+            health_check_ms: b.health_check_ms,
+            bandwidth: b.bandwidth,
+        },
     }))
 }
 
@@ -455,6 +540,63 @@ mod tests {
     }
 
     #[test]
+    fn the_options_of_a_service_are_read_and_checked_together() {
+        let Request::AddService(AddService(spec)) = parse(
+            Route::PostService,
+            br#"{"name":"s","type":"remote","addr":[["127.0.0.1",8000],["127.0.0.1","8001"]],
+                 "balance":"round-robin","health_check_ms":"500","proxy_protocol":"v2",
+                 "bandwidth":1048576}"#,
+        )
+        .expect("parses") else {
+            panic!("not a service");
+        };
+        assert_eq!(spec.addr.port(), 8000);
+        assert_eq!(spec.more_addrs.len(), 1);
+        assert_eq!(spec.options.balance, Balance::RoundRobin);
+        assert_eq!(spec.options.health_check_ms, Some(500));
+        assert_eq!(spec.options.proxy_protocol, Some(ProxyVersion::V2));
+        assert_eq!(spec.options.bandwidth, Some(1 << 20));
+        for (body, words) in [
+            (
+                r#"{"name":"s","type":"local","addr":[["127.0.0.1",1],["127.0.0.1",2]]}"#,
+                "a local service listens on one address",
+            ),
+            (
+                r#"{"name":"s","type":"local","addr":["127.0.0.1",1],"proxy_protocol":"v1"}"#,
+                "field \"proxy_protocol\" is a remote service's",
+            ),
+            (
+                r#"{"name":"s","type":"remote","addr":["127.0.0.1",1],"protocol":"sctp"}"#,
+                "field \"protocol\" must be \"tcp\" or \"udp\"",
+            ),
+            (
+                r#"{"name":"s","type":"remote","addr":["127.0.0.1",1],"protocol":"udp",
+                    "proxy_protocol":"v1"}"#,
+                "field \"proxy_protocol\" is for a TCP service",
+            ),
+            (
+                r#"{"name":"s","type":"remote","addr":["127.0.0.1",1],"balance":"random"}"#,
+                "field \"balance\" must be",
+            ),
+            (
+                r#"{"name":"s","type":"remote","addr":["127.0.0.1",1],"bandwidth":10}"#,
+                "field \"bandwidth\" must be at least 1024",
+            ),
+            (
+                r#"{"name":"s","type":"remote","addr":["127.0.0.1",1],"health_check_ms":"x"}"#,
+                "field \"health_check_ms\" must be a whole number",
+            ),
+            (
+                r#"{"name":"s","type":"remote","addr":[["127.0.0.1",1],["127.0.0.1",1]]}"#,
+                "is given twice",
+            ),
+        ] {
+            let e = refused(Route::PostService, body);
+            assert!(e.message().contains(words), "{body}: {}", e.message());
+        }
+    }
+
+    #[test]
     fn allowed_fields_come_from_the_body_types() {
         assert_eq!(
             fields(Route::PostTunnel),
@@ -462,7 +604,19 @@ mod tests {
         );
         assert_eq!(
             fields(Route::DeleteService),
-            ["name", "key", "cipher", "timeout", "type", "addr"]
+            [
+                "name",
+                "key",
+                "cipher",
+                "timeout",
+                "type",
+                "addr",
+                "protocol",
+                "proxy_protocol",
+                "balance",
+                "health_check_ms",
+                "bandwidth"
+            ]
         );
         assert_eq!(fields(Route::PostBind), ["tunnel", "service", "type"]);
     }

@@ -303,14 +303,19 @@ pub fn version1_refusal() -> Vec<u8> {
     b
 }
 
-/// What a version-2 dialer understands as a refusal: a REFUSE in its own layout (which version
-/// 3 kept), with version 2 in the header.
-pub fn version2_refusal() -> Vec<u8> {
+/// What a dialer of version 2 or 3 understands as a refusal: a REFUSE in its own layout (which
+/// later versions kept), with its version in the header. A newer dialer is answered in the
+/// version-2 layout, as older nodes did.
+pub fn older_refusal(version: u8) -> Vec<u8> {
     let mut b = refusal(
         RefuseCode::Other,
         &format!("this node speaks menet protocol version {VERSION}; upgrade this node"),
     );
-    b[4] = 2;
+    b[4] = if (2..VERSION).contains(&version) {
+        version
+    } else {
+        2
+    };
     b.to_vec()
 }
 

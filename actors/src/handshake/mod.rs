@@ -62,7 +62,7 @@ use crate::record::{cpu_accelerates_aes, SessionKeys, TransportCipher};
 /// First bytes of every handshake message.
 pub const MAGIC: [u8; 4] = *b"MNET";
 /// The protocol version this build speaks (frames and handshake).
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// magic, version, kind, body length (u16).
 const HEADER: usize = 8;
 /// Largest message body accepted.
@@ -88,7 +88,7 @@ use identity::signature_ok;
 pub use identity::{fingerprint, from_hex, parse_identity, to_hex, Identity};
 use messages::{get_array, get_text, put_terms};
 pub use messages::{
-    refusal, version1_refusal, version2_refusal, Claim, Hello, Message, Terms, Transport,
+    older_refusal, refusal, version1_refusal, Claim, Hello, Message, Terms, Transport,
 };
 
 mod kind {
@@ -242,10 +242,20 @@ async fn read<R: AsyncRead + Unpin>(
             reason: version1_reason(r).await?,
         });
     }
-    if raw[4] != VERSION {
+    // An older acceptor refuses a newer dialer with a REFUSE in its own version's layout
+    // (unchanged since version 2): read its words rather than only its version.
+    let older_refusal = answer && (2..VERSION).contains(&raw[4]);
+    if raw[4] != VERSION && !older_refusal {
         return Err(HandshakeError::Version(raw[4]));
     }
     r.read_exact(&mut raw[5..]).await.map_err(eof)?;
+    if older_refusal {
+        if raw[5] != 5 {
+            return Err(HandshakeError::Version(raw[4]));
+        }
+        // Parsed as this version's REFUSE, whose layout it shares.
+        raw[4] = VERSION;
+    }
     let head: [u8; HEADER] = raw[..HEADER]
         .try_into()
         .map_err(|_| HandshakeError::Closed)?;

@@ -218,9 +218,12 @@ fn identities_survive_the_state_file() {
     assert_eq!(back.public(), id.public());
     assert!(Identity::from_hex("zz").is_err());
     assert_eq!(version1_refusal()[..6], *b"MNET\x01\x01");
-    let v2 = version2_refusal();
+    let v2 = older_refusal(2);
     assert_eq!(v2[..6], *b"MNET\x02\x05");
-    assert!(String::from_utf8_lossy(&v2).contains("version 3"));
+    assert!(String::from_utf8_lossy(&v2).contains("version 4"));
+    let v3 = older_refusal(3);
+    assert_eq!(v3[..6], *b"MNET\x03\x05");
+    assert_eq!(older_refusal(9)[..6], *b"MNET\x02\x05");
 }
 
 /// Both ends derive the same keys, and their records open on the other side; a middle that

@@ -392,26 +392,36 @@ impl Registry {
         let key = spec.key.as_deref().map(|k| ServiceKey::new(k, cipher));
         match spec.side {
             Side::Remote => {
+                let addrs: Vec<SocketAddr> = std::iter::once(spec.addr)
+                    .chain(spec.more_addrs.iter().copied())
+                    .collect();
+                let service = self.remote_service(&spec.name, &addrs, key, spec.options, ctx);
                 let replaced = self.remote.insert(
                     spec.name.clone(),
                     RemoteService {
-                        addr: spec.addr,
-                        key,
                         timeout: spec.timeout,
+                        ..service
                     },
                 );
+                let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                 info!(
                     "service {} (remote) -> {}{}",
                     spec.name,
-                    spec.addr,
+                    shown.join(", "),
                     if replaced.is_some() { ", replaced" } else { "" }
                 );
             }
             Side::Local => {
+                let pace = spec.options.bandwidth.map(|b| Arc::new(Pace::new(b)));
+                if spec.options.protocol == Protocol::Udp {
+                    return self.add_udp_service(spec, key, pace, ctx);
+                }
                 if let Some(s) = self.local.get_mut(&spec.name) {
-                    if s.listening.addr == spec.addr {
+                    if s.listening.addr == spec.addr && s.udp.is_none() {
                         s.key = key;
                         s.timeout = spec.timeout;
+                        s.options = spec.options;
+                        s.pace = pace;
                         info!("service {} (local) on {}: updated", spec.name, spec.addr);
                         return Ok(());
                     }
@@ -432,6 +442,10 @@ impl Registry {
                         timeout: spec.timeout,
                         listening: Listening::new(spec.addr, Some(socket)),
                         connections,
+                        options: spec.options,
+                        pace,
+                        udp: None,
+                        datagrams: Arc::default(),
                     },
                 );
                 if let Some(old) = old {
@@ -439,7 +453,7 @@ impl Registry {
                         "service {} (local): stopped listening on {}",
                         spec.name, old.listening.addr
                     );
-                    old.listening.close(ctx);
+                    old.close(ctx);
                 }
                 self.start_listener(Accepts::Service(spec.name.clone()), ctx);
                 info!("service {} (local): listening on {bound}", spec.name);
@@ -476,11 +490,7 @@ impl Handler<DeleteService> for Registry {
 
     fn handle(&mut self, msg: DeleteService, ctx: &mut Self::Context) -> Self::Result {
         let existed = match msg.side {
-            Side::Local => self
-                .local
-                .remove(&msg.name)
-                .map(|s| s.listening.close(ctx))
-                .is_some(),
+            Side::Local => self.local.remove(&msg.name).map(|s| s.close(ctx)).is_some(),
             Side::Remote => self.remote.remove(&msg.name).is_some(),
         };
         if !existed {

@@ -25,14 +25,13 @@ where
 }
 
 fn remote(name: &str, port: u16) -> AddService {
-    AddService(ServiceSpec {
-        name: name.to_owned(),
-        key: Some("k".to_owned()),
-        cipher: None,
-        timeout: None,
-        side: Side::Remote,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    })
+    AddService(ServiceSpec::plain(
+        name,
+        Side::Remote,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Some("k".to_owned()),
+        None,
+    ))
 }
 
 fn bind(tunnel: &str, service: &str, bound: bool) -> SetBind {

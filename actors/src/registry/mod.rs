@@ -25,7 +25,9 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::admission::{self, SourceBuckets};
+use crate::backends::Backends;
 use crate::cipher::{CipherKind, Secret, ServiceKey};
+use crate::datagram::DatagramCounts;
 use crate::handshake::{
     self, fingerprint, parse_identity, Established, HandshakeError, Identity, RefuseCode, Terms,
     Transport, IDENTITY_LEN,
@@ -37,9 +39,11 @@ use crate::listener::{
     TunnelAccepted, TunnelRefusal, TunnelSecret, Upstream,
 };
 use crate::metrics::metrics;
+use crate::pace::Pace;
 use crate::protocol::GoAway;
 use crate::record::SessionKeys;
 use crate::routes::{LocalRoute, RemoteRoute, RouteTable, Routes};
+use crate::service::{self, Protocol, ServiceOptions};
 use crate::state::{AcceptedRecord, ServiceRecord, State, StateStore, TunnelRecord};
 use crate::tunnel::{
     CloseService, CloseTunnel, Role, Snapshot, StreamStats, Tunnel, TunnelCounters, TunnelDown,
@@ -49,10 +53,12 @@ use crate::{Access, NodeSetup, Settings, Shared, Side};
 
 mod accept;
 mod admin;
+mod health;
 mod persistence;
 mod publish;
 mod shutdown;
 mod supervision;
+mod udp;
 mod views;
 
 #[cfg(test)]
@@ -260,13 +266,27 @@ struct LocalService {
     listening: Listening,
     /// Clients carried at once, against `max_connections_per_service`.
     connections: Arc<Gauge>,
+    /// Its protocol and bandwidth (the remote-only options stay at their defaults).
+    options: ServiceOptions,
+    /// Its bandwidth limit's buckets, shared by its connections.
+    pace: Option<Arc<Pace>>,
+    /// A UDP service's socket and listener (a TCP service's is `listening`).
+    udp: Option<udp::UdpBound>,
+    /// A UDP service's datagram and flow counts.
+    datagrams: Arc<DatagramCounts>,
 }
 
 struct RemoteService {
-    /// Where streams of this service are dialled.
-    addr: SocketAddr,
+    /// Where streams of this service are dialled, and what is known of each address.
+    backends: Arc<Backends>,
     key: Option<ServiceKey>,
     timeout: Option<Duration>,
+    /// Protocol, PROXY header, balance, health check, bandwidth.
+    options: ServiceOptions,
+    /// Its bandwidth limit's buckets, shared by its connections.
+    pace: Option<Arc<Pace>>,
+    /// A UDP service's datagram and flow counts.
+    datagrams: Arc<DatagramCounts>,
 }
 
 /// What `POST /service` carries, validated.
@@ -278,7 +298,34 @@ pub struct ServiceSpec {
     pub cipher: Option<CipherKind>,
     pub timeout: Option<Duration>,
     pub side: Side,
+    /// Where a local service listens; a remote service's first address.
     pub addr: SocketAddr,
+    /// A remote service's further addresses, in order.
+    pub more_addrs: Vec<SocketAddr>,
+    /// Protocol, PROXY header, balance, health check, bandwidth.
+    pub options: ServiceOptions,
+}
+
+impl ServiceSpec {
+    /// A plain TCP service with one address, as the seed API makes it.
+    pub fn plain(
+        name: &str,
+        side: Side,
+        addr: SocketAddr,
+        key: Option<String>,
+        timeout: Option<Duration>,
+    ) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_owned(),
+            key,
+            cipher: None,
+            timeout,
+            side,
+            addr,
+            more_addrs: Vec::new(),
+            options: ServiceOptions::default(),
+        }
+    }
 }
 
 /// The state file's verdict on a change, awaited before the API answers.

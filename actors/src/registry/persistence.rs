@@ -21,16 +21,21 @@ impl Registry {
     /// Writes the configuration to the state file (if there is one); resolves once it is on disk.
     /// What the state holds at `key` now, as a journal change.
     pub(super) fn change_at(&self, key: &Key) -> Change {
-        let record = |addr: SocketAddr, key: &Option<ServiceKey>, timeout: &Option<Duration>| {
+        let record = |addrs: &[SocketAddr],
+                      key: &Option<ServiceKey>,
+                      timeout: &Option<Duration>,
+                      options: &ServiceOptions| {
             ServiceRecord {
-                addr,
                 key: key.as_ref().map(|k| k.secret.expose().to_owned()),
                 cipher: key
                     .as_ref()
                     .filter(|k| k.cipher != CipherKind::Rc4)
                     .map(|k| k.cipher.name().to_owned()),
                 timeout_ms: timeout.map(|d| d.as_millis() as u64),
+                more_addrs: addrs[1..].to_vec(),
+                ..ServiceRecord::plain(addrs[0])
             }
+            .with_options(options)
         };
         match key {
             Key::Identity => Change::Identity {
@@ -66,11 +71,11 @@ impl Registry {
                     Side::Local => self
                         .local
                         .get(name)
-                        .map(|s| record(s.listening.addr, &s.key, &s.timeout)),
-                    Side::Remote => self
-                        .remote
-                        .get(name)
-                        .map(|s| record(s.addr, &s.key, &s.timeout)),
+                        .map(|s| record(&[s.listening.addr], &s.key, &s.timeout, &s.options)),
+                    Side::Remote => self.remote.get(name).map(|s| {
+                        let addrs: Vec<SocketAddr> = s.backends.addrs().collect();
+                        record(&addrs, &s.key, &s.timeout, &s.options)
+                    }),
                 },
             },
             Key::Bind(side, service) => Change::Bind {
@@ -131,16 +136,26 @@ impl Registry {
         let timeout = |t: Option<u64>| t.map(Duration::from_millis);
         for (name, s) in state.services.remote {
             metrics().configure_service(&name, Side::Remote);
+            let options = s.options();
+            let addrs: Vec<SocketAddr> = std::iter::once(s.addr).chain(s.more_addrs).collect();
+            let service = self.remote_service(&name, &addrs, key(s.key, s.cipher), options, ctx);
             self.remote.insert(
                 name,
                 RemoteService {
-                    addr: s.addr,
-                    key: key(s.key, s.cipher),
                     timeout: timeout(s.timeout_ms),
+                    ..service
                 },
             );
         }
         for (name, s) in state.services.local {
+            let options = s.options();
+            let datagrams = Arc::new(DatagramCounts::default());
+            let udp = match options.protocol {
+                Protocol::Tcp => None,
+                // A port taken meanwhile: the service is kept (and shown without `listening`).
+                Protocol::Udp => self.start_udp(&name, s.addr, &datagrams).ok(),
+            };
+            let tcp = udp.is_none() && options.protocol == Protocol::Tcp;
             self.local.insert(
                 name.clone(),
                 LocalService {
@@ -148,10 +163,16 @@ impl Registry {
                     timeout: timeout(s.timeout_ms),
                     listening: Listening::new(s.addr, None),
                     connections: self.service_gauge(),
+                    pace: options.bandwidth.map(|b| Arc::new(Pace::new(b))),
+                    options,
+                    udp,
+                    datagrams,
                 },
             );
             metrics().configure_service(&name, Side::Local);
-            self.start_listener(Accepts::Service(name), ctx);
+            if tcp {
+                self.start_listener(Accepts::Service(name), ctx);
+            }
         }
         self.binds.insert(Side::Local, state.bind.local);
         self.binds.insert(Side::Remote, state.bind.remote);

@@ -19,11 +19,7 @@ impl Registry {
                     let tunnel = self.binds.get(&Side::Local).and_then(|b| b.get(name));
                     match self.local.get(name) {
                         Some(s) => {
-                            let route = LocalRoute {
-                                tunnel: tunnel.cloned(),
-                                key: s.key.clone(),
-                                timeout: s.timeout,
-                            };
+                            let route = local_route(s, tunnel.cloned());
                             self.current.local.insert(name.clone(), route);
                         }
                         None => {
@@ -35,12 +31,7 @@ impl Registry {
                     let tunnel = self.binds.get(&Side::Remote).and_then(|b| b.get(name));
                     match self.remote.get(name) {
                         Some(s) => {
-                            let route = RemoteRoute {
-                                addr: s.addr,
-                                key: s.key.clone(),
-                                timeout: s.timeout,
-                                tunnel: tunnel.cloned(),
-                            };
+                            let route = remote_route(s, tunnel.cloned());
                             self.current.remote.insert(name.clone(), route);
                         }
                         None => {
@@ -72,27 +63,12 @@ impl Registry {
             local: self
                 .local
                 .iter()
-                .map(|(n, s)| {
-                    let route = LocalRoute {
-                        tunnel: bind(Side::Local, n),
-                        key: s.key.clone(),
-                        timeout: s.timeout,
-                    };
-                    (n.clone(), route)
-                })
+                .map(|(n, s)| (n.clone(), local_route(s, bind(Side::Local, n))))
                 .collect(),
             remote: self
                 .remote
                 .iter()
-                .map(|(n, s)| {
-                    let route = RemoteRoute {
-                        addr: s.addr,
-                        key: s.key.clone(),
-                        timeout: s.timeout,
-                        tunnel: bind(Side::Remote, n),
-                    };
-                    (n.clone(), route)
-                })
+                .map(|(n, s)| (n.clone(), remote_route(s, bind(Side::Remote, n))))
                 .collect(),
             tunnels: self
                 .tunnels
@@ -104,5 +80,30 @@ impl Registry {
                 .collect(),
             closed: self.shutting_down,
         }
+    }
+}
+
+/// A local service's route, bound to `tunnel`.
+fn local_route(s: &LocalService, tunnel: Option<String>) -> LocalRoute {
+    LocalRoute {
+        tunnel,
+        key: s.key.clone(),
+        timeout: s.timeout,
+        protocol: s.options.protocol,
+        pace: s.pace.clone(),
+    }
+}
+
+/// A remote service's route, bound to `tunnel`.
+fn remote_route(s: &RemoteService, tunnel: Option<String>) -> RemoteRoute {
+    RemoteRoute {
+        backends: s.backends.clone(),
+        key: s.key.clone(),
+        timeout: s.timeout,
+        tunnel,
+        protocol: s.options.protocol,
+        proxy_protocol: s.options.proxy_protocol,
+        pace: s.pace.clone(),
+        datagrams: s.datagrams.clone(),
     }
 }

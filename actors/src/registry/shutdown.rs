@@ -25,6 +25,9 @@ impl Handler<Shutdown> for Registry {
                 let addr = s.listening.addr;
                 let listening = std::mem::replace(&mut s.listening, Listening::new(addr, None));
                 listening.close(ctx);
+                if let Some(udp) = s.udp.take() {
+                    udp.actor.do_send(crate::udp_listener::StopUdp);
+                }
             }
         }
         self.dialing.clear();

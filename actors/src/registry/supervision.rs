@@ -297,6 +297,10 @@ impl Registry {
         let id = self.next_generation();
         let (registry, shared) = (self.upstream(ctx), self.shared());
         let gate = match &accepts {
+            // A UDP service has no TCP listener to start.
+            Accepts::Service(name) if self.local.get(name).is_some_and(|s| s.udp.is_some()) => {
+                return
+            }
             Accepts::Service(name) => self.local.get(name).map(|s| s.connections.clone()),
             Accepts::Tunnels => None,
         };

@@ -3,6 +3,9 @@
 
 use super::*;
 
+use crate::backends::BackendView;
+use crate::service::{Balance, Protocol, ProxyVersion};
+
 /// An address as `GET /config` shows it: `["ip", port]`.
 pub type Endpoint = (String, u16);
 
@@ -117,17 +120,105 @@ pub struct LocalServiceView {
     pub connections: usize,
     /// Why it does not listen, if it does not.
     pub last_error: Option<String>,
+    /// Protocol and bandwidth.
+    #[serde(flatten)]
+    pub options: OptionsView,
 }
 
 /// A remote service: where its streams are dialled.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RemoteServiceView {
-    /// Where its streams are dialled, `["ip", port]`.
-    #[schema(value_type = Vec<serde_json::Value>)]
-    pub addr: Endpoint,
+    /// Where its streams are dialled: `["ip", port]`, or a list of them.
+    pub addr: AddrsView,
     pub key: Option<&'static str>,
     pub cipher: Option<&'static str>,
     pub timeout: Option<u64>,
+    /// Protocol, PROXY header, balance, health check, bandwidth.
+    #[serde(flatten)]
+    pub options: OptionsView,
+    /// Each address: up or down, streams connected, dials failed.
+    pub backends: Vec<BackendView>,
+}
+
+/// A remote service's address or addresses, as posted.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum AddrsView {
+    /// One address, `["ip", port]`.
+    #[schema(value_type = Vec<serde_json::Value>)]
+    One(Endpoint),
+    /// Several, in order.
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
+    Many(Vec<Endpoint>),
+}
+
+/// A service's options beyond its address, key and timeout.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OptionsView {
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// The PROXY header a remote service's backend receives (`v1`, `v2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// How a remote service picks an address (`first`, `round-robin`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<Balance>,
+    /// A remote service's addresses are dialled this often to find which answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_ms: Option<u64>,
+    /// Bytes per second its connections may move together, each direction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<u64>,
+    /// Seconds its connections waited for the bandwidth limit so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled_seconds: Option<f64>,
+    /// A UDP service's flows and datagrams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datagrams: Option<DatagramsView>,
+}
+
+/// A UDP service's flows and datagrams so far.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DatagramsView {
+    /// Flows (client addresses) live now.
+    pub flows: u64,
+    /// Datagrams carried into the tunnel (from clients, or from the backend).
+    pub carried: u64,
+    /// Datagrams from the tunnel sent on (to clients, or to the backend).
+    pub delivered: u64,
+    /// Datagrams dropped: credit short, bandwidth spent, a full socket or flow table.
+    pub dropped: u64,
+}
+
+impl DatagramsView {
+    fn of(c: &DatagramCounts) -> DatagramsView {
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        DatagramsView {
+            flows: n(&c.flows),
+            carried: n(&c.carried),
+            delivered: n(&c.delivered),
+            dropped: n(&c.dropped),
+        }
+    }
+}
+
+impl OptionsView {
+    fn of(
+        o: &ServiceOptions,
+        pace: &Option<Arc<Pace>>,
+        side: Side,
+        datagrams: &DatagramCounts,
+    ) -> OptionsView {
+        OptionsView {
+            datagrams: (o.protocol == Protocol::Udp).then(|| DatagramsView::of(datagrams)),
+            protocol: o.protocol,
+            proxy_protocol: o.proxy_protocol,
+            balance: (side == Side::Remote).then_some(o.balance),
+            health_check_ms: o.health_check_ms,
+            bandwidth: o.bandwidth,
+            throttled_seconds: pace.as_ref().map(|p| p.throttled_seconds()),
+        }
+    }
 }
 
 /// Binds, by side: service -> tunnel.
@@ -227,6 +318,7 @@ impl Registry {
                     .borrow()
                     .as_ref()
                     .and_then(|l| l.local_addr().ok())
+                    .or(s.udp.as_ref().map(|u| u.bound))
                     .map(|a| a.to_string());
                 let view = LocalServiceView {
                     addr: endpoint(&l.addr),
@@ -236,6 +328,7 @@ impl Registry {
                     listening,
                     connections: s.connections.in_use(),
                     last_error: l.last_error.clone(),
+                    options: OptionsView::of(&s.options, &s.pace, Side::Local, &s.datagrams),
                 };
                 (name.clone(), view)
             })
@@ -243,11 +336,17 @@ impl Registry {
         let remote = candidates(&self.remote, f)
             .filter(|(name, _)| self.keeps_service(f, Side::Remote, name))
             .map(|(name, s)| {
+                let addrs: Vec<Endpoint> = s.backends.addrs().map(|a| endpoint(&a)).collect();
                 let view = RemoteServiceView {
-                    addr: endpoint(&s.addr),
+                    addr: match <[Endpoint; 1]>::try_from(addrs) {
+                        Ok([one]) => AddrsView::One(one),
+                        Err(many) => AddrsView::Many(many),
+                    },
                     key: key(&s.key),
                     cipher: cipher(&s.key),
                     timeout: millis(&s.timeout),
+                    options: OptionsView::of(&s.options, &s.pace, Side::Remote, &s.datagrams),
+                    backends: s.backends.view(Instant::now()),
                 };
                 (name.clone(), view)
             })

@@ -22,46 +22,86 @@ impl Handler<CarryClient> for Tunnel {
                 Refused::StreamLimit
             };
             metrics().count_refused(&msg.service, Side::Local, reason);
-            crate::io::reset_now(&msg.sock);
+            match msg.client {
+                Client::Tcp(sock) => crate::io::reset_now(&sock),
+                Client::Udp(start) => {
+                    start.counts.drop_one();
+                    start.listener.do_send(FlowReport::Ended {
+                        client: start.client,
+                        id: start.id,
+                    });
+                }
+            }
             return;
         }
-        // The client was accepted on the listener's arbiter: register it with this one.
-        let sock = match TcpStream::from_std(msg.sock) {
-            Ok(s) => s,
-            Err(e) => {
-                log_limited!(
-                    warn,
-                    "carry-refused",
-                    "tunnel {}: cannot take over a client of service {}: {e}",
-                    self.name,
-                    msg.service
-                );
-                metrics().count_refused(&msg.service, Side::Local, Refused::Resources);
-                return;
-            }
+        let protocol = match &msg.client {
+            Client::Tcp(_) => Protocol::Tcp,
+            Client::Udp(_) => Protocol::Udp,
         };
-        metrics().count_accepted(&msg.service, Side::Local);
         let id = self.alloc_id();
         let open = msg.key.as_ref().map(|k| k.open());
         let keying = msg.key.zip(open).map(|(key, open)| Keying::Opener {
             key,
             nonce: open.nonce,
         });
-        let spec = StreamSpec {
-            stream: id,
-            tunnel: ctx.address().recipient(),
-            service: msg.service.clone(),
-            keying,
-            idle_timeout: msg.idle_timeout,
-            slots: msg.slots,
+        let actor: StreamActor = match msg.client {
+            Client::Tcp(sock) => {
+                // The client was accepted on the listener's arbiter: register it with this one.
+                let sock = match TcpStream::from_std(sock) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log_limited!(
+                            warn,
+                            "carry-refused",
+                            "tunnel {}: cannot take over a client of service {}: {e}",
+                            self.name,
+                            msg.service
+                        );
+                        metrics().count_refused(&msg.service, Side::Local, Refused::Resources);
+                        return;
+                    }
+                };
+                let spec = StreamSpec {
+                    stream: id,
+                    tunnel: ctx.address().recipient(),
+                    service: msg.service.clone(),
+                    keying,
+                    idle_timeout: msg.idle_timeout,
+                    pace: msg.pace,
+                    slots: msg.slots,
+                };
+                Connection::accepted(spec, sock).start().into()
+            }
+            Client::Udp(start) => {
+                let spec = FlowSpec {
+                    stream: id,
+                    tunnel: ctx.address().recipient(),
+                    service: msg.service.clone(),
+                    keying,
+                    idle_timeout: msg.idle_timeout.unwrap_or(UDP_DEFAULT_TIMEOUT),
+                    pace: msg.pace,
+                    counts: start.counts,
+                    first: vec![start.first],
+                    slots: msg.slots,
+                };
+                let end = FlowEnd::Local {
+                    socket: start.socket,
+                    client: start.client,
+                    listener: start.listener,
+                    id: start.id,
+                };
+                UdpFlow::new(spec, end).start().into()
+            }
         };
-        let conn = Connection::accepted(spec, sock).start();
+        metrics().count_accepted(&msg.service, Side::Local);
         let frame = Frame::Open {
             stream: id,
             service: msg.service.clone(),
             keyed: open,
+            protocol,
+            origin: msg.origin,
         };
-        let entry = StreamEntry::new(conn, msg.service, Side::Local, &self.shared.settings);
+        let entry = StreamEntry::new(actor, msg.service, Side::Local, &self.shared.settings);
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }

@@ -85,7 +85,7 @@ impl Handler<CrashStream> for Tunnel {
 
     fn handle(&mut self, msg: CrashStream, _ctx: &mut Self::Context) {
         if let Some(e) = self.streams.get(&msg.stream) {
-            e.conn.do_send(crate::Crash);
+            e.conn.crash.do_send(crate::Crash);
         }
     }
 }

@@ -32,8 +32,9 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
 use crate::cipher::fresh_nonce;
-use crate::connection::{Connection, FromConnection, Keying, StreamEvent, StreamSpec};
+use crate::connection::{Connection, FromConnection, Keying, StreamEvent, StreamSpec, Target};
 use crate::credit::{RecvWindow, Rtt};
+use crate::datagram::{FlowEnd, FlowReport, FlowSpec, UdpFlow};
 use crate::handshake::Terms;
 use crate::io::{socket_queues, write_all_vectored, SocketQueues};
 use crate::limits::{Escaped, Gauge, Slot, TokenBucket};
@@ -42,10 +43,13 @@ use crate::protocol::{
     Frame, FrameCodec, GoAway, KeyedOpen, ProtocolError, ResetCode, HEADER_LEN, MAX_DATA,
     NONCE_LEN, TAG_LEN, TUNNEL_STREAM,
 };
+use crate::protocol::{Origin, Protocol};
+use crate::proxy_header;
 use crate::record::{SealedFrameCodec, Sealer, SessionKeys, RECORD_HEADER};
-use crate::routes::CarryClient;
+use crate::routes::{CarryClient, Client};
 use crate::schedule::SendQueue;
 use crate::send_credit::{Overflow, SendCredit};
+use crate::service::UDP_DEFAULT_TIMEOUT;
 use crate::{Settings, Shared, Side};
 
 mod clients;
@@ -126,10 +130,51 @@ impl StreamState {
     }
 }
 
+/// The actor carrying one stream's socket, as its tunnel addresses it: a TCP connection or a UDP
+/// flow.
+pub(crate) struct StreamActor {
+    /// Where the stream's events go.
+    events: Recipient<StreamEvent>,
+    /// The fault hook of the actor (tests of supervision).
+    #[cfg(feature = "fault-injection")]
+    crash: Recipient<crate::Crash>,
+}
+
+impl StreamActor {
+    fn do_send(&self, event: StreamEvent) {
+        self.events.do_send(event);
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+impl<A> From<Addr<A>> for StreamActor
+where
+    A: Actor<Context = Context<A>> + Handler<StreamEvent>,
+{
+    fn from(a: Addr<A>) -> StreamActor {
+        StreamActor {
+            events: a.recipient(),
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl<A> From<Addr<A>> for StreamActor
+where
+    A: Actor<Context = Context<A>> + Handler<StreamEvent> + Handler<crate::Crash>,
+{
+    fn from(a: Addr<A>) -> StreamActor {
+        StreamActor {
+            crash: a.clone().recipient(),
+            events: a.recipient(),
+        }
+    }
+}
+
 /// One multiplexed stream, as the tunnel sees it.
 struct StreamEntry {
-    /// The connection actor of the stream's socket (started by this tunnel).
-    conn: Addr<Connection>,
+    /// The actor of the stream's socket (a connection or a UDP flow, started by this tunnel).
+    conn: StreamActor,
     /// Which service the stream carries, for `GET /config` and for closing a deleted service.
     service: String,
     /// Local: we opened it for a client; remote: the peer opened it towards our backend.

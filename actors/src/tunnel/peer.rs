@@ -22,7 +22,18 @@ impl Tunnel {
                 stream,
                 service,
                 keyed,
-            } => self.on_open(stream, service, keyed, ctx),
+                protocol,
+                origin,
+            } => self.on_open(
+                Opening {
+                    id: stream,
+                    service,
+                    keyed,
+                    protocol,
+                    origin,
+                },
+                ctx,
+            ),
             Frame::OpenOk { stream, nonce } => match self.streams.get_mut(&stream) {
                 Some(e) if e.side == Side::Local && e.state == StreamState::Opening => {
                     e.state = StreamState::Open;
@@ -142,13 +153,16 @@ impl Tunnel {
         }
     }
 
-    pub(super) fn on_open(
-        &mut self,
-        id: u32,
-        service: String,
-        keyed: Option<KeyedOpen>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// A peer's OPEN: checked against the published routes, then the stream's backend is dialled
+    /// (no round trip through the Registry).
+    pub(super) fn on_open(&mut self, open: Opening, ctx: &mut Context<Self>) {
+        let Opening {
+            id,
+            service,
+            keyed,
+            protocol,
+            origin,
+        } = open;
         if !self.peer_may_open(id) {
             self.fail(
                 ctx,
@@ -179,6 +193,7 @@ impl Tunnel {
             &self.name,
             &service,
             keyed.as_ref(),
+            protocol,
             self.peer.authenticated,
         ) {
             Ok(route) => route,
@@ -192,6 +207,23 @@ impl Tunnel {
                     refusal.log
                 );
                 return self.refuse_open(id, refusal.peer, ctx);
+            }
+        };
+        let header = match (route.proxy_protocol, origin) {
+            (None, _) => None,
+            (Some(v), Some(o)) => Some(proxy_header::encode(v, protocol, o.client, o.reached)),
+            (Some(_), None) => {
+                metrics().count_refused(&service, Side::Remote, Refused::PeerRefused);
+                log_limited!(
+                    warn,
+                    "stream-refused",
+                    "tunnel {}: refusing stream {id}: service {} sends a PROXY header, and the \
+                     peer sent no client address",
+                    self.name,
+                    Escaped(&service)
+                );
+                let reason = "this service needs the client's address, which the OPEN lacks";
+                return self.refuse_open(id, reason.to_owned(), ctx);
             }
         };
         let slots = match self.backend_slots(id) {
@@ -216,11 +248,39 @@ impl Tunnel {
             service: service.clone(),
             keying: crypto.map(|c| Keying::Ready(Box::new(c))),
             idle_timeout: route.timeout,
+            pace: route.pace.clone(),
             slots,
         };
-        let conn =
-            Connection::dialing(spec, route.addr, self.shared.settings.connect_timeout).start();
-        let mut entry = StreamEntry::new(conn, service, Side::Remote, &self.shared.settings);
+        let actor: StreamActor = match protocol {
+            Protocol::Tcp => {
+                let target = Target {
+                    backends: route.backends.clone(),
+                    connect_timeout: self.shared.settings.connect_timeout,
+                    header,
+                };
+                Connection::dialing(spec, target).start().into()
+            }
+            Protocol::Udp => {
+                // No answer to wait for: the first address not marked down.
+                let order = route.backends.order(Instant::now());
+                let backend = route.backends.addr(order[0]);
+                let flow = FlowSpec {
+                    stream: id,
+                    tunnel: spec.tunnel,
+                    service: spec.service,
+                    keying: spec.keying,
+                    idle_timeout: spec.idle_timeout.unwrap_or(UDP_DEFAULT_TIMEOUT),
+                    pace: spec.pace,
+                    counts: route.datagrams.clone(),
+                    first: Vec::new(),
+                    slots: spec.slots,
+                };
+                UdpFlow::new(flow, FlowEnd::Remote { backend })
+                    .start()
+                    .into()
+            }
+        };
+        let mut entry = StreamEntry::new(actor, service, Side::Remote, &self.shared.settings);
         entry.accept_nonce = nonce;
         self.insert_stream(id, entry);
     }
@@ -299,4 +359,18 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
     fn finished(&mut self, ctx: &mut Self::Context) {
         self.fail(ctx, "the peer closed the connection".to_owned());
     }
+}
+
+/// A peer's OPEN, as the frame carried it.
+pub(super) struct Opening {
+    /// The stream's id (the peer's parity).
+    pub(super) id: u32,
+    /// The remote service asked for (peer-supplied: escaped in logs).
+    pub(super) service: String,
+    /// The opener's nonce and key check, for a keyed service.
+    pub(super) keyed: Option<KeyedOpen>,
+    /// What the opener carries: the service here must carry the same.
+    pub(super) protocol: Protocol,
+    /// The client's address, for a PROXY header.
+    pub(super) origin: Option<Origin>,
 }

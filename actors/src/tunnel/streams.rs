@@ -106,10 +106,15 @@ impl Tunnel {
 }
 
 impl StreamEntry {
-    pub(super) fn new(conn: Addr<Connection>, service: String, side: Side, s: &Settings) -> Self {
+    pub(super) fn new(
+        conn: impl Into<StreamActor>,
+        service: String,
+        side: Side,
+        s: &Settings,
+    ) -> Self {
         let service_metrics = metrics().service(&service, side);
         StreamEntry {
-            conn,
+            conn: conn.into(),
             service,
             side,
             accept_nonce: None,

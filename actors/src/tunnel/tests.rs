@@ -120,6 +120,8 @@ fn an_open_for_a_service_not_bound_here_is_refused_and_the_tunnel_stays() {
             stream: 1,
             service: "nope".into(),
             keyed: None,
+            protocol: crate::protocol::Protocol::Tcp,
+            origin: None,
         })
         .await
         .expect("open");
@@ -153,10 +155,17 @@ fn an_open_of_a_bound_service_reaches_its_backend_and_carries_bytes() {
         routes.remote.insert(
             "svc".into(),
             RemoteRoute {
-                addr: backend.local_addr().expect("addr"),
+                backends: Arc::new(crate::backends::Backends::new(
+                    &[backend.local_addr().expect("addr")],
+                    crate::service::Balance::First,
+                )),
                 key: None,
                 timeout: None,
                 tunnel: Some("t1".into()),
+                protocol: crate::protocol::Protocol::Tcp,
+                proxy_protocol: None,
+                pace: None,
+                datagrams: Arc::default(),
             },
         );
         let (mut peer, _report) = tunnel_and_peer(routes).await;
@@ -164,6 +173,8 @@ fn an_open_of_a_bound_service_reaches_its_backend_and_carries_bytes() {
             stream: 1,
             service: "svc".into(),
             keyed: None,
+            protocol: crate::protocol::Protocol::Tcp,
+            origin: None,
         })
         .await
         .expect("open");

@@ -45,6 +45,7 @@ async fn connection_and_client() -> (
         service: "svc".to_owned(),
         keying: None,
         idle_timeout: None,
+        pace: None,
         slots: Vec::new(),
     };
     (Connection::accepted(spec, sock).start(), client, rx)

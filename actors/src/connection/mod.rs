@@ -23,9 +23,12 @@ use log::{debug, error, info, warn};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use std::sync::Arc;
+
 use crate::cipher::{ServiceKey, StreamCrypto};
 use crate::io::{reset_now, try_read_data_frame, write_all_vectored, Chunk};
 use crate::limits::Slot;
+use crate::pace::{Direction, Pace};
 use crate::protocol::{set_frame_len, ResetCode, HEADER_LEN, MAX_DATA, NONCE_LEN};
 
 /// Connection -> its tunnel: what happens on a stream's downstream socket. A report going up,
@@ -98,6 +101,9 @@ enum ReadState {
     /// Readable: the standing grant is being spent without asking; more is asked for only if it
     /// runs out before the socket runs dry.
     Spending,
+    /// The service's bandwidth limit holds reads back until a timer ends; `spending` says which
+    /// of the two states above it resumes.
+    Paced { spending: bool },
     /// EOF read and FIN sent to the tunnel.
     Done,
 }
@@ -109,6 +115,8 @@ enum WriteState {
     Idle,
     /// A write future owns the write half.
     Writing,
+    /// The service's bandwidth limit holds writes back until a timer ends.
+    Paced,
     /// The far end's FIN was carried out: our write side is shut down.
     Done,
 }
@@ -125,6 +133,8 @@ pub struct StreamSpec {
     pub keying: Option<Keying>,
     /// Closed (with a reset) after this long without a byte either way.
     pub idle_timeout: Option<Duration>,
+    /// The service's bandwidth limit: reads and writes wait for its tokens.
+    pub pace: Option<Arc<Pace>>,
     /// Its descriptor and its places in the node's limits, held for its life.
     pub slots: Vec<Slot>,
 }
@@ -134,8 +144,8 @@ pub struct Connection {
     /// The service carried, for log lines.
     service: String,
     stream: u32,
-    /// The remote end's target, dialled when the actor starts.
-    target: Option<(SocketAddr, Duration)>,
+    /// The remote end's backends, dialled when the actor starts.
+    target: Option<Target>,
     /// The client's address (local end), for log lines.
     peer: Option<SocketAddr>,
     /// The socket's descriptor, kept to reset the connection whichever future holds a half.
@@ -163,6 +173,8 @@ pub struct Connection {
     /// `None` for a plaintext service.
     keying: Option<Keying>,
     idle_timeout: Option<Duration>,
+    /// The service's bandwidth limit, if any.
+    pace: Option<Arc<Pace>>,
     last_active: Instant,
     /// The tunnel has been told the stream is over (or told us so).
     reported: bool,
@@ -190,6 +202,7 @@ impl Connection {
             out_wire: 0,
             keying: spec.keying,
             idle_timeout: spec.idle_timeout,
+            pace: spec.pace,
             last_active: Instant::now(),
             reported: false,
             _slots: spec.slots,
@@ -204,11 +217,10 @@ impl Connection {
         c
     }
 
-    /// The remote end of stream `spec.stream`, to be dialled to `target` within
-    /// `connect_timeout`.
-    pub fn dialing(spec: StreamSpec, target: SocketAddr, connect_timeout: Duration) -> Connection {
+    /// The remote end of stream `spec.stream`, to be dialled to one of `target`'s backends.
+    pub fn dialing(spec: StreamSpec, target: Target) -> Connection {
         let mut c = Connection::new(spec);
-        c.target = Some((target, connect_timeout));
+        c.target = Some(target);
         c
     }
 
@@ -263,11 +275,17 @@ impl Connection {
                 break;
             }
             let max = room - overhead;
+            if self.pace_reads(ctx) {
+                return;
+            }
             let Some(reader) = self.reader.as_ref() else {
                 return;
             };
             match try_read_data_frame(reader, stream, max, overhead) {
                 Ok(Chunk::Frame { frame, drained }) => {
+                    if let Some(p) = &self.pace {
+                        p.take(Direction::Read, (frame.len() - HEADER_LEN) as u64);
+                    }
                     self.send_frame(stream, frame);
                     if drained {
                         self.hand_back(stream);
@@ -404,7 +422,21 @@ impl Connection {
             }
             return;
         }
+        if let Some(wait) = self.pace.as_ref().and_then(|p| p.wait(Direction::Write)) {
+            self.writer = Some(writer);
+            self.write = WriteState::Paced;
+            ctx.run_later(wait, |act, ctx| {
+                if act.write == WriteState::Paced {
+                    act.write = WriteState::Idle;
+                    act.write_more(ctx);
+                }
+            });
+            return;
+        }
         let batch: Vec<Bytes> = self.out.drain(..).collect();
+        if let Some(p) = &self.pace {
+            p.take(Direction::Write, batch.iter().map(|b| b.len() as u64).sum());
+        }
         let bytes = std::mem::take(&mut self.out_wire);
         self.write = WriteState::Writing;
         ctx.spawn(
@@ -419,8 +451,10 @@ impl Connection {
                 match result {
                     Ok(()) => {
                         act.last_active = Instant::now();
-                        let stream = act.stream;
-                        act.report(FromConnection::Consumed { stream, bytes });
+                        if bytes > 0 {
+                            let stream = act.stream;
+                            act.report(FromConnection::Consumed { stream, bytes });
+                        }
                         act.write_more(ctx);
                     }
                     Err(e) => act.abort(ctx, ResetCode::Aborted, format!("write failed: {e}")),
@@ -464,51 +498,14 @@ impl Connection {
             crate::io::reset_fd(fd);
         }
     }
-
-    fn dial(&mut self, target: SocketAddr, timeout: Duration, ctx: &mut Context<Self>) {
-        ctx.spawn(
-            async move { tokio::time::timeout(timeout, TcpStream::connect(target)).await }
-                .into_actor(self)
-                .map(move |result, act, ctx| {
-                    let error = match result {
-                        Ok(Ok(sock)) if act.reported => {
-                            // The stream went while we dialled.
-                            reset_now(&sock);
-                            return;
-                        }
-                        Ok(Ok(sock)) => {
-                            act.attach(sock);
-                            act.read = ReadState::Idle;
-                            let stream = act.stream;
-                            act.report(FromConnection::Dialed { stream });
-                            act.read_more(ctx);
-                            return;
-                        }
-                        Ok(Err(e)) => e.to_string(),
-                        Err(_) => format!("no answer within {} ms", timeout.as_millis()),
-                    };
-                    crate::log_limited!(
-                        warn,
-                        "backend-unreachable",
-                        "service {}: cannot reach {target}: {error}; refusing the stream",
-                        act.service
-                    );
-                    act.abort(
-                        ctx,
-                        ResetCode::Aborted,
-                        format!("cannot reach the service: {error}"),
-                    );
-                }),
-        );
-    }
 }
 
 impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some((target, timeout)) = self.target.take() {
-            self.dial(target, timeout, ctx);
+        if let Some(target) = self.target.take() {
+            self.dial(target, ctx);
         }
         if let Some(idle) = self.idle_timeout {
             let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -568,7 +565,14 @@ impl Handler<StreamEvent> for Connection {
                 }
                 self.read_more(ctx);
             }
-            StreamEvent::Grant(n) if self.read != ReadState::Wanting => self.take_unasked(n),
+            StreamEvent::Grant(n)
+                if !matches!(
+                    self.read,
+                    ReadState::Wanting | ReadState::Paced { spending: false }
+                ) =>
+            {
+                self.take_unasked(n)
+            }
             StreamEvent::Standing(n) => self.keep = n,
             StreamEvent::Grant(n) => {
                 self.grant += n;
@@ -630,6 +634,8 @@ impl Handler<crate::Crash> for Connection {
     }
 }
 
+mod dial;
+pub use dial::Target;
+
 #[cfg(test)]
-#[path = "connection_tests.rs"]
 mod tests;

@@ -1,0 +1,525 @@
+//! The UDP flow actor: one client address of a UDP service, carried as one stream of a tunnel,
+//! one datagram per DATA frame (so a datagram arrives whole or not at all, never split or
+//! merged). At the local end it sends replies from the service's socket to its client; at the
+//! remote end it owns a socket of its own, connected to the backend.
+//!
+//! Datagrams are never queued without bound: a datagram waits only for credit the tunnel is
+//! about to grant (at most [`PENDING_DATAGRAMS`] and [`PENDING_BYTES`]); past that, or while
+//! the service's bandwidth is spent, it is dropped and counted, as the network would. What
+//! arrives from the tunnel is sent at once (a full socket buffer drops it) and its credit goes
+//! straight back. A flow quiet for its service's timeout ends (the stream is reset), and its
+//! listener is told, so the next datagram from that client starts a new one.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use log::{debug, info};
+use tokio::net::UdpSocket;
+use tokio_util::codec::BytesCodec;
+use tokio_util::udp::UdpFramed;
+
+use crate::connection::{FromConnection, Keying, StreamEvent};
+use crate::limits::Slot;
+use crate::pace::{Direction, Pace};
+use crate::protocol::{put_data_header, set_frame_len, ResetCode, HEADER_LEN, MAX_DATA};
+
+/// Datagrams a flow holds while it waits for credit.
+pub const PENDING_DATAGRAMS: usize = 16;
+/// Bytes a flow holds while it waits for credit.
+pub const PENDING_BYTES: usize = 64 * 1024;
+/// The largest UDP payload over IPv4.
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// A UDP service's datagram counts, shared by its listener and flows (for `GET /config` and
+/// `/metrics`).
+#[derive(Debug, Default)]
+pub struct DatagramCounts {
+    /// Datagrams from clients or the backend carried into the tunnel.
+    pub carried: AtomicU64,
+    /// Datagrams from the tunnel sent to clients or the backend.
+    pub delivered: AtomicU64,
+    /// Datagrams dropped: credit short, bandwidth spent, a full socket, a full flow table.
+    pub dropped: AtomicU64,
+    /// Flows live now.
+    pub flows: AtomicU64,
+}
+
+impl DatagramCounts {
+    pub fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Flow -> its listener (the local end's): the flow is running (datagrams for its client go to
+/// `flow` from now on) or it ended. Declared beside its sender.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum FlowReport {
+    Started {
+        client: SocketAddr,
+        /// Which flow of this client (a later one may have replaced it).
+        id: u64,
+        flow: Recipient<ToFlow>,
+    },
+    Ended {
+        client: SocketAddr,
+        id: u64,
+    },
+}
+
+/// Listener -> a local flow.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum ToFlow {
+    /// A datagram from the flow's client.
+    Datagram(Bytes),
+    /// The flow table needs the room: end now.
+    End,
+}
+
+/// Which end of the tunnel a flow is.
+pub enum FlowEnd {
+    /// The local end: replies go from the service's socket to `client`.
+    Local {
+        socket: Arc<UdpSocket>,
+        client: SocketAddr,
+        /// Told when the flow starts and ends.
+        listener: Recipient<FlowReport>,
+        /// The flow's number for its listener.
+        id: u64,
+    },
+    /// The remote end: the flow's own socket, connected to the backend.
+    Remote { backend: SocketAddr },
+}
+
+/// Where the flow is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowState {
+    /// OPEN sent or the backend socket being made: nothing is sent into the tunnel yet.
+    Opening,
+    /// Datagrams flow both ways.
+    Open,
+    /// Reported closed: the actor is stopping.
+    Closed,
+}
+
+/// What the flow holds of the tunnel's credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CreditState {
+    /// Holding at most its standing grant; asks when a datagram needs more.
+    Idle,
+    /// Asked for credit for its pending datagrams.
+    Wanting,
+}
+
+/// What a flow is given when its tunnel starts it.
+pub struct FlowSpec {
+    pub stream: u32,
+    pub tunnel: Recipient<FromConnection>,
+    pub service: String,
+    pub keying: Option<Keying>,
+    /// The flow ends after this long without a datagram either way.
+    pub idle_timeout: Duration,
+    pub pace: Option<Arc<Pace>>,
+    /// The service's counts.
+    pub counts: Arc<DatagramCounts>,
+    /// Datagrams to carry once the stream opens (a local flow's first).
+    pub first: Vec<Bytes>,
+    /// Its places in the node's limits, held for its life.
+    pub slots: Vec<Slot>,
+}
+
+pub struct UdpFlow {
+    tunnel: Recipient<FromConnection>,
+    /// The service carried, for log lines.
+    service: String,
+    stream: u32,
+    end: FlowEnd,
+    /// The remote end's socket once made (the local end uses the service's).
+    socket: Option<Arc<UdpSocket>>,
+    state: FlowState,
+    credit: CreditState,
+    /// Wire bytes the tunnel let us send.
+    grant: u64,
+    /// The standing grant kept while idle.
+    keep: u64,
+    /// Datagrams waiting for credit.
+    pending: VecDeque<Bytes>,
+    /// Their bytes.
+    pending_bytes: usize,
+    keying: Option<Keying>,
+    idle_timeout: Duration,
+    last_active: Instant,
+    pace: Option<Arc<Pace>>,
+    counts: Arc<DatagramCounts>,
+    _slots: Vec<Slot>,
+}
+
+impl UdpFlow {
+    pub fn new(spec: FlowSpec, end: FlowEnd) -> UdpFlow {
+        let pending_bytes = spec.first.iter().map(Bytes::len).sum();
+        UdpFlow {
+            tunnel: spec.tunnel,
+            service: spec.service,
+            stream: spec.stream,
+            socket: match &end {
+                FlowEnd::Local { socket, .. } => Some(socket.clone()),
+                FlowEnd::Remote { .. } => None,
+            },
+            end,
+            state: FlowState::Opening,
+            credit: CreditState::Idle,
+            grant: 0,
+            keep: 0,
+            pending: spec.first.into(),
+            pending_bytes,
+            keying: spec.keying,
+            idle_timeout: spec.idle_timeout,
+            last_active: Instant::now(),
+            pace: spec.pace,
+            counts: spec.counts,
+            _slots: spec.slots,
+        }
+    }
+
+    fn overhead(&self) -> usize {
+        match &self.keying {
+            Some(Keying::Ready(c)) => c.seal.overhead(),
+            _ => 0,
+        }
+    }
+
+    /// A datagram from the client (local end) or the backend (remote end), into the tunnel.
+    fn outgoing(&mut self, datagram: Bytes) {
+        self.last_active = Instant::now();
+        let paced = self
+            .pace
+            .as_ref()
+            .is_some_and(|p| p.wait(Direction::Read).is_some());
+        // An empty datagram has no DATA frame (a plaintext one would be empty).
+        if datagram.is_empty() || datagram.len() > MAX_DATAGRAM || paced {
+            self.counts.drop_one();
+            return;
+        }
+        let fits = self.pending.len() < PENDING_DATAGRAMS
+            && self.pending_bytes + datagram.len() <= PENDING_BYTES;
+        if !fits {
+            self.counts.drop_one();
+            return;
+        }
+        self.pending_bytes += datagram.len();
+        self.pending.push_back(datagram);
+        self.flush();
+    }
+
+    /// Sends what the grant covers, in order; asks for more if some wait, else gives back what
+    /// is beyond the standing grant.
+    fn flush(&mut self) {
+        if self.state != FlowState::Open {
+            return;
+        }
+        let overhead = self.overhead() as u64;
+        while let Some(d) = self.pending.front() {
+            let need = d.len() as u64 + overhead;
+            if self.grant < need {
+                break;
+            }
+            let Some(d) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes -= d.len();
+            self.send_frame(&d);
+        }
+        let stream = self.stream;
+        if !self.pending.is_empty() {
+            if self.credit == CreditState::Idle {
+                self.credit = CreditState::Wanting;
+                self.report(FromConnection::Want { stream });
+            }
+            return;
+        }
+        let unused = self.grant.saturating_sub(self.keep);
+        if unused > 0 || self.credit == CreditState::Wanting {
+            self.grant -= unused;
+            self.report(FromConnection::Return {
+                stream,
+                bytes: unused,
+            });
+        }
+        self.credit = CreditState::Idle;
+    }
+
+    fn send_frame(&mut self, datagram: &[u8]) {
+        debug_assert!(datagram.len() + self.overhead() <= MAX_DATA);
+        let overhead = self.overhead();
+        let mut frame = BytesMut::with_capacity(HEADER_LEN + datagram.len() + overhead);
+        put_data_header(&mut frame, self.stream, datagram.len());
+        let mut payload = frame.split_off(HEADER_LEN);
+        payload.extend_from_slice(datagram);
+        if let Some(Keying::Ready(c)) = self.keying.as_mut() {
+            c.seal.seal(&mut payload);
+        }
+        let len = payload.len();
+        frame.unsplit(payload);
+        set_frame_len(&mut frame, len);
+        self.grant = self.grant.saturating_sub(len as u64);
+        if let Some(p) = &self.pace {
+            p.take(Direction::Read, len as u64);
+        }
+        self.counts.carried.fetch_add(1, Ordering::Relaxed);
+        let stream = self.stream;
+        self.report(FromConnection::Data {
+            stream,
+            frame: frame.freeze(),
+        });
+    }
+
+    /// A datagram from the tunnel, to the client or the backend; its credit goes back at once.
+    fn incoming(&mut self, mut payload: BytesMut, ctx: &mut Context<Self>) {
+        self.last_active = Instant::now();
+        let wire = payload.len() as u64;
+        match self.keying.as_mut() {
+            Some(Keying::Ready(c)) => {
+                if let Err(e) = c.open.open(&mut payload) {
+                    crate::log_limited!(
+                        warn,
+                        "stream-integrity",
+                        "service {}: flow {}: {e}; resetting the flow",
+                        self.service,
+                        self.stream
+                    );
+                    return self.close(ctx, Some((ResetCode::Integrity, e.to_string())));
+                }
+            }
+            Some(Keying::Opener { .. }) => {
+                return self.close(
+                    ctx,
+                    Some((ResetCode::Aborted, "data before the flow was open".into())),
+                );
+            }
+            None => {}
+        }
+        let paced = self
+            .pace
+            .as_ref()
+            .is_some_and(|p| p.wait(Direction::Write).is_some());
+        let sent = match (&self.socket, &self.end) {
+            _ if paced => Err(io::ErrorKind::WouldBlock.into()),
+            (Some(s), FlowEnd::Local { client, .. }) => s.try_send_to(&payload, *client),
+            (Some(s), FlowEnd::Remote { .. }) => s.try_send(&payload),
+            (None, _) => Err(io::ErrorKind::NotConnected.into()),
+        };
+        match sent {
+            Ok(n) => {
+                if let Some(p) = &self.pace {
+                    p.take(Direction::Write, n as u64);
+                }
+                self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                debug!(
+                    "service {}: flow {}: datagram dropped: {e}",
+                    self.service, self.stream
+                );
+                self.counts.drop_one();
+            }
+        }
+        let stream = self.stream;
+        self.report(FromConnection::Consumed {
+            stream,
+            bytes: wire,
+        });
+    }
+
+    fn report(&self, msg: FromConnection) {
+        self.tunnel.do_send(msg);
+    }
+
+    /// Ends the flow: the tunnel resets the stream (or refuses it) unless `failure` is `None`
+    /// and the far end ended it.
+    fn close(&mut self, ctx: &mut Context<Self>, failure: Option<(ResetCode, String)>) {
+        if self.state != FlowState::Closed {
+            self.state = FlowState::Closed;
+            let stream = self.stream;
+            self.report(FromConnection::Closed { stream, failure });
+        }
+        ctx.stop();
+    }
+
+    /// The remote end: a socket of its own, connected to the backend, read as a stream of
+    /// datagrams.
+    fn connect_backend(&mut self, backend: SocketAddr, ctx: &mut Context<Self>) {
+        let made = std::net::UdpSocket::bind(if backend.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        })
+        .and_then(|s| {
+            s.connect(backend)?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .and_then(UdpSocket::from_std);
+        match made {
+            Ok(socket) => {
+                let socket = Arc::new(socket);
+                self.socket = Some(socket.clone());
+                ctx.add_stream(UdpFramed::new(socket, BytesCodec::new()));
+                // The remote end is open once its socket is: OPEN_OK goes back now.
+                self.state = FlowState::Open;
+                let stream = self.stream;
+                self.report(FromConnection::Dialed { stream });
+            }
+            Err(e) => {
+                crate::log_limited!(
+                    warn,
+                    "backend-unreachable",
+                    "service {}: cannot make a socket for {backend}: {e}; refusing the flow",
+                    self.service
+                );
+                self.close(ctx, Some((ResetCode::Aborted, format!("no socket: {e}"))));
+            }
+        }
+    }
+}
+
+impl Actor for UdpFlow {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.counts.flows.fetch_add(1, Ordering::Relaxed);
+        match &self.end {
+            FlowEnd::Local {
+                listener,
+                client,
+                id,
+                ..
+            } => listener.do_send(FlowReport::Started {
+                client: *client,
+                id: *id,
+                flow: ctx.address().recipient(),
+            }),
+            FlowEnd::Remote { backend } => {
+                let backend = *backend;
+                self.connect_backend(backend, ctx);
+            }
+        }
+        let idle = self.idle_timeout;
+        let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        ctx.run_interval(period, move |act, ctx| {
+            if act.last_active.elapsed() >= idle {
+                info!(
+                    "service {}: flow {} idle for {} ms; ending it",
+                    act.service,
+                    act.stream,
+                    idle.as_millis()
+                );
+                act.close(ctx, Some((ResetCode::IdleTimeout, "idle timeout".into())));
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.counts.flows.fetch_sub(1, Ordering::Relaxed);
+        if self.state != FlowState::Closed {
+            self.state = FlowState::Closed;
+            let stream = self.stream;
+            self.report(FromConnection::Closed {
+                stream,
+                failure: Some((ResetCode::Aborted, "the flow ended".into())),
+            });
+        }
+        if let FlowEnd::Local {
+            listener,
+            client,
+            id,
+            ..
+        } = &self.end
+        {
+            listener.do_send(FlowReport::Ended {
+                client: *client,
+                id: *id,
+            });
+        }
+    }
+}
+
+impl Handler<StreamEvent> for UdpFlow {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
+        match msg {
+            StreamEvent::Opened { nonce } => {
+                if let Some(Keying::Opener { key, nonce: ours }) = &self.keying {
+                    let Some(theirs) = nonce else {
+                        return self.close(ctx, Some((ResetCode::Aborted, "no nonce".into())));
+                    };
+                    self.keying = Some(Keying::Ready(Box::new(key.stream(ours, &theirs, true))));
+                }
+                self.state = FlowState::Open;
+                self.flush();
+            }
+            StreamEvent::Grant(n) => {
+                self.grant += n;
+                self.flush();
+            }
+            StreamEvent::Standing(n) => self.keep = n,
+            StreamEvent::Data(payload) => self.incoming(payload, ctx),
+            // A flow has no half-close: the far end ended it.
+            StreamEvent::Fin => self.close(ctx, None),
+            StreamEvent::Abort => {
+                self.state = FlowState::Closed;
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<ToFlow> for UdpFlow {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToFlow, ctx: &mut Self::Context) {
+        match msg {
+            ToFlow::Datagram(d) => self.outgoing(d),
+            ToFlow::End => self.close(
+                ctx,
+                Some((ResetCode::IdleTimeout, "flow table full".into())),
+            ),
+        }
+    }
+}
+
+/// Replies from the backend (the remote end's own socket).
+impl StreamHandler<Result<(BytesMut, SocketAddr), io::Error>> for UdpFlow {
+    fn handle(
+        &mut self,
+        item: Result<(BytesMut, SocketAddr), io::Error>,
+        _ctx: &mut Self::Context,
+    ) {
+        match item {
+            Ok((datagram, _)) => self.outgoing(datagram.freeze()),
+            // An ICMP unreachable from the backend, say: the flow goes on.
+            Err(e) => debug!("service {}: flow {}: {e}", self.service, self.stream),
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::Crash> for UdpFlow {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::Crash, _ctx: &mut Self::Context) {
+        panic!(
+            "fault injected into flow {} of service {}",
+            self.stream, self.service
+        );
+    }
+}
