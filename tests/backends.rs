@@ -432,4 +432,54 @@ fn a_bandwidth_limit_holds_its_service_both_ways_while_another_keeps_its_speed()
         .as_f64()
         .expect("throttled time");
     assert!(throttled > 0.5, "throttled {throttled}");
+    let (_, _, metrics) = http_text(b.admin, "GET", "/metrics", "", "");
+    let series = r#"menet_service_throttled_seconds_total{service="limited",side="remote"}"#;
+    assert!(metrics.contains(series), "{series} missing from /metrics");
+}
+
+#[test]
+fn the_options_are_kept_in_the_state_file_across_a_kill() {
+    let dir = TempDir::new("service-options");
+    let mut n = Node::persistent(&dir, "n", None);
+    let udp_port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("free udp port");
+        s.local_addr().expect("addr").port()
+    };
+    n.ok(
+        "POST",
+        "/service",
+        &format!(
+            r#"{{"name":"dns", "protocol":"udp", "bandwidth":"65536", "type":"local", "addr":["127.0.0.1","{udp_port}"]}}"#
+        ),
+    );
+    n.ok(
+        "POST",
+        "/service",
+        r#"{"name":"api", "type":"remote", "addr":[["127.0.0.1","8000"],["127.0.0.1","8001"]],
+            "balance":"round-robin", "health_check_ms":5000, "proxy_protocol":"v1"}"#,
+    );
+    let before = n.config()["services"].clone();
+    n.kill9();
+    n.restart();
+    let after = n.config()["services"].clone();
+    for (side, name, field) in [
+        ("local", "dns", "protocol"),
+        ("local", "dns", "bandwidth"),
+        ("local", "dns", "listening"),
+        ("remote", "api", "addr"),
+        ("remote", "api", "balance"),
+        ("remote", "api", "health_check_ms"),
+        ("remote", "api", "proxy_protocol"),
+    ] {
+        assert_eq!(
+            after[side][name][field], before[side][name][field],
+            "{side} {name} {field}: {after}"
+        );
+        assert!(!after[side][name][field].is_null(), "{side} {name} {field}");
+    }
+    // The restored UDP service receives on its port again.
+    assert_eq!(
+        after["local"]["dns"]["listening"],
+        format!("127.0.0.1:{udp_port}")
+    );
 }

@@ -133,6 +133,15 @@ fn datagrams_come_back_whole_and_each_client_gets_only_its_own() {
         assert_eq!(view["datagrams"]["flows"], 3, "{view}");
         assert!(view["datagrams"]["carried"].as_u64() >= Some(48), "{view}");
     }
+    let (status, _, metrics) = http_text(a.admin, "GET", "/metrics", "", "");
+    assert_eq!(status, 200);
+    for series in [
+        r#"menet_service_datagrams_total{service="dns",side="local",event="carried"}"#,
+        r#"menet_service_datagrams_total{service="keyed",side="local",event="delivered"}"#,
+        r#"menet_service_udp_flows{service="sealed",side="local"} 3"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
 }
 
 #[test]

@@ -9,12 +9,13 @@
 //! an address up at once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::metrics::BackendCounts;
 use crate::service::Balance;
 
 /// The first back-off of an address that failed.
@@ -37,10 +38,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Up or down, and for how long.
     health: Mutex<Health>,
-    /// Streams connected to it.
-    connections: AtomicU64,
-    /// Dials (streams' and checks') that failed.
-    failures: AtomicU64,
+    /// Streams connected to it, and dials (streams' and checks') that failed: the series of
+    /// `/metrics`.
+    counts: BackendCounts,
 }
 
 /// One address as `GET /config` shows it.
@@ -71,8 +71,13 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// `addrs` is never empty (the API and the state file check).
-    pub fn new(addrs: &[SocketAddr], balance: Balance) -> Backends {
+    /// `addrs` is never empty (the API and the state file check); `counts` gives each address
+    /// its counters.
+    pub fn new(
+        addrs: &[SocketAddr],
+        balance: Balance,
+        counts: impl Fn(SocketAddr) -> BackendCounts,
+    ) -> Backends {
         debug_assert!(!addrs.is_empty());
         Backends {
             backends: addrs
@@ -80,8 +85,7 @@ impl Backends {
                 .map(|&addr| Backend {
                     addr,
                     health: Mutex::new(Health::Up),
-                    connections: AtomicU64::new(0),
-                    failures: AtomicU64::new(0),
+                    counts: counts(addr),
                 })
                 .collect(),
             balance,
@@ -133,7 +137,7 @@ impl Backends {
 
     /// Address `i` answered a stream: it is up, and counted.
     pub fn connected(&self, i: usize) {
-        self.backends[i].connections.fetch_add(1, Ordering::Relaxed);
+        self.backends[i].counts.connections.inc();
         self.answered(i);
     }
 
@@ -150,7 +154,7 @@ impl Backends {
     /// Address `i` failed a health check: down for the back-off, and at least until the next
     /// check (`at_least`) can bring it up.
     pub fn failed_for(&self, i: usize, now: Instant, at_least: Duration) {
-        self.backends[i].failures.fetch_add(1, Ordering::Relaxed);
+        self.backends[i].counts.failures.inc();
         let mut h = self.health(i);
         let streak = match *h {
             Health::Up => 1,
@@ -178,22 +182,11 @@ impl Backends {
                     addr: (b.addr.ip().to_string(), b.addr.port()),
                     state: if retry.is_some() { "down" } else { "up" },
                     retry_in_ms: retry.map(|d| d.as_millis() as u64),
-                    connections: b.connections.load(Ordering::Relaxed),
-                    failures: b.failures.load(Ordering::Relaxed),
+                    connections: b.counts.connections.get(),
+                    failures: b.counts.failures.get(),
                 }
             })
             .collect()
-    }
-
-    /// (address, connections, failures) of each, for `/metrics`.
-    pub fn counts(&self) -> impl Iterator<Item = (SocketAddr, u64, u64)> + '_ {
-        self.backends.iter().map(|b| {
-            (
-                b.addr,
-                b.connections.load(Ordering::Relaxed),
-                b.failures.load(Ordering::Relaxed),
-            )
-        })
     }
 }
 
@@ -209,7 +202,7 @@ mod tests {
 
     #[test]
     fn first_tries_in_order_and_skips_a_down_address_until_its_backoff_ends() {
-        let b = Backends::new(&addrs(3), Balance::First);
+        let b = Backends::new(&addrs(3), Balance::First, |_| BackendCounts::default());
         let t0 = Instant::now();
         assert_eq!(b.order(t0), [0, 1, 2]);
         b.failed(0, t0);
@@ -226,7 +219,7 @@ mod tests {
 
     #[test]
     fn round_robin_starts_each_stream_at_the_next_address() {
-        let b = Backends::new(&addrs(3), Balance::RoundRobin);
+        let b = Backends::new(&addrs(3), Balance::RoundRobin, |_| BackendCounts::default());
         let t0 = Instant::now();
         let firsts: Vec<usize> = (0..6).map(|_| b.order(t0)[0]).collect();
         assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
@@ -237,7 +230,7 @@ mod tests {
 
     #[test]
     fn when_all_are_down_the_one_back_soonest_is_tried_first() {
-        let b = Backends::new(&addrs(2), Balance::First);
+        let b = Backends::new(&addrs(2), Balance::First, |_| BackendCounts::default());
         let t0 = Instant::now();
         b.failed(0, t0);
         b.failed(0, t0);
@@ -249,7 +242,7 @@ mod tests {
 
     #[test]
     fn the_backoff_stops_growing_at_its_ceiling() {
-        let b = Backends::new(&addrs(1), Balance::First);
+        let b = Backends::new(&addrs(1), Balance::First, |_| BackendCounts::default());
         let t0 = Instant::now();
         for _ in 0..40 {
             b.failed(0, t0);

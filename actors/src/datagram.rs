@@ -13,7 +13,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,25 +35,7 @@ pub const PENDING_BYTES: usize = 64 * 1024;
 /// The largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
 
-/// A UDP service's datagram counts, shared by its listener and flows (for `GET /config` and
-/// `/metrics`).
-#[derive(Debug, Default)]
-pub struct DatagramCounts {
-    /// Datagrams from clients or the backend carried into the tunnel.
-    pub carried: AtomicU64,
-    /// Datagrams from the tunnel sent to clients or the backend.
-    pub delivered: AtomicU64,
-    /// Datagrams dropped: credit short, bandwidth spent, a full socket, a full flow table.
-    pub dropped: AtomicU64,
-    /// Flows live now.
-    pub flows: AtomicU64,
-}
-
-impl DatagramCounts {
-    pub fn drop_one(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub use crate::metrics::DatagramCounts;
 
 /// Flow -> its listener (the local end's): the flow is running (datagrams for its client go to
 /// `flow` from now on) or it ended. Declared beside its sender.
@@ -204,13 +185,13 @@ impl UdpFlow {
             .is_some_and(|p| p.wait(Direction::Read).is_some());
         // An empty datagram has no DATA frame (a plaintext one would be empty).
         if datagram.is_empty() || datagram.len() > MAX_DATAGRAM || paced {
-            self.counts.drop_one();
+            self.counts.dropped.inc();
             return;
         }
         let fits = self.pending.len() < PENDING_DATAGRAMS
             && self.pending_bytes + datagram.len() <= PENDING_BYTES;
         if !fits {
-            self.counts.drop_one();
+            self.counts.dropped.inc();
             return;
         }
         self.pending_bytes += datagram.len();
@@ -272,7 +253,7 @@ impl UdpFlow {
         if let Some(p) = &self.pace {
             p.take(Direction::Read, len as u64);
         }
-        self.counts.carried.fetch_add(1, Ordering::Relaxed);
+        self.counts.carried.inc();
         let stream = self.stream;
         self.report(FromConnection::Data {
             stream,
@@ -320,14 +301,14 @@ impl UdpFlow {
                 if let Some(p) = &self.pace {
                     p.take(Direction::Write, n as u64);
                 }
-                self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+                self.counts.delivered.inc();
             }
             Err(e) => {
                 debug!(
                     "service {}: flow {}: datagram dropped: {e}",
                     self.service, self.stream
                 );
-                self.counts.drop_one();
+                self.counts.dropped.inc();
             }
         }
         let stream = self.stream;
@@ -393,7 +374,7 @@ impl Actor for UdpFlow {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.counts.flows.fetch_add(1, Ordering::Relaxed);
+        self.counts.flows.inc();
         match &self.end {
             FlowEnd::Local {
                 listener,
@@ -426,7 +407,7 @@ impl Actor for UdpFlow {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.counts.flows.fetch_sub(1, Ordering::Relaxed);
+        self.counts.flows.dec();
         if self.state != FlowState::Closed {
             self.state = FlowState::Closed;
             let stream = self.stream;
@@ -521,5 +502,119 @@ impl Handler<crate::Crash> for UdpFlow {
             "fault injected into flow {} of service {}",
             self.stream, self.service
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The flow actor alone: a real loopback UDP socket pair, stub recipients in its tunnel's
+    //! and its listener's places; datagrams compared byte for byte.
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    struct Stub<M: Message<Result = ()> + Send>(mpsc::UnboundedSender<M>);
+
+    impl<M: Message<Result = ()> + Send + 'static> Actor for Stub<M> {
+        type Context = Context<Self>;
+    }
+
+    impl<M: Message<Result = ()> + Send + 'static> Handler<M> for Stub<M> {
+        type Result = ();
+
+        fn handle(&mut self, msg: M, _ctx: &mut Self::Context) {
+            let _ = self.0.send(msg);
+        }
+    }
+
+    async fn next<M>(rx: &mut mpsc::UnboundedReceiver<M>) -> M {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("within 5 s")
+            .expect("stub alive")
+    }
+
+    #[test]
+    fn a_local_flow_carries_whole_datagrams_against_credit_and_replies_to_its_client() {
+        actix_rt::System::new().block_on(async {
+            let service = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+            let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+            let (ttx, mut reports) = mpsc::unbounded_channel::<FromConnection>();
+            let (ltx, mut heard) = mpsc::unbounded_channel::<FlowReport>();
+            let spec = FlowSpec {
+                stream: 3,
+                tunnel: Stub(ttx).start().recipient(),
+                service: "dns".into(),
+                keying: None,
+                idle_timeout: Duration::from_secs(60),
+                pace: None,
+                counts: Arc::default(),
+                first: vec![Bytes::from_static(b"first")],
+                slots: Vec::new(),
+            };
+            let end = FlowEnd::Local {
+                socket: service.clone(),
+                client: client.local_addr().expect("addr"),
+                listener: Stub(ltx).start().recipient(),
+                id: 1,
+            };
+            let flow = UdpFlow::new(spec, end).start();
+            let FlowReport::Started { id: 1, .. } = next(&mut heard).await else {
+                panic!("not started");
+            };
+            // Nothing goes before the stream is open and credit is there.
+            flow.do_send(StreamEvent::Opened { nonce: None });
+            assert!(matches!(
+                next(&mut reports).await,
+                FromConnection::Want { stream: 3 }
+            ));
+            flow.do_send(StreamEvent::Grant(100));
+            let FromConnection::Data { frame, .. } = next(&mut reports).await else {
+                panic!("no data");
+            };
+            assert_eq!(&frame[HEADER_LEN..], b"first");
+            // The rest of the grant goes back once nothing waits.
+            assert!(matches!(
+                next(&mut reports).await,
+                FromConnection::Return { bytes: 95, .. }
+            ));
+            // A datagram larger than the credit waits for it, whole.
+            let big = vec![5u8; 9000];
+            flow.do_send(ToFlow::Datagram(Bytes::from(big.clone())));
+            assert!(matches!(
+                next(&mut reports).await,
+                FromConnection::Want { .. }
+            ));
+            flow.do_send(StreamEvent::Grant(9000));
+            let FromConnection::Data { frame, .. } = next(&mut reports).await else {
+                panic!("no data");
+            };
+            assert_eq!(&frame[HEADER_LEN..], &big[..]);
+            // A reply from the tunnel reaches the client as one datagram; its credit goes back.
+            flow.do_send(StreamEvent::Data(BytesMut::from(&b"answer"[..])));
+            let mut buf = [0u8; 64];
+            let (n, from) =
+                tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+                    .await
+                    .expect("reply within 5 s")
+                    .expect("reply");
+            assert_eq!(
+                (&buf[..n], from),
+                (&b"answer"[..], service.local_addr().expect("addr"))
+            );
+            loop {
+                if let FromConnection::Consumed { bytes, .. } = next(&mut reports).await {
+                    assert_eq!(bytes, 6);
+                    break;
+                }
+            }
+            // Reset by the far end: the listener hears the flow ended.
+            flow.do_send(StreamEvent::Abort);
+            assert!(matches!(
+                next(&mut heard).await,
+                FlowReport::Ended { id: 1, .. }
+            ));
+        });
     }
 }

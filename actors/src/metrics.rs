@@ -48,6 +48,22 @@ pub struct ServiceLabel {
     pub side: SideLabel,
 }
 
+/// Labels of a UDP service's datagram counts: what happened to them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatagramLabel {
+    pub service: String,
+    pub side: SideLabel,
+    /// `carried` (into the tunnel), `delivered` (out of it), `dropped`.
+    pub event: &'static str,
+}
+
+/// Labels of one address of a remote service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub service: String,
+    pub addr: String,
+}
+
 /// Labels of a refused connection: the service and why (a fixed word, see [`Refused`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabel {
@@ -130,6 +146,28 @@ impl Refused {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+/// A counter of seconds.
+pub type FloatCounter = Counter<f64, AtomicU64>;
+
+/// A UDP service's counts on one side (also shown in `GET /config`).
+#[derive(Clone, Debug, Default)]
+pub struct DatagramCounts {
+    /// Datagrams from clients or the backend carried into the tunnel.
+    pub carried: Counter,
+    /// Datagrams from the tunnel sent on to clients or the backend.
+    pub delivered: Counter,
+    /// Datagrams dropped: credit short, bandwidth spent, a full socket, a full flow table.
+    pub dropped: Counter,
+    /// Flows live now.
+    pub flows: Gauge,
+}
+
+/// One address of a remote service: streams connected to it, dials that failed.
+#[derive(Clone, Debug, Default)]
+pub struct BackendCounts {
+    pub connections: Counter,
+    pub failures: Counter,
+}
 
 /// Every series of the node.
 pub struct Metrics {
@@ -154,6 +192,11 @@ pub struct Metrics {
     service_active: Family<ServiceLabel, Gauge>,
     service_sent: Family<ServiceLabel, Counter>,
     service_received: Family<ServiceLabel, Counter>,
+    service_datagrams: Family<DatagramLabel, Counter>,
+    service_udp_flows: Family<ServiceLabel, Gauge>,
+    service_throttled: Family<ServiceLabel, FloatCounter>,
+    backend_connections: Family<BackendLabel, Counter>,
+    backend_failures: Family<BackendLabel, Counter>,
     admin_requests: Family<AdminLabel, Counter>,
     state_writes: Counter,
     state_write_failures: Counter,
@@ -248,6 +291,11 @@ impl Metrics {
             service_active: Family::default(),
             service_sent: Family::default(),
             service_received: Family::default(),
+            service_datagrams: Family::default(),
+            service_udp_flows: Family::default(),
+            service_throttled: Family::default(),
+            backend_connections: Family::default(),
+            backend_failures: Family::default(),
             admin_requests: Family::default(),
             state_writes: Counter::default(),
             state_write_failures: Counter::default(),
@@ -355,6 +403,63 @@ impl Metrics {
         }
     }
 
+    /// A UDP service's counts, created on first use.
+    pub fn datagrams(&self, service: &str, side: Side) -> DatagramCounts {
+        let l = Self::service_label(service, side);
+        let event = |event| DatagramLabel {
+            service: service.to_owned(),
+            side: side.into(),
+            event,
+        };
+        // One at a time: a family's guard is held to the end of its statement, and creating
+        // a series while another guard of the same family is held would deadlock.
+        let counter = |e| self.service_datagrams.get_or_create(&event(e)).clone();
+        let carried = counter("carried");
+        let delivered = counter("delivered");
+        let dropped = counter("dropped");
+        let flows = self.service_udp_flows.get_or_create(&l).clone();
+        DatagramCounts {
+            carried,
+            delivered,
+            dropped,
+            flows,
+        }
+    }
+
+    /// Seconds a service's connections waited for its bandwidth limit.
+    pub fn throttled(&self, service: &str, side: Side) -> FloatCounter {
+        let l = Self::service_label(service, side);
+        self.service_throttled.get_or_create(&l).clone()
+    }
+
+    /// One address of a remote service's counts.
+    pub fn backend(&self, service: &str, addr: std::net::SocketAddr) -> BackendCounts {
+        let l = BackendLabel {
+            service: service.to_owned(),
+            addr: addr.to_string(),
+        };
+        BackendCounts {
+            connections: self.backend_connections.get_or_create(&l).clone(),
+            failures: self.backend_failures.get_or_create(&l).clone(),
+        }
+    }
+
+    /// A remote service's addresses went (deleted or replaced).
+    pub fn forget_backends(
+        &self,
+        service: &str,
+        addrs: impl Iterator<Item = std::net::SocketAddr>,
+    ) {
+        for addr in addrs {
+            let l = BackendLabel {
+                service: service.to_owned(),
+                addr: addr.to_string(),
+            };
+            self.backend_connections.remove(&l);
+            self.backend_failures.remove(&l);
+        }
+    }
+
     pub fn count_accepted(&self, service: &str, side: Side) {
         self.service_accepted
             .get_or_create(&Self::service_label(service, side))
@@ -402,12 +507,22 @@ impl Metrics {
         self.service_active.remove(&l);
         self.service_sent.remove(&l);
         self.service_received.remove(&l);
+        self.service_udp_flows.remove(&l);
+        self.service_throttled.remove(&l);
+        for event in ["carried", "delivered", "dropped"] {
+            self.service_datagrams.remove(&DatagramLabel {
+                service: service.to_owned(),
+                side: side.into(),
+                event,
+            });
+        }
         for reason in [
             Refused::ShuttingDown,
             Refused::UnknownService,
             Refused::NotBound,
             Refused::TunnelDown,
             Refused::KeyMismatch,
+            Refused::ProtocolMismatch,
             Refused::StreamLimit,
             Refused::ConnectionLimit,
             Refused::Resources,
@@ -546,6 +661,31 @@ fn register_other_series(r: &mut Registry, m: &Metrics) {
         "service_received_bytes",
         "Bytes carried from the tunnel to the service's sockets (DATA payload)",
         m.service_received.clone(),
+    );
+    r.register(
+        "service_datagrams",
+        "A UDP service's datagrams: carried into the tunnel, delivered out of it, dropped",
+        m.service_datagrams.clone(),
+    );
+    r.register(
+        "service_udp_flows",
+        "A UDP service's flows (client addresses) now",
+        m.service_udp_flows.clone(),
+    );
+    r.register(
+        "service_throttled_seconds",
+        "Seconds a service's connections waited for its bandwidth limit",
+        m.service_throttled.clone(),
+    );
+    r.register(
+        "backend_connections",
+        "Streams connected to each address of a remote service",
+        m.backend_connections.clone(),
+    );
+    r.register(
+        "backend_failures",
+        "Dials of each address of a remote service that failed (streams' and health checks')",
+        m.backend_failures.clone(),
     );
     r.register(
         "admin_requests",

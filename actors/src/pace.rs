@@ -6,11 +6,11 @@
 //! queues nothing. The buckets are [`TokenBucket`]s that may go into debt (a read of 64 KiB
 //! against the last few tokens is paid for before anyone moves again).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::limits::TokenBucket;
+use crate::metrics::FloatCounter;
 
 /// One service's limit, both directions, shared by its connections (on any data thread).
 #[derive(Debug)]
@@ -21,8 +21,8 @@ pub struct Pace {
     read: Mutex<TokenBucket>,
     /// Bytes written to the service's sockets (out of the tunnel).
     write: Mutex<TokenBucket>,
-    /// Time connections spent waiting for tokens, nanoseconds (for `/metrics`).
-    throttled_ns: AtomicU64,
+    /// Seconds connections spent waiting for tokens (the `/metrics` series).
+    throttled: FloatCounter,
 }
 
 /// Which way bytes move through a service's socket.
@@ -35,13 +35,14 @@ pub enum Direction {
 }
 
 impl Pace {
-    pub fn new(rate: u64) -> Pace {
+    /// `rate` bytes a second each way; waits are counted in `throttled`.
+    pub fn new(rate: u64, throttled: FloatCounter) -> Pace {
         let now = Instant::now();
         Pace {
             rate,
             read: Mutex::new(TokenBucket::bytes_per_second(rate, now)),
             write: Mutex::new(TokenBucket::bytes_per_second(rate, now)),
-            throttled_ns: AtomicU64::new(0),
+            throttled,
         }
     }
 
@@ -59,8 +60,7 @@ impl Pace {
     pub fn wait(&self, d: Direction) -> Option<Duration> {
         let wait = self.bucket(d).wait(Instant::now());
         if let Some(w) = wait {
-            self.throttled_ns
-                .fetch_add(w.as_nanos() as u64, Ordering::Relaxed);
+            self.throttled.inc_by(w.as_secs_f64());
         }
         wait
     }
@@ -72,7 +72,7 @@ impl Pace {
 
     /// Seconds connections waited for tokens so far.
     pub fn throttled_seconds(&self) -> f64 {
-        self.throttled_ns.load(Ordering::Relaxed) as f64 / 1e9
+        self.throttled.get()
     }
 }
 

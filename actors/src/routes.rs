@@ -262,6 +262,7 @@ mod tests {
                 backends: Arc::new(Backends::new(
                     &["127.0.0.1:80".parse().expect("addr")],
                     crate::service::Balance::First,
+                    |_| Default::default(),
                 )),
                 key: Some(ServiceKey::new("k", CipherKind::Aes256Gcm)),
                 timeout: None,
@@ -278,6 +279,7 @@ mod tests {
                 backends: Arc::new(Backends::new(
                     &["127.0.0.1:81".parse().expect("addr")],
                     crate::service::Balance::First,
+                    |_| Default::default(),
                 )),
                 key: None,
                 timeout: None,

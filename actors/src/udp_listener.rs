@@ -100,14 +100,14 @@ impl UdpListener {
             Some(Slot::Live { flow, last, .. }) => {
                 *last = Instant::now();
                 if flow.try_send(ToFlow::Datagram(datagram)).is_err() {
-                    self.counts.drop_one();
+                    self.counts.dropped.inc();
                 }
             }
             Some(Slot::Starting { queued, .. }) => {
                 if queued.len() < STARTING_QUEUE {
                     queued.push(datagram);
                 } else {
-                    self.counts.drop_one();
+                    self.counts.dropped.inc();
                 }
             }
             None => self.start_flow(datagram, client, ctx),
@@ -116,7 +116,7 @@ impl UdpListener {
 
     fn start_flow(&mut self, datagram: Bytes, client: SocketAddr, ctx: &mut Context<Self>) {
         if self.flows.len() >= self.max_flows && !self.make_room() {
-            self.counts.drop_one();
+            self.counts.dropped.inc();
             crate::log_limited!(
                 warn,
                 "udp-flows",
@@ -131,7 +131,7 @@ impl UdpListener {
             Ok(r) => r,
             Err((reason, why)) => {
                 metrics().count_refused(&self.service, Side::Local, reason);
-                self.counts.drop_one();
+                self.counts.dropped.inc();
                 crate::log_limited!(
                     info,
                     "client-refused",
@@ -254,7 +254,7 @@ impl Handler<FlowReport> for UdpListener {
                 if let Slot::Starting { queued, .. } = slot {
                     for d in queued.drain(..) {
                         if flow.try_send(ToFlow::Datagram(d)).is_err() {
-                            self.counts.drop_one();
+                            self.counts.dropped.inc();
                         }
                     }
                 }

@@ -8,10 +8,12 @@
 //!     any of them with --node-threads N: the nodes' data threads (0: all on the admin thread),
 //!     --node-config FILE: the nodes' configuration file,
 //!     --rathole PATH: the same rows through rathole (a build of its own, not in this repository)
+//!     --services-only: the rows of UDP services and PROXY headers alone
 
 mod long_link;
 mod rathole;
 mod scale;
+mod services;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -162,6 +164,12 @@ fn main() {
                 "{when}: direct p50 {d50:.0} p99 {d99:.0} us, menet p50 {m50:.0} p99 {m99:.0} us"
             );
         }
+        return;
+    }
+    if std::env::args().any(|a| a == "--services-only") {
+        services::rows(&rt, &a, &b, echo, plan.window, &|name, d, m| {
+            println!("{name:<64} {d:>12.1} {m:>12.1} {:>7.2}", m / d.max(1e-9));
+        });
         return;
     }
     if std::env::args().any(|a| a == "--connections-only") {
@@ -384,6 +392,7 @@ fn main() {
     );
     drop((ca, cb));
     let _ = std::fs::remove_file(&clear_config);
+    services::rows(&rt, &a, &b, echo, plan.window, &row);
 
     if std::env::args().any(|a| a == "--loopback-only") {
         // For before/after comparisons of the data path: the loopback table alone.

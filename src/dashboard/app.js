@@ -60,7 +60,22 @@ function rate(n) {
 }
 
 function endpoint(e) {
+  if (Array.isArray(e) && Array.isArray(e[0])) return e.map(endpoint).join(", ");
   return Array.isArray(e) ? e[0] + ":" + e[1] : "";
+}
+
+/// What a service has beyond the seed's fields, as one short line.
+function options(s) {
+  const parts = [];
+  if (s.proxy_protocol) parts.push("PROXY " + s.proxy_protocol);
+  if (s.balance && Array.isArray(s.addr) && Array.isArray(s.addr[0])) parts.push(s.balance);
+  if (s.health_check_ms) parts.push("check " + s.health_check_ms + " ms");
+  if (s.bandwidth) parts.push(s.bandwidth + " B/s (throttled " + (s.throttled_seconds || 0).toFixed(1) + " s)");
+  for (const b of s.backends || []) {
+    if (b.state !== "up") parts.push(endpoint(b.addr) + " down");
+  }
+  if (s.datagrams) parts.push(s.datagrams.carried + " in / " + s.datagrams.delivered + " out / " + s.datagrams.dropped + " dropped");
+  return parts.join("; ");
 }
 
 function deleteButton(row, label, action) {
@@ -152,11 +167,14 @@ function renderServices(config) {
       tr.dataset.side = side;
       cell(tr, side);
       cell(tr, name);
+      cell(tr, s.protocol || "tcp");
       cell(tr, endpoint(s.addr));
       cell(tr, side === "local" ? (s.listening || "no") : "");
       cell(tr, s.cipher || (s.key ? "" : "plaintext"));
       cell(tr, s.timeout, "num");
-      cell(tr, side === "local" ? s.connections : "", "num");
+      const flows = s.datagrams ? s.datagrams.flows : (side === "local" ? s.connections : "");
+      cell(tr, flows, "num");
+      cell(tr, options(s));
       cell(tr, s.last_error, "error");
       deleteButton(tr, "delete", () =>
         change("DELETE", "/service", { name, type: side }, side + " service " + name + " deleted"));
@@ -261,6 +279,18 @@ function setUp() {
     if (f.key.value) body.key = f.key.value;
     if (f.cipher.value) body.cipher = f.cipher.value;
     if (f.timeout.value.trim()) body.timeout = port(f.timeout.value);
+    if (f.protocol.value) body.protocol = f.protocol.value;
+    const more = f.more.value.split(",").map((a) => a.trim()).filter((a) => a);
+    if (more.length) {
+      body.addr = [body.addr].concat(more.map((a) => {
+        const at = a.lastIndexOf(":");
+        return [a.slice(0, at).replace(/^\[|\]$/g, ""), port(a.slice(at + 1))];
+      }));
+    }
+    if (f.balance.value) body.balance = f.balance.value;
+    if (f.health.value.trim()) body.health_check_ms = port(f.health.value);
+    if (f.proxy.value) body.proxy_protocol = f.proxy.value;
+    if (f.bandwidth.value.trim()) body.bandwidth = port(f.bandwidth.value);
     if (await change("POST", "/service", body, body.type + " service " + body.name + " added")) {
       ev.target.reset();
     }

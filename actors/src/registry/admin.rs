@@ -403,6 +403,10 @@ impl Registry {
                         ..service
                     },
                 );
+                if let Some(old) = &replaced {
+                    let gone = old.backends.addrs().filter(|a| !addrs.contains(a));
+                    metrics().forget_backends(&spec.name, gone);
+                }
                 let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                 info!(
                     "service {} (remote) -> {}{}",
@@ -412,7 +416,7 @@ impl Registry {
                 );
             }
             Side::Local => {
-                let pace = spec.options.bandwidth.map(|b| Arc::new(Pace::new(b)));
+                let pace = health::pace(&spec.name, Side::Local, &spec.options);
                 if spec.options.protocol == Protocol::Udp {
                     return self.add_udp_service(spec, key, pace, ctx);
                 }
@@ -445,7 +449,7 @@ impl Registry {
                         options: spec.options,
                         pace,
                         udp: None,
-                        datagrams: Arc::default(),
+                        datagrams: health::datagrams(&spec.name, Side::Local),
                     },
                 );
                 if let Some(old) = old {
@@ -491,7 +495,11 @@ impl Handler<DeleteService> for Registry {
     fn handle(&mut self, msg: DeleteService, ctx: &mut Self::Context) -> Self::Result {
         let existed = match msg.side {
             Side::Local => self.local.remove(&msg.name).map(|s| s.close(ctx)).is_some(),
-            Side::Remote => self.remote.remove(&msg.name).is_some(),
+            Side::Remote => self
+                .remote
+                .remove(&msg.name)
+                .map(|s| metrics().forget_backends(&msg.name, s.backends.addrs()))
+                .is_some(),
         };
         if !existed {
             return self.commit(

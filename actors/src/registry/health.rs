@@ -1,5 +1,5 @@
-//! A remote service's parts that outlive a route version: its backends (with their health) and
-//! its bandwidth buckets, made once per `POST /service`, and the active health check that dials
+//! A service's parts that outlive a route version: a remote service's backends (with their
+//! health), any service's bandwidth buckets and datagram counts, made once per `POST /service`, and the active health check that dials
 //! its addresses on an interval while the service exists.
 
 use std::sync::Weak;
@@ -17,7 +17,9 @@ impl Registry {
         options: ServiceOptions,
         ctx: &mut Context<Self>,
     ) -> RemoteService {
-        let backends = Arc::new(Backends::new(addrs, options.balance));
+        let backends = Arc::new(Backends::new(addrs, options.balance, |a| {
+            metrics().backend(name, a)
+        }));
         if let Some(ms) = options.health_check_ms {
             let every = Duration::from_millis(ms.max(service::MIN_HEALTH_CHECK_MS));
             let timeout = self.settings.connect_timeout.min(every);
@@ -30,11 +32,23 @@ impl Registry {
             backends,
             key,
             timeout: None,
-            pace: options.bandwidth.map(|b| Arc::new(Pace::new(b))),
+            pace: pace(name, Side::Remote, &options),
             options,
-            datagrams: Arc::new(DatagramCounts::default()),
+            datagrams: datagrams(name, Side::Remote),
         }
     }
+}
+
+/// A service's bandwidth buckets, if it has a limit.
+pub(super) fn pace(name: &str, side: Side, options: &ServiceOptions) -> Option<Arc<Pace>> {
+    options
+        .bandwidth
+        .map(|b| Arc::new(Pace::new(b, metrics().throttled(name, side))))
+}
+
+/// A service's datagram counts (series of a UDP service's own).
+pub(super) fn datagrams(name: &str, side: Side) -> Arc<DatagramCounts> {
+    Arc::new(metrics().datagrams(name, side))
 }
 
 /// Dials each address every `every` while the service lives (its backends are dropped when it

@@ -149,7 +149,7 @@ impl Registry {
         }
         for (name, s) in state.services.local {
             let options = s.options();
-            let datagrams = Arc::new(DatagramCounts::default());
+            let datagrams = health::datagrams(&name, Side::Local);
             let udp = match options.protocol {
                 Protocol::Tcp => None,
                 // A port taken meanwhile: the service is kept (and shown without `listening`).
@@ -163,7 +163,7 @@ impl Registry {
                     timeout: timeout(s.timeout_ms),
                     listening: Listening::new(s.addr, None),
                     connections: self.service_gauge(),
-                    pace: options.bandwidth.map(|b| Arc::new(Pace::new(b))),
+                    pace: health::pace(&name, Side::Local, &options),
                     options,
                     udp,
                     datagrams,

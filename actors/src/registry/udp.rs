@@ -70,7 +70,7 @@ impl Registry {
                 return Ok(());
             }
         }
-        let datagrams = Arc::new(DatagramCounts::default());
+        let datagrams = health::datagrams(&spec.name, Side::Local);
         let udp = self.start_udp(&spec.name, spec.addr, &datagrams)?;
         info!(
             "service {} (local, udp): receiving on {}",

@@ -192,12 +192,11 @@ pub struct DatagramsView {
 
 impl DatagramsView {
     fn of(c: &DatagramCounts) -> DatagramsView {
-        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         DatagramsView {
-            flows: n(&c.flows),
-            carried: n(&c.carried),
-            delivered: n(&c.delivered),
-            dropped: n(&c.dropped),
+            flows: c.flows.get().max(0) as u64,
+            carried: c.carried.get(),
+            delivered: c.delivered.get(),
+            dropped: c.dropped.get(),
         }
     }
 }

@@ -25,7 +25,7 @@ impl Handler<CarryClient> for Tunnel {
             match msg.client {
                 Client::Tcp(sock) => crate::io::reset_now(&sock),
                 Client::Udp(start) => {
-                    start.counts.drop_one();
+                    start.counts.dropped.inc();
                     start.listener.do_send(FlowReport::Ended {
                         client: start.client,
                         id: start.id,

@@ -158,6 +158,7 @@ fn an_open_of_a_bound_service_reaches_its_backend_and_carries_bytes() {
                 backends: Arc::new(crate::backends::Backends::new(
                     &[backend.local_addr().expect("addr")],
                     crate::service::Balance::First,
+                    |_| Default::default(),
                 )),
                 key: None,
                 timeout: None,
