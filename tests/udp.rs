@@ -213,3 +213,37 @@ fn a_flood_from_two_thousand_addresses_leaves_the_node_and_other_services_workin
     assert_eq!(exchange(&s, local, b"still here"), b"still here");
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn a_full_flow_table_drops_new_clients_until_a_flow_has_been_quiet() {
+    let dir = TempDir::new("udp-flows");
+    let a = Node::with_config(&dir, "a", "[limits]\nmax_udp_flows_per_service = 2\n");
+    let b = Node::start();
+    dial(&a, &b, "tunnel1");
+    let echo = UdpEcho::start();
+    let local = carry_udp(&a, &b, "game", "", echo.addr);
+    let (one, two, three) = (client(), client(), client());
+    assert_eq!(exchange(&one, local, b"one"), b"one");
+    assert_eq!(exchange(&two, local, b"two"), b"two");
+    // Both flows are busy: a third client's datagram is dropped, counted.
+    three
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    three.send_to(b"three", local).expect("send");
+    let mut buf = [0u8; 64];
+    assert!(
+        three.recv_from(&mut buf).is_err(),
+        "no room for a third flow"
+    );
+    let dropped = a.config()["services"]["local"]["game"]["datagrams"]["dropped"].clone();
+    assert!(dropped.as_u64() >= Some(1), "{dropped}");
+    assert!(a.wait_log("2 flows, none quiet", Duration::from_secs(2)));
+    // Once a flow has been quiet for a second, a new client takes its place.
+    thread::sleep(Duration::from_millis(1100));
+    three
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    assert_eq!(exchange(&three, local, b"three"), b"three");
+    let flows = a.config()["services"]["local"]["game"]["datagrams"]["flows"].clone();
+    assert!(flows.as_u64() <= Some(2), "{flows}");
+}

@@ -29,7 +29,9 @@ use crate::pace::{Direction, Pace};
 use crate::protocol::{put_data_header, set_frame_len, ResetCode, HEADER_LEN, MAX_DATA};
 
 /// Datagrams a flow holds while it waits for credit.
-pub const PENDING_DATAGRAMS: usize = 16;
+pub const PENDING_DATAGRAMS: usize = 32;
+/// Messages (datagrams from its listener) a flow's mailbox holds; past it the listener drops.
+pub const MAILBOX: usize = 64;
 /// Bytes a flow holds while it waits for credit.
 pub const PENDING_BYTES: usize = 64 * 1024;
 /// The largest UDP payload over IPv4.
@@ -374,6 +376,7 @@ impl Actor for UdpFlow {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX);
         self.counts.flows.inc();
         match &self.end {
             FlowEnd::Local {

@@ -561,6 +561,24 @@ impl Node {
         assert!(reply.starts_with("HTTP/1.1 200"), "{path} {body}: {reply}");
     }
 
+    /// `GET path`: the body.
+    fn get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.admin).expect("admin");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
+        )
+        .expect("request");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("reply");
+        reply
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Carries a service from this node (local) to `far` (remote, `target`) over tunnel `t`.
     fn carry(&self, far: &Node, name: &str, key: Option<&str>, target: SocketAddr) -> SocketAddr {
         self.carry_with(far, name, key.map(|k| (k, CipherKind::Rc4)), target)
