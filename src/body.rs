@@ -245,6 +245,11 @@ pub fn any_port_endpoint_value(v: &Value, f: &str) -> Result<SocketAddr, ApiErro
     Ok(SocketAddr::new(ip, port as u16))
 }
 
+/// Peer- or user-supplied text as an error shows it: escaped, at most 64 characters.
+pub fn shown(text: &str) -> String {
+    Escaped(&text.chars().take(64).collect::<String>()).to_string()
+}
+
 /// One `[ip, port]` or a list of them (`[[ip, port], ...]`, a remote service's backends), port
 /// 0 allowed (the caller decides); at most [`MAX_ADDRS`], none twice.
 pub fn addrs_value(v: &Value, f: &str) -> Result<Vec<SocketAddr>, ApiError> {

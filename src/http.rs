@@ -23,6 +23,9 @@ pub struct Done {
 pub struct ErrorReply {
     /// What is wrong, naming the field, object or header at fault.
     pub error: String,
+    /// Every problem, when a document had several (`PUT /config`), each naming its object.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// `/healthz` and a ready `/readyz`.
@@ -46,6 +49,8 @@ pub struct NotReady {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Every problem of a document, when there were several.
+    errors: Vec<String>,
 }
 
 impl ApiError {
@@ -53,7 +58,27 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            errors: Vec::new(),
         }
+    }
+
+    /// A 400 for a document with `errors` (at least one): the first as the message, all listed.
+    pub fn list(errors: Vec<String>) -> ApiError {
+        let message = match errors.as_slice() {
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{first} (and {} more, in \"errors\")", rest.len()),
+            [] => "the document is invalid".to_owned(),
+        };
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message,
+            errors,
+        }
+    }
+
+    /// Every problem listed, if there were several.
+    pub fn errors(&self) -> &[String] {
+        &self.errors
     }
 
     pub fn bad(message: impl Into<String>) -> ApiError {
@@ -82,6 +107,7 @@ impl ResponseError for ApiError {
         }
         reply.json(ErrorReply {
             error: self.message.clone(),
+            errors: self.errors.clone(),
         })
     }
 }
@@ -95,6 +121,12 @@ impl From<AdminError> for ApiError {
             AdminError::Unreachable(_) => StatusCode::BAD_GATEWAY,
             AdminError::Unsaved(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        // The Registry's checks of a whole document: one line each.
+        if let AdminError::Invalid(lines) = &e {
+            if lines.contains('\n') {
+                return ApiError::list(lines.lines().map(str::to_owned).collect());
+            }
+        }
         ApiError::new(status, e.to_string())
     }
 }

@@ -29,6 +29,7 @@ use utoipa::OpenApi;
         crate::api::post_bind,
         crate::api::delete_bind,
         crate::api::get_config,
+        crate::api::put_config,
         crate::rest::list_tunnels,
         crate::rest::get_tunnel,
         crate::rest::put_tunnel,

@@ -46,6 +46,8 @@ pub enum Change {
         service: String,
         tunnel: Option<String>,
     },
+    /// Several changes made as one (`PUT /config`): one line, so a crash keeps all or none.
+    Batch { changes: Vec<Change> },
 }
 
 fn set<V>(map: &mut std::collections::BTreeMap<String, V>, key: &str, value: Option<V>) {
@@ -82,6 +84,11 @@ impl Change {
                     Side::Remote => &mut state.bind.remote,
                 };
                 set(binds, &service, tunnel);
+            }
+            Change::Batch { changes } => {
+                for c in &changes {
+                    c.apply(state);
+                }
             }
         }
     }
@@ -197,6 +204,26 @@ mod tests {
             encode(c, &mut out);
         }
         out
+    }
+
+    #[test]
+    fn a_batch_is_one_line_kept_whole_or_dropped_whole() {
+        let batch = Change::Batch { changes: changes() };
+        let mut bytes = Vec::new();
+        encode(&batch, &mut bytes);
+        assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1);
+        let r = replay(&bytes, Path::new("j")).expect("replays");
+        let mut state = State::new();
+        for c in &r.changes {
+            c.apply(&mut state);
+        }
+        assert_eq!(state.services.local.len(), 1);
+        assert_eq!(state.tunnels.len(), 1);
+        // Cut anywhere: none of it is applied (the torn line is dropped).
+        let torn = &bytes[..bytes.len() - 2];
+        let r = replay(torn, Path::new("j")).expect("replays");
+        assert!(r.changes.is_empty());
+        assert_eq!(r.torn_at, Some(0));
     }
 
     #[test]

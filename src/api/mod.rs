@@ -5,6 +5,7 @@
 //! [`guard`] (`guard.rs`) runs before every route.
 
 mod bodies;
+pub mod desired;
 mod guard;
 
 use actix::Addr;
@@ -14,7 +15,7 @@ use futures_util::StreamExt;
 
 use crate::http::not_found;
 pub use crate::http::{method_not_allowed, ApiError, Reply};
-use menet_actors::registry::{ConfigFilter, GetConfig, Registry};
+use menet_actors::registry::{ApplyConfig, ConfigFilter, GetConfig, Parts, Registry};
 
 #[cfg(feature = "fault-injection")]
 use crate::body::{field, name};
@@ -48,6 +49,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
         .service(
             web::resource("/config")
                 .route(web::get().to(get_config))
+                .route(web::put().to(put_config))
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(not_found));
@@ -189,6 +191,56 @@ pub async fn get_config(registry: web::Data<Addr<Registry>>, req: HttpRequest) -
     Ok(HttpResponse::Ok().json(config))
 }
 
+#[utoipa::path(put, path = "/config", tag = "seed",
+    description = "The configuration as one document: the body is what GET /config returns, \
+                   edited. Its tunnels (dialers), declared accepted names, services and binds \
+                   are the desired state; runtime fields are ignored; a key or secret \"***\" \
+                   keeps the current one. The whole document is checked first (400 with every \
+                   error, nothing changed); then only the difference is applied (new services, \
+                   tunnels and names, then binds, then removals), unchanged objects and their \
+                   connections untouched; a step that fails undoes the others (409). With a \
+                   state file, one journal transaction. Tunnels are dialled in the background.",
+    params(("dry_run" = Option<bool>, Query, description = "true: answer what would change, change nothing")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "Applied (or, dry_run, what would be)", body = desired::Applied),
+              (status = 400, description = "Every error of the document", body = crate::http::ErrorReply),
+              (status = 409, description = "A step failed (a port taken); nothing was changed", body = crate::http::ErrorReply)))]
+pub async fn put_config(
+    registry: web::Data<Addr<Registry>>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Reply {
+    apply_document(&registry, req.query_string(), body, Parts::ALL).await
+}
+
+/// Applies a desired document governing `parts` (`PUT /config`, the path API's collections).
+pub async fn apply_document(
+    registry: &Addr<Registry>,
+    query: &str,
+    body: web::Payload,
+    parts: Parts,
+) -> Reply {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Query {
+        dry_run: Option<bool>,
+    }
+    let dry_run = web::Query::<Query>::from_query(query)
+        .map_err(|e| ApiError::bad(format!("query: {e} (known: dry_run)")))?
+        .dry_run
+        .unwrap_or(false);
+    let body = read_body_up_to(body, desired::MAX_DOCUMENT).await?;
+    let desired = desired::read(&body, parts).map_err(ApiError::list)?;
+    let diff = registry
+        .send(ApplyConfig {
+            desired,
+            parts,
+            dry_run,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(desired::Applied { ok: true, diff }))
+}
+
 /// `?tunnel=T&service=S&connections=false`, as a [`ConfigFilter`]; anything else is a 400.
 pub fn config_filter(query: &str) -> Result<ConfigFilter, ApiError> {
     #[derive(serde::Deserialize)]
@@ -209,14 +261,22 @@ pub fn config_filter(query: &str) -> Result<ConfigFilter, ApiError> {
 }
 
 /// Reads the body, at most [`MAX_BODY`] bytes.
-pub async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+pub async fn read_body(payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    read_body_up_to(payload, MAX_BODY).await
+}
+
+/// Reads the body, at most `max` bytes.
+pub async fn read_body_up_to(
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad(format!("cannot read the body: {e}")))?;
-        if body.len() + chunk.len() > MAX_BODY {
+        if body.len() + chunk.len() > max {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body is over {MAX_BODY} bytes"),
+                format!("body is over {max} bytes"),
             ));
         }
         body.extend_from_slice(&chunk);

@@ -493,15 +493,7 @@ impl Handler<DeleteService> for Registry {
     type Result = ResponseFuture<Result<(), AdminError>>;
 
     fn handle(&mut self, msg: DeleteService, ctx: &mut Self::Context) -> Self::Result {
-        let existed = match msg.side {
-            Side::Local => self.local.remove(&msg.name).map(|s| s.close(ctx)).is_some(),
-            Side::Remote => self
-                .remote
-                .remove(&msg.name)
-                .map(|s| metrics().forget_backends(&msg.name, s.backends.addrs()))
-                .is_some(),
-        };
-        if !existed {
+        if !self.remove_service(msg.side, &msg.name, ctx) {
             return self.commit(
                 Err(AdminError::NotFound(format!(
                     "no {} service named {}",
@@ -510,17 +502,6 @@ impl Handler<DeleteService> for Registry {
                 &[],
             );
         }
-        self.binds(msg.side).remove(&msg.name);
-        metrics().forget_service(&msg.name, msg.side);
-        for t in self.tunnels.values() {
-            if let Link::Up(actor) = &t.link {
-                actor.do_send(CloseService {
-                    service: msg.name.clone(),
-                    side: msg.side,
-                });
-            }
-        }
-        info!("service {} ({}): deleted", msg.name, msg.side);
         self.commit(
             Ok(()),
             &[

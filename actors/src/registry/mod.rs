@@ -53,6 +53,7 @@ use crate::{Access, NodeSetup, Settings, Shared, Side};
 
 mod accept;
 mod admin;
+mod desired;
 mod health;
 mod persistence;
 mod publish;
@@ -65,6 +66,7 @@ mod views;
 mod admin_tests;
 
 pub use admin::{AddService, AddTunnel, DeleteService, DeleteTunnel, SetBind};
+pub use desired::{ApplyConfig, ConfigDiff, Desired, DesiredTunnel, Parts, KEEP};
 #[cfg(feature = "fault-injection")]
 pub use shutdown::InjectFault;
 pub use shutdown::Shutdown;

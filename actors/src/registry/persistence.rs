@@ -91,7 +91,12 @@ impl Registry {
         let Some(store) = &self.store else {
             return Box::pin(async { Ok(()) });
         };
-        let written = store.record(keys.iter().map(|k| self.change_at(k)).collect());
+        let mut changes: Vec<Change> = keys.iter().map(|k| self.change_at(k)).collect();
+        if changes.len() > 1 {
+            // One line: a crash keeps all of them or none.
+            changes = vec![Change::Batch { changes }];
+        }
+        let written = store.record(changes);
         let path = store.path().display().to_string();
         Box::pin(async move {
             let why = match written.await {
