@@ -62,6 +62,10 @@ pub struct Cli {
     /// Nothing is locked or written: it works beside a running node.
     #[arg(long)]
     pub dump_state: bool,
+    /// With --check: also check this desired-configuration document (what `PUT /config` takes:
+    /// `GET /config`'s output, edited); every error is printed, each naming its object.
+    #[arg(long, value_name = "FILE", requires = "check")]
+    pub desired: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]

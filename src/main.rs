@@ -113,6 +113,11 @@ fn check(cli: &Cli) -> ExitCode {
         eprintln!("menet --check: {}", StartError::InsecureAdmin(config.admin));
         return ExitCode::FAILURE;
     }
+    if let Some(file) = &cli.desired {
+        if !check_desired(file) {
+            return ExitCode::FAILURE;
+        }
+    }
     let Some(path) = &config.state else {
         println!("no state file: runtime changes are not kept");
         return ExitCode::SUCCESS;
@@ -142,6 +147,49 @@ fn check(cli: &Cli) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `menet --check --desired FILE`: the document as `PUT /config` would read it, offline (the
+/// checks that need the running node, such as a `"***"` naming a key it holds, are its own).
+fn check_desired(file: &std::path::Path) -> bool {
+    let text = match std::fs::read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("menet --check: {}: {e}", file.display());
+            return false;
+        }
+    };
+    match menet::api::desired::read(&text, menet_actors::registry::Parts::ALL) {
+        Ok(d) => {
+            let missing: Vec<String> = d
+                .binds
+                .iter()
+                .flat_map(|(side, binds)| binds.keys().map(move |s| (*side, s)))
+                .filter(|(side, s)| !d.services.iter().any(|x| x.side == *side && x.name == **s))
+                .map(|(side, s)| format!("bind.{side}.{s}: there is no {side} service named {s}"))
+                .collect();
+            for m in &missing {
+                eprintln!("menet --check: {}: {m}", file.display());
+            }
+            if missing.is_empty() {
+                println!(
+                    "desired {}: good ({} tunnels, {} declared names, {} services, {} binds)",
+                    file.display(),
+                    d.tunnels.len(),
+                    d.accepted.len(),
+                    d.services.len(),
+                    d.binds.values().map(|b| b.len()).sum::<usize>()
+                );
+            }
+            missing.is_empty()
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("menet --check: {}: {e}", file.display());
+            }
+            false
+        }
+    }
 }
 
 /// `menet --dump-state`: what the state file holds (snapshot and journal), as JSON on stdout.

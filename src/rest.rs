@@ -8,15 +8,15 @@
 
 use actix::Addr;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use menet_actors::registry::{
-    AcceptedView, BindsView, ConfigFilter, ConfigView, GetConfig, LocalServiceView, Registry,
-    RemoteServiceView, ServicesView, TunnelView,
+    AcceptedView, BindsView, ConfigFilter, ConfigView, GetConfig, LocalServiceView, Parts,
+    Registry, RemoteServiceView, ServicesView, TunnelView,
 };
 
 use crate::api::{self, ApiError, Reply, Route};
@@ -26,6 +26,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/tunnels")
             .route(web::get().to(list_tunnels))
+            .route(web::put().to(put_tunnels))
             .default_service(not_allowed()),
     )
     .service(
@@ -38,6 +39,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/services")
             .route(web::get().to(list_services))
+            .route(web::put().to(put_services))
             .default_service(not_allowed()),
     )
     .service(
@@ -50,6 +52,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/binds")
             .route(web::get().to(list_binds))
+            .route(web::put().to(put_binds))
             .default_service(not_allowed()),
     )
     .service(
@@ -273,6 +276,82 @@ pub async fn delete_service(
     responses((status = 200, description = "Every bind", body = BindsView)))]
 pub async fn list_binds(registry: web::Data<Addr<Registry>>) -> Reply {
     Ok(HttpResponse::Ok().json(view(&registry, only(None, None)).await?.bind))
+}
+
+/// A collection's PUT: its part of a `PUT /config` document (`part` in it), the rest kept.
+async fn put_part(
+    registry: &Addr<Registry>,
+    req: &HttpRequest,
+    body: web::Payload,
+    part: &str,
+    parts: Parts,
+) -> Reply {
+    let body = crate::api::read_body_up_to(body, crate::api::desired::MAX_DOCUMENT).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("body is not JSON: {e}")))?;
+    let doc = serde_json::to_vec(&serde_json::json!({ part: value })).unwrap_or_default();
+    crate::api::apply_document(registry, req.query_string(), &doc, parts).await
+}
+
+#[utoipa::path(put, path = "/tunnels", tag = "paths",
+    description = "The tunnels this node dials, as `GET /tunnels` returns them, edited: \
+                   `PUT /config` for that part alone (services and binds are kept).",
+    params(("dry_run" = Option<bool>, Query, description = "true: answer what would change")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "Applied", body = crate::api::desired::Applied),
+              (status = 400, description = "Every error", body = crate::http::ErrorReply),
+              (status = 409, description = "A step failed; nothing changed", body = crate::http::ErrorReply)))]
+pub async fn put_tunnels(
+    registry: web::Data<Addr<Registry>>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Reply {
+    let parts = Parts {
+        tunnels: true,
+        ..Parts::NONE
+    };
+    put_part(&registry, &req, body, "tunnels", parts).await
+}
+
+#[utoipa::path(put, path = "/services", tag = "paths",
+    description = "The services, as `GET /services` returns them, edited: `PUT /config` for \
+                   that part alone (tunnels and binds are kept; a removed service's bind goes \
+                   with it).",
+    params(("dry_run" = Option<bool>, Query, description = "true: answer what would change")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "Applied", body = crate::api::desired::Applied),
+              (status = 400, description = "Every error", body = crate::http::ErrorReply),
+              (status = 409, description = "A step failed; nothing changed", body = crate::http::ErrorReply)))]
+pub async fn put_services(
+    registry: web::Data<Addr<Registry>>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Reply {
+    let parts = Parts {
+        services: true,
+        ..Parts::NONE
+    };
+    put_part(&registry, &req, body, "services", parts).await
+}
+
+#[utoipa::path(put, path = "/binds", tag = "paths",
+    description = "The binds, as `GET /binds` returns them, edited: `PUT /config` for that \
+                   part alone.",
+    params(("dry_run" = Option<bool>, Query, description = "true: answer what would change")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "Applied", body = crate::api::desired::Applied),
+              (status = 400, description = "Every error", body = crate::http::ErrorReply),
+              (status = 409, description = "A step failed; nothing changed", body = crate::http::ErrorReply)))]
+pub async fn put_binds(
+    registry: web::Data<Addr<Registry>>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Reply {
+    let parts = Parts {
+        binds: true,
+        ..Parts::NONE
+    };
+    put_part(&registry, &req, body, "bind", parts).await
 }
 
 #[utoipa::path(get, path = "/binds/{side}/{service}", tag = "paths", operation_id = "get_bind_by_path",

@@ -186,3 +186,62 @@ fn a_kill_right_after_a_put_restores_all_of_it() {
         "{journal}"
     );
 }
+
+#[test]
+fn the_path_api_puts_one_collection_and_keeps_the_rest() {
+    let (a, b) = (Node::start(), Node::start());
+    let echo = Backend::echo();
+    let web = wire(&a, &b, echo.addr, None);
+    let (_, services) = a.request("GET", "/services", "");
+    let mut services = services;
+    services["remote"]["api"] = json!({"addr": [["127.0.0.1", 8000], ["127.0.0.1", 8001]]});
+    let (status, reply) = put(&a, "/services", &services);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["added"], json!(["services.remote.api"]), "{reply}");
+    // Tunnels and binds were not part of it: kept.
+    assert_eq!(a.config()["bind"]["local"]["service1"], "tunnel1");
+    assert_eq!(a.config()["tunnels"]["tunnel1"]["state"], "connected");
+    let data = pattern(1000, 9);
+    assert_eq!(roundtrip(web, &data), data);
+    let (status, reply) = put(&a, "/binds", &json!({"local": {}, "remote": {}}));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["removed"], json!(["bind.local.service1"]), "{reply}");
+}
+
+#[test]
+fn check_reads_a_desired_document_offline_and_names_every_error() {
+    let dir = TempDir::new("desired-check");
+    let good = dir.path("good.json");
+    let a = Node::start();
+    let mut doc = a.config();
+    doc["services"]["remote"]["db"] = json!({"addr": ["127.0.0.1", 5432], "protocol": "tcp"});
+    doc["bind"]["remote"]["db"] = json!("t1");
+    std::fs::write(&good, doc.to_string()).expect("write");
+    let bad = dir.path("bad.json");
+    doc["services"]["local"]["x"] = json!({"addr": ["127.0.0.1", 99999]});
+    doc["bind"]["local"]["ghost"] = json!("t1");
+    std::fs::write(&bad, doc.to_string()).expect("write");
+    let run = |file: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_menet"))
+            .args([
+                "--config",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config/menet.toml"),
+            ])
+            .arg("--check")
+            .arg("--desired")
+            .arg(file)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&good);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("1 services, 1 binds"), "{out}");
+    let (code, _, err) = run(&bad);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("services.local.x: field \"addr\""), "{err}");
+}

@@ -210,14 +210,15 @@ pub async fn put_config(
     req: HttpRequest,
     body: web::Payload,
 ) -> Reply {
-    apply_document(&registry, req.query_string(), body, Parts::ALL).await
+    let body = read_body_up_to(body, desired::MAX_DOCUMENT).await?;
+    apply_document(&registry, req.query_string(), &body, Parts::ALL).await
 }
 
 /// Applies a desired document governing `parts` (`PUT /config`, the path API's collections).
 pub async fn apply_document(
     registry: &Addr<Registry>,
     query: &str,
-    body: web::Payload,
+    body: &[u8],
     parts: Parts,
 ) -> Reply {
     #[derive(serde::Deserialize)]
@@ -229,8 +230,7 @@ pub async fn apply_document(
         .map_err(|e| ApiError::bad(format!("query: {e} (known: dry_run)")))?
         .dry_run
         .unwrap_or(false);
-    let body = read_body_up_to(body, desired::MAX_DOCUMENT).await?;
-    let desired = desired::read(&body, parts).map_err(ApiError::list)?;
+    let desired = desired::read(body, parts).map_err(ApiError::list)?;
     let diff = registry
         .send(ApplyConfig {
             desired,

@@ -65,6 +65,12 @@ impl Parts {
         services: true,
         binds: true,
     };
+    pub const NONE: Parts = Parts {
+        tunnels: false,
+        accepted: false,
+        services: false,
+        binds: false,
+    };
 }
 
 /// What a `PUT /config` changed (or, with `dry_run`, would change): objects by path
