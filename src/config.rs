@@ -97,6 +97,17 @@ struct File {
     limits: LimitsTable,
     #[serde(default)]
     node: NodeTable,
+    #[serde(default)]
+    log: LogTable,
+}
+
+/// `[log]`: how the node's log lines look.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogTable {
+    /// `"text"` (env_logger's lines, the default) or `"json"` (one object per line).
+    #[serde(default)]
+    format: crate::logfmt::LogFormat,
 }
 
 /// `[node]`: how the node uses the machine.
@@ -283,6 +294,8 @@ pub struct Config {
     pub admin_access: AdminAccess,
     /// The admin API may listen beyond loopback without a token.
     pub allow_insecure_admin: bool,
+    /// `[log] format`.
+    pub log_format: crate::logfmt::LogFormat,
 }
 
 /// Windows the protocol accepts: big enough for a full frame, at most 1 GiB.
@@ -350,6 +363,7 @@ impl Config {
                 hosts: file.admin.hosts,
             },
             allow_insecure_admin: file.admin.allow_insecure_admin,
+            log_format: file.log.format,
             state: cli.state.clone().or(file.state.path),
             compact_bytes: file
                 .state

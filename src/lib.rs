@@ -6,6 +6,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod http;
+pub mod logfmt;
 pub mod openapi;
 pub mod ops;
 pub mod rest;

@@ -47,7 +47,7 @@ enum StartError {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    menet::logfmt::init();
     // A panic is caught where its actor's task ends and the node goes on; log it like any error.
     std::panic::set_hook(Box::new(|info| {
         let trace = std::backtrace::Backtrace::capture();
@@ -65,6 +65,7 @@ fn main() -> ExitCode {
     }
     let fd_limit = raise_fd_limit();
     let result = Config::load(&cli)
+        .inspect(|config| menet::logfmt::set_format(config.log_format))
         .map_err(StartError::from)
         .and_then(|config| actix_rt::System::new().block_on(run(config, fd_limit)));
     match result {

@@ -176,12 +176,14 @@ impl Node {
                 "node did not start: {:?}",
                 log.lock()
             );
+            // The address ends the line (text), or its JSON string (`[log] format = "json"`).
+            let addr = |rest: &str| rest.split('"').next().unwrap_or("").trim().parse().ok();
             for line in log.lock().expect("log lock").iter() {
                 if let Some(a) = line.split("admin API listening on ").nth(1) {
-                    admin = a.trim().parse().ok();
+                    admin = addr(a);
                 }
                 if let Some(a) = line.split("tunnel port listening on ").nth(1) {
-                    tunnel = a.trim().parse().ok();
+                    tunnel = addr(a);
                 }
             }
             thread::sleep(Duration::from_millis(20));
