@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod logfmt;
 pub mod openapi;

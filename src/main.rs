@@ -309,13 +309,14 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
     };
     let registry = menet_actors::start(setup, tunnel_port, store, restore);
     let routes = registry.clone();
+    let samples = menet::events::Samples::start();
     let admin_access = web::Data::new(Arc::new(config.admin_access.clone()));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(admin_access.clone())
             .wrap(from_fn(api::guard))
             .wrap(from_fn(menet::ops::count_requests))
-            .configure(|c| menet::app::routes(c, routes.clone()))
+            .configure(|c| menet::app::routes(c, routes.clone(), samples.clone()))
     })
     .workers(1)
     // Inside the descriptor reserve: idle admin connections cannot use up the descriptors the

@@ -46,6 +46,7 @@ use utoipa::OpenApi;
         crate::rest::put_bind,
         crate::rest::delete_bind,
         crate::ops::get_metrics,
+        crate::events::get_events,
         crate::ops::healthz,
         crate::ops::readyz,
         get_openapi,

@@ -299,8 +299,7 @@ async fn put_part(
     params(("dry_run" = Option<bool>, Query, description = "true: answer what would change")),
     request_body = serde_json::Value,
     responses((status = 200, description = "Applied", body = crate::api::desired::Applied),
-              (status = 400, description = "Every error", body = crate::http::ErrorReply),
-              (status = 409, description = "A step failed; nothing changed", body = crate::http::ErrorReply)))]
+              (status = 400, description = "Every error", body = crate::http::ErrorReply)))]
 pub async fn put_tunnels(
     registry: web::Data<Addr<Registry>>,
     req: HttpRequest,
@@ -340,8 +339,7 @@ pub async fn put_services(
     params(("dry_run" = Option<bool>, Query, description = "true: answer what would change")),
     request_body = serde_json::Value,
     responses((status = 200, description = "Applied", body = crate::api::desired::Applied),
-              (status = 400, description = "Every error", body = crate::http::ErrorReply),
-              (status = 409, description = "A step failed; nothing changed", body = crate::http::ErrorReply)))]
+              (status = 400, description = "Every error", body = crate::http::ErrorReply)))]
 pub async fn put_binds(
     registry: web::Data<Addr<Registry>>,
     req: HttpRequest,

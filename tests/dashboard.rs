@@ -406,6 +406,30 @@ fn the_dashboard_shows_a_node_live_and_changes_it_through_its_forms() {
          const r = document.querySelector('#tunnels tbody tr[data-name=\"t1\"]'); \
          return c >= 1 && !!r && /[1-9]/.test(r.children[5].textContent);",
     );
+    // The charts draw the traffic the page receives through GET /events (not by polling).
+    browser.until(
+        "charts of non-zero traffic from /events",
+        Duration::from_secs(15),
+        "const row = document.querySelector('#tunnels tbody tr[data-name=\"t1\"] td.chart svg'); \
+         const svc = document.querySelector('#services tbody tr[data-name=\"web\"] td.chart svg'); \
+         const big = document.querySelector('#big-chart'); \
+         return window.menetEvents >= 5 && !!row && Number(row.dataset.peak) > 0 \
+           && !!svc && Number(svc.dataset.peak) > 0 && Number(big.dataset.peak) > 0;",
+    );
+    let points = browser.js(
+        "return document.querySelector('#big-chart polyline.out').getAttribute('points') + ' ' \
+         + document.querySelector('#big-chart polyline.in').getAttribute('points');",
+    );
+    let heights: Vec<f64> = points
+        .as_str()
+        .unwrap_or("")
+        .split(' ')
+        .filter_map(|p| p.split(',').nth(1)?.parse().ok())
+        .collect();
+    assert!(
+        heights.iter().any(|h| *h < 150.0),
+        "the large chart rises above its baseline: {points}"
+    );
     let png = browser.screenshot();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     traffic.join().expect("traffic");

@@ -448,10 +448,32 @@ fn call_for(
             format!(r#"{{"addr":["127.0.0.1",{taken}]}}"#)
         }
         ("GET", "/readyz", 503) => return node.request("GET", "/readyz", "").0,
+        ("PUT", "/config", 409) => {
+            let mut doc = node.config();
+            doc["services"]["local"]["x3"] = json!({"addr": ["127.0.0.1", taken]});
+            return node.request("PUT", "/config", &doc.to_string()).0;
+        }
+        ("PUT", "/services", 409) => {
+            let mut services = node.request("GET", "/services", "").1;
+            services["local"]["x3"] = json!({"addr": ["127.0.0.1", taken]});
+            return node.request("PUT", "/services", &services.to_string()).0;
+        }
+        ("GET", "/events", 200) => return stream_status(node.admin, "/events"),
         (_, _, 200) => return ok_call(node, method, path),
         _ => panic!("no recipe for {method} {path} -> {status}"),
     };
     node.request(method, &concrete, &body).0
+}
+
+/// The status of a response that streams without end (server-sent events): its first line.
+fn stream_status(admin: SocketAddr, path: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(admin).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {admin}\r\n\r\n").expect("request");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("status line");
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0)
 }
 
 /// A call that succeeds: creating what it needs first.
@@ -526,6 +548,19 @@ fn ok_call(node: &Node, method: &str, path: &str) -> u16 {
             } else {
                 return node.request("DELETE", "/binds/remote/tmp", "").0;
             }
+        }
+        // The document as it is, as a dry run: answered, nothing changed.
+        ("PUT", "/config") => {
+            let doc = node.config();
+            return node
+                .request("PUT", "/config?dry_run=true", &doc.to_string())
+                .0;
+        }
+        ("PUT", "/tunnels" | "/services" | "/binds") => {
+            let part = node.request("GET", path, "").1;
+            return node
+                .request("PUT", &format!("{path}?dry_run=true"), &part.to_string())
+                .0;
         }
         _ => panic!("no 200 recipe for {method} {path}"),
     };

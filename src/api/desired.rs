@@ -79,6 +79,16 @@ pub fn read(body: &[u8], parts: Parts) -> Result<Desired, Vec<String>> {
             }
         }
     }
+    for part in ["services", "bind"] {
+        if let Some(Value::Object(sides)) = doc.get(part) {
+            for side in sides.keys().filter(|k| *k != "local" && *k != "remote") {
+                errors.push(format!(
+                    "{part}.{}: not a side (local or remote)",
+                    crate::body::shown(side)
+                ));
+            }
+        }
+    }
     if parts.services {
         let services = doc.get("services").cloned().unwrap_or(Value::Null);
         for side in [Side::Local, Side::Remote] {

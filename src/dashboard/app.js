@@ -1,9 +1,23 @@
-// menet's dashboard: polls GET /config once a second and changes the node through the admin API
-// (the seed's own routes). Everything shown is inserted as text, never as HTML: names come from
-// peers. The admin token, when the node has one, is asked for once and kept for this tab only.
+// menet's dashboard: reads GET /config (every few seconds, and after each change) and the
+// traffic the node samples each second as server-sent events (GET /events), drawn as charts of
+// the last 15 minutes; it changes the node through the admin API (the seed's own routes).
+// Everything shown is inserted as text or SVG attributes, never as HTML: names come from peers.
+// The admin token, when the node has one, is asked for once and kept for this tab only.
 "use strict";
 
 const POLL_MS = 1000;
+/// Polling GET /config while the events flow: the traffic comes by itself.
+const POLL_LIVE_MS = 3000;
+/// Seconds of traffic drawn.
+const WINDOW_S = 15 * 60;
+const SVG = "http://www.w3.org/2000/svg";
+/// Object key (`tunnel:NAME`, `service:SIDE:NAME`) -> [[t, in, out], ...], oldest first.
+const series = new Map();
+let lastSample = 0; // unix seconds of the newest sample
+let firstSample = 0; // unix seconds of the oldest sample kept
+let eventsLive = false;
+let selected = null; // the tunnel drawn large
+window.menetEvents = 0; // samples received (the browser test reads it)
 let token = sessionStorage.getItem("menet-token") || "";
 let previous = null; // { at, tunnels: {name: {sent, received}} } for the rates
 
@@ -117,7 +131,11 @@ function renderTunnels(config, now) {
     seen[name] = { sent, received };
     let up = null, down = null;
     const before = previous && previous.tunnels[name];
-    if (before && dt > 0 && typeof sent === "number" && typeof before.sent === "number") {
+    const latest = latestRate("tunnel:" + name);
+    if (eventsLive && latest) {
+      down = latest[0];
+      up = latest[1];
+    } else if (before && dt > 0 && typeof sent === "number" && typeof before.sent === "number") {
       up = Math.max(0, (sent - before.sent) / dt);
       down = Math.max(0, (received - before.received) / dt);
     }
@@ -134,9 +152,11 @@ function renderTunnels(config, now) {
     cell(tr, rate(down), "num");
     cell(tr, bytes(sent), "num");
     cell(tr, bytes(received), "num");
+    chartCell(tr, "tunnel:" + name);
     cell(tr, t.last_error, "error");
     deleteButton(tr, "delete", () =>
       change("DELETE", "/tunnel", { name }, "tunnel " + name + " deleted"));
+    tr.addEventListener("click", () => { selected = name; drawBig(); });
     rows.push(tr);
   }
   for (const [name, a] of Object.entries(config.accepted || {})) {
@@ -148,7 +168,7 @@ function renderTunnels(config, now) {
     cell(tr, "acceptor");
     cell(tr, "");
     cell(tr, a.identity ? a.identity.slice(0, 16) : "", "mono");
-    for (let i = 0; i < 7; i++) cell(tr, "");
+    for (let i = 0; i < 8; i++) cell(tr, "");
     deleteButton(tr, "forget", () =>
       change("DELETE", "/tunnel", { name }, "name " + name + " forgotten"));
     rows.push(tr);
@@ -175,6 +195,7 @@ function renderServices(config) {
       const flows = s.datagrams ? s.datagrams.flows : (side === "local" ? s.connections : "");
       cell(tr, flows, "num");
       cell(tr, options(s));
+      chartCell(tr, "service:" + side + ":" + name);
       cell(tr, s.last_error, "error");
       deleteButton(tr, "delete", () =>
         change("DELETE", "/service", { name, type: side }, side + " service " + name + " deleted"));
@@ -238,6 +259,10 @@ async function refresh() {
   const config = r.data;
   if (config.security) $("#node").textContent = "identity " + config.security.public_identity;
   renderTunnels(config, Date.now());
+  if (selected === null || !(config.tunnels || {})[selected]) {
+    selected = Object.keys(config.tunnels || {})[0] || null;
+  }
+  drawBig();
   renderServices(config);
   renderBinds(config);
   renderConnections(config);
@@ -304,7 +329,146 @@ function setUp() {
     }
   });
   refresh();
-  setInterval(refresh, POLL_MS);
+  startEvents();
+  const poll = () => setTimeout(async () => { await refresh(); poll(); },
+    eventsLive ? POLL_LIVE_MS : POLL_MS);
+  poll();
+}
+
+// --- Traffic: server-sent events and charts -------------------------------------------------
+
+/// The newest [in, out] of `key`, if it moved in the last sample.
+function latestRate(key) {
+  const s = series.get(key);
+  if (!s || !s.length) return null;
+  const last = s[s.length - 1];
+  return last[0] === lastSample ? [last[1], last[2]] : [0, 0];
+}
+
+function record(t, rates) {
+  for (const [key, r] of Object.entries(rates)) {
+    let s = series.get(key);
+    if (!s) { s = []; series.set(key, s); }
+    s.push([t, r[0], r[1]]);
+    while (s.length && s[0][0] <= t - WINDOW_S) s.shift();
+  }
+  lastSample = Math.max(lastSample, t);
+  if (!firstSample || t < firstSample) firstSample = t;
+  firstSample = Math.max(firstSample, lastSample - WINDOW_S);
+}
+
+/// Reads GET /events (a fetch, so the token goes in a header), frame by frame.
+async function startEvents() {
+  for (;;) {
+    try {
+      const res = await fetch("/events", { headers: headers(), cache: "no-store" });
+      if (res.status === 401) { askToken(); await sleep(2000); continue; }
+      if (!res.ok || !res.body) throw new Error("HTTP " + res.status);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          onEvent(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+        }
+      }
+    } catch (_) { /* reconnect below */ }
+    eventsLive = false;
+    await sleep(2000);
+  }
+}
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+function onEvent(frame) {
+  let kind = "message", data = "";
+  for (const line of frame.split("\n")) {
+    if (line.startsWith("event: ")) kind = line.slice(7);
+    else if (line.startsWith("data: ")) data += line.slice(6);
+  }
+  let body;
+  try { body = JSON.parse(data); } catch (_) { return; }
+  if (kind === "history") {
+    for (const s of body.seconds || []) record(s.t, s.rates || {});
+  } else if (kind === "sample") {
+    record(body.t, body.rates || {});
+    eventsLive = true;
+    window.menetEvents++;
+    redrawCharts();
+  }
+}
+
+/// A small chart in a row, drawn again on every sample.
+function chartCell(row, key) {
+  const td = document.createElement("td");
+  td.className = "chart";
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 96 24");
+  svg.setAttribute("width", "96");
+  svg.setAttribute("height", "24");
+  svg.dataset.key = key;
+  td.appendChild(svg);
+  row.appendChild(td);
+  draw(svg, key, 96, 24);
+  return td;
+}
+
+/// Draws `key`'s last 15 minutes in `svg` (width x height): in and out as two lines.
+function draw(svg, key, width, height) {
+  const s = series.get(key) || [];
+  const now = lastSample || Math.floor(Date.now() / 1000);
+  let max = 1;
+  for (const p of s) max = Math.max(max, p[1], p[2]);
+  // Up to 15 minutes: the time sampled so far, at least a minute, fills the width.
+  const span = Math.min(WINDOW_S, Math.max(60, now - (firstSample || now)));
+  const x = (t) => Math.max(0, ((t - (now - span)) / span) * width);
+  const y = (v) => height - 1 - (v / max) * (height - 2);
+  const line = (i, cls) => {
+    // Seconds without a sample for this key moved nothing: the line drops to zero there.
+    const pts = [];
+    let prev = null;
+    for (const p of s) {
+      if (prev === null) {
+        // From zero the second before: even one sample draws a rise.
+        pts.push(x(p[0] - 1).toFixed(1) + "," + y(0).toFixed(1));
+      } else if (p[0] - prev > 1) {
+        pts.push(x(prev + 1).toFixed(1) + "," + y(0).toFixed(1));
+        pts.push(x(p[0] - 1).toFixed(1) + "," + y(0).toFixed(1));
+      }
+      pts.push(x(p[0]).toFixed(1) + "," + y(p[i]).toFixed(1));
+      prev = p[0];
+    }
+    if (prev !== null && prev < now) {
+      pts.push(x(prev + 1).toFixed(1) + "," + y(0).toFixed(1));
+      pts.push(x(now).toFixed(1) + "," + y(0).toFixed(1));
+    }
+    const pl = document.createElementNS(SVG, "polyline");
+    pl.setAttribute("points", pts.join(" "));
+    pl.setAttribute("class", cls);
+    return pl;
+  };
+  const title = document.createElementNS(SVG, "title");
+  title.textContent = key + ": peak " + rate(max);
+  svg.replaceChildren(title, line(1, "in"), line(2, "out"));
+  svg.dataset.peak = String(max > 1 ? max : 0);
+}
+
+function drawBig() {
+  const svg = $("#big-chart");
+  if (!svg) return;
+  const key = selected === null ? "" : "tunnel:" + selected;
+  $("#chart-title").textContent = selected === null ? "no tunnel" :
+    selected + " (received, sent; up to the last 15 minutes)";
+  draw(svg, key, 900, 160);
+}
+
+function redrawCharts() {
+  for (const svg of document.querySelectorAll("td.chart svg")) draw(svg, svg.dataset.key, 96, 24);
+  drawBig();
 }
 
 document.addEventListener("DOMContentLoaded", setUp);

@@ -18,6 +18,9 @@ use prometheus_client::registry::Registry;
 
 use crate::Side;
 
+mod traffic;
+pub use traffic::{ServiceTraffic, Traffic, TunnelTraffic};
+
 /// Labels of a tunnel's series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TunnelLabel {
@@ -203,6 +206,8 @@ pub struct Metrics {
     /// The services configured now: only they have series of their own, so a name a peer or
     /// client makes up never becomes a label.
     configured: RwLock<[HashSet<String>; 2]>,
+    /// The tunnels that have series now (for [`Metrics::traffic`]).
+    tunnel_names: RwLock<HashSet<String>>,
 }
 
 /// The node's metrics (one set per process).
@@ -300,6 +305,7 @@ impl Metrics {
             state_writes: Counter::default(),
             state_write_failures: Counter::default(),
             configured: RwLock::new([HashSet::new(), HashSet::new()]),
+            tunnel_names: RwLock::new(HashSet::new()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -332,6 +338,9 @@ impl Metrics {
 
     /// The handles of tunnel `name`, created on first use.
     pub fn tunnel(&self, name: &str) -> TunnelMetrics {
+        if let Ok(mut names) = self.tunnel_names.write() {
+            names.insert(name.to_owned());
+        }
         let l = Self::tunnel_label(name);
         TunnelMetrics {
             sent: self.tunnel_sent.get_or_create(&l).clone(),
@@ -369,6 +378,9 @@ impl Metrics {
 
     /// Tunnel `name` was deleted: its series go.
     pub fn forget_tunnel(&self, name: &str) {
+        if let Ok(mut names) = self.tunnel_names.write() {
+            names.remove(name);
+        }
         let l = Self::tunnel_label(name);
         self.tunnel_connected.remove(&l);
         self.tunnel_sent.remove(&l);
