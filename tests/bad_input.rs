@@ -140,7 +140,8 @@ fn admin_api_refuses_bad_requests_and_keeps_its_state() {
             "not bound",
         ),
         ("GET", "/tunnel", String::new(), 405, "method"),
-        ("PUT", "/config", String::new(), 405, "method"),
+        ("PATCH", "/config", String::new(), 405, "method"),
+        ("PUT", "/config", String::new(), 400, "not JSON"),
         ("GET", "/nowhere", String::new(), 404, "path"),
         ("POST", "/tunnel", big, 413, "over"),
     ];

@@ -51,44 +51,7 @@ pub fn read(body: &[u8], parts: Parts) -> Result<Desired, Vec<String>> {
             ));
         }
     }
-    if parts.tunnels {
-        for (name, obj) in objects(&doc, "tunnels", &mut errors) {
-            if obj.get("role").and_then(Value::as_str) == Some("acceptor") {
-                // A tunnel a peer dialled: runtime; its declaration, if any, is under accepted.
-                continue;
-            }
-            match tunnel(&name, obj) {
-                Ok(t) => {
-                    desired.tunnels.insert(name, t);
-                }
-                Err(e) => errors.push(format!("tunnels.{name}: {e}")),
-            }
-        }
-    }
-    if parts.accepted {
-        for (name, obj) in objects(&doc, "accepted", &mut errors) {
-            if obj.get("declared").and_then(Value::as_bool) != Some(true) {
-                // A name only pinned to the dialer that claimed it: runtime.
-                continue;
-            }
-            match accepted(&name, obj) {
-                Ok(secret) => {
-                    desired.accepted.insert(name, secret);
-                }
-                Err(e) => errors.push(format!("accepted.{name}: {e}")),
-            }
-        }
-    }
-    for part in ["services", "bind"] {
-        if let Some(Value::Object(sides)) = doc.get(part) {
-            for side in sides.keys().filter(|k| *k != "local" && *k != "remote") {
-                errors.push(format!(
-                    "{part}.{}: not a side (local or remote)",
-                    crate::body::shown(side)
-                ));
-            }
-        }
-    }
+    read_names(&doc, parts, &mut desired, &mut errors);
     if parts.services {
         let services = doc.get("services").cloned().unwrap_or(Value::Null);
         for side in [Side::Local, Side::Remote] {
@@ -134,6 +97,53 @@ pub fn read(body: &[u8], parts: Parts) -> Result<Desired, Vec<String>> {
         Ok(desired)
     } else {
         Err(errors)
+    }
+}
+
+/// The tunnels this node dials and the names it declares, from the document.
+fn read_names(
+    doc: &Map<String, Value>,
+    parts: Parts,
+    desired: &mut Desired,
+    errors: &mut Vec<String>,
+) {
+    if parts.tunnels {
+        for (name, obj) in objects(doc, "tunnels", errors) {
+            if obj.get("role").and_then(Value::as_str) == Some("acceptor") {
+                // A tunnel a peer dialled: runtime; its declaration, if any, is under accepted.
+                continue;
+            }
+            match tunnel(&name, obj) {
+                Ok(t) => {
+                    desired.tunnels.insert(name, t);
+                }
+                Err(e) => errors.push(format!("tunnels.{name}: {e}")),
+            }
+        }
+    }
+    if parts.accepted {
+        for (name, obj) in objects(doc, "accepted", errors) {
+            if obj.get("declared").and_then(Value::as_bool) != Some(true) {
+                // A name only pinned to the dialer that claimed it: runtime.
+                continue;
+            }
+            match accepted(&name, obj) {
+                Ok(secret) => {
+                    desired.accepted.insert(name, secret);
+                }
+                Err(e) => errors.push(format!("accepted.{name}: {e}")),
+            }
+        }
+    }
+    for part in ["services", "bind"] {
+        if let Some(Value::Object(sides)) = doc.get(part) {
+            for side in sides.keys().filter(|k| *k != "local" && *k != "remote") {
+                errors.push(format!(
+                    "{part}.{}: not a side (local or remote)",
+                    crate::body::shown(side)
+                ));
+            }
+        }
     }
 }
 

@@ -434,11 +434,7 @@ impl Registry {
                 // Port 0 asks for any free port: the log says the one bound.
                 let bound = socket.local_addr().unwrap_or(spec.addr);
                 // Connections already carried keep counting against the service's limit.
-                let connections = self
-                    .local
-                    .get(&spec.name)
-                    .map(|s| s.connections.clone())
-                    .unwrap_or_else(|| self.service_gauge());
+                let connections = self.kept_gauge(&spec.name);
                 let old = self.local.insert(
                     spec.name.clone(),
                     LocalService {

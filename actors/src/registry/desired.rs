@@ -181,26 +181,13 @@ impl Registry {
         }
     }
 
-    /// Every key the desired document governs, with what it should hold; or every problem.
-    fn desired_changes(&self, d: &Desired, parts: Parts) -> Result<Vec<Step>, Vec<String>> {
-        let mut errors = Vec::new();
-        let mut wanted: BTreeMap<String, (Key, Change)> = BTreeMap::new();
-        let mut put = |key: Key, change: Change| {
-            wanted.insert(path_of(&key), (key, change));
-        };
-        for spec in &d.services {
-            match self.desired_service(spec) {
-                Ok(record) => put(
-                    Key::Service(spec.side, spec.name.clone()),
-                    Change::Service {
-                        side: spec.side,
-                        name: spec.name.clone(),
-                        record: Some(record),
-                    },
-                ),
-                Err(e) => errors.push(e),
-            }
-        }
+    /// The tunnels this node should dial and the names it should declare.
+    fn wanted_names(
+        &self,
+        d: &Desired,
+        put: &mut impl FnMut(Key, Change),
+        errors: &mut Vec<String>,
+    ) {
         for (name, t) in &d.tunnels {
             let current = self.tunnels.get(name);
             let secret = Self::keep_secret(
@@ -254,6 +241,33 @@ impl Registry {
                 Err(e) => errors.push(e),
             }
         }
+    }
+
+    /// What each key the document names should hold (by its path); or every problem.
+    fn wanted(
+        &self,
+        d: &Desired,
+        parts: Parts,
+    ) -> Result<BTreeMap<String, (Key, Change)>, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut wanted: BTreeMap<String, (Key, Change)> = BTreeMap::new();
+        let mut put = |key: Key, change: Change| {
+            wanted.insert(path_of(&key), (key, change));
+        };
+        for spec in &d.services {
+            match self.desired_service(spec) {
+                Ok(record) => put(
+                    Key::Service(spec.side, spec.name.clone()),
+                    Change::Service {
+                        side: spec.side,
+                        name: spec.name.clone(),
+                        record: Some(record),
+                    },
+                ),
+                Err(e) => errors.push(e),
+            }
+        }
+        self.wanted_names(d, &mut put, &mut errors);
         for (side, binds) in &d.binds {
             for (service, tunnel) in binds {
                 let named = d
@@ -281,10 +295,15 @@ impl Registry {
                 );
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
+        if errors.is_empty() {
+            Ok(wanted)
+        } else {
+            Err(errors)
         }
-        // What the governed parts hold now: each key is either wanted or goes.
+    }
+
+    /// The keys the governed parts hold now.
+    fn governed(&self, parts: Parts) -> Vec<Key> {
         let mut keys: Vec<Key> = Vec::new();
         if parts.services {
             keys.extend(
@@ -311,6 +330,14 @@ impl Registry {
             let declared = self.accepted.iter().filter(|(_, a)| a.declared);
             keys.extend(declared.map(|(n, _)| Key::Accepted(n.clone())));
         }
+        keys
+    }
+
+    /// Every key the desired document governs, with what it holds and should hold, in the
+    /// order to apply; or every problem.
+    fn desired_changes(&self, d: &Desired, parts: Parts) -> Result<Vec<Step>, Vec<String>> {
+        let wanted = self.wanted(d, parts)?;
+        let keys = self.governed(parts);
         let mut steps = Vec::new();
         for key in keys {
             if wanted.contains_key(&path_of(&key)) {

@@ -448,6 +448,15 @@ impl Registry {
         Gauge::new(l.max_connections_per_service.min(share))
     }
 
+    /// A local service's gauge: the one it has (connections already carried keep counting
+    /// against its limit when it is replaced), or a new one.
+    fn kept_gauge(&self, name: &str) -> Arc<Gauge> {
+        self.local
+            .get(name)
+            .map(|s| s.connections.clone())
+            .unwrap_or_else(|| self.service_gauge())
+    }
+
     /// Where listeners report and ask: this Registry, as recipients.
     fn upstream(&self, ctx: &Context<Self>) -> Upstream {
         let me = ctx.address();

@@ -128,6 +128,37 @@ impl Registry {
             state.tunnels.len(),
             state.services.local.len() + state.services.remote.len(),
         );
+        self.restore_services(state.services, ctx);
+        self.binds.insert(Side::Local, state.bind.local);
+        self.binds.insert(Side::Remote, state.bind.remote);
+        for (name, a) in state.accepted {
+            let pin = a.identity.as_deref().and_then(parse_identity);
+            // A pin saved before pins had a last contact counts as seen now.
+            let seen = a.seen.unwrap_or_else(unix_now);
+            self.accepted.insert(
+                name,
+                AcceptedName {
+                    secret: a.secret.as_deref().map(Secret::new),
+                    pin,
+                    declared: a.declared,
+                    seen,
+                    saved_seen: a.seen.unwrap_or(0),
+                },
+            );
+        }
+        for (name, t) in state.tunnels {
+            self.add_dialer(name, t, ctx);
+        }
+        info!(
+            "restored {} tunnels and {} services from the state file",
+            count.0, count.1
+        );
+        self.current = self.build_routes();
+        self.publish();
+    }
+
+    /// Puts back the services of a state file: remote ones routed, local ones listening.
+    fn restore_services(&mut self, services: crate::state::Services, ctx: &mut Context<Self>) {
         // The state file was checked when it was loaded (ciphers, identities); a bad field here
         // falls back to the safe reading (RC4, a fresh identity) with an error line.
         let key = |k: Option<String>, c: Option<String>| {
@@ -139,7 +170,7 @@ impl Registry {
             k.as_deref().map(|k| ServiceKey::new(k, cipher))
         };
         let timeout = |t: Option<u64>| t.map(Duration::from_millis);
-        for (name, s) in state.services.remote {
+        for (name, s) in services.remote {
             metrics().configure_service(&name, Side::Remote);
             let options = s.options();
             let addrs: Vec<SocketAddr> = std::iter::once(s.addr).chain(s.more_addrs).collect();
@@ -152,7 +183,7 @@ impl Registry {
                 },
             );
         }
-        for (name, s) in state.services.local {
+        for (name, s) in services.local {
             let options = s.options();
             let datagrams = health::datagrams(&name, Side::Local);
             let udp = match options.protocol {
@@ -179,49 +210,5 @@ impl Registry {
                 self.start_listener(Accepts::Service(name), ctx);
             }
         }
-        self.binds.insert(Side::Local, state.bind.local);
-        self.binds.insert(Side::Remote, state.bind.remote);
-        for (name, a) in state.accepted {
-            let pin = a.identity.as_deref().and_then(parse_identity);
-            // A pin saved before pins had a last contact counts as seen now.
-            let seen = a.seen.unwrap_or_else(unix_now);
-            self.accepted.insert(
-                name,
-                AcceptedName {
-                    secret: a.secret.as_deref().map(Secret::new),
-                    pin,
-                    declared: a.declared,
-                    seen,
-                    saved_seen: a.seen.unwrap_or(0),
-                },
-            );
-        }
-        for (name, t) in state.tunnels {
-            let generation = self.next_generation();
-            self.tunnels.insert(
-                name.clone(),
-                TunnelEntry {
-                    dest: Some(t.dest),
-                    role: Role::Dialer,
-                    generation,
-                    link: Link::Retrying {
-                        attempt: 1,
-                        task: SpawnHandle::default(),
-                    },
-                    last_error: None,
-                    dialled_on: 0,
-                    thread: None,
-                    secret: t.secret.as_deref().map(Secret::new),
-                    peer_pin: t.peer_identity.as_deref().and_then(parse_identity),
-                },
-            );
-            self.retry_tunnel(&name, 1, Duration::ZERO, ctx);
-        }
-        info!(
-            "restored {} tunnels and {} services from the state file",
-            count.0, count.1
-        );
-        self.current = self.build_routes();
-        self.publish();
     }
 }

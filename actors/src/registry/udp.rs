@@ -76,11 +76,7 @@ impl Registry {
             "service {} (local, udp): receiving on {}",
             spec.name, udp.bound
         );
-        let connections = self
-            .local
-            .get(&spec.name)
-            .map(|s| s.connections.clone())
-            .unwrap_or_else(|| self.service_gauge());
+        let connections = self.kept_gauge(&spec.name);
         let old = self.local.insert(
             spec.name.clone(),
             LocalService {

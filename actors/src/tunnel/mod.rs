@@ -46,7 +46,7 @@ use crate::protocol::{
 use crate::protocol::{Origin, Protocol};
 use crate::proxy_header;
 use crate::record::{SealedFrameCodec, Sealer, SessionKeys, RECORD_HEADER};
-use crate::routes::{CarryClient, Client};
+use crate::routes::{CarryClient, Client, RemoteRoute};
 use crate::schedule::SendQueue;
 use crate::send_credit::{Overflow, SendCredit};
 use crate::service::UDP_DEFAULT_TIMEOUT;

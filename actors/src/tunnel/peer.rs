@@ -18,22 +18,11 @@ impl Tunnel {
                     self.fail(ctx, format!("peer overflowed {what}"));
                 }
             }
-            Frame::Open {
-                stream,
-                service,
-                keyed,
-                protocol,
-                origin,
-            } => self.on_open(
-                Opening {
-                    id: stream,
-                    service,
-                    keyed,
-                    protocol,
-                    origin,
-                },
-                ctx,
-            ),
+            open @ Frame::Open { .. } => {
+                if let Some(open) = Opening::of(open) {
+                    self.on_open(open, ctx);
+                }
+            }
             Frame::OpenOk { stream, nonce } => match self.streams.get_mut(&stream) {
                 Some(e) if e.side == Side::Local && e.state == StreamState::Opening => {
                     e.state = StreamState::Open;
@@ -153,30 +142,23 @@ impl Tunnel {
         }
     }
 
-    /// A peer's OPEN: checked against the published routes, then the stream's backend is dialled
-    /// (no round trip through the Registry).
-    pub(super) fn on_open(&mut self, open: Opening, ctx: &mut Context<Self>) {
-        let Opening {
-            id,
-            service,
-            keyed,
-            protocol,
-            origin,
-        } = open;
+    /// Whether the peer may open stream `id` at all (its parity, not a live one, within the
+    /// stream limit); if not, the tunnel fails or the OPEN is refused here.
+    fn may_open(&mut self, id: u32, service: &str, ctx: &mut Context<Self>) -> bool {
         if !self.peer_may_open(id) {
             self.fail(
                 ctx,
                 format!("peer opened stream {id} with the wrong parity"),
             );
-            return;
+            return false;
         }
         if self.streams.contains_key(&id) {
             self.fail(ctx, format!("peer reopened live stream {id}"));
-            return;
+            return false;
         }
         if self.counts.remote >= self.shared.settings.limits.max_streams {
             self.shared.usage.refuse_stream();
-            metrics().count_refused(&service, Side::Remote, Refused::StreamLimit);
+            metrics().count_refused(service, Side::Remote, Refused::StreamLimit);
             let reason = "too many streams on this tunnel";
             log_limited!(
                 warn,
@@ -185,20 +167,31 @@ impl Tunnel {
                 self.name,
                 self.shared.settings.limits.max_streams
             );
-            return self.refuse_open(id, reason.to_owned(), ctx);
+            self.refuse_open(id, reason.to_owned(), ctx);
+            return false;
+        }
+        true
+    }
+
+    /// A peer's OPEN: checked against the published routes, then the stream's backend is dialled
+    /// (no round trip through the Registry).
+    pub(super) fn on_open(&mut self, open: Opening, ctx: &mut Context<Self>) {
+        let (id, service, protocol) = (open.id, open.service.as_str(), open.protocol);
+        if !self.may_open(id, service, ctx) {
+            return;
         }
         // Decided here, from the routes the Registry published: no round trip through it.
         let routes = self.shared.routes.load();
         let route = match routes.open(
             &self.name,
-            &service,
-            keyed.as_ref(),
+            service,
+            open.keyed.as_ref(),
             protocol,
             self.peer.authenticated,
         ) {
             Ok(route) => route,
             Err(refusal) => {
-                metrics().count_refused(&service, Side::Remote, refusal.reason);
+                metrics().count_refused(service, Side::Remote, refusal.reason);
                 log_limited!(
                     warn,
                     "stream-refused",
@@ -209,23 +202,42 @@ impl Tunnel {
                 return self.refuse_open(id, refusal.peer, ctx);
             }
         };
-        let header = match (route.proxy_protocol, origin) {
+        let header = match (route.proxy_protocol, open.origin) {
             (None, _) => None,
             (Some(v), Some(o)) => Some(proxy_header::encode(v, protocol, o.client, o.reached)),
             (Some(_), None) => {
-                metrics().count_refused(&service, Side::Remote, Refused::PeerRefused);
+                metrics().count_refused(service, Side::Remote, Refused::PeerRefused);
                 log_limited!(
                     warn,
                     "stream-refused",
                     "tunnel {}: refusing stream {id}: service {} sends a PROXY header, and the \
                      peer sent no client address",
                     self.name,
-                    Escaped(&service)
+                    Escaped(service)
                 );
                 let reason = "this service needs the client's address, which the OPEN lacks";
                 return self.refuse_open(id, reason.to_owned(), ctx);
             }
         };
+        self.start_remote(open, route, header, ctx);
+    }
+
+    /// Starts the remote end of an accepted OPEN: its backend connection (or UDP flow), with
+    /// the stream's keys and its PROXY header.
+    fn start_remote(
+        &mut self,
+        open: Opening,
+        route: &RemoteRoute,
+        header: Option<Vec<u8>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Opening {
+            id,
+            service,
+            keyed,
+            protocol,
+            ..
+        } = open;
         let slots = match self.backend_slots(id) {
             Ok(slots) => slots,
             Err(reason) => {
@@ -358,6 +370,28 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         self.fail(ctx, "the peer closed the connection".to_owned());
+    }
+}
+
+impl Opening {
+    /// The OPEN in `frame`, if it is one.
+    fn of(frame: Frame) -> Option<Opening> {
+        match frame {
+            Frame::Open {
+                stream,
+                service,
+                keyed,
+                protocol,
+                origin,
+            } => Some(Opening {
+                id: stream,
+                service,
+                keyed,
+                protocol,
+                origin,
+            }),
+            _ => None,
+        }
     }
 }
 
