@@ -153,4 +153,68 @@ mod with_the_hook {
         a.restart();
         assert!(healed(local, b"restored", Duration::from_secs(10)).is_some());
     }
+
+    /// A UDP service's listener is supervised too: restarted on the same socket (the port stays
+    /// the node's), clients are served again.
+    #[test]
+    fn a_panicking_udp_listener_is_restarted_on_its_socket() {
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let target = echo.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], from);
+            }
+        });
+        let (a, b) = (Node::start(), Node::start());
+        dial(&a, &b, "tunnel1");
+        let port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("free port");
+            s.local_addr().expect("addr").port()
+        };
+        a.ok(
+            "POST",
+            "/service",
+            &format!(
+                r#"{{"name":"dns", "protocol":"udp", "type":"local", "addr":["127.0.0.1","{port}"]}}"#
+            ),
+        );
+        b.ok(
+            "POST",
+            "/service",
+            &format!(
+                r#"{{"name":"dns", "protocol":"udp", "type":"remote", "addr":["127.0.0.1","{}"]}}"#,
+                target.port()
+            ),
+        );
+        a.ok(
+            "POST",
+            "/bind",
+            r#"{"tunnel":"tunnel1","service":"dns","type":"local"}"#,
+        );
+        b.ok(
+            "POST",
+            "/bind",
+            r#"{"tunnel":"tunnel1","service":"dns","type":"remote"}"#,
+        );
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let served = |tag: &[u8]| {
+            eventually(Duration::from_secs(5), || {
+                let _ = client.send_to(tag, ("127.0.0.1", port));
+                let mut buf = [0u8; 64];
+                matches!(client.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == tag)
+            })
+        };
+        assert!(served(b"before"));
+        a.ok("POST", "/fault", r#"{"actor":"listener", "service":"dns"}"#);
+        assert!(a.wait_log(
+            "the listener panicked; restarting it in",
+            Duration::from_secs(2)
+        ));
+        assert!(a.wait_log("listener restarted", Duration::from_secs(5)));
+        assert!(served(b"after"), "the UDP service answers again");
+    }
 }

@@ -55,6 +55,12 @@ impl Slot {
 
 pub struct UdpListener {
     service: String,
+    /// Which incarnation of the service's listener this is, for its owner's reports.
+    id: u64,
+    /// Told when the listener stops without being asked to (a panic), to start it again.
+    upstream: Recipient<UdpDown>,
+    /// Running, or told to stop (then its end is not reported).
+    life: UdpLife,
     /// The service's socket as bound by the Registry, until this actor's thread registers it.
     bound: Option<std::net::UdpSocket>,
     /// The service's socket, registered with this actor's thread.
@@ -74,10 +80,30 @@ pub struct UdpListener {
 #[rtype(result = "()")]
 pub struct StopUdp;
 
+/// A UDP listener -> its owner: it stopped without being told to (it panicked); the owner
+/// starts another on the same socket. A report going up, declared beside its sender.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UdpDown {
+    pub service: String,
+    /// The incarnation that stopped.
+    pub id: u64,
+    pub panicked: bool,
+}
+
+/// Where a UDP listener is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UdpLife {
+    Running,
+    /// Told to stop: its end is not a failure.
+    Stopping,
+}
+
 impl UdpListener {
     /// `socket` is bound and non-blocking; it is registered on the thread the actor runs on.
     pub fn new(
         service: String,
+        (id, upstream): (u64, Recipient<UdpDown>),
         socket: std::net::UdpSocket,
         routes: RouteTable,
         max_flows: usize,
@@ -85,6 +111,9 @@ impl UdpListener {
     ) -> UdpListener {
         UdpListener {
             service,
+            id,
+            upstream,
+            life: UdpLife::Running,
             bound: Some(socket),
             socket: None,
             routes,
@@ -216,6 +245,17 @@ impl Actor for UdpListener {
             }
         }
     }
+
+    /// Also runs after a panic in a handler: the owner hears of it and starts another.
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.life == UdpLife::Running {
+            self.upstream.do_send(UdpDown {
+                service: self.service.clone(),
+                id: self.id,
+                panicked: std::thread::panicking(),
+            });
+        }
+    }
 }
 
 impl StreamHandler<Result<(BytesMut, SocketAddr), io::Error>> for UdpListener {
@@ -288,6 +328,19 @@ impl Handler<StopUdp> for UdpListener {
             }
         }
         self.flows.clear();
+        self.life = UdpLife::Stopping;
         ctx.stop();
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::Crash> for UdpListener {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::Crash, _ctx: &mut Self::Context) {
+        panic!(
+            "fault injected into the UDP listener of service {}",
+            self.service
+        );
     }
 }

@@ -189,7 +189,7 @@ impl Registry {
             let udp = match options.protocol {
                 Protocol::Tcp => None,
                 // A port taken meanwhile: the service is kept (and shown without `listening`).
-                Protocol::Udp => self.start_udp(&name, s.addr, &datagrams).ok(),
+                Protocol::Udp => self.start_udp(&name, s.addr, &datagrams, ctx).ok(),
             };
             let tcp = udp.is_none() && options.protocol == Protocol::Tcp;
             self.local.insert(

@@ -89,12 +89,18 @@ impl Handler<InjectFault> for Registry {
                 .and_then(|l| l.actor.as_ref())
                 .ok_or_else(missing)?
                 .do_send(crate::Crash),
-            InjectFault::Listener { service } => self
-                .local
-                .get(service)
-                .and_then(|s| s.listening.actor.as_ref())
-                .ok_or_else(missing)?
-                .do_send(crate::Crash),
+            InjectFault::Listener { service } => match self.local.get(service) {
+                Some(s) if s.udp.is_some() => s
+                    .udp
+                    .as_ref()
+                    .ok_or_else(missing)?
+                    .actor
+                    .do_send(crate::Crash),
+                s => s
+                    .and_then(|s| s.listening.actor.as_ref())
+                    .ok_or_else(missing)?
+                    .do_send(crate::Crash),
+            },
             InjectFault::Tunnel { name } => self
                 .connected_tunnel(name)
                 .ok_or_else(missing)?

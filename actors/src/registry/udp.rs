@@ -4,7 +4,7 @@
 use super::*;
 
 use crate::datagram::DatagramCounts;
-use crate::udp_listener::{StopUdp, UdpListener};
+use crate::udp_listener::{StopUdp, UdpDown, UdpListener};
 
 /// A local UDP service's socket and the actor that receives on it.
 pub(super) struct UdpBound {
@@ -12,6 +12,15 @@ pub(super) struct UdpBound {
     pub(super) actor: Addr<UdpListener>,
     /// The address bound (the port given, or the one port 0 got).
     pub(super) bound: SocketAddr,
+    /// The socket, kept to start another listener on it if this one dies (the port stays ours).
+    socket: std::net::UdpSocket,
+    /// The incarnation of the listener now.
+    id: u64,
+    /// Restarts in a row (the back-off), reset once one has run for a while.
+    restarts: u32,
+    started: Instant,
+    /// The service's datagram counts, for the next listener.
+    counts: Arc<DatagramCounts>,
 }
 
 impl Registry {
@@ -21,6 +30,7 @@ impl Registry {
         name: &str,
         addr: SocketAddr,
         counts: &Arc<DatagramCounts>,
+        ctx: &Context<Self>,
     ) -> Result<UdpBound, AdminError> {
         let refused = |e: std::io::Error| {
             let msg = format!("service {name}: cannot receive on {addr}: {e}");
@@ -34,18 +44,40 @@ impl Registry {
         let socket = std::net::UdpSocket::bind(addr).map_err(refused)?;
         socket.set_nonblocking(true).map_err(refused)?;
         let bound = socket.local_addr().map_err(refused)?;
+        let id = self.next_generation();
+        let actor = self.spawn_udp(name, id, socket.try_clone().map_err(refused)?, counts, ctx);
+        Ok(UdpBound {
+            actor,
+            bound,
+            socket,
+            id,
+            restarts: 0,
+            started: Instant::now(),
+            counts: counts.clone(),
+        })
+    }
+
+    /// A listener for `name` on `socket`, on the next data thread.
+    fn spawn_udp(
+        &mut self,
+        name: &str,
+        id: u64,
+        socket: std::net::UdpSocket,
+        counts: &Arc<DatagramCounts>,
+        ctx: &Context<Self>,
+    ) -> Addr<UdpListener> {
         let listener = UdpListener::new(
             name.to_owned(),
+            (id, ctx.address().recipient()),
             socket,
             self.routes.clone(),
             self.settings.limits.max_udp_flows_per_service,
             counts.clone(),
         );
-        let actor = match self.next_data_arbiter() {
+        match self.next_data_arbiter() {
             Some((arbiter, _)) => UdpListener::start_in_arbiter(&arbiter, |_| listener),
             None => listener.start(),
-        };
-        Ok(UdpBound { actor, bound })
+        }
     }
 
     /// `POST /service` of a local UDP service: bound first, so a taken port changes nothing; the
@@ -71,7 +103,7 @@ impl Registry {
             }
         }
         let datagrams = health::datagrams(&spec.name, Side::Local);
-        let udp = self.start_udp(&spec.name, spec.addr, &datagrams)?;
+        let udp = self.start_udp(&spec.name, spec.addr, &datagrams, ctx)?;
         info!(
             "service {} (local, udp): receiving on {}",
             spec.name, udp.bound
@@ -104,5 +136,68 @@ impl LocalService {
             udp.actor.do_send(StopUdp);
         }
         self.listening.close(ctx);
+    }
+}
+
+impl Handler<UdpDown> for Registry {
+    type Result = ();
+
+    /// A UDP listener that died (it panicked) is started again on the same socket, with the
+    /// listeners' back-off; its flows end with it and clients' next datagrams start new ones.
+    fn handle(&mut self, msg: UdpDown, ctx: &mut Self::Context) {
+        if self.shutting_down {
+            return;
+        }
+        let Some(udp) = self
+            .local
+            .get_mut(&msg.service)
+            .and_then(|s| s.udp.as_mut())
+            .filter(|u| u.id == msg.id)
+        else {
+            return;
+        };
+        if udp.started.elapsed() >= HEALTHY_AFTER {
+            udp.restarts = 0;
+        }
+        udp.restarts += 1;
+        let delay = backoff(udp.restarts);
+        let why = if msg.panicked { "panicked" } else { "stopped" };
+        error!(
+            "service {} (local, udp): the listener {why}; restarting it in {} ms",
+            msg.service,
+            delay.as_millis()
+        );
+        ctx.run_later(delay, move |act, ctx| {
+            act.restart_udp(&msg.service, msg.id, ctx)
+        });
+    }
+}
+
+impl Registry {
+    fn restart_udp(&mut self, name: &str, dead: u64, ctx: &mut Context<Self>) {
+        let id = self.next_generation();
+        let Some((socket, counts)) = self
+            .local
+            .get(name)
+            .and_then(|s| s.udp.as_ref())
+            .filter(|u| u.id == dead)
+            .map(|u| (u.socket.try_clone(), u.counts.clone()))
+        else {
+            return;
+        };
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => {
+                error!("service {name} (local, udp): cannot restart its listener: {e}");
+                return;
+            }
+        };
+        let actor = self.spawn_udp(name, id, socket, &counts, ctx);
+        if let Some(udp) = self.local.get_mut(name).and_then(|s| s.udp.as_mut()) {
+            udp.actor = actor;
+            udp.id = id;
+            udp.started = Instant::now();
+        }
+        info!("service {name} (local, udp): listener restarted");
     }
 }
