@@ -245,3 +245,28 @@ fn check_reads_a_desired_document_offline_and_names_every_error() {
     assert_eq!(code, Some(1));
     assert!(err.contains("services.local.x: field \"addr\""), "{err}");
 }
+
+#[test]
+fn a_tunnel_moved_to_another_path_keeps_the_peers_binds() {
+    let (a, b) = (Node::start(), Node::start());
+    let echo = Backend::echo();
+    let web = wire(&a, &b, echo.addr, None);
+    let relay = Relay::start(b.tunnel);
+    let mut doc = a.config();
+    doc["tunnels"]["tunnel1"]["dest"] = json!(["127.0.0.1", relay.addr.port()]);
+    let (status, reply) = put(&a, "/config", &doc);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["changed"], json!(["tunnels.tunnel1"]), "{reply}");
+    // The new path comes up and the peer still carries the service for the name: its bind
+    // was not dropped as it would be for a deleted tunnel.
+    let data = pattern(50_000, 3);
+    assert!(
+        healed(web, &data, Duration::from_secs(10)).is_some(),
+        "traffic flows on the new path"
+    );
+    assert_eq!(b.config()["bind"]["remote"]["service1"], "tunnel1");
+    assert_eq!(
+        a.config()["tunnels"]["tunnel1"]["dest"],
+        json!(["127.0.0.1", relay.addr.port()])
+    );
+}

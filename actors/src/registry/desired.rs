@@ -404,7 +404,12 @@ impl Registry {
             },
             Change::Tunnel { name, record } => {
                 if let Some(old) = self.tunnels.remove(&name) {
-                    Registry::retire(old, Some((GoAway::Deleted, "replaced".to_owned())), ctx);
+                    // Removed: the peer forgets the name, as for DELETE /tunnel. Changed: closed
+                    // without a word, as a re-POST does; the new dial takes its place.
+                    let goodbye = record
+                        .is_none()
+                        .then(|| (GoAway::Deleted, "deleted".to_owned()));
+                    Registry::retire(old, goodbye, ctx);
                 }
                 self.dialing.remove(&name);
                 match record {
