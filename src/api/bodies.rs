@@ -395,6 +395,8 @@ fn add_service(b: ServiceBody) -> Result<AddService, ApiError> {
 pub fn fuzz_request(data: &[u8]) {
     if let Some((first, body)) = data.split_first() {
         let _ = parse(Route::ALL[usize::from(*first) % Route::ALL.len()], body);
+        // The same bytes as a whole desired document (`PUT /config`).
+        let _ = super::desired::read(body, menet_actors::registry::Parts::ALL);
     }
 }
 
