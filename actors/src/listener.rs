@@ -331,10 +331,10 @@ impl Listener {
             // The tunnel may run on another arbiter: the socket goes unregistered.
             Ok((route, tunnel)) => match sock.into_std() {
                 Ok(sock) => tunnel.do_send(CarryClient {
-                    origin: sock.local_addr().ok().map(|reached| Origin {
-                        client: peer,
-                        reached,
-                    }),
+                    origin: sock
+                        .local_addr()
+                        .ok()
+                        .map(|reached| Origin::seen(peer, reached)),
                     client: Client::Tcp(sock),
                     service: service.to_owned(),
                     key: route.key.clone(),

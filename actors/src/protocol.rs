@@ -452,21 +452,29 @@ fn decode_open(stream: u32, body: &mut Bytes) -> Result<Frame, ProtocolError> {
 }
 
 impl Origin {
-    /// Both addresses in one family: IPv4-mapped addresses as IPv4, and if they still differ
-    /// the IPv4 one mapped into IPv6.
-    pub fn one_family(self) -> Origin {
+    /// The addresses a listener saw, as OPEN carries them: an IPv4 client of a dual-stack
+    /// listener (an IPv4-mapped address) as the IPv4 address it is.
+    pub fn seen(client: SocketAddr, reached: SocketAddr) -> Origin {
         let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-        let (client, reached) = (canon(self.client), canon(self.reached));
-        if client.is_ipv4() == reached.is_ipv4() {
-            return Origin { client, reached };
+        Origin {
+            client: canon(client),
+            reached: canon(reached),
+        }
+    }
+
+    /// Both addresses in one family, as the wire needs them: if they differ, the IPv4 one
+    /// mapped into IPv6 (and nothing else changed, so a decoded OPEN encodes as it came).
+    pub fn one_family(self) -> Origin {
+        if self.client.is_ipv4() == self.reached.is_ipv4() {
+            return self;
         }
         let six = |a: SocketAddr| match a.ip() {
             IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
             IpAddr::V6(_) => a,
         };
         Origin {
-            client: six(client),
-            reached: six(reached),
+            client: six(self.client),
+            reached: six(self.reached),
         }
     }
 }

@@ -189,7 +189,7 @@ impl UdpListener {
             service: self.service.clone(),
             key: route.key.clone(),
             idle_timeout: route.timeout,
-            origin: reached.map(|reached| crate::protocol::Origin { client, reached }),
+            origin: reached.map(|reached| crate::protocol::Origin::seen(client, reached)),
             pace: route.pace.clone(),
             slots: Vec::new(),
         });
