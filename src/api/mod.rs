@@ -21,10 +21,19 @@ use menet_actors::registry::{ApplyConfig, ConfigFilter, GetConfig, Parts, Regist
 use crate::body::{field, name};
 pub use crate::body::{object, MAX_BODY};
 pub use bodies::{
-    fields, fuzz_request, parse, BindBody, BindPut, Request, Route, ServiceBody, ServicePut,
-    TunnelBody, TunnelPut,
+    fields, parse, BindBody, BindPut, Request, Route, ServiceBody, ServicePut, TunnelBody,
+    TunnelPut,
 };
 pub use guard::{guard, AdminAccess};
+
+/// The admin fuzz target's entry point (`fuzz/`): the first byte picks the route, the rest is
+/// the body; the same bytes are also read as a whole desired document (`PUT /config`).
+pub fn fuzz_request(data: &[u8]) {
+    bodies::fuzz_body(data);
+    if let Some((_, body)) = data.split_first() {
+        let _ = desired::read(body, Parts::ALL);
+    }
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig, registry: Addr<Registry>) {
     cfg.app_data(web::Data::new(registry))
