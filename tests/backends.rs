@@ -112,32 +112,16 @@ fn a_backend_behind_a_proxy_header_sees_the_clients_address_and_port() {
     let backend = proxy_aware_backend();
     for version in ["v1", "v2"] {
         let name = format!("web-{version}");
-        let fields = format!(r#""proxy_protocol":"{version}", "#);
         // The option is the remote end's; the local end's body is the seed's.
-        a.ok(
-            "POST",
-            "/service",
-            &format!(r#"{{"name":"{name}", "type": "local", "addr":["127.0.0.1", "0"]}}"#),
-        );
-        b.ok(
-            "POST",
-            "/service",
+        let local = service_with(
+            &a,
+            &b,
+            &name,
             &format!(
-                r#"{{"name":"{name}", {fields}"type": "remote", "addr":["127.0.0.1", "{}"]}}"#,
-                backend.addr.port()
+                r#""proxy_protocol":"{version}", "addr": {}"#,
+                pair(backend.addr)
             ),
         );
-        for (node, side) in [(&a, "local"), (&b, "remote")] {
-            node.ok(
-                "POST",
-                "/bind",
-                &format!(r#"{{"tunnel": "tunnel1", "service":"{name}", "type": "{side}"}}"#),
-            );
-        }
-        let local: SocketAddr = a.config()["services"]["local"][&name]["listening"]
-            .as_str()
-            .and_then(|l| l.parse().ok())
-            .expect("listening");
         assert_eq!(
             b.config()["services"]["remote"][&name]["proxy_protocol"],
             version

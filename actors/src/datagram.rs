@@ -26,7 +26,7 @@ use tokio_util::udp::UdpFramed;
 use crate::connection::{FromConnection, Keying, StreamEvent};
 use crate::limits::Slot;
 use crate::pace::{Direction, Pace};
-use crate::protocol::{put_data_header, set_frame_len, ResetCode, HEADER_LEN, MAX_DATA};
+use crate::protocol::{put_data_header, ResetCode, HEADER_LEN, MAX_DATA};
 
 /// Datagrams a flow holds while it waits for credit.
 pub const PENDING_DATAGRAMS: usize = 32;
@@ -172,10 +172,7 @@ impl UdpFlow {
     }
 
     fn overhead(&self) -> usize {
-        match &self.keying {
-            Some(Keying::Ready(c)) => c.seal.overhead(),
-            _ => 0,
-        }
+        Keying::overhead(&self.keying)
     }
 
     /// A datagram from the client (local end) or the backend (remote end), into the tunnel.
@@ -243,14 +240,9 @@ impl UdpFlow {
         let overhead = self.overhead();
         let mut frame = BytesMut::with_capacity(HEADER_LEN + datagram.len() + overhead);
         put_data_header(&mut frame, self.stream, datagram.len());
-        let mut payload = frame.split_off(HEADER_LEN);
-        payload.extend_from_slice(datagram);
-        if let Some(Keying::Ready(c)) = self.keying.as_mut() {
-            c.seal.seal(&mut payload);
-        }
-        let len = payload.len();
-        frame.unsplit(payload);
-        set_frame_len(&mut frame, len);
+        frame.extend_from_slice(datagram);
+        Keying::seal_frame(&mut self.keying, &mut frame);
+        let len = frame.len() - HEADER_LEN;
         self.grant = self.grant.saturating_sub(len as u64);
         if let Some(p) = &self.pace {
             p.take(Direction::Read, len as u64);
@@ -267,26 +259,17 @@ impl UdpFlow {
     fn incoming(&mut self, mut payload: BytesMut, ctx: &mut Context<Self>) {
         self.last_active = Instant::now();
         let wire = payload.len() as u64;
-        match self.keying.as_mut() {
-            Some(Keying::Ready(c)) => {
-                if let Err(e) = c.open.open(&mut payload) {
-                    crate::log_limited!(
-                        warn,
-                        "stream-integrity",
-                        "service {}: flow {}: {e}; resetting the flow",
-                        self.service,
-                        self.stream
-                    );
-                    return self.close(ctx, Some((ResetCode::Integrity, e.to_string())));
-                }
-            }
-            Some(Keying::Opener { .. }) => {
-                return self.close(
-                    ctx,
-                    Some((ResetCode::Aborted, "data before the flow was open".into())),
+        if let Err((code, why)) = Keying::open(&mut self.keying, &mut payload) {
+            if code == ResetCode::Integrity {
+                crate::log_limited!(
+                    warn,
+                    "stream-integrity",
+                    "service {}: flow {}: {why}; resetting the flow",
+                    self.service,
+                    self.stream
                 );
             }
-            None => {}
+            return self.close(ctx, Some((code, why)));
         }
         let paced = self
             .pace
@@ -440,11 +423,8 @@ impl Handler<StreamEvent> for UdpFlow {
     fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
         match msg {
             StreamEvent::Opened { nonce } => {
-                if let Some(Keying::Opener { key, nonce: ours }) = &self.keying {
-                    let Some(theirs) = nonce else {
-                        return self.close(ctx, Some((ResetCode::Aborted, "no nonce".into())));
-                    };
-                    self.keying = Some(Keying::Ready(Box::new(key.stream(ours, &theirs, true))));
+                if let Err(why) = Keying::opened(&mut self.keying, nonce) {
+                    return self.close(ctx, Some((ResetCode::Aborted, why.to_owned())));
                 }
                 self.state = FlowState::Open;
                 self.flush();

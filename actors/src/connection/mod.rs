@@ -87,6 +87,58 @@ pub enum Keying {
     Ready(Box<StreamCrypto>),
 }
 
+impl Keying {
+    /// Bytes the cipher adds to each DATA frame (none until the keys are derived).
+    pub fn overhead(keying: &Option<Keying>) -> usize {
+        match keying {
+            Some(Keying::Ready(c)) => c.seal.overhead(),
+            _ => 0,
+        }
+    }
+
+    /// OPEN_OK came with the acceptor's nonce: an opener derives the stream's keys. An error if
+    /// a keyed stream's OPEN_OK had no nonce.
+    pub fn opened(
+        keying: &mut Option<Keying>,
+        nonce: Option<[u8; NONCE_LEN]>,
+    ) -> Result<(), &'static str> {
+        if let Some(Keying::Opener { key, nonce: ours }) = keying {
+            let theirs = nonce.ok_or("the peer sent no stream nonce for a keyed stream")?;
+            *keying = Some(Keying::Ready(Box::new(key.stream(ours, &theirs, true))));
+        }
+        Ok(())
+    }
+
+    /// Seals a whole DATA frame's payload in place, its length fixed in the header.
+    pub fn seal_frame(keying: &mut Option<Keying>, frame: &mut BytesMut) {
+        if let Some(Keying::Ready(c)) = keying {
+            let mut payload = frame.split_off(HEADER_LEN);
+            c.seal.seal(&mut payload);
+            let len = payload.len();
+            frame.unsplit(payload);
+            set_frame_len(frame, len);
+        }
+    }
+
+    /// Opens a received payload in place; or the code to reset the stream with, and why.
+    pub fn open(
+        keying: &mut Option<Keying>,
+        payload: &mut BytesMut,
+    ) -> Result<(), (ResetCode, String)> {
+        match keying {
+            Some(Keying::Ready(c)) => c
+                .open
+                .open(payload)
+                .map_err(|e| (ResetCode::Integrity, e.to_string())),
+            Some(Keying::Opener { .. }) => Err((
+                ResetCode::Aborted,
+                "data before the stream was open".to_owned(),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The socket's read side, through the stream's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadState {
@@ -226,10 +278,7 @@ impl Connection {
 
     /// Bytes the cipher adds to each DATA frame.
     fn overhead(&self) -> usize {
-        match &self.keying {
-            Some(Keying::Ready(c)) => c.seal.overhead(),
-            _ => 0,
-        }
+        Keying::overhead(&self.keying)
     }
 
     fn attach(&mut self, sock: TcpStream) {
@@ -380,13 +429,7 @@ impl Connection {
     }
 
     fn send_frame(&mut self, stream: u32, mut frame: BytesMut) {
-        if let Some(Keying::Ready(c)) = self.keying.as_mut() {
-            let mut payload = frame.split_off(HEADER_LEN);
-            c.seal.seal(&mut payload);
-            let len = payload.len();
-            frame.unsplit(payload);
-            set_frame_len(&mut frame, len);
-        }
+        Keying::seal_frame(&mut self.keying, &mut frame);
         let n = (frame.len() - HEADER_LEN) as u64;
         self.grant = self.grant.saturating_sub(n);
         self.last_active = Instant::now();
@@ -550,15 +593,9 @@ impl Handler<StreamEvent> for Connection {
     fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
         match msg {
             StreamEvent::Opened { nonce } => {
-                if let Some(Keying::Opener { key, nonce: ours }) = &self.keying {
-                    let Some(theirs) = nonce else {
-                        warn!(
-                            "service {}: stream {}: the peer sent no stream nonce for a keyed stream",
-                            self.service, self.stream
-                        );
-                        return self.abort(ctx, ResetCode::Aborted, "no nonce".to_owned());
-                    };
-                    self.keying = Some(Keying::Ready(Box::new(key.stream(ours, &theirs, true))));
+                if let Err(why) = Keying::opened(&mut self.keying, nonce) {
+                    warn!("service {}: stream {}: {why}", self.service, self.stream);
+                    return self.abort(ctx, ResetCode::Aborted, why.to_owned());
                 }
                 if self.read == ReadState::Unopened {
                     self.read = ReadState::Idle;
@@ -581,27 +618,17 @@ impl Handler<StreamEvent> for Connection {
             StreamEvent::Data(mut payload) => {
                 self.last_active = Instant::now();
                 let wire = payload.len() as u64;
-                match self.keying.as_mut() {
-                    Some(Keying::Ready(c)) => {
-                        if let Err(e) = c.open.open(&mut payload) {
-                            crate::log_limited!(
-                                warn,
-                                "stream-integrity",
-                                "service {}: stream {}: {e}; resetting the stream",
-                                self.service,
-                                self.stream
-                            );
-                            return self.abort(ctx, ResetCode::Integrity, e.to_string());
-                        }
-                    }
-                    Some(Keying::Opener { .. }) => {
-                        return self.abort(
-                            ctx,
-                            ResetCode::Aborted,
-                            "data before the stream was open".to_owned(),
+                if let Err((code, why)) = Keying::open(&mut self.keying, &mut payload) {
+                    if code == ResetCode::Integrity {
+                        crate::log_limited!(
+                            warn,
+                            "stream-integrity",
+                            "service {}: stream {}: {why}; resetting the stream",
+                            self.service,
+                            self.stream
                         );
                     }
-                    None => {}
+                    return self.abort(ctx, code, why);
                 }
                 self.out_wire += wire;
                 if !payload.is_empty() {

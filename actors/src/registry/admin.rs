@@ -377,6 +377,35 @@ impl Handler<DeleteTunnel> for Registry {
     }
 }
 
+impl Registry {
+    /// A local service posted again on the address it has, with the same protocol: its key,
+    /// timeout and options change in place (its listener and connections go on). Whether it was.
+    pub(super) fn update_in_place(
+        &mut self,
+        spec: &ServiceSpec,
+        key: &Option<ServiceKey>,
+        pace: &Option<Arc<Pace>>,
+        protocol: Protocol,
+    ) -> bool {
+        let Some(s) = self.local.get_mut(&spec.name) else {
+            return false;
+        };
+        let same_protocol = s.udp.is_some() == (protocol == Protocol::Udp);
+        if s.listening.addr != spec.addr || !same_protocol {
+            return false;
+        }
+        s.key = key.clone();
+        s.timeout = spec.timeout;
+        s.options = spec.options.clone();
+        s.pace = pace.clone();
+        info!(
+            "service {} (local, {protocol}) on {}: updated",
+            spec.name, spec.addr
+        );
+        true
+    }
+}
+
 /// `POST /service`: create or replace a local (listening) or remote (target) service.
 #[derive(Message)]
 #[rtype(result = "Result<(), AdminError>")]
@@ -420,15 +449,8 @@ impl Registry {
                 if spec.options.protocol == Protocol::Udp {
                     return self.add_udp_service(spec, key, pace, ctx);
                 }
-                if let Some(s) = self.local.get_mut(&spec.name) {
-                    if s.listening.addr == spec.addr && s.udp.is_none() {
-                        s.key = key;
-                        s.timeout = spec.timeout;
-                        s.options = spec.options;
-                        s.pace = pace;
-                        info!("service {} (local) on {}: updated", spec.name, spec.addr);
-                        return Ok(());
-                    }
+                if self.update_in_place(&spec, &key, &pace, Protocol::Tcp) {
+                    return Ok(());
                 }
                 let socket = self.rebind(&spec)?;
                 // Port 0 asks for any free port: the log says the one bound.

@@ -89,18 +89,8 @@ impl Registry {
         pace: Option<Arc<Pace>>,
         ctx: &mut Context<Self>,
     ) -> Result<(), AdminError> {
-        if let Some(s) = self.local.get_mut(&spec.name) {
-            if s.listening.addr == spec.addr && s.udp.is_some() {
-                s.key = key;
-                s.timeout = spec.timeout;
-                s.options = spec.options;
-                s.pace = pace;
-                info!(
-                    "service {} (local, udp) on {}: updated",
-                    spec.name, spec.addr
-                );
-                return Ok(());
-            }
+        if self.update_in_place(&spec, &key, &pace, Protocol::Udp) {
+            return Ok(());
         }
         let datagrams = health::datagrams(&spec.name, Side::Local);
         let udp = self.start_udp(&spec.name, spec.addr, &datagrams, ctx)?;
