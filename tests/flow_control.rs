@@ -279,7 +279,12 @@ fn a_window_grows_on_a_long_path_and_shrinks_when_idle() {
     eprintln!("48 MiB over 50 ms: {rate:.0} MB/s; widest window {widest} bytes");
     assert!(got == pattern(len, 4), "byte-exact");
     assert!(widest > 1 << 20, "the window grew: {widest}");
-    assert!(rate > 30.0, "{rate:.0} MB/s is what a 1 MiB window allows");
+    // A 1 MiB window allows 21 MB/s over 50 ms; a quiet machine moves about 77 here, one with a
+    // core taken by something else (the relay is a thread of this test) about 28.
+    assert!(
+        rate > 25.0,
+        "{rate:.0} MB/s is about what a 1 MiB window allows"
+    );
     // Idle for more than a second: back to the initial window.
     drop(s);
     let mut echo = connect(local);

@@ -48,6 +48,45 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Writes what the socket takes now, without waiting, and drops it from `bufs`: `Ok(true)` once
+/// everything is written. Most small writes complete here, which spares the caller a future
+/// (and a poll of it) per write; what is left goes to [`write_all_vectored`].
+pub fn try_write_now(
+    w: &tokio::net::tcp::OwnedWriteHalf,
+    bufs: &mut Vec<Bytes>,
+) -> io::Result<bool> {
+    bufs.retain(|b| !b.is_empty());
+    while !bufs.is_empty() {
+        let written = {
+            // On the stack: this runs for every write of the data path.
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = bufs.len().min(MAX_IOV);
+            for (slice, b) in slices.iter_mut().zip(bufs.iter()) {
+                *slice = IoSlice::new(b);
+            }
+            w.try_write_vectored(&slices[..n])
+        };
+        let mut n = match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut done = 0;
+        for b in bufs.iter_mut() {
+            if n >= b.len() {
+                n -= b.len();
+                done += 1;
+            } else {
+                b.advance(n);
+                break;
+            }
+        }
+        bufs.drain(..done);
+    }
+    Ok(true)
+}
+
 /// What one read of a downstream socket gave.
 pub enum Chunk {
     /// A DATA frame (payload at [`HEADER_LEN`]); `drained` when the read came up short, so the

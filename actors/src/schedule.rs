@@ -11,7 +11,9 @@
 //! ring (empty) until its turn, so no stream can be sparse again before the busy streams have
 //! each been served once: bulk cannot starve by posing as sparse.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use bytes::Bytes;
 

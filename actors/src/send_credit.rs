@@ -18,7 +18,9 @@
 //! holds more than the peer could ever have granted. Arithmetic never wraps: a subtraction that
 //! would go below zero is a bug, asserted in debug builds and saturated in release ones.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::schedule::SendQueue;
 

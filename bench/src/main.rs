@@ -159,9 +159,26 @@ fn main() {
                 throughput(&rt, plain, 8, plan.bulk_plain / 4, false);
             }
             let (d50, d99) = latency(echo, plan.pings);
+            // Beside each latency, the CPU both ends of the tunnel spent per exchange.
+            let per = |ms: u64| ms as f64 * 1000.0 / (plan.pings + plan.pings / 10) as f64;
+            let before = a.cpu_ms() + b.cpu_ms();
             let (m50, m99) = latency(echoed, plan.pings);
+            let m_cpu = per(a.cpu_ms() + b.cpu_ms() - before);
+            // The same through a clear tunnel (what sealing costs) and through rathole (plain
+            // TCP, its default), interleaved so that they share the machine's mood.
+            let before = ca.cpu_ms() + cb.cpu_ms();
+            let (c50, c99) = latency(clear_echoed, plan.pings);
+            let c_cpu = per(ca.cpu_ms() + cb.cpu_ms() - before);
+            let rathole = rh.as_ref().map_or(String::new(), |r| {
+                let before = r.cpu_ms();
+                let (r50, r99) = latency(r.ports[1], plan.pings);
+                let r_cpu = per(r.cpu_ms() - before);
+                format!(", rathole p50 {r50:.0} p99 {r99:.0} us ({r_cpu:.1} us CPU)")
+            });
             println!(
-                "{when}: direct p50 {d50:.0} p99 {d99:.0} us, menet p50 {m50:.0} p99 {m99:.0} us"
+                "{when}: direct p50 {d50:.0} p99 {d99:.0} us, menet p50 {m50:.0} p99 {m99:.0} us \
+                 ({m_cpu:.1} us CPU), clear tunnel p50 {c50:.0} p99 {c99:.0} us ({c_cpu:.1} us \
+                 CPU){rathole}"
             );
         }
         return;
@@ -635,18 +652,7 @@ impl Node {
 
     /// CPU time (user + system) the process has used, in ms.
     fn cpu_ms(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
-        let rest = stat.rsplit(')').next().unwrap_or_default();
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        ticks * 1000 / hz
+        cpu_ms_of(self.child.id())
     }
 
     fn rss_kib(&self) -> u64 {
@@ -682,6 +688,21 @@ fn dies_with_bench(cmd: &mut Command) {
 }
 
 /// Resident memory of process `pid`, in KiB (0 if it cannot be read).
+/// CPU time (user and system) process `pid` has used, in ms (clock ticks apart).
+fn cpu_ms_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
+}
+
 fn rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status

@@ -111,6 +111,11 @@ impl Rathole {
     }
 
     /// Resident memory of the server and the client, in KiB.
+    /// CPU time both processes have used, in ms.
+    pub fn cpu_ms(&self) -> u64 {
+        crate::cpu_ms_of(self.server.id()) + crate::cpu_ms_of(self.client.id())
+    }
+
     pub fn rss_kib(&self) -> u64 {
         [self.server.id(), self.client.id()]
             .iter()

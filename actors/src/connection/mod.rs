@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use std::sync::Arc;
 
 use crate::cipher::{ServiceKey, StreamCrypto};
-use crate::io::{reset_now, try_read_data_frame, write_all_vectored, Chunk};
+use crate::io::{reset_now, try_read_data_frame, try_write_now, write_all_vectored, Chunk};
 use crate::limits::Slot;
 use crate::pace::{Direction, Pace};
 use crate::protocol::{set_frame_len, ResetCode, HEADER_LEN, MAX_DATA, NONCE_LEN};
@@ -476,11 +476,23 @@ impl Connection {
             });
             return;
         }
-        let batch: Vec<Bytes> = self.out.drain(..).collect();
+        let mut batch: Vec<Bytes> = self.out.drain(..).collect();
         if let Some(p) = &self.pace {
             p.take(Direction::Write, batch.iter().map(|b| b.len() as u64).sum());
         }
         let bytes = std::mem::take(&mut self.out_wire);
+        match try_write_now(&writer, &mut batch) {
+            Ok(true) => {
+                self.writer = Some(writer);
+                self.written(bytes);
+                return self.write_more(ctx);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.writer = Some(writer);
+                return self.abort(ctx, ResetCode::Aborted, format!("write failed: {e}"));
+            }
+        }
         self.write = WriteState::Writing;
         ctx.spawn(
             async move {
@@ -493,17 +505,22 @@ impl Connection {
                 act.writer = Some(writer);
                 match result {
                     Ok(()) => {
-                        act.last_active = Instant::now();
-                        if bytes > 0 {
-                            let stream = act.stream;
-                            act.report(FromConnection::Consumed { stream, bytes });
-                        }
+                        act.written(bytes);
                         act.write_more(ctx);
                     }
                     Err(e) => act.abort(ctx, ResetCode::Aborted, format!("write failed: {e}")),
                 }
             }),
         );
+    }
+
+    /// A write completed: `bytes` of wire credit go back to the tunnel.
+    fn written(&mut self, bytes: u64) {
+        self.last_active = Instant::now();
+        if bytes > 0 {
+            let stream = self.stream;
+            self.report(FromConnection::Consumed { stream, bytes });
+        }
     }
 
     fn finish_if_done(&mut self, ctx: &mut Context<Self>) {

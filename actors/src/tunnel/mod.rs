@@ -18,7 +18,7 @@
 //! socket, and the window grows while it limits the stream. A peer that sends past a stream's
 //! window gets that stream reset; past the tunnel window, the tunnel is closed.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use crate::connection::{Connection, FromConnection, Keying, StreamEvent, StreamS
 use crate::credit::{RecvWindow, Rtt};
 use crate::datagram::{FlowEnd, FlowReport, FlowSpec, UdpFlow};
 use crate::handshake::Terms;
-use crate::io::{socket_queues, write_all_vectored, SocketQueues};
+use crate::io::{socket_queues, try_write_now, write_all_vectored, SocketQueues};
 use crate::limits::{Escaped, Gauge, Slot, TokenBucket};
 use crate::metrics::{metrics, ActiveConnection, Refused, ServiceMetrics, TunnelMetrics};
 use crate::protocol::{
@@ -590,36 +590,27 @@ impl Actor for Tunnel {
                 }
             });
         }
-        ctx.run_interval(self.shared.settings.heartbeat_interval, |act, ctx| {
-            act.send_ping(ctx)
-        });
+        // One timer for both (each timer an actor holds is polled at every wake-up of its
+        // task, that is, for every frame): it ticks at the shorter period, and each duty runs
+        // when due (within half a tick).
+        let heartbeat = self.shared.settings.heartbeat_interval;
         let check = (self.shared.settings.heartbeat_timeout / 8).min(Duration::from_secs(1));
-        ctx.run_interval(check, |act, ctx| {
+        let tick = heartbeat.min(check);
+        let started = Instant::now();
+        let (mut next_ping, mut next_check) = (started + heartbeat, started + check);
+        ctx.run_interval(tick, move |act, ctx| {
             let now = Instant::now();
-            let mut total = 0;
-            for e in act.streams.values_mut() {
-                e.recv.shrink_if_idle(now);
-                total += e.recv.target();
-            }
-            act.receive.windows_total = total;
-            act.publish_gauges();
-            act.publish_socket_gauges();
-            // While streams are open, a round-trip sample each check, not only each heartbeat:
-            // window growth uses the smallest quiet one, and one taken while the machine was
-            // busy would let windows grow past what the path needs. (An idle tunnel pings at its
-            // heartbeat interval only.)
-            if act.beat.ping_sent.is_none() && !act.streams.is_empty() {
+            let due = |at: Instant| now + tick / 2 >= at;
+            if due(next_ping) {
+                next_ping = now + heartbeat;
                 act.send_ping(ctx);
             }
-            // Other tunnels' streams may have made room in the node's buffer budget.
-            act.release_withheld(ctx);
-            let silent = act.beat.last_heard.elapsed();
-            if silent > act.shared.settings.heartbeat_timeout {
-                act.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
+            if due(next_check) {
+                next_check = now + check;
+                act.check(now, ctx);
             }
         });
     }
-
     /// Also runs when a handler panicked (actix stops the actor as its task unwinds): keep it
     /// to sends and logging, which cannot panic again.
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -666,6 +657,35 @@ impl Actor for Tunnel {
             lasted: self.beat.up_since.elapsed(),
             peer_ip: self.peer_ip(),
         });
+    }
+}
+
+impl Tunnel {
+    /// The periodic check: idle windows shrink, gauges are published, a round-trip sample is
+    /// taken while streams are open, withheld credit is released, and a silent peer fails the
+    /// tunnel.
+    fn check(&mut self, now: Instant, ctx: &mut Context<Self>) {
+        let mut total = 0;
+        for e in self.streams.values_mut() {
+            e.recv.shrink_if_idle(now);
+            total += e.recv.target();
+        }
+        self.receive.windows_total = total;
+        self.publish_gauges();
+        self.publish_socket_gauges();
+        // While streams are open, a round-trip sample each check, not only each heartbeat:
+        // window growth uses the smallest quiet one, and one taken while the machine was
+        // busy would let windows grow past what the path needs. (An idle tunnel pings at its
+        // heartbeat interval only.)
+        if self.beat.ping_sent.is_none() && !self.streams.is_empty() {
+            self.send_ping(ctx);
+        }
+        // Other tunnels' streams may have made room in the node's buffer budget.
+        self.release_withheld(ctx);
+        let silent = self.beat.last_heard.elapsed();
+        if silent > self.shared.settings.heartbeat_timeout {
+            self.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
+        }
     }
 }
 

@@ -63,7 +63,7 @@ impl Tunnel {
             }
             return;
         }
-        let Some(mut writer) = self.writer.take() else {
+        let Some(writer) = self.writer.take() else {
             return;
         };
         // The batch is taken when the write is first polled, after the handlers of every message
@@ -71,26 +71,40 @@ impl Tunnel {
         // them) leaves in this one write instead of one write each.
         ctx.spawn(
             actix::fut::ready(())
-                .then(move |(), act: &mut Tunnel, _ctx| {
-                    let batch = act.take_batch();
+                .map(move |(), act: &mut Tunnel, ctx| act.write_batch(writer, ctx)),
+        );
+    }
+
+    /// Writes what is queued: at once as far as the socket takes it (most writes), the rest
+    /// when the socket has room.
+    fn write_batch(&mut self, writer: OwnedWriteHalf, ctx: &mut Context<Self>) {
+        let mut batch = self.take_batch();
+        match try_write_now(&writer, &mut batch) {
+            Ok(true) => self.written(writer, ctx),
+            Ok(false) => {
+                let mut writer = writer;
+                ctx.spawn(
                     async move {
                         let result = write_all_vectored(&mut writer, batch).await;
                         (writer, result)
                     }
-                    .into_actor(act)
-                })
-                .map(|(writer, result), act, ctx| {
-                    act.publish_gauges();
-                    match result {
-                        Ok(()) => {
-                            act.writer = Some(writer);
-                            // Room in our send budget again.
-                            act.serve_starving();
-                            act.flush(ctx);
-                        }
+                    .into_actor(self)
+                    .map(|(writer, result), act, ctx| match result {
+                        Ok(()) => act.written(writer, ctx),
                         Err(e) => act.fail(ctx, format!("write failed: {e}")),
-                    }
-                }),
-        );
+                    }),
+                );
+            }
+            Err(e) => self.fail(ctx, format!("write failed: {e}")),
+        }
+    }
+
+    /// A write completed: the next one may start.
+    fn written(&mut self, writer: OwnedWriteHalf, ctx: &mut Context<Self>) {
+        self.publish_gauges();
+        self.writer = Some(writer);
+        // Room in our send budget again.
+        self.serve_starving();
+        self.flush(ctx);
     }
 }
