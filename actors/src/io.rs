@@ -1,5 +1,6 @@
 //! Socket helpers shared by the tunnel and connection actors.
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -7,7 +8,7 @@ use tokio::io::Interest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 
-use crate::protocol::{put_data_header, HEADER_LEN, MAX_DATA};
+use crate::protocol::{put_data_header, set_frame_len, HEADER_LEN, MAX_DATA};
 
 /// How many buffers one `writev` call takes at most.
 const MAX_IOV: usize = 64;
@@ -98,11 +99,19 @@ pub enum Chunk {
     Eof,
 }
 
+thread_local! {
+    /// This thread's read buffer: a read that fills most of a frame leaves in it as the frame (the
+    /// thread takes a new one at its next read), a short one is copied out to a buffer of its own
+    /// size, so a small request costs one small allocation, not a frame-sized one.
+    static READ_BUFFER: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
 /// Reads at most `max` bytes that are ready now into a new DATA frame for `stream`, with `spare`
 /// bytes of capacity left after them (for an AEAD tag); `WouldBlock` when nothing is ready.
 ///
-/// The socket is read straight into the frame. A short read is moved to a buffer of its own size,
-/// so a queued frame never holds more than twice its bytes, and an idle connection holds nothing.
+/// The socket is read straight into the thread's read buffer, behind the frame's header. A short
+/// read is copied to a buffer of its own size, so a queued frame never holds more than twice its
+/// bytes, and an idle connection holds nothing; a long one leaves in the read buffer itself.
 /// A short read also clears the socket's readiness (through `try_io`, which keeps it if data came
 /// in meanwhile), which saves the read that would only say `EAGAIN`.
 pub fn try_read_data_frame(
@@ -111,14 +120,24 @@ pub fn try_read_data_frame(
     max: usize,
     spare: usize,
 ) -> io::Result<Chunk> {
+    READ_BUFFER.with_borrow_mut(|buffer| read_data_frame_into(buffer, rd, stream, max, spare))
+}
+
+fn read_data_frame_into(
+    buffer: &mut BytesMut,
+    rd: &OwnedReadHalf,
+    stream: u32,
+    max: usize,
+    spare: usize,
+) -> io::Result<Chunk> {
     let max = max.clamp(1, MAX_DATA);
-    let mut frame = BytesMut::with_capacity(HEADER_LEN + max + spare);
-    put_data_header(&mut frame, stream, max);
-    let mut payload = frame.split_off(HEADER_LEN);
+    buffer.clear();
+    buffer.reserve(HEADER_LEN + max + spare);
+    put_data_header(buffer, stream, max);
     let mut got = None;
     let result = rd.as_ref().try_io(Interest::READABLE, || {
         // At most `max`: the spare capacity is the tag's.
-        let n = rd.try_read_buf(&mut (&mut payload).limit(max))?;
+        let n = rd.try_read_buf(&mut (&mut *buffer).limit(max))?;
         got = Some(n);
         if n > 0 && n < max {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -137,15 +156,14 @@ pub fn try_read_data_frame(
     if (HEADER_LEN + n) * 2 < HEADER_LEN + max {
         let mut exact = BytesMut::with_capacity(HEADER_LEN + n + spare);
         put_data_header(&mut exact, stream, n);
-        exact.extend_from_slice(&payload);
+        exact.extend_from_slice(&buffer[HEADER_LEN..HEADER_LEN + n]);
         return Ok(Chunk::Frame {
             frame: exact,
             drained,
         });
     }
-    frame.clear();
-    put_data_header(&mut frame, stream, n);
-    frame.unsplit(payload);
+    let mut frame = std::mem::take(buffer);
+    set_frame_len(&mut frame, n);
     Ok(Chunk::Frame { frame, drained })
 }
 

@@ -10,7 +10,7 @@
 //! A stream that asked and got less than it wanted for lack of tunnel credit *starves*: starving
 //! streams are served round-robin as credit comes back. Each of the first streams also keeps a
 //! *standing grant* ([`STANDING_GRANT`], from a pool of [`STANDING_POOL`]) while idle, so a short
-//! request is sent without asking first.
+//! request is sent without asking first; it is topped up once under half.
 //!
 //! Invariants, checked by [`SendCredit::invariants_hold`] (asserted in debug builds after every
 //! change, and by the unit tests): the totals are the sums over the streams, the standing pool
@@ -316,13 +316,16 @@ impl SendCredit {
         self.check();
     }
 
-    /// Tops stream `id`, when it is not asking, back up to its standing grant, from its window
-    /// and the tunnel's (not from the send budget: the standing pool is its own bound).
+    /// Tops stream `id`, when it is not asking, back up to its standing grant once it holds less
+    /// than half of it, from its window and the tunnel's (not from the send budget: the standing
+    /// pool is its own bound). Half, not every byte: a connection sending short requests gets one
+    /// grant message per several of them, not one each, and still never asks before a request
+    /// of up to half its standing grant.
     pub fn refill(&mut self, id: u32, deliver: &mut impl FnMut(u32, u64)) {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if !s.open || s.wanting || s.granted >= s.standing {
+        if !s.open || s.wanting || s.granted.saturating_mul(2) >= s.standing {
             return;
         }
         let g = (s.standing - s.granted).min(s.avail).min(self.window);
