@@ -10,6 +10,7 @@
 //!     --rathole PATH: the same rows through rathole (a build of its own, not in this repository)
 //!     --services-only: the rows of UDP services and PROXY headers alone
 
+mod instructions;
 mod long_link;
 mod rathole;
 mod scale;
@@ -187,6 +188,11 @@ fn main() {
         services::rows(&rt, &a, &b, echo, plan.window, &|name, d, m| {
             println!("{name:<64} {d:>12.1} {m:>12.1} {:>7.2}", m / d.max(1e-9));
         });
+        return;
+    }
+    if std::env::args().any(|a| a == "--instructions-only") {
+        // For weighing a change to the data path: instructions, not time.
+        instructions::rows(&menet, echo);
         return;
     }
     if std::env::args().any(|a| a == "--connections-only") {
@@ -410,6 +416,7 @@ fn main() {
     drop((ca, cb));
     let _ = std::fs::remove_file(&clear_config);
     services::rows(&rt, &a, &b, echo, plan.window, &row);
+    instructions::rows(&menet, echo);
 
     if std::env::args().any(|a| a == "--loopback-only") {
         // For before/after comparisons of the data path: the loopback table alone.
@@ -534,7 +541,16 @@ impl Node {
     ) -> Node {
         let mut cmd = Command::new(menet);
         cmd.envs(env.iter().copied());
-        cmd.args(["--admin", admin, "--tunnel", tunnel]).args(args);
+        cmd.args(["--admin", admin, "--tunnel", tunnel]);
+        Node::start_command(cmd, args)
+    }
+
+    /// A node started by `cmd` (menet, or a tool that runs it) with `args`, on free ports.
+    fn start_command(mut cmd: Command, args: &[&str]) -> Node {
+        if !cmd.get_args().any(|a| a == "--admin") {
+            cmd.args(["--admin", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"]);
+        }
+        cmd.args(args);
         // `--node-threads N`: every node's data threads (default: theirs, one per core).
         if let Some(t) = node_threads() {
             cmd.args(["--threads", &t]);

@@ -39,8 +39,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(path: &Path, flag: &str, config: &Path) -> Child {
-    let mut cmd = Command::new(path);
+fn spawn(path: &Path, flag: &str, config: &Path, wrap: &[String]) -> Child {
+    let mut cmd = match wrap.split_first() {
+        Some((tool, args)) => {
+            let mut cmd = Command::new(tool);
+            cmd.args(args).arg(path);
+            cmd
+        }
+        None => Command::new(path),
+    };
     cmd.args([flag, config.to_str().expect("path")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -56,6 +63,17 @@ impl Rathole {
         path: &Path,
         services: &[(&str, SocketAddr)],
         via: impl FnOnce(u16) -> Option<u16>,
+    ) -> Rathole {
+        Rathole::start_wrapped(path, services, via, &[])
+    }
+
+    /// As [`Rathole::start`], the server run by the tool `wrap` names (a command and its
+    /// arguments, before rathole's path).
+    pub fn start_wrapped(
+        path: &Path,
+        services: &[(&str, SocketAddr)],
+        via: impl FnOnce(u16) -> Option<u16>,
+        wrap: &[String],
     ) -> Rathole {
         let control = free_port();
         let dial = via(control).unwrap_or(control);
@@ -81,9 +99,9 @@ impl Rathole {
         ];
         std::fs::write(&files[0], server).expect("rathole server config");
         std::fs::write(&files[1], client).expect("rathole client config");
-        let server = spawn(path, "-s", &files[0]);
+        let server = spawn(path, "-s", &files[0], wrap);
         thread::sleep(Duration::from_millis(200));
-        let client = spawn(path, "-c", &files[1]);
+        let client = spawn(path, "-c", &files[1], &[]);
         Rathole {
             server,
             client,
@@ -111,6 +129,11 @@ impl Rathole {
     }
 
     /// Resident memory of the server and the client, in KiB.
+    /// The server's process id.
+    pub fn server_pid(&self) -> u32 {
+        self.server.id()
+    }
+
     /// CPU time both processes have used, in ms.
     pub fn cpu_ms(&self) -> u64 {
         crate::cpu_ms_of(self.server.id()) + crate::cpu_ms_of(self.client.id())
