@@ -33,6 +33,9 @@ use bytes::BytesMut;
 use menet_actors::cipher::{fresh_nonce, CipherKind, ServiceKey};
 
 const CHUNK: usize = 256 * 1024;
+/// Bulk downloads the backends are still sending: the next measure waits for none, so that a
+/// download whose client went away (its tunnel or proxy still draining) does not slow it.
+static BULK_SENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 const KEY: &str = "UHI@&s8sa*S";
 
 struct Plan {
@@ -800,6 +803,7 @@ async fn backend(kind: Backend, mut s: Stream) {
                 let Ok(mut left) = s.read_u64().await else {
                     return;
                 };
+                let _sending = Sending::start();
                 while left > 0 {
                     let n = left.min(CHUNK as u64) as usize;
                     if s.write_all(&buf[..n]).await.is_err() {
@@ -824,6 +828,34 @@ async fn backend(kind: Backend, mut s: Stream) {
                 }
             }
         }
+    }
+}
+
+/// One bulk download being sent, counted in [`BULK_SENDING`] while it lives.
+struct Sending;
+
+impl Sending {
+    fn start() -> Sending {
+        BULK_SENDING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Sending
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        BULK_SENDING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Waits (up to 10 s, then says so) until the backends send no bulk download any more.
+fn wait_bulk_drained() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while BULK_SENDING.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if Instant::now() > deadline {
+            eprintln!("(bulk downloads still being sent after 10 s; measuring anyway)");
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -1107,6 +1139,7 @@ fn latency_under_load(
     for l in loaders {
         let _ = l.join();
     }
+    wait_bulk_drained();
     (p50, p99)
 }
 
