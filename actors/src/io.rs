@@ -109,9 +109,10 @@ thread_local! {
 /// Reads at most `max` bytes that are ready now into a new DATA frame for `stream`, with `spare`
 /// bytes of capacity left after them (for an AEAD tag); `WouldBlock` when nothing is ready.
 ///
-/// The socket is read straight into the thread's read buffer, behind the frame's header. A short
-/// read is copied to a buffer of its own size, so a queued frame never holds more than twice its
-/// bytes, and an idle connection holds nothing; a long one leaves in the read buffer itself.
+/// The socket is read straight into the thread's read buffer, behind the frame's header. A read
+/// that fills less than half of that buffer is copied to a buffer of its own size, so a queued
+/// frame never holds more than twice its bytes, and an idle connection holds nothing; a longer
+/// one leaves in the read buffer itself.
 /// A short read also clears the socket's readiness (through `try_io`, which keeps it if data came
 /// in meanwhile), which saves the read that would only say `EAGAIN`.
 pub fn try_read_data_frame(
@@ -153,7 +154,9 @@ fn read_data_frame_into(
         return Ok(Chunk::Eof);
     }
     let drained = n < max;
-    if (HEADER_LEN + n) * 2 < HEADER_LEN + max {
+    // The buffer may be larger than this read asked for (an earlier read of another stream
+    // wanted more): the frame takes it only while it stays within twice its bytes.
+    if (HEADER_LEN + n) * 2 < buffer.capacity() {
         let mut exact = BytesMut::with_capacity(HEADER_LEN + n + spare);
         put_data_header(&mut exact, stream, n);
         exact.extend_from_slice(&buffer[HEADER_LEN..HEADER_LEN + n]);
@@ -289,4 +292,80 @@ pub fn interface_addresses() -> Vec<std::net::IpAddr> {
     // SAFETY: the list came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(list) };
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Reads one frame of at most `max` bytes once the socket is readable.
+    async fn frame(rd: &OwnedReadHalf, max: usize) -> BytesMut {
+        loop {
+            rd.readable().await.expect("readable");
+            match try_read_data_frame(rd, 7, max, 16) {
+                Ok(Chunk::Frame { frame, .. }) => return frame,
+                Ok(Chunk::Eof) => panic!("closed"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_holds_its_bytes_and_at_most_as_much_again_whatever_read_before() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (rd, _wr) = listener.accept().await.expect("accept").0.into_split();
+            // A full frame leaves in the read buffer itself (no copy, no more capacity than asked).
+            client.write_all(&[1u8; 60_000]).await.expect("write");
+            let mut got = 0;
+            while got < 60_000 {
+                let f = frame(&rd, MAX_DATA).await;
+                assert!(f.iter().skip(HEADER_LEN).all(|&b| b == 1));
+                got += f.len() - HEADER_LEN;
+            }
+            // A short read is copied out: the thread keeps its frame-sized buffer.
+            client.write_all(&[4u8; 100]).await.expect("write");
+            let f = frame(&rd, MAX_DATA).await;
+            assert_eq!(f.len(), HEADER_LEN + 100);
+            assert!(
+                f.capacity() <= 2 * f.len() + 16,
+                "capacity {}",
+                f.capacity()
+            );
+            // So a read of 3,000 bytes against a grant of 4,096 (more than half of what it
+            // asked) must not take that buffer: it gets one near its own size.
+            client.write_all(&[2u8; 3_000]).await.expect("write");
+            let f = frame(&rd, 4_096).await;
+            assert_eq!(f.len(), HEADER_LEN + 3_000);
+            assert_eq!(
+                &f[..4],
+                &3_000u32.to_be_bytes(),
+                "the header says what was read"
+            );
+            assert!(
+                f.capacity() <= 2 * f.len() + 16,
+                "capacity {}",
+                f.capacity()
+            );
+            // And a full read of the whole buffer is handed over as it is.
+            client.write_all(&[3u8; MAX_DATA]).await.expect("write");
+            let f = frame(&rd, MAX_DATA).await;
+            assert!(
+                f.capacity() <= 2 * f.len() + 16,
+                "capacity {}",
+                f.capacity()
+            );
+        });
+    }
 }
