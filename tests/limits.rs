@@ -207,7 +207,10 @@ fn out_of_descriptors_the_admin_api_and_tunnel_port_still_answer() {
     // The reserve keeps the admin API and the tunnel port answering.
     let c = Node::start();
     dial(&c, &a, "tunnel2");
-    assert_eq!(a.config()["tunnels"]["tunnel2"]["state"], "connected");
+    // The acceptor shows the name once its side of the handshake is done.
+    assert!(eventually(Duration::from_secs(5), || {
+        a.config()["tunnels"]["tunnel2"]["state"] == "connected"
+    }));
     drop(clients);
     assert!(healed(local, b"recovered", Duration::from_secs(5)).is_some());
 }
