@@ -15,12 +15,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use log::{debug, error, info, warn};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
 use std::sync::Arc;
@@ -204,8 +205,8 @@ pub struct Connection {
     fd: Option<std::os::fd::RawFd>,
     /// `None` while a readability watch owns it.
     reader: Option<OwnedReadHalf>,
-    /// `None` while a write owns it, and once our side is shut down.
-    writer: Option<OwnedWriteHalf>,
+    /// The write half, shared with the tunnel for its direct writes (`downstream.rs`).
+    down: Rc<Downstream>,
     /// Where the socket's read side is: unopened, waiting for readability, asking for and using
     /// credit, or done.
     read: ReadState,
@@ -227,7 +228,6 @@ pub struct Connection {
     idle_timeout: Option<Duration>,
     /// The service's bandwidth limit, if any.
     pace: Option<Arc<Pace>>,
-    last_active: Instant,
     /// The tunnel has been told the stream is over (or told us so).
     reported: bool,
     /// The connection's descriptor and limit slots, given back when the actor goes.
@@ -244,7 +244,7 @@ impl Connection {
             peer: None,
             fd: None,
             reader: None,
-            writer: None,
+            down: Rc::new(Downstream::new()),
             read: ReadState::Unopened,
             write: WriteState::Idle,
             grant: 0,
@@ -255,7 +255,6 @@ impl Connection {
             keying: spec.keying,
             idle_timeout: spec.idle_timeout,
             pace: spec.pace,
-            last_active: Instant::now(),
             reported: false,
             _slots: spec.slots,
         }
@@ -288,7 +287,26 @@ impl Connection {
         self.fd = Some(sock.as_raw_fd());
         let (r, w) = sock.into_split();
         self.reader = Some(r);
-        self.writer = Some(w);
+        self.down.put_writer(w);
+        self.refresh_direct();
+    }
+
+    /// What the tunnel shares with this connection: hand it to the tunnel with the actor.
+    pub fn downstream(&self) -> Rc<Downstream> {
+        self.down.clone()
+    }
+
+    /// Tells the tunnel whether it may write to the socket directly now: nothing of ours queued
+    /// or being written, our write side up, a plaintext and unpaced stream.
+    fn refresh_direct(&self) {
+        self.down.set_open(
+            self.write == WriteState::Idle
+                && self.out.is_empty()
+                && !self.peer_fin
+                && self.keying.is_none()
+                && self.pace.is_none()
+                && self.down.has_writer(),
+        );
     }
 
     fn report(&mut self, msg: FromConnection) {
@@ -432,7 +450,7 @@ impl Connection {
         Keying::seal_frame(&mut self.keying, &mut frame);
         let n = (frame.len() - HEADER_LEN) as u64;
         self.grant = self.grant.saturating_sub(n);
-        self.last_active = Instant::now();
+        self.down.touch();
         self.report(FromConnection::Data {
             stream,
             frame: frame.freeze(),
@@ -443,7 +461,7 @@ impl Connection {
         if self.write != WriteState::Idle {
             return;
         }
-        let Some(mut writer) = self.writer.take() else {
+        let Some(mut writer) = self.down.take_writer() else {
             return;
         };
         if self.out.is_empty() && self.out_wire > 0 {
@@ -459,14 +477,16 @@ impl Connection {
                 // Dropping the write half shuts down our side: the half-close travels on.
                 drop(writer);
                 self.write = WriteState::Done;
+                self.refresh_direct();
                 self.finish_if_done(ctx);
             } else {
-                self.writer = Some(writer);
+                self.down.put_writer(writer);
+                self.refresh_direct();
             }
             return;
         }
         if let Some(wait) = self.pace.as_ref().and_then(|p| p.wait(Direction::Write)) {
-            self.writer = Some(writer);
+            self.down.put_writer(writer);
             self.write = WriteState::Paced;
             ctx.run_later(wait, |act, ctx| {
                 if act.write == WriteState::Paced {
@@ -483,17 +503,18 @@ impl Connection {
         let bytes = std::mem::take(&mut self.out_wire);
         match try_write_now(&writer, &mut batch) {
             Ok(true) => {
-                self.writer = Some(writer);
+                self.down.put_writer(writer);
                 self.written(bytes);
                 return self.write_more(ctx);
             }
             Ok(false) => {}
             Err(e) => {
-                self.writer = Some(writer);
+                self.down.put_writer(writer);
                 return self.abort(ctx, ResetCode::Aborted, format!("write failed: {e}"));
             }
         }
         self.write = WriteState::Writing;
+        self.refresh_direct();
         ctx.spawn(
             async move {
                 let result = write_all_vectored(&mut writer, batch).await;
@@ -502,7 +523,7 @@ impl Connection {
             .into_actor(self)
             .map(move |(writer, result), act, ctx| {
                 act.write = WriteState::Idle;
-                act.writer = Some(writer);
+                act.down.put_writer(writer);
                 match result {
                     Ok(()) => {
                         act.written(bytes);
@@ -516,7 +537,7 @@ impl Connection {
 
     /// A write completed: `bytes` of wire credit go back to the tunnel.
     fn written(&mut self, bytes: u64) {
-        self.last_active = Instant::now();
+        self.down.touch();
         if bytes > 0 {
             let stream = self.stream;
             self.report(FromConnection::Consumed { stream, bytes });
@@ -554,6 +575,8 @@ impl Connection {
 
     /// Sends a TCP reset now, whichever half is where; the descriptor closes with the actor.
     fn reset_socket(&mut self) {
+        // No direct write after the reset.
+        self.down.set_open(false);
         if let Some(fd) = self.fd.take() {
             crate::io::reset_fd(fd);
         }
@@ -570,7 +593,7 @@ impl Actor for Connection {
         if let Some(idle) = self.idle_timeout {
             let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
             ctx.run_interval(period, move |act, ctx| {
-                if act.last_active.elapsed() >= idle {
+                if act.down.last_active().elapsed() >= idle {
                     info!(
                         "service {}: connection {:?} idle for {} ms; closing",
                         act.service,
@@ -608,6 +631,7 @@ impl Handler<StreamEvent> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
+        self.down.event_handled();
         match msg {
             StreamEvent::Opened { nonce } => {
                 if let Err(why) = Keying::opened(&mut self.keying, nonce) {
@@ -633,7 +657,7 @@ impl Handler<StreamEvent> for Connection {
                 self.read_more(ctx);
             }
             StreamEvent::Data(mut payload) => {
-                self.last_active = Instant::now();
+                self.down.touch();
                 let wire = payload.len() as u64;
                 if let Err((code, why)) = Keying::open(&mut self.keying, &mut payload) {
                     if code == ResetCode::Integrity {
@@ -651,10 +675,12 @@ impl Handler<StreamEvent> for Connection {
                 if !payload.is_empty() {
                     self.out.push_back(payload.freeze());
                 }
+                self.refresh_direct();
                 self.write_more(ctx);
             }
             StreamEvent::Fin => {
                 self.peer_fin = true;
+                self.refresh_direct();
                 self.write_more(ctx);
             }
             StreamEvent::Abort => {
@@ -679,7 +705,9 @@ impl Handler<crate::Crash> for Connection {
 }
 
 mod dial;
+mod downstream;
 pub use dial::Target;
+pub use downstream::Downstream;
 
 #[cfg(test)]
 mod tests;

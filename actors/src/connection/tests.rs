@@ -48,7 +48,18 @@ async fn connection_and_client() -> (
         pace: None,
         slots: Vec::new(),
     };
-    (Connection::accepted(spec, sock).start(), client, rx)
+    let (conn, _down) = start_with_downstream(spec, sock);
+    (conn, client, rx)
+}
+
+/// Starts the connection, keeping what it shares with its tunnel (as the tunnel does).
+fn start_with_downstream(
+    spec: StreamSpec,
+    sock: tokio::net::TcpStream,
+) -> (Addr<Connection>, Rc<Downstream>) {
+    let conn = Connection::accepted(spec, sock);
+    let down = conn.downstream();
+    (conn.start(), down)
 }
 
 /// The next report, within 5 s.
@@ -178,6 +189,75 @@ fn a_client_reset_is_reported_as_a_failure_not_an_end() {
                 _ => {}
             }
         }
+    });
+}
+
+#[test]
+fn the_tunnel_writes_to_the_socket_directly_only_when_nothing_is_ahead() {
+    actix_rt::System::new().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("dial");
+        let (sock, _) = listener.accept().await.expect("accept");
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let spec = StreamSpec {
+            stream: 7,
+            tunnel: StubTunnel(tx).start().recipient(),
+            service: "svc".to_owned(),
+            keying: None,
+            idle_timeout: None,
+            pace: None,
+            slots: Vec::new(),
+        };
+        let (conn, down) = start_with_downstream(spec, sock);
+        let mut expected = Vec::new();
+        // Idle and plaintext: straight to the client.
+        assert_eq!(down.write_direct(b"direct "), 7);
+        expected.extend_from_slice(b"direct ");
+        // An event in the mailbox: no direct write passes it.
+        down.event_sent();
+        conn.do_send(StreamEvent::Data(BytesMut::from(&b"queued "[..])));
+        expected.extend_from_slice(b"queued ");
+        assert_eq!(down.write_direct(b"early"), 0);
+        // Once it is handled and written, direct writes go again, behind it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while down.write_direct(b"after ") == 0 {
+            assert!(Instant::now() < deadline, "direct writes never resumed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        expected.extend_from_slice(b"after ");
+        // The client reads nothing: direct writes fill the socket until it takes no more.
+        let chunk = vec![b'f'; 64 * 1024];
+        loop {
+            let n = down.write_direct(&chunk);
+            expected.extend_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                break;
+            }
+        }
+        // The rest goes the usual way and waits in the connection: meanwhile nothing direct.
+        down.event_sent();
+        conn.do_send(StreamEvent::Data(BytesMut::from(&b"tail"[..])));
+        expected.extend_from_slice(b"tail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            down.write_direct(b"x"),
+            0,
+            "a direct write passed a queued one"
+        );
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.expect("read");
+        assert!(got == expected, "the bytes arrived out of order");
+        // After the far end's FIN: no direct write, and the client reads a clean end.
+        down.event_sent();
+        conn.do_send(StreamEvent::Fin);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.expect("a clean EOF");
+        assert!(rest.is_empty());
+        assert_eq!(down.write_direct(b"late"), 0);
     });
 }
 

@@ -70,7 +70,7 @@ impl Handler<CarryClient> for Tunnel {
                     pace: msg.pace,
                     slots: msg.slots,
                 };
-                Connection::accepted(spec, sock).start().into()
+                StreamActor::connection(Connection::accepted(spec, sock))
             }
             Client::Udp(start) => {
                 let spec = FlowSpec {
@@ -128,34 +128,7 @@ impl Handler<FromConnection> for Tunnel {
             // Unused credit goes back to both windows it was carved from.
             FromConnection::Return { stream, bytes } => self.stream_handed_back(stream, bytes),
             FromConnection::Consumed { stream, bytes } => {
-                let room = u64::from(self.shared.settings.max_tunnel_window)
-                    .saturating_sub(self.receive.windows_total);
-                let rtt = self.beat.rtt.get();
-                let Some(e) = self.streams.get_mut(&stream) else {
-                    return;
-                };
-                let bytes = bytes.min(e.recv.buffered());
-                self.shared.usage.buffers.release(bytes);
-                let before = e.recv.target();
-                let update = e.recv.consume(bytes, Instant::now(), rtt, room);
-                let after = e.recv.target();
-                self.receive.windows_total = self.receive.windows_total - before + after;
-                if after > before {
-                    // The tunnel window grows with the stream's (what the stream's own window
-                    // lets through, beside what the others had at first).
-                    let initial = u64::from(self.shared.settings.tunnel_window);
-                    self.receive.window.raise_to(after + initial);
-                }
-                if let Some(inc) = update {
-                    self.queue_control(
-                        &Frame::Window {
-                            stream,
-                            increment: inc as u32,
-                        },
-                        ctx,
-                    );
-                }
-                self.release_withheld(ctx);
+                self.stream_consumed(stream, bytes, true, ctx)
             }
             FromConnection::Fin { stream } => {
                 let Some(e) = self.streams.get_mut(&stream) else {
@@ -196,5 +169,49 @@ impl Handler<FromConnection> for Tunnel {
                 }
             }
         }
+    }
+}
+
+impl Tunnel {
+    /// `bytes` of stream `stream` were written to its socket: what they held of the node's
+    /// buffer budget goes back (if `held`: a direct write never held any), and the stream's
+    /// window is credited to the peer (and may grow).
+    pub(super) fn stream_consumed(
+        &mut self,
+        stream: u32,
+        bytes: u64,
+        held: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let room = u64::from(self.shared.settings.max_tunnel_window)
+            .saturating_sub(self.receive.windows_total);
+        let rtt = self.beat.rtt.get();
+        let Some(e) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let bytes = bytes.min(e.recv.buffered());
+        if held {
+            self.shared.usage.buffers.release(bytes);
+        }
+        let before = e.recv.target();
+        let update = e.recv.consume(bytes, Instant::now(), rtt, room);
+        let after = e.recv.target();
+        self.receive.windows_total = self.receive.windows_total - before + after;
+        if after > before {
+            // The tunnel window grows with the stream's (what the stream's own window
+            // lets through, beside what the others had at first).
+            let initial = u64::from(self.shared.settings.tunnel_window);
+            self.receive.window.raise_to(after + initial);
+        }
+        if let Some(inc) = update {
+            self.queue_control(
+                &Frame::Window {
+                    stream,
+                    increment: inc as u32,
+                },
+                ctx,
+            );
+        }
+        self.release_withheld(ctx);
     }
 }

@@ -20,11 +20,12 @@
 
 use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use log::{debug, error};
 use serde::Serialize;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -32,7 +33,9 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 
 use crate::cipher::fresh_nonce;
-use crate::connection::{Connection, FromConnection, Keying, StreamEvent, StreamSpec, Target};
+use crate::connection::{
+    Connection, Downstream, FromConnection, Keying, StreamEvent, StreamSpec, Target,
+};
 use crate::credit::{RecvWindow, Rtt};
 use crate::datagram::{FlowEnd, FlowReport, FlowSpec, UdpFlow};
 use crate::handshake::Terms;
@@ -135,6 +138,9 @@ impl StreamState {
 pub(crate) struct StreamActor {
     /// Where the stream's events go.
     events: Recipient<StreamEvent>,
+    /// A TCP connection's socket write half, for direct writes (`connection/downstream.rs`);
+    /// `None` for a UDP flow.
+    down: Option<Rc<Downstream>>,
     /// The fault hook of the actor (tests of supervision).
     #[cfg(feature = "fault-injection")]
     crash: Recipient<crate::Crash>,
@@ -142,7 +148,24 @@ pub(crate) struct StreamActor {
 
 impl StreamActor {
     fn do_send(&self, event: StreamEvent) {
+        if let Some(d) = &self.down {
+            d.event_sent();
+        }
         self.events.do_send(event);
+    }
+
+    /// Writes what the connection's socket takes of `bytes` now, if nothing is ahead of them:
+    /// how many went.
+    fn write_direct(&self, bytes: &[u8]) -> usize {
+        self.down.as_ref().map_or(0, |d| d.write_direct(bytes))
+    }
+
+    /// A connection's actor with its shared write half.
+    fn connection(conn: Connection) -> StreamActor {
+        let down = conn.downstream();
+        let mut actor = StreamActor::from(conn.start());
+        actor.down = Some(down);
+        actor
     }
 }
 
@@ -154,6 +177,7 @@ where
     fn from(a: Addr<A>) -> StreamActor {
         StreamActor {
             events: a.recipient(),
+            down: None,
         }
     }
 }
@@ -167,6 +191,7 @@ where
         StreamActor {
             crash: a.clone().recipient(),
             events: a.recipient(),
+            down: None,
         }
     }
 }

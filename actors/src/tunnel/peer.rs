@@ -105,7 +105,7 @@ impl Tunnel {
         }
     }
 
-    pub(super) fn on_data(&mut self, id: u32, payload: BytesMut, ctx: &mut Context<Self>) {
+    pub(super) fn on_data(&mut self, id: u32, mut payload: BytesMut, ctx: &mut Context<Self>) {
         let len = payload.len() as u64;
         let now = Instant::now();
         if !self.receive.window.receive(len, now) {
@@ -132,13 +132,24 @@ impl Tunnel {
         }
         e.bytes_received += len;
         e.service_metrics.received.inc_by(len);
-        e.conn.do_send(StreamEvent::Data(payload));
-        // The tunnel's hands are empty again at once (what the stream holds, its window
-        // bounds), unless the node's streams together hold more than its budget.
-        if self.shared.usage.buffers.hold(len) {
-            self.credit_tunnel(len, now, ctx);
-        } else {
-            self.receive.withheld += len;
+        // Straight to the socket when nothing is ahead (no message to the connection and none
+        // back); what it does not take goes the usual way.
+        let direct = e.conn.write_direct(&payload) as u64;
+        if direct < len {
+            payload.advance(direct as usize);
+            e.conn.do_send(StreamEvent::Data(payload));
+            // The tunnel's hands are empty again at once (what the stream holds, its window
+            // bounds), unless the node's streams together hold more than its budget.
+            let rest = len - direct;
+            if self.shared.usage.buffers.hold(rest) {
+                self.credit_tunnel(rest, now, ctx);
+            } else {
+                self.receive.withheld += rest;
+            }
+        }
+        if direct > 0 {
+            self.credit_tunnel(direct, now, ctx);
+            self.stream_consumed(id, direct, false, ctx);
         }
     }
 
@@ -270,7 +281,7 @@ impl Tunnel {
                     connect_timeout: self.shared.settings.connect_timeout,
                     header,
                 };
-                Connection::dialing(spec, target).start().into()
+                StreamActor::connection(Connection::dialing(spec, target))
             }
             Protocol::Udp => {
                 // No answer to wait for: the first address not marked down.
