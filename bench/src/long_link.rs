@@ -138,13 +138,16 @@ fn long_link_rathole(
         Some(port)
     });
     r.wait_echo(1);
-    println!("rathole over the same relay:");
+    println!("{} over the same relay:", rathole::label());
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
             let mbit = throughput_for(rt, r.ports[0], streams, plan.long_run, upload);
             println!(
                 "{:<64} {:>12} {mbit:>12.0}",
-                format!("  bulk {streams} stream(s) {dir} over 50 ms, rathole (Mbit/s)"),
+                format!(
+                    "  bulk {streams} stream(s) {dir} over 50 ms, {} (Mbit/s)",
+                    rathole::label()
+                ),
                 "-"
             );
         }
@@ -152,7 +155,10 @@ fn long_link_rathole(
     let (r50, r99) = latency_under_load(r.ports[0], 1, r.ports[1], 200);
     println!(
         "{:<64} {:>12.1} {:>12.1}",
-        "  64 B p50, p99 (ms) beside a bulk download, rathole",
+        format!(
+            "  64 B p50, p99 (ms) beside a bulk download, {}",
+            rathole::label()
+        ),
         r50 / 1000.0,
         r99 / 1000.0
     );

@@ -8,7 +8,9 @@
 //!     any of them with --node-threads N: the nodes' data threads (0: all on the admin thread),
 //!     --node-config FILE: the nodes' configuration file,
 //!     --rathole PATH: the same rows through rathole (a build of its own, not in this repository)
+//!     --rathole-noise: rathole's connections sealed by its Noise transport (equal security)
 //!     --services-only: the rows of UDP services and PROXY headers alone
+//!     --memory-only: fresh nodes' RSS and RSS per idle connection alone
 
 mod instructions;
 mod long_link;
@@ -89,6 +91,11 @@ fn main() {
         scale::run(&menet, echo);
         return;
     }
+    if std::env::args().any(|a| a == "--memory-only") {
+        // For weighing a change that moves memory (an allocator, a buffer size).
+        memory_rows(&menet, echo, hold, plan.idle_conns);
+        return;
+    }
     if std::env::args().any(|a| a == "--long-only") {
         long_link::long_link(&menet, &rt, bulk, echo, &plan);
         return;
@@ -145,7 +152,7 @@ fn main() {
         "menet",
         "ratio",
         if rh.is_some() {
-            format!(" {:>12} {:>7}", "rathole", "ratio")
+            format!(" {:>12} {:>7}", rathole::label(), "ratio")
         } else {
             String::new()
         }
@@ -376,7 +383,12 @@ fn main() {
         let (r50, r99) = latency_under_load(rb, 4, re, plan.pings / 40);
         println!(
             "{:<64} {:>12.0} {:>12.0}",
-            "  p50, p99 (us) beside 4 bulk downloads through rathole", r50, r99
+            format!(
+                "  p50, p99 (us) beside 4 bulk downloads through {}",
+                rathole::label()
+            ),
+            r50,
+            r99
         );
     }
 
@@ -444,30 +456,46 @@ fn main() {
 
     // Fresh nodes: memory freed by the bulk runs above would hide what connections cost.
     drop((a, b));
-    let (a, b) = (Node::start(&menet), Node::start(&menet));
+    drop(rh);
+    memory_rows(&menet, echo, hold, plan.idle_conns);
+}
+
+/// Fresh nodes' resident memory, and what each idle connection adds (rathole's beside them,
+/// given `--rathole`).
+fn memory_rows(menet: &PathBuf, echo: SocketAddr, hold: SocketAddr, idle_conns: usize) {
+    let (a, b) = (Node::start(menet), Node::start(menet));
     a.post(
         "/tunnel",
         &format!(r#"{{"name":"t","dest":["127.0.0.1","{}"]}}"#, b.tunnel),
     );
     let held = a.carry(&b, "hold", None, hold);
-    let per_conn = idle_memory(&|| a.rss_kib() + b.rss_kib(), held, plan.idle_conns);
-    // A fresh rathole too, for the same reason.
-    drop(rh);
+    thread::sleep(Duration::from_millis(300));
+    let fresh = a.rss_kib() + b.rss_kib();
+    let per_conn = idle_memory(&|| a.rss_kib() + b.rss_kib(), held, idle_conns);
     let rathole = rathole::binary().map(|path| {
         let r = rathole::Rathole::start(&path, &[("echo", echo), ("hold", hold)], |_| None);
         r.wait_echo(0);
-        idle_memory(&|| r.rss_kib(), r.ports[1], plan.idle_conns)
+        let fresh = r.rss_kib();
+        (fresh, idle_memory(&|| r.rss_kib(), r.ports[1], idle_conns))
     });
+    let column = |f: &dyn Fn((u64, f64)) -> f64| {
+        rathole.map_or(String::new(), |r| format!(" {:>12.1}", f(r)))
+    };
+    println!(
+        "{:<64} {:>12} {:>12} {:>7}{}",
+        "RSS of two fresh nodes with one tunnel (KiB)",
+        "-",
+        fresh,
+        "",
+        column(&|r| r.0 as f64),
+    );
     println!(
         "{:<64} {:>12} {:>12.1} {:>7}{}",
-        format!(
-            "RSS per idle connection, both nodes (KiB), {}",
-            plan.idle_conns
-        ),
+        format!("RSS per idle connection, both nodes (KiB), {idle_conns}"),
         "-",
         per_conn,
         "",
-        rathole.map_or(String::new(), |r| format!(" {r:>12.1}"))
+        column(&|r| r.1),
     );
 }
 

@@ -3,7 +3,9 @@
 //! stands beside the peer users would pick instead. rathole's server takes the clients (as
 //! menet's node A does), its client dials the server (directly, or through the delay relay) and
 //! reaches the backends (as node B does). Default transport (plain TCP, no encryption): rathole's
-//! own default; menet's tunnel is sealed.
+//! own default; menet's tunnel is sealed. With `--rathole-noise` rathole's Noise transport
+//! (`Noise_NK_25519_ChaChaPoly_BLAKE2s`, a key pair from `rathole --genkey`) carries its
+//! connections instead: sealed like menet's tunnel, for a comparison at equal security.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,6 +20,37 @@ pub fn binary() -> Option<PathBuf> {
         .skip_while(|a| a != "--rathole")
         .nth(1)
         .map(PathBuf::from)
+}
+
+/// `--rathole-noise`: rathole's connections sealed by its Noise transport.
+pub fn noise() -> bool {
+    std::env::args().any(|a| a == "--rathole-noise")
+}
+
+/// What the figures through rathole are labelled with: its transport.
+pub fn label() -> &'static str {
+    if noise() {
+        "rathole+noise"
+    } else {
+        "rathole"
+    }
+}
+
+/// A fresh X25519 key pair from `rathole --genkey`: (private, public), base64.
+fn genkey(path: &Path) -> (String, String) {
+    let out = Command::new(path)
+        .arg("--genkey")
+        .output()
+        .expect("rathole --genkey");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key_after = |label: &str| {
+        text.split(label)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("rathole --genkey printed no {label}: {text}"))
+            .to_owned()
+    };
+    (key_after("Private Key:"), key_after("Public Key:"))
 }
 
 /// A rathole server and client carrying named services; both killed when dropped.
@@ -87,6 +120,15 @@ impl Rathole {
         let mut client = format!(
             "[client]\nremote_addr = \"127.0.0.1:{dial}\"\ndefault_token = \"menet-bench\"\n"
         );
+        if noise() {
+            let (private, public) = genkey(path);
+            server += &format!(
+                "[server.transport]\ntype = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{private}\"\n"
+            );
+            client += &format!(
+                "[client.transport]\ntype = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{public}\"\n"
+            );
+        }
         for ((name, backend), port) in services.iter().zip(&ports) {
             server += &format!("[server.services.{name}]\nbind_addr = \"{port}\"\n");
             client += &format!("[client.services.{name}]\nlocal_addr = \"{backend}\"\n");
