@@ -300,7 +300,7 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
             addr: config.tunnel,
             source,
         })?;
-    let tunnel_addr = tunnel_port.local_addr().unwrap_or(config.tunnel);
+    let tunnel_addr = tunnel_port.local_addr();
     let setup = menet_actors::NodeSetup {
         settings: config.settings,
         access: config.access.clone(),

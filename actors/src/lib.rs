@@ -9,7 +9,8 @@
 //!   them (AEAD, implicit counters, rekeying); [`handshake`] the handshake messages, identities,
 //!   the key exchange and both state machines; [`cipher`] stream keys and ciphers; [`credit`] receive windows and the
 //!   round trip; [`send_credit`] what a tunnel may send and what its streams hold of it;
-//!   [`schedule`] the per-stream send queue; [`limits`] the node's limits, their accounting, the
+//!   [`schedule`] the per-stream send queue; [`accept`] listening sockets that accept without
+//!   registering; [`limits`] the node's limits, their accounting, the
 //!   log's rate limits and escaping; [`admission`] handshake slots and per-source rates;
 //!   [`metrics`] the Prometheus series; `io` socket helpers; [`fuzzing`] fuzz entry points;
 //!   [`service`] a service's options (protocol, PROXY header, balance, bandwidth);
@@ -25,6 +26,7 @@
 //!   [`model`] the state kept on disk, [`journal`] its line format, [`state`] the writer thread.
 //! - **admin** is the `menet` crate (`src/`): the HTTP API turns requests into Registry messages.
 
+pub mod accept;
 pub mod admission;
 pub mod backends;
 pub mod cipher;
@@ -210,7 +212,7 @@ pub struct Access {
 /// `restore` (what the state file held).
 pub fn start(
     setup: NodeSetup,
-    tunnel_port: tokio::net::TcpListener,
+    tunnel_port: accept::ListenSocket,
     store: Option<state::StateStore>,
     restore: Option<state::State>,
 ) -> Addr<Registry> {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use log::error;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::accept::{Accepted, ListenSocket};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -136,13 +138,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The listening socket of a local service, shared with the Registry so that closing it frees the
 /// port at once: a DELETE or a move followed by a POST on the same port must not race the actor.
-pub type SharedSocket = Rc<RefCell<Option<TcpListener>>>;
+pub type SharedSocket = Rc<RefCell<Option<ListenSocket>>>;
 
 /// Pending connections the kernel queues per listener: bursts of new clients must not be refused.
 const BACKLOG: u32 = 1024;
 
-/// Binds a listening socket (a local service's, or the tunnel port).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds a listening socket (a local service's, or the tunnel port), on the calling thread's
+/// reactor (the Registry's, where listeners run).
+pub fn bind(addr: SocketAddr) -> io::Result<ListenSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -150,7 +153,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    ListenSocket::from_tokio(socket.listen(BACKLOG)?)
 }
 
 /// What a listener accepts.
@@ -325,29 +328,26 @@ impl Listener {
 
     /// Hands a client straight to the tunnel its service is bound to (no Registry hop), or
     /// resets it at once when there is none, so it learns that nothing is behind the port.
-    fn carry(&self, service: &str, sock: TcpStream, peer: SocketAddr, slots: Vec<Slot>) {
+    fn carry(&self, service: &str, accepted: Accepted, slots: Vec<Slot>) {
+        let Accepted {
+            sock,
+            peer,
+            reached,
+        } = accepted;
         let routes = self.routes.load();
         match routes.carry(service) {
-            // The tunnel may run on another arbiter: the socket goes unregistered.
-            Ok((route, tunnel)) => match sock.into_std() {
-                Ok(sock) => tunnel.do_send(CarryClient {
-                    origin: sock
-                        .local_addr()
-                        .ok()
-                        .map(|reached| Origin::seen(peer, reached)),
-                    client: Client::Tcp(sock),
-                    service: service.to_owned(),
-                    key: route.key.clone(),
-                    idle_timeout: route.timeout,
-                    pace: route.pace.clone(),
-                    slots,
-                }),
-                Err(e) => log_limited!(
-                    warn,
-                    "client-refused",
-                    "service {service}: cannot hand over a client from {peer}: {e}"
-                ),
-            },
+            // The tunnel may run on another arbiter: the socket goes unregistered (it never was).
+            Ok((route, tunnel)) => tunnel.do_send(CarryClient {
+                origin: reached
+                    .or_else(|| sock.local_addr().ok())
+                    .map(|reached| Origin::seen(peer, reached)),
+                client: Client::Tcp { sock, peer },
+                service: service.to_owned(),
+                key: route.key.clone(),
+                idle_timeout: route.timeout,
+                pace: route.pace.clone(),
+                slots,
+            }),
             Err((reason, why)) => {
                 metrics().count_refused(service, Side::Local, reason);
                 log_limited!(
@@ -432,17 +432,26 @@ impl Actor for Listener {
     }
 }
 
-impl StreamHandler<io::Result<(TcpStream, SocketAddr)>> for Listener {
-    fn handle(&mut self, item: io::Result<(TcpStream, SocketAddr)>, ctx: &mut Self::Context) {
+impl StreamHandler<io::Result<Accepted>> for Listener {
+    fn handle(&mut self, item: io::Result<Accepted>, ctx: &mut Self::Context) {
         match item {
-            Ok((sock, peer)) => match &self.accepts {
-                Accepts::Tunnels => self.start_handshake(sock, peer),
+            Ok(accepted) => match &self.accepts {
+                Accepts::Tunnels => match TcpStream::from_std(accepted.sock) {
+                    Ok(sock) => self.start_handshake(sock, accepted.peer),
+                    Err(e) => log_limited!(
+                        warn,
+                        "accept",
+                        "{}: cannot take a dialer from {} over: {e}",
+                        self.accepts,
+                        accepted.peer
+                    ),
+                },
                 Accepts::Service(service) => {
-                    let Some(slots) = self.admit(peer) else {
-                        crate::io::reset_now(&sock);
+                    let Some(slots) = self.admit(accepted.peer) else {
+                        crate::io::reset_now(&accepted.sock);
                         return;
                     };
-                    self.carry(service, sock, peer, slots)
+                    self.carry(service, accepted, slots)
                 }
             },
             Err(e) => {

@@ -48,7 +48,11 @@ pub struct CarryClient {
 /// What a listener hands its tunnel.
 pub enum Client {
     /// A TCP client, not yet registered: the tunnel's arbiter takes it over.
-    Tcp(std::net::TcpStream),
+    Tcp {
+        sock: std::net::TcpStream,
+        /// Who connected (as accepted: nobody asks the kernel again).
+        peer: std::net::SocketAddr,
+    },
     /// A new UDP flow.
     Udp(FlowStart),
 }

@@ -261,9 +261,10 @@ impl Connection {
     }
 
     /// A client accepted by a local service, carried as stream `spec.stream`.
-    pub fn accepted(spec: StreamSpec, sock: TcpStream) -> Connection {
+    /// A client's connection; `peer`: who connected, if the caller knows (else asked here).
+    pub fn accepted(spec: StreamSpec, sock: TcpStream, peer: Option<SocketAddr>) -> Connection {
         let mut c = Connection::new(spec);
-        c.peer = sock.peer_addr().ok();
+        c.peer = peer.or_else(|| sock.peer_addr().ok());
         c.attach(sock);
         c
     }

@@ -57,7 +57,7 @@ fn start_with_downstream(
     spec: StreamSpec,
     sock: tokio::net::TcpStream,
 ) -> (Addr<Connection>, Rc<Downstream>) {
-    let conn = Connection::accepted(spec, sock);
+    let conn = Connection::accepted(spec, sock, None);
     let down = conn.downstream();
     (conn.start(), down)
 }

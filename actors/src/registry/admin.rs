@@ -31,10 +31,7 @@ impl Registry {
     /// the old one is let go, so a refusal keeps the old; only when the service's own old listener
     /// is what holds the port (0.0.0.0:P to 127.0.0.1:P, say) is it released first, and restored
     /// if the new address still cannot be bound.
-    pub(super) fn rebind(
-        &mut self,
-        spec: &ServiceSpec,
-    ) -> Result<tokio::net::TcpListener, AdminError> {
+    pub(super) fn rebind(&mut self, spec: &ServiceSpec) -> Result<ListenSocket, AdminError> {
         let refused = |e: std::io::Error| {
             let msg = format!("service {}: cannot listen on {}: {e}", spec.name, spec.addr);
             warn!("{msg}");
@@ -56,8 +53,7 @@ impl Registry {
             .socket
             .borrow()
             .as_ref()
-            .and_then(|s| s.local_addr().ok())
-            .map_or(old.addr.port(), |a| a.port());
+            .map_or(old.addr.port(), |s| s.local_addr().port());
         if err.kind() != std::io::ErrorKind::AddrInUse || held != spec.addr.port() {
             return Err(refused(err));
         }
@@ -454,7 +450,7 @@ impl Registry {
                 }
                 let socket = self.rebind(&spec)?;
                 // Port 0 asks for any free port: the log says the one bound.
-                let bound = socket.local_addr().unwrap_or(spec.addr);
+                let bound = socket.local_addr();
                 // Connections already carried keep counting against the service's limit.
                 let connections = self.kept_gauge(&spec.name);
                 let old = self.local.insert(

@@ -12,7 +12,7 @@ where
 {
     actix_rt::System::new().block_on(async move {
         let port = listener::bind("127.0.0.1:0".parse().expect("addr")).expect("tunnel port");
-        let own = port.local_addr().expect("addr");
+        let own = port.local_addr();
         let setup = NodeSetup {
             settings: Settings::default(),
             access: Access::default(),

@@ -24,6 +24,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
+use crate::accept::ListenSocket;
 use crate::admission::{self, SourceBuckets};
 use crate::backends::Backends;
 use crate::cipher::{CipherKind, Secret, ServiceKey};
@@ -235,7 +236,7 @@ struct Listening {
 }
 
 impl Listening {
-    fn new(addr: SocketAddr, socket: Option<tokio::net::TcpListener>) -> Listening {
+    fn new(addr: SocketAddr, socket: Option<ListenSocket>) -> Listening {
         Listening {
             addr,
             socket: Rc::new(RefCell::new(socket)),
@@ -388,7 +389,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(
         setup: NodeSetup,
-        tunnel_port: tokio::net::TcpListener,
+        tunnel_port: ListenSocket,
         store: Option<StateStore>,
         restore: Option<State>,
     ) -> Registry {
@@ -398,9 +399,7 @@ impl Registry {
             fd_limit,
             threads,
         } = setup;
-        let port_addr = tunnel_port
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let port_addr = tunnel_port.local_addr();
         let loaded = restore
             .as_ref()
             .and_then(|s| s.identity.as_deref())

@@ -316,7 +316,7 @@ impl Registry {
                     .socket
                     .borrow()
                     .as_ref()
-                    .and_then(|l| l.local_addr().ok())
+                    .map(|l| l.local_addr())
                     .or(s.udp.as_ref().map(|u| u.bound))
                     .map(|a| a.to_string());
                 let view = LocalServiceView {

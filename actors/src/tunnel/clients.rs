@@ -23,7 +23,7 @@ impl Handler<CarryClient> for Tunnel {
             };
             metrics().count_refused(&msg.service, Side::Local, reason);
             match msg.client {
-                Client::Tcp(sock) => crate::io::reset_now(&sock),
+                Client::Tcp { sock, .. } => crate::io::reset_now(&sock),
                 Client::Udp(start) => {
                     start.counts.dropped.inc();
                     start.listener.do_send(FlowReport::Ended {
@@ -35,7 +35,7 @@ impl Handler<CarryClient> for Tunnel {
             return;
         }
         let protocol = match &msg.client {
-            Client::Tcp(_) => Protocol::Tcp,
+            Client::Tcp { .. } => Protocol::Tcp,
             Client::Udp(_) => Protocol::Udp,
         };
         let id = self.alloc_id();
@@ -45,7 +45,7 @@ impl Handler<CarryClient> for Tunnel {
             nonce: open.nonce,
         });
         let actor: StreamActor = match msg.client {
-            Client::Tcp(sock) => {
+            Client::Tcp { sock, peer } => {
                 // The client was accepted on the listener's arbiter: register it with this one.
                 let sock = match TcpStream::from_std(sock) {
                     Ok(s) => s,
@@ -70,7 +70,7 @@ impl Handler<CarryClient> for Tunnel {
                     pace: msg.pace,
                     slots: msg.slots,
                 };
-                StreamActor::connection(Connection::accepted(spec, sock))
+                StreamActor::connection(Connection::accepted(spec, sock, Some(peer)))
             }
             Client::Udp(start) => {
                 let spec = FlowSpec {
