@@ -475,8 +475,20 @@ impl Connection {
         }
         if self.out.is_empty() {
             if self.peer_fin {
-                // Dropping the write half shuts down our side: the half-close travels on.
-                drop(writer);
+                match self.reader.take() {
+                    // Both ways are done: closing the socket sends the FIN a shutdown would (no
+                    // byte is left unread to turn it into a reset), one system call fewer.
+                    Some(reader) if self.read == ReadState::Done => {
+                        // Closed here: a reset later must not reach a reused descriptor.
+                        self.fd = None;
+                        drop(reader.reunite(writer));
+                    }
+                    // Dropping the write half shuts down our side: the half-close travels on.
+                    reader => {
+                        self.reader = reader;
+                        drop(writer);
+                    }
+                }
                 self.write = WriteState::Done;
                 self.refresh_direct();
                 self.finish_if_done(ctx);
