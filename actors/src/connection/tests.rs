@@ -31,6 +31,17 @@ async fn connection_and_client() -> (
     tokio::net::TcpStream,
     mpsc::UnboundedReceiver<FromConnection>,
 ) {
+    let (conn, client, rx, _down) = connection_client_and_downstream().await;
+    (conn, client, rx)
+}
+
+/// [`connection_and_client`], with what the connection shares with its tunnel.
+async fn connection_client_and_downstream() -> (
+    Addr<Connection>,
+    tokio::net::TcpStream,
+    mpsc::UnboundedReceiver<FromConnection>,
+    Rc<Downstream>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -48,18 +59,10 @@ async fn connection_and_client() -> (
         pace: None,
         slots: Vec::new(),
     };
-    let (conn, _down) = start_with_downstream(spec, sock);
-    (conn, client, rx)
-}
-
-/// Starts the connection, keeping what it shares with its tunnel (as the tunnel does).
-fn start_with_downstream(
-    spec: StreamSpec,
-    sock: tokio::net::TcpStream,
-) -> (Addr<Connection>, Rc<Downstream>) {
+    // Started as the tunnel starts it, keeping what the two share.
     let conn = Connection::accepted(spec, sock, None);
     let down = conn.downstream();
-    (conn.start(), down)
+    (conn.start(), client, rx, down)
 }
 
 /// The next report, within 5 s.
@@ -195,24 +198,7 @@ fn a_client_reset_is_reported_as_a_failure_not_an_end() {
 #[test]
 fn the_tunnel_writes_to_the_socket_directly_only_when_nothing_is_ahead() {
     actix_rt::System::new().block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("dial");
-        let (sock, _) = listener.accept().await.expect("accept");
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let spec = StreamSpec {
-            stream: 7,
-            tunnel: StubTunnel(tx).start().recipient(),
-            service: "svc".to_owned(),
-            keying: None,
-            idle_timeout: None,
-            pace: None,
-            slots: Vec::new(),
-        };
-        let (conn, down) = start_with_downstream(spec, sock);
+        let (conn, mut client, _rx, down) = connection_client_and_downstream().await;
         let mut expected = Vec::new();
         // Idle and plaintext: straight to the client.
         assert_eq!(down.write_direct(b"direct "), 7);
