@@ -9,7 +9,7 @@
 //!   them (AEAD, implicit counters, rekeying); [`handshake`] the handshake messages, identities,
 //!   the key exchange and both state machines; [`cipher`] stream keys and ciphers; [`credit`] receive windows and the
 //!   round trip; [`send_credit`] what a tunnel may send and what its streams hold of it;
-//!   [`schedule`] the per-stream send queue; [`accept`] listening sockets that accept without
+//!   [`schedule`] the per-stream send queue; [`listen_socket`] listening sockets that accept without
 //!   registering; [`limits`] the node's limits, their accounting, the
 //!   log's rate limits and escaping; [`admission`] handshake slots and per-source rates;
 //!   [`metrics`] the Prometheus series; `io` socket helpers; [`fuzzing`] fuzz entry points;
@@ -26,7 +26,6 @@
 //!   [`model`] the state kept on disk, [`journal`] its line format, [`state`] the writer thread.
 //! - **admin** is the `menet` crate (`src/`): the HTTP API turns requests into Registry messages.
 
-pub mod accept;
 pub mod admission;
 pub mod backends;
 pub mod cipher;
@@ -37,6 +36,7 @@ pub mod fuzzing;
 pub mod handshake;
 mod io;
 pub mod journal;
+pub mod listen_socket;
 #[macro_use]
 pub mod limits;
 pub mod listener;
@@ -212,7 +212,7 @@ pub struct Access {
 /// `restore` (what the state file held).
 pub fn start(
     setup: NodeSetup,
-    tunnel_port: accept::ListenSocket,
+    tunnel_port: listen_socket::ListenSocket,
     store: Option<state::StateStore>,
     restore: Option<state::State>,
 ) -> Addr<Registry> {

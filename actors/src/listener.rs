@@ -11,7 +11,7 @@ use actix::prelude::*;
 use log::error;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::accept::{Accepted, ListenSocket};
+use crate::listen_socket::{Accepted, ListenSocket};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

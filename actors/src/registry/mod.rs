@@ -24,7 +24,6 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::accept::ListenSocket;
 use crate::admission::{self, SourceBuckets};
 use crate::backends::Backends;
 use crate::cipher::{CipherKind, Secret, ServiceKey};
@@ -35,6 +34,7 @@ use crate::handshake::{
 };
 use crate::journal::Change;
 use crate::limits::{Escaped, Gauge, Usage};
+use crate::listen_socket::ListenSocket;
 use crate::listener::{
     self, Accepts, Listener, ListenerDown, MayAccept, SharedSocket, SocketReplaced, StopListener,
     TunnelAccepted, TunnelRefusal, TunnelSecret, Upstream,
