@@ -139,9 +139,13 @@ mod tests {
         let tokio = tokio::net::TcpListener::bind(bind).await.expect("bind");
         let listener = ListenSocket::from_tokio(tokio).expect("take over");
         let client = std::net::TcpStream::connect(listener.local_addr()).expect("connect");
-        let accepted = poll_fn(|cx| listener.poll_accept(cx))
-            .await
-            .expect("accept");
+        let accepted = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            poll_fn(|cx| listener.poll_accept(cx)),
+        )
+        .await
+        .expect("a connection within 5 s")
+        .expect("accept");
         (accepted, client)
     }
 
@@ -165,9 +169,13 @@ mod tests {
         std::io::Write::write_all(&mut &client, b"ping").expect("send");
         let mut sock = tokio::net::TcpStream::from_std(accepted.sock).expect("register");
         let mut got = [0u8; 4];
-        tokio::io::AsyncReadExt::read_exact(&mut sock, &mut got)
-            .await
-            .expect("read");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_exact(&mut sock, &mut got),
+        )
+        .await
+        .expect("the bytes within 5 s")
+        .expect("read");
         assert_eq!(&got, b"ping");
     }
 
@@ -185,9 +193,13 @@ mod tests {
         };
         let listener = ListenSocket::from_tokio(tokio).expect("take over");
         let client = std::net::TcpStream::connect(listener.local_addr()).expect("connect");
-        let accepted = poll_fn(|cx| listener.poll_accept(cx))
-            .await
-            .expect("accept");
+        let accepted = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            poll_fn(|cx| listener.poll_accept(cx)),
+        )
+        .await
+        .expect("a connection within 5 s")
+        .expect("accept");
         assert_eq!(accepted.peer, client.local_addr().expect("client addr"));
         assert_eq!(accepted.reached, Some(listener.local_addr()));
     }

@@ -260,8 +260,8 @@ impl Connection {
         }
     }
 
-    /// A client accepted by a local service, carried as stream `spec.stream`.
-    /// A client's connection; `peer`: who connected, if the caller knows (else asked here).
+    /// A client accepted by a local service, carried as stream `spec.stream`; `peer`: who
+    /// connected, if the caller knows (else asked here).
     pub fn accepted(spec: StreamSpec, sock: TcpStream, peer: Option<SocketAddr>) -> Connection {
         let mut c = Connection::new(spec);
         c.peer = peer.or_else(|| sock.peer_addr().ok());
@@ -637,6 +637,10 @@ impl Actor for Connection {
             });
             self.reset_socket();
         }
+        // The descriptor closes with the actor, not when the tunnel lets go of its share of the
+        // write half (after our report); and no direct write reaches it meanwhile.
+        self.down.set_open(false);
+        drop(self.down.take_writer());
     }
 }
 
