@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-use crate::{dial, latency, latency_under_load, rathole, Node, Plan, CHUNK};
+use crate::{dial, latency, latency_under_load, rathole, Node, Plan, TempFile, CHUNK};
 
 /// The tunnel link through `../shared/tools/delay_relay.py` (25 ms each way, 32 MiB in flight):
 /// one stream and eight each way, and a small exchange while one bulk stream fills the link.
@@ -38,14 +38,9 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     let config = std::env::args()
         .skip_while(|a| a != "--max-stream-window")
         .nth(1)
-        .map(|w| {
-            let path =
-                std::env::temp_dir().join(format!("menet-bench-{}.toml", std::process::id()));
-            std::fs::write(&path, format!("[tunnel]\nmax_stream_window = {w}\n")).expect("config");
-            path
-        });
+        .map(|w| TempFile::new("long", &format!("[tunnel]\nmax_stream_window = {w}\n")));
     let start = || match &config {
-        Some(path) => Node::start_args(menet, &[], &["--config", path.to_str().expect("path")]),
+        Some(file) => Node::start_args(menet, &[], &["--config", file.path()]),
         None => Node::start(menet),
     };
     let (a, b) = (start(), start());

@@ -119,10 +119,8 @@ fn main() {
     let echoed = a.carry(&b, "echo", None, echo);
     // The same services through a tunnel with the record layer off (`[tunnel] encrypt = false`
     // on both nodes): what sealing the whole tunnel (the default) costs.
-    let clear_config =
-        std::env::temp_dir().join(format!("menet-clear-{}.toml", std::process::id()));
-    std::fs::write(&clear_config, "[tunnel]\nencrypt = false\n").expect("clear config");
-    let clear_args = ["--config", clear_config.to_str().expect("path")];
+    let clear_config = TempFile::new("clear", "[tunnel]\nencrypt = false\n");
+    let clear_args = ["--config", clear_config.path()];
     let (ca, cb) = (
         Node::start_args(&menet, &[], &clear_args),
         Node::start_args(&menet, &[], &clear_args),
@@ -429,7 +427,6 @@ fn main() {
         median(&mut m),
     );
     drop((ca, cb));
-    let _ = std::fs::remove_file(&clear_config);
     services::rows(&rt, &a, &b, echo, plan.window, &row);
     instructions::rows(&menet, echo);
 
@@ -497,6 +494,30 @@ fn memory_rows(menet: &PathBuf, echo: SocketAddr, hold: SocketAddr, idle_conns: 
         "",
         column(&|r| r.1),
     );
+}
+
+/// A configuration file the bench writes for its nodes, removed when dropped (whichever row
+/// the run stops after).
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// `menet-bench-NAME-PID.toml` in the temporary directory, holding `contents`.
+    pub fn new(name: &str, contents: &str) -> TempFile {
+        let path =
+            std::env::temp_dir().join(format!("menet-bench-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, contents).expect("write a node configuration");
+        TempFile(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// `--node-threads N`, if given.
