@@ -246,6 +246,29 @@ fn main() {
             let same = latency_under_load(plain, 4, echoed, plan.pings / 4);
             beside_rows(&row, other, same);
         }
+        if node_threads().is_none() {
+            // The same two tunnels between nodes with one data thread each: the other tunnel
+            // then shares the bulk's thread too, which isolates what the tunnel itself queues
+            // (frames, windows) from what sharing a busy thread costs.
+            println!("nodes with one data thread each (both tunnels on it):");
+            let one = ["--config", "/dev/null", "--threads", "1"];
+            let (a1, b1) = (
+                Node::start_args(&menet, &[], &one),
+                Node::start_args(&menet, &[], &one),
+            );
+            for t in ["t1", "t2"] {
+                a1.post(
+                    "/tunnel",
+                    &format!(r#"{{"name":"{t}","dest":["127.0.0.1","{}"]}}"#, b1.tunnel),
+                );
+            }
+            let same_bulk = a1.carry_on("t1", &b1, "bulk", None, bulk);
+            let one_echo = a1.carry_on("t1", &b1, "echo", None, echo);
+            let other_bulk = a1.carry_on("t2", &b1, "bulk2", None, bulk);
+            let other = latency_under_load(other_bulk, 4, one_echo, plan.pings / 4);
+            let same = latency_under_load(same_bulk, 4, one_echo, plan.pings / 4);
+            beside_rows(&row, other, same);
+        }
         return;
     }
     let mut cpu_rows: Vec<(String, u64, u64)> = Vec::new();
