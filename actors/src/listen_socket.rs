@@ -137,6 +137,15 @@ mod tests {
 
     async fn accept_one(bind: &str) -> (Accepted, std::net::TcpStream) {
         let tokio = tokio::net::TcpListener::bind(bind).await.expect("bind");
+        let (accepted, client, _) = accept_on(tokio).await;
+        (accepted, client)
+    }
+
+    /// One connection accepted by `tokio` taken over as a [`ListenSocket`]: what it accepted,
+    /// the client's end, and the address the listener is bound to.
+    async fn accept_on(
+        tokio: tokio::net::TcpListener,
+    ) -> (Accepted, std::net::TcpStream, SocketAddr) {
         let listener = ListenSocket::from_tokio(tokio).expect("take over");
         let client = std::net::TcpStream::connect(listener.local_addr()).expect("connect");
         let accepted = tokio::time::timeout(
@@ -146,7 +155,7 @@ mod tests {
         .await
         .expect("a connection within 5 s")
         .expect("accept");
-        (accepted, client)
+        (accepted, client, listener.local_addr())
     }
 
     #[tokio::test]
@@ -191,16 +200,8 @@ mod tests {
         let Ok(tokio) = tokio::net::TcpListener::bind("[::1]:0").await else {
             return; // no IPv6 loopback here
         };
-        let listener = ListenSocket::from_tokio(tokio).expect("take over");
-        let client = std::net::TcpStream::connect(listener.local_addr()).expect("connect");
-        let accepted = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            poll_fn(|cx| listener.poll_accept(cx)),
-        )
-        .await
-        .expect("a connection within 5 s")
-        .expect("accept");
+        let (accepted, client, bound) = accept_on(tokio).await;
         assert_eq!(accepted.peer, client.local_addr().expect("client addr"));
-        assert_eq!(accepted.reached, Some(listener.local_addr()));
+        assert_eq!(accepted.reached, Some(bound));
     }
 }
