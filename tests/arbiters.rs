@@ -68,6 +68,43 @@ fn tunnels_spread_over_the_data_threads_and_carry_bytes_exactly() {
 }
 
 #[test]
+fn a_new_tunnel_takes_the_thread_a_deleted_one_left_free() {
+    // Two tunnels on two threads; the second goes, a third comes: it takes the free thread, not
+    // the next in turn (which carries the first), on the dialling node and the accepting one.
+    let dir = TempDir::new("arbiters-free");
+    let a = threaded(&dir, "a", 2);
+    let b = threaded(&dir, "b", 2);
+    let echo = Backend::echo();
+    dial(&a, &b, "bulk");
+    dial(&a, &b, "gone");
+    let thread = |node: &Node, tunnel: &str| {
+        node.config()["tunnels"][tunnel]["thread"]
+            .as_u64()
+            .expect("a connected tunnel names its thread")
+    };
+    assert!(eventually(Duration::from_secs(5), || b.config()["tunnels"]
+        ["gone"]["thread"]
+        .is_u64()));
+    let (bulk_a, bulk_b) = (thread(&a, "bulk"), thread(&b, "bulk"));
+    assert_ne!(bulk_a, thread(&a, "gone"));
+    assert_ne!(bulk_b, thread(&b, "gone"));
+    a.ok("DELETE", "/tunnel", r#"{"name":"gone"}"#);
+    assert!(eventually(Duration::from_secs(5), || b.config()["tunnels"]
+        ["gone"]
+        .is_null()));
+    dial(&a, &b, "interactive");
+    assert!(eventually(Duration::from_secs(5), || {
+        b.config()["tunnels"]["interactive"]["thread"].is_u64()
+    }));
+    assert_ne!(thread(&a, "interactive"), bulk_a, "{}", a.config());
+    assert_ne!(thread(&b, "interactive"), bulk_b, "{}", b.config());
+    // And it carries bytes.
+    let local = carry(&a, &b, "interactive", "s", None, echo.addr);
+    let data = pattern(100_000, 7);
+    assert_eq!(roundtrip(local, &data), data);
+}
+
+#[test]
 fn a_tunnel_deleted_while_its_thread_is_busy_goes_at_once_and_spares_the_others() {
     let dir = TempDir::new("arbiters-delete");
     let a = threaded(&dir, "a", 2);

@@ -380,7 +380,7 @@ pub struct Registry {
     /// The data arbiters (`[node] threads`), each a thread of its own running tunnels and their
     /// connections; none: they run here, beside the Registry.
     data: Vec<Arbiter>,
-    /// The arbiter the next tunnel goes to.
+    /// Where the next search for the least-loaded arbiter starts, so that equals take turns.
     next_data: usize,
     /// New tunnel names each source address may still claim (`new_names_per_minute`).
     new_names: SourceBuckets,
@@ -477,12 +477,26 @@ impl Registry {
         }
     }
 
-    /// The data arbiter for the next tunnel, and its number.
+    /// The data arbiter for the next tunnel (or UDP listener), and its number: one carrying the
+    /// fewest connected tunnels, the next in turn among equals. A tunnel that comes back after
+    /// others came and went takes the thread left free, so two tunnels between the same nodes
+    /// (one for interactive services, one for bulk) keep a thread each while there are as many.
     fn next_data_arbiter(&mut self) -> Option<(ArbiterHandle, usize)> {
-        let n = self.next_data % self.data.len().max(1);
-        let arbiter = self.data.get(n)?;
-        self.next_data = self.next_data.wrapping_add(1);
-        Some((arbiter.handle(), n))
+        let threads = self.data.len();
+        let mut load = vec![0usize; threads];
+        for t in self.tunnels.values() {
+            if let (Link::Up(_), Some(n)) = (&t.link, t.thread) {
+                if let Some(l) = load.get_mut(n) {
+                    *l += 1;
+                }
+            }
+        }
+        let start = self.next_data % threads.max(1);
+        let n = (0..threads)
+            .map(|i| (start + i) % threads)
+            .min_by_key(|&n| load[n])?;
+        self.next_data = n + 1;
+        Some((self.data[n].handle(), n))
     }
 
     fn next_generation(&mut self) -> u64 {

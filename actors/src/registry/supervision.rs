@@ -143,7 +143,7 @@ impl Registry {
         };
         let make = move |_: &mut Context<Tunnel>| Tunnel::new(link, registry, shared);
         // A tunnel and all its connections on one data arbiter, so a stream's bytes never cross
-        // threads; tunnels are dealt round-robin over them.
+        // threads; each goes to the one carrying the fewest tunnels.
         let (actor, thread) = match self.next_data_arbiter() {
             Some((arbiter, n)) => (Tunnel::start_in_arbiter(&arbiter, make), Some(n)),
             None => (Tunnel::create(make), None),
