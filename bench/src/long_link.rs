@@ -3,7 +3,7 @@
 //! same relay.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -51,17 +51,32 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     );
     let plain = a.carry(&b, "bulk", None, bulk);
     let echoed = a.carry(&b, "echo", None, echo);
+    // rathole through a relay of its own, started now so that its bulk rows are measured in
+    // turn with menet's (this relay moves with the machine from one minute to the next).
+    let beside = rathole::binary().map(|path| RatholeLink::start(&path, &script, bulk, echo));
+    let rounds = long_rounds();
     println!("\nlong link: the tunnel through a relay delaying 25 ms each way (50 ms RTT), 32 MiB in flight");
     let mut results = Vec::new();
+    let mut theirs_rows = Vec::new();
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
-            let mbit = throughput_for(rt, plain, streams, plan.long_run, upload);
-            println!(
-                "{:<64} {:>12} {mbit:>12.0}",
-                format!("bulk {streams} stream(s) {dir} over 50 ms (Mbit/s)"),
-                "-"
-            );
-            results.push(((upload, streams), mbit));
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                ours.push(throughput_for(rt, plain, streams, plan.long_run, upload));
+                if let Some(r) = &beside {
+                    let port = r.rathole.ports[0];
+                    theirs.push(throughput_for(rt, port, streams, plan.long_run, upload));
+                }
+            }
+            let name = format!("bulk {streams} stream(s) {dir} over 50 ms (Mbit/s)");
+            results.push(((upload, streams), print_rounds(&name, &mut ours)));
+            if !theirs.is_empty() {
+                let name = format!(
+                    "  bulk {streams} stream(s) {dir} over 50 ms, {} (Mbit/s)",
+                    rathole::label()
+                );
+                theirs_rows.push((name, theirs));
+            }
         }
     }
     for upload in [true, false] {
@@ -112,53 +127,71 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
         );
     }
     drop((a, b));
-    if let Some(path) = rathole::binary() {
-        long_link_rathole(&path, &script, rt, bulk, echo, plan);
+    if let Some(r) = beside {
+        println!("{} over the same relay:", rathole::label());
+        for (name, mut mbit) in theirs_rows {
+            print_rounds(&name, &mut mbit);
+        }
+        let (r50, r99) = latency_under_load(r.rathole.ports[0], 1, r.rathole.ports[1], 200);
+        println!(
+            "{:<64} {:>12.1} {:>12.1}",
+            format!(
+                "  64 B p50, p99 (ms) beside a bulk download, {}",
+                rathole::label()
+            ),
+            r50 / 1000.0,
+            r99 / 1000.0
+        );
     }
 }
 
-/// The long-link rows through rathole: its client dials its server through the same relay.
-fn long_link_rathole(
-    path: &std::path::Path,
-    script: &PathBuf,
-    rt: &Runtime,
-    bulk: SocketAddr,
-    echo: SocketAddr,
-    plan: &Plan,
-) {
-    let mut relay = None;
-    let r = rathole::Rathole::start(path, &[("bulk", bulk), ("echo", echo)], |control| {
-        let (process, port) = spawn_relay(script, control);
-        relay = Some(process);
-        Some(port)
-    });
-    r.wait_echo(1);
-    println!("{} over the same relay:", rathole::label());
-    for (dir, upload) in [("upload", true), ("download", false)] {
-        for streams in [1usize, 8] {
-            let mbit = throughput_for(rt, r.ports[0], streams, plan.long_run, upload);
-            println!(
-                "{:<64} {:>12} {mbit:>12.0}",
-                format!(
-                    "  bulk {streams} stream(s) {dir} over 50 ms, {} (Mbit/s)",
-                    rathole::label()
-                ),
-                "-"
-            );
+/// `--long-rounds N`: each long-link bulk row measured N times (menet and rathole in turn), its
+/// median printed with the range; 1 unless given.
+fn long_rounds() -> usize {
+    std::env::args()
+        .skip_while(|a| a != "--long-rounds")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Prints a bulk row: the median of its rounds, with their range when there were several.
+fn print_rounds(name: &str, mbit: &mut [f64]) -> f64 {
+    mbit.sort_by(f64::total_cmp);
+    let mid = mbit[mbit.len() / 2];
+    let runs = mbit.len();
+    let label = match &*mbit {
+        [low, .., high] => format!("{name}, {runs} runs {low:.0} - {high:.0}"),
+        _ => name.to_owned(),
+    };
+    println!("{label:<64} {:>12} {mid:>12.0}", "-");
+    mid
+}
+
+/// rathole beside menet on the long link: its client dials its server through a relay of its
+/// own, like menet's tunnel.
+struct RatholeLink {
+    /// rathole's server and client (stopped before the relay between them).
+    rathole: rathole::Rathole,
+    /// The relay its client dials through.
+    _relay: Option<RelayProcess>,
+}
+
+impl RatholeLink {
+    fn start(path: &Path, script: &PathBuf, bulk: SocketAddr, echo: SocketAddr) -> RatholeLink {
+        let mut relay = None;
+        let r = rathole::Rathole::start(path, &[("bulk", bulk), ("echo", echo)], |control| {
+            let (process, port) = spawn_relay(script, control);
+            relay = Some(process);
+            Some(port)
+        });
+        r.wait_echo(1);
+        RatholeLink {
+            rathole: r,
+            _relay: relay,
         }
     }
-    let (r50, r99) = latency_under_load(r.ports[0], 1, r.ports[1], 200);
-    println!(
-        "{:<64} {:>12.1} {:>12.1}",
-        format!(
-            "  64 B p50, p99 (ms) beside a bulk download, {}",
-            rathole::label()
-        ),
-        r50 / 1000.0,
-        r99 / 1000.0
-    );
-    drop(r);
-    drop(relay);
 }
 
 /// Starts the delay relay (25 ms each way, 32 MiB in flight) in front of `target`; its process
