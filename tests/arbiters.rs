@@ -82,20 +82,17 @@ fn a_new_tunnel_takes_the_thread_a_deleted_one_left_free() {
             .as_u64()
             .expect("a connected tunnel names its thread")
     };
-    assert!(eventually(Duration::from_secs(5), || b.config()["tunnels"]
-        ["gone"]["thread"]
-        .is_u64()));
+    let placed = |node: &Node, tunnel: &str| node.config()["tunnels"][tunnel]["thread"].is_u64();
+    assert!(eventually(Duration::from_secs(5), || placed(&b, "gone")));
     let (bulk_a, bulk_b) = (thread(&a, "bulk"), thread(&b, "bulk"));
     assert_ne!(bulk_a, thread(&a, "gone"));
     assert_ne!(bulk_b, thread(&b, "gone"));
     a.ok("DELETE", "/tunnel", r#"{"name":"gone"}"#);
-    assert!(eventually(Duration::from_secs(5), || b.config()["tunnels"]
-        ["gone"]
-        .is_null()));
+    let gone = || b.config()["tunnels"]["gone"].is_null();
+    assert!(eventually(Duration::from_secs(5), gone));
     dial(&a, &b, "interactive");
-    assert!(eventually(Duration::from_secs(5), || {
-        b.config()["tunnels"]["interactive"]["thread"].is_u64()
-    }));
+    let arrived = || placed(&b, "interactive");
+    assert!(eventually(Duration::from_secs(5), arrived));
     assert_ne!(thread(&a, "interactive"), bulk_a, "{}", a.config());
     assert_ne!(thread(&b, "interactive"), bulk_b, "{}", b.config());
     // And it carries bytes.
