@@ -251,7 +251,8 @@ fn main() {
             // then shares the bulk's thread too, which isolates what the tunnel itself queues
             // (frames, windows) from what sharing a busy thread costs.
             println!("nodes with one data thread each (both tunnels on it):");
-            let one = ["--config", "/dev/null", "--threads", "1"];
+            let config = node_config().unwrap_or_else(|| "/dev/null".to_owned());
+            let one = ["--config", config.as_str(), "--threads", "1"];
             let (a1, b1) = (
                 Node::start_args(&menet, &[], &one),
                 Node::start_args(&menet, &[], &one),
