@@ -198,6 +198,9 @@ struct Tunnel {
     /// Seal every frame of the tunnels in records (default true); false only for measurements
     /// and links that are private already (a tunnel stays sealed if its peer wants it).
     encrypt: Option<bool>,
+    /// TCP connections each tunnel this node dials runs over (default 1, at most 8): its
+    /// streams spread over them, each stream on one.
+    lanes: Option<usize>,
     /// A sealed tunnel replaces its sending key after this many bytes (default 1 GiB).
     rekey_bytes: Option<u64>,
     /// ... or after this long (default "1h"; a duration as for `pin_ttl`).
@@ -270,6 +273,7 @@ impl Default for Tunnel {
             handshake_timeout_ms: None,
             pin_ttl: None,
             encrypt: None,
+            lanes: None,
             rekey_bytes: None,
             rekey_interval: None,
         }
@@ -553,6 +557,13 @@ fn tunnel_settings(
     }
     if let Some(encrypt) = file.tunnel.encrypt {
         settings.encrypt = encrypt;
+    }
+    if let Some(lanes) = file.tunnel.lanes {
+        let max = menet_actors::tunnel::MAX_LANES;
+        if !(1..=max).contains(&lanes) {
+            return Err(invalid(format!("[tunnel] lanes = {lanes}: 1 to {max}")));
+        }
+        settings.lanes = lanes;
     }
     if let Some(bytes) = file.tunnel.rekey_bytes {
         if bytes < 1 << 20 {

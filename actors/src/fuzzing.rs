@@ -50,6 +50,7 @@ pub fn handshake(data: &[u8]) {
     let transport = Transport {
         encrypt: true,
         aes: true,
+        lane: false,
     };
     let Ok(mut dialer) = Dialer::new(
         "fuzz",

@@ -128,6 +128,10 @@ pub struct Settings {
     pub encrypt: bool,
     /// When a sealed tunnel's sending key is replaced.
     pub rekey: record::RekeyPolicy,
+    /// TCP connections a dialled tunnel runs over (`[tunnel] lanes`, 1 to
+    /// [`tunnel::MAX_LANES`]): its streams spread over them, so one stream's queue on the path
+    /// delays only its own lane's.
+    pub lanes: usize,
 }
 
 impl Default for Settings {
@@ -149,6 +153,7 @@ impl Default for Settings {
             dial_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             encrypt: true,
+            lanes: 1,
             rekey: record::RekeyPolicy::default(),
         }
     }

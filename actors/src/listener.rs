@@ -103,6 +103,8 @@ pub struct MayAccept {
     pub secret_proven: bool,
     /// Where it dials from: new names are rate-limited per source address.
     pub peer: std::net::IpAddr,
+    /// It asks to join its connected tunnel of that name as another lane.
+    pub lane: bool,
 }
 
 /// Tunnel port -> its owner (the Registry): a peer dialled in and completed the handshake. An older tunnel of the
@@ -116,6 +118,8 @@ pub struct TunnelAccepted {
     pub identity: [u8; IDENTITY_LEN],
     /// The record layer's keys; `None` when neither node seals.
     pub keys: Option<SessionKeys>,
+    /// Another lane of the dialer's connected tunnel of that name, not a tunnel of its own.
+    pub lane: bool,
 }
 
 /// Listener -> its owner (the Registry): a listener actor stopped. Unless the Registry stopped it (the service is
@@ -632,6 +636,7 @@ async fn answer(
             identity,
             secret_proven: secret.is_some(),
             peer: peer.ip(),
+            lane: acceptor.hello.transport.lane,
         })
         .await
         .unwrap_or_else(|_| {
@@ -658,5 +663,6 @@ async fn answer(
         peer: acceptor.hello.terms,
         identity,
         keys: acceptor.keys(secret.as_ref()),
+        lane: acceptor.hello.transport.lane,
     })
 }

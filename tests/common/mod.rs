@@ -701,6 +701,14 @@ impl Relay {
         }
     }
 
+    /// Resets the `n`th connection made through the relay (from 0), both of its sockets.
+    pub fn cut_one(&self, n: usize) {
+        let conns = self.conns.lock().expect("relay lock");
+        for s in conns.iter().skip(2 * n).take(2) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
     pub fn freeze(&self) {
         self.frozen.store(true, Ordering::SeqCst);
     }

@@ -335,6 +335,11 @@ impl Acceptor {
         rand::thread_rng().fill_bytes(&mut nonce);
         let (private, public) = ephemeral()?;
         let shared = agree(private, &hello.ephemeral, "HELLO (ephemeral key)")?;
+        // A lane's request is answered in kind: the dialer learns this node read it.
+        let transport = Transport {
+            lane: hello.transport.lane,
+            ..transport
+        };
         let challenge = Message::Challenge {
             nonce,
             identity: identity.public(),

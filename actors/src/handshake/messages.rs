@@ -18,6 +18,9 @@ pub struct Transport {
     pub encrypt: bool,
     /// This side's CPU accelerates AES (AES-256-GCM is then its faster AEAD).
     pub aes: bool,
+    /// HELLO: this connection joins the dialer's connected tunnel of the name in PROOF as
+    /// another lane; CHALLENGE: the acceptor knows lanes and read the request.
+    pub lane: bool,
 }
 
 impl Transport {
@@ -26,20 +29,22 @@ impl Transport {
         Transport {
             encrypt,
             aes: cpu_accelerates_aes(),
+            lane: false,
         }
     }
 
     fn byte(self) -> u8 {
-        u8::from(self.encrypt) | (u8::from(self.aes) << 1)
+        u8::from(self.encrypt) | (u8::from(self.aes) << 1) | (u8::from(self.lane) << 2)
     }
 
     fn from_byte(b: u8, what: &'static str) -> Result<Transport, HandshakeError> {
-        if b & !3 != 0 {
+        if b & !7 != 0 {
             return Err(HandshakeError::Malformed(what));
         }
         Ok(Transport {
             encrypt: b & 1 != 0,
             aes: b & 2 != 0,
+            lane: b & 4 != 0,
         })
     }
 

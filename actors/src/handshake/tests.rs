@@ -16,6 +16,7 @@ fn sealed() -> Transport {
     Transport {
         encrypt: true,
         aes: true,
+        lane: false,
     }
 }
 
@@ -282,7 +283,11 @@ fn both_ends_agree_keys_and_a_spliced_handshake_is_refused() {
 
 #[test]
 fn sealed_unless_both_turn_it_off_with_aes_only_when_both_accelerate_it() {
-    let t = |encrypt, aes| Transport { encrypt, aes };
+    let t = |encrypt, aes| Transport {
+        encrypt,
+        aes,
+        lane: false,
+    };
     assert_eq!(Transport::agree(t(false, true), t(false, true)), None);
     assert_eq!(
         Transport::agree(t(true, true), t(false, true)),

@@ -189,6 +189,7 @@ pub struct Metrics {
     tunnel_socket_unsent: Family<TunnelLabel, Gauge>,
     tunnel_socket_unacked: Family<TunnelLabel, Gauge>,
     tunnel_socket_unread: Family<TunnelLabel, Gauge>,
+    tunnel_lanes: Family<TunnelLabel, Gauge>,
     service_accepted: Family<ServiceLabel, Counter>,
     service_refused: Family<RefusedLabel, Counter>,
     unknown_service_refused: Family<SideOnly, Counter>,
@@ -241,6 +242,8 @@ pub struct TunnelMetrics {
     pub socket_unacked: Gauge,
     /// The tunnel socket's receive queue: received, not yet read.
     pub socket_unread: Gauge,
+    /// The tunnel's TCP connections now (`[tunnel] lanes` on its dialer).
+    pub lanes: Gauge,
 }
 
 /// A service's handles, held by each of its streams.
@@ -290,6 +293,7 @@ impl Metrics {
             tunnel_socket_unsent: Family::default(),
             tunnel_socket_unacked: Family::default(),
             tunnel_socket_unread: Family::default(),
+            tunnel_lanes: Family::default(),
             service_accepted: Family::default(),
             service_refused: Family::default(),
             unknown_service_refused: Family::default(),
@@ -354,6 +358,7 @@ impl Metrics {
             socket_unsent: self.tunnel_socket_unsent.get_or_create(&l).clone(),
             socket_unacked: self.tunnel_socket_unacked.get_or_create(&l).clone(),
             socket_unread: self.tunnel_socket_unread.get_or_create(&l).clone(),
+            lanes: self.tunnel_lanes.get_or_create(&l).clone(),
         }
     }
 
@@ -396,6 +401,7 @@ impl Metrics {
         self.tunnel_socket_unsent.remove(&l);
         self.tunnel_socket_unacked.remove(&l);
         self.tunnel_socket_unread.remove(&l);
+        self.tunnel_lanes.remove(&l);
     }
 
     fn service_label(service: &str, side: Side) -> ServiceLabel {
@@ -639,6 +645,11 @@ fn register_tunnel_series(r: &mut Registry, m: &Metrics) {
         "tunnel_socket_unread_bytes",
         "Tunnel socket's receive queue in the kernel: received, not yet read",
         m.tunnel_socket_unread.clone(),
+    );
+    r.register(
+        "tunnel_lanes",
+        "Tunnel's TCP connections (lanes) now; 0 while it is down",
+        m.tunnel_lanes.clone(),
     );
 }
 

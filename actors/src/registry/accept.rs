@@ -188,6 +188,9 @@ impl Handler<MayAccept> for Registry {
     type Result = Result<(), TunnelRefusal>;
 
     fn handle(&mut self, msg: MayAccept, ctx: &mut Self::Context) -> Self::Result {
+        if msg.lane {
+            return self.lane_target(&msg.name, &msg.identity).map(|_| ());
+        }
         if self.may_accept(&msg.name, &msg.identity, msg.secret_proven)? == NameStatus::New {
             // A dialer that proved the secret is no stranger: only strangers are rate-limited.
             if !msg.secret_proven && !self.new_names.try_take(msg.peer, Instant::now()) {
@@ -213,6 +216,10 @@ impl Handler<TunnelAccepted> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: TunnelAccepted, ctx: &mut Self::Context) {
+        if msg.lane {
+            self.join_lane(msg);
+            return;
+        }
         // Checked again: another dialer may have claimed the name since the first check.
         let proven = self.secret_for(&msg.name).is_some();
         let verdict = match self.may_accept(&msg.name, &msg.identity, proven) {
@@ -244,6 +251,56 @@ impl Handler<TunnelAccepted> for Registry {
 }
 
 impl Registry {
+    /// The connected tunnel another lane of `name` from `identity` joins: accepted here, up,
+    /// and pinned to that identity. Anything else is refused: a lane never makes a tunnel.
+    fn lane_target(
+        &self,
+        name: &str,
+        identity: &[u8; IDENTITY_LEN],
+    ) -> Result<Addr<Tunnel>, TunnelRefusal> {
+        let pinned = self.accepted.get(name).and_then(|a| a.pin) == Some(*identity);
+        match self.tunnels.get(name) {
+            Some(t) if t.role == Role::Acceptor && pinned && !self.shutting_down => match &t.link {
+                Link::Up(actor) => Ok(actor.clone()),
+                Link::Retrying { .. } => Err(Self::no_lane_target()),
+            },
+            _ => Err(Self::no_lane_target()),
+        }
+    }
+
+    fn no_lane_target() -> TunnelRefusal {
+        TunnelRefusal::same(
+            RefuseCode::Other,
+            "no connected tunnel of that name from this dialer to join as a lane".to_owned(),
+        )
+    }
+
+    /// Hands an accepted lane to its tunnel (checked again: the tunnel may have gone since).
+    fn join_lane(&mut self, msg: TunnelAccepted) {
+        let sock = match self.lane_target(&msg.name, &msg.identity) {
+            Ok(actor) => msg.sock.into_std().map(|sock| (actor, sock)),
+            Err(refusal) => {
+                log::debug!(
+                    "tunnel {}: lane dropped: {}",
+                    Escaped(&msg.name),
+                    refusal.log
+                );
+                crate::io::reset_now(&msg.sock);
+                return;
+            }
+        };
+        match sock {
+            Ok((actor, sock)) => actor.do_send(crate::tunnel::JoinLane {
+                sock,
+                keys: msg.keys,
+            }),
+            Err(e) => warn!(
+                "tunnel {}: cannot hand a lane's socket to its tunnel: {e}",
+                Escaped(&msg.name)
+            ),
+        }
+    }
+
     /// The dialer of accepted name `name` deleted its tunnel: the name is free again. A declared
     /// name keeps its declaration and its binds; an undeclared one loses its binds too, so a
     /// stranger who claims the name next is carried nothing the old dialer was.

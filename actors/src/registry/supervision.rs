@@ -148,6 +148,9 @@ impl Registry {
             Some((arbiter, n)) => (Tunnel::start_in_arbiter(&arbiter, make), Some(n)),
             None => (Tunnel::create(make), None),
         };
+        if let (Some(dest), Some(pin)) = (dest, peer_pin) {
+            self.dial_lanes(&name, dest, &secret, pin, actor.clone(), ctx);
+        }
         let old = self.tunnels.insert(
             name.clone(),
             TunnelEntry {
@@ -193,10 +196,65 @@ impl Registry {
         secret: &Option<Secret>,
         pin: Option<[u8; IDENTITY_LEN]>,
     ) -> impl std::future::Future<Output = Result<(TcpStream, Established), DialError>> {
+        self.dial_as(name, dest, secret, pin, false)
+    }
+
+    /// Dials the other lanes of dialled tunnel `name` (`[tunnel] lanes`), one after another,
+    /// each handed to the tunnel's `actor` as it joins. A lane that fails leaves the tunnel on
+    /// the lanes it has (an older acceptor refuses lanes).
+    fn dial_lanes(
+        &self,
+        name: &str,
+        dest: SocketAddr,
+        secret: &Option<Secret>,
+        pin: [u8; IDENTITY_LEN],
+        actor: Addr<Tunnel>,
+        ctx: &mut Context<Self>,
+    ) {
+        let dials: Vec<_> = (1..self.settings.lanes)
+            .map(|_| self.dial_as(name, dest, secret, Some(pin), true))
+            .collect();
+        if dials.is_empty() {
+            return;
+        }
+        let name = name.to_owned();
+        let lanes = async move {
+            for (lane, dial) in (1..).zip(dials) {
+                let joined = match dial.await {
+                    Ok((sock, done)) => sock.into_std().map_err(|e| e.to_string()).map(|sock| {
+                        actor.do_send(crate::tunnel::JoinLane {
+                            sock,
+                            keys: done.keys,
+                        })
+                    }),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = joined {
+                    warn!("tunnel {name}: lane {lane} not joined: {e}; its streams go on {lane} lane(s)");
+                    break;
+                }
+            }
+        };
+        ctx.spawn(lanes.into_actor(self));
+    }
+
+    /// Dials tunnel `name` to `dest` within the dial timeout: the tunnel itself, or (`lane`)
+    /// another connection of it.
+    fn dial_as(
+        &self,
+        name: &str,
+        dest: SocketAddr,
+        secret: &Option<Secret>,
+        pin: Option<[u8; IDENTITY_LEN]>,
+        lane: bool,
+    ) -> impl std::future::Future<Output = Result<(TcpStream, Established), DialError>> {
         let identity = self.identity.clone();
         let limit = self.settings.dial_timeout;
         let terms = self.settings.terms();
-        let transport = Transport::here(self.settings.encrypt);
+        let transport = Transport {
+            lane,
+            ..Transport::here(self.settings.encrypt)
+        };
         let secret = self.dial_secret(secret);
         let name = name.to_owned();
         async move {

@@ -101,7 +101,8 @@ impl Handler<CarryClient> for Tunnel {
             protocol,
             origin: msg.origin,
         };
-        let entry = StreamEntry::new(actor, msg.service, Side::Local, &self.shared.settings);
+        let mut entry = StreamEntry::new(actor, msg.service, Side::Local, &self.shared.settings);
+        entry.lane = self.pick_lane();
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }

@@ -57,6 +57,7 @@ use crate::{Settings, Shared, Side};
 
 mod clients;
 mod commands;
+mod lanes;
 mod peer;
 mod send;
 mod streams;
@@ -65,6 +66,8 @@ mod writer;
 #[cfg(feature = "fault-injection")]
 pub use commands::CrashStream;
 pub use commands::{CloseService, CloseTunnel, Snapshot};
+use lanes::{Incoming, Lane};
+pub use lanes::{JoinLane, MAX_LANES};
 
 /// Tunnel -> its owner (the Registry): the tunnel actor stopped. A report going up, declared
 /// here beside its sender.
@@ -208,6 +211,8 @@ struct StreamEntry {
     accept_nonce: Option<[u8; NONCE_LEN]>,
     /// Where the stream is in its life (see `STREAMS.md`).
     state: StreamState,
+    /// The tunnel connection all its frames travel on, both ways (`lanes.rs`).
+    lane: usize,
     /// What the peer may send on this stream: grows while the stream is window-limited.
     recv: RecvWindow,
     /// Wire bytes of this stream, for `GET /config`.
@@ -239,8 +244,10 @@ pub struct TunnelCounters {
     /// The tunnel window offered to the peer now: what it may have in flight and unread
     /// towards us (it grows while it limits the peer, to the path's bandwidth-delay product).
     pub receive_window: u64,
-    /// Where the tunnel's bytes wait in the kernel: its socket's send and receive queues.
+    /// Where the tunnel's bytes wait in the kernel: its sockets' send and receive queues.
     pub socket: SocketQueues,
+    /// The tunnel's TCP connections (`[tunnel] lanes` on its dialer).
+    pub lanes: usize,
     /// The AEAD sealing the tunnel's records, or `"none"` (both nodes turned sealing off).
     pub transport: &'static str,
     /// Times this end replaced its sending key.
@@ -273,6 +280,8 @@ pub struct StreamStats {
     pub bytes_received: u64,
     /// The stream's receive window now (it grows while window-limited, shrinks when idle).
     pub window: u64,
+    /// The tunnel connection it travels on (0: the first; `[tunnel] lanes`).
+    pub lane: usize,
 }
 
 /// One tunnel connection as its Registry hands it over: who, on which socket, on what terms.
@@ -305,17 +314,6 @@ enum Life {
         reason: String,
         goaway: Option<GoAway>,
     },
-}
-
-/// The tunnel's record layer through its life.
-enum Record {
-    /// Before the actor starts: the handshake's keys, if the tunnel is sealed.
-    Keys(Option<SessionKeys>),
-    /// Frames go to the socket as they are (both nodes turned sealing off).
-    Plain,
-    /// Frames go out sealed in records; the reading half has the opener. (Boxed: a key
-    /// schedule is large, and a clear tunnel should not carry its room.)
-    Sealed(Box<Sealer>),
 }
 
 /// What the peer is: its terms, its address, whether it proved a secret.
@@ -364,8 +362,6 @@ struct Heartbeat {
     /// The PING in flight: its value, when it went, and the DATA bytes received by then (a
     /// round trip taken while bulk arrived measured our own queue, not the path).
     ping_sent: Option<(u64, Instant, u64)>,
-    /// When the last frame came: past the heartbeat timeout the peer is dead.
-    last_heard: Instant,
     /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
     heard: bool,
     /// When the tunnel came up, to tell a lasting tunnel from one that flaps.
@@ -398,18 +394,16 @@ pub struct Tunnel {
     shared: Shared,
     /// The peer: its terms, address and proof.
     peer: PeerInfo,
-    /// The tunnel's socket until the actor starts: registered with the arbiter it runs on there
-    /// (it may have been accepted or dialled on another).
-    sock: Option<std::net::TcpStream>,
-    /// The socket's descriptor once started, to ask the kernel what waits in its queues.
-    fd: Option<std::os::fd::RawFd>,
-    /// Seals what the writer sends, once started (the reading half opens what comes in).
-    record: Record,
-    /// The socket's write half; `None` while a write is under way (the write future owns it).
-    writer: Option<OwnedWriteHalf>,
-    /// Encoded control frames, written ahead of data.
-    control: BytesMut,
-    /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
+    /// The tunnel's first socket and its record keys until the actor starts: registered with
+    /// the arbiter it runs on there (it may have been accepted or dialled on another).
+    first: Option<(std::net::TcpStream, Option<SessionKeys>)>,
+    /// The tunnel's connections once started, the first one first (`lanes.rs`).
+    lanes: Vec<Lane>,
+    /// The lane the frame being handled came by: its PONG goes back there, and a stream it
+    /// opens lives there.
+    arrival_lane: usize,
+    /// Encoded DATA and FIN frames, per stream, taken round-robin at write time (each lane
+    /// takes its own streams').
     sched: SendQueue,
     /// The streams carried now, by id.
     streams: HashMap<u32, StreamEntry>,
@@ -465,11 +459,9 @@ impl Tunnel {
                 addr: sock.peer_addr().ok(),
                 authenticated,
             },
-            sock: Some(sock),
-            fd: None,
-            record: Record::Keys(keys),
-            writer: None,
-            control: BytesMut::new(),
+            first: Some((sock, keys)),
+            lanes: Vec::new(),
+            arrival_lane: 0,
             sched: SendQueue::default(),
             streams: HashMap::new(),
             counts,
@@ -489,7 +481,6 @@ impl Tunnel {
             beat: Heartbeat {
                 rtt: Rtt::default(),
                 ping_sent: None,
-                last_heard: Instant::now(),
                 heard: false,
                 up_since: Instant::now(),
                 pings: 0,
@@ -506,18 +497,13 @@ impl Tunnel {
 
     /// The credit and queue gauges of `GET /metrics`: set after each write and each second.
     fn publish_gauges(&self) {
-        let queued = self.sched.bytes() + self.control.len();
+        let queued = self.sched.bytes() + self.control_bytes();
         self.metrics
             .queued
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         self.metrics
             .send_window
             .set(i64::try_from(self.credit.window()).unwrap_or(i64::MAX));
-    }
-
-    /// The kernel's queues of the tunnel socket (zeros before the actor starts).
-    fn socket_queues(&self) -> SocketQueues {
-        self.fd.map(socket_queues).unwrap_or_default()
     }
 
     /// The kernel-side gauges of `GET /metrics`: set each second (three system calls).
@@ -566,42 +552,10 @@ impl Actor for Tunnel {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(256);
-        if let Some(sock) = self.sock.take() {
-            crate::io::set_notsent_lowat(&sock, NOTSENT_LOWAT);
-            self.fd = Some(std::os::fd::AsRawFd::as_raw_fd(&sock));
-            let sock = match TcpStream::from_std(sock) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.fail(ctx, format!("cannot take the socket over: {e}"));
-                    return;
-                }
-            };
-            let (reader, writer) = sock.into_split();
-            self.writer = Some(writer);
-            let keys = match std::mem::replace(&mut self.record, Record::Plain) {
-                Record::Keys(keys) => keys,
-                _ => None,
-            };
-            match keys {
-                Some(keys) => {
-                    let dialer = self.role == Role::Dialer;
-                    let (sealer, opener) = keys.split(dialer, self.shared.settings.rekey);
-                    self.record = Record::Sealed(Box::new(sealer));
-                    ctx.add_stream(FramedRead::with_capacity(
-                        reader,
-                        SealedFrameCodec::new(opener),
-                        // The largest record a writer makes (one largest DATA frame); a larger
-                        // one (up to MAX_RECORD) grows the buffer when it comes.
-                        RECORD_HEADER + HEADER_LEN + MAX_DATA + TAG_LEN,
-                    ));
-                }
-                None => {
-                    ctx.add_stream(FramedRead::with_capacity(
-                        reader,
-                        FrameCodec,
-                        HEADER_LEN + MAX_DATA,
-                    ));
-                }
+        if let Some((sock, keys)) = self.first.take() {
+            if let Err(e) = self.attach_lane(sock, keys, ctx) {
+                self.fail(ctx, e);
+                return;
             }
         }
         // A first ping at once, so a working peer is heard within a round trip. Pings keep an
@@ -670,6 +624,7 @@ impl Actor for Tunnel {
         self.metrics.socket_unsent.set(0);
         self.metrics.socket_unacked.set(0);
         self.metrics.socket_unread.set(0);
+        self.metrics.lanes.set(0);
         self.registry.do_send(TunnelDown {
             name: self.name.clone(),
             generation: self.generation,
@@ -707,7 +662,7 @@ impl Tunnel {
         }
         // Other tunnels' streams may have made room in the node's buffer budget.
         self.release_withheld(ctx);
-        let silent = self.beat.last_heard.elapsed();
+        let silent = self.longest_silence(now);
         if silent > self.shared.settings.heartbeat_timeout {
             self.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
         }

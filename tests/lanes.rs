@@ -1,0 +1,128 @@
+//! Tunnels over several TCP connections (`[tunnel] lanes`): streams spread over the lanes and
+//! arrive byte-exact, both ends agree on each stream's lane, and a lane that breaks takes the
+//! whole tunnel down, after which the dialer re-dials all of it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+fn with_lanes(dir: &TempDir, name: &str, lanes: usize) -> Node {
+    Node::with_config(dir, name, &format!("[tunnel]\nlanes = {lanes}\n"))
+}
+
+/// Each node's lanes of tunnel `t`, as `GET /config` shows them.
+fn lanes(node: &Node) -> Option<u64> {
+    node.config()["tunnels"]["t"]["lanes"].as_u64()
+}
+
+/// Stream id -> lane, for the streams node `node` carries on tunnel `t`.
+fn stream_lanes(node: &Node) -> BTreeMap<u64, u64> {
+    let (status, config) = node.request("GET", "/config?connections=true", "");
+    assert_eq!(status, 200);
+    config["connections"]
+        .as_object()
+        .map(|streams| {
+            streams
+                .values()
+                .filter(|s| s["tunnel"] == "t")
+                .filter_map(|s| Some((s["stream"].as_u64()?, s["lane"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn streams_spread_over_the_lanes_and_arrive_byte_exact() {
+    let dir = TempDir::new("lanes");
+    let a = with_lanes(&dir, "a", 3);
+    let b = Node::start();
+    let echo = Backend::echo();
+    dial(&a, &b, "t");
+    let local = carry(&a, &b, "t", "echo", None, echo.addr);
+    assert!(
+        eventually(Duration::from_secs(10), || lanes(&a) == Some(3)
+            && lanes(&b) == Some(3)),
+        "both ends carry three lanes: {} / {}",
+        a.config(),
+        b.config()
+    );
+
+    // Six clients held open: two streams on each lane, on both ends alike.
+    let mut clients: Vec<TcpStream> = (0..6u64)
+        .map(|i| {
+            let mut s = connect(local);
+            echo_once(&mut s, i);
+            s
+        })
+        .collect();
+    let (on_a, on_b) = (stream_lanes(&a), stream_lanes(&b));
+    assert_eq!(on_a.len(), 6, "{on_a:?}");
+    assert_eq!(on_a, on_b, "both ends put each stream on the same lane");
+    let mut per_lane = [0; 3];
+    for lane in on_a.values() {
+        per_lane[*lane as usize] += 1;
+    }
+    assert_eq!(
+        per_lane,
+        [2, 2, 2],
+        "the fewest-streams lane takes each new one"
+    );
+
+    // Bulk on all of them at once, each byte-exact.
+    let workers: Vec<_> = (0..6u64)
+        .map(|i| {
+            thread::spawn(move || {
+                let data = pattern(1 << 20, 100 + i);
+                assert_eq!(roundtrip(local, &data), data);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("transfer");
+    }
+    for (i, s) in clients.iter_mut().enumerate() {
+        echo_once(s, 10 + i as u64);
+    }
+}
+
+#[test]
+fn a_lane_that_breaks_takes_the_tunnel_down_and_the_dialer_redials_every_lane() {
+    let dir = TempDir::new("lanes-break");
+    let a = with_lanes(&dir, "a", 2);
+    let b = Node::start();
+    let relay = Relay::start(b.tunnel);
+    dial_addr(&a, relay.addr, "t");
+    let echo = Backend::echo();
+    let local = carry(&a, &b, "t", "echo", None, echo.addr);
+    assert!(eventually(Duration::from_secs(10), || lanes(&a) == Some(2)
+        && lanes(&b) == Some(2)));
+    let mut held = connect(local);
+    echo_once(&mut held, 1);
+    let mut second = connect(local);
+    echo_once(&mut second, 2);
+
+    // The second connection through the relay is the second lane.
+    relay.cut_one(1);
+    for s in [&mut held, &mut second] {
+        assert!(
+            closed_within(s, Duration::from_secs(5)),
+            "every stream of the tunnel ends with it"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || lanes(&a) == Some(2)
+            && lanes(&b) == Some(2)
+            && try_roundtrip(local, b"after").is_ok_and(|r| r == b"after")),
+        "re-dialled with both lanes: {}",
+        a.config()
+    );
+    let mut again = connect(local);
+    echo_once(&mut again, 3);
+    again.flush().expect("flush");
+}
