@@ -7,8 +7,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+
+use menet_actors::handshake::Identity;
 
 use common::*;
 
@@ -125,4 +128,66 @@ fn a_lane_that_breaks_takes_the_tunnel_down_and_the_dialer_redials_every_lane() 
     let mut again = connect(local);
     echo_once(&mut again, 3);
     again.flush().expect("flush");
+}
+
+#[test]
+fn a_lane_joins_only_a_connected_tunnel_of_its_own_dialer() {
+    let b = Node::start();
+    let (owner, stranger) = (
+        Arc::new(Identity::generate()),
+        Arc::new(Identity::generate()),
+    );
+    // No tunnel of that name: a lane makes none.
+    let refused = raw_dial_lane(b.tunnel, "t", owner.clone())
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("no connected tunnel"), "{refused}");
+    assert!(b.config()["tunnels"]["t"].is_null(), "{}", b.config());
+
+    let mut first = raw_dial(b.tunnel, "t", None, Some(owner.clone())).expect("the tunnel");
+    assert!(eventually(Duration::from_secs(5), || lanes(&b) == Some(1)));
+    // Another identity cannot join it, nor take it over by asking for a lane.
+    let refused = raw_dial_lane(b.tunnel, "t", stranger)
+        .err()
+        .unwrap_or_default();
+    assert!(refused.contains("no connected tunnel"), "{refused}");
+    // Its own dialer can: the tunnel now runs over two connections, and the first still works.
+    let _lane = raw_dial_lane(b.tunnel, "t", owner).expect("a lane of its own tunnel");
+    assert!(
+        eventually(Duration::from_secs(5), || lanes(&b) == Some(2)),
+        "{}",
+        b.config()
+    );
+    assert_eq!(b.config()["tunnels"]["t"]["state"], "connected");
+    assert!(
+        pong(&mut first, 7),
+        "the first connection still carries the tunnel"
+    );
+}
+
+/// Sends PING `v` on a raw peer's connection; whether its PONG comes back.
+fn pong(peer: &mut RawPeer, v: u64) -> bool {
+    use menet_actors::protocol::{Frame, FrameCodec};
+    use std::io::Read;
+    use tokio_util::codec::Decoder;
+    let mut out = bytes::BytesMut::new();
+    Frame::Ping(v).encode(&mut out);
+    if peer.write_all(&out).is_err() {
+        return false;
+    }
+    peer.set_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (mut codec, mut inbox, mut buf) = (FrameCodec, bytes::BytesMut::new(), [0u8; 4096]);
+    loop {
+        match codec.decode(&mut inbox) {
+            Ok(Some(Frame::Pong(got))) if got == v => return true,
+            Ok(Some(_)) => continue,
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        match peer.read(&mut buf) {
+            Ok(n) if n > 0 => inbox.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
 }

@@ -911,7 +911,18 @@ pub fn raw_dial_from(
     identity: Option<Arc<menet_actors::handshake::Identity>>,
 ) -> Result<RawPeer, String> {
     let s = connect_from(from, addr).map_err(|e| e.to_string())?;
-    raw_handshake(s, name, None, identity, (1 << 20, 32 << 20))
+    raw_handshake(s, name, None, identity, (1 << 20, 32 << 20), false)
+}
+
+/// A raw dialer's connection asking to join its connected tunnel `name` as another lane
+/// (HELLO transport bit 2), proving `identity`.
+pub fn raw_dial_lane(
+    addr: SocketAddr,
+    name: &str,
+    identity: Arc<menet_actors::handshake::Identity>,
+) -> Result<RawPeer, String> {
+    let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    raw_handshake(s, name, None, Some(identity), (1 << 20, 32 << 20), true)
 }
 
 /// [`raw_dial`], announcing `windows` (stream, tunnel).
@@ -923,7 +934,7 @@ pub fn raw_dial_windows(
     windows: (u32, u32),
 ) -> Result<RawPeer, String> {
     let s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    raw_handshake(s, name, secret, identity, windows)
+    raw_handshake(s, name, secret, identity, windows, false)
 }
 
 /// The dialer's side of the handshake on a connected socket.
@@ -933,6 +944,7 @@ fn raw_handshake(
     secret: Option<&str>,
     identity: Option<Arc<menet_actors::handshake::Identity>>,
     windows: (u32, u32),
+    lane: bool,
 ) -> Result<RawPeer, String> {
     use menet_actors::handshake::{Dialer, Identity, Terms, Transport};
     use menet_actors::protocol::Windows;
@@ -950,7 +962,10 @@ fn raw_handshake(
         terms,
         identity,
         secret.map(menet_actors::cipher::Secret::new),
-        Transport::here(true),
+        Transport {
+            lane,
+            ..Transport::here(true)
+        },
     )
     .map_err(|e| e.to_string())?;
     s.write_all(d.hello()).map_err(|e| e.to_string())?;

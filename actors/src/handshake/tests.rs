@@ -298,3 +298,31 @@ fn sealed_unless_both_turn_it_off_with_aes_only_when_both_accelerate_it() {
         Some(TransportCipher::ChaCha20Poly1305)
     );
 }
+
+#[test]
+fn a_lane_request_is_read_and_answered_in_kind_and_other_bits_are_refused() {
+    let lane = Transport {
+        lane: true,
+        ..sealed()
+    };
+    let d = Dialer::new("t", terms(), Arc::new(Identity::generate()), None, lane).expect("dialer");
+    let (hello, _) = Message::parse(d.hello()).expect("ok").expect("whole");
+    let a = acceptor(hello, d.hello()).expect("hello");
+    assert!(a.hello.transport.lane, "the acceptor reads the request");
+    let (challenge, _) = Message::parse(a.challenge()).expect("ok").expect("whole");
+    let Message::Challenge { transport, .. } = challenge else {
+        panic!("a CHALLENGE");
+    };
+    assert!(transport.lane, "and echoes it");
+    // A plain dialer's CHALLENGE says nothing of lanes.
+    let d = dialer(None);
+    let (hello, _) = Message::parse(d.hello()).expect("ok").expect("whole");
+    let a = acceptor(hello, d.hello()).expect("hello");
+    let (challenge, _) = Message::parse(a.challenge()).expect("ok").expect("whole");
+    assert!(matches!(challenge, Message::Challenge { transport, .. } if !transport.lane));
+    // Bit 3 and up are still refused.
+    let mut raw = d.hello().to_vec();
+    let last = raw.len() - 1;
+    raw[last] |= 8;
+    assert!(Message::parse(&raw).is_err());
+}

@@ -50,13 +50,32 @@ fn terms() -> Terms {
     Settings::default().terms()
 }
 
-/// Starts a tunnel (the acceptor of `name`) on one end of a loopback pair; the other end, framed.
-async fn tunnel_and_peer(routes: Routes) -> (Peer, Arc<Mutex<Option<TunnelDown>>>) {
+/// A loopback pair: the tunnel's end (not yet registered) and the test's, framed.
+fn socket_pair() -> (std::net::TcpStream, Peer) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("dial");
     let (sock, _) = listener.accept().expect("accept");
     sock.set_nonblocking(true).expect("nonblocking");
     peer.set_nonblocking(true).expect("nonblocking");
+    let (read, write) = tokio::net::TcpStream::from_std(peer)
+        .expect("peer")
+        .into_split();
+    let peer = Peer {
+        read: FramedRead::new(read, FrameCodec),
+        write,
+    };
+    (sock, peer)
+}
+
+/// Starts a tunnel (the acceptor of `name`) on one end of a loopback pair; the other end, framed.
+async fn tunnel_and_peer(routes: Routes) -> (Peer, Arc<Mutex<Option<TunnelDown>>>) {
+    let (peer, report, _) = tunnel_peer_addr(routes).await;
+    (peer, report)
+}
+
+/// [`tunnel_and_peer`], with the tunnel's address for commands.
+async fn tunnel_peer_addr(routes: Routes) -> (Peer, Arc<Mutex<Option<TunnelDown>>>, Addr<Tunnel>) {
+    let (sock, peer) = socket_pair();
     let report = Arc::new(Mutex::new(None));
     let owner = Owner(report.clone()).start();
     let settings = Settings::default();
@@ -76,15 +95,31 @@ async fn tunnel_and_peer(routes: Routes) -> (Peer, Arc<Mutex<Option<TunnelDown>>
         authenticated: true,
         keys: None,
     };
-    Tunnel::new(link, owner.recipient(), shared).start();
-    let (read, write) = tokio::net::TcpStream::from_std(peer)
-        .expect("peer")
-        .into_split();
-    let peer = Peer {
-        read: FramedRead::new(read, FrameCodec),
-        write,
-    };
-    (peer, report)
+    let tunnel = Tunnel::new(link, owner.recipient(), shared).start();
+    (peer, report, tunnel)
+}
+
+/// A remote service `svc` bound to tunnel `t1`, dialled at `backend`.
+fn svc_route(backend: std::net::SocketAddr) -> Routes {
+    let mut routes = Routes::default();
+    routes.remote.insert(
+        "svc".into(),
+        RemoteRoute {
+            backends: Arc::new(crate::backends::Backends::new(
+                &[backend],
+                crate::service::Balance::First,
+                |_| Default::default(),
+            )),
+            key: None,
+            timeout: None,
+            tunnel: Some("t1".into()),
+            protocol: crate::protocol::Protocol::Tcp,
+            proxy_protocol: None,
+            pace: None,
+            datagrams: Arc::default(),
+        },
+    );
+    routes
 }
 
 /// The next frame from the tunnel that is not a PING (answered) or a WINDOW.
@@ -151,24 +186,7 @@ fn an_open_of_a_bound_service_reaches_its_backend_and_carries_bytes() {
         let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("backend");
-        let mut routes = Routes::default();
-        routes.remote.insert(
-            "svc".into(),
-            RemoteRoute {
-                backends: Arc::new(crate::backends::Backends::new(
-                    &[backend.local_addr().expect("addr")],
-                    crate::service::Balance::First,
-                    |_| Default::default(),
-                )),
-                key: None,
-                timeout: None,
-                tunnel: Some("t1".into()),
-                protocol: crate::protocol::Protocol::Tcp,
-                proxy_protocol: None,
-                pace: None,
-                datagrams: Arc::default(),
-            },
-        );
+        let routes = svc_route(backend.local_addr().expect("addr"));
         let (mut peer, _report) = tunnel_and_peer(routes).await;
         peer.send(Frame::Open {
             stream: 1,
@@ -248,5 +266,67 @@ fn a_goodbye_from_the_peer_is_reported_with_its_code() {
             "escaped: {}",
             down.reason
         );
+    });
+}
+
+#[test]
+fn a_stream_opened_on_a_lane_is_answered_on_that_lane_only() {
+    actix_rt::System::new().block_on(async {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("backend");
+        let routes = svc_route(backend.local_addr().expect("addr"));
+        let (mut first, report, tunnel) = tunnel_peer_addr(routes).await;
+        let (sock, mut lane) = socket_pair();
+        tunnel
+            .send(JoinLane { sock, keys: None })
+            .await
+            .expect("joined");
+        lane.send(Frame::Open {
+            stream: 3,
+            service: "svc".into(),
+            keyed: None,
+            protocol: crate::protocol::Protocol::Tcp,
+            origin: None,
+        })
+        .await
+        .expect("open");
+        let (mut conn, _) = backend.accept().await.expect("dialled");
+        assert!(matches!(
+            next_frame(&mut lane).await,
+            Some(Frame::OpenOk { stream: 3, .. })
+        ));
+        lane.send(Frame::Data {
+            stream: 3,
+            payload: BytesMut::from(&b"by lane one"[..]),
+        })
+        .await
+        .expect("data");
+        let mut got = [0u8; 11];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut got)
+            .await
+            .expect("bytes");
+        assert_eq!(&got, b"by lane one");
+        tokio::io::AsyncWriteExt::write_all(&mut conn, b"back on it")
+            .await
+            .expect("reply");
+        match next_frame(&mut lane).await {
+            Some(Frame::Data { stream: 3, payload }) => assert_eq!(&payload[..], b"back on it"),
+            other => panic!("{other:?}"),
+        }
+        // The first lane carries the tunnel's own frames, none of stream 3's: a PING there is
+        // answered there, and nothing else comes first.
+        first.send(Frame::Ping(9)).await.expect("ping");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), first.next()).await {
+                Ok(Some(Ok(Frame::Pong(9)))) => break,
+                Ok(Some(Ok(Frame::Ping(_) | Frame::Window { stream: 0, .. }))) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        // A lane that closes takes the tunnel down.
+        drop(lane);
+        let down = report_of(&report).await.expect("reported");
+        assert!(down.reason.contains("closed"), "{}", down.reason);
     });
 }
