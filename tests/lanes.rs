@@ -191,3 +191,22 @@ fn pong(peer: &mut RawPeer, v: u64) -> bool {
         }
     }
 }
+
+#[test]
+fn a_tunnel_deleted_by_its_acceptor_is_forgotten_by_its_dialer_whatever_lane_closes_first() {
+    let dir = TempDir::new("lanes-delete");
+    let a = with_lanes(&dir, "a", 3);
+    let b = Node::start();
+    dial(&a, &b, "t");
+    assert!(eventually(Duration::from_secs(10), || lanes(&a) == Some(3)
+        && lanes(&b) == Some(3)));
+    b.ok("DELETE", "/tunnel", r#"{"name":"t"}"#);
+    assert!(
+        eventually(Duration::from_secs(5), || a.config()["tunnels"]["t"]
+            .is_null()),
+        "the dialer forgot the tunnel instead of re-dialling it: {}",
+        a.config()
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert!(b.config()["tunnels"]["t"].is_null(), "{}", b.config());
+}

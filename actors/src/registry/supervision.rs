@@ -220,6 +220,10 @@ impl Registry {
         let name = name.to_owned();
         let lanes = async move {
             for (lane, dial) in (1..).zip(dials) {
+                // A tunnel gone meanwhile takes no more lanes (its successor dials its own).
+                if !actor.connected() {
+                    break;
+                }
                 let joined = match dial.await {
                     Ok((sock, done)) => sock.into_std().map_err(|e| e.to_string()).map(|sock| {
                         actor.do_send(crate::tunnel::JoinLane {

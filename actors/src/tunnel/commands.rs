@@ -24,7 +24,13 @@ impl Handler<CloseTunnel> for Tunnel {
                 self.life = Life::Closing {
                     reason: reason.clone(),
                 };
-                self.queue_control(&Frame::GoAway { code, reason }, ctx);
+                // On every lane, ahead of its end: whichever the peer reads first, it reads
+                // the goodbye before it sees a connection close (a deleted tunnel must not be
+                // taken for a broken one and re-dialled).
+                let goaway = Frame::GoAway { code, reason };
+                for lane in 0..self.lanes.len() {
+                    self.queue_control_on(lane, &goaway, ctx);
+                }
                 ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
             }
             None => {

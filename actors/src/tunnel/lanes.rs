@@ -4,8 +4,8 @@
 //!
 //! A stream lives on one lane for its whole life: its opener places it on the lane carrying the
 //! fewest streams, and every frame of it, both ways, travels there, so its frames keep their
-//! order. Tunnel-wide frames (PING, tunnel credit, GOAWAY) go on the first lane, a PONG on the
-//! lane its PING came by. Credit, windows, stream ids and the stream table stay the tunnel's:
+//! order. Tunnel-wide frames (PING, tunnel credit) go on the first lane, a PONG on the lane its
+//! PING came by, a GOAWAY on every lane (so the peer reads it before any connection closes). Credit, windows, stream ids and the stream table stay the tunnel's:
 //! a lane is only a socket, its record keys and its own write queue. So one stream's bytes, or
 //! the path's queue they fill, delay only the streams of its own lane: each lane is a TCP
 //! connection of its own on the path (its own congestion window, its own place in a relay's

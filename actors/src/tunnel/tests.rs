@@ -330,3 +330,31 @@ fn a_stream_opened_on_a_lane_is_answered_on_that_lane_only() {
         assert!(down.reason.contains("closed"), "{}", down.reason);
     });
 }
+
+#[test]
+fn a_goodbye_goes_on_every_lane_before_it_closes() {
+    actix_rt::System::new().block_on(async {
+        let (mut first, _report, tunnel) = tunnel_peer_addr(Routes::default()).await;
+        let (sock, mut lane) = socket_pair();
+        tunnel
+            .send(JoinLane { sock, keys: None })
+            .await
+            .expect("joined");
+        tunnel
+            .send(CloseTunnel {
+                goodbye: Some((GoAway::Deleted, "deleted".into())),
+            })
+            .await
+            .expect("closed");
+        for peer in [&mut first, &mut lane] {
+            let goodbye = loop {
+                match tokio::time::timeout(Duration::from_secs(5), peer.next()).await {
+                    Ok(Some(Ok(Frame::GoAway { code, .. }))) => break code,
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!("the connection ended without a goodbye: {other:?}"),
+                }
+            };
+            assert_eq!(goodbye, GoAway::Deleted);
+        }
+    });
+}
