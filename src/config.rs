@@ -711,6 +711,15 @@ mod tests {
         let err = Config::load(&cli(&["--config", p])).expect_err("timeout below interval");
         assert!(err.to_string().contains("heartbeat_timeout_ms"), "{err}");
 
+        std::fs::write(&path, "[tunnel]\nlanes = 4\n").expect("write");
+        let c = Config::load(&cli(&["--config", p])).expect("loads");
+        assert_eq!(c.settings.lanes, 4);
+        for lanes in [0, 9] {
+            std::fs::write(&path, format!("[tunnel]\nlanes = {lanes}\n")).expect("write");
+            let err = Config::load(&cli(&["--config", p])).expect_err("out of range");
+            assert!(err.to_string().contains("lanes = "), "{err}");
+        }
+
         let missing = dir.join("missing.toml");
         let m = missing.to_str().expect("utf-8 path");
         assert!(matches!(

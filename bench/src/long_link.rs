@@ -55,7 +55,10 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     // turn with menet's (this relay moves with the machine from one minute to the next).
     let beside = rathole::binary().map(|path| RatholeLink::start(&path, &script, bulk, echo));
     let rounds = long_rounds();
-    println!("\nlong link: the tunnel through a relay delaying 25 ms each way (50 ms RTT), 32 MiB in flight");
+    println!(
+        "\nlong link: the tunnel through a relay delaying 25 ms each way (50 ms RTT), {} MiB in flight per connection",
+        relay_cap() >> 20
+    );
     let mut results = Vec::new();
     let mut theirs_rows = Vec::new();
     for (dir, upload) in [("upload", true), ("download", false)] {
@@ -194,8 +197,18 @@ impl RatholeLink {
     }
 }
 
-/// Starts the delay relay (25 ms each way, 32 MiB in flight) in front of `target`; its process
-/// (killed when dropped) and port.
+/// What the relay holds in flight per connection and direction: 32 MiB, or `--relay-cap BYTES`
+/// (a path that limits each connection to `cap` per round trip, as a per-flow shaper does).
+fn relay_cap() -> u64 {
+    std::env::args()
+        .skip_while(|a| a != "--relay-cap")
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(32 << 20)
+}
+
+/// Starts the delay relay (25 ms each way, [`relay_cap`] in flight) in front of `target`; its
+/// process (killed when dropped) and port.
 fn spawn_relay(script: &PathBuf, target: u16) -> (RelayProcess, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -208,7 +221,7 @@ fn spawn_relay(script: &PathBuf, target: u16) -> (RelayProcess, u16) {
             port.to_string(),
             target.to_string(),
             "25".into(),
-            (32u32 << 20).to_string(),
+            relay_cap().to_string(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
