@@ -120,9 +120,10 @@ impl Handler<FromConnection> for Tunnel {
                 };
                 e.bytes_sent += payload;
                 e.service_metrics.sent.inc_by(payload);
+                let lane = e.lane;
                 self.stats.bytes_sent += payload;
                 self.metrics.sent.inc_by(payload);
-                self.queue_data(stream, frame, ctx);
+                self.queue_data(lane, stream, frame, ctx);
                 self.stream_sent(stream, payload);
             }
             FromConnection::Want { stream } => self.stream_wants(stream),
@@ -136,10 +137,11 @@ impl Handler<FromConnection> for Tunnel {
                     return;
                 };
                 e.state = StreamState::HalfClosed;
+                let lane = e.lane;
                 self.stream_half_closed(stream);
                 let mut fin = BytesMut::with_capacity(HEADER_LEN);
                 Frame::Fin { stream }.encode(&mut fin);
-                self.queue_data(stream, fin.freeze(), ctx);
+                self.queue_data(lane, stream, fin.freeze(), ctx);
             }
             FromConnection::Dialed { stream } => {
                 let Some(e) = self.streams.get_mut(&stream) else {

@@ -26,8 +26,14 @@ impl Tunnel {
         self.flush_lane(lane, ctx);
     }
 
-    pub(super) fn queue_data(&mut self, stream: u32, frame: Bytes, ctx: &mut Context<Self>) {
-        let lane = self.streams.get(&stream).map_or(0, |e| e.lane);
+    /// Queues a DATA or FIN frame of `stream`, which lives on `lane`.
+    pub(super) fn queue_data(
+        &mut self,
+        lane: usize,
+        stream: u32,
+        frame: Bytes,
+        ctx: &mut Context<Self>,
+    ) {
         self.sched.push_on(lane, stream, frame);
         self.flush_lane(lane, ctx);
     }
