@@ -137,6 +137,49 @@ async fn next_frame(peer: &mut Peer) -> Option<Frame> {
     }
 }
 
+/// The peer opens `stream` to `svc` on `peer`'s connection: the backend is dialled, OPEN_OK comes
+/// back there, `out` reaches the backend and its reply `back` returns there, each byte-exact.
+async fn open_and_echo(
+    peer: &mut Peer,
+    backend: &tokio::net::TcpListener,
+    stream: u32,
+    out: &[u8],
+    back: &[u8],
+) {
+    peer.send(Frame::Open {
+        stream,
+        service: "svc".into(),
+        keyed: None,
+        protocol: crate::protocol::Protocol::Tcp,
+        origin: None,
+    })
+    .await
+    .expect("open");
+    let (mut conn, _) = backend.accept().await.expect("dialled");
+    match next_frame(peer).await {
+        Some(Frame::OpenOk { stream: s, .. }) => assert_eq!(s, stream),
+        other => panic!("{other:?}"),
+    }
+    peer.send(Frame::Data {
+        stream,
+        payload: BytesMut::from(out),
+    })
+    .await
+    .expect("data");
+    let mut got = vec![0u8; out.len()];
+    tokio::io::AsyncReadExt::read_exact(&mut conn, &mut got)
+        .await
+        .expect("bytes");
+    assert_eq!(got, out);
+    tokio::io::AsyncWriteExt::write_all(&mut conn, back)
+        .await
+        .expect("reply");
+    match next_frame(peer).await {
+        Some(Frame::Data { stream: s, payload }) if s == stream => assert_eq!(&payload[..], back),
+        other => panic!("{other:?}"),
+    }
+}
+
 async fn report_of(report: &Arc<Mutex<Option<TunnelDown>>>) -> Option<TunnelDown> {
     for _ in 0..100 {
         if let Some(r) = report.lock().expect("report").take() {
@@ -188,38 +231,7 @@ fn an_open_of_a_bound_service_reaches_its_backend_and_carries_bytes() {
             .expect("backend");
         let routes = svc_route(backend.local_addr().expect("addr"));
         let (mut peer, _report) = tunnel_and_peer(routes).await;
-        peer.send(Frame::Open {
-            stream: 1,
-            service: "svc".into(),
-            keyed: None,
-            protocol: crate::protocol::Protocol::Tcp,
-            origin: None,
-        })
-        .await
-        .expect("open");
-        let (mut conn, _) = backend.accept().await.expect("dialled");
-        assert!(matches!(
-            next_frame(&mut peer).await,
-            Some(Frame::OpenOk { stream: 1, .. })
-        ));
-        peer.send(Frame::Data {
-            stream: 1,
-            payload: BytesMut::from(&b"hello backend"[..]),
-        })
-        .await
-        .expect("data");
-        let mut got = [0u8; 13];
-        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut got)
-            .await
-            .expect("bytes");
-        assert_eq!(&got, b"hello backend");
-        tokio::io::AsyncWriteExt::write_all(&mut conn, b"and back")
-            .await
-            .expect("reply");
-        match next_frame(&mut peer).await {
-            Some(Frame::Data { stream: 1, payload }) => assert_eq!(&payload[..], b"and back"),
-            other => panic!("{other:?}"),
-        }
+        open_and_echo(&mut peer, &backend, 1, b"hello backend", b"and back").await;
     });
 }
 
@@ -282,38 +294,7 @@ fn a_stream_opened_on_a_lane_is_answered_on_that_lane_only() {
             .send(JoinLane { sock, keys: None })
             .await
             .expect("joined");
-        lane.send(Frame::Open {
-            stream: 3,
-            service: "svc".into(),
-            keyed: None,
-            protocol: crate::protocol::Protocol::Tcp,
-            origin: None,
-        })
-        .await
-        .expect("open");
-        let (mut conn, _) = backend.accept().await.expect("dialled");
-        assert!(matches!(
-            next_frame(&mut lane).await,
-            Some(Frame::OpenOk { stream: 3, .. })
-        ));
-        lane.send(Frame::Data {
-            stream: 3,
-            payload: BytesMut::from(&b"by lane one"[..]),
-        })
-        .await
-        .expect("data");
-        let mut got = [0u8; 11];
-        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut got)
-            .await
-            .expect("bytes");
-        assert_eq!(&got, b"by lane one");
-        tokio::io::AsyncWriteExt::write_all(&mut conn, b"back on it")
-            .await
-            .expect("reply");
-        match next_frame(&mut lane).await {
-            Some(Frame::Data { stream: 3, payload }) => assert_eq!(&payload[..], b"back on it"),
-            other => panic!("{other:?}"),
-        }
+        open_and_echo(&mut lane, &backend, 3, b"by lane one", b"back on it").await;
         // The first lane carries the tunnel's own frames, none of stream 3's: a PING there is
         // answered there, and nothing else comes first.
         first.send(Frame::Ping(9)).await.expect("ping");
