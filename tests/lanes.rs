@@ -210,3 +210,33 @@ fn a_tunnel_deleted_by_its_acceptor_is_forgotten_by_its_dialer_whatever_lane_clo
     thread::sleep(Duration::from_millis(500));
     assert!(b.config()["tunnels"]["t"].is_null(), "{}", b.config());
 }
+
+#[test]
+fn streams_the_acceptor_opens_spread_over_the_lanes_too() {
+    let dir = TempDir::new("lanes-back");
+    let a = with_lanes(&dir, "a", 2);
+    let b = Node::start();
+    let echo = Backend::echo();
+    dial(&a, &b, "t");
+    // A service local on the acceptor, remote on the dialer: b opens the streams.
+    let local = carry(&b, &a, "t", "back", None, echo.addr);
+    assert!(eventually(Duration::from_secs(10), || lanes(&a) == Some(2)
+        && lanes(&b) == Some(2)));
+    let mut clients: Vec<TcpStream> = (0..4u64)
+        .map(|i| {
+            let mut s = connect(local);
+            echo_once(&mut s, 20 + i);
+            s
+        })
+        .collect();
+    let (on_b, on_a) = (stream_lanes(&b), stream_lanes(&a));
+    assert_eq!(on_b, on_a, "both ends put each stream on the same lane");
+    assert!(
+        on_b.keys().all(|id| id % 2 == 0),
+        "the acceptor's ids: {on_b:?}"
+    );
+    assert_eq!(on_b.values().filter(|&&l| l == 1).count(), 2, "{on_b:?}");
+    for (i, s) in clients.iter_mut().enumerate() {
+        echo_once(s, 30 + i as u64);
+    }
+}
