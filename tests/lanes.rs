@@ -47,7 +47,8 @@ fn streams_spread_over_the_lanes_and_arrive_byte_exact() {
     let b = Node::start();
     let echo = Backend::echo();
     dial(&a, &b, "t");
-    let local = carry(&a, &b, "t", "echo", None, echo.addr);
+    // Keyed (RC4, end to end): each stream's keys are its own, whichever lane carries it.
+    let local = carry(&a, &b, "t", "echo", Some("k"), echo.addr);
     assert!(
         eventually(Duration::from_secs(10), || lanes(&a) == Some(3)
             && lanes(&b) == Some(3)),
