@@ -241,3 +241,37 @@ fn streams_the_acceptor_opens_spread_over_the_lanes_too() {
         echo_once(s, 30 + i as u64);
     }
 }
+
+#[test]
+fn a_lane_gone_silent_takes_the_tunnel_down_within_the_heartbeat_timeout() {
+    let dir = TempDir::new("lanes-silent");
+    let heartbeat = "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1000\n";
+    let a = Node::with_config(&dir, "a", &format!("[tunnel]\nlanes = 2\n{heartbeat}"));
+    let b = Node::with_config(&dir, "b", &format!("[tunnel]\n{heartbeat}"));
+    let relay = Relay::start(b.tunnel);
+    dial_addr(&a, relay.addr, "t");
+    let echo = Backend::echo();
+    let local = carry(&a, &b, "t", "echo", None, echo.addr);
+    assert!(eventually(Duration::from_secs(10), || lanes(&a) == Some(2)
+        && lanes(&b) == Some(2)));
+    let mut held = connect(local);
+    echo_once(&mut held, 1);
+    // The second lane stops passing anything, both ways, without closing: only the silence
+    // tells.
+    relay.strand_one(1);
+    assert!(
+        closed_within(&mut held, Duration::from_secs(5)),
+        "the tunnel went down with its silent lane"
+    );
+    assert!(
+        a.wait_log("silent", Duration::from_secs(5)),
+        "{:?}",
+        a.log_all()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || lanes(&a) == Some(2)
+            && try_roundtrip(local, b"again").is_ok_and(|r| r == b"again")),
+        "re-dialled over fresh connections: {}",
+        a.config()
+    );
+}

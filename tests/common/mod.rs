@@ -717,6 +717,14 @@ impl Relay {
         self.frozen.store(false, Ordering::SeqCst);
     }
 
+    /// Freezes only the `n`th connection made through the relay (from 0), for good: a silent
+    /// connection among live ones.
+    pub fn strand_one(&self, n: usize) {
+        if let Some(flag) = self.stranded.lock().expect("relay lock").get(n) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
     pub fn strand(&self) {
         for flag in self.stranded.lock().expect("relay lock").iter() {
             flag.store(true, Ordering::SeqCst);
