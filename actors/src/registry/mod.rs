@@ -116,6 +116,24 @@ impl DialError {
             )
     }
 
+    /// A lane that failed this way may join at a later try: the path or the acceptor was
+    /// busy. Not a node that closed the handshake (one from before lanes reads the request as
+    /// malformed) nor one that refused it (no tunnel of that name to join).
+    fn lane_may_retry(&self) -> bool {
+        matches!(
+            self,
+            DialError::Timeout(_)
+                | DialError::Handshake(
+                    HandshakeError::Io(_)
+                        | HandshakeError::Deadline { .. }
+                        | HandshakeError::Refused {
+                            code: RefuseCode::Busy,
+                            ..
+                        }
+                )
+        )
+    }
+
     /// The peer is this node itself (it saw its own identity): never worth a re-dial.
     fn reached_itself(&self) -> bool {
         matches!(
@@ -579,6 +597,26 @@ fn data_thread() -> Arbiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lane_is_tried_again_only_after_a_failure_that_may_pass() {
+        let refused = |code| {
+            DialError::Handshake(HandshakeError::Refused {
+                code,
+                reason: String::new(),
+            })
+        };
+        assert!(DialError::Timeout(Duration::from_secs(5)).lane_may_retry());
+        assert!(DialError::Handshake(HandshakeError::Io(
+            std::io::ErrorKind::ConnectionReset.into()
+        ))
+        .lane_may_retry());
+        assert!(refused(RefuseCode::Busy).lane_may_retry());
+        // An older acceptor closes a lane's HELLO; a newer one with no tunnel to join refuses.
+        assert!(!DialError::Handshake(HandshakeError::Closed).lane_may_retry());
+        assert!(!refused(RefuseCode::Other).lane_may_retry());
+        assert!(!refused(RefuseCode::AuthFailed).lane_may_retry());
+    }
 
     #[test]
     fn backoff_doubles_from_200_ms_to_30_s_with_jitter() {

@@ -200,8 +200,10 @@ impl Registry {
     }
 
     /// Dials the other lanes of dialled tunnel `name` (`[tunnel] lanes`), one after another,
-    /// each handed to the tunnel's `actor` as it joins. A lane that fails leaves the tunnel on
-    /// the lanes it has (an older acceptor refuses lanes).
+    /// each handed to the tunnel's `actor` as it joins. A lane that fails in a way that may
+    /// pass (a timeout, a busy acceptor) is tried again with back-off, a few times, while the
+    /// tunnel lives; otherwise the tunnel stays on the lanes it has (an older acceptor refuses
+    /// lanes).
     fn dial_lanes(
         &self,
         name: &str,
@@ -211,35 +213,52 @@ impl Registry {
         actor: Addr<Tunnel>,
         ctx: &mut Context<Self>,
     ) {
-        let dials: Vec<_> = (1..self.settings.lanes)
-            .map(|_| self.dial_as(name, dest, secret, Some(pin), true))
-            .collect();
-        if dials.is_empty() {
+        /// Tries of one lane before the tunnel goes on without it.
+        const LANE_TRIES: u32 = 5;
+        let lanes = self.settings.lanes;
+        if lanes < 2 {
             return;
         }
-        let name = name.to_owned();
-        let lanes = async move {
-            for (lane, dial) in (1..).zip(dials) {
-                // A tunnel gone meanwhile takes no more lanes (its successor dials its own).
-                if !actor.connected() {
-                    break;
-                }
-                let joined = match dial.await {
-                    Ok((sock, done)) => sock.into_std().map_err(|e| e.to_string()).map(|sock| {
-                        actor.do_send(crate::tunnel::JoinLane {
-                            sock,
-                            keys: done.keys,
-                        })
-                    }),
-                    Err(e) => Err(e.to_string()),
+        let plan = self.dial_plan(name, dest, secret, Some(pin), true);
+        let dialling = async move {
+            let mut lane = 1;
+            let mut tries = 0;
+            // A tunnel gone meanwhile takes no more lanes (its successor dials its own).
+            while lane < lanes && actor.connected() {
+                tries += 1;
+                let failed = match plan.clone().dial().await {
+                    Ok((sock, done)) => match sock.into_std() {
+                        Ok(sock) => {
+                            actor.do_send(crate::tunnel::JoinLane {
+                                sock,
+                                keys: done.keys,
+                            });
+                            lane += 1;
+                            tries = 0;
+                            continue;
+                        }
+                        Err(e) => (e.to_string(), false),
+                    },
+                    Err(e) => (e.to_string(), e.lane_may_retry()),
                 };
-                if let Err(e) = joined {
-                    warn!("tunnel {name}: lane {lane} not joined: {e}; its streams go on {lane} lane(s)");
+                let (e, retry) = failed;
+                if !retry || tries >= LANE_TRIES {
+                    warn!(
+                        "tunnel {}: lane {lane} not joined: {e}; its streams go on {lane} lane(s)",
+                        plan.name
+                    );
                     break;
                 }
+                let delay = backoff(tries);
+                warn!(
+                    "tunnel {}: lane {lane} not joined: {e}; next try in {} ms",
+                    plan.name,
+                    delay.as_millis()
+                );
+                tokio::time::sleep(delay).await;
             }
         };
-        ctx.spawn(lanes.into_actor(self));
+        ctx.spawn(dialling.into_actor(self));
     }
 
     /// Dials tunnel `name` to `dest` within the dial timeout: the tunnel itself, or (`lane`)
@@ -252,22 +271,30 @@ impl Registry {
         pin: Option<[u8; IDENTITY_LEN]>,
         lane: bool,
     ) -> impl std::future::Future<Output = Result<(TcpStream, Established), DialError>> {
-        let identity = self.identity.clone();
-        let limit = self.settings.dial_timeout;
-        let terms = self.settings.terms();
-        let transport = Transport {
-            lane,
-            ..Transport::here(self.settings.encrypt)
-        };
-        let secret = self.dial_secret(secret);
-        let name = name.to_owned();
-        async move {
-            let dial = handshake::dial(dest, &name, terms, identity, secret, transport, pin);
-            match tokio::time::timeout(limit, dial).await {
-                Ok(Ok(done)) => Ok(done),
-                Ok(Err(e)) => Err(DialError::Handshake(e)),
-                Err(_) => Err(DialError::Timeout(limit)),
-            }
+        self.dial_plan(name, dest, secret, pin, lane).dial()
+    }
+
+    /// What a dial of tunnel `name` needs, taken off the Registry so it can be repeated.
+    fn dial_plan(
+        &self,
+        name: &str,
+        dest: SocketAddr,
+        secret: &Option<Secret>,
+        pin: Option<[u8; IDENTITY_LEN]>,
+        lane: bool,
+    ) -> DialPlan {
+        DialPlan {
+            name: name.to_owned(),
+            dest,
+            terms: self.settings.terms(),
+            identity: self.identity.clone(),
+            secret: self.dial_secret(secret),
+            transport: Transport {
+                lane,
+                ..Transport::here(self.settings.encrypt)
+            },
+            pin,
+            limit: self.settings.dial_timeout,
         }
     }
 
@@ -507,5 +534,45 @@ impl Handler<ListenerDown> for Registry {
         l.last_error = Some(format!("the listener {why}"));
         let accepts = msg.accepts;
         l.retry = Some(ctx.run_later(delay, move |act, ctx| act.start_listener(accepts, ctx)));
+    }
+}
+
+/// One dial of a tunnel, repeatable off the Registry: where, as whom, on what terms.
+#[derive(Clone)]
+struct DialPlan {
+    /// The tunnel's name, claimed in PROOF.
+    name: String,
+    /// The acceptor's tunnel port.
+    dest: SocketAddr,
+    /// What this node grants the acceptor.
+    terms: Terms,
+    /// This node's identity, proved in PROOF.
+    identity: Arc<Identity>,
+    /// The secret proved, if any.
+    secret: Option<Secret>,
+    /// Sealing, AES, and whether this is another lane of a connected tunnel.
+    transport: Transport,
+    /// The acceptor's identity this tunnel is pinned to, if known.
+    pin: Option<[u8; IDENTITY_LEN]>,
+    /// The whole dial and handshake within this.
+    limit: Duration,
+}
+
+impl DialPlan {
+    async fn dial(self) -> Result<(TcpStream, Established), DialError> {
+        let dial = handshake::dial(
+            self.dest,
+            &self.name,
+            self.terms,
+            self.identity,
+            self.secret,
+            self.transport,
+            self.pin,
+        );
+        match tokio::time::timeout(self.limit, dial).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Err(DialError::Handshake(e)),
+            Err(_) => Err(DialError::Timeout(self.limit)),
+        }
     }
 }
