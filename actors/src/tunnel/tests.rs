@@ -339,3 +339,45 @@ fn a_goodbye_goes_on_every_lane_before_it_closes() {
         }
     });
 }
+
+#[test]
+fn a_peer_that_floods_pings_over_its_lanes_without_reading_loses_the_tunnel() {
+    actix_rt::System::new().block_on(async {
+        let (mut first, report, tunnel) = tunnel_peer_addr(Routes::default()).await;
+        let (sock, mut lane) = socket_pair();
+        tunnel
+            .send(JoinLane { sock, keys: None })
+            .await
+            .expect("joined");
+        // 64 KiB of PINGs at a time on each lane in turn, never reading a PONG: the PONGs fill
+        // the kernel's buffers, then the tunnel's control queues, which hold 1 MiB in all.
+        let mut burst = BytesMut::new();
+        for v in 0..(64 * 1024 / (HEADER_LEN + 8)) as u64 {
+            Frame::Ping(v).encode(&mut burst);
+        }
+        let mut sent = 0usize;
+        let down = loop {
+            if let Some(down) = report.lock().expect("report").take() {
+                break down;
+            }
+            assert!(
+                sent < 64 << 20,
+                "64 MiB of PINGs and the tunnel still queues PONGs"
+            );
+            for peer in [&mut first, &mut lane] {
+                let write = peer.write.write_all(&burst);
+                if tokio::time::timeout(Duration::from_millis(200), write)
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    sent += burst.len();
+                }
+            }
+        };
+        assert!(
+            down.reason.contains("does not read its control frames"),
+            "{}",
+            down.reason
+        );
+    });
+}

@@ -16,7 +16,8 @@ impl Tunnel {
             return;
         };
         frame.encode(&mut l.control);
-        if l.control.len() > MAX_CONTROL_QUEUE {
+        // The cap is the tunnel's, over all its lanes: more lanes are no more room.
+        if self.control_bytes() > MAX_CONTROL_QUEUE {
             self.fail(
                 ctx,
                 "peer does not read its control frames; closing".to_owned(),
