@@ -95,17 +95,27 @@ fn streams_spread_over_the_lanes_and_arrive_byte_exact() {
     }
 }
 
-#[test]
-fn a_lane_that_breaks_takes_the_tunnel_down_and_the_dialer_redials_every_lane() {
-    let dir = TempDir::new("lanes-break");
-    let a = with_lanes(&dir, "a", 2);
-    let b = Node::start();
+/// Node a dials b over two lanes through a relay (both with `[tunnel]` lines `extra`), an echo
+/// service carried: the nodes, the relay, the echo and the local service's address.
+fn two_lanes_through_relay(
+    dir: &TempDir,
+    extra: &str,
+) -> (Node, Node, Relay, Backend, std::net::SocketAddr) {
+    let a = Node::with_config(dir, "a", &format!("[tunnel]\nlanes = 2\n{extra}"));
+    let b = Node::with_config(dir, "b", &format!("[tunnel]\n{extra}"));
     let relay = Relay::start(b.tunnel);
     dial_addr(&a, relay.addr, "t");
     let echo = Backend::echo();
     let local = carry(&a, &b, "t", "echo", None, echo.addr);
     assert!(eventually(Duration::from_secs(10), || lanes(&a) == Some(2)
         && lanes(&b) == Some(2)));
+    (a, b, relay, echo, local)
+}
+
+#[test]
+fn a_lane_that_breaks_takes_the_tunnel_down_and_the_dialer_redials_every_lane() {
+    let dir = TempDir::new("lanes-break");
+    let (a, b, relay, _echo, local) = two_lanes_through_relay(&dir, "");
     let mut held = connect(local);
     echo_once(&mut held, 1);
     let mut second = connect(local);
@@ -246,14 +256,7 @@ fn streams_the_acceptor_opens_spread_over_the_lanes_too() {
 fn a_lane_gone_silent_takes_the_tunnel_down_within_the_heartbeat_timeout() {
     let dir = TempDir::new("lanes-silent");
     let heartbeat = "heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1000\n";
-    let a = Node::with_config(&dir, "a", &format!("[tunnel]\nlanes = 2\n{heartbeat}"));
-    let b = Node::with_config(&dir, "b", &format!("[tunnel]\n{heartbeat}"));
-    let relay = Relay::start(b.tunnel);
-    dial_addr(&a, relay.addr, "t");
-    let echo = Backend::echo();
-    let local = carry(&a, &b, "t", "echo", None, echo.addr);
-    assert!(eventually(Duration::from_secs(10), || lanes(&a) == Some(2)
-        && lanes(&b) == Some(2)));
+    let (a, b, relay, _echo, local) = two_lanes_through_relay(&dir, heartbeat);
     let mut held = connect(local);
     echo_once(&mut held, 1);
     // The second lane stops passing anything, both ways, without closing: only the silence

@@ -196,7 +196,7 @@ impl Registry {
         secret: &Option<Secret>,
         pin: Option<[u8; IDENTITY_LEN]>,
     ) -> impl std::future::Future<Output = Result<(TcpStream, Established), DialError>> {
-        self.dial_as(name, dest, secret, pin, false)
+        self.dial_plan(name, dest, secret, pin, false).dial()
     }
 
     /// Dials the other lanes of dialled tunnel `name` (`[tunnel] lanes`), one after another,
@@ -259,19 +259,6 @@ impl Registry {
             }
         };
         ctx.spawn(dialling.into_actor(self));
-    }
-
-    /// Dials tunnel `name` to `dest` within the dial timeout: the tunnel itself, or (`lane`)
-    /// another connection of it.
-    fn dial_as(
-        &self,
-        name: &str,
-        dest: SocketAddr,
-        secret: &Option<Secret>,
-        pin: Option<[u8; IDENTITY_LEN]>,
-        lane: bool,
-    ) -> impl std::future::Future<Output = Result<(TcpStream, Established), DialError>> {
-        self.dial_plan(name, dest, secret, pin, lane).dial()
     }
 
     /// What a dial of tunnel `name` needs, taken off the Registry so it can be repeated.
