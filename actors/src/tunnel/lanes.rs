@@ -175,8 +175,9 @@ impl Handler<JoinLane> for Tunnel {
         match self.attach_lane(msg.sock, msg.keys, ctx) {
             Ok(()) => {
                 debug!("tunnel {}: lane {lane} joined", self.name);
-                // A first ping, so the lane is heard from at once.
-                self.queue_control_on(lane, &Frame::Ping(u64::MAX), ctx);
+                // A first ping, so the lane is heard from at once (a value of the lane's own, as
+                // at each heartbeat: its PONG is no round-trip sample).
+                self.queue_control_on(lane, &Frame::Ping(u64::MAX - lane as u64), ctx);
             }
             Err(e) => self.fail(ctx, e),
         }
