@@ -1,10 +1,11 @@
 //! Tunnels over several TCP connections (`[tunnel] lanes`): streams spread over the lanes and
-//! arrive byte-exact, both ends agree on each stream's lane, and a lane that breaks takes the
-//! whole tunnel down, after which the dialer re-dials all of it.
+//! arrive byte-exact, one service leaves a lane to the others, both ends agree on each stream's
+//! lane, and a lane that breaks takes the whole tunnel down, after which the dialer re-dials all
+//! of it.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -24,8 +25,9 @@ fn lanes(node: &Node) -> Option<u64> {
     node.config()["tunnels"]["t"]["lanes"].as_u64()
 }
 
-/// Stream id -> lane, for the streams node `node` carries on tunnel `t`.
-fn stream_lanes(node: &Node) -> BTreeMap<u64, u64> {
+/// (lane, stream id, service) of each stream node `node` carries on tunnel `t` (ids are each
+/// lane's own).
+fn stream_lanes(node: &Node) -> BTreeSet<(u64, u64, String)> {
     let (status, config) = node.request("GET", "/config?connections=true", "");
     assert_eq!(status, 200);
     config["connections"]
@@ -34,10 +36,24 @@ fn stream_lanes(node: &Node) -> BTreeMap<u64, u64> {
             streams
                 .values()
                 .filter(|s| s["tunnel"] == "t")
-                .filter_map(|s| Some((s["stream"].as_u64()?, s["lane"].as_u64()?)))
+                .filter_map(|s| {
+                    let service = s["service"].as_str()?.to_owned();
+                    Some((s["lane"].as_u64()?, s["stream"].as_u64()?, service))
+                })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Streams per lane of `streams` (of 3 lanes), of `service`.
+fn per_lane(streams: &BTreeSet<(u64, u64, String)>, service: &str) -> [usize; 3] {
+    let mut per = [0; 3];
+    for (lane, _, s) in streams {
+        if s == service {
+            per[*lane as usize] += 1;
+        }
+    }
+    per
 }
 
 #[test]
@@ -57,7 +73,8 @@ fn streams_spread_over_the_lanes_and_arrive_byte_exact() {
         b.config()
     );
 
-    // Six clients held open: two streams on each lane, on both ends alike.
+    // Six clients held open: one service spreads over two of the three lanes, three streams
+    // on each, on both ends alike.
     let mut clients: Vec<TcpStream> = (0..6u64)
         .map(|i| {
             let mut s = connect(local);
@@ -68,15 +85,17 @@ fn streams_spread_over_the_lanes_and_arrive_byte_exact() {
     let (on_a, on_b) = (stream_lanes(&a), stream_lanes(&b));
     assert_eq!(on_a.len(), 6, "{on_a:?}");
     assert_eq!(on_a, on_b, "both ends put each stream on the same lane");
-    let mut per_lane = [0; 3];
-    for lane in on_a.values() {
-        per_lane[*lane as usize] += 1;
-    }
     assert_eq!(
-        per_lane,
-        [2, 2, 2],
-        "the fewest-streams lane takes each new one"
+        per_lane(&on_a, "echo"),
+        [3, 3, 0],
+        "a service spreads over all lanes but one"
     );
+    // Another service's client takes the lane left clear.
+    let other = carry(&a, &b, "t", "other", None, echo.addr);
+    let mut third = connect(other);
+    echo_once(&mut third, 7);
+    assert_eq!(per_lane(&stream_lanes(&a), "other"), [0, 0, 1]);
+    assert_eq!(stream_lanes(&a), stream_lanes(&b));
 
     // Bulk on all of them at once, each byte-exact.
     let workers: Vec<_> = (0..6u64)
@@ -223,7 +242,7 @@ fn a_tunnel_deleted_by_its_acceptor_is_forgotten_by_its_dialer_whatever_lane_clo
 }
 
 #[test]
-fn streams_the_acceptor_opens_spread_over_the_lanes_too() {
+fn streams_the_acceptor_opens_go_over_the_lanes_too() {
     let dir = TempDir::new("lanes-back");
     let a = with_lanes(&dir, "a", 2);
     let b = Node::start();
@@ -243,10 +262,27 @@ fn streams_the_acceptor_opens_spread_over_the_lanes_too() {
     let (on_b, on_a) = (stream_lanes(&b), stream_lanes(&a));
     assert_eq!(on_b, on_a, "both ends put each stream on the same lane");
     assert!(
-        on_b.keys().all(|id| id % 2 == 0),
+        on_b.iter().all(|(_, id, _)| id % 2 == 0),
         "the acceptor's ids: {on_b:?}"
     );
-    assert_eq!(on_b.values().filter(|&&l| l == 1).count(), 2, "{on_b:?}");
+    // One service of two lanes keeps to one.
+    let lanes_used: BTreeSet<u64> = on_b.iter().map(|(lane, _, _)| *lane).collect();
+    assert_eq!(lanes_used.len(), 1, "{on_b:?}");
+    // Another service of the acceptor's goes on the other.
+    let second = carry(&b, &a, "t", "back2", None, echo.addr);
+    let mut s = connect(second);
+    echo_once(&mut s, 40);
+    let on_b = stream_lanes(&b);
+    let other: BTreeSet<u64> = on_b
+        .iter()
+        .filter(|(_, _, s)| s == "back2")
+        .map(|(lane, _, _)| *lane)
+        .collect();
+    assert!(
+        other.len() == 1 && other.is_disjoint(&lanes_used),
+        "{on_b:?}"
+    );
+    assert_eq!(on_b, stream_lanes(&a));
     for (i, s) in clients.iter_mut().enumerate() {
         echo_once(s, 30 + i as u64);
     }

@@ -10,9 +10,6 @@
 //! after its quantum joins the busy ring at the back; one whose queue emptied stays in the busy
 //! ring (empty) until its turn, so no stream can be sparse again before the busy streams have
 //! each been served once: bulk cannot starve by posing as sparse.
-//!
-//! A tunnel over several connections (lanes) writes each on its own: every stream keeps to the
-//! lane it was placed on, and each lane has its own two rings.
 
 use std::collections::VecDeque;
 
@@ -32,56 +29,29 @@ struct StreamQueue {
     bytes: usize,
     /// What the stream may still send this round.
     deficit: usize,
-    /// The tunnel connection (lane) its frames leave on: all of a stream's frames take one, so
-    /// they keep their order.
-    lane: usize,
-}
-
-/// One lane's two rings: each tunnel connection is written on its own, so each schedules its
-/// own streams.
-#[derive(Debug, Default)]
-struct Rings {
-    /// Sparse streams (they had nothing queued), served first, in arrival order.
-    sparse: VecDeque<u32>,
-    /// Busy streams, in the order they are served.
-    ring: VecDeque<u32>,
-    /// Bytes queued on this lane.
-    bytes: usize,
 }
 
 #[derive(Debug, Default)]
 pub struct SendQueue {
-    /// Every stream in one of its lane's two rings (with frames queued, or emptied as a sparse
-    /// stream and waiting for its turn in the busy ring).
+    /// Every stream in one of the two rings (with frames queued, or emptied as a sparse stream
+    /// and waiting for its turn in the busy ring).
     streams: HashMap<u32, StreamQueue>,
-    /// Per lane (tunnel connection), its rings; lane 0 is the tunnel's first connection.
-    lanes: Vec<Rings>,
+    /// Sparse streams (they had nothing queued), served first, in arrival order.
+    sparse: VecDeque<u32>,
+    /// Busy streams, in the order they are served.
+    ring: VecDeque<u32>,
     /// Bytes queued over all streams.
     bytes: usize,
 }
 
 impl SendQueue {
-    /// Queues an encoded DATA or FIN frame of `stream`, on the first lane.
+    /// Queues an encoded DATA or FIN frame of `stream`.
     pub fn push(&mut self, stream: u32, frame: Bytes) {
-        self.push_on(0, stream, frame);
-    }
-
-    /// Queues an encoded DATA or FIN frame of `stream` on `lane` (a stream stays on the lane it
-    /// was first queued on while it has frames queued).
-    pub fn push_on(&mut self, lane: usize, stream: u32, frame: Bytes) {
-        if self.lanes.len() <= lane {
-            self.lanes.resize_with(lane + 1, Rings::default);
-        }
         let q = self.streams.entry(stream).or_insert_with(|| {
-            self.lanes[lane].sparse.push_back(stream);
-            StreamQueue {
-                lane,
-                ..StreamQueue::default()
-            }
+            self.sparse.push_back(stream);
+            StreamQueue::default()
         });
-        debug_assert_eq!(q.lane, lane, "a stream's frames keep to one lane");
         q.bytes += frame.len();
-        self.lanes[q.lane].bytes += frame.len();
         self.bytes += frame.len();
         q.frames.push_back(frame);
     }
@@ -100,28 +70,14 @@ impl SendQueue {
         self.bytes == 0
     }
 
-    /// Whether `lane` has nothing queued.
-    pub fn lane_is_empty(&self, lane: usize) -> bool {
-        self.lanes.get(lane).is_none_or(|r| r.bytes == 0)
-    }
-
-    /// Moves frames for one write of about `budget` bytes into `out`, round-robin, from the
-    /// first lane; the bytes taken.
+    /// Moves frames for one write of about `budget` bytes into `out`, round-robin; the bytes
+    /// taken.
     pub fn take(&mut self, budget: usize, out: &mut Vec<Bytes>) -> usize {
-        self.take_from(0, budget, out)
-    }
-
-    /// Moves frames of `lane`'s streams for one write of about `budget` bytes into `out`,
-    /// round-robin; the bytes taken.
-    pub fn take_from(&mut self, lane: usize, budget: usize, out: &mut Vec<Bytes>) -> usize {
-        let Some(rings) = self.lanes.get_mut(lane) else {
-            return 0;
-        };
         let mut taken = 0;
         while taken < budget {
-            let (id, sparse) = match rings.sparse.pop_front() {
+            let (id, sparse) = match self.sparse.pop_front() {
                 Some(id) => (id, true),
-                None => match rings.ring.pop_front() {
+                None => match self.ring.pop_front() {
                     Some(id) => (id, false),
                     None => break,
                 },
@@ -145,12 +101,10 @@ impl SendQueue {
                 if q.frames.is_empty() {
                     q.deficit = 0;
                 }
-                rings.ring.push_back(id);
+                self.ring.push_back(id);
             }
         }
-        rings.bytes -= taken;
         self.bytes -= taken;
-        debug_assert!(self.bytes >= rings.bytes, "a lane holds part of the total");
         taken
     }
 
@@ -160,10 +114,8 @@ impl SendQueue {
         let Some(q) = self.streams.remove(&stream) else {
             return 0;
         };
-        let rings = &mut self.lanes[q.lane];
-        rings.ring.retain(|&id| id != stream);
-        rings.sparse.retain(|&id| id != stream);
-        rings.bytes -= q.bytes;
+        self.ring.retain(|&id| id != stream);
+        self.sparse.retain(|&id| id != stream);
         self.bytes -= q.bytes;
         q.frames
             .iter()
@@ -173,7 +125,8 @@ impl SendQueue {
 
     pub fn clear(&mut self) {
         self.streams.clear();
-        self.lanes.clear();
+        self.ring.clear();
+        self.sparse.clear();
         self.bytes = 0;
     }
 }
@@ -274,29 +227,6 @@ mod tests {
             .collect();
         assert_eq!(ones, vec![HEADER_LEN + 100, HEADER_LEN]);
         assert!(q.is_empty());
-    }
-
-    #[test]
-    fn each_lane_is_taken_on_its_own() {
-        let mut q = SendQueue::default();
-        q.push_on(0, 1, frame(1, MAX_DATA));
-        q.push_on(1, 3, frame(3, 64));
-        q.push_on(0, 1, frame(1, 0));
-        assert!(!q.lane_is_empty(1));
-        let mut one = Vec::new();
-        assert_eq!(q.take_from(1, usize::MAX, &mut one), HEADER_LEN + 64);
-        assert_eq!(one.iter().map(stream_of).collect::<Vec<_>>(), [3]);
-        assert!(q.lane_is_empty(1) && !q.lane_is_empty(0));
-        assert_eq!(q.bytes(), 2 * HEADER_LEN + MAX_DATA);
-        let mut zero = Vec::new();
-        q.take_from(0, usize::MAX, &mut zero);
-        assert_eq!(zero.iter().map(stream_of).collect::<Vec<_>>(), [1, 1]);
-        assert!(q.is_empty() && q.lane_is_empty(0));
-        assert_eq!(
-            q.take_from(5, usize::MAX, &mut zero),
-            0,
-            "an unknown lane has nothing"
-        );
     }
 
     #[test]

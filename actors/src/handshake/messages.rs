@@ -34,17 +34,20 @@ impl Transport {
     }
 
     fn byte(self) -> u8 {
-        u8::from(self.encrypt) | (u8::from(self.aes) << 1) | (u8::from(self.lane) << 2)
+        u8::from(self.encrypt) | (u8::from(self.aes) << 1) | (u8::from(self.lane) << 3)
     }
 
     fn from_byte(b: u8, what: &'static str) -> Result<Transport, HandshakeError> {
-        if b & !7 != 0 {
+        // Bit 2 asked for a lane sharing its tunnel's streams and credit (lanes of 2026-12-03,
+        // before each lane carried streams of its own): refused, so neither kind of node takes
+        // the other's lane for its own.
+        if b & !0b1011 != 0 {
             return Err(HandshakeError::Malformed(what));
         }
         Ok(Transport {
             encrypt: b & 1 != 0,
             aes: b & 2 != 0,
-            lane: b & 4 != 0,
+            lane: b & 8 != 0,
         })
     }
 

@@ -320,9 +320,11 @@ fn a_lane_request_is_read_and_answered_in_kind_and_other_bits_are_refused() {
     let a = acceptor(hello, d.hello()).expect("hello");
     let (challenge, _) = Message::parse(a.challenge()).expect("ok").expect("whole");
     assert!(matches!(challenge, Message::Challenge { transport, .. } if !transport.lane));
-    // Bit 3 and up are still refused.
-    let mut raw = d.hello().to_vec();
-    let last = raw.len() - 1;
-    raw[last] |= 8;
-    assert!(Message::parse(&raw).is_err());
+    // Bit 2 (the lanes that shared their tunnel's streams) and bits 4 and up are refused.
+    for bit in [4, 16, 128] {
+        let mut raw = d.hello().to_vec();
+        let last = raw.len() - 1;
+        raw[last] |= bit;
+        assert!(Message::parse(&raw).is_err(), "bit {bit}");
+    }
 }

@@ -290,10 +290,20 @@ impl Registry {
             }
         };
         match sock {
-            Ok((actor, sock)) => actor.do_send(crate::tunnel::JoinLane {
-                sock,
-                keys: msg.keys,
-            }),
+            Ok((actor, sock)) => {
+                let (thread, lane) = match self.tunnels.get_mut(&msg.name) {
+                    Some(t) => {
+                        t.lanes += 1;
+                        (t.thread, t.lanes)
+                    }
+                    None => (None, 0),
+                };
+                actor.do_send(crate::tunnel::JoinLane {
+                    sock,
+                    keys: msg.keys,
+                    arbiter: self.lane_arbiter(thread, lane),
+                })
+            }
             Err(e) => warn!(
                 "tunnel {}: cannot hand a lane's socket to its tunnel: {e}",
                 Escaped(&msg.name)

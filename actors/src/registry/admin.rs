@@ -298,6 +298,7 @@ impl Registry {
                 last_error: Some(e.to_string()),
                 dialled_on: 0,
                 thread: None,
+                lanes: 0,
                 secret,
                 peer_pin: pin,
             },

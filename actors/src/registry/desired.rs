@@ -454,6 +454,7 @@ impl Registry {
                 last_error: None,
                 dialled_on: 0,
                 thread: None,
+                lanes: 0,
                 secret: t.secret.as_deref().map(Secret::new),
                 peer_pin: t.peer_identity.as_deref().and_then(parse_identity),
             },

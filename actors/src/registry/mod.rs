@@ -205,6 +205,9 @@ struct TunnelEntry {
     dialled_on: u32,
     /// The data arbiter the connected tunnel runs on (`GET /config` `thread`), if any.
     thread: Option<usize>,
+    /// Lanes handed to the connected tunnel so far: the next runs on the data thread after the
+    /// last one's.
+    lanes: usize,
     /// A dialled tunnel's acceptor identity: pinned at first contact (or by `peer_identity`),
     /// then required of every connection.
     peer_pin: Option<[u8; IDENTITY_LEN]>,
@@ -515,6 +518,15 @@ impl Registry {
             .min_by_key(|&n| load[n])?;
         self.next_data = n + 1;
         Some((self.data[n].handle(), n))
+    }
+
+    /// The data arbiter of lane `lane` (1 ..) of a tunnel whose first connection runs on data
+    /// thread `head`: the `lane`-th thread after it, so a tunnel's lanes each have a thread of
+    /// their own while there are as many. `None`: beside the head (no data threads).
+    fn lane_arbiter(&self, head: Option<usize>, lane: usize) -> Option<ArbiterHandle> {
+        let n = self.data.len();
+        head.filter(|_| n > 0)
+            .map(|head| self.data[(head + lane) % n].handle())
     }
 
     fn next_generation(&mut self) -> u64 {

@@ -149,7 +149,10 @@ impl Registry {
             None => (Tunnel::create(make), None),
         };
         if let (Some(dest), Some(pin)) = (dest, peer_pin) {
-            self.dial_lanes(&name, dest, &secret, pin, actor.clone(), ctx);
+            let arbiters = (1..self.settings.lanes)
+                .map(|lane| self.lane_arbiter(thread, lane))
+                .collect();
+            self.dial_lanes(&name, dest, &secret, pin, (actor.clone(), arbiters), ctx);
         }
         let old = self.tunnels.insert(
             name.clone(),
@@ -161,6 +164,7 @@ impl Registry {
                 last_error: None,
                 dialled_on,
                 thread,
+                lanes: 0,
                 secret,
                 peer_pin,
             },
@@ -200,7 +204,8 @@ impl Registry {
     }
 
     /// Dials the other lanes of dialled tunnel `name` (`[tunnel] lanes`), one after another,
-    /// each handed to the tunnel's `actor` as it joins. A lane that fails in a way that may
+    /// each handed to the tunnel's `actor` as it joins, with the data arbiter it runs on (lane
+    /// k's is `arbiters[k - 1]`). A lane that fails in a way that may
     /// pass (a timeout, a busy acceptor) is tried again with back-off, a few times, while the
     /// tunnel lives; otherwise the tunnel stays on the lanes it has (an older acceptor refuses
     /// lanes).
@@ -210,7 +215,7 @@ impl Registry {
         dest: SocketAddr,
         secret: &Option<Secret>,
         pin: [u8; IDENTITY_LEN],
-        actor: Addr<Tunnel>,
+        (actor, arbiters): (Addr<Tunnel>, Vec<Option<ArbiterHandle>>),
         ctx: &mut Context<Self>,
     ) {
         /// Tries of one lane before the tunnel goes on without it.
@@ -232,6 +237,7 @@ impl Registry {
                             actor.do_send(crate::tunnel::JoinLane {
                                 sock,
                                 keys: done.keys,
+                                arbiter: arbiters.get(lane - 1).cloned().flatten(),
                             });
                             lane += 1;
                             tries = 0;

@@ -37,7 +37,8 @@ pub struct ConfigView {
     pub services: ServicesView,
     /// Which tunnel carries each service.
     pub bind: BindsView,
-    /// Live streams by `tunnel/stream` (absent with `connections=false`).
+    /// Live streams by `tunnel/stream`, `tunnel/lane/stream` beyond a tunnel's first lane
+    /// (absent with `connections=false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<BTreeMap<String, ConnectionView>>,
     /// The node's secret (whether set), identity and who may dial in.
@@ -493,7 +494,11 @@ impl Handler<GetConfig> for Registry {
                     let Some(stats) = stats else { continue };
                     if let Some(conns) = config.connections.as_mut() {
                         for c in stats.connections {
-                            let key = format!("{name}/{}", c.stream);
+                            // Stream ids are each lane's own: another lane's name it.
+                            let key = match c.lane {
+                                0 => format!("{name}/{}", c.stream),
+                                lane => format!("{name}/{lane}/{}", c.stream),
+                            };
                             let view = ConnectionView {
                                 tunnel: name.clone(),
                                 stats: c,

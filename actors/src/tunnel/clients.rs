@@ -6,6 +6,13 @@ impl Handler<CarryClient> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CarryClient, ctx: &mut Self::Context) {
+        self.place(msg, ctx);
+    }
+}
+
+impl Tunnel {
+    /// Carries `msg`'s client as a new stream of this lane, in `seat`.
+    pub(super) fn carry(&mut self, msg: CarryClient, seat: Seat, ctx: &mut Context<Self>) {
         let ending = !matches!(self.life, Life::Open);
         if ending || self.counts.local >= self.peer.terms.max_streams {
             log_limited!(
@@ -101,8 +108,7 @@ impl Handler<CarryClient> for Tunnel {
             protocol,
             origin: msg.origin,
         };
-        let mut entry = StreamEntry::new(actor, msg.service, Side::Local, &self.shared.settings);
-        entry.lane = self.pick_lane();
+        let entry = StreamEntry::new(actor, msg.service, Side::Local, seat, &self.shared.settings);
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }
@@ -120,10 +126,9 @@ impl Handler<FromConnection> for Tunnel {
                 };
                 e.bytes_sent += payload;
                 e.service_metrics.sent.inc_by(payload);
-                let lane = e.lane;
                 self.stats.bytes_sent += payload;
                 self.metrics.sent.inc_by(payload);
-                self.queue_data(lane, stream, frame, ctx);
+                self.queue_data(stream, frame, ctx);
                 self.stream_sent(stream, payload);
             }
             FromConnection::Want { stream } => self.stream_wants(stream),
@@ -137,11 +142,10 @@ impl Handler<FromConnection> for Tunnel {
                     return;
                 };
                 e.state = StreamState::HalfClosed;
-                let lane = e.lane;
                 self.stream_half_closed(stream);
                 let mut fin = BytesMut::with_capacity(HEADER_LEN);
                 Frame::Fin { stream }.encode(&mut fin);
-                self.queue_data(lane, stream, fin.freeze(), ctx);
+                self.queue_data(stream, fin.freeze(), ctx);
             }
             FromConnection::Dialed { stream } => {
                 let Some(e) = self.streams.get_mut(&stream) else {

@@ -1,5 +1,5 @@
-//! Commands from the Registry: close the tunnel or a service's streams, counters for `GET /config`,
-//! and the test-only fault hooks.
+//! Commands from the Registry: close the tunnel or a service's streams (a head passes both on to
+//! its lanes), and the test-only fault hooks. (Counters for `GET /config`: `group.rs`.)
 
 use super::*;
 
@@ -15,6 +15,14 @@ impl Handler<CloseTunnel> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CloseTunnel, ctx: &mut Self::Context) {
+        // Every lane says the goodbye on its own connection: whichever the peer reads first, it
+        // reads it before it sees a connection of the tunnel close (a deleted tunnel must not
+        // be taken for a broken one and re-dialled).
+        for lane in self.other_lanes() {
+            lane.do_send(CloseTunnel {
+                goodbye: msg.goodbye.clone(),
+            });
+        }
         match msg.goodbye {
             Some((code, reason)) => {
                 for (_, e) in self.streams.drain() {
@@ -24,13 +32,7 @@ impl Handler<CloseTunnel> for Tunnel {
                 self.life = Life::Closing {
                     reason: reason.clone(),
                 };
-                // On every lane, ahead of its end: whichever the peer reads first, it reads
-                // the goodbye before it sees a connection close (a deleted tunnel must not be
-                // taken for a broken one and re-dialled).
-                let goaway = Frame::GoAway { code, reason };
-                for lane in 0..self.lanes.len() {
-                    self.queue_control_on(lane, &goaway, ctx);
-                }
+                self.queue_control(&Frame::GoAway { code, reason }, ctx);
                 ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
             }
             None => {
@@ -56,6 +58,12 @@ impl Handler<CloseService> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: CloseService, ctx: &mut Self::Context) {
+        for lane in self.other_lanes() {
+            lane.do_send(CloseService {
+                service: msg.service.clone(),
+                side: msg.side,
+            });
+        }
         let ids: Vec<u32> = self
             .streams
             .iter()
@@ -93,22 +101,5 @@ impl Handler<CrashStream> for Tunnel {
         if let Some(e) = self.streams.get(&msg.stream) {
             e.conn.crash.do_send(crate::Crash);
         }
-    }
-}
-
-/// Registry -> tunnel: its counters, for `GET /config`; its connections too unless
-/// `connections` is false (only those of `service` if given).
-#[derive(Message)]
-#[rtype(result = "TunnelStats")]
-pub struct Snapshot {
-    pub connections: bool,
-    pub service: Option<String>,
-}
-
-impl Handler<Snapshot> for Tunnel {
-    type Result = MessageResult<Snapshot>;
-
-    fn handle(&mut self, msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.snapshot(&msg))
     }
 }

@@ -57,17 +57,19 @@ use crate::{Settings, Shared, Side};
 
 mod clients;
 mod commands;
-mod lanes;
+mod group;
 mod peer;
+mod placement;
 mod send;
 mod streams;
 mod writer;
 
 #[cfg(feature = "fault-injection")]
 pub use commands::CrashStream;
-pub use commands::{CloseService, CloseTunnel, Snapshot};
-use lanes::{Incoming, Lane};
-pub use lanes::{JoinLane, MAX_LANES};
+pub use commands::{CloseService, CloseTunnel};
+use group::Group;
+pub use group::{JoinLane, Snapshot, MAX_LANES};
+use placement::{Lanes, Seat};
 
 /// Tunnel -> its owner (the Registry): the tunnel actor stopped. A report going up, declared
 /// here beside its sender.
@@ -211,8 +213,8 @@ struct StreamEntry {
     accept_nonce: Option<[u8; NONCE_LEN]>,
     /// Where the stream is in its life (see `STREAMS.md`).
     state: StreamState,
-    /// The tunnel connection all its frames travel on, both ways (`lanes.rs`).
-    lane: usize,
+    /// Its place among the tunnel's lanes, counted while it lives (`placement.rs`).
+    _seat: Seat,
     /// What the peer may send on this stream: grows while the stream is window-limited.
     recv: RecvWindow,
     /// Wire bytes of this stream, for `GET /config`.
@@ -246,7 +248,7 @@ pub struct TunnelCounters {
     pub receive_window: u64,
     /// Where the tunnel's bytes wait in the kernel: its sockets' send and receive queues.
     pub socket: SocketQueues,
-    /// The tunnel's TCP connections (`[tunnel] lanes` on its dialer).
+    /// The tunnel's TCP connections (`[tunnel] lanes` on its dialer), each on a data thread.
     pub lanes: usize,
     /// The AEAD sealing the tunnel's records, or `"none"` (both nodes turned sealing off).
     pub transport: &'static str,
@@ -280,7 +282,8 @@ pub struct StreamStats {
     pub bytes_received: u64,
     /// The stream's receive window now (it grows while window-limited, shrinks when idle).
     pub window: u64,
-    /// The tunnel connection it travels on (0: the first; `[tunnel] lanes`).
+    /// The tunnel connection it travels on (0: the first; `[tunnel] lanes`); its id is that
+    /// lane's.
     pub lane: usize,
 }
 
@@ -314,6 +317,17 @@ enum Life {
         reason: String,
         goaway: Option<GoAway>,
     },
+}
+
+/// The tunnel's record layer through its life.
+enum Record {
+    /// Before the actor starts: the handshake's keys, if the tunnel is sealed.
+    Keys(Option<SessionKeys>),
+    /// Frames go to the socket as they are (both nodes turned sealing off).
+    Plain,
+    /// Frames go out sealed in records; the reading half has the opener. (Boxed: a key
+    /// schedule is large, and a clear tunnel should not carry its room.)
+    Sealed(Box<Sealer>),
 }
 
 /// What the peer is: its terms, its address, whether it proved a secret.
@@ -362,6 +376,8 @@ struct Heartbeat {
     /// The PING in flight: its value, when it went, and the DATA bytes received by then (a
     /// round trip taken while bulk arrived measured our own queue, not the path).
     ping_sent: Option<(u64, Instant, u64)>,
+    /// When the last frame came: past the heartbeat timeout the peer is dead.
+    last_heard: Instant,
     /// The peer has sent at least one frame: the tunnel worked, it did not just open and drop.
     heard: bool,
     /// When the tunnel came up, to tell a lasting tunnel from one that flaps.
@@ -394,16 +410,18 @@ pub struct Tunnel {
     shared: Shared,
     /// The peer: its terms, address and proof.
     peer: PeerInfo,
-    /// The tunnel's first socket and its record keys until the actor starts: registered with
-    /// the arbiter it runs on there (it may have been accepted or dialled on another).
-    first: Option<(std::net::TcpStream, Option<SessionKeys>)>,
-    /// The tunnel's connections once started, the first one first (`lanes.rs`).
-    lanes: Vec<Lane>,
-    /// The lane the frame being handled came by: its PONG goes back there, and a stream it
-    /// opens lives there.
-    arrival_lane: usize,
-    /// Encoded DATA and FIN frames, per stream, taken round-robin at write time (each lane
-    /// takes its own streams').
+    /// The tunnel's socket until the actor starts: registered with the arbiter it runs on there
+    /// (it may have been accepted or dialled on another).
+    sock: Option<std::net::TcpStream>,
+    /// The socket's descriptor once started, to ask the kernel what waits in its queues.
+    fd: Option<std::os::fd::RawFd>,
+    /// Seals what the writer sends, once started (the reading half opens what comes in).
+    record: Record,
+    /// The socket's write half; `None` while a write is under way (the write future owns it).
+    writer: Option<OwnedWriteHalf>,
+    /// Encoded control frames, written ahead of data.
+    control: BytesMut,
+    /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
     sched: SendQueue,
     /// The streams carried now, by id.
     streams: HashMap<u32, StreamEntry>,
@@ -422,6 +440,34 @@ pub struct Tunnel {
     stats: Counters,
     /// The tunnel's series in `GET /metrics` (they belong to the name: a reconnect finds them).
     metrics: TunnelMetrics,
+    /// What this actor adds to the tunnel's gauges now: its lanes add theirs to the same series.
+    published: Published,
+    /// The head of the tunnel, or one of its other lanes (`group.rs`).
+    group: Group,
+    /// This connection's number among the tunnel's lanes (0: the head).
+    lane: usize,
+    /// Where the tunnel's lanes' streams are, by service: a new client's lane (`placement.rs`).
+    lanes: Lanes,
+}
+
+/// What one tunnel actor adds to its tunnel's gauges: each lane publishes the change in its
+/// own figures, so the series carry the sum over the lanes.
+#[derive(Default)]
+struct Published {
+    streams: i64,
+    queued: i64,
+    send_window: i64,
+    receive_window: i64,
+    unsent: i64,
+    unacked: i64,
+    unread: i64,
+}
+
+/// Moves `gauge` by the change from what this actor added before (`mine`) to `now`.
+fn publish(gauge: &prometheus_client::metrics::gauge::Gauge, mine: &mut i64, now: u64) {
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    gauge.inc_by(now.saturating_sub(*mine));
+    *mine = now;
 }
 
 impl Tunnel {
@@ -459,9 +505,11 @@ impl Tunnel {
                 addr: sock.peer_addr().ok(),
                 authenticated,
             },
-            first: Some((sock, keys)),
-            lanes: Vec::new(),
-            arrival_lane: 0,
+            sock: Some(sock),
+            fd: None,
+            record: Record::Keys(keys),
+            writer: None,
+            control: BytesMut::new(),
             sched: SendQueue::default(),
             streams: HashMap::new(),
             counts,
@@ -481,12 +529,17 @@ impl Tunnel {
             beat: Heartbeat {
                 rtt: Rtt::default(),
                 ping_sent: None,
+                last_heard: Instant::now(),
                 heard: false,
                 up_since: Instant::now(),
                 pings: 0,
             },
             life: Life::Open,
             stats: Counters::default(),
+            published: Published::default(),
+            group: Group::Head { lanes: Vec::new() },
+            lane: 0,
+            lanes: Lanes::new(),
             shared: Shared {
                 settings,
                 usage,
@@ -496,26 +549,48 @@ impl Tunnel {
     }
 
     /// The credit and queue gauges of `GET /metrics`: set after each write and each second.
-    fn publish_gauges(&self) {
-        let queued = self.sched.bytes() + self.control_bytes();
-        self.metrics
-            .queued
-            .set(i64::try_from(queued).unwrap_or(i64::MAX));
-        self.metrics
-            .send_window
-            .set(i64::try_from(self.credit.window()).unwrap_or(i64::MAX));
+    fn publish_gauges(&mut self) {
+        let queued = (self.sched.bytes() + self.control.len()) as u64;
+        let (m, p) = (&self.metrics, &mut self.published);
+        publish(&m.queued, &mut p.queued, queued);
+        publish(&m.send_window, &mut p.send_window, self.credit.window());
+    }
+
+    /// The stream gauge of `GET /metrics`, at each stream's start and end.
+    fn publish_streams(&mut self) {
+        let n = self.streams.len() as u64;
+        publish(&self.metrics.streams, &mut self.published.streams, n);
+    }
+
+    /// The kernel's queues of the tunnel socket (zeros before the actor starts).
+    fn socket_queues(&self) -> SocketQueues {
+        self.fd.map(socket_queues).unwrap_or_default()
     }
 
     /// The kernel-side gauges of `GET /metrics`: set each second (three system calls).
-    fn publish_socket_gauges(&self) {
+    fn publish_socket_gauges(&mut self) {
         let q = self.socket_queues();
-        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.metrics.socket_unsent.set(gauge(q.unsent));
-        self.metrics.socket_unacked.set(gauge(q.unacked));
-        self.metrics.socket_unread.set(gauge(q.unread));
-        self.metrics
-            .receive_window
-            .set(gauge(self.receive.window.target()));
+        let window = self.receive.window.target();
+        let (m, p) = (&self.metrics, &mut self.published);
+        publish(&m.socket_unsent, &mut p.unsent, q.unsent);
+        publish(&m.socket_unacked, &mut p.unacked, q.unacked);
+        publish(&m.socket_unread, &mut p.unread, q.unread);
+        publish(&m.receive_window, &mut p.receive_window, window);
+    }
+
+    /// Takes this actor's share out of the tunnel's gauges: it stopped.
+    fn unpublish(&mut self) {
+        let (m, p) = (&self.metrics, &mut self.published);
+        publish(&m.streams, &mut p.streams, 0);
+        publish(&m.queued, &mut p.queued, 0);
+        publish(&m.send_window, &mut p.send_window, 0);
+        publish(&m.receive_window, &mut p.receive_window, 0);
+        publish(&m.socket_unsent, &mut p.unsent, 0);
+        publish(&m.socket_unacked, &mut p.unacked, 0);
+        publish(&m.socket_unread, &mut p.unread, 0);
+        if matches!(self.group, Group::Head { .. }) {
+            m.lanes.set(0);
+        }
     }
 
     /// The peer's address, for lines rate-limited per peer.
@@ -552,11 +627,46 @@ impl Actor for Tunnel {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(256);
-        if let Some((sock, keys)) = self.first.take() {
-            if let Err(e) = self.attach_lane(sock, keys, ctx) {
-                self.fail(ctx, e);
-                return;
+        if let Some(sock) = self.sock.take() {
+            crate::io::set_notsent_lowat(&sock, NOTSENT_LOWAT);
+            self.fd = Some(std::os::fd::AsRawFd::as_raw_fd(&sock));
+            let sock = match TcpStream::from_std(sock) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.fail(ctx, format!("cannot take the socket over: {e}"));
+                    return;
+                }
+            };
+            let (reader, writer) = sock.into_split();
+            self.writer = Some(writer);
+            let keys = match std::mem::replace(&mut self.record, Record::Plain) {
+                Record::Keys(keys) => keys,
+                _ => None,
+            };
+            match keys {
+                Some(keys) => {
+                    let dialer = self.role == Role::Dialer;
+                    let (sealer, opener) = keys.split(dialer, self.shared.settings.rekey);
+                    self.record = Record::Sealed(Box::new(sealer));
+                    ctx.add_stream(FramedRead::with_capacity(
+                        reader,
+                        SealedFrameCodec::new(opener),
+                        // The largest record a writer makes (one largest DATA frame); a larger
+                        // one (up to MAX_RECORD) grows the buffer when it comes.
+                        RECORD_HEADER + HEADER_LEN + MAX_DATA + TAG_LEN,
+                    ));
+                }
+                None => {
+                    ctx.add_stream(FramedRead::with_capacity(
+                        reader,
+                        FrameCodec,
+                        HEADER_LEN + MAX_DATA,
+                    ));
+                }
             }
+        }
+        if matches!(self.group, Group::Head { .. }) {
+            self.metrics.lanes.set(1);
         }
         // A first ping at once, so a working peer is heard within a round trip. Pings keep an
         // idle tunnel audible; silence is checked on a shorter period of its own, so a dead peer
@@ -619,12 +729,8 @@ impl Actor for Tunnel {
             self.shared.usage.buffers.release(e.recv.buffered());
             e.conn.do_send(StreamEvent::Abort);
         }
-        self.metrics.streams.set(0);
-        self.metrics.queued.set(0);
-        self.metrics.socket_unsent.set(0);
-        self.metrics.socket_unacked.set(0);
-        self.metrics.socket_unread.set(0);
-        self.metrics.lanes.set(0);
+        self.unpublish();
+        self.stop_lanes();
         self.registry.do_send(TunnelDown {
             name: self.name.clone(),
             generation: self.generation,
@@ -662,7 +768,7 @@ impl Tunnel {
         }
         // Other tunnels' streams may have made room in the node's buffer budget.
         self.release_withheld(ctx);
-        let silent = self.longest_silence(now);
+        let silent = self.beat.last_heard.elapsed();
         if silent > self.shared.settings.heartbeat_timeout {
             self.fail(ctx, format!("peer silent for {} ms", silent.as_millis()));
         }

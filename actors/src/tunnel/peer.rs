@@ -303,9 +303,9 @@ impl Tunnel {
                     .into()
             }
         };
-        let mut entry = StreamEntry::new(actor, service, Side::Remote, &self.shared.settings);
-        // It lives on the lane its OPEN came by: the peer sends all its frames there.
-        entry.lane = self.arrival_lane;
+        // It lives on this lane: the peer sends all its frames here.
+        let seat = self.lanes.seat_on(self.lane, &service);
+        let mut entry = StreamEntry::new(actor, service, Side::Remote, seat, &self.shared.settings);
         entry.accept_nonce = nonce;
         self.insert_stream(id, entry);
     }
@@ -354,15 +354,12 @@ impl Tunnel {
     }
 }
 
-impl StreamHandler<Incoming> for Tunnel {
-    fn handle(&mut self, Incoming { lane, item }: Incoming, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
+    fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
         match item {
             Ok(frame) => {
                 // Only a frame counts as hearing the peer: a reset or garbage does not.
-                if let Some(l) = self.lanes.get_mut(lane) {
-                    l.last_heard = Instant::now();
-                }
-                self.arrival_lane = lane;
+                self.beat.last_heard = Instant::now();
                 self.beat.heard = true;
                 self.on_frame(frame, ctx)
             }
@@ -384,7 +381,6 @@ impl StreamHandler<Incoming> for Tunnel {
         }
     }
 
-    /// Any lane's reader ended: the tunnel goes down (a tunnel is never half there).
     fn finished(&mut self, ctx: &mut Self::Context) {
         self.fail(ctx, "the peer closed the connection".to_owned());
     }

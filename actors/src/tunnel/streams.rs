@@ -24,12 +24,9 @@ impl Tunnel {
     /// Forgets a stream, returning its unused credit in both directions.
     pub(super) fn remove_stream(&mut self, id: u32) -> Option<StreamEntry> {
         let e = self.streams.remove(&id)?;
-        if let Some(l) = self.lanes.get_mut(e.lane) {
-            l.streams -= 1;
-        }
         // What it held and never wrote is dropped with it.
         self.shared.usage.buffers.release(e.recv.buffered());
-        self.metrics.streams.set(self.streams.len() as i64);
+        self.publish_streams();
         match e.side {
             Side::Local => self.counts.local -= 1,
             Side::Remote => self.counts.remote -= 1,
@@ -60,13 +57,10 @@ impl Tunnel {
             Side::Local => self.counts.local += 1,
             Side::Remote => self.counts.remote += 1,
         }
-        if let Some(l) = self.lanes.get_mut(entry.lane) {
-            l.streams += 1;
-        }
         self.streams.insert(id, entry);
         self.stats.streams_opened += 1;
         self.metrics.streams_opened.inc();
-        self.metrics.streams.set(self.streams.len() as i64);
+        self.publish_streams();
     }
 
     pub(super) fn snapshot(&self, ask: &Snapshot) -> TunnelStats {
@@ -84,32 +78,29 @@ impl Tunnel {
                 bytes_sent: e.bytes_sent,
                 bytes_received: e.bytes_received,
                 window: e.recv.target(),
-                lane: e.lane,
+                lane: self.lane,
             })
             .collect();
         TunnelStats {
             counters: TunnelCounters {
                 peer: self.peer.addr.map(|a| a.to_string()),
-                transport: self
-                    .lanes
-                    .first()
-                    .and_then(|l| l.sealer.as_ref())
-                    .map_or("none", |s| s.cipher().name()),
-                rekeys: self
-                    .lanes
-                    .iter()
-                    .filter_map(|l| l.sealer.as_ref())
-                    .map(|s| s.rekeys())
-                    .sum(),
+                transport: match &self.record {
+                    Record::Sealed(s) => s.cipher().name(),
+                    _ => "none",
+                },
+                rekeys: match &self.record {
+                    Record::Sealed(s) => s.rekeys(),
+                    _ => 0,
+                },
                 streams: self.streams.len(),
                 streams_opened: self.stats.streams_opened,
                 bytes_sent: self.stats.bytes_sent,
                 bytes_received: self.stats.bytes_received,
                 send_window: self.credit.window(),
-                queued_bytes: self.sched.bytes() + self.control_bytes(),
+                queued_bytes: self.sched.bytes() + self.control.len(),
                 receive_window: self.receive.window.target(),
                 socket: self.socket_queues(),
-                lanes: self.lanes.len(),
+                lanes: 1,
             },
             connections,
         }
@@ -121,6 +112,7 @@ impl StreamEntry {
         conn: impl Into<StreamActor>,
         service: String,
         side: Side,
+        seat: Seat,
         s: &Settings,
     ) -> Self {
         let service_metrics = metrics().service(&service, side);
@@ -130,7 +122,7 @@ impl StreamEntry {
             side,
             accept_nonce: None,
             state: StreamState::Opening,
-            lane: 0,
+            _seat: seat,
             recv: RecvWindow::new(
                 u64::from(s.stream_window),
                 u64::from(s.max_stream_window),

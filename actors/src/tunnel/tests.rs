@@ -282,7 +282,7 @@ fn a_goodbye_from_the_peer_is_reported_with_its_code() {
 }
 
 #[test]
-fn a_stream_opened_on_a_lane_is_answered_on_that_lane_only() {
+fn a_lane_on_another_thread_carries_streams_of_its_own_and_takes_the_tunnel_down_with_it() {
     actix_rt::System::new().block_on(async {
         let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -290,25 +290,68 @@ fn a_stream_opened_on_a_lane_is_answered_on_that_lane_only() {
         let routes = svc_route(backend.local_addr().expect("addr"));
         let (mut first, report, tunnel) = tunnel_peer_addr(routes).await;
         let (sock, mut lane) = socket_pair();
+        let thread = Arbiter::new();
         tunnel
-            .send(JoinLane { sock, keys: None })
+            .send(JoinLane {
+                sock,
+                keys: None,
+                arbiter: Some(thread.handle()),
+            })
             .await
             .expect("joined");
-        open_and_echo(&mut lane, &backend, 3, b"by lane one", b"back on it").await;
-        // The first lane carries the tunnel's own frames, none of stream 3's: a PING there is
-        // answered there, and nothing else comes first.
-        first.send(Frame::Ping(9)).await.expect("ping");
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), first.next()).await {
-                Ok(Some(Ok(Frame::Pong(9)))) => break,
-                Ok(Some(Ok(Frame::Ping(_) | Frame::Window { stream: 0, .. }))) => {}
-                other => panic!("{other:?}"),
-            }
-        }
-        // A lane that closes takes the tunnel down.
+        // Stream ids are each lane's own: stream 1 on both, each answered on its own lane.
+        open_and_echo(&mut lane, &backend, 1, b"by lane one", b"back on it").await;
+        open_and_echo(&mut first, &backend, 1, b"by the first", b"back there").await;
+        // The head answers for both lanes.
+        let stats = tunnel
+            .send(Snapshot {
+                connections: true,
+                service: None,
+            })
+            .await
+            .expect("stats");
+        assert_eq!(stats.counters.lanes, 2);
+        assert_eq!(stats.counters.streams, 2);
+        let mut lanes: Vec<(usize, u32)> = stats
+            .connections
+            .iter()
+            .map(|c| (c.lane, c.stream))
+            .collect();
+        lanes.sort();
+        assert_eq!(lanes, [(0, 1), (1, 1)]);
+        // A lane that closes takes the tunnel down, and the head's report says why.
         drop(lane);
         let down = report_of(&report).await.expect("reported");
-        assert!(down.reason.contains("closed"), "{}", down.reason);
+        assert!(down.reason.contains("a lane went down"), "{}", down.reason);
+        assert_eq!(down.name, "t1");
+        thread.stop();
+    });
+}
+
+#[test]
+fn a_head_that_goes_down_closes_its_lanes() {
+    actix_rt::System::new().block_on(async {
+        let (first, report, tunnel) = tunnel_peer_addr(Routes::default()).await;
+        let (sock, mut lane) = socket_pair();
+        tunnel
+            .send(JoinLane {
+                sock,
+                keys: None,
+                arbiter: None,
+            })
+            .await
+            .expect("joined");
+        drop(first);
+        report_of(&report).await.expect("reported");
+        // The lane's connection ends, without a goodbye: the tunnel broke.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), lane.next()).await {
+                Ok(Some(Ok(Frame::GoAway { .. }))) => panic!("a goodbye from a broken tunnel"),
+                Ok(Some(Ok(_))) => {}
+                Ok(None | Some(Err(_))) => break,
+                Err(_) => panic!("the lane outlived its tunnel"),
+            }
+        }
     });
 }
 
@@ -318,7 +361,11 @@ fn a_goodbye_goes_on_every_lane_before_it_closes() {
         let (mut first, _report, tunnel) = tunnel_peer_addr(Routes::default()).await;
         let (sock, mut lane) = socket_pair();
         tunnel
-            .send(JoinLane { sock, keys: None })
+            .send(JoinLane {
+                sock,
+                keys: None,
+                arbiter: None,
+            })
             .await
             .expect("joined");
         tunnel
@@ -346,11 +393,16 @@ fn a_peer_that_floods_pings_over_its_lanes_without_reading_loses_the_tunnel() {
         let (mut first, report, tunnel) = tunnel_peer_addr(Routes::default()).await;
         let (sock, mut lane) = socket_pair();
         tunnel
-            .send(JoinLane { sock, keys: None })
+            .send(JoinLane {
+                sock,
+                keys: None,
+                arbiter: None,
+            })
             .await
             .expect("joined");
         // 64 KiB of PINGs at a time on each lane in turn, never reading a PONG: the PONGs fill
-        // the kernel's buffers, then the tunnel's control queues, which hold 1 MiB in all.
+        // the kernel's buffers, then each lane's control queue, which holds 1 MiB: a lane is
+        // no more room than a tunnel.
         let mut burst = BytesMut::new();
         for v in 0..(64 * 1024 / (HEADER_LEN + 8)) as u64 {
             Frame::Ping(v).encode(&mut burst);
