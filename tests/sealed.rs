@@ -130,7 +130,12 @@ fn dial_refused(node: &Node, name: &str, port: u16, extra: &str, words: &str) {
 #[test]
 fn a_flipped_byte_ends_the_tunnel_never_reaches_a_client_and_the_dialer_redials() {
     let backend = Backend::echo();
-    let (a, b) = (Node::start(), Node::start());
+    // One connection per tunnel, so the tap's recordings are the tunnel and its re-dial.
+    let dir = TempDir::new("sealed-flip");
+    let (a, b) = (
+        Node::with_config(&dir, "a", "[tunnel]\nlanes = 1\n"),
+        Node::start(),
+    );
     let tap = Tap::start(b.tunnel, Some(2 << 20));
     dial_addr(&a, tap.addr, "tunnel1");
     let local = carry(&a, &b, "tunnel1", "service1", None, backend.addr);

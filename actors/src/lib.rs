@@ -129,8 +129,8 @@ pub struct Settings {
     /// When a sealed tunnel's sending key is replaced.
     pub rekey: record::RekeyPolicy,
     /// TCP connections a dialled tunnel runs over (`[tunnel] lanes`, 1 to
-    /// [`tunnel::MAX_LANES`]): its streams spread over them, so one stream's queue on the path
-    /// delays only its own lane's.
+    /// [`tunnel::MAX_LANES`]), each a tunnel actor on a data thread of its own: one service's
+    /// bulk leaves a lane, and its thread, to the others' streams.
     pub lanes: usize,
 }
 
@@ -153,7 +153,9 @@ impl Default for Settings {
             dial_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             encrypt: true,
-            lanes: 1,
+            // Two: one service's bulk keeps to one lane and its thread, and a small exchange
+            // of any other service takes the other (`tunnel/placement.rs`).
+            lanes: 2,
             rekey: record::RekeyPolicy::default(),
         }
     }
