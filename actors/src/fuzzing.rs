@@ -106,7 +106,7 @@ pub fn records(data: &[u8]) {
             .collect();
         let mut sealed = Vec::new();
         for c in chunks {
-            sealer.seal(vec![c], &mut sealed);
+            sealer.seal(&mut vec![c], &mut sealed);
         }
         for r in &sealed {
             input.extend_from_slice(r);

@@ -184,6 +184,7 @@ impl SessionKeys {
                 sealed: 0,
                 since: Instant::now(),
                 rekeys: 0,
+                group: Vec::new(),
             },
             Opener {
                 key: DirectionKey::new(self.cipher, recv),
@@ -278,6 +279,9 @@ pub struct Sealer {
     since: Instant,
     /// Keys replaced so far, for `GET /config`.
     rekeys: u64,
+    /// Small frames gathered for the next record: kept empty between calls, so that sealing
+    /// allocates no list.
+    group: Vec<Bytes>,
 }
 
 impl Sealer {
@@ -291,13 +295,14 @@ impl Sealer {
         self.rekeys
     }
 
-    /// Seals `frames` (whole encoded frames, in order) into records appended to `out`. Small
-    /// frames are gathered into one record (copied); a large one that no one else holds is
-    /// sealed where it lies, its record word and tag written beside it (no copy of its bytes).
-    pub fn seal(&mut self, frames: Vec<Bytes>, out: &mut Vec<Bytes>) {
-        let mut group: Vec<Bytes> = Vec::new();
+    /// Seals `frames` (whole encoded frames, in order; taken out, the list left empty) into
+    /// records appended to `out`. Small frames are gathered into one record (copied); a large
+    /// one that no one else holds is sealed where it lies, its record word and tag written
+    /// beside it (no copy of its bytes).
+    pub fn seal(&mut self, frames: &mut Vec<Bytes>, out: &mut Vec<Bytes>) {
+        let mut group = std::mem::take(&mut self.group);
         let mut len = 0;
-        for frame in frames {
+        for frame in frames.drain(..) {
             let frame = if frame.len() >= IN_PLACE_MIN {
                 match frame.try_into_mut() {
                     Ok(mut own) => {
@@ -317,6 +322,7 @@ impl Sealer {
             group.push(frame);
         }
         self.flush_group(&mut group, &mut len, out);
+        self.group = group;
     }
 
     /// The record word for `len` frame bytes, moving to the next key first when it is due.
@@ -524,7 +530,7 @@ mod tests {
             let mut codec = SealedFrameCodec::new(opener);
             let sent = frames(40, 10_000);
             let mut wire = Vec::new();
-            sealer.seal(sent.clone(), &mut wire);
+            sealer.seal(&mut sent.clone(), &mut wire);
             assert!(wire.len() > 1 && wire.len() < 40, "{} records", wire.len());
             let all: Vec<u8> = wire.iter().flat_map(|r| r.to_vec()).collect();
             assert!(
@@ -552,7 +558,7 @@ mod tests {
             .collect();
         let before: Vec<*const u8> = mixed.iter().map(|f| f.as_ptr()).collect();
         let mut wire = Vec::new();
-        s.seal(mixed, &mut wire);
+        s.seal(&mut mixed, &mut wire);
         assert_eq!(wire.len(), 3 * 3 + 1, "three in place, one shared record");
         for (i, ptr) in before.iter().take(3).enumerate() {
             assert_eq!(wire[3 * i + 1].as_ptr(), *ptr, "frame {i} was copied");
@@ -574,7 +580,7 @@ mod tests {
             let (mut s, c) = pair(RekeyPolicy::default());
             let mut wire = Vec::new();
             for f in &sent {
-                s.seal(vec![f.clone()], &mut wire);
+                s.seal(&mut vec![f.clone()], &mut wire);
             }
             (wire, c)
         };
@@ -617,7 +623,7 @@ mod tests {
         let sent = frames(50, 30_000);
         let mut wire = Vec::new();
         for f in &sent {
-            s.seal(vec![f.clone()], &mut wire);
+            s.seal(&mut vec![f.clone()], &mut wire);
         }
         assert!(s.rekeys() >= 10, "{} rekeys", s.rekeys());
         assert_eq!(
@@ -628,7 +634,7 @@ mod tests {
         // A KEY_UPDATE bit set by a relay makes the receiver advance alone: the record fails.
         let (mut s, mut c) = pair(RekeyPolicy::default());
         let mut wire = Vec::new();
-        s.seal(frames(1, 10), &mut wire);
+        s.seal(&mut frames(1, 10), &mut wire);
         let mut r = wire[0].to_vec();
         r[0] |= 0x80;
         assert!(matches!(

@@ -153,7 +153,7 @@ impl Write for RawPeer {
             .lock()
             .map_err(|_| io::Error::other("sealer poisoned"))?;
         let mut records = Vec::new();
-        sealer.seal(frames, &mut records);
+        sealer.seal(&mut frames, &mut records);
         for r in records {
             self.sock.write_all(&r)?;
         }

@@ -15,7 +15,6 @@
 //! which no direct write can pass (it is counted in the mailbox until handled).
 
 use std::cell::{Cell, RefCell};
-use std::time::Instant;
 
 use tokio::net::tcp::OwnedWriteHalf;
 
@@ -29,8 +28,10 @@ pub struct Downstream {
     /// Events the tunnel sent the connection that it has not handled yet: a direct write must not
     /// pass them.
     in_mailbox: Cell<u32>,
-    /// When a byte last went either way, for the connection's idle timeout: direct writes count.
-    last_active: Cell<Instant>,
+    /// Reads and writes either way so far (direct writes count), for the connection's idle
+    /// timeout: counted, not timed, so that moving bytes reads no clock; the idle check
+    /// compares it between its ticks.
+    activity: Cell<u64>,
 }
 
 impl Downstream {
@@ -39,7 +40,7 @@ impl Downstream {
             writer: RefCell::new(None),
             open: Cell::new(false),
             in_mailbox: Cell::new(0),
-            last_active: Cell::new(Instant::now()),
+            activity: Cell::new(0),
         }
     }
 
@@ -56,7 +57,7 @@ impl Downstream {
         };
         match w.try_write(bytes) {
             Ok(n) => {
-                self.last_active.set(Instant::now());
+                self.touch();
                 n
             }
             // Full (`WouldBlock`) or failed: the usual way, which waits or meets the error.
@@ -91,12 +92,14 @@ impl Downstream {
         self.writer.borrow().is_some()
     }
 
+    /// Bytes moved: the connection is not idle.
     pub(super) fn touch(&self) {
-        self.last_active.set(Instant::now());
+        self.activity.set(self.activity.get().wrapping_add(1));
     }
 
-    pub(super) fn last_active(&self) -> Instant {
-        self.last_active.get()
+    /// Reads and writes so far: unchanged between two looks, nothing moved between them.
+    pub(super) fn activity(&self) -> u64 {
+        self.activity.get()
     }
 }
 

@@ -604,9 +604,15 @@ impl Actor for Connection {
             self.dial(target, ctx);
         }
         if let Some(idle) = self.idle_timeout {
-            let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            // Idle since the first look that saw the activity count where it is now: closed
+            // between `idle` and `idle` + two periods after its last byte.
+            let period = (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let mut seen = (self.down.activity(), Instant::now());
             ctx.run_interval(period, move |act, ctx| {
-                if act.down.last_active().elapsed() >= idle {
+                let now = Instant::now();
+                if act.down.activity() != seen.0 {
+                    seen = (act.down.activity(), now);
+                } else if now.duration_since(seen.1) >= idle {
                     info!(
                         "service {}: connection {:?} idle for {} ms; closing",
                         act.service,

@@ -259,7 +259,7 @@ fn both_ends_agree_keys_and_a_spliced_handshake_is_refused() {
     let mut wire = Vec::new();
     let mut frame = BytesMut::new();
     crate::protocol::Frame::Ping(7).encode(&mut frame);
-    sealer.seal(vec![frame.freeze()], &mut wire);
+    sealer.seal(&mut vec![frame.freeze()], &mut wire);
     let mut src = BytesMut::from(&wire[0][..]);
     assert_eq!(
         SealedFrameCodec::new(opener)

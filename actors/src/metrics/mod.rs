@@ -209,6 +209,9 @@ pub struct Metrics {
     configured: RwLock<[HashSet<String>; 2]>,
     /// The tunnels that have series now (for [`Metrics::traffic`]).
     tunnel_names: RwLock<HashSet<String>>,
+    /// Services forgotten so far: a holder of kept service handles drops them when it moves
+    /// (a handle may be a removed series').
+    services_forgotten: AtomicU64,
 }
 
 /// The node's metrics (one set per process).
@@ -246,9 +249,12 @@ pub struct TunnelMetrics {
     pub lanes: Gauge,
 }
 
-/// A service's handles, held by each of its streams.
+/// A service's handles, held by each of its streams. A holder may keep them for later streams
+/// while [`Metrics::services_forgotten`] stays where it was when it took them.
 #[derive(Clone)]
 pub struct ServiceMetrics {
+    /// Connections carried: accepted by a local service, dialled for a remote one.
+    pub accepted: Counter,
     /// Bytes carried from the service's sockets into the tunnel (DATA payload).
     pub sent: Counter,
     /// Bytes carried from the tunnel to the service's sockets (DATA payload).
@@ -310,6 +316,7 @@ impl Metrics {
             state_write_failures: Counter::default(),
             configured: RwLock::new([HashSet::new(), HashSet::new()]),
             tunnel_names: RwLock::new(HashSet::new()),
+            services_forgotten: AtomicU64::new(0),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -415,6 +422,7 @@ impl Metrics {
     pub fn service(&self, service: &str, side: Side) -> ServiceMetrics {
         let l = Self::service_label(service, side);
         ServiceMetrics {
+            accepted: self.service_accepted.get_or_create(&l).clone(),
             sent: self.service_sent.get_or_create(&l).clone(),
             received: self.service_received.get_or_create(&l).clone(),
             active: self.service_active.get_or_create(&l).clone(),
@@ -478,12 +486,6 @@ impl Metrics {
         }
     }
 
-    pub fn count_accepted(&self, service: &str, side: Side) {
-        self.service_accepted
-            .get_or_create(&Self::service_label(service, side))
-            .inc();
-    }
-
     /// Service `service` exists now on `side`: its series may be made.
     pub fn configure_service(&self, service: &str, side: Side) {
         if let Ok(mut c) = self.configured.write() {
@@ -515,8 +517,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Services forgotten so far (see [`ServiceMetrics`]).
+    pub fn services_forgotten(&self) -> u64 {
+        self.services_forgotten
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// A service was deleted: its series go (the refusal counters too).
     pub fn forget_service(&self, service: &str, side: Side) {
+        self.services_forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut c) = self.configured.write() {
             c[side as usize].remove(service);
         }

@@ -100,7 +100,8 @@ impl Tunnel {
                 UdpFlow::new(spec, end).start().into()
             }
         };
-        metrics().count_accepted(&msg.service, Side::Local);
+        let handles = self.service_handles.get(&msg.service, Side::Local);
+        handles.accepted.inc();
         let frame = Frame::Open {
             stream: id,
             service: msg.service.clone(),
@@ -108,7 +109,13 @@ impl Tunnel {
             protocol,
             origin: msg.origin,
         };
-        let entry = StreamEntry::new(actor, msg.service, Side::Local, seat, &self.shared.settings);
+        let entry = StreamEntry::new(
+            actor,
+            msg.service,
+            (Side::Local, handles),
+            seat,
+            &self.shared.settings,
+        );
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
     }
@@ -152,7 +159,7 @@ impl Handler<FromConnection> for Tunnel {
                     return;
                 };
                 e.state = StreamState::Open;
-                metrics().count_accepted(&e.service, Side::Remote);
+                e.service_metrics.accepted.inc();
                 let nonce = e.accept_nonce.take();
                 self.queue_control(&Frame::OpenOk { stream, nonce }, ctx);
                 self.stream_opened(stream, u64::from(self.peer.terms.windows.stream));

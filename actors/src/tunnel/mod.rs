@@ -58,6 +58,7 @@ use crate::{Settings, Shared, Side};
 mod clients;
 mod commands;
 mod group;
+mod heartbeat;
 mod peer;
 mod placement;
 mod send;
@@ -70,6 +71,7 @@ pub use commands::{CloseService, CloseTunnel};
 use group::Group;
 pub use group::{JoinLane, Snapshot, MAX_LANES};
 use placement::{Lanes, Seat};
+use streams::ServiceHandles;
 
 /// Tunnel -> its owner (the Registry): the tunnel actor stopped. A report going up, declared
 /// here beside its sender.
@@ -423,6 +425,10 @@ pub struct Tunnel {
     control: BytesMut,
     /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
     sched: SendQueue,
+    /// Emptied batch lists of past writes, reused so that a write allocates no list.
+    spare_batches: Vec<Vec<Bytes>>,
+    /// The metric handles of the services this lane carried, for its new streams.
+    service_handles: ServiceHandles,
     /// The streams carried now, by id.
     streams: HashMap<u32, StreamEntry>,
     /// Stream ids and counts, and what a peer's OPEN may take.
@@ -511,6 +517,8 @@ impl Tunnel {
             writer: None,
             control: BytesMut::new(),
             sched: SendQueue::default(),
+            spare_batches: Vec::new(),
+            service_handles: ServiceHandles::default(),
             streams: HashMap::new(),
             counts,
             credit: SendCredit::new(
@@ -679,26 +687,7 @@ impl Actor for Tunnel {
                 }
             });
         }
-        // One timer for both (each timer an actor holds is polled at every wake-up of its
-        // task, that is, for every frame): it ticks at the shorter period, and each duty runs
-        // when due (within half a tick).
-        let heartbeat = self.shared.settings.heartbeat_interval;
-        let check = (self.shared.settings.heartbeat_timeout / 8).min(Duration::from_secs(1));
-        let tick = heartbeat.min(check);
-        let started = Instant::now();
-        let (mut next_ping, mut next_check) = (started + heartbeat, started + check);
-        ctx.run_interval(tick, move |act, ctx| {
-            let now = Instant::now();
-            let due = |at: Instant| now + tick / 2 >= at;
-            if due(next_ping) {
-                next_ping = now + heartbeat;
-                act.send_ping(ctx);
-            }
-            if due(next_check) {
-                next_check = now + check;
-                act.check(now, ctx);
-            }
-        });
+        self.start_heartbeat(ctx);
     }
     /// Also runs when a handler panicked (actix stops the actor as its task unwinds): keep it
     /// to sends and logging, which cannot panic again.

@@ -305,7 +305,14 @@ impl Tunnel {
         };
         // It lives on this lane: the peer sends all its frames here.
         let seat = self.lanes.seat_on(self.lane, &service);
-        let mut entry = StreamEntry::new(actor, service, Side::Remote, seat, &self.shared.settings);
+        let handles = self.service_handles.get(&service, Side::Remote);
+        let mut entry = StreamEntry::new(
+            actor,
+            service,
+            (Side::Remote, handles),
+            seat,
+            &self.shared.settings,
+        );
         entry.accept_nonce = nonce;
         self.insert_stream(id, entry);
     }

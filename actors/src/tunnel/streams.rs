@@ -107,15 +107,49 @@ impl Tunnel {
     }
 }
 
+/// The metric handles of the services a lane carried streams of, so that a new stream takes its
+/// service's without building labels and taking the families' locks.
+#[derive(Default)]
+pub(super) struct ServiceHandles {
+    /// The metrics' count of forgotten services when these were taken: once it moves, one of
+    /// them may be a removed series', and all are dropped.
+    forgotten: u64,
+    /// By side (local, remote), by service.
+    by_side: [HashMap<String, ServiceMetrics>; 2],
+}
+
+/// Services whose handles a lane keeps at most (beyond it, it starts over).
+const MAX_KEPT_SERVICES: usize = 1024;
+
+impl ServiceHandles {
+    /// The handles of `service` on `side`.
+    pub(super) fn get(&mut self, service: &str, side: Side) -> ServiceMetrics {
+        let forgotten = metrics().services_forgotten();
+        if forgotten != self.forgotten {
+            self.forgotten = forgotten;
+            self.by_side.iter_mut().for_each(HashMap::clear);
+        }
+        let kept = &mut self.by_side[side as usize];
+        if let Some(h) = kept.get(service) {
+            return h.clone();
+        }
+        if kept.len() >= MAX_KEPT_SERVICES {
+            kept.clear();
+        }
+        let h = metrics().service(service, side);
+        kept.insert(service.to_owned(), h.clone());
+        h
+    }
+}
+
 impl StreamEntry {
     pub(super) fn new(
         conn: impl Into<StreamActor>,
         service: String,
-        side: Side,
+        (side, service_metrics): (Side, ServiceMetrics),
         seat: Seat,
         s: &Settings,
     ) -> Self {
-        let service_metrics = metrics().service(&service, side);
         StreamEntry {
             conn: conn.into(),
             service,

@@ -38,17 +38,26 @@ impl Tunnel {
     /// What one write carries: the control frames, then data frames round-robin up to
     /// [`WRITE_BATCH`], sealed into records if the tunnel is sealed.
     fn take_batch(&mut self) -> Vec<Bytes> {
-        let mut batch = Vec::with_capacity(8);
+        let mut batch = self.spare_batches.pop().unwrap_or_default();
         if !self.control.is_empty() {
             batch.push(self.control.split().freeze());
         }
         self.sched.take(WRITE_BATCH, &mut batch);
         if let Record::Sealed(sealer) = &mut self.record {
-            let mut records = Vec::with_capacity(4);
-            sealer.seal(batch, &mut records);
+            let mut records = self.spare_batches.pop().unwrap_or_default();
+            sealer.seal(&mut batch, &mut records);
+            self.recycle(batch);
             batch = records;
         }
         batch
+    }
+
+    /// Keeps an emptied batch list for the next write (two at most, and none that grew large).
+    fn recycle(&mut self, mut batch: Vec<Bytes>) {
+        if self.spare_batches.len() < 2 && batch.capacity() <= 256 {
+            batch.clear();
+            self.spare_batches.push(batch);
+        }
     }
 
     /// Starts a write of what is queued, control frames first, unless one is under way.
@@ -80,7 +89,10 @@ impl Tunnel {
     fn write_batch(&mut self, writer: OwnedWriteHalf, ctx: &mut Context<Self>) {
         let mut batch = self.take_batch();
         match try_write_now(&writer, &mut batch) {
-            Ok(true) => self.written(writer, ctx),
+            Ok(true) => {
+                self.recycle(batch);
+                self.written(writer, ctx)
+            }
             Ok(false) => {
                 let mut writer = writer;
                 ctx.spawn(
