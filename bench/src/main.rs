@@ -156,9 +156,21 @@ fn main() {
         }
     );
     if std::env::args().any(|a| a == "--requests-only") {
-        // For profiling the request/response path: a long run of that measure alone.
-        let m = exchanges_per_second(&rt, echoed, 32, 128, false, Duration::from_secs(8));
-        println!("requests/s: {m:.0}");
+        // For profiling the request/response path: that measure alone, direct, through menet
+        // and through rathole (given `--rathole`) in turn, three rounds of 5 s.
+        let window = Duration::from_secs(5);
+        for round in 1..=3 {
+            let d = exchanges_per_second(&rt, echo, 32, 128, false, window);
+            let m = exchanges_per_second(&rt, echoed, 32, 128, false, window);
+            let r = rh_port(1).map_or(String::new(), |p| {
+                let r = exchanges_per_second(&rt, p, 32, 128, false, window);
+                format!(", rathole {r:.0} ({:.2})", r / d)
+            });
+            println!(
+                "requests/s, round {round}: direct {d:.0}, menet {m:.0} ({:.2}){r}",
+                m / d
+            );
+        }
         return;
     }
     if std::env::args().any(|a| a == "--latency-only") {
@@ -647,8 +659,16 @@ impl Node {
                 tunnel = a.trim().parse::<SocketAddr>().ok().map(|a| a.port());
             }
         }
-        // Keep draining the log so the node never blocks on a full pipe.
-        thread::spawn(move || lines.for_each(drop));
+        // Keep draining the log so the node never blocks on a full pipe (`--node-logs`: onto
+        // the bench's stderr, to see what the nodes said during a measure).
+        let show = std::env::args().any(|a| a == "--node-logs");
+        thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if show {
+                    eprintln!("node {}", line);
+                }
+            }
+        });
         Node {
             child,
             admin: admin.expect("admin"),
