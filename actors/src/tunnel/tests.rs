@@ -51,6 +51,20 @@ fn terms() -> Terms {
 }
 
 /// A loopback pair: the tunnel's end (not yet registered) and the test's, framed.
+/// A lane joined to `tunnel` (on `arbiter`, or the tunnel's own thread): its peer end.
+async fn join_lane(tunnel: &Addr<Tunnel>, arbiter: Option<actix_rt::ArbiterHandle>) -> Peer {
+    let (sock, lane) = socket_pair();
+    tunnel
+        .send(JoinLane {
+            sock,
+            keys: None,
+            arbiter,
+        })
+        .await
+        .expect("joined");
+    lane
+}
+
 fn socket_pair() -> (std::net::TcpStream, Peer) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("dial");
@@ -289,16 +303,8 @@ fn a_lane_on_another_thread_carries_streams_of_its_own_and_takes_the_tunnel_down
             .expect("backend");
         let routes = svc_route(backend.local_addr().expect("addr"));
         let (mut first, report, tunnel) = tunnel_peer_addr(routes).await;
-        let (sock, mut lane) = socket_pair();
         let thread = Arbiter::new();
-        tunnel
-            .send(JoinLane {
-                sock,
-                keys: None,
-                arbiter: Some(thread.handle()),
-            })
-            .await
-            .expect("joined");
+        let mut lane = join_lane(&tunnel, Some(thread.handle())).await;
         // Stream ids are each lane's own: stream 1 on both, each answered on its own lane.
         open_and_echo(&mut lane, &backend, 1, b"by lane one", b"back on it").await;
         open_and_echo(&mut first, &backend, 1, b"by the first", b"back there").await;
@@ -332,15 +338,7 @@ fn a_lane_on_another_thread_carries_streams_of_its_own_and_takes_the_tunnel_down
 fn a_head_that_goes_down_closes_its_lanes() {
     actix_rt::System::new().block_on(async {
         let (first, report, tunnel) = tunnel_peer_addr(Routes::default()).await;
-        let (sock, mut lane) = socket_pair();
-        tunnel
-            .send(JoinLane {
-                sock,
-                keys: None,
-                arbiter: None,
-            })
-            .await
-            .expect("joined");
+        let mut lane = join_lane(&tunnel, None).await;
         drop(first);
         report_of(&report).await.expect("reported");
         // The lane's connection ends, without a goodbye: the tunnel broke.
@@ -359,15 +357,7 @@ fn a_head_that_goes_down_closes_its_lanes() {
 fn a_goodbye_goes_on_every_lane_before_it_closes() {
     actix_rt::System::new().block_on(async {
         let (mut first, _report, tunnel) = tunnel_peer_addr(Routes::default()).await;
-        let (sock, mut lane) = socket_pair();
-        tunnel
-            .send(JoinLane {
-                sock,
-                keys: None,
-                arbiter: None,
-            })
-            .await
-            .expect("joined");
+        let mut lane = join_lane(&tunnel, None).await;
         tunnel
             .send(CloseTunnel {
                 goodbye: Some((GoAway::Deleted, "deleted".into())),
@@ -391,15 +381,7 @@ fn a_goodbye_goes_on_every_lane_before_it_closes() {
 fn a_peer_that_floods_pings_over_its_lanes_without_reading_loses_the_tunnel() {
     actix_rt::System::new().block_on(async {
         let (mut first, report, tunnel) = tunnel_peer_addr(Routes::default()).await;
-        let (sock, mut lane) = socket_pair();
-        tunnel
-            .send(JoinLane {
-                sock,
-                keys: None,
-                arbiter: None,
-            })
-            .await
-            .expect("joined");
+        let mut lane = join_lane(&tunnel, None).await;
         // 64 KiB of PINGs at a time on each lane in turn, never reading a PONG: the PONGs fill
         // the kernel's buffers, then each lane's control queue, which holds 1 MiB: a lane is
         // no more room than a tunnel.
