@@ -53,6 +53,10 @@ impl Handler<Tick> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, tick: Tick, ctx: &mut Context<Self>) {
+        // A tick that comes once the tunnel is closing or down has nothing left to keep alive.
+        if !matches!(self.life, Life::Open) {
+            return;
+        }
         if tick.ping {
             self.send_ping(ctx);
         }
