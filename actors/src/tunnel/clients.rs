@@ -14,7 +14,7 @@ impl Tunnel {
     /// Carries `msg`'s client as a new stream of this lane, in `seat`.
     pub(super) fn carry(&mut self, msg: CarryClient, seat: Seat, ctx: &mut Context<Self>) {
         let ending = !matches!(self.life, Life::Open);
-        if ending || self.counts.local >= self.peer.terms.max_streams {
+        if ending || self.counts.wide.open(Side::Local) >= self.peer.terms.max_streams {
             log_limited!(
                 warn,
                 "carry-refused",

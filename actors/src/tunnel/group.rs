@@ -21,6 +21,8 @@
 //! - `GET /config` asks the head, which adds its lanes' counters and streams to its own.
 
 use futures_util::future::join_all;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 pub use super::placement::MAX_LANES;
 use super::*;
@@ -60,14 +62,64 @@ pub(super) struct Placed {
     pub(super) seat: Seat,
 }
 
+/// What all of a tunnel's lanes count together, so that its limits bound the tunnel (as
+/// README's limits say), not each of its lanes.
+#[derive(Clone)]
+pub(super) struct TunnelWide {
+    /// Streams open now: those we opened (against the peer's `max_streams`) and those the peer
+    /// opened (against ours), by [`Side`].
+    open: Arc<[AtomicU32; 2]>,
+    /// Backend dials the peer may still cause this second.
+    dials: Arc<Mutex<TokenBucket>>,
+    /// The tunnel's backend connections, against its share of the descriptor pool: one peer
+    /// cannot take every descriptor from the other tunnels and services.
+    pub(super) backends: Arc<Gauge>,
+}
+
+impl TunnelWide {
+    pub(super) fn new(settings: &Settings, usage: &crate::limits::Usage) -> TunnelWide {
+        TunnelWide {
+            open: Arc::new([AtomicU32::new(0), AtomicU32::new(0)]),
+            dials: Arc::new(Mutex::new(TokenBucket::new(
+                settings.limits.max_dials_per_second,
+                Instant::now(),
+            ))),
+            backends: Gauge::new(settings.limits.descriptor_share(usage.descriptors.max())),
+        }
+    }
+
+    /// Streams open now over all lanes that `side` opened (ours: local).
+    pub(super) fn open(&self, side: Side) -> u32 {
+        self.open[side as usize].load(Ordering::Acquire)
+    }
+
+    /// A stream `side` opened was added (`true`) or removed on one of the lanes.
+    pub(super) fn count(&self, side: Side, added: bool) {
+        let n = &self.open[side as usize];
+        if added {
+            n.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let before = n.fetch_sub(1, Ordering::AcqRel);
+            debug_assert!(before > 0, "more {side} streams removed than added");
+        }
+    }
+
+    /// Takes a token of the peer's dial rate, if one is left this second.
+    pub(super) fn take_dial(&self) -> bool {
+        // A lane that panicked holding the bucket left it whole: taking a token is one update.
+        let mut dials = self.dials.lock().unwrap_or_else(|p| p.into_inner());
+        dials.try_take(Instant::now())
+    }
+}
+
 impl Tunnel {
     /// This actor made lane `lane` of a tunnel whose placement is `lanes`, sharing its head's
-    /// backend descriptors.
-    pub(super) fn into_lane(mut self, lane: usize, lanes: Lanes, backends: Arc<Gauge>) -> Tunnel {
+    /// tunnel-wide counts.
+    pub(super) fn into_lane(mut self, lane: usize, lanes: Lanes, wide: TunnelWide) -> Tunnel {
         self.group = Group::Lane;
         self.lane = lane;
         self.lanes = lanes;
-        self.counts.backends = backends;
+        self.counts.wide = wide;
         self
     }
 
@@ -141,9 +193,9 @@ impl Handler<JoinLane> for Tunnel {
             keys: msg.keys,
         };
         let (head, shared) = (ctx.address().recipient(), self.shared.clone());
-        let (lanes, backends) = (self.lanes.clone(), self.counts.backends.clone());
+        let (lanes, wide) = (self.lanes.clone(), self.counts.wide.clone());
         let make = move |_: &mut Context<Tunnel>| {
-            Tunnel::new(link, head, shared).into_lane(lane, lanes, backends)
+            Tunnel::new(link, head, shared).into_lane(lane, lanes, wide)
         };
         let actor = match &msg.arbiter {
             Some(arbiter) => Tunnel::start_in_arbiter(arbiter, make),

@@ -68,7 +68,7 @@ mod writer;
 #[cfg(feature = "fault-injection")]
 pub use commands::CrashStream;
 pub use commands::{CloseService, CloseTunnel};
-use group::Group;
+use group::{Group, TunnelWide};
 pub use group::{JoinLane, Snapshot, MAX_LANES};
 use placement::{Lanes, Seat};
 use streams::ServiceHandles;
@@ -342,20 +342,13 @@ struct PeerInfo {
     authenticated: bool,
 }
 
-/// What one tunnel lets its peer open: the stream ids, the two stream counts, and the
-/// resources a peer's OPEN takes.
+/// What one lane lets its peer open: its stream ids, and what all of the tunnel's lanes count
+/// together (the two stream counts, the dial rate, the backend descriptors).
 struct StreamCounts {
-    /// Streams we opened, against the peer's `max_streams`.
-    local: u32,
-    /// Streams the peer opened, against ours.
-    remote: u32,
     /// The next id of a stream we open (odd for the dialer, even for the acceptor).
     next_id: u32,
-    /// Backend dials the peer may still cause this second.
-    dials: TokenBucket,
-    /// This tunnel's backend connections, against its share of the descriptor pool: one peer
-    /// cannot take every descriptor from the other tunnels and services.
-    backends: Arc<Gauge>,
+    /// Shared by the tunnel's lanes, so that its limits bound the tunnel, not each lane.
+    wide: TunnelWide,
 }
 
 /// The receiving side's tunnel-level accounting.
@@ -493,12 +486,9 @@ impl Tunnel {
             routes,
         } = shared;
         let counts = StreamCounts {
-            local: 0,
-            remote: 0,
             // The dialer opens odd streams, the acceptor even ones, so ids never collide.
             next_id: if role == Role::Dialer { 1 } else { 2 },
-            dials: TokenBucket::new(settings.limits.max_dials_per_second, Instant::now()),
-            backends: Gauge::new(settings.limits.descriptor_share(usage.descriptors.max())),
+            wide: TunnelWide::new(&settings, &usage),
         };
         Tunnel {
             metrics: metrics().tunnel(&name),

@@ -167,7 +167,7 @@ impl Tunnel {
             self.fail(ctx, format!("peer reopened live stream {id}"));
             return false;
         }
-        if self.counts.remote >= self.shared.settings.limits.max_streams {
+        if self.counts.wide.open(Side::Remote) >= self.shared.settings.limits.max_streams {
             self.shared.usage.refuse_stream();
             metrics().count_refused(service, Side::Remote, Refused::StreamLimit);
             let reason = "too many streams on this tunnel";
@@ -321,7 +321,7 @@ impl Tunnel {
     /// a place in this tunnel's share of descriptors, a descriptor. Or what the peer is told
     /// (logged, counted).
     fn backend_slots(&mut self, id: u32) -> Result<Vec<Slot>, &'static str> {
-        if !self.counts.dials.try_take(Instant::now()) {
+        if !self.counts.wide.take_dial() {
             self.shared.usage.refuse_dial();
             log_limited!(
                 warn,
@@ -332,14 +332,14 @@ impl Tunnel {
             );
             return Err("too many new streams per second");
         }
-        let Some(share) = self.counts.backends.try_acquire() else {
+        let Some(share) = self.counts.wide.backends.try_acquire() else {
             log_limited!(
                 warn,
                 "descriptors",
                 "tunnel {}: its backend connections use its share of the descriptor pool ({}); \
                  refusing stream {id}",
                 self.name,
-                self.counts.backends.max()
+                self.counts.wide.backends.max()
             );
             return Err("this tunnel has too many connections");
         };

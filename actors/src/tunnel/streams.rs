@@ -27,10 +27,7 @@ impl Tunnel {
         // What it held and never wrote is dropped with it.
         self.shared.usage.buffers.release(e.recv.buffered());
         self.publish_streams();
-        match e.side {
-            Side::Local => self.counts.local -= 1,
-            Side::Remote => self.counts.remote -= 1,
-        }
+        self.counts.wide.count(e.side, false);
         self.receive.windows_total -= e.recv.target();
         self.stream_credit_removed(id);
         Some(e)
@@ -53,10 +50,7 @@ impl Tunnel {
     pub(super) fn insert_stream(&mut self, id: u32, entry: StreamEntry) {
         self.credit.add(id);
         self.receive.windows_total += entry.recv.target();
-        match entry.side {
-            Side::Local => self.counts.local += 1,
-            Side::Remote => self.counts.remote += 1,
-        }
+        self.counts.wide.count(entry.side, true);
         self.streams.insert(id, entry);
         self.stats.streams_opened += 1;
         self.metrics.streams_opened.inc();

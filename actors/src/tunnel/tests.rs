@@ -89,10 +89,17 @@ async fn tunnel_and_peer(routes: Routes) -> (Peer, Arc<Mutex<Option<TunnelDown>>
 
 /// [`tunnel_and_peer`], with the tunnel's address for commands.
 async fn tunnel_peer_addr(routes: Routes) -> (Peer, Arc<Mutex<Option<TunnelDown>>>, Addr<Tunnel>) {
+    tunnel_with(routes, Settings::default()).await
+}
+
+/// The same with `settings` (its limits, say).
+async fn tunnel_with(
+    routes: Routes,
+    settings: Settings,
+) -> (Peer, Arc<Mutex<Option<TunnelDown>>>, Addr<Tunnel>) {
     let (sock, peer) = socket_pair();
     let report = Arc::new(Mutex::new(None));
     let owner = Owner(report.clone()).start();
-    let settings = Settings::default();
     let table = RouteTable::default();
     table.publish(routes);
     let shared = Shared {
@@ -151,6 +158,17 @@ async fn next_frame(peer: &mut Peer) -> Option<Frame> {
     }
 }
 
+/// The next frame from the tunnel that is not a PING, a WINDOW or the FIN of another stream
+/// (an earlier stream's backend that closed its end).
+async fn next_of(peer: &mut Peer, stream: u32) -> Option<Frame> {
+    loop {
+        match next_frame(peer).await {
+            Some(Frame::Fin { stream: s }) if s != stream => continue,
+            other => return other,
+        }
+    }
+}
+
 /// The peer opens `stream` to `svc` on `peer`'s connection: the backend is dialled, OPEN_OK comes
 /// back there, `out` reaches the backend and its reply `back` returns there, each byte-exact.
 async fn open_and_echo(
@@ -170,7 +188,7 @@ async fn open_and_echo(
     .await
     .expect("open");
     let (mut conn, _) = backend.accept().await.expect("dialled");
-    match next_frame(peer).await {
+    match next_of(peer, stream).await {
         Some(Frame::OpenOk { stream: s, .. }) => assert_eq!(s, stream),
         other => panic!("{other:?}"),
     }
@@ -331,6 +349,52 @@ fn a_lane_on_another_thread_carries_streams_of_its_own_and_takes_the_tunnel_down
         assert!(down.reason.contains("a lane went down"), "{}", down.reason);
         assert_eq!(down.name, "t1");
         thread.stop();
+    });
+}
+
+#[test]
+fn max_streams_bounds_the_tunnel_over_all_its_lanes() {
+    actix_rt::System::new().block_on(async {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("backend");
+        let mut settings = Settings::default();
+        settings.limits.max_streams = 2;
+        let routes = svc_route(backend.local_addr().expect("addr"));
+        let (mut first, _report, tunnel) = tunnel_with(routes, settings).await;
+        let mut lane = join_lane(&tunnel, None).await;
+        // One stream on each lane: the tunnel's two.
+        open_and_echo(&mut first, &backend, 1, b"one", b"one back").await;
+        open_and_echo(&mut lane, &backend, 1, b"two", b"two back").await;
+        // A third is refused on either lane: they count together, and the lanes stay up.
+        for peer in [&mut lane, &mut first] {
+            peer.send(Frame::Open {
+                stream: 3,
+                service: "svc".into(),
+                keyed: None,
+                protocol: crate::protocol::Protocol::Tcp,
+                origin: None,
+            })
+            .await
+            .expect("open");
+            // (The backends closed their ends: the FINs of streams 1, still open our way.)
+            match next_of(peer, 3).await {
+                Some(Frame::OpenFail { stream: 3, reason }) => {
+                    assert!(reason.contains("too many streams"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A stream that ends makes room on any lane.
+        first
+            .send(Frame::Reset {
+                stream: 1,
+                code: ResetCode::Aborted,
+            })
+            .await
+            .expect("reset");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open_and_echo(&mut lane, &backend, 5, b"three", b"three back").await;
     });
 }
 
