@@ -29,6 +29,19 @@ impl Peer {
     async fn next(&mut self) -> Option<Result<Frame, ProtocolError>> {
         self.read.next().await
     }
+
+    /// Opens `stream` of `service` (plain TCP, unkeyed).
+    async fn open(&mut self, stream: u32, service: &str) {
+        self.send(Frame::Open {
+            stream,
+            service: service.into(),
+            keyed: None,
+            protocol: crate::protocol::Protocol::Tcp,
+            origin: None,
+        })
+        .await
+        .expect("open");
+    }
 }
 
 /// Stands in for the Registry: keeps the tunnel's report.
@@ -178,15 +191,7 @@ async fn open_and_echo(
     out: &[u8],
     back: &[u8],
 ) {
-    peer.send(Frame::Open {
-        stream,
-        service: "svc".into(),
-        keyed: None,
-        protocol: crate::protocol::Protocol::Tcp,
-        origin: None,
-    })
-    .await
-    .expect("open");
+    peer.open(stream, "svc").await;
     let (mut conn, _) = backend.accept().await.expect("dialled");
     match next_of(peer, stream).await {
         Some(Frame::OpenOk { stream: s, .. }) => assert_eq!(s, stream),
@@ -226,15 +231,7 @@ async fn report_of(report: &Arc<Mutex<Option<TunnelDown>>>) -> Option<TunnelDown
 fn an_open_for_a_service_not_bound_here_is_refused_and_the_tunnel_stays() {
     actix_rt::System::new().block_on(async {
         let (mut peer, report) = tunnel_and_peer(Routes::default()).await;
-        peer.send(Frame::Open {
-            stream: 1,
-            service: "nope".into(),
-            keyed: None,
-            protocol: crate::protocol::Protocol::Tcp,
-            origin: None,
-        })
-        .await
-        .expect("open");
+        peer.open(1, "nope").await;
         match next_frame(&mut peer).await {
             Some(Frame::OpenFail { stream: 1, reason }) => {
                 assert_eq!(reason, "no remote service named nope for this tunnel")
@@ -368,15 +365,7 @@ fn max_streams_bounds_the_tunnel_over_all_its_lanes() {
         open_and_echo(&mut lane, &backend, 1, b"two", b"two back").await;
         // A third is refused on either lane: they count together, and the lanes stay up.
         for peer in [&mut lane, &mut first] {
-            peer.send(Frame::Open {
-                stream: 3,
-                service: "svc".into(),
-                keyed: None,
-                protocol: crate::protocol::Protocol::Tcp,
-                origin: None,
-            })
-            .await
-            .expect("open");
+            peer.open(3, "svc").await;
             // (The backends closed their ends: the FINs of streams 1, still open our way.)
             match next_of(peer, 3).await {
                 Some(Frame::OpenFail { stream: 3, reason }) => {
