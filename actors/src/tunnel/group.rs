@@ -99,8 +99,9 @@ impl TunnelWide {
         if added {
             n.fetch_add(1, Ordering::AcqRel);
         } else {
-            let before = n.fetch_sub(1, Ordering::AcqRel);
-            debug_assert!(before > 0, "more {side} streams removed than added");
+            // Never below zero (a wrapped count would refuse every stream after it).
+            let before = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
+            debug_assert!(before.is_ok(), "more {side} streams removed than added");
         }
     }
 
