@@ -769,7 +769,9 @@ fn systemd_is_told_ready_once_the_listeners_are_bound() {
     let n = listener.recv(&mut buf).expect("READY=1 within 10 s");
     assert_eq!(std::str::from_utf8(&buf[..n]).map(str::trim), Ok("READY=1"));
     // Ready means ready: the restored service listens already.
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+    if let Err(e) = TcpStream::connect(("127.0.0.1", port)) {
+        panic!("the restored service on port {port} after READY=1: {e}");
+    }
     node.terminate();
     let n = listener.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(
