@@ -663,9 +663,13 @@ impl Node {
         // the bench's stderr, to see what the nodes said during a measure).
         let show = std::env::args().any(|a| a == "--node-logs");
         thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if show {
-                    eprintln!("node {}", line);
+            for line in lines {
+                match line {
+                    Ok(line) if show => eprintln!("node {line}"),
+                    Ok(_) => {}
+                    // A line that is not UTF-8 was read all the same: keep draining.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
+                    Err(_) => break,
                 }
             }
         });

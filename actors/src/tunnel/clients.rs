@@ -112,7 +112,8 @@ impl Tunnel {
         let entry = StreamEntry::new(
             actor,
             msg.service,
-            (Side::Local, handles),
+            Side::Local,
+            handles,
             seat,
             &self.shared.settings,
         );

@@ -309,7 +309,8 @@ impl Tunnel {
         let mut entry = StreamEntry::new(
             actor,
             service,
-            (Side::Remote, handles),
+            Side::Remote,
+            handles,
             seat,
             &self.shared.settings,
         );

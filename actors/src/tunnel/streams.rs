@@ -140,7 +140,8 @@ impl StreamEntry {
     pub(super) fn new(
         conn: impl Into<StreamActor>,
         service: String,
-        (side, service_metrics): (Side, ServiceMetrics),
+        side: Side,
+        service_metrics: ServiceMetrics,
         seat: Seat,
         s: &Settings,
     ) -> Self {
