@@ -176,6 +176,11 @@ impl Rathole {
         self.server.id()
     }
 
+    /// The server's and the client's process ids.
+    pub fn pids(&self) -> [u32; 2] {
+        [self.server.id(), self.client.id()]
+    }
+
     /// CPU time both processes have used, in ms.
     pub fn cpu_ms(&self) -> u64 {
         crate::cpu_ms_of(self.server.id()) + crate::cpu_ms_of(self.client.id())

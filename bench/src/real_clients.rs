@@ -1,0 +1,237 @@
+//! The issue's own measure of requests and new connections: `wrk` (one thread, 32 connections)
+//! against nginx serving a 1 KiB file, directly, through menet and (given `--rathole`) through
+//! rathole, alternated over three rounds. Runs when both programs are on the PATH.
+//!
+//! The echo rows of the main table measure the same paths with a client and a backend that cost
+//! almost nothing per request, so the proxy's own cost weighs more there; these rows weigh it
+//! against a real web server and a real load generator sharing the same two cores.
+//! Beside them, the CPU each side spent per request, in user space and in the kernel: on
+//! loopback the kernel's TCP work (a connection accepted, dialled and closed twice instead of
+//! once) is most of what a new connection through a proxy costs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::{cpu_split_ms_of, dies_with_bench, median, rathole, Node};
+
+/// A table row with rathole's figure beside menet's when rathole runs: (name, direct, menet,
+/// rathole).
+pub type Row3<'a> = dyn Fn(&str, f64, f64, Option<f64>) + 'a;
+
+/// How long each wrk run lasts.
+const RUN: Duration = Duration::from_secs(5);
+/// Rounds of direct, menet and rathole in turn.
+const ROUNDS: usize = 3;
+
+/// True when `program` runs (it is on the PATH).
+fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// nginx serving `/1k` (1,024 bytes) on a free loopback port; killed and its files removed when
+/// dropped.
+struct Nginx {
+    /// The nginx process (one process: no master, no daemon).
+    child: Child,
+    /// Where it listens.
+    addr: SocketAddr,
+    /// Its configuration, the file it serves and its logs.
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("menet-bench-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("nginx directory");
+        std::fs::write(dir.join("1k"), [b'x'; 1024]).expect("the served file");
+        let d = dir.display();
+        // One worker process (no master): the load a single-process backend puts on the cores.
+        let conf = format!(
+            "master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+             server {{ listen 127.0.0.1:{port} backlog=4096; root {d}; }} }}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx configuration");
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        dies_with_bench(&mut cmd);
+        let child = cmd.spawn().expect("start nginx");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_http(addr, "nginx");
+        Nginx { child, addr, dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until `GET /1k` at `addr` answers 200 (through a proxy: once it carries the service).
+fn wait_http(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let reply = TcpStream::connect(addr).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.write_all(b"GET /1k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply)?;
+            Ok(reply)
+        });
+        if matches!(&reply, Ok(r) if r.starts_with(b"HTTP/1.1 200")) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not serve GET /1k at {addr} within 10 s");
+}
+
+/// Requests per second wrk measured at `addr` (32 connections, one thread); `close`: each
+/// request on a new connection (`Connection: close`). With them, the CPU wrk itself used, in ms:
+/// (requests/s, user, kernel).
+fn wrk(addr: SocketAddr, close: bool) -> (f64, u64, u64) {
+    let mut cmd = Command::new("wrk");
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    // What the bench's reaped children used so far: wrk's share is what this grows by.
+    let children = || {
+        // SAFETY: rusage is plain data, filled by getrusage.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a pointer to a live local.
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+        usage
+    };
+    let before = children();
+    let out = cmd
+        .args(["-t1", "-c32", &format!("-d{}s", RUN.as_secs())])
+        .arg(format!("http://{addr}/1k"))
+        .stderr(Stdio::null())
+        .output()
+        .expect("run wrk");
+    let after = children();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    let rate = text
+        .split("Requests/sec:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("wrk printed no Requests/sec: {text}"));
+    (
+        rate,
+        ms(after.ru_utime).saturating_sub(ms(before.ru_utime)),
+        ms(after.ru_stime).saturating_sub(ms(before.ru_stime)),
+    )
+}
+
+/// One wrk run at `addr` and the CPU the processes `pids` (and wrk, if `with_wrk`) spent on it
+/// per request, in us: (requests/s, user, kernel).
+fn measured(addr: SocketAddr, close: bool, pids: &[u32], with_wrk: bool) -> (f64, f64, f64) {
+    let cpu = || {
+        pids.iter()
+            .map(|&p| cpu_split_ms_of(p))
+            .fold((0, 0), |(u, k), (du, dk)| (u + du, k + dk))
+    };
+    let before = cpu();
+    let (rate, wrk_user, wrk_kernel) = wrk(addr, close);
+    let after = cpu();
+    let (wrk_user, wrk_kernel) = if with_wrk {
+        (wrk_user, wrk_kernel)
+    } else {
+        (0, 0)
+    };
+    let per = |ms: u64| ms as f64 * 1000.0 / (rate * RUN.as_secs_f64()).max(1.0);
+    (
+        rate,
+        per(after.0 - before.0 + wrk_user),
+        per(after.1 - before.1 + wrk_kernel),
+    )
+}
+
+/// The rows: requests/s over 32 keep-alive connections and new connections/s, each the median
+/// of three rounds, then the CPU per request of the load generator and the backend together
+/// (direct) and of each proxy's two processes.
+/// `row3`: a row with rathole's figure when it runs.
+pub fn rows(a: &Node, b: &Node, row3: &Row3) {
+    if !(runs("wrk", "--version") && runs("nginx", "-v")) {
+        println!("(wrk or nginx not found: the rows of real clients are left out)");
+        return;
+    }
+    let nginx = Nginx::start();
+    let through = a.carry(b, "web", None, nginx.addr);
+    wait_http(through, "menet");
+    let rh = rathole::binary().map(|path| {
+        let r = rathole::Rathole::start(&path, &[("web", nginx.addr)], |_| None);
+        wait_http(r.ports[0], "rathole");
+        r
+    });
+    let nodes = [a.child.id(), b.child.id()];
+    for (name, close) in [
+        (
+            "requests/s, wrk + nginx 1 KiB, 32 keep-alive connections",
+            false,
+        ),
+        (
+            "new connections/s, wrk + nginx 1 KiB (Connection: close)",
+            true,
+        ),
+    ] {
+        let (mut d, mut m, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            d.push(measured(nginx.addr, close, &[nginx.child.id()], true));
+            m.push(measured(through, close, &nodes, false));
+            if let Some(rh) = &rh {
+                r.push(measured(rh.ports[0], close, &rh.pids(), false));
+            }
+        }
+        let mid = |v: &[(f64, f64, f64)], i: usize| {
+            let mut x: Vec<f64> = v.iter().map(|t| [t.0, t.1, t.2][i]).collect();
+            (!x.is_empty()).then(|| median(&mut x))
+        };
+        let direct = |i| mid(&d, i).unwrap_or(0.0);
+        let menet = |i| mid(&m, i).unwrap_or(0.0);
+        row3(name, direct(0), menet(0), mid(&r, 0));
+        for (what, i) in [("user", 1), ("kernel", 2)] {
+            row3(
+                &format!("  CPU us per request, {what}: wrk + nginx, the proxy (medians)"),
+                direct(i),
+                menet(i),
+                mid(&r, i),
+            );
+        }
+        // With every process on the same two busy cores, a proxy that costs P per request
+        // beside the client and server's D carries at most D / (D + P) of the direct rate.
+        let own = direct(1) + direct(2);
+        let ceiling = |p: f64| own / (own + p).max(1e-9);
+        let rathole = mid(&r, 1).zip(mid(&r, 2)).map(|(u, k)| ceiling(u + k));
+        row3(
+            "  ceiling from CPU alone: D / (D + the proxy's CPU per request)",
+            1.0,
+            ceiling(menet(1) + menet(2)),
+            rathole,
+        );
+    }
+}
