@@ -186,26 +186,36 @@ fn main() {
                 throughput(&rt, plain, 8, plan.bulk_plain / 4, false);
             }
             let (d50, d99) = latency(echo, plan.pings);
-            // Beside each latency, the CPU both ends of the tunnel spent per exchange.
-            let per = |ms: u64| ms as f64 * 1000.0 / (plan.pings + plan.pings / 10) as f64;
-            let before = a.cpu_ms() + b.cpu_ms();
-            let (m50, m99) = latency(echoed, plan.pings);
-            let m_cpu = per(a.cpu_ms() + b.cpu_ms() - before);
+            // Beside each latency, the CPU both ends of the tunnel spent per exchange: in all,
+            // in user space, in the kernel.
+            let cpu = |pids: &[u32]| {
+                pids.iter()
+                    .map(|&p| cpu_split_ms_of(p))
+                    .fold((0, 0), |(u, k), (du, dk)| (u + du, k + dk))
+            };
+            let exchanges = (plan.pings + plan.pings / 10) as f64;
+            let measured = |addr: SocketAddr, pids: &[u32]| {
+                let before = cpu(pids);
+                let (p50, p99) = latency(addr, plan.pings);
+                let after = cpu(pids);
+                let per = |a: u64, b: u64| (a - b) as f64 * 1000.0 / exchanges;
+                let (user, kernel) = (per(after.0, before.0), per(after.1, before.1));
+                format!(
+                    "p50 {p50:.0} p99 {p99:.0} us ({:.1} us CPU: {user:.1} user, {kernel:.1} \
+                     kernel)",
+                    user + kernel
+                )
+            };
+            let menet = measured(echoed, &[a.child.id(), b.child.id()]);
             // The same through a clear tunnel (what sealing costs) and through rathole (plain
             // TCP, its default), interleaved so that they share the machine's mood.
-            let before = ca.cpu_ms() + cb.cpu_ms();
-            let (c50, c99) = latency(clear_echoed, plan.pings);
-            let c_cpu = per(ca.cpu_ms() + cb.cpu_ms() - before);
+            let clear = measured(clear_echoed, &[ca.child.id(), cb.child.id()]);
             let rathole = rh.as_ref().map_or(String::new(), |r| {
-                let before = r.cpu_ms();
-                let (r50, r99) = latency(r.ports[1], plan.pings);
-                let r_cpu = per(r.cpu_ms() - before);
-                format!(", rathole p50 {r50:.0} p99 {r99:.0} us ({r_cpu:.1} us CPU)")
+                format!(", rathole {}", measured(r.ports[1], &r.pids()))
             });
             println!(
-                "{when}: direct p50 {d50:.0} p99 {d99:.0} us, menet p50 {m50:.0} p99 {m99:.0} us \
-                 ({m_cpu:.1} us CPU), clear tunnel p50 {c50:.0} p99 {c99:.0} us ({c_cpu:.1} us \
-                 CPU){rathole}"
+                "{when}: direct p50 {d50:.0} p99 {d99:.0} us, menet {menet}, clear tunnel \
+                 {clear}{rathole}"
             );
         }
         return;

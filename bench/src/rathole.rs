@@ -181,11 +181,6 @@ impl Rathole {
         [self.server.id(), self.client.id()]
     }
 
-    /// CPU time both processes have used, in ms.
-    pub fn cpu_ms(&self) -> u64 {
-        crate::cpu_ms_of(self.server.id()) + crate::cpu_ms_of(self.client.id())
-    }
-
     pub fn rss_kib(&self) -> u64 {
         [self.server.id(), self.client.id()]
             .iter()
