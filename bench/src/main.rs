@@ -30,8 +30,8 @@ use measures::{
     latency_under_load, median, runtime, stalled_reader, throughput,
 };
 use node::{
-    cpu_ms_of, cpu_split_ms_of, dies_with_bench, menet_binary, node_config, node_threads,
-    raise_fd_limit, rss_of, Node, TempFile,
+    cpu_split_ms_of, dies_with_bench, menet_binary, node_config, node_threads, raise_fd_limit,
+    rss_of, Node, TempFile,
 };
 
 use std::net::SocketAddr;

@@ -276,7 +276,7 @@ pub fn dies_with_bench(cmd: &mut Command) {
 }
 
 /// CPU time (user and system) process `pid` has used, in ms (clock ticks apart).
-pub fn cpu_ms_of(pid: u32) -> u64 {
+fn cpu_ms_of(pid: u32) -> u64 {
     let (user, system) = cpu_split_ms_of(pid);
     user + system
 }
