@@ -15,30 +15,7 @@ impl Tunnel {
     pub(super) fn carry(&mut self, msg: CarryClient, seat: Seat, ctx: &mut Context<Self>) {
         let ending = !matches!(self.life, Life::Open);
         if ending || self.counts.wide.open(Side::Local) >= self.peer.terms.max_streams {
-            log_limited!(
-                warn,
-                "carry-refused",
-                "tunnel {}: the peer takes at most {} streams; resetting a client of service {}",
-                self.name,
-                self.peer.terms.max_streams,
-                msg.service
-            );
-            let reason = if ending {
-                Refused::ShuttingDown
-            } else {
-                Refused::StreamLimit
-            };
-            metrics().count_refused(&msg.service, Side::Local, reason);
-            match msg.client {
-                Client::Tcp { sock, .. } => crate::io::reset_now(&sock),
-                Client::Udp(start) => {
-                    start.counts.dropped.inc();
-                    start.listener.do_send(FlowReport::Ended {
-                        client: start.client,
-                        id: start.id,
-                    });
-                }
-            }
+            self.refuse(msg, ending);
             return;
         }
         let protocol = match &msg.client {
@@ -119,6 +96,36 @@ impl Tunnel {
         );
         self.insert_stream(id, entry);
         self.queue_control(&frame, ctx);
+    }
+
+    /// Refuses `msg`'s client: the tunnel is `ending`, or the peer's stream limit is reached. A
+    /// TCP client is reset (never a FIN: it was carried nowhere); a UDP flow is counted dropped
+    /// and its listener told the flow ended.
+    fn refuse(&self, msg: CarryClient, ending: bool) {
+        log_limited!(
+            warn,
+            "carry-refused",
+            "tunnel {}: the peer takes at most {} streams; resetting a client of service {}",
+            self.name,
+            self.peer.terms.max_streams,
+            msg.service
+        );
+        let reason = if ending {
+            Refused::ShuttingDown
+        } else {
+            Refused::StreamLimit
+        };
+        metrics().count_refused(&msg.service, Side::Local, reason);
+        match msg.client {
+            Client::Tcp { sock, .. } => crate::io::reset_now(&sock),
+            Client::Udp(start) => {
+                start.counts.dropped.inc();
+                start.listener.do_send(FlowReport::Ended {
+                    client: start.client,
+                    id: start.id,
+                });
+            }
+        }
     }
 }
 
