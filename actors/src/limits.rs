@@ -495,6 +495,12 @@ impl TokenBucket {
         Some(Duration::from_secs_f64(secs).max(Duration::from_millis(1)))
     }
 
+    /// Whole tokens there now: none while in debt.
+    pub fn available(&mut self, now: Instant) -> u64 {
+        self.refill(now);
+        self.tokens.max(0.0) as u64
+    }
+
     /// Takes `n` tokens, going into debt if there are fewer (bytes already moved).
     pub fn take(&mut self, n: u64, now: Instant) {
         self.refill(now);

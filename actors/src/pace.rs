@@ -4,13 +4,43 @@
 //! the debt is paid. Waiting to read leaves bytes in the sender's socket, waiting to write holds
 //! back the stream's credit, so a limited service slows its senders through flow control and
 //! queues nothing. The buckets are [`TokenBucket`]s that may go into debt (a read of 64 KiB
-//! against the last few tokens is paid for before anyone moves again).
+//! against the last few tokens is paid for before anyone moves again). A write takes from the
+//! stream's queue only what the bucket holds (at least [`PACE_CHUNK`]), never the whole queue:
+//! a queue may hold a whole stream window, and writing it at once would let that much through
+//! above the limit in one burst.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::limits::TokenBucket;
 use crate::metrics::FloatCounter;
+
+/// The least a paced write takes from its queue: fewer bytes would cost a system call each for
+/// little, and the debt it may leave is paid before the next write.
+pub const PACE_CHUNK: u64 = 16 * 1024;
+
+/// Takes from the front of `queue` at most `limit` bytes (splitting a buffer if need be), in
+/// order; what is left stays queued.
+pub fn take_paced(queue: &mut VecDeque<Bytes>, limit: u64) -> Vec<Bytes> {
+    let mut batch = Vec::new();
+    let mut left = limit;
+    while left > 0 {
+        let Some(mut front) = queue.pop_front() else {
+            break;
+        };
+        if front.len() as u64 > left {
+            let rest = front.split_off(left as usize);
+            queue.push_front(rest);
+        }
+        left -= front.len() as u64;
+        batch.push(front);
+    }
+    debug_assert!(batch.iter().map(|b| b.len() as u64).sum::<u64>() <= limit);
+    batch
+}
 
 /// One service's limit, both directions, shared by its connections (on any data thread).
 #[derive(Debug)]
@@ -65,6 +95,11 @@ impl Pace {
         wait
     }
 
+    /// Bytes the bucket of `d` holds now (none while it is in debt).
+    pub fn allowance(&self, d: Direction) -> u64 {
+        self.bucket(d).available(Instant::now())
+    }
+
     /// `n` bytes moved `d`.
     pub fn take(&self, d: Direction, n: u64) {
         self.bucket(d).take(n, Instant::now());
@@ -79,6 +114,31 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paced_write_takes_at_most_its_allowance_in_order() {
+        let mut queue: VecDeque<Bytes> = [&b"abcd"[..], b"efgh", b"ij"]
+            .iter()
+            .map(|b| Bytes::copy_from_slice(b))
+            .collect();
+        let first = take_paced(&mut queue, 6);
+        assert_eq!(first.concat(), b"abcdef");
+        assert_eq!(queue.len(), 2, "the split buffer's rest stays in front");
+        let second = take_paced(&mut queue, 100);
+        assert_eq!(second.concat(), b"ghij");
+        assert!(queue.is_empty());
+        assert!(take_paced(&mut queue, 10).is_empty());
+    }
+
+    #[test]
+    fn a_bucket_says_what_it_holds_and_nothing_in_debt() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::bytes_per_second(1000, t0);
+        assert_eq!(b.available(t0), 1000);
+        b.take(1500, t0);
+        assert_eq!(b.available(t0), 0);
+        assert_eq!(b.available(t0 + Duration::from_secs(1)), 500);
+    }
 
     #[test]
     fn a_full_bucket_lets_one_second_through_then_paces_to_the_rate() {

@@ -17,23 +17,9 @@ use crate::{dial, latency, latency_under_load, rathole, Node, Plan, TempFile, CH
 /// The tunnel link through `../shared/tools/delay_relay.py` (25 ms each way, 32 MiB in flight):
 /// one stream and eight each way, and a small exchange while one bulk stream fills the link.
 pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAddr, plan: &Plan) {
-    let script = std::env::args()
-        .skip_while(|a| a != "--relay")
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/tools/delay_relay.py"
-            ))
-        });
-    if !script.exists() {
-        println!(
-            "long link: {} not found (--relay PATH); skipped",
-            script.display()
-        );
+    let Some(script) = relay_script() else {
         return;
-    }
+    };
     // `--max-stream-window BYTES`: the long-link nodes' [tunnel] max_stream_window.
     let config = std::env::args()
         .skip_while(|a| a != "--max-stream-window")
@@ -82,25 +68,7 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
             }
         }
     }
-    for upload in [true, false] {
-        let one = results
-            .iter()
-            .find(|r| r.0 == (upload, 1))
-            .map_or(0.0, |r| r.1);
-        let eight = results
-            .iter()
-            .find(|r| r.0 == (upload, 8))
-            .map_or(1.0, |r| r.1);
-        println!(
-            "{:<64} {:>12} {:>12.2}",
-            format!(
-                "  one stream / eight streams, {}",
-                if upload { "upload" } else { "download" }
-            ),
-            "-",
-            one / eight
-        );
-    }
+    one_over_eight(&results);
     let (i50, i99) = latency(echoed, 200);
     println!(
         "{:<64} {:>12} {:>12.1}\n{:<64} {:>12} {:>12.1}",
@@ -144,6 +112,53 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
             ),
             r50 / 1000.0,
             r99 / 1000.0
+        );
+    }
+}
+
+/// The delay relay's script (`--relay PATH`, or the shared tools' beside the repository); None
+/// (said so) when it is not there.
+fn relay_script() -> Option<PathBuf> {
+    let script = std::env::args()
+        .skip_while(|a| a != "--relay")
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/tools/delay_relay.py"
+            ))
+        });
+    if !script.exists() {
+        println!(
+            "long link: {} not found (--relay PATH); skipped",
+            script.display()
+        );
+        return None;
+    }
+    Some(script)
+}
+
+/// One stream's rate over eight streams', each way, from the bulk rows' `results`
+/// ((upload, streams), Mbit/s).
+fn one_over_eight(results: &[((bool, usize), f64)]) {
+    for upload in [true, false] {
+        let one = results
+            .iter()
+            .find(|r| r.0 == (upload, 1))
+            .map_or(0.0, |r| r.1);
+        let eight = results
+            .iter()
+            .find(|r| r.0 == (upload, 8))
+            .map_or(1.0, |r| r.1);
+        println!(
+            "{:<64} {:>12} {:>12.2}",
+            format!(
+                "  one stream / eight streams, {}",
+                if upload { "upload" } else { "download" }
+            ),
+            "-",
+            one / eight
         );
     }
 }

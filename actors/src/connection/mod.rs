@@ -29,7 +29,7 @@ use std::sync::Arc;
 use crate::cipher::{ServiceKey, StreamCrypto};
 use crate::io::{reset_now, try_read_data_frame, try_write_now, write_all_vectored, Chunk};
 use crate::limits::Slot;
-use crate::pace::{Direction, Pace};
+use crate::pace::{take_paced, Direction, Pace, PACE_CHUNK};
 use crate::protocol::{set_frame_len, ResetCode, HEADER_LEN, MAX_DATA, NONCE_LEN};
 
 /// Connection -> its tunnel: what happens on a stream's downstream socket. A report going up,
@@ -509,11 +509,28 @@ impl Connection {
             });
             return;
         }
-        let mut batch: Vec<Bytes> = self.out.drain(..).collect();
-        if let Some(p) = &self.pace {
-            p.take(Direction::Write, batch.iter().map(|b| b.len() as u64).sum());
-        }
-        let bytes = std::mem::take(&mut self.out_wire);
+        let (mut batch, bytes) = match &self.pace {
+            None => (
+                self.out.drain(..).collect::<Vec<Bytes>>(),
+                std::mem::take(&mut self.out_wire),
+            ),
+            // What the bucket holds, not the whole queue (a window's worth at once would burst
+            // above the limit); the credit goes back in proportion, the rest once all is out.
+            Some(p) => {
+                let queued: u64 = self.out.iter().map(|b| b.len() as u64).sum();
+                let allowance = p.allowance(Direction::Write).max(PACE_CHUNK);
+                let batch = take_paced(&mut self.out, allowance);
+                let n: u64 = batch.iter().map(|b| b.len() as u64).sum();
+                p.take(Direction::Write, n);
+                let bytes = if self.out.is_empty() {
+                    self.out_wire
+                } else {
+                    self.out_wire * n / queued.max(1)
+                };
+                self.out_wire -= bytes;
+                (batch, bytes)
+            }
+        };
         match try_write_now(&writer, &mut batch) {
             Ok(true) => {
                 self.down.put_writer(writer);
