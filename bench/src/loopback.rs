@@ -11,7 +11,7 @@ use tokio::runtime::Runtime;
 use menet_actors::cipher::CipherKind;
 
 use crate::{
-    beside_rows, cpu_split_ms_of, exchanges_per_second, latency, latency_under_load, median,
+    beside_rows, cpu_split_ms_of_all, exchanges_per_second, latency, latency_under_load, median,
     node_config, node_threads, rathole, real_clients, row, row3, throughput, Node, Plan, TempFile,
     AEADS, KEY,
 };
@@ -178,16 +178,11 @@ impl Loopback {
             let (d50, d99) = latency(echo, plan.pings);
             // Beside each latency, the CPU both ends of the tunnel spent per exchange: in all,
             // in user space, in the kernel.
-            let cpu = |pids: &[u32]| {
-                pids.iter()
-                    .map(|&p| cpu_split_ms_of(p))
-                    .fold((0, 0), |(u, k), (du, dk)| (u + du, k + dk))
-            };
             let exchanges = (plan.pings + plan.pings / 10) as f64;
             let measured = |addr: SocketAddr, pids: &[u32]| {
-                let before = cpu(pids);
+                let before = cpu_split_ms_of_all(pids);
                 let (p50, p99) = latency(addr, plan.pings);
-                let after = cpu(pids);
+                let after = cpu_split_ms_of_all(pids);
                 let per = |a: u64, b: u64| (a - b) as f64 * 1000.0 / exchanges;
                 let (user, kernel) = (per(after.0, before.0), per(after.1, before.1));
                 format!(

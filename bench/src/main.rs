@@ -31,7 +31,7 @@ use measures::{
     latency_under_load, median, runtime, stalled_reader, throughput,
 };
 use node::{
-    cpu_split_ms_of, dies_with_bench, menet_binary, node_config, node_threads, raise_fd_limit,
+    cpu_split_ms_of_all, dies_with_bench, menet_binary, node_config, node_threads, raise_fd_limit,
     rss_of, Node, TempFile,
 };
 

@@ -281,6 +281,13 @@ fn cpu_ms_of(pid: u32) -> u64 {
     user + system
 }
 
+/// CPU time the processes `pids` have used together, in ms: (in user space, in the kernel).
+pub fn cpu_split_ms_of_all(pids: &[u32]) -> (u64, u64) {
+    pids.iter()
+        .map(|&p| cpu_split_ms_of(p))
+        .fold((0, 0), |(u, k), (du, dk)| (u + du, k + dk))
+}
+
 /// CPU time process `pid` has used, in ms: (in user space, in the kernel).
 pub fn cpu_split_ms_of(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{cpu_split_ms_of, dies_with_bench, median, rathole, Node};
+use crate::{cpu_split_ms_of_all, dies_with_bench, median, rathole, Node};
 
 /// A table row with rathole's figure beside menet's when rathole runs: (name, direct, menet,
 /// rathole).
@@ -150,11 +150,7 @@ fn wrk(addr: SocketAddr, close: bool) -> (f64, u64, u64) {
 /// One wrk run at `addr` and the CPU the processes `pids` (and wrk, if `with_wrk`) spent on it
 /// per request, in us: (requests/s, user, kernel).
 fn measured(addr: SocketAddr, close: bool, pids: &[u32], with_wrk: bool) -> (f64, f64, f64) {
-    let cpu = || {
-        pids.iter()
-            .map(|&p| cpu_split_ms_of(p))
-            .fold((0, 0), |(u, k), (du, dk)| (u + du, k + dk))
-    };
+    let cpu = || cpu_split_ms_of_all(pids);
     let before = cpu();
     let (rate, wrk_user, wrk_kernel) = wrk(addr, close);
     let after = cpu();
