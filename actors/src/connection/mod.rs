@@ -4,8 +4,9 @@
 //! It reads its socket only against credit granted by its tunnel, asked for once the socket is
 //! readable and handed back when it runs dry, and reports bytes back to the tunnel only once they
 //! are written to its socket, so a slow client slows exactly its own stream. Reads are
-//! non-blocking and happen in the handlers; waiting for readability and writing run as futures of
-//! this actor that own the socket half meanwhile. The actor never blocks and never buffers beyond
+//! non-blocking and happen in the handlers; readability is waited for by one lasting item of the
+//! actor (`watch.rs`), and a write the socket does not take at once runs as a future of this actor
+//! that owns the write half meanwhile. The actor never blocks and never buffers beyond
 //! the stream window.
 //!
 //! A stream that ends cleanly (a FIN each way) closes its socket with a FIN; one that does not
@@ -147,7 +148,7 @@ enum ReadState {
     Unopened,
     /// Open, neither waiting for readability nor holding a request for credit (transient).
     Idle,
-    /// A readability watch owns the read half.
+    /// Waiting for readability (the lasting watch item polls it: `watch.rs`).
     Watching,
     /// Readable: credit was asked for, and what is granted is read until the socket runs dry.
     Wanting,
@@ -203,8 +204,10 @@ pub struct Connection {
     peer: Option<SocketAddr>,
     /// The socket's descriptor, kept to reset the connection whichever future holds a half.
     fd: Option<std::os::fd::RawFd>,
-    /// `None` while a readability watch owns it.
+    /// The read half: `None` until a dialled socket is attached, and once closed.
     reader: Option<OwnedReadHalf>,
+    /// The readability watch's waker and ordering (`watch.rs`).
+    watch: watch::Watch,
     /// The write half, shared with the tunnel for its direct writes (`downstream.rs`).
     down: Rc<Downstream>,
     /// Where the socket's read side is: unopened, waiting for readability, asking for and using
@@ -244,6 +247,7 @@ impl Connection {
             peer: None,
             fd: None,
             reader: None,
+            watch: watch::Watch::default(),
             down: Rc::new(Downstream::new()),
             read: ReadState::Unopened,
             write: WriteState::Idle,
@@ -377,7 +381,7 @@ impl Connection {
             }
         }
         if self.read == ReadState::Idle {
-            self.watch(ctx);
+            self.watch();
         }
     }
 
@@ -411,40 +415,6 @@ impl Connection {
                 bytes: n - kept,
             });
         }
-    }
-
-    /// Waits until the socket is readable, then spends the standing grant or asks the tunnel for
-    /// credit.
-    fn watch(&mut self, ctx: &mut Context<Self>) {
-        let stream = self.stream;
-        let Some(reader) = self.reader.take() else {
-            return;
-        };
-        self.read = ReadState::Watching;
-        ctx.spawn(
-            async move {
-                let ready = reader.readable().await;
-                (reader, ready)
-            }
-            .into_actor(self)
-            .map(move |(reader, ready), act, ctx| {
-                act.reader = Some(reader);
-                match ready {
-                    Ok(())
-                        if act.read == ReadState::Watching && act.grant > act.overhead() as u64 =>
-                    {
-                        act.read = ReadState::Spending;
-                        act.read_more(ctx);
-                    }
-                    Ok(()) if act.read == ReadState::Watching => {
-                        act.read = ReadState::Wanting;
-                        act.report(FromConnection::Want { stream });
-                    }
-                    Ok(()) => {}
-                    Err(e) => act.abort(ctx, ResetCode::Aborted, format!("read failed: {e}")),
-                }
-            }),
-        );
     }
 
     fn send_frame(&mut self, stream: u32, mut frame: BytesMut) {
@@ -617,6 +587,7 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.start_watch(ctx);
         if let Some(target) = self.target.take() {
             self.dial(target, ctx);
         }
@@ -671,6 +642,13 @@ impl Handler<StreamEvent> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
+        // The watch item is polled after the mailbox: a watch started here needs no wake-up.
+        watch::Watch::in_order(self, |act| act.on_event(msg, ctx));
+    }
+}
+
+impl Connection {
+    fn on_event(&mut self, msg: StreamEvent, ctx: &mut Context<Self>) {
         self.down.event_handled();
         match msg {
             StreamEvent::Opened { nonce } => {
@@ -746,6 +724,7 @@ impl Handler<crate::Crash> for Connection {
 
 mod dial;
 mod downstream;
+mod watch;
 pub use dial::Target;
 pub use downstream::Downstream;
 

@@ -266,3 +266,58 @@ fn socket_linger_zero(sock: &std::net::TcpStream) {
     };
     assert_eq!(rc, 0, "SO_LINGER");
 }
+
+/// A dialled connection starts watching from the dial's completion, an item that may come after
+/// the lasting watch item in the actor's poll: the watch still sees the backend's bytes that
+/// arrive later (its wake-up polls the item again), under a standing grant with no asking.
+#[test]
+fn a_dialled_connection_reads_what_its_backend_sends_later() {
+    actix_rt::System::new().block_on(async {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = backend.local_addr().expect("addr");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spec = StreamSpec {
+            stream: 8,
+            tunnel: StubTunnel(tx).start().recipient(),
+            service: "svc".to_owned(),
+            keying: None,
+            idle_timeout: None,
+            pace: None,
+            slots: Vec::new(),
+        };
+        let target = Target {
+            backends: Arc::new(crate::backends::Backends::new(
+                &[addr],
+                crate::service::Balance::First,
+                |_| crate::metrics::BackendCounts::default(),
+            )),
+            connect_timeout: Duration::from_secs(5),
+            header: None,
+        };
+        let conn = Connection::dialing(spec, target).start();
+        conn.do_send(StreamEvent::Standing(4096));
+        conn.do_send(StreamEvent::Grant(4096));
+        let (mut sock, _) = backend.accept().await.expect("the dial");
+        assert!(matches!(
+            report(&mut rx).await,
+            FromConnection::Dialed { stream: 8 }
+        ));
+        // Well after the dial's completion has run and the actor has gone to sleep.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sock.write_all(b"late reply").await.expect("write");
+        let mut payload = Vec::new();
+        while payload.len() < b"late reply".len() {
+            match report(&mut rx).await {
+                FromConnection::Data { stream: 8, frame } => {
+                    payload.extend_from_slice(&frame[HEADER_LEN..])
+                }
+                FromConnection::Return { .. } => {}
+                FromConnection::Want { stream: 8 } => conn.do_send(StreamEvent::Grant(4096)),
+                _ => panic!("an unexpected report"),
+            }
+        }
+        assert_eq!(payload, b"late reply");
+    });
+}

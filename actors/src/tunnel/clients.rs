@@ -133,6 +133,13 @@ impl Handler<FromConnection> for Tunnel {
     type Result = ();
 
     fn handle(&mut self, msg: FromConnection, ctx: &mut Self::Context) {
+        // The writer item is polled after the mailbox: what this queues leaves with the rest.
+        writer::Flushing::in_order(self, |act| act.on_connection(msg, ctx));
+    }
+}
+
+impl Tunnel {
+    fn on_connection(&mut self, msg: FromConnection, ctx: &mut Context<Self>) {
         match msg {
             FromConnection::Data { stream, frame } => {
                 let payload = (frame.len() - HEADER_LEN) as u64;
@@ -150,7 +157,7 @@ impl Handler<FromConnection> for Tunnel {
             // Unused credit goes back to both windows it was carved from.
             FromConnection::Return { stream, bytes } => self.stream_handed_back(stream, bytes),
             FromConnection::Consumed { stream, bytes } => {
-                self.stream_consumed(stream, bytes, true, ctx)
+                self.stream_consumed(stream, bytes, true, Instant::now(), ctx)
             }
             FromConnection::Fin { stream } => {
                 let Some(e) = self.streams.get_mut(&stream) else {
@@ -203,6 +210,7 @@ impl Tunnel {
         stream: u32,
         bytes: u64,
         held: bool,
+        now: Instant,
         ctx: &mut Context<Self>,
     ) {
         let room = u64::from(self.shared.settings.max_tunnel_window)
@@ -216,7 +224,7 @@ impl Tunnel {
             self.shared.usage.buffers.release(bytes);
         }
         let before = e.recv.target();
-        let update = e.recv.consume(bytes, Instant::now(), rtt, room);
+        let update = e.recv.consume(bytes, now, rtt, room);
         let after = e.recv.target();
         self.receive.windows_total = self.receive.windows_total - before + after;
         if after > before {

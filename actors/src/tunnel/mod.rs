@@ -414,6 +414,8 @@ pub struct Tunnel {
     record: Record,
     /// The socket's write half; `None` while a write is under way (the write future owns it).
     writer: Option<OwnedWriteHalf>,
+    /// Whether a write is due, and how the lasting writer item is woken for it (`writer.rs`).
+    flushing: writer::Flushing,
     /// Encoded control frames, written ahead of data.
     control: BytesMut,
     /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
@@ -505,6 +507,7 @@ impl Tunnel {
             fd: None,
             record: Record::Keys(keys),
             writer: None,
+            flushing: writer::Flushing::default(),
             control: BytesMut::new(),
             sched: SendQueue::default(),
             spare_batches: Vec::new(),
@@ -637,6 +640,7 @@ impl Actor for Tunnel {
             };
             let (reader, writer) = sock.into_split();
             self.writer = Some(writer);
+            self.start_writer(ctx);
             let keys = match std::mem::replace(&mut self.record, Record::Plain) {
                 Record::Keys(keys) => keys,
                 _ => None,

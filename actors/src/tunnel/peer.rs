@@ -4,9 +4,10 @@
 use super::*;
 
 impl Tunnel {
-    pub(super) fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+    /// A frame from the peer, read at `now` (one clock read per frame serves all it does).
+    pub(super) fn on_frame(&mut self, frame: Frame, now: Instant, ctx: &mut Context<Self>) {
         match frame {
-            Frame::Data { stream, payload } => self.on_data(stream, payload, ctx),
+            Frame::Data { stream, payload } => self.on_data(stream, payload, now, ctx),
             Frame::Window { stream, increment } => {
                 // Credit past 4 GiB is a broken or hostile peer: windows are at most 1 GiB.
                 if self.peer_window(stream, u64::from(increment)).is_err() {
@@ -105,9 +106,14 @@ impl Tunnel {
         }
     }
 
-    pub(super) fn on_data(&mut self, id: u32, mut payload: BytesMut, ctx: &mut Context<Self>) {
+    pub(super) fn on_data(
+        &mut self,
+        id: u32,
+        mut payload: BytesMut,
+        now: Instant,
+        ctx: &mut Context<Self>,
+    ) {
         let len = payload.len() as u64;
-        let now = Instant::now();
         if !self.receive.window.receive(len, now) {
             self.fail(ctx, "peer overran the tunnel window".to_owned());
             return;
@@ -149,7 +155,7 @@ impl Tunnel {
         }
         if direct > 0 {
             self.credit_tunnel(direct, now, ctx);
-            self.stream_consumed(id, direct, false, ctx);
+            self.stream_consumed(id, direct, false, now, ctx);
         }
     }
 
@@ -367,9 +373,10 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
         match item {
             Ok(frame) => {
                 // Only a frame counts as hearing the peer: a reset or garbage does not.
-                self.beat.last_heard = Instant::now();
+                let now = Instant::now();
+                self.beat.last_heard = now;
                 self.beat.heard = true;
-                self.on_frame(frame, ctx)
+                self.on_frame(frame, now, ctx)
             }
             Err(e) => {
                 if matches!(e, ProtocolError::Integrity) {

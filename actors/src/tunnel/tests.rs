@@ -468,3 +468,30 @@ fn a_peer_that_floods_pings_over_its_lanes_without_reading_loses_the_tunnel() {
         );
     });
 }
+
+/// A frame from the peer that needs an answer (here a PING) is answered at once, not at the
+/// tunnel's next wake-up for something else: the frame's handler may run after the writer item in
+/// the actor's poll, and must wake it. Ten pings in turn take milliseconds; one missed wake-up
+/// would hold each pong until the next heartbeat tick (about two seconds apart by default).
+#[test]
+fn pings_from_the_peer_are_answered_at_once() {
+    actix_rt::System::new().block_on(async {
+        let (mut peer, _report) = tunnel_and_peer(Routes::default()).await;
+        let start = std::time::Instant::now();
+        for v in 100..110 {
+            peer.send(Frame::Ping(v)).await.expect("ping");
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), peer.next()).await {
+                    Ok(Some(Ok(Frame::Pong(p)))) if p == v => break,
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "ten pings answered in {took:?}"
+        );
+    });
+}

@@ -1,7 +1,73 @@
 //! The writer: control frames ahead of data, data frames per stream taken round-robin, written to
 //! the tunnel socket in vectored batches with `TCP_NOTSENT_LOWAT`.
+//!
+//! Writes start from one lasting item of the actor, polled each time the actor's task is, after
+//! its mailbox: a flush asked for by a mailbox handler (a connection's data, the usual case) or
+//! by a write's own completion is taken up in the same pass of the actor's poll, with the other
+//! handlers' frames in one batch. A flush asked for anywhere else (a frame read from the peer, a
+//! timer: items that may come after the writer item in the pass) wakes the actor's task, so the
+//! item is polled again before the task sleeps. (A future spawned per flush, as before, cost a
+//! boxed future, a spawn handle and a second pass over the mailbox and items each time.)
+
+use std::pin::Pin;
+use std::task::{Poll, Waker};
 
 use super::*;
+
+/// Whether a write is due, and what the writer item needs to be polled for it.
+#[derive(Default)]
+pub(super) struct Flushing {
+    /// Something is queued and no write was started for it yet.
+    wanted: bool,
+    /// The actor's task, to poll the writer item again after a flush asked for out of order.
+    waker: Option<Waker>,
+    /// A mailbox handler or the writer item is running: the item is polled after it in this
+    /// pass, so a flush it asks for needs no wake-up.
+    in_order: bool,
+}
+
+impl Flushing {
+    /// Runs `f` as a step the writer item is polled after (a mailbox handler).
+    pub(super) fn in_order<R>(act: &mut Tunnel, f: impl FnOnce(&mut Tunnel) -> R) -> R {
+        let outer = std::mem::replace(&mut act.flushing.in_order, true);
+        let r = f(act);
+        act.flushing.in_order = outer;
+        r
+    }
+}
+
+/// The lasting writer item: see the module.
+struct WriterItem;
+
+impl ActorFuture<Tunnel> for WriterItem {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut Tunnel,
+        ctx: &mut Context<Tunnel>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let outer = std::mem::replace(&mut act.flushing.in_order, true);
+        while act.flushing.wanted && ctx.state() == ActorState::Running {
+            act.flushing.wanted = false;
+            let Some(writer) = act.writer.take() else {
+                break;
+            };
+            act.write_batch(writer, ctx);
+        }
+        act.flushing.in_order = outer;
+        if !act
+            .flushing
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(task.waker()))
+        {
+            act.flushing.waker = Some(task.waker().clone());
+        }
+        Poll::Pending
+    }
+}
 
 impl Tunnel {
     pub(super) fn queue_control(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
@@ -72,16 +138,24 @@ impl Tunnel {
             }
             return;
         }
-        let Some(writer) = self.writer.take() else {
+        if self.writer.is_none() {
+            // The write under way flushes again when it completes.
             return;
-        };
-        // The batch is taken when the write is first polled, after the handlers of every message
-        // already in the mailbox have run: what they queue (a burst of requests, the credit for
-        // them) leaves in this one write instead of one write each.
-        ctx.spawn(
-            actix::fut::ready(())
-                .map(move |(), act: &mut Tunnel, ctx| act.write_batch(writer, ctx)),
-        );
+        }
+        // The batch is taken when the writer item is next polled, after the handlers of every
+        // message already in the mailbox have run: what they queue (a burst of requests, the
+        // credit for them) leaves in this one write instead of one write each.
+        self.flushing.wanted = true;
+        if !self.flushing.in_order {
+            if let Some(w) = &self.flushing.waker {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Starts the lasting writer item (once, when the socket is taken over).
+    pub(super) fn start_writer(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(WriterItem);
     }
 
     /// Writes what is queued: at once as far as the socket takes it (most writes), the rest
