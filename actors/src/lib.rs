@@ -36,6 +36,7 @@ pub mod fuzzing;
 pub mod handshake;
 mod io;
 pub mod journal;
+mod lasting;
 pub mod listen_socket;
 #[macro_use]
 pub mod limits;

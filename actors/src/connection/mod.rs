@@ -207,7 +207,7 @@ pub struct Connection {
     /// The read half: `None` until a dialled socket is attached, and once closed.
     reader: Option<OwnedReadHalf>,
     /// The readability watch's waker and ordering (`watch.rs`).
-    watch: watch::Watch,
+    watch: crate::lasting::LastingItem,
     /// The write half, shared with the tunnel for its direct writes (`downstream.rs`).
     down: Rc<Downstream>,
     /// Where the socket's read side is: unopened, waiting for readability, asking for and using
@@ -247,7 +247,7 @@ impl Connection {
             peer: None,
             fd: None,
             reader: None,
-            watch: watch::Watch::default(),
+            watch: crate::lasting::LastingItem::default(),
             down: Rc::new(Downstream::new()),
             read: ReadState::Unopened,
             write: WriteState::Idle,
@@ -643,7 +643,7 @@ impl Handler<StreamEvent> for Connection {
 
     fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
         // The watch item is polled after the mailbox: a watch started here needs no wake-up.
-        watch::Watch::in_order(self, |act| act.on_event(msg, ctx));
+        watch::in_order(self, |act| act.on_event(msg, ctx));
     }
 }
 

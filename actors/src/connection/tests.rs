@@ -50,19 +50,24 @@ async fn connection_client_and_downstream() -> (
         .expect("dial");
     let (sock, _) = listener.accept().await.expect("accept");
     let (tx, rx) = mpsc::unbounded_channel();
-    let spec = StreamSpec {
-        stream: 7,
+    let spec = plain_spec(7, tx);
+    // Started as the tunnel starts it, keeping what the two share.
+    let conn = Connection::accepted(spec, sock, None);
+    let down = conn.downstream();
+    (conn.start(), client, rx, down)
+}
+
+/// A plaintext, unpaced stream `stream` of service `svc`, reporting to a stub that sends on `tx`.
+fn plain_spec(stream: u32, tx: mpsc::UnboundedSender<FromConnection>) -> StreamSpec {
+    StreamSpec {
+        stream,
         tunnel: StubTunnel(tx).start().recipient(),
         service: "svc".to_owned(),
         keying: None,
         idle_timeout: None,
         pace: None,
         slots: Vec::new(),
-    };
-    // Started as the tunnel starts it, keeping what the two share.
-    let conn = Connection::accepted(spec, sock, None);
-    let down = conn.downstream();
-    (conn.start(), client, rx, down)
+    }
 }
 
 /// The next report, within 5 s.
@@ -278,15 +283,7 @@ fn a_dialled_connection_reads_what_its_backend_sends_later() {
             .expect("bind");
         let addr = backend.local_addr().expect("addr");
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let spec = StreamSpec {
-            stream: 8,
-            tunnel: StubTunnel(tx).start().recipient(),
-            service: "svc".to_owned(),
-            keying: None,
-            idle_timeout: None,
-            pace: None,
-            slots: Vec::new(),
-        };
+        let spec = plain_spec(8, tx);
         let target = Target {
             backends: Arc::new(crate::backends::Backends::new(
                 &[addr],

@@ -5,34 +5,20 @@
 //! future, a spawn handle and a second pass of the actor's poll loop over its mailbox and items;
 //! the lasting item costs a readiness poll.
 //!
-//! The item is polled each time the actor's task is, after its mailbox. So a watch started by a
-//! mailbox handler or by the item itself is polled in the same pass (`in_order`); one started
-//! anywhere else (a dial's or a pacing timer's completion, which may come after the item in
-//! the pass) wakes the actor's task, so the item is polled again before the task sleeps.
+//! `lasting.rs` says when a watch asked for is seen in the same pass and when it wakes the
+//! actor's task (a dial's or a pacing timer's completion asks out of order).
 
 use std::pin::Pin;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 
 use super::*;
 
-/// The watch's bookkeeping, kept in the actor.
-#[derive(Default)]
-pub(super) struct Watch {
-    /// The actor's task, to poll the item again after a watch started out of order.
-    waker: Option<Waker>,
-    /// A mailbox handler or the item itself is running: the item is polled after it in this
-    /// pass, so a watch it starts needs no wake-up.
-    in_order: bool,
-}
-
-impl Watch {
-    /// Runs `f` as a step the item is polled after (a mailbox handler).
-    pub(super) fn in_order<R>(act: &mut Connection, f: impl FnOnce(&mut Connection) -> R) -> R {
-        let outer = std::mem::replace(&mut act.watch.in_order, true);
-        let r = f(act);
-        act.watch.in_order = outer;
-        r
-    }
+/// Runs `f` as a step the watch item is polled after (a mailbox handler).
+pub(super) fn in_order<R>(act: &mut Connection, f: impl FnOnce(&mut Connection) -> R) -> R {
+    let outer = act.watch.enter();
+    let r = f(act);
+    act.watch.leave(outer);
+    r
 }
 
 /// The lasting item: see the module.
@@ -47,7 +33,7 @@ impl ActorFuture<Connection> for Readable {
         ctx: &mut Context<Connection>,
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
-        let outer = std::mem::replace(&mut act.watch.in_order, true);
+        let outer = act.watch.enter();
         let result = loop {
             if ctx.state() != ActorState::Running {
                 break Poll::Pending;
@@ -66,15 +52,9 @@ impl ActorFuture<Connection> for Readable {
                 Poll::Ready(ready) => act.readable(ready, ctx),
             }
         };
-        act.watch.in_order = outer;
-        if result.is_pending()
-            && !act
-                .watch
-                .waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(task.waker()))
-        {
-            act.watch.waker = Some(task.waker().clone());
+        act.watch.leave(outer);
+        if result.is_pending() {
+            act.watch.waits(task);
         }
         result
     }
@@ -93,11 +73,7 @@ impl Connection {
             return;
         }
         self.read = ReadState::Watching;
-        if !self.watch.in_order {
-            if let Some(w) = &self.watch.waker {
-                w.wake_by_ref();
-            }
-        }
+        self.watch.asked();
     }
 
     /// The socket became readable (or failed) while watched.

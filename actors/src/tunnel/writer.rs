@@ -10,28 +10,25 @@
 //! boxed future, a spawn handle and a second pass over the mailbox and items each time.)
 
 use std::pin::Pin;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 
 use super::*;
 
-/// Whether a write is due, and what the writer item needs to be polled for it.
+/// Whether a write is due, and how the writer item is woken for it.
 #[derive(Default)]
 pub(super) struct Flushing {
     /// Something is queued and no write was started for it yet.
     wanted: bool,
-    /// The actor's task, to poll the writer item again after a flush asked for out of order.
-    waker: Option<Waker>,
-    /// A mailbox handler or the writer item is running: the item is polled after it in this
-    /// pass, so a flush it asks for needs no wake-up.
-    in_order: bool,
+    /// The writer item's waker and ordering (`lasting.rs`).
+    item: crate::lasting::LastingItem,
 }
 
 impl Flushing {
     /// Runs `f` as a step the writer item is polled after (a mailbox handler).
     pub(super) fn in_order<R>(act: &mut Tunnel, f: impl FnOnce(&mut Tunnel) -> R) -> R {
-        let outer = std::mem::replace(&mut act.flushing.in_order, true);
+        let outer = act.flushing.item.enter();
         let r = f(act);
-        act.flushing.in_order = outer;
+        act.flushing.item.leave(outer);
         r
     }
 }
@@ -48,7 +45,7 @@ impl ActorFuture<Tunnel> for WriterItem {
         ctx: &mut Context<Tunnel>,
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
-        let outer = std::mem::replace(&mut act.flushing.in_order, true);
+        let outer = act.flushing.item.enter();
         while act.flushing.wanted && ctx.state() == ActorState::Running {
             act.flushing.wanted = false;
             let Some(writer) = act.writer.take() else {
@@ -56,15 +53,8 @@ impl ActorFuture<Tunnel> for WriterItem {
             };
             act.write_batch(writer, ctx);
         }
-        act.flushing.in_order = outer;
-        if !act
-            .flushing
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(task.waker()))
-        {
-            act.flushing.waker = Some(task.waker().clone());
-        }
+        act.flushing.item.leave(outer);
+        act.flushing.item.waits(task);
         Poll::Pending
     }
 }
@@ -146,11 +136,7 @@ impl Tunnel {
         // message already in the mailbox have run: what they queue (a burst of requests, the
         // credit for them) leaves in this one write instead of one write each.
         self.flushing.wanted = true;
-        if !self.flushing.in_order {
-            if let Some(w) = &self.flushing.waker {
-                w.wake_by_ref();
-            }
-        }
+        self.flushing.item.asked();
     }
 
     /// Starts the lasting writer item (once, when the socket is taken over).

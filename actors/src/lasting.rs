@@ -1,0 +1,97 @@
+//! How an actor's lasting item (one future held for the actor's life, polled at every pass of
+//! its task) is woken for work asked of it: a plain type, shared by the connection's readability
+//! watch and the tunnel's writer.
+//!
+//! actix polls an actor's items after its mailbox, at each pass. Work asked for by a mailbox
+//! handler, or by the item itself, is therefore seen by the item later in the same pass.
+//! Work asked for anywhere else (another item: a dial, a timer, a frame reader) may come after
+//! the item in the pass, so it wakes the actor's task and the item is polled again before the
+//! task sleeps.
+
+use std::task::Waker;
+
+/// The item's waker, and whether what runs now comes before the item in the pass.
+#[derive(Default)]
+pub struct LastingItem {
+    /// The actor's task, kept by the item each time it waits.
+    waker: Option<Waker>,
+    /// A mailbox handler or the item itself is running.
+    in_order: bool,
+}
+
+impl LastingItem {
+    /// Marks what runs now as in order (a mailbox handler, or the item's own poll); the mark
+    /// before, to give back to [`LastingItem::leave`].
+    pub fn enter(&mut self) -> bool {
+        std::mem::replace(&mut self.in_order, true)
+    }
+
+    /// Ends what [`LastingItem::enter`] began.
+    pub fn leave(&mut self, outer: bool) {
+        self.in_order = outer;
+    }
+
+    /// Work was asked of the item: wakes the actor's task unless the item comes later in this
+    /// pass anyway. (Before the item's first poll there is no waker, and none is needed: a new
+    /// item is polled in the pass it was spawned in.)
+    pub fn asked(&self) {
+        if !self.in_order {
+            if let Some(w) = &self.waker {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// The item waits: keeps the task's waker (a clone only when it changed).
+    pub fn waits(&mut self, task: &std::task::Context<'_>) {
+        if !self
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(task.waker()))
+        {
+            self.waker = Some(task.waker().clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn only_work_asked_out_of_order_wakes_the_task() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut item = LastingItem::default();
+        // No waker yet: nothing to wake, nothing needed.
+        item.asked();
+        item.waits(&std::task::Context::from_waker(&waker));
+        let outer = item.enter();
+        item.asked();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "in order: no wake-up");
+        // Nested in-order steps keep the mark until the outermost ends.
+        let inner = item.enter();
+        item.leave(inner);
+        item.asked();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        item.leave(outer);
+        item.asked();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "out of order: one wake-up"
+        );
+    }
+}
