@@ -12,7 +12,8 @@
 //!   [`schedule`] the per-stream send queue; [`listen_socket`] listening sockets that accept without
 //!   registering; [`limits`] the node's limits, their accounting, the
 //!   log's rate limits and escaping; [`admission`] handshake slots and per-source rates;
-//!   [`metrics`] the Prometheus series; `io` socket helpers; [`fuzzing`] fuzz entry points;
+//!   [`metrics`] the Prometheus series; `io` socket helpers; `lasting` when an actor's lasting
+//!   item is woken; [`fuzzing`] fuzz entry points;
 //!   [`service`] a service's options (protocol, PROXY header, balance, bandwidth);
 //!   [`backends`] a remote service's addresses and their health; [`pace`] bandwidth limits
 //!   (token buckets); [`proxy_header`] the PROXY protocol header.
