@@ -20,6 +20,19 @@ pub struct LastingItem {
 }
 
 impl LastingItem {
+    /// Runs `f` on `act` as a step the item is polled after (a mailbox handler); `item` finds
+    /// the item's bookkeeping in `act`.
+    pub fn in_order<A, R>(
+        act: &mut A,
+        item: fn(&mut A) -> &mut LastingItem,
+        f: impl FnOnce(&mut A) -> R,
+    ) -> R {
+        let outer = item(act).enter();
+        let r = f(act);
+        item(act).leave(outer);
+        r
+    }
+
     /// Marks what runs now as in order (a mailbox handler, or the item's own poll); the mark
     /// before, to give back to [`LastingItem::leave`].
     pub fn enter(&mut self) -> bool {

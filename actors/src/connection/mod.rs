@@ -643,7 +643,7 @@ impl Handler<StreamEvent> for Connection {
 
     fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
         // The watch item is polled after the mailbox: a watch started here needs no wake-up.
-        watch::in_order(self, |act| act.on_event(msg, ctx));
+        crate::lasting::LastingItem::in_order(self, |c| &mut c.watch, |act| act.on_event(msg, ctx));
     }
 }
 

@@ -13,14 +13,6 @@ use std::task::Poll;
 
 use super::*;
 
-/// Runs `f` as a step the watch item is polled after (a mailbox handler).
-pub(super) fn in_order<R>(act: &mut Connection, f: impl FnOnce(&mut Connection) -> R) -> R {
-    let outer = act.watch.enter();
-    let r = f(act);
-    act.watch.leave(outer);
-    r
-}
-
 /// The lasting item: see the module.
 struct Readable;
 

@@ -1,13 +1,11 @@
 //! The writer: control frames ahead of data, data frames per stream taken round-robin, written to
 //! the tunnel socket in vectored batches with `TCP_NOTSENT_LOWAT`.
 //!
-//! Writes start from one lasting item of the actor, polled each time the actor's task is, after
-//! its mailbox: a flush asked for by a mailbox handler (a connection's data, the usual case) or
-//! by a write's own completion is taken up in the same pass of the actor's poll, with the other
-//! handlers' frames in one batch. A flush asked for anywhere else (a frame read from the peer, a
-//! timer: items that may come after the writer item in the pass) wakes the actor's task, so the
-//! item is polled again before the task sleeps. (A future spawned per flush, as before, cost a
-//! boxed future, a spawn handle and a second pass over the mailbox and items each time.)
+//! Writes start from one lasting item of the actor: a flush marks a write as due, and the item
+//! takes the batch after the mailbox's handlers have run, so what they queue leaves in one write.
+//! When a flush is seen in the same pass and when it wakes the actor's task (a frame from the
+//! peer or a timer asks out of order) is `lasting.rs`'s. (A future spawned per flush, as before,
+//! cost a boxed future, a spawn handle and a second pass over the mailbox and items each time.)
 
 use std::pin::Pin;
 use std::task::Poll;
@@ -26,10 +24,7 @@ pub(super) struct Flushing {
 impl Flushing {
     /// Runs `f` as a step the writer item is polled after (a mailbox handler).
     pub(super) fn in_order<R>(act: &mut Tunnel, f: impl FnOnce(&mut Tunnel) -> R) -> R {
-        let outer = act.flushing.item.enter();
-        let r = f(act);
-        act.flushing.item.leave(outer);
-        r
+        crate::lasting::LastingItem::in_order(act, |t| &mut t.flushing.item, f)
     }
 }
 
