@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         return dump_state(&cli);
     }
     let fd_limit = raise_fd_limit();
+    keep_freed_memory();
     let result = Config::load(&cli)
         .inspect(|config| menet::logfmt::set_format(config.log_format))
         .map_err(StartError::from)
@@ -367,6 +368,34 @@ async fn registry_lost(registry: &Addr<Registry>) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// What glibc's allocator keeps of the memory freed at the top of a thread's heap before it
+/// hands it back to the kernel. Its default (128 KiB, two frames) made a data thread give back
+/// a frame's pages on nearly every frame it freed in bulk and fault them in again for the next:
+/// up to 18,000 page faults a second on a node sending 5 Gbit/s, with an `madvise` call per
+/// frame and TLB shoot-downs across its threads. With 2 MiB the faults stop (1 MiB did too);
+/// past it the allocator trims as before.
+const TRIM_THRESHOLD: i32 = 2 << 20;
+/// Allocations up to this size come from the thread's heap, not a mapping of their own
+/// (fixed: setting the trim threshold turns off glibc's adjustment of both).
+const MMAP_THRESHOLD: i32 = 4 << 20;
+
+/// Tunes glibc's allocator for a data path that frees and allocates frames of up to 64 KiB
+/// all the time (see [`TRIM_THRESHOLD`]). Before any thread starts.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets the allocator's parameters; called before other threads run.
+    let ok = unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+            && libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    };
+    if !ok {
+        log::warn!("cannot tune the allocator's trim threshold");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
 
 /// Every connection costs a descriptor or two: lift the soft limit to the hard one, as servers
 /// do. Returns the limit in force, of which a reserve is kept for the admin API and tunnel port.
