@@ -47,11 +47,18 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     );
     let mut results = Vec::new();
     let mut theirs_rows = Vec::new();
+    // The nodes' CPU time (ms), page faults and bytes moved over all menet bulk rows.
+    let mut spent = (0u64, 0u64, 0f64);
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
-                ours.push(throughput_for(rt, plain, streams, plan.long_run, upload));
+                let (cpu, faults) = (a.cpu_ms() + b.cpu_ms(), a.minor_faults() + b.minor_faults());
+                let mbit = throughput_for(rt, plain, streams, plan.long_run, upload);
+                spent.0 += a.cpu_ms() + b.cpu_ms() - cpu;
+                spent.1 += (a.minor_faults() + b.minor_faults()).saturating_sub(faults);
+                spent.2 += mbit * 1e6 / 8.0 * plan.long_run.as_secs_f64();
+                ours.push(mbit);
                 if let Some(r) = &beside {
                     let port = r.rathole.ports[0];
                     theirs.push(throughput_for(rt, port, streams, plan.long_run, upload));
@@ -69,6 +76,18 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
         }
     }
     one_over_eight(&results);
+    let gib = spent.2 / f64::from(1u32 << 30);
+    if gib > 0.0 {
+        println!(
+            "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
+            "  CPU ms/GiB, both nodes, over the bulk rows above",
+            "-",
+            spent.0 as f64 / gib,
+            "  page faults/GiB, both nodes, over the bulk rows above",
+            "-",
+            spent.1 as f64 / gib,
+        );
+    }
     let (i50, i99) = latency(echoed, 200);
     println!(
         "{:<64} {:>12} {:>12.1}\n{:<64} {:>12} {:>12.1}",

@@ -269,13 +269,16 @@ impl Loopback {
         let clear_plain = self.clear_plain;
         let sealed = &self.sealed;
         let rh_port = |i: usize| self.rh_port(i);
-        let mut cpu_rows: Vec<(String, u64, u64)> = Vec::new();
-        // Node CPU time spent on one tunnelled run, beside what it moved.
+        let mut cpu_rows: Vec<(String, u64, u64, u64)> = Vec::new();
+        // Node CPU time and page faults spent on one tunnelled run, beside what it moved.
         let mut tunnelled =
             |addr: SocketAddr, streams: usize, bytes: u64, upload: bool, name: String| {
                 let before = a.cpu_ms() + b.cpu_ms();
+                let faults = a.minor_faults() + b.minor_faults();
                 let m = throughput(rt, addr, streams, bytes, upload);
-                cpu_rows.push((name, a.cpu_ms() + b.cpu_ms() - before, bytes));
+                let ms = a.cpu_ms() + b.cpu_ms() - before;
+                let faults = (a.minor_faults() + b.minor_faults()).saturating_sub(faults);
+                cpu_rows.push((name, ms, faults, bytes));
                 m
             };
         let mut plaintext = std::collections::HashMap::new();
@@ -334,11 +337,19 @@ impl Loopback {
                 }
             }
         }
-        for (name, ms, bytes) in &cpu_rows {
+        for (name, ms, _, bytes) in &cpu_rows {
             let per_gib = *ms as f64 / (*bytes as f64 / (1u64 << 30) as f64);
             println!(
                 "{:<64} {:>12} {per_gib:>12.0}",
                 format!("  CPU ms/GiB, both nodes: {}", &name[5..]),
+                "-"
+            );
+        }
+        for (name, _, faults, bytes) in &cpu_rows {
+            let per_gib = *faults as f64 / (*bytes as f64 / (1u64 << 30) as f64);
+            println!(
+                "{:<64} {:>12} {per_gib:>12.0}",
+                format!("  page faults/GiB, both nodes: {}", &name[5..]),
                 "-"
             );
         }

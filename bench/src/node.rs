@@ -258,6 +258,12 @@ impl Node {
         cpu_ms_of(self.child.id())
     }
 
+    /// Minor page faults the process has taken (memory it touched afresh, e.g. pages its
+    /// allocator gave back and took again).
+    pub fn minor_faults(&self) -> u64 {
+        minor_faults_of(self.child.id())
+    }
+
     pub fn rss_kib(&self) -> u64 {
         rss_of(self.child.id())
     }
@@ -301,6 +307,17 @@ pub fn cpu_split_ms_of(pid: u32) -> (u64, u64) {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let ms = |i: usize| f.get(i).copied().unwrap_or(0) * 1000 / hz;
     (ms(11), ms(12))
+}
+
+/// Minor page faults process `pid` has taken (0 if it cannot be read).
+fn minor_faults_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // minflt is the 10th field, the 8th after the command name.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Resident memory of process `pid`, in KiB (0 if it cannot be read).
