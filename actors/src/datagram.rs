@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio_util::codec::BytesCodec;
 use tokio_util::udp::UdpFramed;
 
-use crate::connection::{FromConnection, Keying, StreamEvent};
+use crate::connection::{FromConnection, Keying, Reports, StreamEvent};
 use crate::limits::Slot;
 use crate::pace::{Direction, Pace};
 use crate::protocol::{put_data_header, ResetCode, HEADER_LEN, MAX_DATA};
@@ -104,7 +104,8 @@ enum CreditState {
 /// What a flow is given when its tunnel starts it.
 pub struct FlowSpec {
     pub stream: u32,
-    pub tunnel: Recipient<FromConnection>,
+    /// Where the flow reports: its tunnel's queue (`connection/reports.rs`).
+    pub reports: Reports,
     pub service: String,
     pub keying: Option<Keying>,
     /// The flow ends after this long without a datagram either way.
@@ -119,7 +120,8 @@ pub struct FlowSpec {
 }
 
 pub struct UdpFlow {
-    tunnel: Recipient<FromConnection>,
+    /// Where its reports go: its tunnel's queue on this thread.
+    reports: Reports,
     /// The service carried, for log lines.
     service: String,
     stream: u32,
@@ -148,7 +150,7 @@ impl UdpFlow {
     pub fn new(spec: FlowSpec, end: FlowEnd) -> UdpFlow {
         let pending_bytes = spec.first.iter().map(Bytes::len).sum();
         UdpFlow {
-            tunnel: spec.tunnel,
+            reports: spec.reports,
             service: spec.service,
             stream: spec.stream,
             socket: match &end {
@@ -304,7 +306,7 @@ impl UdpFlow {
     }
 
     fn report(&self, msg: FromConnection) {
-        self.tunnel.do_send(msg);
+        self.reports.send(msg);
     }
 
     /// Ends the flow: the tunnel resets the stream (or refuses it) unless `failure` is `None`
@@ -490,7 +492,7 @@ impl Handler<crate::Crash> for UdpFlow {
 
 #[cfg(test)]
 mod tests {
-    //! The flow actor alone: a real loopback UDP socket pair, stub recipients in its tunnel's
+    //! The flow actor alone: a real loopback UDP socket pair, stand-ins in its tunnel's
     //! and its listener's places; datagrams compared byte for byte.
 
     use tokio::sync::mpsc;
@@ -527,7 +529,7 @@ mod tests {
             let (ltx, mut heard) = mpsc::unbounded_channel::<FlowReport>();
             let spec = FlowSpec {
                 stream: 3,
-                tunnel: Stub(ttx).start().recipient(),
+                reports: Reports::forwarded_to(ttx),
                 service: "dns".into(),
                 keying: None,
                 idle_timeout: Duration::from_secs(60),

@@ -34,9 +34,8 @@ use crate::pace::{take_paced, Direction, Pace, PACE_CHUNK};
 use crate::protocol::{set_frame_len, ResetCode, HEADER_LEN, MAX_DATA, NONCE_LEN};
 
 /// Connection -> its tunnel: what happens on a stream's downstream socket. A report going up,
-/// declared here beside its sender; the tunnel is only a `Recipient` of it.
-#[derive(Message)]
-#[rtype(result = "()")]
+/// declared here beside its sender and queued in its tunnel's [`Reports`] (a datagram flow's
+/// too).
 pub enum FromConnection {
     /// The remote end reached its target: the stream is open.
     Dialed { stream: u32 },
@@ -179,8 +178,8 @@ enum WriteState {
 pub struct StreamSpec {
     /// The stream's id on its tunnel.
     pub stream: u32,
-    /// Where the connection reports (its tunnel).
-    pub tunnel: Recipient<FromConnection>,
+    /// Where the connection reports: its tunnel's queue (`reports.rs`).
+    pub reports: Reports,
     /// The service it carries, for logs and `GET /config`.
     pub service: String,
     /// The stream's keys, if its service is keyed.
@@ -194,7 +193,8 @@ pub struct StreamSpec {
 }
 
 pub struct Connection {
-    tunnel: Recipient<FromConnection>,
+    /// Where its reports go: its tunnel's queue on this thread.
+    reports: Reports,
     /// The service carried, for log lines.
     service: String,
     stream: u32,
@@ -240,7 +240,7 @@ pub struct Connection {
 impl Connection {
     fn new(spec: StreamSpec) -> Connection {
         Connection {
-            tunnel: spec.tunnel,
+            reports: spec.reports,
             service: spec.service,
             stream: spec.stream,
             target: None,
@@ -315,7 +315,7 @@ impl Connection {
     }
 
     fn report(&mut self, msg: FromConnection) {
-        self.tunnel.do_send(msg);
+        self.reports.send(msg);
     }
 
     /// Reads what the socket has ready, against the grant. When the socket runs dry the grant
@@ -724,9 +724,11 @@ impl Handler<crate::Crash> for Connection {
 
 mod dial;
 mod downstream;
+mod reports;
 mod watch;
 pub use dial::Target;
 pub use downstream::Downstream;
+pub use reports::Reports;
 
 #[cfg(test)]
 mod tests;

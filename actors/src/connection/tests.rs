@@ -1,5 +1,5 @@
 //! The connection actor tested alone: a real loopback socket pair (this test holds the client's
-//! end), the actor on the other end, and a stub recipient in its tunnel's place that hands every
+//! end), the actor on the other end, and a report queue in its tunnel's place that hands every
 //! report to the test. Frames in (as `StreamEvent`s), reports out, bytes compared exactly.
 
 use std::io::ErrorKind;
@@ -8,21 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::*;
-
-/// Stands in for the tunnel: every report goes to the test.
-struct StubTunnel(mpsc::UnboundedSender<FromConnection>);
-
-impl Actor for StubTunnel {
-    type Context = Context<Self>;
-}
-
-impl Handler<FromConnection> for StubTunnel {
-    type Result = ();
-
-    fn handle(&mut self, msg: FromConnection, _ctx: &mut Self::Context) {
-        let _ = self.0.send(msg);
-    }
-}
 
 /// A plaintext connection for stream 7 on one end of a loopback pair; the client's end and the
 /// reports.
@@ -57,11 +42,11 @@ async fn connection_client_and_downstream() -> (
     (conn.start(), client, rx, down)
 }
 
-/// A plaintext, unpaced stream `stream` of service `svc`, reporting to a stub that sends on `tx`.
+/// A plaintext, unpaced stream `stream` of service `svc`, its reports forwarded on `tx`.
 fn plain_spec(stream: u32, tx: mpsc::UnboundedSender<FromConnection>) -> StreamSpec {
     StreamSpec {
         stream,
-        tunnel: StubTunnel(tx).start().recipient(),
+        reports: Reports::forwarded_to(tx),
         service: "svc".to_owned(),
         keying: None,
         idle_timeout: None,

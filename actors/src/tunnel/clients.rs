@@ -47,7 +47,7 @@ impl Tunnel {
                 };
                 let spec = StreamSpec {
                     stream: id,
-                    tunnel: ctx.address().recipient(),
+                    reports: self.reports.clone(),
                     service: msg.service.clone(),
                     keying,
                     idle_timeout: msg.idle_timeout,
@@ -59,7 +59,7 @@ impl Tunnel {
             Client::Udp(start) => {
                 let spec = FlowSpec {
                     stream: id,
-                    tunnel: ctx.address().recipient(),
+                    reports: self.reports.clone(),
                     service: msg.service.clone(),
                     keying,
                     idle_timeout: msg.idle_timeout.unwrap_or(UDP_DEFAULT_TIMEOUT),
@@ -129,16 +129,15 @@ impl Tunnel {
     }
 }
 
-impl Handler<FromConnection> for Tunnel {
-    type Result = ();
-
-    fn handle(&mut self, msg: FromConnection, ctx: &mut Self::Context) {
-        // The writer item is polled after the mailbox: what this queues leaves with the rest.
-        writer::Flushing::in_order(self, |act| act.on_connection(msg, ctx));
-    }
-}
-
 impl Tunnel {
+    /// Handles the reports its connections queued since the last time, in their order; called
+    /// by the writer item, whose batch then carries what they queued (`connection/reports.rs`).
+    pub(super) fn take_reports(&mut self, ctx: &mut Context<Self>) {
+        while let Some(report) = self.reports.take() {
+            self.on_connection(report, ctx);
+        }
+    }
+
     fn on_connection(&mut self, msg: FromConnection, ctx: &mut Context<Self>) {
         match msg {
             FromConnection::Data { stream, frame } => {

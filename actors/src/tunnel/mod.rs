@@ -34,7 +34,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::cipher::fresh_nonce;
 use crate::connection::{
-    Connection, Downstream, FromConnection, Keying, StreamEvent, StreamSpec, Target,
+    Connection, Downstream, FromConnection, Keying, Reports, StreamEvent, StreamSpec, Target,
 };
 use crate::credit::{RecvWindow, Rtt};
 use crate::datagram::{FlowEnd, FlowReport, FlowSpec, UdpFlow};
@@ -416,6 +416,8 @@ pub struct Tunnel {
     writer: Option<OwnedWriteHalf>,
     /// Whether a write is due, and how the lasting writer item is woken for it (`writer.rs`).
     flushing: writer::Flushing,
+    /// Its connections' reports, queued on this thread; taken before each write.
+    reports: Reports,
     /// Encoded control frames, written ahead of data.
     control: BytesMut,
     /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
@@ -508,6 +510,7 @@ impl Tunnel {
             record: Record::Keys(keys),
             writer: None,
             flushing: writer::Flushing::default(),
+            reports: Reports::new(),
             control: BytesMut::new(),
             sched: SendQueue::default(),
             spare_batches: Vec::new(),

@@ -273,7 +273,7 @@ impl Tunnel {
         };
         let spec = StreamSpec {
             stream: id,
-            tunnel: ctx.address().recipient(),
+            reports: self.reports.clone(),
             service: service.clone(),
             keying: crypto.map(|c| Keying::Ready(Box::new(c))),
             idle_timeout: route.timeout,
@@ -295,7 +295,7 @@ impl Tunnel {
                 let backend = route.backends.addr(order[0]);
                 let flow = FlowSpec {
                     stream: id,
-                    tunnel: spec.tunnel,
+                    reports: spec.reports,
                     service: spec.service,
                     keying: spec.keying,
                     idle_timeout: spec.idle_timeout.unwrap_or(UDP_DEFAULT_TIMEOUT),

@@ -2,9 +2,10 @@
 //! the tunnel socket in vectored batches with `TCP_NOTSENT_LOWAT`.
 //!
 //! Writes start from one lasting item of the actor: a flush marks a write as due, and the item
-//! takes the batch after the mailbox's handlers have run, so what they queue leaves in one write.
-//! When a flush is seen in the same pass and when it wakes the actor's task (a frame from the
-//! peer or a timer asks out of order) is `lasting.rs`'s. (A future spawned per flush, as before,
+//! takes the batch after the mailbox's handlers have run and after it has taken the reports its
+//! connections queued (`connection/reports.rs`), so what they queue leaves in one write. When a
+//! flush is seen in the same pass and when it wakes the actor's task (a frame from the peer or
+//! a timer asks out of order) is `lasting.rs`'s. (A future spawned per flush, as before,
 //! cost a boxed future, a spawn handle and a second pass over the mailbox and items each time.)
 
 use std::pin::Pin;
@@ -21,13 +22,6 @@ pub(super) struct Flushing {
     item: crate::lasting::LastingItem,
 }
 
-impl Flushing {
-    /// Runs `f` as a step the writer item is polled after (a mailbox handler).
-    pub(super) fn in_order<R>(act: &mut Tunnel, f: impl FnOnce(&mut Tunnel) -> R) -> R {
-        crate::lasting::LastingItem::in_order(act, |t| &mut t.flushing.item, f)
-    }
-}
-
 /// The lasting writer item: see the module.
 struct WriterItem;
 
@@ -41,6 +35,7 @@ impl ActorFuture<Tunnel> for WriterItem {
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
         let outer = act.flushing.item.enter();
+        act.take_reports(ctx);
         while act.flushing.wanted && ctx.state() == ActorState::Running {
             act.flushing.wanted = false;
             let Some(writer) = act.writer.take() else {
@@ -50,6 +45,7 @@ impl ActorFuture<Tunnel> for WriterItem {
         }
         act.flushing.item.leave(outer);
         act.flushing.item.waits(task);
+        act.reports.wait(task);
         Poll::Pending
     }
 }
