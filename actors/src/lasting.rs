@@ -67,44 +67,52 @@ impl LastingItem {
     }
 }
 
+/// A waker that counts its wake-ups, for the unit tests of what wakes a task.
+#[cfg(test)]
+pub(crate) fn counting_waker() -> (Waker, std::sync::Arc<Wakes>) {
+    let count = std::sync::Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+    (Waker::from(count.clone()), count)
+}
+
+/// The wake-ups a [`counting_waker`] has had.
+#[cfg(test)]
+pub(crate) struct Wakes(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl Wakes {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl std::task::Wake for Wakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-
     use super::*;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     #[test]
     fn only_work_asked_out_of_order_wakes_the_task() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (waker, count) = counting_waker();
         let mut item = LastingItem::default();
         // No waker yet: nothing to wake, nothing needed.
         item.asked();
         item.waits(&std::task::Context::from_waker(&waker));
         let outer = item.enter();
         item.asked();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0, "in order: no wake-up");
+        assert_eq!(count.get(), 0, "in order: no wake-up");
         // Nested in-order steps keep the mark until the outermost ends.
         let inner = item.enter();
         item.leave(inner);
         item.asked();
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
         item.leave(outer);
         item.asked();
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "out of order: one wake-up"
-        );
+        assert_eq!(count.get(), 1, "out of order: one wake-up");
     }
 }

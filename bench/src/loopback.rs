@@ -337,21 +337,17 @@ impl Loopback {
                 }
             }
         }
-        for (name, ms, _, bytes) in &cpu_rows {
-            let per_gib = *ms as f64 / (*bytes as f64 / (1u64 << 30) as f64);
-            println!(
-                "{:<64} {:>12} {per_gib:>12.0}",
-                format!("  CPU ms/GiB, both nodes: {}", &name[5..]),
-                "-"
-            );
-        }
-        for (name, _, faults, bytes) in &cpu_rows {
-            let per_gib = *faults as f64 / (*bytes as f64 / (1u64 << 30) as f64);
-            println!(
-                "{:<64} {:>12} {per_gib:>12.0}",
-                format!("  page faults/GiB, both nodes: {}", &name[5..]),
-                "-"
-            );
+        let measures: [(&str, fn(&(String, u64, u64, u64)) -> u64); 2] =
+            [("CPU ms", |r| r.1), ("page faults", |r| r.2)];
+        for (what, pick) in measures {
+            for row in &cpu_rows {
+                let per_gib = pick(row) as f64 / (row.3 as f64 / (1u64 << 30) as f64);
+                println!(
+                    "{:<64} {:>12} {per_gib:>12.0}",
+                    format!("  {what}/GiB, both nodes: {}", &row.0[5..]),
+                    "-"
+                );
+            }
         }
     }
 

@@ -95,31 +95,19 @@ impl Reports {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-
     use super::*;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::lasting::counting_waker;
 
     #[test]
     fn reports_come_out_in_order_and_only_the_first_into_an_empty_queue_wakes() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (waker, count) = counting_waker();
         let mut task = Context::from_waker(&waker);
         let tunnel = Reports::new();
         let connection = tunnel.clone();
         assert!(tunnel.poll_take(&mut task).is_pending());
         connection.send(FromConnection::Want { stream: 1 });
         connection.send(FromConnection::Fin { stream: 1 });
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake-up for both");
+        assert_eq!(count.get(), 1, "one wake-up for both");
         assert!(matches!(
             tunnel.poll_take(&mut task),
             Poll::Ready(FromConnection::Want { stream: 1 })
@@ -134,10 +122,10 @@ mod tests {
             stream: 1,
             failure: None,
         });
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         assert!(tunnel.poll_take(&mut task).is_ready());
         assert!(tunnel.poll_take(&mut task).is_pending());
         connection.send(FromConnection::Want { stream: 3 });
-        assert_eq!(count.0.load(Ordering::SeqCst), 2, "the taker waited again");
+        assert_eq!(count.get(), 2, "the taker waited again");
     }
 }
