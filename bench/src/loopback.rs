@@ -269,7 +269,7 @@ impl Loopback {
         let clear_plain = self.clear_plain;
         let sealed = &self.sealed;
         let rh_port = |i: usize| self.rh_port(i);
-        let mut cpu_rows: Vec<(String, u64, u64, u64)> = Vec::new();
+        let mut cpu_rows: Vec<RunCost> = Vec::new();
         // Node CPU time and page faults spent on one tunnelled run, beside what it moved.
         let mut tunnelled =
             |addr: SocketAddr, streams: usize, bytes: u64, upload: bool, name: String| {
@@ -278,7 +278,12 @@ impl Loopback {
                 let m = throughput(rt, addr, streams, bytes, upload);
                 let ms = a.cpu_ms() + b.cpu_ms() - before;
                 let faults = (a.minor_faults() + b.minor_faults()).saturating_sub(faults);
-                cpu_rows.push((name, ms, faults, bytes));
+                cpu_rows.push(RunCost {
+                    name,
+                    cpu_ms: ms,
+                    faults,
+                    bytes,
+                });
                 m
             };
         let mut plaintext = std::collections::HashMap::new();
@@ -337,14 +342,13 @@ impl Loopback {
                 }
             }
         }
-        let measures: [(&str, fn(&(String, u64, u64, u64)) -> u64); 2] =
-            [("CPU ms", |r| r.1), ("page faults", |r| r.2)];
-        for (what, pick) in measures {
+        for (what, faults) in [("CPU ms", false), ("page faults", true)] {
             for row in &cpu_rows {
-                let per_gib = pick(row) as f64 / (row.3 as f64 / (1u64 << 30) as f64);
+                let count = if faults { row.faults } else { row.cpu_ms };
+                let per_gib = count as f64 / (row.bytes as f64 / (1u64 << 30) as f64);
                 println!(
                     "{:<64} {:>12} {per_gib:>12.0}",
-                    format!("  {what}/GiB, both nodes: {}", &row.0[5..]),
+                    format!("  {what}/GiB, both nodes: {}", &row.name[5..]),
                     "-"
                 );
             }
@@ -475,4 +479,16 @@ impl Loopback {
             median(&mut m),
         );
     }
+}
+
+/// What one tunnelled bulk run cost both nodes, beside what it moved.
+struct RunCost {
+    /// The run's row name.
+    name: String,
+    /// CPU time, ms.
+    cpu_ms: u64,
+    /// Minor page faults.
+    faults: u64,
+    /// Bytes moved.
+    bytes: u64,
 }
