@@ -1,8 +1,9 @@
 //! menet's engine: the actors that carry TCP connections through multiplexed tunnels.
 //!
 //! The crate in layers; a module imports only from its own layer or the ones below. A report or
-//! a question going up is declared beside its sender and travels as a `Recipient`; a command
-//! going down lives beside its handler.
+//! a question going up is declared beside its sender and travels as a `Recipient` (a stream's
+//! reports to its tunnel, which share a thread, through the queue declared beside the
+//! connection, `connection::Reports`); a command going down lives beside its handler.
 //!
 //! - **wire** (plain types and codecs, no actors):
 //!   [`protocol`] frames and the cipher ids they carry; [`record`] the sealed records under
