@@ -14,7 +14,7 @@
 //!   registering; [`limits`] the node's limits, their accounting, the
 //!   log's rate limits and escaping; [`admission`] handshake slots and per-source rates;
 //!   [`metrics`] the Prometheus series; `io` socket helpers; `lasting` when an actor's lasting
-//!   item is woken; [`fuzzing`] fuzz entry points;
+//!   item is woken; [`data_thread`] the threads tunnels and their connections run on; [`fuzzing`] fuzz entry points;
 //!   [`service`] a service's options (protocol, PROXY header, balance, bandwidth);
 //!   [`backends`] a remote service's addresses and their health; [`pace`] bandwidth limits
 //!   (token buckets); [`proxy_header`] the PROXY protocol header.
@@ -33,6 +33,7 @@ pub mod backends;
 pub mod cipher;
 pub mod connection;
 pub mod credit;
+pub mod data_thread;
 pub mod datagram;
 pub mod fuzzing;
 pub mod handshake;
@@ -205,7 +206,7 @@ pub struct NodeSetup {
     pub access: Access,
     /// The process's descriptor limit (`RLIMIT_NOFILE`).
     pub fd_limit: usize,
-    /// Data arbiters for tunnels and their connections.
+    /// Data threads for tunnels and their connections.
     pub threads: usize,
 }
 

@@ -340,7 +340,7 @@ impl Listener {
         } = accepted;
         let routes = self.routes.load();
         match routes.carry(service) {
-            // The tunnel may run on another arbiter: the socket goes unregistered (it never was).
+            // The tunnel may run on another thread: the socket goes unregistered (it never was).
             Ok((route, tunnel)) => tunnel.do_send(CarryClient {
                 origin: reached
                     .or_else(|| sock.local_addr().ok())

@@ -47,7 +47,7 @@ pub struct CarryClient {
 
 /// What a listener hands its tunnel.
 pub enum Client {
-    /// A TCP client, not yet registered: the tunnel's arbiter takes it over.
+    /// A TCP client, not yet registered: the tunnel's thread takes it over.
     Tcp {
         sock: std::net::TcpStream,
         /// Who connected (as accepted: nobody asks the kernel again).

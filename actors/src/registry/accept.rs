@@ -301,7 +301,7 @@ impl Registry {
                 actor.do_send(crate::tunnel::JoinLane {
                     sock,
                     keys: msg.keys,
-                    arbiter: self.lane_arbiter(thread, lane),
+                    thread: self.lane_thread(thread, lane),
                 })
             }
             Err(e) => warn!(

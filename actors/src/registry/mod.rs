@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use crate::admission::{self, SourceBuckets};
 use crate::backends::Backends;
 use crate::cipher::{CipherKind, Secret, ServiceKey};
+use crate::data_thread::{DataThread, DataThreadHandle};
 use crate::datagram::DatagramCounts;
 use crate::handshake::{
     self, fingerprint, parse_identity, Established, HandshakeError, Identity, RefuseCode, Terms,
@@ -203,7 +204,7 @@ struct TunnelEntry {
     /// before its peer said a word goes on from there instead of starting the back-off anew, so
     /// a peer that accepts and drops at once is not hammered.
     dialled_on: u32,
-    /// The data arbiter the connected tunnel runs on (`GET /config` `thread`), if any.
+    /// The data thread the connected tunnel runs on (`GET /config` `thread`), if any.
     thread: Option<usize>,
     /// Lanes handed to the connected tunnel so far: the next runs on the data thread after the
     /// last one's.
@@ -398,10 +399,10 @@ pub struct Registry {
     generation: u64,
     /// The identity was made at this start (none in the state file): journaled once running.
     identity_unsaved: bool,
-    /// The data arbiters (`[node] threads`), each a thread of its own running tunnels and their
+    /// The data threads (`[node] threads`), each running tunnels and their
     /// connections; none: they run here, beside the Registry.
-    data: Vec<Arbiter>,
-    /// Where the next search for the least-loaded arbiter starts, so that equals take turns.
+    data: Vec<DataThread>,
+    /// Where the next search for the least-loaded data thread starts, so that equals take turns.
     next_data: usize,
     /// New tunnel names each source address may still claim (`new_names_per_minute`).
     new_names: SourceBuckets,
@@ -454,7 +455,7 @@ impl Registry {
             shutting_down: false,
             generation: 0,
             identity_unsaved,
-            data: (0..threads).map(|_| data_thread()).collect(),
+            data: (0..threads).map(data_thread).collect(),
             next_data: 0,
             new_names: SourceBuckets::new(settings.limits.new_names_per_minute, NAME_SOURCES),
         }
@@ -498,11 +499,11 @@ impl Registry {
         }
     }
 
-    /// The data arbiter for the next tunnel (or UDP listener), and its number: one carrying the
+    /// The data thread for the next tunnel (or UDP listener), and its number: one carrying the
     /// fewest connected tunnels, the next in turn among equals. A tunnel that comes back after
     /// others came and went takes the thread left free, so two tunnels between the same nodes
     /// (one for interactive services, one for bulk) keep a thread each while there are as many.
-    fn next_data_arbiter(&mut self) -> Option<(ArbiterHandle, usize)> {
+    fn next_data_thread(&mut self) -> Option<(DataThreadHandle, usize)> {
         let threads = self.data.len();
         let mut load = vec![0usize; threads];
         for t in self.tunnels.values() {
@@ -520,10 +521,10 @@ impl Registry {
         Some((self.data[n].handle(), n))
     }
 
-    /// The data arbiter of lane `lane` (1 ..) of a tunnel whose first connection runs on data
+    /// The data thread of lane `lane` (1 ..) of a tunnel whose first connection runs on data
     /// thread `head`: the `lane`-th thread after it, so a tunnel's lanes each have a thread of
     /// their own while there are as many. `None`: beside the head (no data threads).
-    fn lane_arbiter(&self, head: Option<usize>, lane: usize) -> Option<ArbiterHandle> {
+    fn lane_thread(&self, head: Option<usize>, lane: usize) -> Option<DataThreadHandle> {
         let n = self.data.len();
         head.filter(|_| n > 0)
             .map(|head| self.data[(head + lane) % n].handle())
@@ -594,16 +595,16 @@ impl Actor for Registry {
 /// busy stream, for one `epoll_wait` per eight polls.
 const EVENT_INTERVAL: u32 = 8;
 
-/// A data thread: an arbiter whose runtime checks for I/O events every [`EVENT_INTERVAL`] polls.
-fn data_thread() -> Arbiter {
-    Arbiter::with_tokio_rt(|| {
+/// Data thread `n`: its runtime checks for I/O events every [`EVENT_INTERVAL`] polls.
+fn data_thread(n: usize) -> DataThread {
+    let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .event_interval(EVENT_INTERVAL)
             .build()
-            // As `Arbiter::new` does: a thread without a runtime cannot run at all.
-            .expect("a data thread's runtime")
-    })
+    };
+    // As `Arbiter::new` does: a node whose data threads cannot start cannot run at all.
+    DataThread::spawn(format!("menet-data-{n}"), runtime).expect("a data thread")
 }
 
 #[cfg(test)]

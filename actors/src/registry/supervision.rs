@@ -142,17 +142,17 @@ impl Registry {
             keys,
         };
         let make = move |_: &mut Context<Tunnel>| Tunnel::new(link, registry, shared);
-        // A tunnel and all its connections on one data arbiter, so a stream's bytes never cross
+        // A tunnel and all its connections on one data thread, so a stream's bytes never cross
         // threads; each goes to the one carrying the fewest tunnels.
-        let (actor, thread) = match self.next_data_arbiter() {
-            Some((arbiter, n)) => (Tunnel::start_in_arbiter(&arbiter, make), Some(n)),
+        let (actor, thread) = match self.next_data_thread() {
+            Some((data, n)) => (data.start(make), Some(n)),
             None => (Tunnel::create(make), None),
         };
         if let (Some(dest), Some(pin)) = (dest, peer_pin) {
-            let arbiters = (1..self.settings.lanes)
-                .map(|lane| self.lane_arbiter(thread, lane))
+            let threads = (1..self.settings.lanes)
+                .map(|lane| self.lane_thread(thread, lane))
                 .collect();
-            self.dial_lanes(&name, dest, &secret, pin, (actor.clone(), arbiters), ctx);
+            self.dial_lanes(&name, dest, &secret, pin, (actor.clone(), threads), ctx);
         }
         let old = self.tunnels.insert(
             name.clone(),
@@ -204,8 +204,8 @@ impl Registry {
     }
 
     /// Dials the other lanes of dialled tunnel `name` (`[tunnel] lanes`), one after another,
-    /// each handed to the tunnel's `actor` as it joins, with the data arbiter it runs on (lane
-    /// k's is `arbiters[k - 1]`). A lane that fails in a way that may
+    /// each handed to the tunnel's `actor` as it joins, with the data thread it runs on (lane
+    /// k's is `threads[k - 1]`). A lane that fails in a way that may
     /// pass (a timeout, a busy acceptor) is tried again with back-off, a few times, while the
     /// tunnel lives; otherwise the tunnel stays on the lanes it has (an older acceptor refuses
     /// lanes).
@@ -215,7 +215,7 @@ impl Registry {
         dest: SocketAddr,
         secret: &Option<Secret>,
         pin: [u8; IDENTITY_LEN],
-        (actor, arbiters): (Addr<Tunnel>, Vec<Option<ArbiterHandle>>),
+        (actor, threads): (Addr<Tunnel>, Vec<Option<DataThreadHandle>>),
         ctx: &mut Context<Self>,
     ) {
         /// Tries of one lane before the tunnel goes on without it.
@@ -237,7 +237,7 @@ impl Registry {
                             actor.do_send(crate::tunnel::JoinLane {
                                 sock,
                                 keys: done.keys,
-                                arbiter: arbiters.get(lane - 1).cloned().flatten(),
+                                thread: threads.get(lane - 1).cloned().flatten(),
                             });
                             lane += 1;
                             tries = 0;

@@ -74,8 +74,8 @@ impl Registry {
             self.settings.limits.max_udp_flows_per_service,
             counts.clone(),
         );
-        match self.next_data_arbiter() {
-            Some((arbiter, _)) => UdpListener::start_in_arbiter(&arbiter, |_| listener),
+        match self.next_data_thread() {
+            Some((thread, _)) => thread.start(|_| listener),
             None => listener.start(),
         }
     }

@@ -30,7 +30,7 @@ impl Tunnel {
         });
         let actor: StreamActor = match msg.client {
             Client::Tcp { sock, peer } => {
-                // The client was accepted on the listener's arbiter: register it with this one.
+                // The client was accepted on the listener's thread: register it with this one.
                 let sock = match TcpStream::from_std(sock) {
                     Ok(s) => s,
                     Err(e) => {

@@ -26,18 +26,19 @@ use std::sync::Mutex;
 
 pub use super::placement::MAX_LANES;
 use super::*;
+use crate::data_thread::DataThreadHandle;
 
 /// Registry -> tunnel: another connection of this tunnel's dialer, handshake done, joins as a
 /// lane.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct JoinLane {
-    /// The socket, not yet registered with any arbiter.
+    /// The socket, not yet registered with any thread's reactor.
     pub sock: std::net::TcpStream,
     /// Its record keys from its own handshake; `None`: its frames go in the clear.
     pub keys: Option<SessionKeys>,
     /// The data thread the lane runs on; `None`: the head's own.
-    pub arbiter: Option<ArbiterHandle>,
+    pub thread: Option<DataThreadHandle>,
 }
 
 /// Where one tunnel actor stands among its tunnel's lanes.
@@ -198,8 +199,8 @@ impl Handler<JoinLane> for Tunnel {
         let make = move |_: &mut Context<Tunnel>| {
             Tunnel::new(link, head, shared).into_lane(lane, lanes, wide)
         };
-        let actor = match &msg.arbiter {
-            Some(arbiter) => Tunnel::start_in_arbiter(arbiter, make),
+        let actor = match &msg.thread {
+            Some(thread) => thread.start(make),
             None => Tunnel::create(make),
         };
         if let Group::Head { lanes } = &mut self.group {

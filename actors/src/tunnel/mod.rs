@@ -297,7 +297,7 @@ pub struct TunnelLink {
     pub generation: u64,
     /// Which end dialled.
     pub role: Role,
-    /// The socket, not yet registered with the arbiter the tunnel runs on.
+    /// The socket, not yet registered with the thread the tunnel runs on.
     pub sock: std::net::TcpStream,
     /// What the peer granted in the handshake.
     pub peer: Terms,
@@ -405,7 +405,7 @@ pub struct Tunnel {
     shared: Shared,
     /// The peer: its terms, address and proof.
     peer: PeerInfo,
-    /// The tunnel's socket until the actor starts: registered with the arbiter it runs on there
+    /// The tunnel's socket until the actor starts: registered with the thread it runs on there
     /// (it may have been accepted or dialled on another).
     sock: Option<std::net::TcpStream>,
     /// The socket's descriptor once started, to ask the kernel what waits in its queues.

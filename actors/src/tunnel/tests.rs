@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::*;
+use crate::data_thread::{DataThread, DataThreadHandle};
 use crate::limits::Usage;
 use crate::routes::{RemoteRoute, RouteTable, Routes};
 
@@ -64,14 +65,14 @@ fn terms() -> Terms {
 }
 
 /// A loopback pair: the tunnel's end (not yet registered) and the test's, framed.
-/// A lane joined to `tunnel` (on `arbiter`, or the tunnel's own thread): its peer end.
-async fn join_lane(tunnel: &Addr<Tunnel>, arbiter: Option<actix_rt::ArbiterHandle>) -> Peer {
+/// A lane joined to `tunnel` (on `thread`, or the tunnel's own): its peer end.
+async fn join_lane(tunnel: &Addr<Tunnel>, thread: Option<DataThreadHandle>) -> Peer {
     let (sock, lane) = socket_pair();
     tunnel
         .send(JoinLane {
             sock,
             keys: None,
-            arbiter,
+            thread,
         })
         .await
         .expect("joined");
@@ -318,7 +319,12 @@ fn a_lane_on_another_thread_carries_streams_of_its_own_and_takes_the_tunnel_down
             .expect("backend");
         let routes = svc_route(backend.local_addr().expect("addr"));
         let (mut first, report, tunnel) = tunnel_peer_addr(routes).await;
-        let thread = Arbiter::new();
+        let thread = DataThread::spawn("lane-test".into(), || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        })
+        .expect("a data thread");
         let mut lane = join_lane(&tunnel, Some(thread.handle())).await;
         // Stream ids are each lane's own: stream 1 on both, each answered on its own lane.
         open_and_echo(&mut lane, &backend, 1, b"by lane one", b"back on it").await;
@@ -345,7 +351,7 @@ fn a_lane_on_another_thread_carries_streams_of_its_own_and_takes_the_tunnel_down
         let down = report_of(&report).await.expect("reported");
         assert!(down.reason.contains("a lane went down"), "{}", down.reason);
         assert_eq!(down.name, "t1");
-        thread.stop();
+        drop(thread);
     });
 }
 
