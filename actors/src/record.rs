@@ -183,6 +183,7 @@ impl SessionKeys {
                 policy,
                 sealed: 0,
                 since: Instant::now(),
+                aged: false,
                 rekeys: 0,
                 group: Vec::new(),
             },
@@ -277,6 +278,10 @@ pub struct Sealer {
     sealed: u64,
     /// When the current key was taken into use.
     since: Instant,
+    /// The current key has been in use for the policy's interval: the next record moves to the
+    /// next key. Set by [`Sealer::check_age`] from the tunnel's heartbeat, so that sealing a
+    /// record reads no clock.
+    aged: bool,
     /// Keys replaced so far, for `GET /config`.
     rekeys: u64,
     /// Small frames gathered for the next record: kept empty between calls, so that sealing
@@ -293,6 +298,15 @@ impl Sealer {
     /// Keys replaced so far.
     pub fn rekeys(&self) -> u64 {
         self.rekeys
+    }
+
+    /// Marks the current key for replacement at the next record once it has been in use for
+    /// the policy's interval by `now`. Called from the tunnel's heartbeat (at least once a
+    /// second), so a key lasts at most about a second beyond its interval.
+    pub fn check_age(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.since) >= self.policy.interval {
+            self.aged = true;
+        }
     }
 
     /// Seals `frames` (whole encoded frames, in order; taken out, the list left empty) into
@@ -329,10 +343,11 @@ impl Sealer {
     fn next_word(&mut self, len: usize) -> [u8; RECORD_HEADER] {
         debug_assert!(len <= MAX_RECORD, "a record of {len} bytes");
         let mut word = (len + TAG_LEN) as u32;
-        if self.sealed >= self.policy.bytes || self.since.elapsed() >= self.policy.interval {
+        if self.sealed >= self.policy.bytes || self.aged {
             self.key.advance();
             self.sealed = 0;
             self.since = Instant::now();
+            self.aged = false;
             self.rekeys += 1;
             word |= KEY_UPDATE;
         }
@@ -641,6 +656,29 @@ mod tests {
             decode_all(&mut c, &[Bytes::from(r)]),
             Err(ProtocolError::Integrity)
         ));
+    }
+
+    #[test]
+    fn a_key_past_its_interval_is_replaced_at_the_next_record_once_checked() {
+        let policy = RekeyPolicy {
+            bytes: 1 << 30,
+            interval: Duration::from_secs(60),
+        };
+        let (mut s, mut c) = pair(policy);
+        let mut wire = Vec::new();
+        s.seal(&mut frames(1, 10), &mut wire);
+        // Younger than its interval: kept.
+        s.check_age(Instant::now());
+        s.seal(&mut frames(1, 10), &mut wire);
+        assert_eq!(s.rekeys(), 0);
+        // Past it: replaced at the next record, once only.
+        s.check_age(Instant::now() + Duration::from_secs(61));
+        assert_eq!(s.rekeys(), 0, "not before a record is sealed");
+        s.seal(&mut frames(1, 10), &mut wire);
+        s.seal(&mut frames(1, 10), &mut wire);
+        assert_eq!(s.rekeys(), 1);
+        assert_eq!(decode_all(&mut c, &wire).expect("opens").len(), 4);
+        assert_eq!(c.opener.rekeys(), 1);
     }
 
     #[test]

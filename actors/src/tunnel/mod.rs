@@ -743,6 +743,9 @@ impl Tunnel {
             total += e.recv.target();
         }
         self.receive.windows_total = total;
+        if let Record::Sealed(sealer) = &mut self.record {
+            sealer.check_age(now);
+        }
         self.publish_gauges();
         self.publish_socket_gauges();
         // While streams are open, a round-trip sample each check, not only each heartbeat:
