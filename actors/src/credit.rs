@@ -99,7 +99,7 @@ impl RecvWindow {
         room: u64,
     ) -> Option<u64> {
         self.buffered = self.buffered.saturating_sub(n);
-        if now.saturating_duration_since(self.last_active) >= IDLE {
+        if idle_since(self.last_active, now) {
             self.target = self.min;
             self.rate = Rate::new(now);
         }
@@ -134,7 +134,7 @@ impl RecvWindow {
     /// Shrinks an idle window back to its initial size (the credit the peer already holds stays
     /// valid; it is not topped up until below the new target).
     pub fn shrink_if_idle(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.last_active) >= IDLE {
+        if idle_since(self.last_active, now) {
             self.target = self.min;
             self.rate = Rate::new(now);
         }
@@ -151,12 +151,21 @@ impl RecvWindow {
     }
 }
 
+/// Whether a window last active at `last` is idle by `now` (an instant and a comparison: a
+/// duration between two instants costs several times that, and this runs per consumed frame).
+fn idle_since(last: Instant, now: Instant) -> bool {
+    last.checked_add(IDLE).is_some_and(|idle| now >= idle)
+}
+
 /// The rate a window's bytes are consumed at, over the last whole interval of at least
 /// [`RATE_INTERVAL`] (or a round trip, if longer).
 #[derive(Debug, Clone, Copy)]
 struct Rate {
     /// When the interval being measured began.
     since: Instant,
+    /// When it may close: [`RATE_INTERVAL`] after it began, or the round trip once that is known
+    /// to be longer. Compared per consumed frame instead of the span since `since`.
+    ends: Instant,
     /// Bytes consumed in it so far.
     bytes: u64,
     /// Bytes per second over the last whole interval (0 until one has passed).
@@ -167,6 +176,7 @@ impl Rate {
     fn new(now: Instant) -> Rate {
         Rate {
             since: now,
+            ends: now.checked_add(RATE_INTERVAL).unwrap_or(now),
             bytes: 0,
             last: 0.0,
         }
@@ -174,11 +184,20 @@ impl Rate {
 
     fn add(&mut self, n: u64, now: Instant, rtt: Option<Duration>) {
         self.bytes += n;
+        if now < self.ends {
+            return;
+        }
         let span = now.saturating_duration_since(self.since);
-        if span >= RATE_INTERVAL.max(rtt.unwrap_or_default()) {
+        let least = RATE_INTERVAL.max(rtt.unwrap_or_default());
+        if span >= least {
             self.last = self.bytes as f64 / span.as_secs_f64();
-            self.since = now;
-            self.bytes = 0;
+            *self = Rate {
+                last: self.last,
+                ..Rate::new(now)
+            };
+        } else {
+            // A round trip longer than the interval: not before it has passed.
+            self.ends = self.since.checked_add(least).unwrap_or(now);
         }
     }
 
