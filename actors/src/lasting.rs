@@ -1,6 +1,6 @@
 //! How an actor's lasting item (one future held for the actor's life, polled at every pass of
-//! its task) is woken for work asked of it: a plain type, shared by the connection's readability
-//! watch and the tunnel's writer.
+//! its task) is woken for work asked of it: a plain type, shared by the connection's lasting item
+//! (its tunnel's events, then readability) and the tunnel's writer.
 //!
 //! actix polls an actor's items after its mailbox, at each pass. Work asked for by a mailbox
 //! handler, or by the item itself, is therefore seen by the item later in the same pass.
@@ -20,19 +20,6 @@ pub struct LastingItem {
 }
 
 impl LastingItem {
-    /// Runs `f` on `act` as a step the item is polled after (a mailbox handler); `item` finds
-    /// the item's bookkeeping in `act`.
-    pub fn in_order<A, R>(
-        act: &mut A,
-        item: fn(&mut A) -> &mut LastingItem,
-        f: impl FnOnce(&mut A) -> R,
-    ) -> R {
-        let outer = item(act).enter();
-        let r = f(act);
-        item(act).leave(outer);
-        r
-    }
-
     /// Marks what runs now as in order (a mailbox handler, or the item's own poll); the mark
     /// before, to give back to [`LastingItem::leave`].
     pub fn enter(&mut self) -> bool {

@@ -1,22 +1,32 @@
-//! What a stream's tunnel and its connection share on their one thread: the socket's write half,
-//! so that the tunnel writes a frame's bytes straight to the socket when nothing is ahead of them.
+//! What a stream's tunnel and its connection share on their one thread: the queue of the
+//! tunnel's events for the connection, and the socket's write half, so that the tunnel writes a
+//! frame's bytes straight to the socket when nothing is ahead of them.
 //!
-//! A connection is started by its tunnel on the tunnel's thread, so the two reach the socket in
-//! turn, never at once. The direct write saves the two actor messages of the usual path (the
-//! frame to the connection, its consumption back), each a boxed envelope and a task wake-up,
-//! on every short exchange. It is taken only when it cannot reorder or hide anything:
+//! A connection is started by its tunnel on the tunnel's thread, so the two reach the socket and
+//! the queue in turn, never at once. Events go through the queue, not as actor messages (each
+//! had cost an envelope and a channel node allocated, and a pass over the mailbox): the
+//! connection's lasting item takes them in order (`watch.rs`), and only the event that finds the queue
+//! empty wakes its task. The queue is bounded by what bounds the events: DATA only within the
+//! stream's window, and a handful of others over the stream's life.
+//!
+//! The direct write saves the usual path's event and its consumption report on every short
+//! exchange. It is taken only when it cannot reorder or hide anything:
 //! - the connection has nothing of its own queued or being written, and its socket's write side
 //!   is not shut down (it keeps [`Downstream::open`] up to date);
-//! - no event the tunnel sent it is still in its mailbox (the tunnel counts them);
+//! - no event is waiting in the queue;
 //! - the stream is plaintext and unpaced (a keyed stream's keys and a paced stream's tokens are
 //!   the connection's own).
 //!
 //! Whatever the socket does not take at once goes the usual way, as a `StreamEvent::Data` behind
-//! which no direct write can pass (it is counted in the mailbox until handled).
+//! which no direct write can pass (it waits in the queue until taken).
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::task::{Context, Waker};
 
 use tokio::net::tcp::OwnedWriteHalf;
+
+use super::StreamEvent;
 
 /// A connection's socket write half, shared with its tunnel.
 pub struct Downstream {
@@ -25,9 +35,14 @@ pub struct Downstream {
     writer: RefCell<Option<OwnedWriteHalf>>,
     /// The connection takes direct writes now (see the module's conditions).
     open: Cell<bool>,
-    /// Events the tunnel sent the connection that it has not handled yet: a direct write must not
-    /// pass them.
-    in_mailbox: Cell<u32>,
+    /// Events the tunnel sent that the connection has not taken yet, in order: a direct write
+    /// must not pass them.
+    events: RefCell<VecDeque<StreamEvent>>,
+    /// The connection's task, kept each time its lasting item found the queue empty.
+    taker: Cell<Option<Waker>>,
+    /// The tunnel let go of the stream: no event will come (the connection's lasting item may
+    /// end, `watch.rs`).
+    released: Cell<bool>,
     /// Reads and writes either way so far (direct writes count), for the connection's idle
     /// timeout: counted, not timed, so that moving bytes reads no clock; the idle check
     /// compares it between its ticks.
@@ -39,7 +54,9 @@ impl Downstream {
         Downstream {
             writer: RefCell::new(None),
             open: Cell::new(false),
-            in_mailbox: Cell::new(0),
+            events: RefCell::new(VecDeque::new()),
+            taker: Cell::new(None),
+            released: Cell::new(false),
             activity: Cell::new(0),
         }
     }
@@ -48,7 +65,7 @@ impl Downstream {
     /// many bytes went (0 if none, or if it may not be taken). An error is not reported here: the
     /// bytes then go the usual way and the connection meets the error on its own write.
     pub fn write_direct(&self, bytes: &[u8]) -> usize {
-        if !self.open.get() || self.in_mailbox.get() != 0 || bytes.is_empty() {
+        if !self.open.get() || bytes.is_empty() || !self.events.borrow().is_empty() {
             return 0;
         }
         let writer = self.writer.borrow();
@@ -65,14 +82,46 @@ impl Downstream {
         }
     }
 
-    /// The tunnel sends the connection an event: no direct write passes it until it is handled.
-    pub fn event_sent(&self) {
-        self.in_mailbox.set(self.in_mailbox.get() + 1);
+    /// Tunnel -> connection: queues `event`; wakes the connection's task if the queue was empty
+    /// (else a wake-up is due already). No direct write passes it until it is taken.
+    pub fn send(&self, event: StreamEvent) {
+        let was_empty = {
+            let mut events = self.events.borrow_mut();
+            events.push_back(event);
+            events.len() == 1
+        };
+        if was_empty {
+            if let Some(waker) = self.taker.take() {
+                waker.wake();
+            }
+        }
     }
 
-    /// The connection handled one event (one sent without counting, in tests, changes nothing).
-    pub(super) fn event_handled(&self) {
-        self.in_mailbox.set(self.in_mailbox.get().saturating_sub(1));
+    /// Tunnel -> connection: the tunnel let go of the stream (its entry is gone).
+    pub fn release(&self) {
+        self.released.set(true);
+        if let Some(waker) = self.taker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether the tunnel let go of the stream.
+    pub(super) fn released(&self) -> bool {
+        self.released.get()
+    }
+
+    /// The oldest event not taken yet.
+    pub(super) fn take_event(&self) -> Option<StreamEvent> {
+        self.events.borrow_mut().pop_front()
+    }
+
+    /// The lasting item found the queue empty: the next event wakes `task`.
+    pub(super) fn wait_events(&self, task: &Context<'_>) {
+        let waker = match self.taker.take() {
+            Some(w) if w.will_wake(task.waker()) => w,
+            _ => task.waker().clone(),
+        };
+        self.taker.set(Some(waker));
     }
 
     pub(super) fn set_open(&self, open: bool) {

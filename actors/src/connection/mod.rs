@@ -57,7 +57,8 @@ pub enum FromConnection {
     },
 }
 
-/// Tunnel -> connection.
+/// Tunnel -> stream: to a connection through the queue it shares with its tunnel
+/// ([`Downstream::send`]), to a UDP flow as an actor message.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum StreamEvent {
@@ -638,18 +639,9 @@ impl Actor for Connection {
     }
 }
 
-impl Handler<StreamEvent> for Connection {
-    type Result = ();
-
-    fn handle(&mut self, msg: StreamEvent, ctx: &mut Self::Context) {
-        // The watch item is polled after the mailbox: a watch started here needs no wake-up.
-        crate::lasting::LastingItem::in_order(self, |c| &mut c.watch, |act| act.on_event(msg, ctx));
-    }
-}
-
 impl Connection {
+    /// An event from the tunnel, taken from the queue by the lasting item (`watch.rs`).
     fn on_event(&mut self, msg: StreamEvent, ctx: &mut Context<Self>) {
-        self.down.event_handled();
         match msg {
             StreamEvent::Opened { nonce } => {
                 if let Err(why) = Keying::opened(&mut self.keying, nonce) {

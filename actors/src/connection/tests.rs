@@ -1,6 +1,7 @@
 //! The connection actor tested alone: a real loopback socket pair (this test holds the client's
 //! end), the actor on the other end, and a report queue in its tunnel's place that hands every
-//! report to the test. Frames in (as `StreamEvent`s), reports out, bytes compared exactly.
+//! report to the test. Frames in (as `StreamEvent`s, through the queue the connection shares with
+//! its tunnel), reports out, bytes compared exactly.
 
 use std::io::ErrorKind;
 
@@ -9,23 +10,12 @@ use tokio::sync::mpsc;
 
 use super::*;
 
-/// A plaintext connection for stream 7 on one end of a loopback pair; the client's end and the
-/// reports.
+/// A plaintext connection for stream 7 on one end of a loopback pair, as its tunnel reaches it
+/// (what the two share: events go in with `send`); the client's end and the reports.
 async fn connection_and_client() -> (
-    Addr<Connection>,
-    tokio::net::TcpStream,
-    mpsc::UnboundedReceiver<FromConnection>,
-) {
-    let (conn, client, rx, _down) = connection_client_and_downstream().await;
-    (conn, client, rx)
-}
-
-/// [`connection_and_client`], with what the connection shares with its tunnel.
-async fn connection_client_and_downstream() -> (
-    Addr<Connection>,
-    tokio::net::TcpStream,
-    mpsc::UnboundedReceiver<FromConnection>,
     Rc<Downstream>,
+    tokio::net::TcpStream,
+    mpsc::UnboundedReceiver<FromConnection>,
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -39,7 +29,8 @@ async fn connection_client_and_downstream() -> (
     // Started as the tunnel starts it, keeping what the two share.
     let conn = Connection::accepted(spec, sock, None);
     let down = conn.downstream();
-    (conn.start(), client, rx, down)
+    conn.start();
+    (down, client, rx)
 }
 
 /// A plaintext, unpaced stream `stream` of service `svc`, its reports forwarded on `tx`.
@@ -66,7 +57,7 @@ async fn report(rx: &mut mpsc::UnboundedReceiver<FromConnection>) -> FromConnect
 #[test]
 fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
     actix_rt::System::new().block_on(async {
-        let (conn, mut client, mut rx) = connection_and_client().await;
+        let (down, mut client, mut rx) = connection_and_client().await;
         client.write_all(b"hello, tunnel").await.expect("write");
         // Not open yet: nothing is read, nothing reported.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -74,14 +65,14 @@ fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
             rx.try_recv().is_err(),
             "a report before the stream was open"
         );
-        conn.do_send(StreamEvent::Opened { nonce: None });
+        down.send(StreamEvent::Opened { nonce: None });
         assert!(matches!(
             report(&mut rx).await,
             FromConnection::Want { stream: 7 }
         ));
         // A grant (payload bytes on the wire) smaller than what waits: no frame carries more.
         let granted = 5;
-        conn.do_send(StreamEvent::Grant(granted));
+        down.send(StreamEvent::Grant(granted));
         let mut payload = Vec::new();
         while payload.len() < b"hello, tunnel".len() {
             match report(&mut rx).await {
@@ -94,10 +85,10 @@ fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
                     payload.extend_from_slice(&frame[HEADER_LEN..]);
                     // Still wanting (it asked once): the tunnel grants again, unasked.
                     if payload.len() < b"hello, tunnel".len() {
-                        conn.do_send(StreamEvent::Grant(granted));
+                        down.send(StreamEvent::Grant(granted));
                     }
                 }
-                FromConnection::Want { stream: 7 } => conn.do_send(StreamEvent::Grant(granted)),
+                FromConnection::Want { stream: 7 } => down.send(StreamEvent::Grant(granted)),
                 FromConnection::Return { .. } => {}
                 _ => panic!("an unexpected report"),
             }
@@ -105,7 +96,7 @@ fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
         assert_eq!(payload, b"hello, tunnel");
 
         // Bytes from the far end reach the client, and are reported consumed.
-        conn.do_send(StreamEvent::Data(BytesMut::from(&b"and back"[..])));
+        down.send(StreamEvent::Data(BytesMut::from(&b"and back"[..])));
         let mut got = [0u8; 8];
         client.read_exact(&mut got).await.expect("read");
         assert_eq!(&got, b"and back");
@@ -121,7 +112,7 @@ fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
         }
 
         // The far end's FIN: the client reads EOF. The client's FIN: the tunnel hears Fin.
-        conn.do_send(StreamEvent::Fin);
+        down.send(StreamEvent::Fin);
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.expect("a clean EOF");
         assert!(rest.is_empty());
@@ -130,7 +121,7 @@ fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
             match report(&mut rx).await {
                 FromConnection::Fin { stream: 7 } => break,
                 // Readable (at EOF): the end is read under credit like any byte.
-                FromConnection::Want { stream: 7 } => conn.do_send(StreamEvent::Grant(1024)),
+                FromConnection::Want { stream: 7 } => down.send(StreamEvent::Grant(1024)),
                 FromConnection::Return { .. } => {}
                 _ => panic!("an unexpected report"),
             }
@@ -141,12 +132,12 @@ fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
 #[test]
 fn an_abort_resets_the_client_and_never_looks_like_an_end() {
     actix_rt::System::new().block_on(async {
-        let (conn, mut client, _rx) = connection_and_client().await;
-        conn.do_send(StreamEvent::Opened { nonce: None });
-        conn.do_send(StreamEvent::Data(BytesMut::from(&b"partial"[..])));
+        let (down, mut client, _rx) = connection_and_client().await;
+        down.send(StreamEvent::Opened { nonce: None });
+        down.send(StreamEvent::Data(BytesMut::from(&b"partial"[..])));
         let mut got = [0u8; 7];
         client.read_exact(&mut got).await.expect("read");
-        conn.do_send(StreamEvent::Abort);
+        down.send(StreamEvent::Abort);
         let mut rest = [0u8; 16];
         let end = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
             .await
@@ -163,8 +154,8 @@ fn an_abort_resets_the_client_and_never_looks_like_an_end() {
 #[test]
 fn a_client_reset_is_reported_as_a_failure_not_an_end() {
     actix_rt::System::new().block_on(async {
-        let (conn, client, mut rx) = connection_and_client().await;
-        conn.do_send(StreamEvent::Opened { nonce: None });
+        let (down, client, mut rx) = connection_and_client().await;
+        down.send(StreamEvent::Opened { nonce: None });
         let client = client.into_std().expect("std");
         socket_linger_zero(&client);
         drop(client);
@@ -178,7 +169,7 @@ fn a_client_reset_is_reported_as_a_failure_not_an_end() {
                     panic!("a reset client reported as a clean end")
                 }
                 // Readable: the reset is read once credit allows a read.
-                FromConnection::Want { stream: 7 } => conn.do_send(StreamEvent::Grant(1024)),
+                FromConnection::Want { stream: 7 } => down.send(StreamEvent::Grant(1024)),
                 _ => {}
             }
         }
@@ -188,17 +179,16 @@ fn a_client_reset_is_reported_as_a_failure_not_an_end() {
 #[test]
 fn the_tunnel_writes_to_the_socket_directly_only_when_nothing_is_ahead() {
     actix_rt::System::new().block_on(async {
-        let (conn, mut client, _rx, down) = connection_client_and_downstream().await;
+        let (down, mut client, _rx) = connection_and_client().await;
         let mut expected = Vec::new();
         // Idle and plaintext: straight to the client.
         assert_eq!(down.write_direct(b"direct "), 7);
         expected.extend_from_slice(b"direct ");
-        // An event in the mailbox: no direct write passes it.
-        down.event_sent();
-        conn.do_send(StreamEvent::Data(BytesMut::from(&b"queued "[..])));
+        // An event in the queue: no direct write passes it.
+        down.send(StreamEvent::Data(BytesMut::from(&b"queued "[..])));
         expected.extend_from_slice(b"queued ");
         assert_eq!(down.write_direct(b"early"), 0);
-        // Once it is handled and written, direct writes go again, behind it.
+        // Once it is taken and written, direct writes go again, behind it.
         let deadline = Instant::now() + Duration::from_secs(5);
         while down.write_direct(b"after ") == 0 {
             assert!(Instant::now() < deadline, "direct writes never resumed");
@@ -215,8 +205,7 @@ fn the_tunnel_writes_to_the_socket_directly_only_when_nothing_is_ahead() {
             }
         }
         // The rest goes the usual way and waits in the connection: meanwhile nothing direct.
-        down.event_sent();
-        conn.do_send(StreamEvent::Data(BytesMut::from(&b"tail"[..])));
+        down.send(StreamEvent::Data(BytesMut::from(&b"tail"[..])));
         expected.extend_from_slice(b"tail");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
@@ -228,8 +217,7 @@ fn the_tunnel_writes_to_the_socket_directly_only_when_nothing_is_ahead() {
         client.read_exact(&mut got).await.expect("read");
         assert!(got == expected, "the bytes arrived out of order");
         // After the far end's FIN: no direct write, and the client reads a clean end.
-        down.event_sent();
-        conn.do_send(StreamEvent::Fin);
+        down.send(StreamEvent::Fin);
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.expect("a clean EOF");
         assert!(rest.is_empty());
@@ -278,9 +266,11 @@ fn a_dialled_connection_reads_what_its_backend_sends_later() {
             connect_timeout: Duration::from_secs(5),
             header: None,
         };
-        let conn = Connection::dialing(spec, target).start();
-        conn.do_send(StreamEvent::Standing(4096));
-        conn.do_send(StreamEvent::Grant(4096));
+        let conn = Connection::dialing(spec, target);
+        let down = conn.downstream();
+        conn.start();
+        down.send(StreamEvent::Standing(4096));
+        down.send(StreamEvent::Grant(4096));
         let (mut sock, _) = backend.accept().await.expect("the dial");
         assert!(matches!(
             report(&mut rx).await,
@@ -296,7 +286,7 @@ fn a_dialled_connection_reads_what_its_backend_sends_later() {
                     payload.extend_from_slice(&frame[HEADER_LEN..])
                 }
                 FromConnection::Return { .. } => {}
-                FromConnection::Want { stream: 8 } => conn.do_send(StreamEvent::Grant(4096)),
+                FromConnection::Want { stream: 8 } => down.send(StreamEvent::Grant(4096)),
                 _ => panic!("an unexpected report"),
             }
         }

@@ -1,12 +1,19 @@
-//! The readability watch: one item of the connection's actor for its whole life, which polls the
-//! socket's read readiness whenever the read side is `Watching`.
+//! The connection's lasting item: one item of its actor for its whole life, which takes the
+//! events its tunnel queued for it (`downstream.rs`), in order, and then polls the socket's read
+//! readiness whenever the read side is `Watching`.
 //!
 //! A watch future spawned afresh for each wait (as before) cost, on every short exchange, a boxed
 //! future, a spawn handle and a second pass of the actor's poll loop over its mailbox and items;
-//! the lasting item costs a readiness poll.
+//! the lasting item costs a readiness poll. Events taken first, in the same poll: a watch an
+//! event asks for is seen at once, as it was when events came through the mailbox (polled before
+//! the items); and one item, not two, is polled per pass.
 //!
 //! `lasting.rs` says when a watch asked for is seen in the same pass and when it wakes the
 //! actor's task (a dial's or a pacing timer's completion asks out of order).
+//!
+//! The item ends once nothing more will be read and the tunnel has let go of the stream with
+//! every event taken: the actor then lives on only while a write of its own is under way, as it
+//! did when the tunnel's address of it was its mailbox's last sender.
 
 use std::pin::Pin;
 use std::task::Poll;
@@ -30,9 +37,13 @@ impl ActorFuture<Connection> for Readable {
             if ctx.state() != ActorState::Running {
                 break Poll::Pending;
             }
+            if let Some(event) = act.down.take_event() {
+                act.on_event(event, ctx);
+                continue;
+            }
             match act.read {
-                // Nothing more will be read: the item ends.
-                ReadState::Done => break Poll::Ready(()),
+                // Nothing more will be read, and no event will come: the item ends.
+                ReadState::Done if act.down.released() => break Poll::Ready(()),
                 ReadState::Watching => {}
                 _ => break Poll::Pending,
             }
@@ -47,6 +58,7 @@ impl ActorFuture<Connection> for Readable {
         act.watch.leave(outer);
         if result.is_pending() {
             act.watch.waits(task);
+            act.down.wait_events(task);
         }
         result
     }

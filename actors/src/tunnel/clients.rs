@@ -74,7 +74,7 @@ impl Tunnel {
                     listener: start.listener,
                     id: start.id,
                 };
-                UdpFlow::new(spec, end).start().into()
+                StreamActor::flow(UdpFlow::new(spec, end).start())
             }
         };
         let handles = self.service_handles.get(&msg.service, Side::Local);

@@ -144,61 +144,64 @@ impl StreamState {
 /// flow.
 pub(crate) struct StreamActor {
     /// Where the stream's events go.
-    events: Recipient<StreamEvent>,
-    /// A TCP connection's socket write half, for direct writes (`connection/downstream.rs`);
-    /// `None` for a UDP flow.
-    down: Option<Rc<Downstream>>,
+    events: StreamEvents,
     /// The fault hook of the actor (tests of supervision).
     #[cfg(feature = "fault-injection")]
     crash: Recipient<crate::Crash>,
 }
 
+impl Drop for StreamActor {
+    /// The tunnel lets go of the stream: a connection's events item ends.
+    fn drop(&mut self) {
+        if let StreamEvents::Connection(down) = &self.events {
+            down.release();
+        }
+    }
+}
+
+/// Where a stream's events go.
+enum StreamEvents {
+    /// A TCP connection: the queue and socket write half it shares with its tunnel
+    /// (`connection/downstream.rs`), which also takes direct writes.
+    Connection(Rc<Downstream>),
+    /// A UDP flow: its actor's mailbox.
+    Flow(Recipient<StreamEvent>),
+}
+
 impl StreamActor {
     fn do_send(&self, event: StreamEvent) {
-        if let Some(d) = &self.down {
-            d.event_sent();
+        match &self.events {
+            StreamEvents::Connection(down) => down.send(event),
+            StreamEvents::Flow(flow) => flow.do_send(event),
         }
-        self.events.do_send(event);
     }
 
     /// Writes what the connection's socket takes of `bytes` now, if nothing is ahead of them:
     /// how many went.
     fn write_direct(&self, bytes: &[u8]) -> usize {
-        self.down.as_ref().map_or(0, |d| d.write_direct(bytes))
-    }
-
-    /// A connection's actor with its shared write half.
-    fn connection(conn: Connection) -> StreamActor {
-        let down = conn.downstream();
-        let mut actor = StreamActor::from(conn.start());
-        actor.down = Some(down);
-        actor
-    }
-}
-
-#[cfg(not(feature = "fault-injection"))]
-impl<A> From<Addr<A>> for StreamActor
-where
-    A: Actor<Context = Context<A>> + Handler<StreamEvent>,
-{
-    fn from(a: Addr<A>) -> StreamActor {
-        StreamActor {
-            events: a.recipient(),
-            down: None,
+        match &self.events {
+            StreamEvents::Connection(down) => down.write_direct(bytes),
+            StreamEvents::Flow(_) => 0,
         }
     }
-}
 
-#[cfg(feature = "fault-injection")]
-impl<A> From<Addr<A>> for StreamActor
-where
-    A: Actor<Context = Context<A>> + Handler<StreamEvent> + Handler<crate::Crash>,
-{
-    fn from(a: Addr<A>) -> StreamActor {
+    /// A connection's actor, reached through what it shares with its tunnel.
+    fn connection(conn: Connection) -> StreamActor {
+        let down = conn.downstream();
+        let _addr = conn.start();
         StreamActor {
-            crash: a.clone().recipient(),
-            events: a.recipient(),
-            down: None,
+            events: StreamEvents::Connection(down),
+            #[cfg(feature = "fault-injection")]
+            crash: _addr.recipient(),
+        }
+    }
+
+    /// A UDP flow's actor.
+    fn flow(flow: Addr<UdpFlow>) -> StreamActor {
+        StreamActor {
+            #[cfg(feature = "fault-injection")]
+            crash: flow.clone().recipient(),
+            events: StreamEvents::Flow(flow.recipient()),
         }
     }
 }

@@ -304,9 +304,7 @@ impl Tunnel {
                     first: Vec::new(),
                     slots: spec.slots,
                 };
-                UdpFlow::new(flow, FlowEnd::Remote { backend })
-                    .start()
-                    .into()
+                StreamActor::flow(UdpFlow::new(flow, FlowEnd::Remote { backend }).start())
             }
         };
         // It lives on this lane: the peer sends all its frames here.

@@ -138,7 +138,7 @@ impl ServiceHandles {
 
 impl StreamEntry {
     pub(super) fn new(
-        conn: impl Into<StreamActor>,
+        conn: StreamActor,
         service: String,
         side: Side,
         service_metrics: ServiceMetrics,
@@ -146,7 +146,7 @@ impl StreamEntry {
         s: &Settings,
     ) -> Self {
         StreamEntry {
-            conn: conn.into(),
+            conn,
             service,
             side,
             accept_nonce: None,
