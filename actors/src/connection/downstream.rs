@@ -115,8 +115,15 @@ impl Downstream {
         self.events.borrow_mut().pop_front()
     }
 
-    /// The lasting item found the queue empty: the next event wakes `task`.
+    /// The lasting item found the queue empty: the next event wakes `task`. The queue's buffer
+    /// goes back to the allocator meanwhile, so an idle connection holds none.
     pub(super) fn wait_events(&self, task: &Context<'_>) {
+        {
+            let mut events = self.events.borrow_mut();
+            if events.capacity() > 0 && events.is_empty() {
+                *events = VecDeque::new();
+            }
+        }
         let waker = match self.taker.take() {
             Some(w) if w.will_wake(task.waker()) => w,
             _ => task.waker().clone(),

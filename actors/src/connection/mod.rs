@@ -199,8 +199,9 @@ pub struct Connection {
     /// The service carried, for log lines.
     service: String,
     stream: u32,
-    /// The remote end's backends, dialled when the actor starts.
-    target: Option<Target>,
+    /// The remote end's backends, dialled when the actor starts (boxed: only a dialling
+    /// connection has one, and only until it starts).
+    target: Option<Box<Target>>,
     /// The client's address (local end), for log lines.
     peer: Option<SocketAddr>,
     /// The socket's descriptor, kept to reset the connection whichever future holds a half.
@@ -277,7 +278,7 @@ impl Connection {
     /// The remote end of stream `spec.stream`, to be dialled to one of `target`'s backends.
     pub fn dialing(spec: StreamSpec, target: Target) -> Connection {
         let mut c = Connection::new(spec);
-        c.target = Some(target);
+        c.target = Some(Box::new(target));
         c
     }
 
@@ -590,7 +591,7 @@ impl Actor for Connection {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.start_watch(ctx);
         if let Some(target) = self.target.take() {
-            self.dial(target, ctx);
+            self.dial(*target, ctx);
         }
         if let Some(idle) = self.idle_timeout {
             // Idle since the first look that saw the activity count where it is now: closed
