@@ -114,7 +114,7 @@ struct LogTable {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeTable {
-    /// Data threads (arbiters) for tunnels and their connections; default: one per core.
+    /// Data threads for tunnels and their connections; default: one per core.
     threads: Option<usize>,
 }
 
@@ -290,7 +290,7 @@ pub struct Config {
     pub state: Option<PathBuf>,
     /// `[state] compact_bytes`: the journal's size before it is folded into the snapshot.
     pub compact_bytes: u64,
-    /// `[node] threads`: the data arbiters.
+    /// `[node] threads`: the data threads.
     pub threads: usize,
     /// Tunnel secret and who may dial in.
     pub access: Access,
