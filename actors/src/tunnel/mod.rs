@@ -54,6 +54,7 @@ use crate::schedule::SendQueue;
 use crate::send_credit::{Overflow, SendCredit};
 use crate::service::UDP_DEFAULT_TIMEOUT;
 use crate::{Settings, Shared, Side};
+use reader::Reader;
 
 mod clients;
 mod commands;
@@ -61,6 +62,7 @@ mod group;
 mod heartbeat;
 mod peer;
 mod placement;
+mod reader;
 mod send;
 mod streams;
 mod writer;
@@ -656,20 +658,20 @@ impl Actor for Tunnel {
                     let dialer = self.role == Role::Dialer;
                     let (sealer, opener) = keys.split(dialer, self.shared.settings.rekey);
                     self.record = Record::Sealed(Box::new(sealer));
-                    ctx.add_stream(FramedRead::with_capacity(
+                    ctx.spawn(Reader::new(FramedRead::with_capacity(
                         reader,
                         SealedFrameCodec::new(opener),
                         // The largest record a writer makes (one largest DATA frame); a larger
                         // one (up to MAX_RECORD) grows the buffer when it comes.
                         RECORD_HEADER + HEADER_LEN + MAX_DATA + TAG_LEN,
-                    ));
+                    )));
                 }
                 None => {
-                    ctx.add_stream(FramedRead::with_capacity(
+                    ctx.spawn(Reader::new(FramedRead::with_capacity(
                         reader,
                         FrameCodec,
                         HEADER_LEN + MAX_DATA,
-                    ));
+                    )));
                 }
             }
         }
