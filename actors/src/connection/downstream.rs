@@ -28,7 +28,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use super::StreamEvent;
 
-/// A connection's socket write half, shared with its tunnel.
+/// What a connection shares with its tunnel: the tunnel's events for it and its socket's write
+/// half.
 pub struct Downstream {
     /// The write half; `None` while a write future of the connection owns it, before a remote
     /// end's dial answers, and once our write side is shut down.

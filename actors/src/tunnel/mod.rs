@@ -153,7 +153,8 @@ pub(crate) struct StreamActor {
 }
 
 impl Drop for StreamActor {
-    /// The tunnel lets go of the stream: a connection's events item ends.
+    /// The tunnel lets go of the stream: a connection's lasting item may end
+    /// (`connection/watch.rs`).
     fn drop(&mut self) {
         if let StreamEvents::Connection(down) = &self.events {
             down.release();
