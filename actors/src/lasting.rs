@@ -1,6 +1,8 @@
 //! How an actor's lasting item (one future held for the actor's life, polled at every pass of
 //! its task) is woken for work asked of it: a plain type, shared by the connection's lasting item
-//! (its tunnel's events, then readability) and the tunnel's writer.
+//! (its tunnel's events, then readability) and the tunnel's writer; and [`WakingQueue`], the
+//! queue such an item takes another actor's items from (a connection's reports, a tunnel's
+//! events).
 //!
 //! actix polls an actor's items after its mailbox, at each pass. Work asked for by a mailbox
 //! handler, or by the item itself, is therefore seen by the item later in the same pass.
@@ -8,7 +10,9 @@
 //! the item in the pass, so it wakes the actor's task and the item is polled again before the
 //! task sleeps.
 
-use std::task::Waker;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::task::{Context, Waker};
 
 /// The item's waker, and whether what runs now comes before the item in the pass.
 #[derive(Default)]
@@ -50,6 +54,74 @@ impl LastingItem {
             .is_some_and(|w| w.will_wake(task.waker()))
         {
             self.waker = Some(task.waker().clone());
+        }
+    }
+}
+
+/// A queue from one actor to a lasting item of another on the same thread (a connection's
+/// reports to its tunnel, a tunnel's events to a connection): no lock and no envelope, and the
+/// taker's task is woken only by the item that finds the queue empty (later ones find a wake-up
+/// already due). The taker keeps its waker each time it finds the queue empty.
+pub struct WakingQueue<T> {
+    /// Items not taken yet, in the order they were sent.
+    items: RefCell<VecDeque<T>>,
+    /// The taker's task, kept each time it found the queue empty.
+    taker: Cell<Option<Waker>>,
+}
+
+impl<T> Default for WakingQueue<T> {
+    fn default() -> Self {
+        WakingQueue {
+            items: RefCell::new(VecDeque::new()),
+            taker: Cell::new(None),
+        }
+    }
+}
+
+impl<T> WakingQueue<T> {
+    /// Queues `item`; wakes the taker if the queue was empty.
+    pub fn send(&self, item: T) {
+        let was_empty = {
+            let mut items = self.items.borrow_mut();
+            items.push_back(item);
+            items.len() == 1
+        };
+        if was_empty {
+            self.wake_taker();
+        }
+    }
+
+    /// The oldest item not taken yet.
+    pub fn take(&self) -> Option<T> {
+        self.items.borrow_mut().pop_front()
+    }
+
+    /// Nothing waits to be taken.
+    pub fn is_empty(&self) -> bool {
+        self.items.borrow().is_empty()
+    }
+
+    /// Wakes the taker now (for news that is not an item), if it waits.
+    pub fn wake_taker(&self) {
+        if let Some(waker) = self.taker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The taker found the queue empty: the next item wakes `task`.
+    pub fn wait(&self, task: &Context<'_>) {
+        let waker = match self.taker.take() {
+            Some(w) if w.will_wake(task.waker()) => w,
+            _ => task.waker().clone(),
+        };
+        self.taker.set(Some(waker));
+    }
+
+    /// Gives the buffer back to the allocator if the queue is empty (an idle taker holds none).
+    pub fn release_buffer(&self) {
+        let mut items = self.items.borrow_mut();
+        if items.is_empty() && items.capacity() > 0 {
+            *items = VecDeque::new();
         }
     }
 }
@@ -101,5 +173,19 @@ mod tests {
         item.leave(outer);
         item.asked();
         assert_eq!(count.get(), 1, "out of order: one wake-up");
+    }
+
+    #[test]
+    fn a_waking_queue_gives_its_buffer_back_only_when_empty() {
+        let queue = WakingQueue::default();
+        for n in 0..5 {
+            queue.send(n);
+        }
+        queue.release_buffer();
+        assert_eq!(queue.take(), Some(0), "kept while it holds items");
+        while queue.take().is_some() {}
+        queue.release_buffer();
+        assert!(queue.is_empty());
+        assert_eq!(queue.items.borrow().capacity(), 0);
     }
 }

@@ -21,12 +21,12 @@
 //! which no direct write can pass (it waits in the queue until taken).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::task::{Context, Waker};
+use std::task::Context;
 
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::StreamEvent;
+use crate::lasting::WakingQueue;
 
 /// What a connection shares with its tunnel: the tunnel's events for it and its socket's write
 /// half.
@@ -37,10 +37,8 @@ pub struct Downstream {
     /// The connection takes direct writes now (see the module's conditions).
     open: Cell<bool>,
     /// Events the tunnel sent that the connection has not taken yet, in order: a direct write
-    /// must not pass them.
-    events: RefCell<VecDeque<StreamEvent>>,
-    /// The connection's task, kept each time its lasting item found the queue empty.
-    taker: Cell<Option<Waker>>,
+    /// must not pass them. Their taker is the connection's lasting item.
+    events: WakingQueue<StreamEvent>,
     /// The tunnel let go of the stream: no event will come (the connection's lasting item may
     /// end, `watch.rs`).
     released: Cell<bool>,
@@ -55,8 +53,7 @@ impl Downstream {
         Downstream {
             writer: RefCell::new(None),
             open: Cell::new(false),
-            events: RefCell::new(VecDeque::new()),
-            taker: Cell::new(None),
+            events: WakingQueue::default(),
             released: Cell::new(false),
             activity: Cell::new(0),
         }
@@ -66,7 +63,7 @@ impl Downstream {
     /// many bytes went (0 if none, or if it may not be taken). An error is not reported here: the
     /// bytes then go the usual way and the connection meets the error on its own write.
     pub fn write_direct(&self, bytes: &[u8]) -> usize {
-        if !self.open.get() || bytes.is_empty() || !self.events.borrow().is_empty() {
+        if !self.open.get() || bytes.is_empty() || !self.events.is_empty() {
             return 0;
         }
         let writer = self.writer.borrow();
@@ -86,24 +83,13 @@ impl Downstream {
     /// Tunnel -> connection: queues `event`; wakes the connection's task if the queue was empty
     /// (else a wake-up is due already). No direct write passes it until it is taken.
     pub fn send(&self, event: StreamEvent) {
-        let was_empty = {
-            let mut events = self.events.borrow_mut();
-            events.push_back(event);
-            events.len() == 1
-        };
-        if was_empty {
-            if let Some(waker) = self.taker.take() {
-                waker.wake();
-            }
-        }
+        self.events.send(event);
     }
 
     /// Tunnel -> connection: the tunnel let go of the stream (its entry is gone).
     pub fn release(&self) {
         self.released.set(true);
-        if let Some(waker) = self.taker.take() {
-            waker.wake();
-        }
+        self.events.wake_taker();
     }
 
     /// Whether the tunnel let go of the stream.
@@ -113,23 +99,14 @@ impl Downstream {
 
     /// The oldest event not taken yet.
     pub(super) fn take_event(&self) -> Option<StreamEvent> {
-        self.events.borrow_mut().pop_front()
+        self.events.take()
     }
 
     /// The lasting item found the queue empty: the next event wakes `task`. The queue's buffer
     /// goes back to the allocator meanwhile, so an idle connection holds none.
     pub(super) fn wait_events(&self, task: &Context<'_>) {
-        {
-            let mut events = self.events.borrow_mut();
-            if events.capacity() > 0 && events.is_empty() {
-                *events = VecDeque::new();
-            }
-        }
-        let waker = match self.taker.take() {
-            Some(w) if w.will_wake(task.waker()) => w,
-            _ => task.waker().clone(),
-        };
-        self.taker.set(Some(waker));
+        self.events.release_buffer();
+        self.events.wait(task);
     }
 
     pub(super) fn set_open(&self, open: bool) {

@@ -13,24 +13,15 @@
 //! credit its tunnel granted, and a handful of other reports over its life. A tunnel that is gone
 //! drains nothing; the queue then goes with its last connection.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use super::FromConnection;
+use crate::lasting::WakingQueue;
 
 /// One end of a tunnel's report queue: its connections send on it, the tunnel takes from it.
 #[derive(Clone, Default)]
-pub struct Reports(Rc<Queue>);
-
-#[derive(Default)]
-struct Queue {
-    /// Reports not taken yet, in the order they were sent.
-    reports: RefCell<VecDeque<FromConnection>>,
-    /// The task that takes them, kept each time it found the queue empty.
-    taker: Cell<Option<Waker>>,
-}
+pub struct Reports(Rc<WakingQueue<FromConnection>>);
 
 impl Reports {
     pub fn new() -> Reports {
@@ -39,30 +30,17 @@ impl Reports {
 
     /// Queues `report`; wakes the taker if the queue was empty (else a wake-up is due already).
     pub fn send(&self, report: FromConnection) {
-        let was_empty = {
-            let mut reports = self.0.reports.borrow_mut();
-            reports.push_back(report);
-            reports.len() == 1
-        };
-        if was_empty {
-            if let Some(waker) = self.0.taker.take() {
-                waker.wake();
-            }
-        }
+        self.0.send(report);
     }
 
     /// The oldest report not taken yet.
     pub fn take(&self) -> Option<FromConnection> {
-        self.0.reports.borrow_mut().pop_front()
+        self.0.take()
     }
 
     /// The taker found the queue empty: the next report wakes `task`.
     pub fn wait(&self, task: &Context<'_>) {
-        let waker = match self.0.taker.take() {
-            Some(w) if w.will_wake(task.waker()) => w,
-            _ => task.waker().clone(),
-        };
-        self.0.taker.set(Some(waker));
+        self.0.wait(task);
     }
 
     /// A queue whose reports go on to `tx` as they come (a test's stand-in for the tunnel).
