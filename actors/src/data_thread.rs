@@ -128,7 +128,11 @@ struct Stop {
 /// Takes the thread's commands until told to stop or until no handle is left.
 async fn serve(mut rx: mpsc::UnboundedReceiver<Command>, stop: Rc<Stop>) {
     while let Some(Command::Run(run)) = rx.recv().await {
-        run();
+        // A panic while an actor is built loses that actor (its address closes), not the
+        // thread's command loop, as a panic in an arbiter's spawned command did.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+            log::error!("an actor panicked while it was placed on a data thread");
+        }
     }
     stop.stopped.set(true);
     if let Some(waker) = stop.waker.borrow_mut().take() {
@@ -184,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn an_actor_runs_on_the_thread_and_stops_with_it() {
+    fn actors_run_on_the_thread_survive_a_neighbour_panicking_while_built_and_stop_with_it() {
         actix_rt::System::new().block_on(async {
             let thread = DataThread::spawn("data-test".into(), runtime).expect("thread");
             let here = std::thread::current().id();
@@ -195,6 +199,11 @@ mod tests {
             let other = thread.handle().start(|_| Where).send(Ask).await;
             assert_eq!(other.ok(), Some(there));
             let handle = thread.handle();
+            // A panic while an actor is built loses that actor only.
+            let broken = handle.start(|_| -> Where { panic!("fault injected while building") });
+            assert!(broken.send(Ask).await.is_err());
+            let after = handle.start(|_| Where).send(Ask).await;
+            assert_eq!(after.ok(), Some(there));
             drop(thread);
             // The thread ends and its actors with it: their addresses close.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);

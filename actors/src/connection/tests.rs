@@ -176,6 +176,50 @@ fn a_client_reset_is_reported_as_a_failure_not_an_end() {
     });
 }
 
+/// After its client's FIN the connection still writes what the tunnel sends; once the tunnel
+/// lets go of the stream (its entry dropped) the actor ends and resets the socket: a stream its
+/// tunnel forgot never stays open.
+#[test]
+fn a_connection_lives_while_its_tunnel_holds_it_and_ends_when_let_go() {
+    actix_rt::System::new().block_on(async {
+        let (down, mut client, mut rx) = connection_and_client().await;
+        down.send(StreamEvent::Opened { nonce: None });
+        client.shutdown().await.expect("the client's FIN");
+        loop {
+            match report(&mut rx).await {
+                FromConnection::Fin { stream: 7 } => break,
+                FromConnection::Want { stream: 7 } => down.send(StreamEvent::Grant(1024)),
+                FromConnection::Return { .. } => {}
+                _ => panic!("an unexpected report"),
+            }
+        }
+        // Nothing more to read, but the way back is open.
+        down.send(StreamEvent::Data(BytesMut::from(&b"still here"[..])));
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).await.expect("the reply");
+        assert_eq!(&got, b"still here");
+        down.release();
+        let closed = tokio::time::timeout(Duration::from_secs(5), client.read(&mut got))
+            .await
+            .expect("the connection ended within 5 s");
+        assert!(
+            matches!(closed, Err(ref e) if e.kind() == ErrorKind::ConnectionReset),
+            "a reset, not a clean end: {closed:?}"
+        );
+        // The tunnel is told too, as a failure (its consumption report of the reply first).
+        loop {
+            match report(&mut rx).await {
+                FromConnection::Closed {
+                    stream: 7,
+                    failure: Some(_),
+                } => break,
+                FromConnection::Consumed { stream: 7, .. } | FromConnection::Return { .. } => {}
+                _ => panic!("an unexpected report"),
+            }
+        }
+    });
+}
+
 #[test]
 fn the_tunnel_writes_to_the_socket_directly_only_when_nothing_is_ahead() {
     actix_rt::System::new().block_on(async {
