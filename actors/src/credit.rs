@@ -10,8 +10,8 @@
 //! held back by the window sends it in a burst each round trip, so its quarters are consumed in
 //! quick succession; a sender held back by the path delivers a quarter of the window every
 //! quarter of `window / rate`. So when credit is due again within [`GROW_WITHIN`] of a round
-//! trip of the last increment, the window may be what limits, and the target doubles (up to
-//! `max`, within the `room` the caller's budget leaves) — but only while it is below
+//! trip of the last increment, the window may be what limits, and the target grows [`GROWTH`]
+//! times (up to `max`, within the `room` the caller's budget leaves) — but only while it is below
 //! [`BDP_CEILING`] bandwidth-delay products at the rate its bytes are consumed (measured over
 //! at least [`RATE_INTERVAL`] or a round trip). Quick quarters alone cannot tell a window-limited
 //! sender from a reader that drains a backlog in one go (the scheduler held it back, then let
@@ -38,6 +38,13 @@ pub const IDLE: Duration = Duration::from_secs(1);
 /// window limits the sender: a path-limited sender takes a quarter of `window / rate` per
 /// quarter, which is under 5/16 of a round trip only while the window is below 1.25 x BDP.
 const GROW_WITHIN: (u32, u32) = (5, 16);
+/// What a window-limited target is multiplied by when it grows: once per round trip at most
+/// (after a growth, the next quarter is of the larger window, which the sender has not been
+/// granted yet). Four, not two: a window grows from 256 KiB to 64 MiB in four round trips
+/// instead of eight (200 ms over a 50 ms path instead of 400: a tenth of a 4 s transfer), while
+/// the sender's bytes still arrive in a burst; past the path it overshoots to at most four times
+/// what it needed instead of twice, within `max` and the tunnel's budget.
+const GROWTH: u64 = 4;
 
 /// One receive window: a stream's, or a tunnel's.
 #[derive(Debug, Clone)]
@@ -114,7 +121,9 @@ impl RecvWindow {
             if now.saturating_duration_since(last) < rtt * GROW_WITHIN.0 / GROW_WITHIN.1
                 && (self.target as f64) < ceiling
             {
-                let grow = self.target.min(self.max - self.target).min(room);
+                let grow = (self.target * (GROWTH - 1))
+                    .min(self.max - self.target)
+                    .min(room);
                 self.target += grow;
                 increment += grow;
             }
@@ -283,6 +292,33 @@ mod tests {
         assert_eq!(idle.target(), 4096 * KIB, "not idle long enough");
         idle.shrink_if_idle(later);
         assert_eq!(idle.target(), 256 * KIB);
+    }
+
+    #[test]
+    fn a_window_limited_window_grows_fourfold_once_per_round_trip() {
+        // The sender's whole window arrives in a burst each 50 ms round trip, consumed as it
+        // arrives: its quarters come back microseconds apart, and the window is four times
+        // larger after each round, not more (the growth is of credit the sender gets next round).
+        let t0 = Instant::now();
+        let rtt = Some(Duration::from_millis(50));
+        let mut w = RecvWindow::new(256 * KIB, 64 * 1024 * KIB, t0);
+        let mut now = t0;
+        let mut targets = Vec::new();
+        for _ in 0..6 {
+            now += Duration::from_millis(50);
+            // What the sender held when the round began: credit returned meanwhile is used
+            // in the next round, a round trip later.
+            let mut burst = w.left;
+            while burst > 0 {
+                now += Duration::from_micros(20);
+                let chunk = burst.min(64 * KIB);
+                burst -= chunk;
+                assert!(w.receive(chunk, now));
+                let _ = w.consume(chunk, now, rtt, u64::MAX);
+            }
+            targets.push(w.target() / KIB);
+        }
+        assert_eq!(targets, [1024, 4096, 16384, 65536, 65536, 65536]);
     }
 
     #[test]
