@@ -198,7 +198,7 @@ struct Tunnel {
     /// Seal every frame of the tunnels in records (default true); false only for measurements
     /// and links that are private already (a tunnel stays sealed if its peer wants it).
     encrypt: Option<bool>,
-    /// TCP connections each tunnel this node dials runs over (default 1, at most 8): its
+    /// TCP connections each tunnel this node dials runs over (default 2, at most 8): its
     /// streams spread over them, each stream on one.
     lanes: Option<usize>,
     /// A sealed tunnel replaces its sending key after this many bytes (default 1 GiB).
