@@ -233,6 +233,38 @@ fn beside_rows(row: &dyn Fn(&str, f64, f64), other: (f64, f64), same: (f64, f64)
     );
 }
 
+/// The 64 B exchange beside four bulk downloads on another tunnel and on its own, in turn for
+/// `rounds` rounds (each p99 is of `pings` exchanges, and moves with the shared cores from one
+/// run to the next): each round's p99s and their ratio, then the medians (p50, p99) of each.
+fn beside_in_turn(
+    other_bulk: SocketAddr,
+    same_bulk: SocketAddr,
+    echo: SocketAddr,
+    pings: usize,
+    rounds: usize,
+) -> ((f64, f64), (f64, f64)) {
+    let (mut other, mut same) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for round in 1..=rounds {
+        let o = latency_under_load(other_bulk, 4, echo, pings);
+        let l = latency_under_load(same_bulk, 4, echo, pings);
+        println!(
+            "{:<64} {:>12.0} {:>12.0} {:>7.2}",
+            format!("    round {round}: p99 (us) another tunnel, same tunnel"),
+            o.1,
+            l.1,
+            l.1 / o.1
+        );
+        other.0.push(o.0);
+        other.1.push(o.1);
+        same.0.push(l.0);
+        same.1.push(l.1);
+    }
+    (
+        (median(&mut other.0), median(&mut other.1)),
+        (median(&mut same.0), median(&mut same.1)),
+    )
+}
+
 /// The AEADs a keyed service may choose.
 const AEADS: [CipherKind; 2] = [CipherKind::ChaCha20Poly1305, CipherKind::Aes256Gcm];
 
