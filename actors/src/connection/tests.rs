@@ -54,6 +54,19 @@ async fn report(rx: &mut mpsc::UnboundedReceiver<FromConnection>) -> FromConnect
         .expect("the stub is alive")
 }
 
+/// Reports until stream 7's FIN after its client's: readable at EOF, the end is read under
+/// credit like any byte, so each `Want` is granted.
+async fn until_fin(down: &Downstream, rx: &mut mpsc::UnboundedReceiver<FromConnection>) {
+    loop {
+        match report(rx).await {
+            FromConnection::Fin { stream: 7 } => return,
+            FromConnection::Want { stream: 7 } => down.send(StreamEvent::Grant(1024)),
+            FromConnection::Return { .. } => {}
+            _ => panic!("an unexpected report"),
+        }
+    }
+}
+
 #[test]
 fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
     actix_rt::System::new().block_on(async {
@@ -117,15 +130,7 @@ fn bytes_flow_only_under_credit_both_ways_and_a_fin_is_carried() {
         client.read_to_end(&mut rest).await.expect("a clean EOF");
         assert!(rest.is_empty());
         client.shutdown().await.expect("shutdown");
-        loop {
-            match report(&mut rx).await {
-                FromConnection::Fin { stream: 7 } => break,
-                // Readable (at EOF): the end is read under credit like any byte.
-                FromConnection::Want { stream: 7 } => down.send(StreamEvent::Grant(1024)),
-                FromConnection::Return { .. } => {}
-                _ => panic!("an unexpected report"),
-            }
-        }
+        until_fin(&down, &mut rx).await;
     });
 }
 
@@ -185,14 +190,7 @@ fn a_connection_lives_while_its_tunnel_holds_it_and_ends_when_let_go() {
         let (down, mut client, mut rx) = connection_and_client().await;
         down.send(StreamEvent::Opened { nonce: None });
         client.shutdown().await.expect("the client's FIN");
-        loop {
-            match report(&mut rx).await {
-                FromConnection::Fin { stream: 7 } => break,
-                FromConnection::Want { stream: 7 } => down.send(StreamEvent::Grant(1024)),
-                FromConnection::Return { .. } => {}
-                _ => panic!("an unexpected report"),
-            }
-        }
+        until_fin(&down, &mut rx).await;
         // Nothing more to read, but the way back is open.
         down.send(StreamEvent::Data(BytesMut::from(&b"still here"[..])));
         let mut got = [0u8; 10];
