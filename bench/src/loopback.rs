@@ -12,8 +12,8 @@ use menet_actors::cipher::CipherKind;
 
 use crate::{
     beside_in_turn, beside_rows, cpu_split_ms_of_all, exchanges_per_second, latency,
-    latency_under_load, median, node_config, node_threads, rathole, real_clients, row, row3,
-    throughput, Node, Plan, TempFile, AEADS, KEY,
+    latency_in_turn, latency_under_load, median, node_config, node_threads, rathole, real_clients,
+    row, row3, throughput, Node, Plan, TempFile, AEADS, KEY,
 };
 
 /// The nodes and services every loopback row measures.
@@ -364,32 +364,30 @@ impl Loopback {
         let echoed = self.echoed;
         let clear_echoed = self.clear_echoed;
         let rh_port = |i: usize| self.rh_port(i);
-        let (d50, d99) = latency(echo, plan.pings);
-        let (m50, m99) = latency(echoed, plan.pings);
-        let r = rh_port(1).map(|p| latency(p, plan.pings));
+        // Direct, menet and rathole in turn, five rounds: the rows are the rounds' medians.
+        let turn = latency_in_turn(echo, echoed, rh_port(1), plan.pings / 5, 5);
+        let (d, m, r) = (turn.direct, turn.menet, turn.rathole);
+        let (m50, m99) = (m[0], m[1]);
         row3(
             "latency p50, 64 B request/response (us)",
-            d50,
+            d[0],
             m50,
-            r.map(|r| r.0),
+            r.map(|r| r[0]),
         );
         row3(
             "latency p99, 64 B request/response (us)",
-            d99,
+            d[1],
             m99,
-            r.map(|r| r.1),
+            r.map(|r| r[1]),
         );
-        for (what, d, m, r) in [
-            ("p50", d50, m50, r.map(|r| r.0)),
-            ("p99", d99, m99, r.map(|r| r.1)),
-        ] {
+        for (what, i) in [("p50", 2), ("p99", 3)] {
             println!(
                 "{:<64} {:>12} {:>12.1} {:>7}{}",
-                format!("  added {what} latency (us)"),
+                format!("  added {what} latency (us), median of the rounds"),
                 "-",
-                m - d,
+                m[i],
                 "",
-                r.map_or(String::new(), |r| format!(" {:>12.1}", r - d))
+                r.map_or(String::new(), |r| format!(" {:>12.1}", r[i]))
             );
         }
         let (c50, c99) = latency(clear_echoed, plan.pings);

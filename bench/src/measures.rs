@@ -92,6 +92,77 @@ pub fn latency_samples(addr: SocketAddr, pings: usize) -> Vec<f64> {
     samples
 }
 
+/// p50 and p99 (us) of one connection's 64 B exchanges directly, through menet and, given, through
+/// rathole, measured in turn for `rounds` rounds of `pings` each (each round's order rotated, so
+/// none is always first after the others): one run's figures moved 10 - 20 us between runs of
+/// the same build on two shared cores, more than the gap between the proxies. Each round is
+/// printed; the result holds the medians over the rounds of each p50 and p99 and of each added
+/// p50 and p99 (the proxy's less direct's in the same round).
+pub fn latency_in_turn(
+    direct: SocketAddr,
+    menet: SocketAddr,
+    rathole: Option<SocketAddr>,
+    pings: usize,
+    rounds: usize,
+) -> InTurn {
+    let targets: Vec<SocketAddr> = [Some(direct), Some(menet), rathole]
+        .into_iter()
+        .flatten()
+        .collect();
+    // Per target: the rounds' p50s, p99s, and (past direct) added p50s and p99s.
+    let mut seen = vec![[Vec::new(), Vec::new(), Vec::new(), Vec::new()]; targets.len()];
+    for round in 0..rounds {
+        let mut got = vec![(0.0, 0.0); targets.len()];
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            got[i] = latency(targets[i], pings);
+        }
+        let (d50, d99) = got[0];
+        for (i, &(p50, p99)) in got.iter().enumerate() {
+            seen[i][0].push(p50);
+            seen[i][1].push(p99);
+            seen[i][2].push(p50 - d50);
+            seen[i][3].push(p99 - d99);
+        }
+        let through = |i: usize| {
+            got.get(i).map_or(String::new(), |(p50, p99)| {
+                format!(
+                    ", {} {p50:.0} / {p99:.0} (+{:.1})",
+                    ["menet", "rathole"][i - 1],
+                    p50 - d50
+                )
+            })
+        };
+        println!(
+            "    round {}: p50 / p99 (us) direct {d50:.0} / {d99:.0}{}{}",
+            round + 1,
+            through(1),
+            through(2)
+        );
+    }
+    let mut medians = seen
+        .into_iter()
+        .map(|mut s| s.each_mut().map(|v| median(v)));
+    let direct = medians.next().unwrap_or_default();
+    let menet = medians.next().unwrap_or_default();
+    InTurn {
+        direct,
+        menet,
+        rathole: medians.next(),
+    }
+}
+
+/// What [`latency_in_turn`] found: for each target the medians over the rounds of its p50, p99,
+/// added p50 and added p99 (us; added is 0 for direct).
+pub struct InTurn {
+    /// Direct to the echo backend.
+    pub direct: [f64; 4],
+    /// Through menet.
+    pub menet: [f64; 4],
+    /// Through rathole, when it runs.
+    pub rathole: Option<[f64; 4]>,
+}
+
 /// Request/response exchanges per second from `clients` concurrent clients, `size` bytes each
 /// way; with `reconnect`, each exchange on a new connection (connect, echo, close).
 pub fn exchanges_per_second(
