@@ -79,7 +79,13 @@ impl Tunnel {
     }
 
     /// `n` bytes left the tunnel's hands (handed to their stream, or dropped): tunnel credit.
+    /// The window first covers the open streams' windows, up to [`STREAMS_COVERED`] of them at
+    /// their initial windows (after an idle second shrank it, again at the next frame).
     pub(super) fn credit_tunnel(&mut self, n: u64, now: Instant, ctx: &mut Context<Self>) {
+        let covered = STREAMS_COVERED * u64::from(self.shared.settings.stream_window);
+        self.receive
+            .window
+            .raise_to(self.receive.windows_total.min(covered));
         let rtt = self.beat.rtt.get();
         if let Some(increment) = self.receive.window.consume(n, now, rtt, u64::MAX) {
             self.queue_control(
