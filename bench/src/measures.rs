@@ -127,7 +127,7 @@ pub fn latency_in_turn(
         let through = |i: usize| {
             got.get(i).map_or(String::new(), |(p50, p99)| {
                 format!(
-                    ", {} {p50:.0} / {p99:.0} (+{:.1})",
+                    ", {} {p50:.0} / {p99:.0} ({:+.1})",
                     ["menet", "rathole"][i - 1],
                     p50 - d50
                 )
