@@ -300,11 +300,28 @@ fn a_window_grows_on_a_long_path_and_shrinks_when_idle() {
     assert!(windows.iter().all(|&w| w <= 1 << 20), "{windows:?}");
 }
 
+/// `count` downloads of `len` bytes each from [`flood_backend`] through `local`, at once; each
+/// thread checks that its bytes arrived as sent, up to the backend's close.
+fn downloads(local: std::net::SocketAddr, count: usize, len: usize) -> Vec<thread::JoinHandle<()>> {
+    (0..count)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut s = connect(local);
+                s.write_all(b"D").expect("cmd");
+                s.write_all(&(len as u32).to_be_bytes()).expect("len");
+                let mut got = Vec::with_capacity(len);
+                s.read_to_end(&mut got).expect("download");
+                assert!(got == pattern(len, 4), "{} bytes, not as sent", got.len());
+            })
+        })
+        .collect()
+}
+
 /// Four bulk downloads on one loopback tunnel: what the sending node has in its tunnel socket
 /// (unsent and unacknowledged), and what the receiving node has not read of it, each stay
-/// within the receiving node's tunnel window (near its initial 256 KiB on a quiet loopback), so a
-/// small frame behind bulk waits for about that much at most; and `GET /config` and `/metrics`
-/// show each queue.
+/// within the receiving node's tunnel window (on a quiet loopback, the four streams' initial
+/// windows together: 1 MiB), so a small frame behind bulk on the same connection waits for about
+/// that much at most; and `GET /config` and `/metrics` show each queue.
 #[test]
 fn bulk_keeps_at_most_the_tunnel_window_in_flight_and_unread_and_shows_where_it_waits() {
     let _machine = alone();
@@ -312,23 +329,7 @@ fn bulk_keeps_at_most_the_tunnel_window_in_flight_and_unread_and_shows_where_it_
     let (a, b) = (Node::start(), Node::start());
     dial(&a, &b, "t");
     let local = carry(&a, &b, "t", "bulk", None, backend.addr);
-    let len: usize = 64 << 20;
-    let readers: Vec<_> = (0..4)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut s = connect(local);
-                s.write_all(b"D").expect("cmd");
-                s.write_all(&(len as u32).to_be_bytes()).expect("len");
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut got = 0;
-                while got < len {
-                    let n = s.read(&mut buf).expect("download");
-                    assert!(n > 0, "closed early at {got}");
-                    got += n;
-                }
-            })
-        })
-        .collect();
+    let readers = downloads(local, 4, 64 << 20);
     let (mut samples, mut widest_window, mut most_sending, mut most_unread) = (0, 0, 0, 0);
     let started = Instant::now();
     while !readers.iter().all(|r| r.is_finished()) && started.elapsed() < Duration::from_secs(60) {
@@ -363,10 +364,11 @@ fn bulk_keeps_at_most_the_tunnel_window_in_flight_and_unread_and_shows_where_it_
             "{bytes} bytes {what}, beyond a window of {widest_window}"
         );
     }
-    // It stays at 256 KiB on a quiet machine (README's figures). A loaded one (CI's two cores,
-    // other test binaries' leftovers) lengthens the quiet round trips growth is measured
-    // against, and growth stops at eight bandwidth-delay products of that: a loose bound here,
-    // a quarter of the 64 MiB maximum, half the 32 MiB every tunnel used to start with.
+    // It stays at the streams' initial windows on a quiet machine (README). A loaded one (CI's
+    // two cores, other test binaries' leftovers) lengthens the quiet round trips growth is
+    // measured against, and growth stops at eight bandwidth-delay products of that: a loose
+    // bound here, a quarter of the 64 MiB maximum, half the 32 MiB every tunnel used to start
+    // with.
     assert!(
         widest_window <= 16 << 20,
         "on loopback the tunnel window stays small: {widest_window}"
@@ -393,19 +395,7 @@ fn eight_downloads_get_a_tunnel_window_covering_their_stream_windows() {
     let (a, b) = (Node::start(), Node::start());
     dial(&a, &b, "t");
     let local = carry(&a, &b, "t", "bulk", None, backend.addr);
-    let len: usize = 8 << 20;
-    let readers: Vec<_> = (0..8)
-        .map(|_| {
-            thread::spawn(move || {
-                let mut s = connect(local);
-                s.write_all(b"D").expect("cmd");
-                s.write_all(&(len as u32).to_be_bytes()).expect("len");
-                let mut got = Vec::with_capacity(len);
-                s.read_to_end(&mut got).expect("download");
-                assert!(got == pattern(len, 4), "{} bytes, not as sent", got.len());
-            })
-        })
-        .collect();
+    let readers = downloads(local, 8, 8 << 20);
     let mut widest = 0;
     let started = Instant::now();
     while !readers.iter().all(|r| r.is_finished()) && started.elapsed() < Duration::from_secs(60) {
