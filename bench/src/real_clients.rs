@@ -1,6 +1,8 @@
 //! The issue's own measure of requests and new connections: `wrk` (one thread, 32 connections)
 //! against nginx serving a 1 KiB file, directly, through menet and (given `--rathole`) through
-//! rathole, alternated over three rounds. Runs when both programs are on the PATH.
+//! rathole, alternated over three rounds. Runs when both programs are on the PATH. Then bulk as
+//! iperf3 moves it (`-P 8`: eight streams from one thread, which reads its sockets in turn), the
+//! same way, when iperf3 is on the PATH.
 //!
 //! The echo rows of the main table measure the same paths with a client and a backend that cost
 //! almost nothing per request, so the proxy's own cost weighs more there; these rows weigh it
@@ -167,11 +169,17 @@ fn measured(addr: SocketAddr, close: bool, pids: &[u32], with_wrk: bool) -> (f64
     )
 }
 
-/// The rows: requests/s over 32 keep-alive connections and new connections/s, each the median
-/// of three rounds, then the CPU per request of the load generator and the backend together
-/// (direct) and of each proxy's two processes.
-/// `row3`: a row with rathole's figure when it runs.
+/// The rows of real clients (`row3`: a row with rathole's figure when it runs): wrk against
+/// nginx, then iperf3.
 pub fn rows(a: &Node, b: &Node, row3: &Row3) {
+    web_rows(a, b, row3);
+    iperf_rows(a, b, row3);
+}
+
+/// Requests/s over 32 keep-alive connections and new connections/s, each the median of three
+/// rounds, then the CPU per request of the load generator and the backend together (direct) and
+/// of each proxy's two processes.
+fn web_rows(a: &Node, b: &Node, row3: &Row3) {
     if !(runs("wrk", "--version") && runs("nginx", "-v")) {
         println!("(wrk or nginx not found: the rows of real clients are left out)");
         return;
@@ -229,5 +237,96 @@ pub fn rows(a: &Node, b: &Node, row3: &Row3) {
             ceiling(menet(1) + menet(2)),
             rathole,
         );
+    }
+}
+
+/// An iperf3 server on a free loopback port; killed when dropped.
+struct IperfServer {
+    /// The `iperf3 -s` process (one test at a time, as the rows run them).
+    child: Child,
+    /// Where it listens.
+    addr: SocketAddr,
+}
+
+impl IperfServer {
+    fn start() -> IperfServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = Command::new("iperf3");
+        cmd.args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        dies_with_bench(&mut cmd);
+        let child = cmd.spawn().expect("start iperf3 -s");
+        IperfServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Eight iperf3 streams each way, directly, through menet and through rathole in turn, three
+/// rounds of 4 s, the medians in MiB/s. iperf3 (3.x before 3.16) serves all eight sockets from
+/// one thread: each stream is read in turn, so each stream's credit comes back in bursts, as
+/// many real clients do it (the bench's own bulk client reads each stream from its own task).
+fn iperf_rows(a: &Node, b: &Node, row3: &Row3) {
+    if !runs("iperf3", "--version") {
+        println!("(iperf3 not found: its rows are left out)");
+        return;
+    }
+    let server = IperfServer::start();
+    let through = a.carry(b, "iperf", None, server.addr);
+    let rh = rathole::binary()
+        .map(|path| rathole::Rathole::start(&path, &[("iperf", server.addr)], |_| None));
+    for (name, reverse) in [
+        ("bulk 8 streams upload, iperf3 -P 8 (MiB/s)", false),
+        ("bulk 8 streams download, iperf3 -P 8 -R (MiB/s)", true),
+    ] {
+        let (mut d, mut m, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            d.push(iperf(server.addr, reverse));
+            m.push(iperf(through, reverse));
+            if let Some(rh) = &rh {
+                r.push(iperf(rh.ports[0], reverse));
+            }
+        }
+        let rathole = (!r.is_empty()).then(|| median(&mut r));
+        row3(name, median(&mut d), median(&mut m), rathole);
+    }
+}
+
+/// MiB/s of one `iperf3 -P 8` run of 4 s at `addr` (`reverse`: the server sends). A listener
+/// that is not carrying yet (rathole's, until its client is in) or a server still ending the
+/// run before is retried for 10 s.
+fn iperf(addr: SocketAddr, reverse: bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut cmd = Command::new("iperf3");
+        cmd.args(["-c", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(["-P", "8", "-t", "4", "-J"]);
+        if reverse {
+            cmd.arg("-R");
+        }
+        let out = cmd.stderr(Stdio::null()).output().expect("run iperf3");
+        let bits = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["end"]["sum_received"]["bits_per_second"].as_f64());
+        match bits {
+            Some(bits) => return bits / 8.0 / f64::from(1u32 << 20),
+            None if Instant::now() < deadline => thread::sleep(Duration::from_millis(500)),
+            None => panic!(
+                "iperf3 at {addr} printed no result: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ),
+        }
     }
 }
