@@ -65,7 +65,8 @@ pub struct Rathole {
     files: [PathBuf; 2],
 }
 
-fn free_port() -> u16 {
+/// A loopback port free now (bound, then let go).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")

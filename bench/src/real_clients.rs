@@ -12,7 +12,7 @@
 //! once) is most of what a new connection through a proxy costs.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -52,10 +52,7 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Nginx {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = rathole::free_port();
         let dir = std::env::temp_dir().join(format!("menet-bench-nginx-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("nginx directory");
         std::fs::write(dir.join("1k"), [b'x'; 1024]).expect("the served file");
@@ -250,10 +247,7 @@ struct IperfServer {
 
 impl IperfServer {
     fn start() -> IperfServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = rathole::free_port();
         let mut cmd = Command::new("iperf3");
         cmd.args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
