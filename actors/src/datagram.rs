@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio_util::codec::BytesCodec;
 use tokio_util::udp::UdpFramed;
 
-use crate::connection::{FromConnection, Keying, Reports, StreamEvent};
+use crate::connection::{FromConnection, Keying, StreamEvent, Upstream};
 use crate::limits::Slot;
 use crate::pace::{Direction, Pace};
 use crate::protocol::{put_data_header, ResetCode, HEADER_LEN, MAX_DATA};
@@ -104,8 +104,8 @@ enum CreditState {
 /// What a flow is given when its tunnel starts it.
 pub struct FlowSpec {
     pub stream: u32,
-    /// Where the flow reports: its tunnel's queue (`connection/reports.rs`).
-    pub reports: Reports,
+    /// Where the flow reports: its tunnel's queue (`connection/upstream.rs`).
+    pub upstream: Upstream,
     pub service: String,
     pub keying: Option<Keying>,
     /// The flow ends after this long without a datagram either way.
@@ -121,7 +121,7 @@ pub struct FlowSpec {
 
 pub struct UdpFlow {
     /// Where its reports go: its tunnel's queue on this thread.
-    reports: Reports,
+    upstream: Upstream,
     /// The service carried, for log lines.
     service: String,
     stream: u32,
@@ -150,7 +150,7 @@ impl UdpFlow {
     pub fn new(spec: FlowSpec, end: FlowEnd) -> UdpFlow {
         let pending_bytes = spec.first.iter().map(Bytes::len).sum();
         UdpFlow {
-            reports: spec.reports,
+            upstream: spec.upstream,
             service: spec.service,
             stream: spec.stream,
             socket: match &end {
@@ -306,7 +306,7 @@ impl UdpFlow {
     }
 
     fn report(&self, msg: FromConnection) {
-        self.reports.send(msg);
+        self.upstream.send(msg);
     }
 
     /// Ends the flow: the tunnel resets the stream (or refuses it) unless `failure` is `None`
@@ -529,7 +529,7 @@ mod tests {
             let (ltx, mut heard) = mpsc::unbounded_channel::<FlowReport>();
             let spec = FlowSpec {
                 stream: 3,
-                reports: Reports::forwarded_to(ttx),
+                upstream: Upstream::forwarded_to(ttx),
                 service: "dns".into(),
                 keying: None,
                 idle_timeout: Duration::from_secs(60),

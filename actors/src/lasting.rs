@@ -60,8 +60,9 @@ impl LastingItem {
 
 /// A queue from one actor to a lasting item of another on the same thread (a connection's
 /// reports to its tunnel, a tunnel's events to a connection): no lock and no envelope, and the
-/// taker's task is woken only by the item that finds the queue empty (later ones find a wake-up
-/// already due). The taker keeps its waker each time it finds the queue empty.
+/// taker's task is woken only by the first item sent since the taker last waited (later ones
+/// find a wake-up already due). The taker keeps its waker each time it finds the queue empty; a
+/// wake-up takes it. An item sent quietly wakes no one: it waits for the taker's next poll.
 pub struct WakingQueue<T> {
     /// Items not taken yet, in the order they were sent.
     items: RefCell<VecDeque<T>>,
@@ -79,16 +80,16 @@ impl<T> Default for WakingQueue<T> {
 }
 
 impl<T> WakingQueue<T> {
-    /// Queues `item`; wakes the taker if the queue was empty.
+    /// Queues `item`; wakes the taker if it waits (else a wake-up is due already).
     pub fn send(&self, item: T) {
-        let was_empty = {
-            let mut items = self.items.borrow_mut();
-            items.push_back(item);
-            items.len() == 1
-        };
-        if was_empty {
-            self.wake_taker();
-        }
+        self.items.borrow_mut().push_back(item);
+        self.wake_taker();
+    }
+
+    /// Queues `item` without waking the taker: it is taken at the taker's next poll, whatever
+    /// wakes it. (An item sent after it wakes the taker as usual, if it waits.)
+    pub fn send_quiet(&self, item: T) {
+        self.items.borrow_mut().push_back(item);
     }
 
     /// The oldest item not taken yet.
@@ -173,6 +174,30 @@ mod tests {
         item.leave(outer);
         item.asked();
         assert_eq!(count.get(), 1, "out of order: one wake-up");
+    }
+
+    #[test]
+    fn a_quiet_item_wakes_no_one_and_does_not_hold_back_the_next_wake_up() {
+        let (waker, count) = counting_waker();
+        let task = Context::from_waker(&waker);
+        let queue = WakingQueue::default();
+        queue.wait(&task);
+        queue.send_quiet(1);
+        assert_eq!(count.get(), 0, "a quiet item waits for the next poll");
+        queue.send(2);
+        assert_eq!(
+            count.get(),
+            1,
+            "the next item wakes the taker, the queue not empty"
+        );
+        queue.send(3);
+        assert_eq!(count.get(), 1, "a wake-up is due already");
+        assert_eq!(queue.take(), Some(1));
+        assert_eq!(queue.take(), Some(2));
+        assert_eq!(queue.take(), Some(3));
+        queue.wait(&task);
+        queue.send(4);
+        assert_eq!(count.get(), 2, "the taker waited again");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The crate in layers; a module imports only from its own layer or the ones below. A report or
 //! a question going up is declared beside its sender and travels as a `Recipient` (a stream's
 //! reports to its tunnel, which share a thread, through the queue declared beside the
-//! connection, `connection::Reports`); a command going down lives beside its handler (a
+//! connection, `connection::Upstream`); a command going down lives beside its handler (a
 //! tunnel's events for a connection through the queue they share, `connection::Downstream`).
 //!
 //! - **wire** (plain types and codecs, no actors):

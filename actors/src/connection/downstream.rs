@@ -42,6 +42,10 @@ pub struct Downstream {
     /// The tunnel let go of the stream: no event will come (the connection's lasting item may
     /// end, `watch.rs`).
     released: Cell<bool>,
+    /// DATA payload the connection wrote straight to its tunnel's socket (`upstream.rs`) that
+    /// the tunnel has not counted yet: it counts it at the `Sent` report, or before it lets go
+    /// of the stream, whichever comes first (the stream's credit must be settled before it goes).
+    unaccounted: Cell<u64>,
     /// Reads and writes either way so far (direct writes count), for the connection's idle
     /// timeout: counted, not timed, so that moving bytes reads no clock; the idle check
     /// compares it between its ticks.
@@ -55,6 +59,7 @@ impl Downstream {
             open: Cell::new(false),
             events: WakingQueue::default(),
             released: Cell::new(false),
+            unaccounted: Cell::new(0),
             activity: Cell::new(0),
         }
     }
@@ -90,6 +95,23 @@ impl Downstream {
     pub fn release(&self) {
         self.released.set(true);
         self.events.wake_taker();
+    }
+
+    /// Whether a frame of the connection may pass its tunnel's reports straight to the tunnel's
+    /// socket (`upstream.rs`): every event of the tunnel taken, and the stream still the tunnel's
+    /// (a stream it removed has had its credit taken back).
+    pub(super) fn passable(&self) -> bool {
+        self.events.is_empty() && !self.released.get()
+    }
+
+    /// Connection: `payload` bytes of DATA went straight to the tunnel's socket.
+    pub(super) fn sent_direct(&self, payload: u64) {
+        self.unaccounted.set(self.unaccounted.get() + payload);
+    }
+
+    /// Tunnel: the DATA payload sent straight since it last looked, to count now.
+    pub fn take_unaccounted(&self) -> u64 {
+        self.unaccounted.take()
     }
 
     /// Whether the tunnel let go of the stream.

@@ -34,7 +34,7 @@ use crate::pace::{take_paced, Direction, Pace, PACE_CHUNK};
 use crate::protocol::{set_frame_len, ResetCode, HEADER_LEN, MAX_DATA, NONCE_LEN};
 
 /// Connection -> its tunnel: what happens on a stream's downstream socket. A report going up,
-/// declared here beside its sender and queued in its tunnel's [`Reports`] (a datagram flow's
+/// declared here beside its sender and queued in its tunnel's [`Upstream`] (a datagram flow's
 /// too).
 pub enum FromConnection {
     /// The remote end reached its target: the stream is open.
@@ -45,6 +45,9 @@ pub enum FromConnection {
     Return { stream: u32, bytes: u64 },
     /// A DATA frame, header included, built against a grant.
     Data { stream: u32, frame: Bytes },
+    /// DATA frames went straight to the tunnel's socket (`upstream.rs`): their payload, left in
+    /// the stream's [`Downstream`], is to be counted.
+    Sent { stream: u32 },
     /// End of the downstream socket's input.
     Fin { stream: u32 },
     /// This many received (wire) bytes have been written downstream.
@@ -179,8 +182,8 @@ enum WriteState {
 pub struct StreamSpec {
     /// The stream's id on its tunnel.
     pub stream: u32,
-    /// Where the connection reports: its tunnel's queue (`reports.rs`).
-    pub reports: Reports,
+    /// Where the connection reports and writes: its tunnel's queue and way out (`upstream.rs`).
+    pub upstream: Upstream,
     /// The service it carries, for logs and `GET /config`.
     pub service: String,
     /// The stream's keys, if its service is keyed.
@@ -195,7 +198,7 @@ pub struct StreamSpec {
 
 pub struct Connection {
     /// Where its reports go: its tunnel's queue on this thread.
-    reports: Reports,
+    upstream: Upstream,
     /// The service carried, for log lines.
     service: String,
     stream: u32,
@@ -242,7 +245,7 @@ pub struct Connection {
 impl Connection {
     fn new(spec: StreamSpec) -> Connection {
         Connection {
-            reports: spec.reports,
+            upstream: spec.upstream,
             service: spec.service,
             stream: spec.stream,
             target: None,
@@ -317,7 +320,7 @@ impl Connection {
     }
 
     fn report(&mut self, msg: FromConnection) {
-        self.reports.send(msg);
+        self.upstream.send(msg);
     }
 
     /// Reads what the socket has ready, against the grant. When the socket runs dry the grant
@@ -424,10 +427,7 @@ impl Connection {
         let n = (frame.len() - HEADER_LEN) as u64;
         self.grant = self.grant.saturating_sub(n);
         self.down.touch();
-        self.report(FromConnection::Data {
-            stream,
-            frame: frame.freeze(),
-        });
+        self.upstream.send_data(stream, frame.freeze(), &self.down);
     }
 
     fn write_more(&mut self, ctx: &mut Context<Self>) {
@@ -717,11 +717,11 @@ impl Handler<crate::Crash> for Connection {
 
 mod dial;
 mod downstream;
-mod reports;
+mod upstream;
 mod watch;
 pub use dial::Target;
 pub use downstream::Downstream;
-pub use reports::Reports;
+pub use upstream::{Upstream, WayOut};
 
 #[cfg(test)]
 mod tests;

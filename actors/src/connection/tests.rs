@@ -37,7 +37,7 @@ async fn connection_and_client() -> (
 fn plain_spec(stream: u32, tx: mpsc::UnboundedSender<FromConnection>) -> StreamSpec {
     StreamSpec {
         stream,
-        reports: Reports::forwarded_to(tx),
+        upstream: Upstream::forwarded_to(tx),
         service: "svc".to_owned(),
         keying: None,
         idle_timeout: None,
@@ -54,7 +54,7 @@ async fn report(rx: &mut mpsc::UnboundedReceiver<FromConnection>) -> FromConnect
         .expect("the stub is alive")
 }
 
-/// Reports until stream 7's FIN after its client's: readable at EOF, the end is read under
+/// Upstream until stream 7's FIN after its client's: readable at EOF, the end is read under
 /// credit like any byte, so each `Want` is granted.
 async fn until_fin(down: &Downstream, rx: &mut mpsc::UnboundedReceiver<FromConnection>) {
     loop {

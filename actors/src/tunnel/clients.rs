@@ -47,7 +47,7 @@ impl Tunnel {
                 };
                 let spec = StreamSpec {
                     stream: id,
-                    reports: self.reports.clone(),
+                    upstream: self.upstream.clone(),
                     service: msg.service.clone(),
                     keying,
                     idle_timeout: msg.idle_timeout,
@@ -59,7 +59,7 @@ impl Tunnel {
             Client::Udp(start) => {
                 let spec = FlowSpec {
                     stream: id,
-                    reports: self.reports.clone(),
+                    upstream: self.upstream.clone(),
                     service: msg.service.clone(),
                     keying,
                     idle_timeout: msg.idle_timeout.unwrap_or(UDP_DEFAULT_TIMEOUT),
@@ -131,10 +131,34 @@ impl Tunnel {
 
 impl Tunnel {
     /// Handles the reports its connections queued since the last time, in their order; called
-    /// by the writer item, whose batch then carries what they queued (`connection/reports.rs`).
+    /// by the writer item, whose batch then carries what they queued (`connection/upstream.rs`).
     pub(super) fn take_reports(&mut self, ctx: &mut Context<Self>) {
-        while let Some(report) = self.reports.take() {
+        while let Some(report) = self.upstream.take() {
             self.on_connection(report, ctx);
+        }
+    }
+
+    /// Counts `payload` bytes of DATA sent on stream `id`, if it is still carried.
+    fn count_sent(&mut self, id: u32, payload: u64) -> bool {
+        let Some(e) = self.streams.get_mut(&id) else {
+            return false;
+        };
+        e.bytes_sent += payload;
+        e.service_metrics.sent.inc_by(payload);
+        self.stats.bytes_sent += payload;
+        self.metrics.sent.inc_by(payload);
+        true
+    }
+
+    /// Counts what stream `id`'s connection sent straight to the socket since the last count
+    /// (`connection/upstream.rs`): its bytes, and the credit it spent.
+    pub(super) fn count_direct(&mut self, id: u32) {
+        let Some(e) = self.streams.get(&id) else {
+            return;
+        };
+        let payload = e.conn.take_unaccounted();
+        if payload > 0 && self.count_sent(id, payload) {
+            self.stream_sent(id, payload);
         }
     }
 
@@ -142,15 +166,17 @@ impl Tunnel {
         match msg {
             FromConnection::Data { stream, frame } => {
                 let payload = (frame.len() - HEADER_LEN) as u64;
-                let Some(e) = self.streams.get_mut(&stream) else {
-                    return;
-                };
-                e.bytes_sent += payload;
-                e.service_metrics.sent.inc_by(payload);
-                self.stats.bytes_sent += payload;
-                self.metrics.sent.inc_by(payload);
-                self.queue_data(stream, frame, ctx);
-                self.stream_sent(stream, payload);
+                if self.count_sent(stream, payload) {
+                    self.queue_data(stream, frame, ctx);
+                    self.stream_sent(stream, payload);
+                }
+            }
+            FromConnection::Sent { stream } => {
+                self.count_direct(stream);
+                // A direct write the socket did not take whole left its rest to send first.
+                if !self.upstream.look().rest.is_empty() {
+                    self.flush(ctx);
+                }
             }
             FromConnection::Want { stream } => self.stream_wants(stream),
             // Unused credit goes back to both windows it was carved from.

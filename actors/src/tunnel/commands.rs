@@ -29,6 +29,8 @@ impl Handler<CloseTunnel> for Tunnel {
                     e.conn.do_send(StreamEvent::Abort);
                 }
                 self.sched.clear();
+                // No frame of a connection may pass the goodbye now.
+                self.upstream.set_open(false);
                 self.life = Life::Closing {
                     reason: reason.clone(),
                 };
@@ -36,6 +38,7 @@ impl Handler<CloseTunnel> for Tunnel {
                 ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
             }
             None => {
+                self.upstream.set_open(false);
                 self.life = Life::Down {
                     reason: "replaced".to_owned(),
                     goaway: None,

@@ -257,7 +257,9 @@ pub struct Snapshot {
 impl Handler<Snapshot> for Tunnel {
     type Result = ResponseFuture<TunnelStats>;
 
-    fn handle(&mut self, msg: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Snapshot, ctx: &mut Self::Context) -> Self::Result {
+        // Bytes the connections sent straight to the socket are counted by their reports.
+        self.take_reports(ctx);
         let mut stats = self.snapshot(&msg);
         let asks: Vec<_> = self
             .other_lanes()

@@ -34,7 +34,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::cipher::fresh_nonce;
 use crate::connection::{
-    Connection, Downstream, FromConnection, Keying, Reports, StreamEvent, StreamSpec, Target,
+    Connection, Downstream, FromConnection, Keying, StreamEvent, StreamSpec, Target, Upstream,
 };
 use crate::credit::{RecvWindow, Rtt};
 use crate::datagram::{FlowEnd, FlowReport, FlowSpec, UdpFlow};
@@ -48,7 +48,7 @@ use crate::protocol::{
 };
 use crate::protocol::{Origin, Protocol};
 use crate::proxy_header;
-use crate::record::{SealedFrameCodec, Sealer, SessionKeys, RECORD_HEADER};
+use crate::record::{SealedFrameCodec, SessionKeys, RECORD_HEADER};
 use crate::routes::{CarryClient, Client, RemoteRoute};
 use crate::schedule::SendQueue;
 use crate::send_credit::{Overflow, SendCredit};
@@ -185,6 +185,15 @@ impl StreamActor {
         match &self.events {
             StreamEvents::Connection(down) => down.send(event),
             StreamEvents::Flow(flow) => flow.do_send(event),
+        }
+    }
+
+    /// The DATA payload the stream's connection sent straight to the tunnel's socket since the
+    /// tunnel last counted (`connection/upstream.rs`).
+    fn take_unaccounted(&self) -> u64 {
+        match &self.events {
+            StreamEvents::Connection(down) => down.take_unaccounted(),
+            StreamEvents::Flow(_) => 0,
         }
     }
 
@@ -336,17 +345,6 @@ enum Life {
     },
 }
 
-/// The tunnel's record layer through its life.
-enum Record {
-    /// Before the actor starts: the handshake's keys, if the tunnel is sealed.
-    Keys(Option<SessionKeys>),
-    /// Frames go to the socket as they are (both nodes turned sealing off).
-    Plain,
-    /// Frames go out sealed in records; the reading half has the opener. (Boxed: a key
-    /// schedule is large, and a clear tunnel should not carry its room.)
-    Sealed(Box<Sealer>),
-}
-
 /// What the peer is: its terms, its address, whether it proved a secret.
 struct PeerInfo {
     /// What the peer granted us in the handshake: its windows and stream limit.
@@ -425,20 +423,19 @@ pub struct Tunnel {
     sock: Option<std::net::TcpStream>,
     /// The socket's descriptor once started, to ask the kernel what waits in its queues.
     fd: Option<std::os::fd::RawFd>,
-    /// Seals what the writer sends, once started (the reading half opens what comes in).
-    record: Record,
-    /// The socket's write half; `None` while a write is under way (the write future owns it).
-    writer: Option<OwnedWriteHalf>,
+    /// The handshake's keys until the actor starts, if the tunnel is sealed: then the sealer of
+    /// the way out and the opener of the reader.
+    keys: Option<SessionKeys>,
     /// Whether a write is due, and how the lasting writer item is woken for it (`writer.rs`).
     flushing: writer::Flushing,
-    /// Its connections' reports, queued on this thread; taken before each write.
-    reports: Reports,
+    /// Its connections' reports, queued on this thread and taken before each write; and its way
+    /// out (the socket's write half and the sealer), which it lends them while nothing is queued
+    /// (`connection/upstream.rs`).
+    upstream: Upstream,
     /// Encoded control frames, written ahead of data.
     control: BytesMut,
     /// Encoded DATA and FIN frames, per stream, taken round-robin at write time.
     sched: SendQueue,
-    /// Emptied batch lists of past writes, reused so that a write allocates no list.
-    spare_batches: Vec<Vec<Bytes>>,
     /// The metric handles of the services this lane carried, for its new streams.
     service_handles: ServiceHandles,
     /// The streams carried now, by id.
@@ -522,13 +519,11 @@ impl Tunnel {
             },
             sock: Some(sock),
             fd: None,
-            record: Record::Keys(keys),
-            writer: None,
+            keys,
             flushing: writer::Flushing::default(),
-            reports: Reports::new(),
+            upstream: Upstream::new(),
             control: BytesMut::new(),
             sched: SendQueue::default(),
-            spare_batches: Vec::new(),
             service_handles: ServiceHandles::default(),
             streams: HashMap::new(),
             counts,
@@ -627,6 +622,7 @@ impl Tunnel {
     /// Marks the tunnel going down: the first reason stands (a goodbye being flushed keeps its
     /// own); a goodbye from the peer is kept whenever it comes.
     fn go_down(&mut self, reason: String, goaway: Option<GoAway>) {
+        self.upstream.set_open(false);
         self.life = match std::mem::replace(&mut self.life, Life::Open) {
             Life::Open => Life::Down { reason, goaway },
             Life::Closing { reason } => Life::Down { reason, goaway },
@@ -657,17 +653,13 @@ impl Actor for Tunnel {
                 }
             };
             let (reader, writer) = sock.into_split();
-            self.writer = Some(writer);
+            self.upstream.out().writer = Some(writer);
             self.start_writer(ctx);
-            let keys = match std::mem::replace(&mut self.record, Record::Plain) {
-                Record::Keys(keys) => keys,
-                _ => None,
-            };
-            match keys {
+            match self.keys.take() {
                 Some(keys) => {
                     let dialer = self.role == Role::Dialer;
                     let (sealer, opener) = keys.split(dialer, self.shared.settings.rekey);
-                    self.record = Record::Sealed(Box::new(sealer));
+                    self.upstream.out().sealer = Some(Box::new(sealer));
                     ctx.spawn(Reader::new(FramedRead::with_capacity(
                         reader,
                         SealedFrameCodec::new(opener),
@@ -726,6 +718,8 @@ impl Actor for Tunnel {
             );
             reason
         };
+        // The socket's write half and the keys go now, not with the last connection.
+        self.upstream.close();
         for (_, e) in self.streams.drain() {
             self.shared.usage.buffers.release(e.recv.buffered());
             e.conn.do_send(StreamEvent::Abort);
@@ -758,7 +752,7 @@ impl Tunnel {
             total += e.recv.target();
         }
         self.receive.windows_total = total;
-        if let Record::Sealed(sealer) = &mut self.record {
+        if let Some(sealer) = &mut self.upstream.out().sealer {
             sealer.check_age(now);
         }
         self.publish_gauges();

@@ -273,7 +273,7 @@ impl Tunnel {
         };
         let spec = StreamSpec {
             stream: id,
-            reports: self.reports.clone(),
+            upstream: self.upstream.clone(),
             service: service.clone(),
             keying: crypto.map(|c| Keying::Ready(Box::new(c))),
             idle_timeout: route.timeout,
@@ -295,7 +295,7 @@ impl Tunnel {
                 let backend = route.backends.addr(order[0]);
                 let flow = FlowSpec {
                     stream: id,
-                    reports: spec.reports,
+                    upstream: spec.upstream,
                     service: spec.service,
                     keying: spec.keying,
                     idle_timeout: spec.idle_timeout.unwrap_or(UDP_DEFAULT_TIMEOUT),

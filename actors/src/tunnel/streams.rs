@@ -23,6 +23,9 @@ impl Tunnel {
 
     /// Forgets a stream, returning its unused credit in both directions.
     pub(super) fn remove_stream(&mut self, id: u32) -> Option<StreamEntry> {
+        // What its connection sent straight to the socket is counted first: its credit was
+        // spent, and must not go back with the stream's.
+        self.count_direct(id);
         let e = self.streams.remove(&id)?;
         // What it held and never wrote is dropped with it.
         self.shared.usage.buffers.release(e.recv.buffered());
@@ -75,23 +78,20 @@ impl Tunnel {
                 lane: self.lane,
             })
             .collect();
+        let out = self.upstream.look();
         TunnelStats {
             counters: TunnelCounters {
                 peer: self.peer.addr.map(|a| a.to_string()),
-                transport: match &self.record {
-                    Record::Sealed(s) => s.cipher().name(),
-                    _ => "none",
-                },
-                rekeys: match &self.record {
-                    Record::Sealed(s) => s.rekeys(),
-                    _ => 0,
-                },
+                transport: out.sealer.as_ref().map_or("none", |s| s.cipher().name()),
+                rekeys: out.sealer.as_ref().map_or(0, |s| s.rekeys()),
                 streams: self.streams.len(),
                 streams_opened: self.stats.streams_opened,
                 bytes_sent: self.stats.bytes_sent,
                 bytes_received: self.stats.bytes_received,
                 send_window: self.credit.window(),
-                queued_bytes: self.sched.bytes() + self.control.len(),
+                queued_bytes: self.sched.bytes()
+                    + self.control.len()
+                    + out.rest.iter().map(Bytes::len).sum::<usize>(),
                 receive_window: self.receive.window.target(),
                 socket: self.socket_queues(),
                 lanes: 1,

@@ -501,3 +501,39 @@ fn pings_from_the_peer_are_answered_at_once() {
         );
     });
 }
+
+#[test]
+fn bytes_a_connection_sent_straight_to_the_socket_are_counted_before_its_stream_goes() {
+    actix_rt::System::new().block_on(async {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let routes = svc_route(backend.local_addr().expect("addr"));
+        let (mut peer, _report, tunnel) = tunnel_peer_addr(routes).await;
+        let stats = || Snapshot {
+            connections: false,
+            service: None,
+        };
+        let before = tunnel.send(stats()).await.expect("stats").counters;
+        let reply = b"a reply that went straight to the socket";
+        open_and_echo(&mut peer, &backend, 1, b"hello", reply).await;
+        // Nothing was queued, so the reply went straight to the socket and its report quietly.
+        // A handler in the mailbox runs before the writer item takes that report: the stream's
+        // credit must not go back whole with the stream (the peer's window would be overrun).
+        tunnel.do_send(CloseService {
+            service: "svc".into(),
+            side: Side::Remote,
+        });
+        match next_of(&mut peer, 1).await {
+            Some(Frame::Reset { stream: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let after = tunnel.send(stats()).await.expect("stats").counters;
+        assert_eq!(after.bytes_sent, reply.len() as u64);
+        assert_eq!(
+            after.send_window,
+            before.send_window - reply.len() as u64,
+            "the reply's credit is spent; the rest of the stream's came back"
+        );
+    });
+}

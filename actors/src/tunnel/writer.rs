@@ -3,10 +3,15 @@
 //!
 //! Writes start from one lasting item of the actor: a flush marks a write as due, and the item
 //! takes the batch after the mailbox's handlers have run and after it has taken the reports its
-//! connections queued (`connection/reports.rs`), so what they queue leaves in one write. When a
+//! connections queued (`connection/upstream.rs`), so what they queue leaves in one write. When a
 //! flush is seen in the same pass and when it wakes the actor's task (a frame from the peer or
 //! a timer asks out of order) is `lasting.rs`'s. (A future spawned per flush, as before,
 //! cost a boxed future, a spawn handle and a second pass over the mailbox and items each time.)
+//!
+//! The way out (the socket's write half and the sealer) lives in what the tunnel shares with
+//! its connections (`connection/upstream.rs`). After each pass of the writer, and after each
+//! write completes, the tunnel lends it to them if nothing is queued and no write is under way:
+//! a connection's frame then goes straight to the socket. Anything queued takes it back.
 
 use std::pin::Pin;
 use std::task::Poll;
@@ -38,14 +43,15 @@ impl ActorFuture<Tunnel> for WriterItem {
         act.take_reports(ctx);
         while act.flushing.wanted && ctx.state() == ActorState::Running {
             act.flushing.wanted = false;
-            let Some(writer) = act.writer.take() else {
+            let Some(writer) = act.upstream.out().writer.take() else {
                 break;
             };
             act.write_batch(writer, ctx);
         }
+        act.lend_way_out(ctx);
         act.flushing.item.leave(outer);
         act.flushing.item.waits(task);
-        act.reports.wait(task);
+        act.upstream.wait(task);
         Poll::Pending
     }
 }
@@ -82,45 +88,57 @@ impl Tunnel {
         self.queue_control(&Frame::Ping(v), ctx);
     }
 
-    /// What one write carries: the control frames, then data frames round-robin up to
-    /// [`WRITE_BATCH`], sealed into records if the tunnel is sealed.
+    /// What one write carries: what a connection's direct write left (it was sealed first);
+    /// else the control frames, then data frames round-robin up to [`WRITE_BATCH`], sealed into
+    /// records if the tunnel is sealed.
     fn take_batch(&mut self) -> Vec<Bytes> {
-        let mut batch = self.spare_batches.pop().unwrap_or_default();
+        let mut out = self.upstream.out();
+        if !out.rest.is_empty() {
+            return std::mem::take(&mut out.rest);
+        }
+        let mut batch = out.list();
         if !self.control.is_empty() {
             batch.push(self.control.split().freeze());
         }
         self.sched.take(WRITE_BATCH, &mut batch);
-        if let Record::Sealed(sealer) = &mut self.record {
-            let mut records = self.spare_batches.pop().unwrap_or_default();
-            sealer.seal(&mut batch, &mut records);
-            self.recycle(batch);
-            batch = records;
-        }
-        batch
+        out.seal(batch)
     }
 
-    /// Keeps an emptied batch list for the next write (two at most, and none that grew large).
-    fn recycle(&mut self, mut batch: Vec<Bytes>) {
-        if self.spare_batches.len() < 2 && batch.capacity() <= 256 {
-            batch.clear();
-            self.spare_batches.push(batch);
-        }
+    /// Lends the way out to the connections if nothing is queued and no write is under way
+    /// (`connection/upstream.rs`), else keeps it.
+    fn lend_way_out(&self, ctx: &Context<Self>) {
+        let idle = matches!(self.life, Life::Open)
+            && ctx.state() == ActorState::Running
+            && !self.flushing.wanted
+            && self.control.is_empty()
+            && self.sched.is_empty();
+        let open = idle && {
+            let out = self.upstream.look();
+            out.writer.is_some() && out.rest.is_empty()
+        };
+        self.upstream.set_open(open);
     }
 
     /// Starts a write of what is queued, control frames first, unless one is under way.
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        let (writer_here, rest) = {
+            let out = self.upstream.look();
+            (out.writer.is_some(), !out.rest.is_empty())
+        };
         // After the start the socket is split; no writer then means a write is under way.
-        if self.sock.is_none() && self.writer.is_none() {
+        if self.sock.is_none() && !writer_here {
             return;
         }
-        if self.control.is_empty() && self.sched.is_empty() {
+        if self.control.is_empty() && self.sched.is_empty() && !rest {
             if matches!(self.life, Life::Closing { .. }) {
                 ctx.stop();
             }
             return;
         }
-        if self.writer.is_none() {
-            // The write under way flushes again when it completes.
+        // Something is queued: no connection's frame may pass it.
+        self.upstream.set_open(false);
+        if !writer_here {
+            // Not started yet; the writer item's first pass takes what is queued.
             return;
         }
         // The batch is taken when the writer item is next polled, after the handlers of every
@@ -141,7 +159,7 @@ impl Tunnel {
         let mut batch = self.take_batch();
         match try_write_now(&writer, &mut batch) {
             Ok(true) => {
-                self.recycle(batch);
+                self.upstream.out().recycle(batch);
                 self.written(writer, ctx)
             }
             Ok(false) => {
@@ -165,9 +183,10 @@ impl Tunnel {
     /// A write completed: the next one may start.
     fn written(&mut self, writer: OwnedWriteHalf, ctx: &mut Context<Self>) {
         self.publish_gauges();
-        self.writer = Some(writer);
+        self.upstream.out().writer = Some(writer);
         // Room in our send budget again.
         self.serve_starving();
         self.flush(ctx);
+        self.lend_way_out(ctx);
     }
 }
