@@ -46,6 +46,10 @@ use crate::lasting::WakingQueue;
 use crate::protocol::HEADER_LEN;
 use crate::record::Sealer;
 
+/// The largest frame that goes straight to the socket: a short exchange's. A bulk stream's
+/// frames (up to 64 KiB each) go the usual way, batched by the tunnel's writer.
+const DIRECT_MAX: usize = 16 * 1024;
+
 /// One end of what a tunnel shares with its connections: they report and write on it, the
 /// tunnel takes their reports and writes through the same way out.
 #[derive(Clone, Default)]
@@ -92,18 +96,13 @@ impl WayOut {
     /// Seals `frames` into records if the tunnel is sealed (the list then comes back as the
     /// records'); frames go as they are otherwise.
     pub fn seal(&mut self, mut frames: Vec<Bytes>) -> Vec<Bytes> {
-        let mut records = self.list();
-        match &mut self.sealer {
-            Some(sealer) => {
-                sealer.seal(&mut frames, &mut records);
-                self.recycle(frames);
-                records
-            }
-            None => {
-                self.recycle(records);
-                frames
-            }
-        }
+        let Some(sealer) = self.sealer.as_mut() else {
+            return frames;
+        };
+        let mut records = self.spare.pop().unwrap_or_default();
+        sealer.seal(&mut frames, &mut records);
+        self.recycle(frames);
+        records
     }
 }
 
@@ -122,7 +121,8 @@ impl Upstream {
     /// payload left in `down` for the tunnel to count, with a quiet `Sent` report; else queued as
     /// a `Data` report, the usual way.
     pub fn send_data(&self, stream: u32, frame: Bytes, down: &Downstream) {
-        if !(down.passable() && self.0.open.get() && self.0.reports.is_empty()) {
+        let small = frame.len() <= DIRECT_MAX;
+        if !(small && down.passable() && self.0.open.get() && self.0.reports.is_empty()) {
             self.send(FromConnection::Data { stream, frame });
             return;
         }
@@ -328,7 +328,7 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn a_frame_goes_the_usual_way_behind_a_report_a_closed_way_out_or_its_own_events() {
+    async fn a_frame_goes_the_usual_way_behind_a_report_a_closed_way_out_its_own_events_or_bulk() {
         let (writer, mut peer) = socket_pair().await;
         let tunnel = Upstream::new();
         let connection = tunnel.clone();
@@ -358,6 +358,10 @@ mod tests {
         assert!(matches!(tunnel.take(), Some(FromConnection::Data { .. })));
         assert_eq!(down.take_unaccounted(), 0, "nothing went straight");
 
+        // A bulk stream's frame, larger than a short exchange's.
+        connection.send_data(5, data(&[1u8; DIRECT_MAX]), &down);
+        assert!(matches!(tunnel.take(), Some(FromConnection::Data { .. })));
+
         // Nothing went to the socket; the next direct frame is the first the peer reads.
         connection.send_data(5, data(b"d"), &down);
         let got = frames_read(&mut peer, 1).await;
@@ -376,7 +380,7 @@ mod tests {
         let down = passable();
         // The peer reads nothing: frames go straight until the socket's buffers are full (the
         // tunnel takes each quiet report between them, as its next poll would).
-        let frame = data(&[7u8; 60 * 1024]);
+        let frame = data(&[7u8; 8 * 1024]);
         let mut direct = 0;
         loop {
             assert!(direct < 10_000, "the socket never filled");
