@@ -1,18 +1,7 @@
 //! menet's benchmark: starts two nodes on loopback (A dials B, services local on A and remote on
 //! B) and prints each figure beside the same measure taken directly against the backend in the
-//! same run. Figures, not pass/fail: the machine is shared and noisy, so compare ratios.
-//!
-//!     cargo build --release && cargo run --release -p menet-bench [-- --quick] [--loopback-only]
-//!         [--menet PATH]
-//!     cargo run --release -p menet-bench -- --scale [--objects 10000] [--listeners 2000]
-//!     any of them with --node-threads N: the nodes' data threads (0: all on the admin thread),
-//!     --node-config FILE: the nodes' configuration file,
-//!     --rathole PATH: the same rows through rathole (a build of its own, not in this repository)
-//!     --rathole-noise: rathole's connections sealed by its Noise transport (equal security)
-//!     --services-only: the rows of UDP services and PROXY headers alone
-//!     --memory-only: fresh nodes' RSS and RSS per idle connection alone
-//!     --real-clients-only: wrk against nginx (the issue's measure of requests and new
-//!     connections) alone
+//! same run. Figures, not pass/fail: the machine is shared and noisy, so compare ratios. The
+//! options are in [`USAGE`] (`menet-bench --help`).
 
 mod backends;
 mod instructions;
@@ -44,6 +33,37 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use menet_actors::cipher::{fresh_nonce, CipherKind, ServiceKey};
 
+/// What `--help` prints: every option the bench reads.
+const USAGE: &str = "\
+menet-bench: two menet nodes on loopback, each figure beside direct loopback (and rathole)
+
+usage: cargo build --release && target/release/menet-bench [OPTIONS]
+
+what runs (the whole bench, about 15 minutes, unless one of these is given):
+  --loopback-only        the loopback rows, not the long link, memory or instructions
+  --long-only            the long link alone (the tunnel through a relay delaying 25 ms each way)
+  --long-rounds N        with the long link: each bulk row N times, menet and rathole in turn
+  --latency-only         one keep-alive connection's latency alone
+  --requests-only        requests/s over 32 keep-alive connections alone, three rounds
+  --connections-only     new connections/s alone, one long run
+  --flow-only            bulk, and a small exchange beside bulk on the same and another tunnel
+  --real-clients-only    wrk against nginx (the issue's measure of requests and connections)
+  --services-only        UDP services and PROXY headers
+  --memory-only          fresh nodes' RSS and RSS per idle connection
+  --instructions-only    instructions per exchange and per new connection (callgrind)
+  --scale [--objects N] [--listeners N]   a node with many objects (default 10000, 2000)
+  --quick                shorter runs of everything
+
+how:
+  --menet PATH           the menet binary (default: target/release/menet beside this one)
+  --node-threads N       the nodes' data threads (0: all on the admin thread)
+  --node-config FILE     the nodes' configuration file
+  --node-logs            the nodes' logs onto this one's standard error
+  --rathole PATH         the same rows through rathole (a build of its own, not in this repository)
+  --rathole-noise        rathole's connections sealed by its Noise transport (equal security)
+  -h, --help             this text
+";
+
 const CHUNK: usize = 256 * 1024;
 const KEY: &str = "UHI@&s8sa*S";
 
@@ -58,6 +78,10 @@ struct Plan {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let plan = if quick {
         Plan {

@@ -51,15 +51,22 @@ pub fn node_config() -> Option<String> {
 pub fn menet_binary() -> PathBuf {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--menet") {
-        return PathBuf::from(&args[i + 1]);
+        let Some(path) = args.get(i + 1) else {
+            eprintln!("--menet needs the path of a menet binary");
+            std::process::exit(2);
+        };
+        return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("own path");
-    let path = exe.with_file_name("menet");
-    assert!(
-        path.exists(),
-        "{} not found: run `cargo build --release` first",
-        path.display()
-    );
+    let path = std::env::current_exe()
+        .map(|exe| exe.with_file_name("menet"))
+        .unwrap_or_else(|_| PathBuf::from("target/release/menet"));
+    if !path.exists() {
+        eprintln!(
+            "{} not found: run `cargo build --release` first, or give --menet PATH",
+            path.display()
+        );
+        std::process::exit(2);
+    }
     path
 }
 
