@@ -43,6 +43,8 @@ what runs (the whole bench, about 15 minutes, unless one of these is given):
   --loopback-only        the loopback rows, not the long link, memory or instructions
   --long-only            the long link alone (the tunnel through a relay delaying 25 ms each way)
   --long-rounds N        with the long link: each bulk row N times, menet and rathole in turn
+  --relay-cap BYTES      with the long link: what its relay holds in flight per connection
+                         (default 32 MiB; small, a path that limits each connection)
   --latency-only         one keep-alive connection's latency alone
   --requests-only        requests/s over 32 keep-alive connections alone, three rounds
   --connections-only     new connections/s alone, one long run
