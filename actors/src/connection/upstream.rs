@@ -27,7 +27,11 @@
 //!   `Dialed`, must go before its first DATA; and credit is accounted in order);
 //! - the connection has taken every event of its tunnel and the tunnel has not let go of its
 //!   stream (its caller's `may_pass`): a stream its tunnel removed has had its credit taken back,
-//!   and a frame sent on it now could overrun the peer's tunnel window.
+//!   and a frame sent on it now could overrun the peer's tunnel window;
+//! - the frame is a short exchange's, at most [`DIRECT_MAX`]: a bulk stream's 64 KiB frames, each
+//!   its own system call this way, had cut one stream over a 50 ms path to about half
+//!   (`tests/flow_control.rs`, the bench's long link); batched by the tunnel's writer they keep
+//!   its speed.
 //!
 //! Whatever the socket does not take at once stays here as the way out's rest, sealed, and the
 //! report wakes the tunnel, whose writer sends the rest before anything else (the records must
