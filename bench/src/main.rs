@@ -40,7 +40,8 @@ menet-bench: two menet nodes on loopback, each figure beside direct loopback (an
 usage: cargo build --release && target/release/menet-bench [OPTIONS]
 
 what runs (the whole bench, about 15 minutes, unless one of these is given):
-  --loopback-only        the loopback rows, not the long link, memory or instructions
+  --loopback-only        the loopback table alone (not the stalled reader, the long link,
+                         tunnel handshakes or memory)
   --long-only            the long link alone (the tunnel through a relay delaying 25 ms each way)
   --long-rounds N        with the long link: each bulk row N times, menet and rathole in turn
   --relay-cap BYTES      with the long link: what its relay holds in flight per connection
