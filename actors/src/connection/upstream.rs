@@ -100,11 +100,13 @@ impl WayOut {
     /// Seals `frames` into records if the tunnel is sealed (the list then comes back as the
     /// records'); frames go as they are otherwise.
     pub fn seal(&mut self, mut frames: Vec<Bytes>) -> Vec<Bytes> {
-        let Some(sealer) = self.sealer.as_mut() else {
+        if self.sealer.is_none() {
             return frames;
-        };
-        let mut records = self.spare.pop().unwrap_or_default();
-        sealer.seal(&mut frames, &mut records);
+        }
+        let mut records = self.list();
+        if let Some(sealer) = self.sealer.as_mut() {
+            sealer.seal(&mut frames, &mut records);
+        }
         self.recycle(frames);
         records
     }
