@@ -262,6 +262,12 @@ fn idle_timeout_closes_quiet_connections_only() {
         "idle one closed"
     );
     echo_once(&mut busy, 20);
+    // 400 ms is likely seconds typed as milliseconds: the node says so.
+    assert!(a.wait_log(
+        "service service1 (local): idle timeout 400 ms: its connections are reset after 400 ms",
+        Duration::from_secs(2)
+    ));
+    assert!(!b.log_contains("idle timeout"));
 }
 
 #[test]

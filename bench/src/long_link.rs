@@ -88,34 +88,7 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
             spent.1 as f64 / gib,
         );
     }
-    let (i50, i99) = latency(echoed, 200);
-    println!(
-        "{:<64} {:>12} {:>12.1}\n{:<64} {:>12} {:>12.1}",
-        "64 B request/response p50 (ms), link idle",
-        "-",
-        i50 / 1000.0,
-        "64 B request/response p99 (ms), link idle",
-        "-",
-        i99 / 1000.0
-    );
-    // Baseline: the bulk download on a second tunnel through a relay of its own, so the
-    // exchange's relay is not the one busy; then the same download on the exchange's tunnel.
-    let (_second, port2) = spawn_relay(&script, b.tunnel);
-    a.post(
-        "/tunnel",
-        &format!(r#"{{"name":"t2","dest":["127.0.0.1","{port2}"]}}"#),
-    );
-    let elsewhere = a.carry_on("t2", &b, "bulk2", None, bulk);
-    let (o50, o99) = latency_under_load(elsewhere, 1, echoed, 200);
-    let (l50, l99) = latency_under_load(plain, 1, echoed, 200);
-    for (what, other, same) in [("p50", o50, l50), ("p99", o99, l99)] {
-        println!(
-            "{:<64} {:>12.1} {:>12.1}",
-            format!("64 B request/response {what} (ms) beside a bulk download: other, same tunnel"),
-            other / 1000.0,
-            same / 1000.0
-        );
-    }
+    exchange_rows(&a, &b, &script, bulk, plain, echoed);
     drop((a, b));
     if let Some(r) = beside {
         println!("{} over the same relay:", rathole::label());
@@ -131,6 +104,46 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
             ),
             r50 / 1000.0,
             r99 / 1000.0
+        );
+    }
+}
+
+/// A 64 B exchange's p50 and p99 over the long link: idle, beside a bulk download on another
+/// tunnel (through a relay of its own), and beside one on the exchange's own tunnel.
+fn exchange_rows(
+    a: &Node,
+    b: &Node,
+    script: &PathBuf,
+    bulk: SocketAddr,
+    plain: SocketAddr,
+    echoed: SocketAddr,
+) {
+    let (i50, i99) = latency(echoed, 200);
+    println!(
+        "{:<64} {:>12} {:>12.1}\n{:<64} {:>12} {:>12.1}",
+        "64 B request/response p50 (ms), link idle",
+        "-",
+        i50 / 1000.0,
+        "64 B request/response p99 (ms), link idle",
+        "-",
+        i99 / 1000.0
+    );
+    // Baseline: the bulk download on a second tunnel through a relay of its own, so the
+    // exchange's relay is not the one busy; then the same download on the exchange's tunnel.
+    let (_second, port2) = spawn_relay(script, b.tunnel);
+    a.post(
+        "/tunnel",
+        &format!(r#"{{"name":"t2","dest":["127.0.0.1","{port2}"]}}"#),
+    );
+    let elsewhere = a.carry_on("t2", b, "bulk2", None, bulk);
+    let (o50, o99) = latency_under_load(elsewhere, 1, echoed, 200);
+    let (l50, l99) = latency_under_load(plain, 1, echoed, 200);
+    for (what, other, same) in [("p50", o50, l50), ("p99", o99, l99)] {
+        println!(
+            "{:<64} {:>12.1} {:>12.1}",
+            format!("64 B request/response {what} (ms) beside a bulk download: other, same tunnel"),
+            other / 1000.0,
+            same / 1000.0
         );
     }
 }

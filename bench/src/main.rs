@@ -86,38 +86,11 @@ fn main() {
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
-    let plan = if quick {
-        Plan {
-            bulk_plain: 256 << 20,
-            bulk_keyed: 64 << 20,
-            pings: 2_000,
-            window: Duration::from_millis(700),
-            idle_conns: 300,
-            long_run: Duration::from_secs(4),
-        }
-    } else {
-        Plan {
-            bulk_plain: 2 << 30,
-            bulk_keyed: 512 << 20,
-            pings: 20_000,
-            window: Duration::from_secs(3),
-            idle_conns: 1_000,
-            long_run: Duration::from_secs(8),
-        }
-    };
+    let plan = Plan::new(quick);
     raise_fd_limit();
     let menet = menet_binary();
 
-    let rc4 = cipher_speed(CipherKind::Rc4);
-    println!("menet benchmark: two nodes on loopback, each measure beside direct loopback");
-    println!("raw RC4 keystream, one core: {rc4:.0} MiB/s (the ceiling of one keyed stream)");
-    for cipher in AEADS {
-        println!(
-            "raw {cipher} sealing 64 KiB frames, one core: {:.0} MiB/s",
-            cipher_speed(cipher)
-        );
-    }
-    println!();
+    let rc4 = cipher_rows();
 
     let rt = runtime();
     let (bulk, echo, hold) = backends();
@@ -186,12 +159,63 @@ fn main() {
     stalled_reader(&a, &b, plain, if quick { 3 } else { 10 });
     long_link::long_link(&menet, &rt, bulk, echo, &plan);
 
+    handshake_rows(&menet, &rt, plan.window);
+
+    // Fresh nodes: memory freed by the bulk runs above would hide what connections cost.
+    drop((a, b));
+    drop(rh);
+    memory_rows(&menet, echo, hold, plan.idle_conns);
+}
+
+impl Plan {
+    /// The full run's sizes, or `--quick`'s.
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                bulk_plain: 256 << 20,
+                bulk_keyed: 64 << 20,
+                pings: 2_000,
+                window: Duration::from_millis(700),
+                idle_conns: 300,
+                long_run: Duration::from_secs(4),
+            }
+        } else {
+            Plan {
+                bulk_plain: 2 << 30,
+                bulk_keyed: 512 << 20,
+                pings: 20_000,
+                window: Duration::from_secs(3),
+                idle_conns: 1_000,
+                long_run: Duration::from_secs(8),
+            }
+        }
+    }
+}
+
+/// The ciphers' own speed on one core (the ceilings of the keyed and sealed rows); RC4's, for
+/// the bulk rows.
+fn cipher_rows() -> f64 {
+    let rc4 = cipher_speed(CipherKind::Rc4);
+    println!("menet benchmark: two nodes on loopback, each measure beside direct loopback");
+    println!("raw RC4 keystream, one core: {rc4:.0} MiB/s (the ceiling of one keyed stream)");
+    for cipher in AEADS {
+        println!(
+            "raw {cipher} sealing 64 KiB frames, one core: {:.0} MiB/s",
+            cipher_speed(cipher)
+        );
+    }
+    println!();
+    rc4
+}
+
+/// Tunnel handshakes with a secret per second, one dialer and eight at once.
+fn handshake_rows(menet: &PathBuf, rt: &tokio::runtime::Runtime, window: Duration) {
     // Tunnel handshakes with a secret (HMAC both ways, an Ed25519 signature each way, an X25519
     // exchange and the sealed PROOF), one dialer and eight at once, against a fresh acceptor.
-    let guarded = Node::start_env(&menet, &[("MENET_TUNNEL_SECRET", KEY)]);
+    let guarded = Node::start_env(menet, &[("MENET_TUNNEL_SECRET", KEY)]);
     let port = SocketAddr::from(([127, 0, 0, 1], guarded.tunnel));
     for dialers in [1usize, 8] {
-        let m = handshakes_per_second(&rt, port, dialers, plan.window);
+        let m = handshakes_per_second(rt, port, dialers, window);
         println!(
             "{:<64} {:>12} {m:>12.0}",
             format!("tunnels established/s with a secret, {dialers} dialer(s)"),
@@ -199,11 +223,6 @@ fn main() {
         );
     }
     drop(guarded);
-
-    // Fresh nodes: memory freed by the bulk runs above would hide what connections cost.
-    drop((a, b));
-    drop(rh);
-    memory_rows(&menet, echo, hold, plan.idle_conns);
 }
 
 /// Fresh nodes' resident memory, and what each idle connection adds (rathole's beside them,

@@ -149,6 +149,55 @@ pub fn run(menet: &PathBuf, echo_backend: SocketAddr) {
     let echo = far.carry_on("t", &node, "echo", None, echo_backend);
     let mut admin = Admin::connect(node.admin);
 
+    build_rows(&mut admin, objects);
+
+    // Local listeners, for the restore figure.
+    for i in 0..listeners {
+        admin.ok(
+            "POST",
+            "/service",
+            &format!(
+                r#"{{"name":"listen-{i}","type":"local","addr":["127.0.0.1","{}"]}}"#,
+                free_port()
+            ),
+        );
+    }
+    let (code, config) = admin.call("GET", "/config", "");
+    assert_eq!(code, 200);
+    println!(
+        "{:<64} {:>12}",
+        "GET /config size (KB)",
+        config.len() / 1000
+    );
+
+    admin_beside_data_rows(echo, node.admin);
+
+    // Restore at scale: kill -9, start again, time to serving.
+    let journal = std::fs::metadata(dir.join("state.json.journal")).map_or(0, |m| m.len());
+    let snapshot = std::fs::metadata(&state).map_or(0, |m| m.len());
+    println!(
+        "{:<64} {:>12} {:>12}",
+        "state on disk: snapshot, journal (KB)",
+        snapshot / 1000,
+        journal / 1000
+    );
+    drop(admin);
+    let (admin_at, tunnel_at) = (node.admin.to_string(), format!("127.0.0.1:{}", node.tunnel));
+    drop(node);
+    // The same ports again: a port 0 admin API could take a restored service's port.
+    restart_row(
+        menet,
+        &admin_at,
+        &tunnel_at,
+        &node_args,
+        (objects, listeners),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Builds `objects` remote services and as many binds through one keep-alive client, and prints
+/// the POSTs' latency at 100 objects and at all of them, and how long each build took.
+fn build_rows(admin: &mut Admin, objects: usize) {
     let body = |i: usize| {
         format!(
             r#"{{"name":"svc-{i}","type":"remote","addr":["127.0.0.1","{}"]}}"#,
@@ -219,32 +268,16 @@ pub fn run(menet: &PathBuf, echo_backend: SocketAddr) {
         format!("{objects} binds built (s)"),
         binds_time.as_secs_f64()
     );
+}
 
-    // Local listeners, for the restore figure.
-    for i in 0..listeners {
-        admin.ok(
-            "POST",
-            "/service",
-            &format!(
-                r#"{{"name":"listen-{i}","type":"local","addr":["127.0.0.1","{}"]}}"#,
-                free_port()
-            ),
-        );
-    }
-    let (code, config) = admin.call("GET", "/config", "");
-    assert_eq!(code, 200);
-    println!(
-        "{:<64} {:>12}",
-        "GET /config size (KB)",
-        config.len() / 1000
-    );
-
+/// A 64 B echo's p99 through the node: idle, and while POST /service, GET /config and a path
+/// GET loop on its admin API.
+fn admin_beside_data_rows(echo: SocketAddr, admin_addr: SocketAddr) {
     // The data path beside the admin plane: idle, while POSTs loop, while GET /config loops.
     let pings = 5_000;
     // Let the listeners' set-up and any compaction settle first.
     thread::sleep(Duration::from_secs(1));
     let idle = echo_p99_while(echo, pings, None);
-    let admin_addr = node.admin;
     let mut poster = Admin::connect(admin_addr);
     let mut k = 0usize;
     let posting = echo_p99_while(
@@ -290,22 +323,18 @@ pub fn run(menet: &PathBuf, echo_backend: SocketAddr) {
     ] {
         println!("{what:<64} {idle:>12.0} {p99:>12.0} {:>7.2}", p99 / idle);
     }
+}
 
-    // Restore at scale: kill -9, start again, time to serving.
-    let journal = std::fs::metadata(dir.join("state.json.journal")).map_or(0, |m| m.len());
-    let snapshot = std::fs::metadata(&state).map_or(0, |m| m.len());
-    println!(
-        "{:<64} {:>12} {:>12}",
-        "state on disk: snapshot, journal (KB)",
-        snapshot / 1000,
-        journal / 1000
-    );
-    drop(admin);
-    let (admin_at, tunnel_at) = (node.admin.to_string(), format!("127.0.0.1:{}", node.tunnel));
-    drop(node);
-    // The same ports again: a port 0 admin API could take a restored service's port.
+/// After a kill -9: the node started again on the same ports, timed to `/readyz` 200.
+fn restart_row(
+    menet: &PathBuf,
+    admin_at: &str,
+    tunnel_at: &str,
+    node_args: &[&str],
+    (objects, listeners): (usize, usize),
+) {
     let started = Instant::now();
-    let node = Node::start_at(menet, &[], &admin_at, &tunnel_at, &node_args);
+    let node = Node::start_at(menet, &[], admin_at, tunnel_at, node_args);
     let mut admin = Admin::connect(node.admin);
     let deadline = Instant::now() + Duration::from_secs(10);
     let ready = loop {
@@ -326,5 +355,4 @@ pub fn run(menet: &PathBuf, echo_backend: SocketAddr) {
         ),
         Err(why) => println!("restart: not ready within 10 s: {why}"),
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use log::{debug, error, info, warn};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use std::sync::Arc;
@@ -446,29 +446,7 @@ impl Connection {
             });
         }
         if self.out.is_empty() {
-            if self.peer_fin {
-                match self.reader.take() {
-                    // Both ways are done: closing the socket sends the FIN a shutdown would (no
-                    // byte is left unread to turn it into a reset), one system call fewer.
-                    Some(reader) if self.read == ReadState::Done => {
-                        // Closed here: a reset later must not reach a reused descriptor.
-                        self.fd = None;
-                        drop(reader.reunite(writer));
-                    }
-                    // Dropping the write half shuts down our side: the half-close travels on.
-                    reader => {
-                        self.reader = reader;
-                        drop(writer);
-                    }
-                }
-                self.write = WriteState::Done;
-                self.refresh_direct();
-                self.finish_if_done(ctx);
-            } else {
-                self.down.put_writer(writer);
-                self.refresh_direct();
-            }
-            return;
+            return self.nothing_to_write(writer, ctx);
         }
         if let Some(wait) = self.pace.as_ref().and_then(|p| p.wait(Direction::Write)) {
             self.down.put_writer(writer);
@@ -481,28 +459,7 @@ impl Connection {
             });
             return;
         }
-        let (mut batch, bytes) = match &self.pace {
-            None => (
-                self.out.drain(..).collect::<Vec<Bytes>>(),
-                std::mem::take(&mut self.out_wire),
-            ),
-            // What the bucket holds, not the whole queue (a window's worth at once would burst
-            // above the limit); the credit goes back in proportion, the rest once all is out.
-            Some(p) => {
-                let queued: u64 = self.out.iter().map(|b| b.len() as u64).sum();
-                let allowance = p.allowance(Direction::Write).max(PACE_CHUNK);
-                let batch = take_paced(&mut self.out, allowance);
-                let n: u64 = batch.iter().map(|b| b.len() as u64).sum();
-                p.take(Direction::Write, n);
-                let bytes = if self.out.is_empty() {
-                    self.out_wire
-                } else {
-                    self.out_wire * n / queued.max(1)
-                };
-                self.out_wire -= bytes;
-                (batch, bytes)
-            }
-        };
+        let (mut batch, bytes) = self.next_batch();
         match try_write_now(&writer, &mut batch) {
             Ok(true) => {
                 self.down.put_writer(writer);
@@ -535,6 +492,60 @@ impl Connection {
                 }
             }),
         );
+    }
+
+    /// Nothing is queued for the client: after the peer's FIN the write side closes (and the
+    /// socket with it once both ways are done), else the writer waits for the next frame.
+    fn nothing_to_write(&mut self, writer: OwnedWriteHalf, ctx: &mut Context<Self>) {
+        if self.peer_fin {
+            match self.reader.take() {
+                // Both ways are done: closing the socket sends the FIN a shutdown would (no
+                // byte is left unread to turn it into a reset), one system call fewer.
+                Some(reader) if self.read == ReadState::Done => {
+                    // Closed here: a reset later must not reach a reused descriptor.
+                    self.fd = None;
+                    drop(reader.reunite(writer));
+                }
+                // Dropping the write half shuts down our side: the half-close travels on.
+                reader => {
+                    self.reader = reader;
+                    drop(writer);
+                }
+            }
+            self.write = WriteState::Done;
+            self.refresh_direct();
+            self.finish_if_done(ctx);
+        } else {
+            self.down.put_writer(writer);
+            self.refresh_direct();
+        }
+    }
+
+    /// The next writes to the client and the wire credit they return once written: the whole
+    /// queue, or with a pace what its bucket allows now.
+    fn next_batch(&mut self) -> (Vec<Bytes>, u64) {
+        match &self.pace {
+            None => (
+                self.out.drain(..).collect::<Vec<Bytes>>(),
+                std::mem::take(&mut self.out_wire),
+            ),
+            // What the bucket holds, not the whole queue (a window's worth at once would burst
+            // above the limit); the credit goes back in proportion, the rest once all is out.
+            Some(p) => {
+                let queued: u64 = self.out.iter().map(|b| b.len() as u64).sum();
+                let allowance = p.allowance(Direction::Write).max(PACE_CHUNK);
+                let batch = take_paced(&mut self.out, allowance);
+                let n: u64 = batch.iter().map(|b| b.len() as u64).sum();
+                p.take(Direction::Write, n);
+                let bytes = if self.out.is_empty() {
+                    self.out_wire
+                } else {
+                    self.out_wire * n / queued.max(1)
+                };
+                self.out_wire -= bytes;
+                (batch, bytes)
+            }
+        }
     }
 
     /// A write completed: `bytes` of wire credit go back to the tunnel.

@@ -482,15 +482,29 @@ impl Registry {
     }
 }
 
+/// An idle timeout shorter than this is said in a warning: likely seconds typed as milliseconds.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Handler<AddService> for Registry {
     type Result = ResponseFuture<Result<(), AdminError>>;
 
     fn handle(&mut self, AddService(spec): AddService, ctx: &mut Self::Context) -> Self::Result {
         let keys = [Key::Service(spec.side, spec.name.clone())];
-        let (name, side) = (spec.name.clone(), spec.side);
+        let (name, side, timeout) = (spec.name.clone(), spec.side, spec.timeout);
         let change = self.add_service(spec, ctx);
         if change.is_ok() {
             metrics().configure_service(&name, side);
+            if let Some(t) = timeout.filter(|t| *t < SHORT_TIMEOUT) {
+                // Seconds typed where milliseconds are meant: say so before connections die.
+                log_limited!(
+                    warn,
+                    "short-timeout",
+                    "service {name} ({side}): idle timeout {} ms: its connections are reset after \
+                     {} ms without traffic (the timeout is in milliseconds: 30000 is 30 s)",
+                    t.as_millis(),
+                    t.as_millis()
+                );
+            }
         }
         self.commit(change, &keys)
     }
