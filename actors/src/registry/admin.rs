@@ -408,8 +408,33 @@ impl Registry {
 #[rtype(result = "Result<(), AdminError>")]
 pub struct AddService(pub ServiceSpec);
 
+/// An idle timeout shorter than this is said in a warning: likely seconds typed as milliseconds.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Registry {
+    /// Creates or replaces a service (`POST /service`, the path API, `PUT /config`).
     pub(super) fn add_service(
+        &mut self,
+        spec: ServiceSpec,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), AdminError> {
+        let (name, side, timeout) = (spec.name.clone(), spec.side, spec.timeout);
+        self.put_service(spec, ctx)?;
+        if let Some(t) = timeout.filter(|t| *t < SHORT_TIMEOUT) {
+            // Seconds typed where milliseconds are meant: said before connections die of it.
+            log_limited!(
+                warn,
+                "short-timeout",
+                "service {name} ({side}): idle timeout {} ms: its connections are reset after \
+                 {} ms without traffic (the timeout is in milliseconds: 30000 is 30 s)",
+                t.as_millis(),
+                t.as_millis()
+            );
+        }
+        Ok(())
+    }
+
+    fn put_service(
         &mut self,
         spec: ServiceSpec,
         ctx: &mut Context<Self>,
@@ -482,29 +507,15 @@ impl Registry {
     }
 }
 
-/// An idle timeout shorter than this is said in a warning: likely seconds typed as milliseconds.
-const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
-
 impl Handler<AddService> for Registry {
     type Result = ResponseFuture<Result<(), AdminError>>;
 
     fn handle(&mut self, AddService(spec): AddService, ctx: &mut Self::Context) -> Self::Result {
         let keys = [Key::Service(spec.side, spec.name.clone())];
-        let (name, side, timeout) = (spec.name.clone(), spec.side, spec.timeout);
+        let (name, side) = (spec.name.clone(), spec.side);
         let change = self.add_service(spec, ctx);
         if change.is_ok() {
             metrics().configure_service(&name, side);
-            if let Some(t) = timeout.filter(|t| *t < SHORT_TIMEOUT) {
-                // Seconds typed where milliseconds are meant: say so before connections die.
-                log_limited!(
-                    warn,
-                    "short-timeout",
-                    "service {name} ({side}): idle timeout {} ms: its connections are reset after \
-                     {} ms without traffic (the timeout is in milliseconds: 30000 is 30 s)",
-                    t.as_millis(),
-                    t.as_millis()
-                );
-            }
         }
         self.commit(change, &keys)
     }
