@@ -35,6 +35,7 @@ enum Health {
 /// One address of a remote service.
 #[derive(Debug)]
 pub struct Backend {
+    /// Where streams to this backend are dialled.
     pub addr: SocketAddr,
     /// Up or down, and for how long.
     health: Mutex<Health>,
@@ -65,6 +66,7 @@ pub struct BackendView {
 pub struct Backends {
     /// In the order given.
     backends: Vec<Backend>,
+    /// How a stream picks among them: in order (first up) or round-robin.
     balance: Balance,
     /// Round-robin: where the next stream starts.
     next: AtomicUsize,

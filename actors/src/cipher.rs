@@ -85,7 +85,9 @@ pub fn hmac_with(key: &[u8]) -> HmacSha256 {
 /// A keyed service's secret and cipher.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServiceKey {
+    /// The shared secret both ends' stream keys are derived from.
     pub secret: Secret,
+    /// The cipher both ends must name (a mismatch refuses the stream).
     pub cipher: CipherKind,
 }
 
@@ -291,7 +293,9 @@ impl Opener {
 
 /// Both halves of one stream end's crypto.
 pub struct StreamCrypto {
+    /// Seals what this end sends.
     pub seal: Sealer,
+    /// Opens what the other end sent.
     pub open: Opener,
 }
 

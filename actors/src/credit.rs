@@ -219,6 +219,7 @@ impl Rate {
 /// which is the path's own delay (a larger one includes queueing, often our own, and must not feed window growth).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rtt {
+    /// The smallest round trip seen so far (`None` until a quiet PONG came back).
     min: Option<Duration>,
 }
 

@@ -103,13 +103,17 @@ enum CreditState {
 
 /// What a flow is given when its tunnel starts it.
 pub struct FlowSpec {
+    /// The stream the flow is on its tunnel.
     pub stream: u32,
     /// Where the flow reports: its tunnel's queue (`connection/upstream.rs`).
     pub upstream: Upstream,
+    /// The service carried, for log lines and its counts.
     pub service: String,
+    /// The service's key: each datagram sealed end to end (`None`: plaintext).
     pub keying: Option<Keying>,
     /// The flow ends after this long without a datagram either way.
     pub idle_timeout: Duration,
+    /// The service's bandwidth limit, if any.
     pub pace: Option<Arc<Pace>>,
     /// The service's counts.
     pub counts: Arc<DatagramCounts>,
@@ -124,11 +128,15 @@ pub struct UdpFlow {
     upstream: Upstream,
     /// The service carried, for log lines.
     service: String,
+    /// The stream the flow is on its tunnel: the id every report and frame carries.
     stream: u32,
+    /// Which end it is, and the socket and peer its datagrams go to.
     end: FlowEnd,
     /// The remote end's socket once made (the local end uses the service's).
     socket: Option<Arc<UdpSocket>>,
+    /// Where the flow is: opening, open or closed.
     state: FlowState,
+    /// Whether it waits for credit it asked for.
     credit: CreditState,
     /// Wire bytes the tunnel let us send.
     grant: u64,
@@ -138,11 +146,17 @@ pub struct UdpFlow {
     pending: VecDeque<Bytes>,
     /// Their bytes.
     pending_bytes: usize,
+    /// The service's key, if any (`None`: plaintext).
     keying: Option<Keying>,
+    /// The flow ends after this long without a datagram either way.
     idle_timeout: Duration,
+    /// When a datagram last went either way, for the idle timeout.
     last_active: Instant,
+    /// The service's bandwidth limit, if any: datagrams past it are dropped.
     pace: Option<Arc<Pace>>,
+    /// The service's datagram counts (carried, delivered, dropped, flows).
     counts: Arc<DatagramCounts>,
+    /// Its places in the node's limits, held for its life and given back when it drops.
     _slots: Vec<Slot>,
 }
 

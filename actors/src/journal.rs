@@ -112,6 +112,7 @@ pub fn encode(change: &Change, out: &mut Vec<u8>) {
 /// What a journal held.
 #[derive(Debug, Default)]
 pub struct Replay {
+    /// The good records' changes, in order, to apply over the snapshot.
     pub changes: Vec<Change>,
     /// Bytes of the journal that hold good records: a torn tail starts here.
     pub good_len: u64,

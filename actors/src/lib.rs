@@ -113,7 +113,9 @@ pub struct Settings {
     pub tunnel_window: u32,
     /// The most the tunnel window grows to, and the budget of all stream windows' growth.
     pub max_tunnel_window: u32,
+    /// A PING goes out this often (and once a second while streams are open, for round trips).
     pub heartbeat_interval: Duration,
+    /// The tunnel is dead after this long without a frame received.
     pub heartbeat_timeout: Duration,
     /// A connection on the tunnel port must send its HELLO within this.
     pub hello_timeout: Duration,

@@ -88,8 +88,11 @@ impl Default for Limits {
 /// A count of things in use with a ceiling, and how often the ceiling refused one.
 #[derive(Debug)]
 pub struct Gauge {
+    /// Things counted now.
     in_use: AtomicUsize,
+    /// The ceiling: one more is refused.
     max: usize,
+    /// How often the ceiling refused one, for `GET /config` and `/metrics`.
     refused: AtomicU64,
 }
 
@@ -150,6 +153,7 @@ impl Drop for Slot {
 /// The node-wide accounting: one per node, shared by every actor.
 #[derive(Debug)]
 pub struct Usage {
+    /// The configured limits (`[limits]`), fixed at start.
     pub limits: Limits,
     /// Handshakes under way on the tunnel port (the listener's slot table holds them).
     pub handshakes_in_use: AtomicUsize,
@@ -355,10 +359,15 @@ pub struct LimitsView {
 /// `limits.handshakes`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HandshakesView {
+    /// Handshakes under way at once on the tunnel port (`max_handshakes`).
     pub max: usize,
+    /// Handshakes at once from one address (`handshakes_per_address`).
     pub per_address: usize,
+    /// Handshakes at once from one /24 or /64 (`handshakes_per_network`).
     pub per_network: usize,
+    /// Handshakes under way now.
     pub in_use: usize,
+    /// Attempts refused so far.
     pub refused: u64,
     /// Unproven attempts dropped to make room.
     pub dropped: u64,
@@ -367,27 +376,37 @@ pub struct HandshakesView {
 /// `limits.tunnels`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TunnelsView {
+    /// Tunnels accepted at once (`max_tunnels`).
     pub max: usize,
     /// Kept for expected dialers.
     pub reserved: usize,
+    /// Accepted tunnels now.
     pub in_use: usize,
+    /// Tunnels refused so far.
     pub refused: u64,
 }
 
 /// `limits.names`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NamesView {
+    /// Tunnel names remembered at most (`max_names`).
     pub max: usize,
+    /// Names remembered now.
     pub in_use: usize,
+    /// New names one address may bring per minute (`new_names_per_minute`).
     pub new_per_minute: u32,
+    /// New names refused so far.
     pub refused: u64,
+    /// Pins forgotten so far to make room for new names.
     pub evicted: u64,
 }
 
 /// A limit that only refuses: its maximum and the refusals.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Refusals {
+    /// The limit.
     pub max: u64,
+    /// What it refused so far.
     pub refused: u64,
 }
 
@@ -396,24 +415,31 @@ pub struct Refusals {
 pub struct DescriptorsView {
     /// `RLIMIT_NOFILE`.
     pub limit: usize,
+    /// Descriptors kept back for the admin API and the tunnel port (`fd_reserve`).
     pub reserve: usize,
+    /// Descriptors streams may hold: `limit` less the reserve.
     pub max: usize,
+    /// Descriptors held by streams now.
     pub in_use: usize,
     /// What one tunnel or service may hold.
     pub share: usize,
+    /// Connections refused for want of a descriptor so far.
     pub refused: u64,
 }
 
 /// A limit with only a maximum.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MaxView {
+    /// The limit.
     pub max: usize,
 }
 
 /// `limits.buffered_bytes`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BuffersView {
+    /// Bytes all streams may hold at once (`max_buffered_bytes`).
     pub max: u64,
+    /// Bytes held now.
     pub in_use: u64,
     /// Times a tunnel held back credit for the budget.
     pub credit_withheld: u64,

@@ -44,6 +44,7 @@ pub enum StateError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
+    /// The format's version: a file from a newer menet is left as it is, not misread.
     pub version: u64,
     /// This node's identity key as a dialer (Ed25519 seed, hex): acceptors pin the names it
     /// claims to it, so it can reclaim them after a restart.
@@ -55,8 +56,10 @@ pub struct State {
     /// Names peers may claim: declared ones and those pinned to the identity of their dialer.
     #[serde(default)]
     pub accepted: BTreeMap<String, AcceptedRecord>,
+    /// Services, by side and name.
     #[serde(default)]
     pub services: Services,
+    /// Binds, by side: service -> tunnel.
     #[serde(default)]
     pub bind: Binds,
 }
@@ -64,6 +67,7 @@ pub struct State {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelRecord {
+    /// The peer's tunnel port this node dials.
     pub dest: SocketAddr,
     /// The tunnel's own secret, in clear like the keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,8 +98,10 @@ pub struct AcceptedRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Services {
+    /// Services that listen on this node, by name.
     #[serde(default)]
     pub local: BTreeMap<String, ServiceRecord>,
+    /// Services whose streams this node dials, by name.
     #[serde(default)]
     pub remote: BTreeMap<String, ServiceRecord>,
 }
@@ -103,6 +109,7 @@ pub struct Services {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRecord {
+    /// Where a local service listens, or a remote service's first address.
     pub addr: SocketAddr,
     /// Stored in clear: the file is readable by its owner only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +117,7 @@ pub struct ServiceRecord {
     /// A keyed service's cipher when not RC4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cipher: Option<String>,
+    /// The idle timeout in milliseconds, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// A remote service's further addresses, after `addr`.
@@ -124,6 +132,7 @@ pub struct ServiceRecord {
     /// `round-robin`, when not `first`.
     #[serde(default, skip_serializing_if = "Balance::is_first")]
     pub balance: Balance,
+    /// A remote service's health-check period in milliseconds, when checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_ms: Option<u64>,
     /// Bytes per second, each direction.
@@ -174,8 +183,10 @@ impl ServiceRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Binds {
+    /// Local services and the tunnel each is carried over.
     #[serde(default)]
     pub local: BTreeMap<String, String>,
+    /// Remote services and the tunnel each accepts streams from.
     #[serde(default)]
     pub remote: BTreeMap<String, String>,
 }

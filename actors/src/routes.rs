@@ -32,10 +32,12 @@ use crate::service::{Protocol, ProxyVersion};
 pub struct CarryClient {
     /// The client: a TCP connection or a UDP flow's first datagram.
     pub client: Client,
+    /// The local service it connected to: named in the OPEN.
     pub service: String,
     /// The service key, if keyed: the stream's keys are derived once OPEN_OK brings the
     /// acceptor's nonce.
     pub key: Option<crate::cipher::ServiceKey>,
+    /// The service's idle timeout, for the connection's actor.
     pub idle_timeout: Option<Duration>,
     /// The client's address and the one it reached, sent in OPEN (for a PROXY header).
     pub origin: Option<Origin>,
@@ -78,7 +80,9 @@ pub struct FlowStart {
 pub struct LocalRoute {
     /// The tunnel it is bound to, if any.
     pub tunnel: Option<String>,
+    /// The service key, if keyed.
     pub key: Option<ServiceKey>,
+    /// The idle timeout of its connections, if any.
     pub timeout: Option<Duration>,
     /// What it carries, named in each OPEN.
     pub protocol: Protocol,
@@ -91,7 +95,9 @@ pub struct LocalRoute {
 pub struct RemoteRoute {
     /// Its addresses and their health, shared by its streams.
     pub backends: Arc<Backends>,
+    /// The service key, if keyed: an OPEN must prove the same key and cipher.
     pub key: Option<ServiceKey>,
+    /// The idle timeout of its streams, if any.
     pub timeout: Option<Duration>,
     /// The tunnel it is bound to: OPENs from any other tunnel are refused.
     pub tunnel: Option<String>,
@@ -111,6 +117,7 @@ pub struct Routes {
     // Persistent maps: the Registry changes one entry in O(log n) and publishes a version in
     // O(1), sharing the rest with the version before.
     pub local: imbl::HashMap<String, LocalRoute>,
+    /// Remote services by name: where an OPEN's stream is dialled.
     pub remote: imbl::HashMap<String, RemoteRoute>,
     /// Tunnels connected now, by name.
     pub tunnels: imbl::HashMap<String, Recipient<CarryClient>>,
@@ -121,7 +128,9 @@ pub struct Routes {
 /// Why an OPEN is refused: the line to log, and what the peer is told.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
+    /// The line this node logs (names escaped).
     pub log: String,
+    /// The reason sent in OPEN_FAIL: to a peer not authenticated, only `refused`.
     pub peer: String,
     /// The kind, for `menet_service_connections_refused`.
     pub reason: Refused,

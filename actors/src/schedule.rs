@@ -29,6 +29,7 @@ pub const QUANTUM: usize = HEADER_LEN + MAX_DATA;
 
 #[derive(Debug, Default)]
 struct StreamQueue {
+    /// The stream's frames waiting for their turn, oldest first.
     frames: VecDeque<Bytes>,
     /// Bytes of `frames`, headers included.
     bytes: usize,

@@ -201,6 +201,7 @@ pub struct Connection {
     upstream: Upstream,
     /// The service carried, for log lines.
     service: String,
+    /// The stream it is on its tunnel: the id every report and frame carries.
     stream: u32,
     /// The remote end's backends, dialled when the actor starts (boxed: only a dialling
     /// connection has one, and only until it starts).
@@ -233,6 +234,7 @@ pub struct Connection {
     out_wire: u64,
     /// `None` for a plaintext service.
     keying: Option<Keying>,
+    /// The service's idle timeout: the stream is reset after this long without a byte either way.
     idle_timeout: Option<Duration>,
     /// The service's bandwidth limit, if any.
     pace: Option<Arc<Pace>>,

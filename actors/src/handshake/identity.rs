@@ -8,6 +8,7 @@ use super::*;
 pub struct Identity {
     /// The private seed, for the state file.
     seed: [u8; 32],
+    /// The key pair that signs the handshake's transcript.
     pair: Ed25519KeyPair,
 }
 

@@ -6,6 +6,7 @@ use super::*;
 /// What each side of a tunnel grants the other: announced in HELLO and WELCOME.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Terms {
+    /// The initial stream and tunnel windows the announcing side offers.
     pub windows: Windows,
     /// Streams the announcing side carries at once on this tunnel; OPENs past it are refused.
     pub max_streams: u32,
@@ -59,10 +60,13 @@ impl Transport {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// The dialer's windows and stream limit.
     pub terms: Terms,
+    /// The dialer's fresh random nonce: what the two sides prove covers it, so no old answer replays.
     pub nonce: [u8; NONCE_LEN],
     /// The dialer's X25519 key for this handshake only.
     pub ephemeral: [u8; EPHEMERAL_LEN],
+    /// Whether the dialer wants the tunnel sealed, its AES support, whether it joins as a lane.
     pub transport: Transport,
 }
 

@@ -24,6 +24,7 @@ pub use traffic::{ServiceTraffic, Traffic, TunnelTraffic};
 /// Labels of a tunnel's series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TunnelLabel {
+    /// The tunnel's name.
     pub tunnel: String,
 }
 
@@ -47,14 +48,18 @@ impl From<Side> for SideLabel {
 /// Labels of a service's series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
+    /// The service's name (only configured ones: a made-up name never becomes a label).
     pub service: String,
+    /// Which end of the tunnel the service is.
     pub side: SideLabel,
 }
 
 /// Labels of a UDP service's datagram counts: what happened to them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DatagramLabel {
+    /// The UDP service's name.
     pub service: String,
+    /// Which end of the tunnel the service is.
     pub side: SideLabel,
     /// `carried` (into the tunnel), `delivered` (out of it), `dropped`.
     pub event: &'static str,
@@ -63,15 +68,20 @@ pub struct DatagramLabel {
 /// Labels of one address of a remote service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
+    /// The remote service the address belongs to.
     pub service: String,
+    /// The address, `ip:port`.
     pub addr: String,
 }
 
 /// Labels of a refused connection: the service and why (a fixed word, see [`Refused`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabel {
+    /// The service the connection was for.
     pub service: String,
+    /// Which end refused it.
     pub side: SideLabel,
+    /// Why, as [`Refused::label`] words it.
     pub reason: &'static str,
 }
 
@@ -79,6 +89,7 @@ pub struct RefusedLabel {
 /// could make up any number of them), only the side.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SideOnly {
+    /// Which end refused it.
     pub side: SideLabel,
 }
 
@@ -86,8 +97,11 @@ pub struct SideOnly {
 /// [`METHODS`] or `other`), status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdminLabel {
+    /// The route's pattern (`/services/{side}/{name}`), not the raw path.
     pub route: String,
+    /// The request's method, or `other`.
     pub method: &'static str,
+    /// The status answered.
     pub status: u16,
 }
 
@@ -168,41 +182,73 @@ pub struct DatagramCounts {
 /// One address of a remote service: streams connected to it, dials that failed.
 #[derive(Clone, Debug, Default)]
 pub struct BackendCounts {
+    /// Streams connected to the address so far.
     pub connections: Counter,
+    /// Dials to it (streams' and health checks') that failed so far.
     pub failures: Counter,
 }
 
 /// Every series of the node.
 pub struct Metrics {
+    /// What `GET /metrics` encodes: every family below, registered once.
     registry: Registry,
+    /// `menet_tunnel_connected`: 1 while the tunnel is up.
     tunnel_connected: Family<TunnelLabel, Gauge>,
+    /// `menet_tunnel_sent_bytes`: DATA payload written to the peer.
     tunnel_sent: Family<TunnelLabel, Counter>,
+    /// `menet_tunnel_received_bytes`: DATA payload read from the peer.
     tunnel_received: Family<TunnelLabel, Counter>,
+    /// `menet_tunnel_streams`: streams open now.
     tunnel_streams: Family<TunnelLabel, Gauge>,
+    /// `menet_tunnel_streams_opened`: streams opened, either end, ever.
     tunnel_streams_opened: Family<TunnelLabel, Counter>,
+    /// `menet_tunnel_redials`: re-dials after the tunnel was lost or a dial failed.
     tunnel_redials: Family<TunnelLabel, Counter>,
+    /// `menet_tunnel_integrity_failures`: connections closed because a sealed record failed its check.
     tunnel_integrity_failures: Family<TunnelLabel, Counter>,
+    /// `menet_tunnel_heartbeat_rtt_seconds`: the last PING's round trip.
     tunnel_rtt: Family<TunnelLabel, FloatGauge>,
+    /// `menet_tunnel_send_window_bytes`: the peer's tunnel credit not yet granted to a stream.
     tunnel_send_window: Family<TunnelLabel, Gauge>,
+    /// `menet_tunnel_queued_bytes`: bytes in menet's queue, not yet written to the socket.
     tunnel_queued: Family<TunnelLabel, Gauge>,
+    /// `menet_tunnel_receive_window_bytes`: the tunnel window offered to the peer.
     tunnel_receive_window: Family<TunnelLabel, Gauge>,
+    /// `menet_tunnel_socket_unsent_bytes`: written to the socket, not yet sent.
     tunnel_socket_unsent: Family<TunnelLabel, Gauge>,
+    /// `menet_tunnel_socket_unacked_bytes`: sent, not yet acknowledged.
     tunnel_socket_unacked: Family<TunnelLabel, Gauge>,
+    /// `menet_tunnel_socket_unread_bytes`: received by the kernel, not yet read.
     tunnel_socket_unread: Family<TunnelLabel, Gauge>,
+    /// `menet_tunnel_lanes`: the tunnel's TCP connections now.
     tunnel_lanes: Family<TunnelLabel, Gauge>,
+    /// `menet_service_connections_accepted`: connections carried, per service.
     service_accepted: Family<ServiceLabel, Counter>,
+    /// `menet_service_connections_refused`: connections refused, per service and reason.
     service_refused: Family<RefusedLabel, Counter>,
+    /// `menet_unknown_service_connections_refused`: refused for a service this node lacks.
     unknown_service_refused: Family<SideOnly, Counter>,
+    /// `menet_service_connections_active`: connections carried now.
     service_active: Family<ServiceLabel, Gauge>,
+    /// `menet_service_sent_bytes`: bytes from the service's sockets into the tunnel.
     service_sent: Family<ServiceLabel, Counter>,
+    /// `menet_service_received_bytes`: bytes from the tunnel to the service's sockets.
     service_received: Family<ServiceLabel, Counter>,
+    /// `menet_service_datagrams`: a UDP service's datagrams carried, delivered, dropped.
     service_datagrams: Family<DatagramLabel, Counter>,
+    /// `menet_service_udp_flows`: a UDP service's flows live now.
     service_udp_flows: Family<ServiceLabel, Gauge>,
+    /// `menet_service_throttled_seconds`: time the bandwidth limit held the service back.
     service_throttled: Family<ServiceLabel, FloatCounter>,
+    /// `menet_backend_connections`: streams connected, per backend address.
     backend_connections: Family<BackendLabel, Counter>,
+    /// `menet_backend_failures`: failed dials, per backend address.
     backend_failures: Family<BackendLabel, Counter>,
+    /// `menet_admin_requests`: admin API requests, per route, method and status.
     admin_requests: Family<AdminLabel, Counter>,
+    /// `menet_state_writes`: state file writes, each fsynced.
     state_writes: Counter,
+    /// `menet_state_write_failures`: state file writes that failed.
     state_write_failures: Counter,
     /// The services configured now: only they have series of their own, so a name a peer or
     /// client makes up never becomes a label.

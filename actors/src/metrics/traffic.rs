@@ -6,19 +6,24 @@ use super::*;
 /// One tunnel's counters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TunnelTraffic {
+    /// The tunnel's name.
     pub name: String,
     /// Payload bytes sent to the peer, ever.
     pub sent: u64,
     /// Payload bytes received from the peer, ever.
     pub received: u64,
+    /// Whether it is up now.
     pub connected: bool,
+    /// Streams open now.
     pub streams: i64,
 }
 
 /// One service's counters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceTraffic {
+    /// The service's name.
     pub name: String,
+    /// Which end of the tunnel it is.
     pub side: Side,
     /// Bytes carried from its sockets into the tunnel, ever.
     pub sent: u64,
@@ -29,7 +34,9 @@ pub struct ServiceTraffic {
 /// Every tunnel's and every configured service's counters now.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Traffic {
+    /// Every tunnel with series, by name.
     pub tunnels: Vec<TunnelTraffic>,
+    /// Every configured service, by name and side.
     pub services: Vec<ServiceTraffic>,
 }
 

@@ -70,8 +70,11 @@ mod kind {
 /// service key and cipher, and derive the stream's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyedOpen {
+    /// The cipher the opener's service names.
     pub cipher: CipherKind,
+    /// The opener's fresh nonce, from which (with the acceptor's) the stream's keys derive.
     pub nonce: [u8; NONCE_LEN],
+    /// HMAC of the cipher and nonce under the service key: a mismatch refuses the stream.
     pub check: [u8; CHECK_LEN],
 }
 
@@ -122,7 +125,9 @@ impl ResetCode {
 /// the address it reached (for a PROXY protocol header at the remote end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
+    /// The client's address as the local service's listener saw it.
     pub client: SocketAddr,
+    /// The address the client connected to.
     pub reached: SocketAddr,
 }
 
@@ -548,7 +553,9 @@ impl Decoder for FrameCodec {
 /// Receive windows a side grants its peer, announced in the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {
+    /// Each stream's initial receive window, bytes.
     pub stream: u32,
+    /// The tunnel's initial receive window over all its streams, bytes.
     pub tunnel: u32,
 }
 

@@ -85,7 +85,9 @@ impl Registry {
 #[derive(Message)]
 #[rtype(result = "Result<(), AdminError>")]
 pub struct AddTunnel {
+    /// The tunnel's name: what binds name and what the peer learns.
     pub name: String,
+    /// Dialer (dials `dest`) or acceptor (declares a name a peer may claim).
     pub role: Role,
     /// Required for a dialer, refused for an acceptor (the API checks).
     pub dest: Option<SocketAddr>,
@@ -335,6 +337,7 @@ fn answer_now(answer: Result<(), AdminError>) -> Saved {
 #[derive(Message)]
 #[rtype(result = "Result<(), AdminError>")]
 pub struct DeleteTunnel {
+    /// The tunnel (dialled or accepted) or declared name to delete.
     pub name: String,
 }
 
@@ -525,7 +528,9 @@ impl Handler<AddService> for Registry {
 #[derive(Message)]
 #[rtype(result = "Result<(), AdminError>")]
 pub struct DeleteService {
+    /// The service to delete.
     pub name: String,
+    /// Which of the two services of that name: local or remote.
     pub side: Side,
 }
 
@@ -556,9 +561,13 @@ impl Handler<DeleteService> for Registry {
 #[derive(Message)]
 #[rtype(result = "Result<(), AdminError>")]
 pub struct SetBind {
+    /// The tunnel the service is carried over.
     pub tunnel: String,
+    /// The service carried.
     pub service: String,
+    /// Which of the two services of that name: local or remote.
     pub side: Side,
+    /// `true` to bind (`POST`), `false` to unbind (`DELETE`).
     pub bound: bool,
 }
 

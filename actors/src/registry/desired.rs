@@ -17,6 +17,7 @@ pub const KEEP: &str = "***";
 /// A tunnel this node should dial.
 #[derive(Debug, Clone)]
 pub struct DesiredTunnel {
+    /// The peer's tunnel port to dial.
     pub dest: SocketAddr,
     /// Its own secret (`"***"`: the current one).
     pub secret: Option<String>,
@@ -42,6 +43,7 @@ pub struct Desired {
 #[derive(Message)]
 #[rtype(result = "Result<ConfigDiff, AdminError>")]
 pub struct ApplyConfig {
+    /// The whole desired configuration, checked.
     pub desired: Desired,
     /// Which parts the document governs: objects of a part it does not name are kept.
     pub parts: Parts,
@@ -52,9 +54,13 @@ pub struct ApplyConfig {
 /// The parts of the configuration a desired document governs.
 #[derive(Debug, Clone, Copy)]
 pub struct Parts {
+    /// The document governs the tunnels this node dials.
     pub tunnels: bool,
+    /// It governs the names declared for dialers.
     pub accepted: bool,
+    /// It governs the services.
     pub services: bool,
+    /// It governs the binds.
     pub binds: bool,
 }
 
@@ -77,8 +83,11 @@ impl Parts {
 /// (`services.local.web`, `bind.remote.db`, `tunnels.t1`, `accepted.t2`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConfigDiff {
+    /// Objects created.
     pub added: Vec<String>,
+    /// Objects changed in place or replaced.
     pub changed: Vec<String>,
+    /// Objects deleted.
     pub removed: Vec<String>,
     /// Nothing was changed: this is what would be.
     pub dry_run: bool,
@@ -86,8 +95,11 @@ pub struct ConfigDiff {
 
 /// One step of the plan: a key, what it holds now and what it should hold.
 struct Step {
+    /// What the step changes (a tunnel, a service, a bind).
     key: Key,
+    /// What it holds now.
     before: Change,
+    /// What it should hold.
     after: Change,
 }
 

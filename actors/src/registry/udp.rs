@@ -18,6 +18,7 @@ pub(super) struct UdpBound {
     id: u64,
     /// Restarts in a row (the back-off), reset once one has run for a while.
     restarts: u32,
+    /// When the listener now was started: one that runs a while resets the back-off.
     started: Instant,
     /// The service's datagram counts, for the next listener.
     counts: Arc<DatagramCounts>,

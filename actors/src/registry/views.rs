@@ -99,7 +99,9 @@ pub struct AcceptedView {
 /// The services, by side.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServicesView {
+    /// Services listening on this node, by name.
     pub local: BTreeMap<String, LocalServiceView>,
+    /// Services this node dials for, by name.
     pub remote: BTreeMap<String, RemoteServiceView>,
 }
 
@@ -131,8 +133,11 @@ pub struct LocalServiceView {
 pub struct RemoteServiceView {
     /// Where its streams are dialled: `["ip", port]`, or a list of them.
     pub addr: AddrsView,
+    /// `"***"` when keyed (a key is never shown), else absent.
     pub key: Option<&'static str>,
+    /// A keyed service's cipher.
     pub cipher: Option<&'static str>,
+    /// The idle timeout in milliseconds, if any.
     pub timeout: Option<u64>,
     /// Protocol, PROXY header, balance, health check, bandwidth.
     #[serde(flatten)]
@@ -224,7 +229,9 @@ impl OptionsView {
 /// Binds, by side: service -> tunnel.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BindsView {
+    /// Local services and the tunnel each is carried over.
     pub local: BTreeMap<String, String>,
+    /// Remote services and the tunnel each accepts streams from.
     pub remote: BTreeMap<String, String>,
 }
 
