@@ -43,7 +43,9 @@ pub struct Sample {
 /// A tunnel's state in a sample.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TunnelNow {
+    /// Whether it was up at that second.
     pub connected: bool,
+    /// Streams open at that second.
     pub streams: i64,
 }
 
@@ -56,12 +58,15 @@ pub struct History<'a> {
 
 /// The samples kept, and where new ones are published.
 pub struct Samples {
+    /// The last seconds' samples, bounded.
     seconds: Mutex<Kept>,
+    /// Each new sample, encoded once, to every dashboard client (bounded: one that lags skips).
     publish: broadcast::Sender<Arc<String>>,
 }
 
 #[derive(Default)]
 struct Kept {
+    /// The samples, oldest first, at most the history's length.
     seconds: VecDeque<Sample>,
     /// Rates over all seconds kept.
     points: usize,

@@ -47,7 +47,9 @@ pub struct NotReady {
 #[derive(Debug, Error)]
 #[error("{message}")]
 pub struct ApiError {
+    /// The HTTP status answered.
     status: StatusCode,
+    /// What the client is told (anything it supplied escaped).
     message: String,
     /// Every problem of a document, when there were several.
     errors: Vec<String>,

@@ -52,6 +52,7 @@ pub struct Upstream {
 #[derive(Message)]
 #[rtype(result = "Option<Secret>")]
 pub struct TunnelSecret {
+    /// The name the dialer claims in its HELLO.
     pub name: String,
 }
 
@@ -97,7 +98,9 @@ impl TunnelRefusal {
 #[derive(Message)]
 #[rtype(result = "Result<(), TunnelRefusal>")]
 pub struct MayAccept {
+    /// The tunnel name the dialer claims.
     pub name: String,
+    /// The dialer's public identity: a pinned name goes only to its pinned identity.
     pub identity: [u8; IDENTITY_LEN],
     /// The dialer proved a secret (the name's or the node's), not just its identity.
     pub secret_proven: bool,
@@ -112,9 +115,13 @@ pub struct MayAccept {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TunnelAccepted {
+    /// The name the dialer claimed and was given.
     pub name: String,
+    /// The connection, handshake done: the tunnel (or lane) runs over it.
     pub sock: TcpStream,
+    /// The dialer's windows and stream limit.
     pub peer: Terms,
+    /// The dialer's public identity, pinned to the name.
     pub identity: [u8; IDENTITY_LEN],
     /// The record layer's keys; `None` when neither node seals.
     pub keys: Option<SessionKeys>,
@@ -127,8 +134,11 @@ pub struct TunnelAccepted {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ListenerDown {
+    /// What the listener accepted: a service's clients or the tunnel port's peers.
     pub accepts: Accepts,
+    /// The incarnation that stopped: a report from an old one is ignored.
     pub id: u64,
+    /// It panicked (logged as an error; restarted all the same).
     pub panicked: bool,
 }
 
@@ -181,12 +191,15 @@ impl std::fmt::Display for Accepts {
 /// Accepts on one listening socket. The Registry starts it and restarts it if it stops without
 /// being told to.
 pub struct Listener {
+    /// What it accepts: a service's clients or the tunnel port's peers.
     accepts: Accepts,
     /// Which incarnation this is, so the Registry can tell a stale report from a current one.
     id: u64,
+    /// Where accepted tunnels and its own end are reported.
     registry: Upstream,
     /// The listening socket, shared with the Registry (which closes it).
     socket: SharedSocket,
+    /// The node's settings: handshake timeouts and limits, stream windows.
     settings: Settings,
     /// Descriptors and handshakes, node-wide.
     usage: Arc<Usage>,

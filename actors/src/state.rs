@@ -32,7 +32,9 @@ const QUEUE: usize = 1024;
 
 /// Hands changes to the writer thread. Dropping it lets the thread finish and exit.
 pub struct StateStore {
+    /// The state file (its journal beside it), for log lines.
     path: PathBuf,
+    /// The writer thread's queue, bounded ([`QUEUE`]).
     jobs: SyncSender<Job>,
 }
 
@@ -240,13 +242,17 @@ impl StateStore {
 
 /// The writer thread: the journal open for appending, and the state it and the snapshot make.
 struct Writer {
+    /// The state file; the journal is beside it, `PATH.journal`.
     path: PathBuf,
     /// Fold the journal in once it is larger than this and the snapshot.
     compact_min: u64,
     /// What snapshot and journal hold together: what the next snapshot will be.
     state: State,
+    /// The journal, open for appending.
     journal: File,
+    /// Bytes in the journal: compared with the snapshot's to decide a compaction.
     journal_len: u64,
+    /// Bytes in the last snapshot written.
     snapshot_len: u64,
 }
 

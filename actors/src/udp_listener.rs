@@ -54,6 +54,7 @@ impl Slot {
 }
 
 pub struct UdpListener {
+    /// The UDP service it listens for.
     service: String,
     /// Which incarnation of the service's listener this is, for its owner's reports.
     id: u64,
@@ -65,6 +66,7 @@ pub struct UdpListener {
     bound: Option<std::net::UdpSocket>,
     /// The service's socket, registered with this actor's thread.
     socket: Option<Arc<UdpSocket>>,
+    /// The published routes: the service's tunnel and key for each new flow.
     routes: RouteTable,
     /// Flows by client address.
     flows: HashMap<SocketAddr, Slot>,
@@ -72,6 +74,7 @@ pub struct UdpListener {
     next_id: u64,
     /// `max_udp_flows_per_service`.
     max_flows: usize,
+    /// The service's datagram counts, kept across its listener's restarts.
     counts: Arc<DatagramCounts>,
 }
 
@@ -85,9 +88,11 @@ pub struct StopUdp;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct UdpDown {
+    /// The UDP service whose listener stopped.
     pub service: String,
     /// The incarnation that stopped.
     pub id: u64,
+    /// It panicked (logged as an error; restarted all the same).
     pub panicked: bool,
 }
 

@@ -28,6 +28,7 @@ pub const MAX_DOCUMENT: usize = 16 << 20;
 pub struct Applied {
     /// Always true: a refused document answers an error.
     pub ok: bool,
+    /// What changed (or would, with `dry_run`).
     #[serde(flatten)]
     pub diff: ConfigDiff,
 }

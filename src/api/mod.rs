@@ -233,6 +233,7 @@ pub async fn apply_document(
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Query {
+        /// Answer what would change, change nothing.
         dry_run: Option<bool>,
     }
     let dry_run = web::Query::<Query>::from_query(query)
@@ -255,8 +256,11 @@ pub fn config_filter(query: &str) -> Result<ConfigFilter, ApiError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Query {
+        /// Only this tunnel.
         tunnel: Option<String>,
+        /// Only this service's objects and connections.
         service: Option<String>,
+        /// `false` leaves the connections out.
         connections: Option<bool>,
     }
     let q = web::Query::<Query>::from_query(query)

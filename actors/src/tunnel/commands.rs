@@ -8,6 +8,7 @@ use super::*;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseTunnel {
+    /// The GOAWAY code and reason to send first, if any.
     pub goodbye: Option<(GoAway, String)>,
 }
 
@@ -53,7 +54,9 @@ impl Handler<CloseTunnel> for Tunnel {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseService {
+    /// The deleted service's name.
     pub service: String,
+    /// Which end it was: only streams of that side close.
     pub side: Side,
 }
 
@@ -93,6 +96,7 @@ impl Handler<crate::Crash> for Tunnel {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CrashStream {
+    /// The stream whose connection actor is to panic.
     pub stream: u32,
 }
 

@@ -250,7 +250,9 @@ impl TunnelStats {
 #[derive(Message)]
 #[rtype(result = "TunnelStats")]
 pub struct Snapshot {
+    /// List the connections (`false`: counters only, cheaper).
     pub connections: bool,
+    /// Only this service's connections, if given.
     pub service: Option<String>,
 }
 

@@ -80,8 +80,11 @@ use streams::ServiceHandles;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TunnelDown {
+    /// The tunnel's name.
     pub name: String,
+    /// Which connection of the tunnel this was: a stale report is told from a current one.
     pub generation: u64,
+    /// Why it stopped, for the log and `GET /config`.
     pub reason: String,
     /// The peer's goodbye, if it said one.
     pub goaway: Option<GoAway>,
@@ -245,6 +248,7 @@ struct StreamEntry {
     recv: RecvWindow,
     /// Wire bytes of this stream, for `GET /config`.
     bytes_sent: u64,
+    /// Wire bytes received on it, for `GET /config`.
     bytes_received: u64,
     /// Its service's byte counters in `GET /metrics`.
     service_metrics: ServiceMetrics,
@@ -469,12 +473,19 @@ pub struct Tunnel {
 /// own figures, so the series carry the sum over the lanes.
 #[derive(Default)]
 struct Published {
+    /// Streams open on this lane, as last added to the tunnel's gauge.
     streams: i64,
+    /// Bytes queued here, as last added.
     queued: i64,
+    /// Send credit held here, as last added.
     send_window: i64,
+    /// Receive window offered here, as last added.
     receive_window: i64,
+    /// This lane's socket's unsent bytes, as last added.
     unsent: i64,
+    /// Its unacknowledged bytes, as last added.
     unacked: i64,
+    /// Its unread bytes, as last added.
     unread: i64,
 }
 
