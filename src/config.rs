@@ -87,16 +87,22 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// `[admin]`: where the admin API listens and who may use it.
     #[serde(default)]
     admin: Admin,
+    /// `[tunnel]`: the tunnel port, windows, heartbeats, secrets, lanes.
     #[serde(default)]
     tunnel: Tunnel,
+    /// `[state]`: where the runtime configuration is kept.
     #[serde(default)]
     state: StateTable,
+    /// `[limits]`: what peers and clients may use of this node.
     #[serde(default)]
     limits: LimitsTable,
+    /// `[node]`: how the node uses the machine.
     #[serde(default)]
     node: NodeTable,
+    /// `[log]`: how the log lines look.
     #[serde(default)]
     log: LogTable,
 }
@@ -122,20 +128,35 @@ struct NodeTable {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsTable {
+    /// Tunnel-port handshakes under way at once.
     max_handshakes: Option<usize>,
+    /// Tunnels accepted at once.
     max_tunnels: Option<usize>,
+    /// Streams a peer may open per tunnel (announced to it).
     max_streams: Option<u32>,
+    /// Clients of one local service at once.
     max_connections_per_service: Option<usize>,
+    /// Flows (client addresses) of one local UDP service at once.
     max_udp_flows_per_service: Option<usize>,
+    /// Backend connections one tunnel's peer may cause per second.
     max_dials_per_second: Option<u32>,
+    /// Descriptors kept for the admin API, the tunnel port and the state file.
     fd_reserve: Option<usize>,
+    /// Handshakes at once from one address.
     handshakes_per_address: Option<usize>,
+    /// Handshakes at once from one /24 or /64.
     handshakes_per_network: Option<usize>,
+    /// Places of `max_tunnels` kept for expected dialers.
     reserved_tunnels: Option<usize>,
+    /// Tunnel names remembered at most.
     max_names: Option<usize>,
+    /// New names one source address may claim per minute.
     new_names_per_minute: Option<u32>,
+    /// What one tunnel or local service may hold of the descriptor pool.
     descriptor_share_percent: Option<u8>,
+    /// Admin connections served at once.
     max_admin_connections: Option<usize>,
+    /// Bytes all tunnels may hold for their streams.
     max_buffered_bytes: Option<u64>,
 }
 
@@ -151,12 +172,15 @@ struct StateTable {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Admin {
+    /// The admin API's address (loopback by default).
     #[serde(default = "loopback")]
     ip: IpAddr,
+    /// The admin API's port.
     #[serde(default = "admin_port")]
     port: u16,
     /// Bearer token every request must carry.
     token: Option<String>,
+    /// A file holding the bearer token (read at start).
     token_file: Option<PathBuf>,
     /// Listen beyond loopback without a token.
     #[serde(default)]
@@ -169,8 +193,10 @@ struct Admin {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Tunnel {
+    /// The tunnel port's address.
     #[serde(default = "any")]
     ip: IpAddr,
+    /// The tunnel port.
     #[serde(default = "tunnel_port")]
     port: u16,
     /// Receive window per stream, bytes.
@@ -181,10 +207,13 @@ struct Tunnel {
     max_stream_window: Option<u32>,
     /// How far the tunnel window (and the sum of its streams' windows) may grow, bytes.
     max_tunnel_window: Option<u32>,
+    /// A PING this often, milliseconds.
     heartbeat_interval_ms: Option<u64>,
+    /// A tunnel silent this long is dead, milliseconds.
     heartbeat_timeout_ms: Option<u64>,
     /// The node's tunnel secret: peers must prove it.
     secret: Option<String>,
+    /// A file holding the node's tunnel secret (read at start).
     secret_file: Option<PathBuf>,
     /// `any` (default) or `known`: admit only names declared on this node.
     accept: Option<String>,
@@ -283,8 +312,11 @@ impl Default for Tunnel {
 /// What the node listens on, and the engine's tunables.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the admin API listens.
     pub admin: SocketAddr,
+    /// Where the tunnel port listens.
     pub tunnel: SocketAddr,
+    /// Everything else the engine runs with.
     pub settings: Settings,
     /// The state file, if runtime configuration is kept.
     pub state: Option<PathBuf>,

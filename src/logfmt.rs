@@ -58,20 +58,30 @@ pub fn init() {
 /// One JSON line.
 #[derive(Debug, Serialize)]
 pub struct Line<'a> {
+    /// When, RFC 3339 with milliseconds.
     ts: String,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
     level: &'a str,
+    /// The module that logged it.
     target: &'a str,
+    /// The line as text, peer-supplied parts escaped.
     msg: &'a str,
+    /// The tunnel it is about, when the line names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     tunnel: Option<&'a str>,
+    /// The service it is about, when the line names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<&'a str>,
+    /// The stream it is about, when the line names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<u64>,
+    /// The peer's or client's address, when the line names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     peer: Option<&'a str>,
+    /// A status code, when the line says `status N`.
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
+    /// Why, when the line gives a reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
 }

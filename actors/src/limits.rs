@@ -415,7 +415,7 @@ pub struct Refusals {
 pub struct DescriptorsView {
     /// `RLIMIT_NOFILE`.
     pub limit: usize,
-    /// Descriptors kept back for the admin API and the tunnel port (`fd_reserve`).
+    /// Descriptors kept back for the admin API, the tunnel port and the state file (`fd_reserve`).
     pub reserve: usize,
     /// Descriptors streams may hold: `limit` less the reserve.
     pub max: usize,

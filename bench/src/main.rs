@@ -71,10 +71,15 @@ const CHUNK: usize = 256 * 1024;
 const KEY: &str = "UHI@&s8sa*S";
 
 struct Plan {
+    /// Bytes each plaintext bulk row moves.
     bulk_plain: u64,
+    /// Bytes each keyed bulk row moves (RC4 and the AEADs are slower).
     bulk_keyed: u64,
+    /// Exchanges in each latency round.
     pings: usize,
+    /// How long each rate measure (requests, new connections, UDP) runs.
     window: Duration,
+    /// Idle connections opened to weigh what one costs in memory.
     idle_conns: usize,
     /// How long each long-link throughput run lasts.
     long_run: Duration,

@@ -15,8 +15,11 @@ use super::{latency_samples, Node};
 
 /// One keep-alive HTTP/1.1 connection to an admin API.
 struct Admin {
+    /// The response side, buffered to read headers by line.
     reader: BufReader<TcpStream>,
+    /// The request side.
     writer: TcpStream,
+    /// The API's address, for the `Host` header.
     host: SocketAddr,
 }
 

@@ -196,11 +196,16 @@ pub struct BindBody {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct TunnelPut {
+    /// The tunnel's name; if given, the path's.
     name: Option<String>,
+    /// The peer's tunnel port `[ip, port]`; required for a dialer, refused for an acceptor.
     #[schema(value_type = Option<Vec<serde_json::Value>>, min_items = 2, max_items = 2, example = json!(["127.0.0.1", 7001]))]
     dest: Option<SocketAddr>,
+    /// The tunnel's own secret, instead of the node's `[tunnel] secret`.
     secret: Option<String>,
+    /// `dialer` (the default) dials `dest`; `acceptor` declares a name peers may claim.
     role: Option<Role>,
+    /// A dialer's: the acceptor's identity (64 hex digits) to require.
     peer_identity: Option<String>,
 }
 
@@ -209,18 +214,29 @@ pub struct TunnelPut {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ServicePut {
+    /// The service's name; if given, the path's.
     name: Option<String>,
+    /// Encrypts the service's streams end to end; empty or absent: plaintext.
     key: Option<String>,
+    /// The cipher of a keyed service; default rc4.
     cipher: Option<Cipher>,
+    /// Idle timeout in milliseconds (0 or absent: none).
     timeout: Option<u64>,
+    /// `local` or `remote`; if given, the path's.
     #[schema(rename = "type")]
     side: Option<Side>,
+    /// `[ip, port]`: where a local service listens, where a remote one's streams go.
     #[schema(value_type = Vec<serde_json::Value>, example = json!(["127.0.0.1", 8080]))]
     addr: SocketAddr,
+    /// `tcp` (the default) or `udp`; both ends of a tunnel must name the same.
     protocol: Option<Protocol>,
+    /// A remote service's backend receives a PROXY header (`v1` or `v2`) first.
     proxy_protocol: Option<ProxyVersion>,
+    /// A remote service with several addresses: `first` (the default) or `round-robin`.
     balance: Option<Balance>,
+    /// A remote service's addresses are dialled this often (ms, at least 100).
     health_check_ms: Option<u64>,
+    /// Bytes per second the service's connections may move together, each direction.
     bandwidth: Option<u64>,
 }
 
@@ -229,8 +245,11 @@ pub struct ServicePut {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct BindPut {
+    /// The tunnel that carries the service.
     tunnel: String,
+    /// The service carried; if given, the path's.
     service: Option<String>,
+    /// `local` or `remote`; if given, the path's.
     #[schema(rename = "type")]
     side: Option<Side>,
 }
