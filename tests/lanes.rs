@@ -317,3 +317,65 @@ fn a_lane_gone_silent_takes_the_tunnel_down_within_the_heartbeat_timeout() {
         a.config()
     );
 }
+
+/// The data thread each stream of `service` runs on at node `node` (its tunnel's first lane's
+/// thread, then one thread further per lane, of `threads`).
+fn stream_threads(node: &Node, service: &str, threads: u64) -> BTreeSet<u64> {
+    let (status, config) = node.request("GET", "/config?connections=true", "");
+    assert_eq!(status, 200);
+    let head = |t: &str| config["tunnels"][t]["thread"].as_u64();
+    config["connections"]
+        .as_object()
+        .map(|streams| {
+            streams
+                .values()
+                .filter(|s| s["service"] == service)
+                .filter_map(|s| {
+                    let first = head(s["tunnel"].as_str()?)?;
+                    Some((first + s["lane"].as_u64()?) % threads)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_stream_keeps_off_the_thread_of_another_tunnels_bulk() {
+    let dir = TempDir::new("lanes-threads");
+    // Two data threads and three tunnels of two lanes: t1 and t3 start on the same thread, so
+    // each lane of t3 shares a thread with a lane of t1.
+    let a = Node::with_config(&dir, "a", "[tunnel]\nlanes = 2\n[node]\nthreads = 2\n");
+    let b = Node::with_config(&dir, "b", "[node]\nthreads = 2\n");
+    let echo = Backend::echo();
+    for t in ["t1", "t2", "t3"] {
+        dial(&a, &b, t);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let c = a.config();
+            ["t1", "t2", "t3"]
+                .iter()
+                .all(|t| c["tunnels"][t]["lanes"].as_u64() == Some(2))
+        }),
+        "every tunnel carries two lanes: {}",
+        a.config()
+    );
+    let bulk = carry(&a, &b, "t3", "bulk", None, echo.addr);
+    let interactive = carry(&a, &b, "t1", "echo", None, echo.addr);
+    // The bulk first, held open; then the exchange on the other tunnel.
+    let mut held = connect(bulk);
+    echo_once(&mut held, 1);
+    let mut exchange = connect(interactive);
+    echo_once(&mut exchange, 2);
+    let (bulk_on, echo_on) = (stream_threads(&a, "bulk", 2), stream_threads(&a, "echo", 2));
+    assert_eq!((bulk_on.len(), echo_on.len()), (1, 1), "{}", a.config());
+    assert!(
+        bulk_on.is_disjoint(&echo_on),
+        "the exchange on thread {echo_on:?} beside the bulk on {bulk_on:?}: {}",
+        a.config()
+    );
+    // And the other way round: a second bulk stream keeps off the exchange's thread.
+    let mut more = connect(bulk);
+    echo_once(&mut more, 3);
+    assert!(stream_threads(&a, "bulk", 2).is_disjoint(&echo_on));
+}

@@ -14,10 +14,12 @@
 //! starts nothing: the actor's address is then already closed.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 use actix::dev::channel;
@@ -47,13 +49,16 @@ pub struct DataThread {
 pub struct DataThreadHandle {
     /// The thread's command channel.
     commands: mpsc::UnboundedSender<Command>,
+    /// The thread's number among the node's data threads, for [`ThreadStreams`].
+    number: usize,
 }
 
 impl DataThread {
-    /// Starts a thread named `name` whose runtime is made by `runtime` (on the thread itself). The
-    /// actix `System` of the caller is the thread's too.
+    /// Starts a thread named `name`, the node's data thread `number`, whose runtime is made by
+    /// `runtime` (on the thread itself). The actix `System` of the caller is the thread's too.
     pub fn spawn(
         name: String,
+        number: usize,
         runtime: impl FnOnce() -> io::Result<tokio::runtime::Runtime> + Send + 'static,
     ) -> io::Result<DataThread> {
         let system = actix::System::current();
@@ -76,7 +81,7 @@ impl DataThread {
         })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(DataThread {
-                handle: DataThreadHandle { commands },
+                handle: DataThreadHandle { commands, number },
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(io::Error::other("a data thread ended while starting")),
@@ -97,6 +102,11 @@ impl Drop for DataThread {
 }
 
 impl DataThreadHandle {
+    /// The thread's number among the node's data threads.
+    pub fn number(&self) -> usize {
+        self.number
+    }
+
     /// Starts the actor `make` builds on the thread, as actix's `start_in_arbiter` does: its
     /// address at once, the actor built and run there.
     pub fn start<A, F>(&self, make: F) -> Addr<A>
@@ -113,6 +123,87 @@ impl DataThreadHandle {
         // A stopped thread drops `run`, and with it the receiver: the address is closed.
         let _ = self.commands.send(Command::Run(Box::new(run)));
         Addr::new(tx)
+    }
+}
+
+/// Live streams per service on each data thread, node-wide. A tunnel places a new stream on one
+/// of its lanes by what each lane's thread carries for every tunnel, not only for its own: two
+/// tunnels' lanes share the threads, and a stream beside another service's bulk on its thread
+/// waits for that thread whichever tunnel the bulk is on (`tunnel/placement.rs`).
+#[derive(Debug, Default)]
+pub struct ThreadStreams(Mutex<ThreadCounts>);
+
+/// The counts behind [`ThreadStreams`].
+#[derive(Debug, Default)]
+struct ThreadCounts {
+    /// Per service with live streams, its streams per thread (by number); a service with none
+    /// has no entry, so the table holds only services with streams now.
+    by_service: HashMap<String, Vec<u32>>,
+    /// Live streams per thread, every service's.
+    total: Vec<u32>,
+}
+
+impl ThreadStreams {
+    /// The counts (a panic while they were held left them whole: every change is one count).
+    fn lock(&self) -> MutexGuard<'_, ThreadCounts> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stream of `service` now lives on data thread `thread`.
+    pub fn opened(&self, thread: usize, service: &str) {
+        let mut c = self.lock();
+        // Looked up first: a service's name is copied only for its first live stream.
+        if !c.by_service.contains_key(service) {
+            c.by_service.insert(service.to_owned(), Vec::new());
+        }
+        let Some(counts) = c.by_service.get_mut(service) else {
+            return;
+        };
+        if counts.len() <= thread {
+            counts.resize(thread + 1, 0);
+        }
+        counts[thread] += 1;
+        if c.total.len() <= thread {
+            c.total.resize(thread + 1, 0);
+        }
+        c.total[thread] += 1;
+    }
+
+    /// A stream of `service` on data thread `thread` ended.
+    pub fn closed(&self, thread: usize, service: &str) {
+        let mut c = self.lock();
+        let Some(counts) = c.by_service.get_mut(service) else {
+            debug_assert!(false, "a stream of an uncounted service {service} closed");
+            return;
+        };
+        let Some(n) = counts.get_mut(thread) else {
+            debug_assert!(
+                false,
+                "a stream closed on thread {thread}, where none was opened"
+            );
+            return;
+        };
+        debug_assert!(*n > 0, "more streams closed than opened on thread {thread}");
+        *n = n.saturating_sub(1);
+        if counts.iter().all(|&n| n == 0) {
+            c.by_service.remove(service);
+        }
+        if let Some(t) = c.total.get_mut(thread) {
+            *t = t.saturating_sub(1);
+        }
+    }
+
+    /// Live streams on data thread `thread`: of services other than `service`, and of all.
+    pub fn load(&self, thread: usize, service: &str) -> (u32, u32) {
+        let c = self.lock();
+        let total = c.total.get(thread).copied().unwrap_or(0);
+        let mine = c
+            .by_service
+            .get(service)
+            .and_then(|counts| counts.get(thread))
+            .copied()
+            .unwrap_or(0);
+        (total.saturating_sub(mine), total)
     }
 }
 
@@ -190,7 +281,7 @@ mod tests {
     #[test]
     fn actors_run_on_the_thread_survive_a_neighbour_panicking_while_built_and_stop_with_it() {
         actix_rt::System::new().block_on(async {
-            let thread = DataThread::spawn("data-test".into(), runtime).expect("thread");
+            let thread = DataThread::spawn("data-test".into(), 0, runtime).expect("thread");
             let here = std::thread::current().id();
             let addr = thread.handle().start(|_| Where);
             let there = addr.send(Ask).await.expect("an answer");

@@ -179,6 +179,8 @@ pub struct Usage {
     pub dials_refused: AtomicU64,
     /// Clients refused because their service carried `max_connections_per_service`.
     pub connections_refused: AtomicU64,
+    /// Live streams per service on each data thread, for placing new ones.
+    pub thread_streams: crate::data_thread::ThreadStreams,
 }
 
 impl Usage {
@@ -197,6 +199,7 @@ impl Usage {
             streams_refused: AtomicU64::new(0),
             dials_refused: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            thread_streams: Default::default(),
         })
     }
 

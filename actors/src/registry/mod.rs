@@ -604,7 +604,7 @@ fn data_thread(n: usize) -> DataThread {
             .build()
     };
     // As `Arbiter::new` does: a node whose data threads cannot start cannot run at all.
-    DataThread::spawn(format!("menet-data-{n}"), runtime).expect("a data thread")
+    DataThread::spawn(format!("menet-data-{n}"), n, runtime).expect("a data thread")
 }
 
 #[cfg(test)]

@@ -132,6 +132,9 @@ impl Registry {
             }
         };
         let (registry, shared) = (ctx.address().recipient(), self.shared());
+        // A tunnel and all its connections on one data thread, so a stream's bytes never cross
+        // threads; each goes to the one carrying the fewest tunnels.
+        let (data, thread) = self.next_data_thread().unzip();
         let link = TunnelLink {
             name: name.clone(),
             generation,
@@ -140,13 +143,12 @@ impl Registry {
             peer,
             authenticated,
             keys,
+            thread,
         };
         let make = move |_: &mut Context<Tunnel>| Tunnel::new(link, registry, shared);
-        // A tunnel and all its connections on one data thread, so a stream's bytes never cross
-        // threads; each goes to the one carrying the fewest tunnels.
-        let (actor, thread) = match self.next_data_thread() {
-            Some((data, n)) => (data.start(make), Some(n)),
-            None => (Tunnel::create(make), None),
+        let actor = match data {
+            Some(data) => data.start(make),
+            None => Tunnel::create(make),
         };
         if let (Some(dest), Some(pin)) = (dest, peer_pin) {
             let threads = (1..self.settings.lanes)

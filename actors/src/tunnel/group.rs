@@ -176,8 +176,14 @@ impl Handler<JoinLane> for Tunnel {
 
     fn handle(&mut self, msg: JoinLane, ctx: &mut Self::Context) {
         let open = matches!(self.life, Life::Open) && matches!(self.group, Group::Head { .. });
+        let thread = msg.thread.as_ref().map(DataThreadHandle::number);
         let lane = if open {
-            self.lanes.lock().add_lane()
+            let mut placement = self.lanes.lock();
+            let lane = placement.add_lane();
+            if let Some(lane) = lane {
+                placement.set_thread(lane, thread);
+            }
+            lane
         } else {
             None
         };
@@ -193,6 +199,7 @@ impl Handler<JoinLane> for Tunnel {
             peer: self.peer.terms,
             authenticated: self.peer.authenticated,
             keys: msg.keys,
+            thread,
         };
         let (head, shared) = (ctx.address().recipient(), self.shared.clone());
         let (lanes, wide) = (self.lanes.clone(), self.counts.wide.clone());

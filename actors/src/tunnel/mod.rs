@@ -333,6 +333,8 @@ pub struct TunnelLink {
     pub authenticated: bool,
     /// The record layer's keys from the handshake; `None`: frames go in the clear.
     pub keys: Option<SessionKeys>,
+    /// The data thread it runs on, by number (`None`: no data threads), for placing streams.
+    pub thread: Option<usize>,
 }
 
 /// A tunnel's end, as one state.
@@ -506,6 +508,7 @@ impl Tunnel {
             peer,
             authenticated,
             keys,
+            thread,
         } = link;
         let Shared {
             settings,
@@ -564,7 +567,11 @@ impl Tunnel {
             published: Published::default(),
             group: Group::Head { lanes: Vec::new() },
             lane: 0,
-            lanes: Lanes::new(),
+            lanes: {
+                let lanes = Lanes::new(usage.clone());
+                lanes.lock().set_thread(0, thread);
+                lanes
+            },
             shared: Shared {
                 settings,
                 usage,
