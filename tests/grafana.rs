@@ -20,11 +20,16 @@ fn the_grafana_dashboard_queries_only_series_the_node_serves() {
     assert!(dash["uid"].is_string() && dash["title"].is_string());
     let panels = dash["panels"].as_array().expect("panels");
     assert!(panels.len() >= 10);
-    let registered = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/actors/src/metrics/mod.rs"
-    ))
-    .expect("metrics source");
+    // The families are registered in these two files (`build` in the first).
+    let registered = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/actors/src/metrics/mod.rs"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/actors/src/metrics/register.rs"
+        ),
+    ]
+    .map(|path| std::fs::read_to_string(path).expect("metrics source"))
+    .concat();
     let (a, b) = (Node::start(), Node::start());
     let echo = Backend::echo();
     let web = wire(&a, &b, echo.addr, None);
