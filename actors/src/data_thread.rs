@@ -13,8 +13,8 @@
 //! dropped with its `LocalSet`, as an arbiter's are when it stops. A handle outliving the thread
 //! starts nothing: the actor's address is then already closed.
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -151,22 +151,22 @@ impl ThreadStreams {
 
     /// A stream of `service` now lives on data thread `thread`.
     pub fn opened(&self, thread: usize, service: &str) {
-        let mut c = self.lock();
-        // Looked up first: a service's name is copied only for its first live stream.
-        if !c.by_service.contains_key(service) {
-            c.by_service.insert(service.to_owned(), Vec::new());
+        let mut guard = self.lock();
+        let c = &mut *guard;
+        match c.by_service.get_mut(service) {
+            Some(counts) => bump(counts, thread),
+            // A service's name is copied only for its first live stream.
+            None => {
+                let mut counts = Vec::new();
+                bump(&mut counts, thread);
+                c.by_service.insert(service.to_owned(), counts);
+            }
         }
-        let Some(counts) = c.by_service.get_mut(service) else {
-            return;
-        };
-        if counts.len() <= thread {
-            counts.resize(thread + 1, 0);
-        }
-        counts[thread] += 1;
-        if c.total.len() <= thread {
-            c.total.resize(thread + 1, 0);
-        }
-        c.total[thread] += 1;
+        bump(&mut c.total, thread);
+        debug_assert!(
+            c.holds(thread),
+            "thread {thread}'s total is its services' sum"
+        );
     }
 
     /// A stream of `service` on data thread `thread` ended.
@@ -191,6 +191,10 @@ impl ThreadStreams {
         if let Some(t) = c.total.get_mut(thread) {
             *t = t.saturating_sub(1);
         }
+        debug_assert!(
+            c.holds(thread),
+            "thread {thread}'s total is its services' sum"
+        );
     }
 
     /// Live streams on data thread `thread`: of services other than `service`, and of all.
@@ -205,6 +209,27 @@ impl ThreadStreams {
             .unwrap_or(0);
         (total.saturating_sub(mine), total)
     }
+}
+
+impl ThreadCounts {
+    /// The invariant: a thread's total is the sum of its services' streams (O(services): for
+    /// debug assertions).
+    fn holds(&self, thread: usize) -> bool {
+        let sum: u32 = self
+            .by_service
+            .values()
+            .map(|counts| counts.get(thread).copied().unwrap_or(0))
+            .sum();
+        sum == self.total.get(thread).copied().unwrap_or(0)
+    }
+}
+
+/// One more at `i`, growing `counts` to hold it.
+fn bump(counts: &mut Vec<u32>, i: usize) {
+    if counts.len() <= i {
+        counts.resize(i + 1, 0);
+    }
+    counts[i] += 1;
 }
 
 /// The thread's stop flag and the waker of the future it blocks on.
