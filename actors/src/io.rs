@@ -56,6 +56,14 @@ pub fn try_write_now(
     w: &tokio::net::tcp::OwnedWriteHalf,
     bufs: &mut Vec<Bytes>,
 ) -> io::Result<bool> {
+    if let [one] = bufs.as_mut_slice() {
+        // A short exchange's one record: a plain `send`, without the vector's setup.
+        let done = try_write_one(w, one)?;
+        if done {
+            bufs.clear();
+        }
+        return Ok(done);
+    }
     bufs.retain(|b| !b.is_empty());
     while !bufs.is_empty() {
         let written = {
@@ -86,6 +94,29 @@ pub fn try_write_now(
         bufs.drain(..done);
     }
     Ok(true)
+}
+
+/// [`try_write_now`] of one buffer: what the socket does not take stays in `buf`.
+fn try_write_one(w: &tokio::net::tcp::OwnedWriteHalf, buf: &mut Bytes) -> io::Result<bool> {
+    let written = try_write_some(w, buf)?;
+    buf.advance(written);
+    Ok(buf.is_empty())
+}
+
+/// Writes what the socket takes of `buf` now, without waiting: how many bytes it took (all of
+/// them, or fewer when it would block). An error after some bytes went counts those; the next
+/// write meets the error.
+pub fn try_write_some(w: &tokio::net::tcp::OwnedWriteHalf, buf: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < buf.len() {
+        match w.try_write(&buf[written..]) {
+            Ok(0) if written == 0 => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) if n > 0 => written += n,
+            Err(e) if written == 0 && e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => break,
+        }
+    }
+    Ok(written)
 }
 
 /// What one read of a downstream socket gave.

@@ -41,11 +41,11 @@ use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::{Downstream, FromConnection};
-use crate::io::try_write_now;
+use crate::io::try_write_some;
 use crate::lasting::WakingQueue;
 use crate::protocol::HEADER_LEN;
 use crate::record::Sealer;
@@ -53,6 +53,10 @@ use crate::record::Sealer;
 /// The largest frame that goes straight to the socket: a short exchange's. A bulk stream's
 /// frames (up to 64 KiB each) go the usual way, batched by the tunnel's writer.
 const DIRECT_MAX: usize = 16 * 1024;
+
+/// The scratch record's capacity kept between direct writes: one record of a frame of
+/// [`DIRECT_MAX`] bytes, with room for its record header and tag.
+const SCRATCH_MAX: usize = DIRECT_MAX + 64;
 
 /// One end of what a tunnel shares with its connections: they report and write on it, the
 /// tunnel takes their reports and writes through the same way out.
@@ -81,6 +85,9 @@ pub struct WayOut {
     pub rest: Vec<Bytes>,
     /// Emptied lists of past writes, reused so that a write allocates none.
     spare: Vec<Vec<Bytes>>,
+    /// A direct write's record is sealed here, reused, so that a short exchange's record costs
+    /// no allocation (at most one [`DIRECT_MAX`] record's capacity is kept).
+    scratch: BytesMut,
 }
 
 impl WayOut {
@@ -94,6 +101,50 @@ impl WayOut {
         if self.spare.len() < 2 && list.capacity() <= 256 {
             list.clear();
             self.spare.push(list);
+        }
+    }
+
+    /// Writes one frame straight to the socket, sealed into the scratch record on a sealed
+    /// tunnel: `true` once all of it went, else what did not go is left as the rest.
+    fn write_direct(&mut self, frame: Bytes) -> bool {
+        let Some(writer) = self.writer.as_ref() else {
+            let record = self.seal_one(frame);
+            self.rest.push(record);
+            return false;
+        };
+        let Some(sealer) = self.sealer.as_mut() else {
+            let mut frame = frame;
+            let written = try_write_some(writer, &frame).unwrap_or(0);
+            frame.advance(written);
+            if frame.is_empty() {
+                return true;
+            }
+            self.rest.push(frame);
+            return false;
+        };
+        self.scratch.clear();
+        sealer.seal_into(&frame, &mut self.scratch);
+        let written = try_write_some(writer, &self.scratch).unwrap_or(0);
+        let done = written == self.scratch.len();
+        if !done {
+            self.rest
+                .push(Bytes::copy_from_slice(&self.scratch[written..]));
+        }
+        if self.scratch.capacity() > SCRATCH_MAX {
+            self.scratch = BytesMut::new();
+        }
+        done
+    }
+
+    /// One frame as a record of its own (or as it is, on a clear tunnel).
+    fn seal_one(&mut self, frame: Bytes) -> Bytes {
+        match self.sealer.as_mut() {
+            Some(sealer) => {
+                let mut record = BytesMut::new();
+                sealer.seal_into(&frame, &mut record);
+                record.freeze()
+            }
+            None => frame,
         }
     }
 
@@ -135,23 +186,14 @@ impl Upstream {
         let payload = (frame.len() - HEADER_LEN) as u64;
         down.sent_direct(payload);
         let mut out = self.0.out.borrow_mut();
-        let mut frames = out.list();
-        frames.push(frame);
-        let mut records = out.seal(frames);
-        let done = match out.writer.as_ref() {
-            Some(writer) => try_write_now(writer, &mut records).unwrap_or(false),
-            None => false,
-        };
+        let done = out.write_direct(frame);
+        drop(out);
         let sent = FromConnection::Sent { stream };
         if done {
-            out.recycle(records);
-            drop(out);
             self.0.reports.send_quiet(sent);
         } else {
             // Full (or failed: the tunnel's writer meets the error): the rest goes first, and
             // nothing passes it until the tunnel's writer has sent it.
-            out.rest = records;
-            drop(out);
             self.0.open.set(false);
             self.send(sent);
         }
@@ -421,6 +463,73 @@ mod tests {
             tunnel.look().rest.iter().map(Bytes::len).sum::<usize>(),
             rest
         );
+    }
+
+    /// On a sealed tunnel the direct frames go as records, and what the socket did not take
+    /// stays as the rest: written before the writer's next records, every frame opens in order.
+    #[actix_rt::test]
+    async fn sealed_direct_frames_and_their_rest_open_in_order_with_the_writers_records() {
+        use crate::record::{RekeyPolicy, SealedFrameCodec, SessionKeys, TransportCipher};
+        let keys = || SessionKeys::derive(&[4; 32], b"t", &[2; 32], TransportCipher::Aes256Gcm);
+        let (sealer, _) = keys().split(true, RekeyPolicy::default());
+        let (_, opener) = keys().split(false, RekeyPolicy::default());
+        let (writer, mut peer) = socket_pair().await;
+        let tunnel = Upstream::new();
+        let connection = tunnel.clone();
+        tunnel.out().writer = Some(writer);
+        tunnel.out().sealer = Some(Box::new(sealer));
+        let down = passable();
+        // The peer reads nothing until the socket is full.
+        let mut sent = 0u32;
+        while tunnel.look().rest.is_empty() {
+            assert!(sent < 10_000, "the socket never filled");
+            tunnel.set_open(true);
+            let payload = vec![(sent % 251) as u8; 12 * 1024];
+            connection.send_data(5, data(&payload), &down);
+            sent += 1;
+            while tunnel.take().is_some() {}
+        }
+        // The tunnel's writer: the rest first, then a frame of its own, sealed the usual way.
+        let (wire, writer) = {
+            let mut out = tunnel.out();
+            let mut wire = std::mem::take(&mut out.rest);
+            let mut frames = out.list();
+            frames.push(data(b"after"));
+            wire.extend(out.seal(frames));
+            (wire, out.writer.take().expect("the write half"))
+        };
+        let sender = tokio::spawn(async move {
+            let mut writer = writer;
+            crate::io::write_all_vectored(&mut writer, wire)
+                .await
+                .map(|_| writer)
+        });
+        let mut codec = SealedFrameCodec::new(opener);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        while got.len() < sent as usize + 1 {
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_buf(&mut buf))
+                    .await
+                    .expect("the records within 5 s")
+                    .unwrap();
+            assert!(n > 0, "the socket closed");
+            while let Some(f) = codec.decode(&mut buf).expect("every record opens") {
+                got.push(f);
+            }
+        }
+        sender.await.unwrap().expect("the rest written");
+        for (i, frame) in got.iter().enumerate() {
+            let Frame::Data { stream: 5, payload } = frame else {
+                panic!("frame {i}: {frame:?}");
+            };
+            if i < sent as usize {
+                assert_eq!(payload.len(), 12 * 1024);
+                assert!(payload.iter().all(|b| *b == (i % 251) as u8), "frame {i}");
+            } else {
+                assert_eq!(&payload[..], b"after");
+            }
+        }
     }
 
     #[actix_rt::test]

@@ -595,11 +595,14 @@ impl Actor for Registry {
 /// busy stream, for one `epoll_wait` per eight polls.
 const EVENT_INTERVAL: u32 = 8;
 
-/// Data thread `n`: its runtime checks for I/O events every [`EVENT_INTERVAL`] polls.
+/// Data thread `n`: its runtime checks for I/O events every [`EVENT_INTERVAL`] polls. Sockets and
+/// timers only: signals are the main thread's, and a signal driver here would be checked at every
+/// turn of the thread for nothing.
 fn data_thread(n: usize) -> DataThread {
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .event_interval(EVENT_INTERVAL)
             .build()
     };
