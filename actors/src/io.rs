@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
+use std::rc::Rc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::Interest;
@@ -121,41 +122,32 @@ pub fn try_write_some(w: &tokio::net::tcp::OwnedWriteHalf, buf: &[u8]) -> io::Re
 
 /// What one read of a downstream socket gave.
 pub enum Chunk {
-    /// A DATA frame (payload at [`HEADER_LEN`]); `drained` when the read came up short, so the
-    /// socket had nothing more.
+    /// A DATA frame (payload at [`HEADER_LEN`]), in the read buffer the read was given;
+    /// `drained` when the read came up short, so the socket had nothing more.
     Frame {
-        frame: BytesMut,
         drained: bool,
     },
     Eof,
 }
 
 thread_local! {
-    /// This thread's read buffer: a read that fills most of a frame leaves in it as the frame (the
-    /// thread takes a new one at its next read), a short one is copied out to a buffer of its own
-    /// size, so a small request costs one small allocation, not a frame-sized one.
-    static READ_BUFFER: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    /// This thread's read buffer, shared by its connections (an idle one holds nothing). A frame
+    /// read into it is used where it lies when it goes straight to the tunnel's socket; one that
+    /// is queued is taken out by [`take_frame`].
+    static READ_BUFFER: Rc<RefCell<BytesMut>> = Rc::new(RefCell::new(BytesMut::new()));
 }
 
-/// Reads at most `max` bytes that are ready now into a new DATA frame for `stream`, with `spare`
-/// bytes of capacity left after them (for an AEAD tag); `WouldBlock` when nothing is ready.
-///
-/// The socket is read straight into the thread's read buffer, behind the frame's header. A read
-/// that fills less than half of that buffer is copied to a buffer of its own size, so a queued
-/// frame never holds more than twice its bytes, and an idle connection holds nothing; a longer
-/// one leaves in the read buffer itself.
+/// This thread's read buffer, for [`try_read_data_frame`].
+pub fn read_buffer() -> Rc<RefCell<BytesMut>> {
+    READ_BUFFER.with(Rc::clone)
+}
+
+/// Reads at most `max` bytes that are ready now into `buffer` as a new DATA frame for `stream`,
+/// with `spare` bytes of capacity left after them (for an AEAD tag); `WouldBlock` when nothing is
+/// ready. The socket is read straight into the buffer, behind the frame's header.
 /// A short read also clears the socket's readiness (through `try_io`, which keeps it if data came
 /// in meanwhile), which saves the read that would only say `EAGAIN`.
 pub fn try_read_data_frame(
-    rd: &OwnedReadHalf,
-    stream: u32,
-    max: usize,
-    spare: usize,
-) -> io::Result<Chunk> {
-    READ_BUFFER.with_borrow_mut(|buffer| read_data_frame_into(buffer, rd, stream, max, spare))
-}
-
-fn read_data_frame_into(
     buffer: &mut BytesMut,
     rd: &OwnedReadHalf,
     stream: u32,
@@ -182,23 +174,25 @@ fn read_data_frame_into(
         (None, Ok(n)) => n,
     };
     if n == 0 {
+        buffer.clear();
         return Ok(Chunk::Eof);
     }
-    let drained = n < max;
-    // The buffer may be larger than this read asked for (an earlier read of another stream
-    // wanted more): the frame takes it only while it stays within twice its bytes.
-    if (HEADER_LEN + n) * 2 < buffer.capacity() {
-        let mut exact = BytesMut::with_capacity(HEADER_LEN + n + spare);
-        put_data_header(&mut exact, stream, n);
-        exact.extend_from_slice(&buffer[HEADER_LEN..HEADER_LEN + n]);
-        return Ok(Chunk::Frame {
-            frame: exact,
-            drained,
-        });
+    set_frame_len(buffer, n);
+    Ok(Chunk::Frame { drained: n < max })
+}
+
+/// The frame in the read buffer `buffer`, as a frame of its own (to be queued). A frame that
+/// fills less than half of the buffer is copied to a buffer of its own size, so a queued frame
+/// never holds more than twice its bytes; a longer one leaves in the buffer itself (the thread
+/// takes a new one at its next read).
+pub fn take_frame(buffer: &mut BytesMut) -> BytesMut {
+    if buffer.len() * 2 < buffer.capacity() {
+        let exact = BytesMut::from(&buffer[..]);
+        buffer.clear();
+        exact
+    } else {
+        std::mem::take(buffer)
     }
-    let mut frame = std::mem::take(buffer);
-    set_frame_len(&mut frame, n);
-    Ok(Chunk::Frame { frame, drained })
 }
 
 /// Resets the TCP connection on `fd` now (a RST, not a FIN), for a stream that did not end
@@ -330,12 +324,15 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    /// Reads one frame of at most `max` bytes once the socket is readable.
+    /// Reads one frame of at most `max` bytes once the socket is readable, taken out of the
+    /// thread's read buffer as a queued frame is.
     async fn frame(rd: &OwnedReadHalf, max: usize) -> BytesMut {
+        let buffer = read_buffer();
         loop {
             rd.readable().await.expect("readable");
-            match try_read_data_frame(rd, 7, max, 16) {
-                Ok(Chunk::Frame { frame, .. }) => return frame,
+            let mut buffer = buffer.borrow_mut();
+            match try_read_data_frame(&mut buffer, rd, 7, max, 16) {
+                Ok(Chunk::Frame { .. }) => return take_frame(&mut buffer),
                 Ok(Chunk::Eof) => panic!("closed"),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("{e}"),

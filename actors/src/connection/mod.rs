@@ -337,6 +337,7 @@ impl Connection {
         }
         let stream = self.stream;
         let overhead = self.overhead();
+        let buffer = crate::io::read_buffer();
         loop {
             // The grant counts wire bytes: an AEAD tag takes its share.
             let room = self.grant.min(MAX_DATA as u64) as usize;
@@ -360,8 +361,16 @@ impl Connection {
             let Some(reader) = self.reader.as_ref() else {
                 return;
             };
-            match try_read_data_frame(reader, stream, max, overhead) {
-                Ok(Chunk::Frame { frame, drained }) => {
+            // The thread's read buffer; should it be in use (it is not: nothing that sends a
+            // frame reads one), a buffer of this read's own.
+            let mut own = BytesMut::new();
+            let mut shared = buffer.try_borrow_mut();
+            let frame = match shared.as_deref_mut() {
+                Ok(shared) => shared,
+                Err(_) => &mut own,
+            };
+            match try_read_data_frame(frame, reader, stream, max, overhead) {
+                Ok(Chunk::Frame { drained }) => {
                     if let Some(p) = &self.pace {
                         p.take(Direction::Read, (frame.len() - HEADER_LEN) as u64);
                     }
@@ -424,12 +433,13 @@ impl Connection {
         }
     }
 
-    fn send_frame(&mut self, stream: u32, mut frame: BytesMut) {
-        Keying::seal_frame(&mut self.keying, &mut frame);
+    /// Sends the DATA frame just read into this thread's read buffer `frame`.
+    fn send_frame(&mut self, stream: u32, frame: &mut BytesMut) {
+        Keying::seal_frame(&mut self.keying, frame);
         let n = (frame.len() - HEADER_LEN) as u64;
         self.grant = self.grant.saturating_sub(n);
         self.down.touch();
-        self.upstream.send_data(stream, frame.freeze(), &self.down);
+        self.upstream.send_data(stream, frame, &self.down);
     }
 
     fn write_more(&mut self, ctx: &mut Context<Self>) {
