@@ -336,6 +336,18 @@ mod tests {
 
     /// What the peer's end has read by now, decoded into frames.
     async fn frames_read(peer: &mut tokio::net::TcpStream, want: usize) -> Vec<Frame> {
+        frames_decoded(peer, want, FrameCodec).await
+    }
+
+    /// The first `want` frames the peer's end reads, decoded by `codec` (within 5 s each read).
+    async fn frames_decoded<C>(
+        peer: &mut tokio::net::TcpStream,
+        want: usize,
+        mut codec: C,
+    ) -> Vec<Frame>
+    where
+        C: Decoder<Item = Frame, Error = crate::protocol::ProtocolError>,
+    {
         let mut buf = BytesMut::new();
         let mut frames = Vec::new();
         while frames.len() < want {
@@ -345,7 +357,7 @@ mod tests {
                     .expect("the frame within 5 s")
                     .unwrap();
             assert!(n > 0, "the socket closed");
-            while let Some(f) = FrameCodec.decode(&mut buf).unwrap() {
+            while let Some(f) = codec.decode(&mut buf).expect("every frame decodes") {
                 frames.push(f);
             }
         }
@@ -511,20 +523,7 @@ mod tests {
                 .await
                 .map(|_| writer)
         });
-        let mut codec = SealedFrameCodec::new(opener);
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        while got.len() < sent as usize + 1 {
-            let n =
-                tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_buf(&mut buf))
-                    .await
-                    .expect("the records within 5 s")
-                    .unwrap();
-            assert!(n > 0, "the socket closed");
-            while let Some(f) = codec.decode(&mut buf).expect("every record opens") {
-                got.push(f);
-            }
-        }
+        let got = frames_decoded(&mut peer, sent as usize + 1, SealedFrameCodec::new(opener)).await;
         sender.await.unwrap().expect("the rest written");
         for (i, frame) in got.iter().enumerate() {
             let Frame::Data { stream: 5, payload } = frame else {
