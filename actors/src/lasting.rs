@@ -118,11 +118,23 @@ impl<T> WakingQueue<T> {
         self.taker.set(Some(waker));
     }
 
-    /// Gives the buffer back to the allocator if the queue is empty (an idle taker holds none).
-    pub fn release_buffer(&self) {
+    /// The queue's buffer, if the queue is empty and has one (the queue then holds none).
+    pub fn take_buffer(&self) -> Option<VecDeque<T>> {
         let mut items = self.items.borrow_mut();
-        if items.is_empty() && items.capacity() > 0 {
-            *items = VecDeque::new();
+        (items.is_empty() && items.capacity() > 0).then(|| std::mem::take(&mut *items))
+    }
+
+    /// Whether the queue holds no buffer (its next item allocates one).
+    pub fn has_no_buffer(&self) -> bool {
+        self.items.borrow().capacity() == 0
+    }
+
+    /// Gives the queue `buffer` (emptied) if it holds none.
+    pub fn give_buffer(&self, buffer: VecDeque<T>) {
+        debug_assert!(buffer.is_empty(), "a buffer given with items in it");
+        let mut items = self.items.borrow_mut();
+        if items.capacity() == 0 && buffer.is_empty() {
+            *items = buffer;
         }
     }
 }
@@ -201,16 +213,25 @@ mod tests {
     }
 
     #[test]
-    fn a_waking_queue_gives_its_buffer_back_only_when_empty() {
+    fn a_waking_queue_gives_its_buffer_up_only_when_empty_and_takes_one_only_when_it_has_none() {
         let queue = WakingQueue::default();
         for n in 0..5 {
             queue.send(n);
         }
-        queue.release_buffer();
-        assert_eq!(queue.take(), Some(0), "kept while it holds items");
+        assert!(queue.take_buffer().is_none(), "kept while it holds items");
+        assert_eq!(queue.take(), Some(0));
         while queue.take().is_some() {}
-        queue.release_buffer();
-        assert!(queue.is_empty());
-        assert_eq!(queue.items.borrow().capacity(), 0);
+        let buffer = queue.take_buffer().expect("the emptied buffer");
+        assert!(buffer.capacity() >= 5);
+        assert!(queue.is_empty() && queue.has_no_buffer());
+        assert!(queue.take_buffer().is_none(), "none left to give");
+        // A queue given a buffer uses it; one that has a buffer keeps its own.
+        let capacity = buffer.capacity();
+        queue.give_buffer(buffer);
+        assert_eq!(queue.items.borrow().capacity(), capacity);
+        queue.give_buffer(VecDeque::with_capacity(64));
+        assert_eq!(queue.items.borrow().capacity(), capacity);
+        queue.send(7);
+        assert_eq!(queue.take(), Some(7));
     }
 }

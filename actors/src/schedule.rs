@@ -51,7 +51,16 @@ pub struct SendQueue {
     /// The one frame queued while the rings are empty (then they stay empty until the next
     /// push), with its stream: the idle tunnel's case, at no bookkeeping.
     solo: Option<(u32, Bytes)>,
+    /// Emptied streams' frame queues, kept for the next stream that queues (at most
+    /// [`SPARE_QUEUES`], none grown past [`SPARE_CAPACITY`]): many short requests at once each
+    /// queue a frame, and made and dropped a queue per request.
+    spare: Vec<VecDeque<Bytes>>,
 }
+
+/// Emptied frame queues a send queue keeps for reuse.
+const SPARE_QUEUES: usize = 64;
+/// The largest capacity (in frames) of an emptied queue that is kept.
+const SPARE_CAPACITY: usize = 16;
 
 impl SendQueue {
     /// Queues an encoded DATA or FIN frame of `stream`.
@@ -75,7 +84,10 @@ impl SendQueue {
     fn push_queued(&mut self, stream: u32, frame: Bytes) {
         let q = self.streams.entry(stream).or_insert_with(|| {
             self.sparse.push_back(stream);
-            StreamQueue::default()
+            StreamQueue {
+                frames: self.spare.pop().unwrap_or_default(),
+                ..StreamQueue::default()
+            }
         });
         q.bytes += frame.len();
         q.frames.push_back(frame);
@@ -136,7 +148,9 @@ impl SendQueue {
                 out.extend(q.frames.pop_front());
             }
             if q.frames.is_empty() && !sparse {
-                self.streams.remove(&id);
+                if let Some(q) = self.streams.remove(&id) {
+                    self.keep_spare(q.frames);
+                }
             } else {
                 if q.frames.is_empty() {
                     q.deficit = 0;
@@ -146,6 +160,14 @@ impl SendQueue {
         }
         self.bytes -= taken;
         taken
+    }
+
+    /// Keeps an emptied stream's queue for the next stream that queues, within the bounds.
+    fn keep_spare(&mut self, frames: VecDeque<Bytes>) {
+        debug_assert!(frames.is_empty(), "a queue kept with frames in it");
+        if self.spare.len() < SPARE_QUEUES && frames.capacity() <= SPARE_CAPACITY {
+            self.spare.push(frames);
+        }
     }
 
     /// Drops what `stream` has queued (it was reset); the payload bytes dropped, so the caller

@@ -21,12 +21,25 @@
 //! which no direct write can pass (it waits in the queue until taken).
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::task::Context;
 
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::StreamEvent;
 use crate::lasting::WakingQueue;
+
+/// Emptied event queues a data thread keeps for its connections.
+const SPARE_QUEUES: usize = 64;
+/// The largest capacity (in events) of an emptied queue that is kept.
+const SPARE_CAPACITY: usize = 8;
+
+thread_local! {
+    /// Event queues this thread's idle connections gave back (at most [`SPARE_QUEUES`]), for the
+    /// next connection that receives an event: with many connections exchanging at once, each
+    /// request's event had made a queue and dropped it when the connection went idle again.
+    static SPARE: RefCell<Vec<VecDeque<StreamEvent>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// What a connection shares with its tunnel: the tunnel's events for it and its socket's write
 /// half.
@@ -88,6 +101,11 @@ impl Downstream {
     /// Tunnel -> connection: queues `event`; wakes the connection's task if the queue was empty
     /// (else a wake-up is due already). No direct write passes it until it is taken.
     pub fn send(&self, event: StreamEvent) {
+        if self.events.has_no_buffer() {
+            if let Some(buffer) = SPARE.with_borrow_mut(Vec::pop) {
+                self.events.give_buffer(buffer);
+            }
+        }
         self.events.send(event);
     }
 
@@ -125,9 +143,18 @@ impl Downstream {
     }
 
     /// The lasting item found the queue empty: the next event wakes `task`. The queue's buffer
-    /// goes back to the allocator meanwhile, so an idle connection holds none.
+    /// goes back to the thread's spares (or to the allocator) meanwhile, so an idle connection
+    /// holds none.
     pub(super) fn wait_events(&self, task: &Context<'_>) {
-        self.events.release_buffer();
+        if let Some(buffer) = self.events.take_buffer() {
+            if buffer.capacity() <= SPARE_CAPACITY {
+                SPARE.with_borrow_mut(|spare| {
+                    if spare.len() < SPARE_QUEUES {
+                        spare.push(buffer);
+                    }
+                });
+            }
+        }
         self.events.wait(task);
     }
 
