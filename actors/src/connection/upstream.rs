@@ -111,41 +111,27 @@ impl WayOut {
     /// Writes one frame straight to the socket, sealed into the scratch record on a sealed
     /// tunnel: `true` once all of it went, else what did not go is left as the rest.
     fn write_direct(&mut self, frame: &[u8]) -> bool {
-        let Some(writer) = self.writer.as_ref() else {
-            let record = self.seal_one(frame);
-            self.rest.push(record);
-            return false;
-        };
-        let Some(sealer) = self.sealer.as_mut() else {
-            let written = try_write_some(writer, frame).unwrap_or(0);
-            if written == frame.len() {
-                return true;
+        let record: &[u8] = match self.sealer.as_mut() {
+            Some(sealer) => {
+                self.scratch.clear();
+                sealer.seal_into(frame, &mut self.scratch);
+                &self.scratch
             }
-            self.rest.push(Bytes::copy_from_slice(&frame[written..]));
-            return false;
+            None => frame,
         };
-        self.scratch.clear();
-        sealer.seal_into(frame, &mut self.scratch);
-        let written = try_write_some(writer, &self.scratch).unwrap_or(0);
-        let done = written == self.scratch.len();
+        // Without a write half (none is lent then), all of it is the rest.
+        let written = match self.writer.as_ref() {
+            Some(writer) => try_write_some(writer, record).unwrap_or(0),
+            None => 0,
+        };
+        let done = written == record.len();
         if !done {
-            self.rest
-                .push(Bytes::copy_from_slice(&self.scratch[written..]));
+            self.rest.push(Bytes::copy_from_slice(&record[written..]));
         }
         if self.scratch.capacity() > SCRATCH_MAX {
             self.scratch = BytesMut::new();
         }
         done
-    }
-
-    /// One frame as a record of its own (or as it is, on a clear tunnel).
-    fn seal_one(&mut self, frame: &[u8]) -> Bytes {
-        let mut record = BytesMut::new();
-        match self.sealer.as_mut() {
-            Some(sealer) => sealer.seal_into(frame, &mut record),
-            None => record.extend_from_slice(frame),
-        }
-        record.freeze()
     }
 
     /// Seals `frames` into records if the tunnel is sealed (the list then comes back as the
