@@ -395,7 +395,7 @@ impl Actor for UdpFlow {
         }
         let idle = self.idle_timeout;
         let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        ctx.run_interval(period, move |act, ctx| {
+        crate::timer::run_interval(ctx, period, move |act: &mut UdpFlow, ctx| {
             if act.last_active.elapsed() >= idle {
                 info!(
                     "service {}: flow {} idle for {} ms; ending it",

@@ -17,7 +17,7 @@
 //!   [`metrics`] the Prometheus series; `io` socket helpers; `lasting` when an actor's lasting
 //!   item is woken; [`data_thread`] the threads tunnels and their connections run on; [`fuzzing`] fuzz entry points;
 //!   [`service`] a service's options (protocol, PROXY header, balance, bandwidth);
-//!   [`backends`] a remote service's addresses and their health; [`pace`] bandwidth limits
+//!   [`backends`] a remote service's addresses and their health; [`timer`] the data threads' timers; [`pace`] bandwidth limits
 //!   (token buckets); [`proxy_header`] the PROXY protocol header.
 //! - **stream**: [`connection`] one client or backend socket, carried as one stream;
 //!   [`datagram`] one UDP flow (a client address), carried as one stream.
@@ -57,6 +57,7 @@ pub mod schedule;
 pub mod send_credit;
 pub mod service;
 pub mod state;
+pub mod timer;
 pub mod tunnel;
 pub mod udp_listener;
 

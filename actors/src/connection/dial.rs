@@ -30,18 +30,21 @@ impl Connection {
                 let mut last = String::new();
                 for i in backends.order(Instant::now()) {
                     let addr = backends.addr(i);
-                    let error =
-                        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await
-                        {
-                            Ok(Ok(sock)) => {
-                                backends.connected(i);
-                                return Ok(sock);
-                            }
-                            Ok(Err(e)) => e.to_string(),
-                            Err(_) => {
-                                format!("no answer within {} ms", connect_timeout.as_millis())
-                            }
-                        };
+                    let error = match crate::timer::timeout(
+                        connect_timeout,
+                        TcpStream::connect(addr),
+                    )
+                    .await
+                    {
+                        Ok(Ok(sock)) => {
+                            backends.connected(i);
+                            return Ok(sock);
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => {
+                            format!("no answer within {} ms", connect_timeout.as_millis())
+                        }
+                    };
                     backends.failed(i, Instant::now());
                     crate::log_limited!(
                         warn,
@@ -100,7 +103,7 @@ impl Connection {
             _ => return false,
         };
         self.read = ReadState::Paced { spending };
-        ctx.run_later(wait, move |act, ctx| {
+        crate::timer::run_later(ctx, wait, move |act: &mut Connection, ctx| {
             if let ReadState::Paced { spending } = act.read {
                 act.read = if spending {
                     ReadState::Spending

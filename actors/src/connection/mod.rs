@@ -463,7 +463,7 @@ impl Connection {
         if let Some(wait) = self.pace.as_ref().and_then(|p| p.wait(Direction::Write)) {
             self.down.put_writer(writer);
             self.write = WriteState::Paced;
-            ctx.run_later(wait, |act, ctx| {
+            crate::timer::run_later(ctx, wait, |act: &mut Connection, ctx| {
                 if act.write == WriteState::Paced {
                     act.write = WriteState::Idle;
                     act.write_more(ctx);
@@ -621,7 +621,7 @@ impl Actor for Connection {
             // between `idle` and `idle` + two periods after its last byte.
             let period = (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
             let mut seen = (self.down.activity(), Instant::now());
-            ctx.run_interval(period, move |act, ctx| {
+            crate::timer::run_interval(ctx, period, move |act: &mut Connection, ctx| {
                 let now = Instant::now();
                 if act.down.activity() != seen.0 {
                     seen = (act.down.activity(), now);

@@ -595,16 +595,18 @@ impl Actor for Registry {
 /// busy stream, for one `epoll_wait` per eight polls.
 const EVENT_INTERVAL: u32 = 8;
 
-/// Data thread `n`: its runtime checks for I/O events every [`EVENT_INTERVAL`] polls. Sockets and
-/// timers only: signals are the main thread's, and a signal driver here would be checked at every
-/// turn of the thread for nothing.
+/// Data thread `n`: its runtime checks for I/O events every [`EVENT_INTERVAL`] polls. Sockets
+/// only: signals are the main thread's, and its actors' timers the timer thread's
+/// (`crate::timer`); a signal or time driver here would be checked at every park of the thread,
+/// twice per short exchange, for nothing.
 fn data_thread(n: usize) -> DataThread {
     let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
-            .enable_time()
             .event_interval(EVENT_INTERVAL)
-            .build()
+            .build()?;
+        crate::timer::without_time_driver()?;
+        Ok(runtime)
     };
     // As `Arbiter::new` does: a node whose data threads cannot start cannot run at all.
     DataThread::spawn(format!("menet-data-{n}"), n, runtime).expect("a data thread")

@@ -36,7 +36,7 @@ impl Handler<CloseTunnel> for Tunnel {
                     reason: reason.clone(),
                 };
                 self.queue_control(&Frame::GoAway { code, reason }, ctx);
-                ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+                crate::timer::run_later(ctx, CLOSE_GRACE, |_: &mut Tunnel, ctx| ctx.stop());
             }
             None => {
                 self.upstream.set_open(false);

@@ -24,10 +24,11 @@ impl Tunnel {
         let check_every = (self.shared.settings.heartbeat_timeout / 8).min(Duration::from_secs(1));
         let tick = heartbeat.min(check_every);
         let tunnel = ctx.address().downgrade();
+        // Made here, where its timer's runtime is chosen (`crate::timer`).
+        let start = tokio::time::Instant::now();
+        let mut clock = crate::timer::interval_at(start + tick, tick);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         actix_rt::spawn(async move {
-            let start = tokio::time::Instant::now();
-            let mut clock = tokio::time::interval_at(start + tick, tick);
-            clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut next_ping, mut next_check) = (start + heartbeat, start + check_every);
             loop {
                 let now = clock.tick().await;

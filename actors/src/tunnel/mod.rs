@@ -703,7 +703,7 @@ impl Actor for Tunnel {
         // is declared within the timeout, not the timeout plus an interval.
         self.send_ping(ctx);
         for after in EARLY_PINGS {
-            ctx.run_later(after, |act, ctx| {
+            crate::timer::run_later(ctx, after, |act: &mut Tunnel, ctx| {
                 if act.beat.ping_sent.is_none() {
                     act.send_ping(ctx);
                 }
