@@ -8,6 +8,10 @@
 //! actor is placed on the thread. Here the commands are taken by a task of their own, polled only
 //! when one arrives, and the thread blocks on a future that reads a flag.
 //!
+//! The node's data threads run without tokio's time driver (`registry::data_thread`): an actor
+//! placed on one makes its timers through [`crate::timer`], never with `ctx.run_later` or
+//! `tokio::time` directly (they would panic there).
+//!
 //! Lifecycle: [`DataThread::spawn`] starts the thread; [`DataThreadHandle::start`] places an
 //! actor on it (from any thread); dropping the [`DataThread`] stops it: the actors still on it are
 //! dropped with its `LocalSet`, as an arbiter's are when it stops. A handle outliving the thread
