@@ -154,6 +154,60 @@ mod tests {
         assert!(timed_out, "the timeout fired");
     }
 
+    /// The code of the actors that run on data threads makes no timer but through this module:
+    /// one made with actix's or tokio's functions there would panic (`tokio::time::Instant` and
+    /// such are only the clock).
+    #[test]
+    fn data_thread_actors_make_their_timers_here() {
+        let sources = [
+            ("connection/mod.rs", include_str!("connection/mod.rs")),
+            ("connection/dial.rs", include_str!("connection/dial.rs")),
+            (
+                "connection/downstream.rs",
+                include_str!("connection/downstream.rs"),
+            ),
+            (
+                "connection/upstream.rs",
+                include_str!("connection/upstream.rs"),
+            ),
+            ("connection/watch.rs", include_str!("connection/watch.rs")),
+            ("datagram.rs", include_str!("datagram.rs")),
+            ("udp_listener.rs", include_str!("udp_listener.rs")),
+            ("lasting.rs", include_str!("lasting.rs")),
+            ("tunnel/mod.rs", include_str!("tunnel/mod.rs")),
+            ("tunnel/clients.rs", include_str!("tunnel/clients.rs")),
+            ("tunnel/commands.rs", include_str!("tunnel/commands.rs")),
+            ("tunnel/group.rs", include_str!("tunnel/group.rs")),
+            ("tunnel/heartbeat.rs", include_str!("tunnel/heartbeat.rs")),
+            ("tunnel/peer.rs", include_str!("tunnel/peer.rs")),
+            ("tunnel/placement.rs", include_str!("tunnel/placement.rs")),
+            ("tunnel/reader.rs", include_str!("tunnel/reader.rs")),
+            ("tunnel/send.rs", include_str!("tunnel/send.rs")),
+            ("tunnel/streams.rs", include_str!("tunnel/streams.rs")),
+            ("tunnel/writer.rs", include_str!("tunnel/writer.rs")),
+        ];
+        let made_elsewhere = [
+            "ctx.run_later(",
+            "ctx.run_interval(",
+            "notify_later(",
+            "tokio::time::sleep",
+            "tokio::time::timeout",
+            "tokio::time::interval",
+            "actix_rt::time::",
+            "actix::clock::",
+        ];
+        for (name, text) in sources {
+            // The unit tests run on runtimes of their own, with time drivers.
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
+            for timer in made_elsewhere {
+                assert!(
+                    !code.contains(timer),
+                    "{name} makes a timer with `{timer}`: make it through `crate::timer`"
+                );
+            }
+        }
+    }
+
     /// Counts its interval's ticks and stops after a later run.
     struct Ticking {
         ticks: u32,
