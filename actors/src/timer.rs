@@ -22,7 +22,7 @@
 use std::cell::Cell;
 use std::future::IntoFuture;
 use std::io;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext, SpawnHandle};
@@ -31,6 +31,9 @@ use tokio::time::{Instant, Interval, Sleep, Timeout};
 
 /// The timer thread's runtime, once started.
 static TIMERS: OnceLock<Handle> = OnceLock::new();
+
+/// Held while the timer thread is started.
+static STARTING: Mutex<()> = Mutex::new(());
 
 thread_local! {
     /// This thread's runtime has no time driver: its timers are made against [`TIMERS`].
@@ -41,15 +44,18 @@ thread_local! {
 /// if it is not running yet. Fails only if that thread cannot start.
 pub fn without_time_driver() -> io::Result<()> {
     if TIMERS.get().is_none() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()?;
-        let handle = runtime.handle().clone();
-        // Two data threads starting at once: the one that loses keeps the winner's thread.
-        if TIMERS.set(handle).is_ok() {
+        // Data threads starting at once start one timer thread; the handle is published only
+        // once its thread runs, so no timer is ever made against a runtime nobody drives.
+        let _one = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
+        if TIMERS.get().is_none() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()?;
+            let handle = runtime.handle().clone();
             std::thread::Builder::new()
                 .name("menet-timers".into())
                 .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+            let _ = TIMERS.set(handle);
         }
     }
     ELSEWHERE.with(|e| e.set(true));
