@@ -342,16 +342,7 @@ impl Connection {
             // The grant counts wire bytes: an AEAD tag takes its share.
             let room = self.grant.min(MAX_DATA as u64) as usize;
             if room <= overhead {
-                match self.read {
-                    ReadState::Spending => {
-                        // The standing grant ran out with data still waiting: ask, as usual.
-                        self.read = ReadState::Wanting;
-                        self.report(FromConnection::Want { stream });
-                    }
-                    // Nothing in hand: wait for what was asked for (or for readability).
-                    _ if self.grant == 0 => {}
-                    _ => self.hand_back(stream),
-                }
+                self.out_of_grant(stream);
                 break;
             }
             let max = room - overhead;
@@ -380,25 +371,49 @@ impl Connection {
                         break;
                     }
                 }
-                Ok(Chunk::Eof) => {
-                    self.read = ReadState::Done;
-                    self.report(FromConnection::Fin { stream });
-                    self.finish_if_done(ctx);
-                    return;
-                }
+                Ok(Chunk::Eof) => return self.read_ended(ctx),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.hand_back(stream);
                     break;
                 }
-                Err(e) => {
-                    self.abort(ctx, ResetCode::Aborted, format!("read failed: {e}"));
-                    return;
-                }
+                Err(e) => return self.read_failed(ctx, e),
             }
         }
         if self.read == ReadState::Idle {
             self.watch();
         }
+    }
+
+    /// The grant ran out before the socket did (out of line: a short exchange never gets here,
+    /// and its path stays compact in the instruction cache).
+    #[cold]
+    fn out_of_grant(&mut self, stream: u32) {
+        match self.read {
+            ReadState::Spending => {
+                // The standing grant ran out with data still waiting: ask, as usual.
+                self.read = ReadState::Wanting;
+                self.report(FromConnection::Want { stream });
+            }
+            // Nothing in hand: wait for what was asked for (or for readability).
+            _ if self.grant == 0 => {}
+            _ => self.hand_back(stream),
+        }
+    }
+
+    /// The client or backend ended its side: a FIN for the stream (out of line, as above).
+    #[cold]
+    fn read_ended(&mut self, ctx: &mut Context<Self>) {
+        self.read = ReadState::Done;
+        self.report(FromConnection::Fin {
+            stream: self.stream,
+        });
+        self.finish_if_done(ctx);
+    }
+
+    /// A read failed: the stream is reset (out of line, as above).
+    #[cold]
+    fn read_failed(&mut self, ctx: &mut Context<Self>, e: io::Error) {
+        self.abort(ctx, ResetCode::Aborted, format!("read failed: {e}"));
     }
 
     /// The socket ran dry: give back the grant beyond the standing one, and stop wanting (the

@@ -8,6 +8,17 @@ impl Tunnel {
     pub(super) fn on_frame(&mut self, frame: Frame, now: Instant, ctx: &mut Context<Self>) {
         match frame {
             Frame::Data { stream, payload } => self.on_data(stream, payload, now, ctx),
+            control => self.on_control(control, ctx),
+        }
+    }
+
+    /// A frame other than DATA. Out of line: a short exchange's DATA frame then runs through
+    /// compact code, not past every other kind's (the instruction cache holds less of it).
+    #[inline(never)]
+    fn on_control(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        match frame {
+            // Handled by `on_frame`.
+            Frame::Data { .. } => {}
             Frame::Window { stream, increment } => {
                 // Credit past 4 GiB is a broken or hostile peer: windows are at most 1 GiB.
                 if self.peer_window(stream, u64::from(increment)).is_err() {
@@ -115,8 +126,7 @@ impl Tunnel {
     ) {
         let len = payload.len() as u64;
         if !self.receive.window.receive(len, now) {
-            self.fail(ctx, "peer overran the tunnel window".to_owned());
-            return;
+            return self.tunnel_overran(ctx);
         }
         self.stats.bytes_received += len;
         self.metrics.received.inc_by(len);
@@ -126,15 +136,7 @@ impl Tunnel {
             return;
         };
         if e.state == StreamState::Opening || !e.recv.receive(len, now) {
-            self.credit_tunnel(len, now, ctx);
-            log_limited!(
-                warn,
-                "stream-overrun",
-                "tunnel {}: peer overran the window of stream {id}; resetting it",
-                self.name
-            );
-            self.reset_stream(id, ResetCode::WindowOverrun, ctx);
-            return;
+            return self.data_overran(id, len, now, ctx);
         }
         e.bytes_received += len;
         e.service_metrics.received.inc_by(len);
@@ -376,26 +378,53 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Tunnel {
                 self.beat.heard = true;
                 self.on_frame(frame, now, ctx)
             }
-            Err(e) => {
-                if matches!(e, ProtocolError::Integrity) {
-                    metrics().count_integrity_failure(&self.name);
-                }
-                let peer = self.peer.addr.map_or("?".to_owned(), |a| a.to_string());
-                log_limited_for!(
-                    warn,
-                    "tunnel-protocol",
-                    self.peer_ip(),
-                    "tunnel {} (peer {peer}): {e}; closing the tunnel and resetting its {} streams",
-                    Escaped(&self.name),
-                    self.streams.len()
-                );
-                self.fail(ctx, e.to_string());
-            }
+            Err(e) => self.protocol_failed(e, ctx),
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         self.fail(ctx, "the peer closed the connection".to_owned());
+    }
+}
+
+impl Tunnel {
+    /// The peer's bytes broke the protocol (or failed their integrity check): the tunnel fails.
+    /// Out of line: the frame path stays compact in the instruction cache.
+    #[cold]
+    fn protocol_failed(&mut self, e: ProtocolError, ctx: &mut Context<Self>) {
+        if matches!(e, ProtocolError::Integrity) {
+            metrics().count_integrity_failure(&self.name);
+        }
+        let peer = self.peer.addr.map_or("?".to_owned(), |a| a.to_string());
+        log_limited_for!(
+            warn,
+            "tunnel-protocol",
+            self.peer_ip(),
+            "tunnel {} (peer {peer}): {e}; closing the tunnel and resetting its {} streams",
+            Escaped(&self.name),
+            self.streams.len()
+        );
+        self.fail(ctx, e.to_string());
+    }
+
+    /// DATA beyond the tunnel's window: the tunnel fails. Out of line, as above.
+    #[cold]
+    fn tunnel_overran(&mut self, ctx: &mut Context<Self>) {
+        self.fail(ctx, "peer overran the tunnel window".to_owned());
+    }
+
+    /// DATA beyond a stream's window (or for a stream not open yet): that stream is reset and
+    /// the bytes dropped. Out of line, as above.
+    #[cold]
+    fn data_overran(&mut self, id: u32, len: u64, now: Instant, ctx: &mut Context<Self>) {
+        self.credit_tunnel(len, now, ctx);
+        log_limited!(
+            warn,
+            "stream-overrun",
+            "tunnel {}: peer overran the window of stream {id}; resetting it",
+            self.name
+        );
+        self.reset_stream(id, ResetCode::WindowOverrun, ctx);
     }
 }
 
