@@ -10,11 +10,11 @@
 //! thread, so that runtime's driver fires it and wakes the actor's task on its data thread. A
 //! timer costs that thread one wake-up from outside when it fires, and nothing between.
 //!
-//! So every timer an actor of a data thread makes is made through this module ([`sleep`],
-//! [`timeout`], [`interval_at`], [`run_later`], [`run_interval`]): made with tokio's or actix's
-//! own functions directly, it would panic there ("timers are disabled"). Elsewhere (the main
-//! thread, tests, `--node-threads 0`) the current runtime has its own time driver, and these are
-//! tokio's and actix's functions as they are.
+//! So every timer an actor of a data thread makes is made through this module ([`timeout`],
+//! [`interval_at`], [`run_later`], [`run_interval`]): made with tokio's or actix's own functions
+//! directly, it would panic there ("timers are disabled"). Elsewhere (the main thread, tests,
+//! `--node-threads 0`) the current runtime has its own time driver, and these are tokio's and
+//! actix's functions as they are.
 //!
 //! Lifecycle: [`without_time_driver`] runs on each data thread as its runtime is made; the first
 //! call starts the timer thread, which lives as long as the process.
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use actix::{Actor, AsyncContext, SpawnHandle};
 use tokio::runtime::{EnterGuard, Handle};
-use tokio::time::{Instant, Interval, Sleep, Timeout};
+use tokio::time::{Instant, Interval, Timeout};
 
 /// The timer thread's runtime, once started.
 static TIMERS: OnceLock<Handle> = OnceLock::new();
@@ -70,12 +70,6 @@ pub fn enter() -> Option<EnterGuard<'static>> {
     } else {
         None
     }
-}
-
-/// `tokio::time::sleep`, on this thread's timer runtime.
-pub fn sleep(duration: Duration) -> Sleep {
-    let _timers = enter();
-    tokio::time::sleep(duration)
 }
 
 /// `tokio::time::timeout`, on this thread's timer runtime.
@@ -146,10 +140,9 @@ mod tests {
     fn timers_made_here_fire_on_a_thread_without_a_time_driver() {
         let (slept, timed_out) = on_thread_without_timers(|| async {
             let started = std::time::Instant::now();
-            sleep(Duration::from_millis(30)).await;
-            let slept = started.elapsed();
             let never = std::future::pending::<()>();
-            let timed_out = timeout(Duration::from_millis(20), never).await.is_err();
+            let timed_out = timeout(Duration::from_millis(30), never).await.is_err();
+            let slept = started.elapsed();
             let mut every = interval_at(Instant::now(), Duration::from_millis(5));
             for _ in 0..3 {
                 every.tick().await;
