@@ -29,7 +29,7 @@ pub struct Limits {
     pub max_udp_flows_per_service: usize,
     /// Backend dials one tunnel's peer may cause per second (OPENs of remote services). The
     /// default sits well above what one tunnel carries on a small machine (13,000 - 14,000 new
-    /// connections a second through a pair on 2 cores, README's Benchmark), so it stops a
+    /// connections a second through a pair on 2 cores, README's Security table), so it stops a
     /// peer that dials far faster than any legitimate load, never a busy one.
     pub max_dials_per_second: u32,
     /// File descriptors kept free for the admin API, the tunnel port and the state file.
