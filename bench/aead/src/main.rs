@@ -29,7 +29,7 @@ fn nonce12(n: u64) -> [u8; 12] {
 
 fn ring_round(alg: &'static ring::aead::Algorithm) -> impl FnMut(&mut Vec<u8>, u64) {
     use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
-    let key = LessSafeKey::new(UnboundKey::new(alg, &[9u8; 32]).expect("key"));
+    let key = LessSafeKey::new(UnboundKey::new(alg, &[9u8; 32][..alg.key_len()]).expect("key"));
     move |buf, n| {
         buf.truncate(FRAME);
         let tag = key
@@ -66,5 +66,6 @@ fn main() {
         rustcrypto_round::<chacha20poly1305::ChaCha20Poly1305>(),
     );
     measure("ring AES-256-GCM", ring_round(&ring::aead::AES_256_GCM));
+    measure("ring AES-128-GCM", ring_round(&ring::aead::AES_128_GCM));
     measure("RustCrypto aes-gcm", rustcrypto_round::<aes_gcm::Aes256Gcm>());
 }
