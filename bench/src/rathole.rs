@@ -171,7 +171,6 @@ impl Rathole {
         panic!("rathole did not carry the echo service within 10 s");
     }
 
-    /// Resident memory of the server and the client, in KiB.
     /// The server's process id.
     pub fn server_pid(&self) -> u32 {
         self.server.id()
@@ -182,6 +181,7 @@ impl Rathole {
         [self.server.id(), self.client.id()]
     }
 
+    /// Resident memory of the server and the client, in KiB.
     pub fn rss_kib(&self) -> u64 {
         [self.server.id(), self.client.id()]
             .iter()
