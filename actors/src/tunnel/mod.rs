@@ -111,7 +111,8 @@ const NOTSENT_LOWAT: u32 = 64 * 1024;
 /// together is what limits them, and on a busy machine it does not grow (credit comes back when
 /// the receiving thread is next scheduled, which the growth guards cannot tell from a reader
 /// that is the limit itself). iperf3 `-P 8` through a loopback pair on two shared cores carried
-/// 602 MiB/s with the tunnel window at 256 - 1,024 KiB, 971 with 2 MiB (README, Benchmark).
+/// 602 MiB/s with the tunnel window at 256 - 1,024 KiB, 971 with 2 MiB (`bench/RESULTS.md`,
+/// *Eight streams from one reading thread*).
 /// What this lets bulk hold in flight ahead of a small exchange on the same lane is each busy
 /// stream's window, up to this many.
 const STREAMS_COVERED: u64 = 8;
