@@ -43,6 +43,9 @@ pub struct Loopback {
     pub sealed: Vec<(CipherKind, SocketAddr)>,
     /// Echo through the tunnel.
     pub echoed: SocketAddr,
+    /// Echo through the tunnel, keyed with RC4 as the seed's calls key a service: what a key
+    /// costs a new connection (its key schedules) and a request.
+    pub keyed_echoed: SocketAddr,
     /// Bulk through the clear tunnel.
     pub clear_plain: SocketAddr,
     /// Echo through the clear tunnel.
@@ -74,6 +77,7 @@ impl Loopback {
             })
             .collect();
         let echoed = a.carry(&b, "echo", None, echo);
+        let keyed_echoed = a.carry(&b, "echok", Some(KEY), echo);
         // The same services through a tunnel with the record layer off (`[tunnel] encrypt = false`
         // on both nodes): what sealing the whole tunnel (the default) costs.
         let clear_config = TempFile::new("clear", "[tunnel]\nencrypt = false\n");
@@ -112,6 +116,7 @@ impl Loopback {
             keyed,
             sealed,
             echoed,
+            keyed_echoed,
             clear_plain,
             clear_echoed,
         }
@@ -476,6 +481,17 @@ impl Loopback {
             "  requests/s, 32 keep-alive connections, sealed tunnel vs clear",
             median(&mut c),
             median(&mut m),
+        );
+        let keyed_echoed = self.keyed_echoed;
+        row(
+            "  new connections/s, 32 clients, keyed (RC4) vs no key",
+            exchanges_per_second(rt, echoed, 32, 32, true, plan.window),
+            exchanges_per_second(rt, keyed_echoed, 32, 32, true, plan.window),
+        );
+        row(
+            "  requests/s, 32 keep-alive connections, keyed (RC4) vs no key",
+            exchanges_per_second(rt, echoed, 32, 128, false, plan.window),
+            exchanges_per_second(rt, keyed_echoed, 32, 128, false, plan.window),
         );
     }
 }

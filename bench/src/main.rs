@@ -48,7 +48,7 @@ what runs (the whole bench, about 15 minutes, unless one of these is given):
                          (default 32 MiB; small, a path that limits each connection)
   --latency-only         one keep-alive connection's latency alone
   --requests-only        requests/s over 32 keep-alive connections alone, three rounds
-  --connections-only     new connections/s alone, one long run
+  --connections-only     new connections/s alone, one long run (and a keyed service's)
   --flow-only            bulk, and a small exchange beside bulk on the same and another tunnel
   --real-clients-only    wrk against nginx (the issue's measure of requests and connections)
   --services-only        UDP services and PROXY headers
@@ -136,7 +136,8 @@ fn main() {
     if std::env::args().any(|a| a == "--connections-only") {
         // For profiling the connection set-up path: a long run of that measure alone.
         let m = exchanges_per_second(&rt, lb.echoed, 32, 32, true, Duration::from_secs(8));
-        println!("new connections/s: {m:.0}");
+        let k = exchanges_per_second(&rt, lb.keyed_echoed, 32, 32, true, Duration::from_secs(8));
+        println!("new connections/s: {m:.0}; keyed with RC4: {k:.0}");
         return;
     }
     if std::env::args().any(|a| a == "--real-clients-only") {
