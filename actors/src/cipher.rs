@@ -19,13 +19,13 @@
 use std::fmt;
 use std::sync::Arc;
 
+use aws_lc_rs::aead::{self, LessSafeKey, UnboundKey};
+use aws_lc_rs::hkdf;
 use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use rc4::consts::U32;
 use rc4::{KeyInit, Rc4, StreamCipher};
-use ring::aead::{self, LessSafeKey, UnboundKey};
-use ring::hkdf;
 use sha2::Sha256;
 use thiserror::Error;
 

@@ -20,9 +20,9 @@
 
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::hkdf;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::hkdf;
 use tokio_util::codec::Decoder;
 
 use crate::protocol::{Frame, FrameCodec, ProtocolError, TAG_LEN};
@@ -111,7 +111,7 @@ impl Default for RekeyPolicy {
 }
 
 /// Overwrites key material with zeros before its memory is given back (volatile writes, so the
-/// compiler keeps them). ring's own key schedules are not reachable from here.
+/// compiler keeps them). aws-lc's own key schedules are not reachable from here (it wipes them itself).
 pub fn wipe(bytes: &mut [u8]) {
     for b in bytes.iter_mut() {
         // SAFETY: a write through a valid, aligned, exclusive reference.
@@ -364,7 +364,7 @@ impl Sealer {
             .seal_in_place_separate_tag(nonce, Aad::from(word), body)
         {
             Ok(tag) => tag,
-            Err(_) => unreachable!("ring seals any length below 2^32 blocks"),
+            Err(_) => unreachable!("aws-lc seals any length below 2^32 blocks"),
         }
     }
 

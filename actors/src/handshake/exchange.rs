@@ -5,7 +5,7 @@ use super::*;
 
 /// A fresh X25519 key pair for one handshake: the private half and the public bytes.
 fn ephemeral() -> Result<(EphemeralPrivateKey, [u8; EPHEMERAL_LEN]), HandshakeError> {
-    let rng = ring::rand::SystemRandom::new();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
     let private = EphemeralPrivateKey::generate(&X25519, &rng)
         .map_err(|_| HandshakeError::Io(io::Error::other("no randomness for a key")))?;
     let public = private
@@ -22,10 +22,9 @@ fn agree(
     theirs: &[u8; EPHEMERAL_LEN],
     what: &'static str,
 ) -> Result<Vec<u8>, HandshakeError> {
-    agreement::agree_ephemeral(private, &UnparsedPublicKey::new(&X25519, theirs), |k| {
-        k.to_vec()
-    })
-    .map_err(|_| HandshakeError::Malformed(what))
+    let theirs = UnparsedPublicKey::new(&X25519, theirs);
+    let refused = HandshakeError::Malformed(what);
+    agreement::agree_ephemeral(private, theirs, refused, |k| Ok(k.to_vec()))
 }
 
 /// A finished handshake, as the dialer sees it.
@@ -58,7 +57,7 @@ fn with_claim(t: &[u8; 32], name: &str, identity: &[u8; IDENTITY_LEN]) -> [u8; 3
 
 /// The key that seals PROOF: `HKDF(salt = T, X25519 shared secret, "menet-v3 proof")`, used once.
 fn proof_key(shared: &[u8], t: &[u8; 32]) -> LessSafeKey {
-    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, t).extract(shared);
+    let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, t).extract(shared);
     let info = [&b"menet-v3 proof"[..]];
     match prk.expand(&info, &aead::CHACHA20_POLY1305) {
         Ok(okm) => LessSafeKey::new(UnboundKey::from(okm)),

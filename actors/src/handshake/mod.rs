@@ -44,12 +44,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use aws_lc_rs::aead::{self, LessSafeKey, UnboundKey};
+use aws_lc_rs::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair};
 use bytes::{Buf, BufMut, BytesMut};
 use hmac::Mac;
 use rand::RngCore;
-use ring::aead::{self, LessSafeKey, UnboundKey};
-use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
-use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -44,6 +44,23 @@ fn ring_round(alg: &'static ring::aead::Algorithm) -> impl FnMut(&mut Vec<u8>, u
     }
 }
 
+fn aws_lc_round(alg: &'static aws_lc_rs::aead::Algorithm) -> impl FnMut(&mut Vec<u8>, u64) {
+    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+    let key = LessSafeKey::new(UnboundKey::new(alg, &[9u8; 32][..alg.key_len()]).expect("key"));
+    move |buf, n| {
+        buf.truncate(FRAME);
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce12(n)), Aad::empty(), buf)
+            .expect("seal");
+        buf.extend_from_slice(tag.as_ref());
+        let len = key
+            .open_in_place(Nonce::assume_unique_for_key(nonce12(n)), Aad::empty(), buf)
+            .expect("open")
+            .len();
+        buf.truncate(len);
+    }
+}
+
 fn rustcrypto_round<A: AeadInPlace + KeyInit>() -> impl FnMut(&mut Vec<u8>, u64) {
     let cipher = A::new_from_slice(&[9u8; 32]).expect("key");
     move |buf, n| {
@@ -60,12 +77,30 @@ fn rustcrypto_round<A: AeadInPlace + KeyInit>() -> impl FnMut(&mut Vec<u8>, u64)
 
 fn main() {
     println!("AEAD crates on 64 KiB frames, one core:");
-    measure("ring ChaCha20-Poly1305", ring_round(&ring::aead::CHACHA20_POLY1305));
+    measure(
+        "ring ChaCha20-Poly1305",
+        ring_round(&ring::aead::CHACHA20_POLY1305),
+    );
+    measure(
+        "aws-lc-rs ChaCha20-Poly1305",
+        aws_lc_round(&aws_lc_rs::aead::CHACHA20_POLY1305),
+    );
     measure(
         "RustCrypto chacha20poly1305",
         rustcrypto_round::<chacha20poly1305::ChaCha20Poly1305>(),
     );
     measure("ring AES-256-GCM", ring_round(&ring::aead::AES_256_GCM));
     measure("ring AES-128-GCM", ring_round(&ring::aead::AES_128_GCM));
-    measure("RustCrypto aes-gcm", rustcrypto_round::<aes_gcm::Aes256Gcm>());
+    measure(
+        "aws-lc-rs AES-256-GCM",
+        aws_lc_round(&aws_lc_rs::aead::AES_256_GCM),
+    );
+    measure(
+        "aws-lc-rs AES-128-GCM",
+        aws_lc_round(&aws_lc_rs::aead::AES_128_GCM),
+    );
+    measure(
+        "RustCrypto aes-gcm",
+        rustcrypto_round::<aes_gcm::Aes256Gcm>(),
+    );
 }
