@@ -27,39 +27,33 @@ fn nonce12(n: u64) -> [u8; 12] {
     nonce
 }
 
-fn ring_round(alg: &'static ring::aead::Algorithm) -> impl FnMut(&mut Vec<u8>, u64) {
-    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
-    let key = LessSafeKey::new(UnboundKey::new(alg, &[9u8; 32][..alg.key_len()]).expect("key"));
-    move |buf, n| {
-        buf.truncate(FRAME);
-        let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce12(n)), Aad::empty(), buf)
-            .expect("seal");
-        buf.extend_from_slice(tag.as_ref());
-        let len = key
-            .open_in_place(Nonce::assume_unique_for_key(nonce12(n)), Aad::empty(), buf)
-            .expect("open")
-            .len();
-        buf.truncate(len);
-    }
+/// A seal-and-open round for one of the ring-style crates (`ring`, `aws_lc_rs`): the same API
+/// under a different path, so one body for both.
+macro_rules! ring_style_round {
+    ($name:ident, $krate:ident) => {
+        fn $name(alg: &'static $krate::aead::Algorithm) -> impl FnMut(&mut Vec<u8>, u64) {
+            use $krate::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+            let key = &[9u8; 32][..alg.key_len()];
+            let key = LessSafeKey::new(UnboundKey::new(alg, key).expect("key"));
+            move |buf, n| {
+                buf.truncate(FRAME);
+                let nonce = || Nonce::assume_unique_for_key(nonce12(n));
+                let tag = key
+                    .seal_in_place_separate_tag(nonce(), Aad::empty(), buf)
+                    .expect("seal");
+                buf.extend_from_slice(tag.as_ref());
+                let len = key
+                    .open_in_place(nonce(), Aad::empty(), buf)
+                    .expect("open")
+                    .len();
+                buf.truncate(len);
+            }
+        }
+    };
 }
 
-fn aws_lc_round(alg: &'static aws_lc_rs::aead::Algorithm) -> impl FnMut(&mut Vec<u8>, u64) {
-    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
-    let key = LessSafeKey::new(UnboundKey::new(alg, &[9u8; 32][..alg.key_len()]).expect("key"));
-    move |buf, n| {
-        buf.truncate(FRAME);
-        let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce12(n)), Aad::empty(), buf)
-            .expect("seal");
-        buf.extend_from_slice(tag.as_ref());
-        let len = key
-            .open_in_place(Nonce::assume_unique_for_key(nonce12(n)), Aad::empty(), buf)
-            .expect("open")
-            .len();
-        buf.truncate(len);
-    }
-}
+ring_style_round!(ring_round, ring);
+ring_style_round!(aws_lc_round, aws_lc_rs);
 
 fn rustcrypto_round<A: AeadInPlace + KeyInit>() -> impl FnMut(&mut Vec<u8>, u64) {
     let cipher = A::new_from_slice(&[9u8; 32]).expect("key");
