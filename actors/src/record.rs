@@ -111,7 +111,7 @@ impl Default for RekeyPolicy {
 }
 
 /// Overwrites key material with zeros before its memory is given back (volatile writes, so the
-/// compiler keeps them). aws-lc's own key schedules are not reachable from here (it wipes them itself).
+/// compiler keeps them). aws-lc's own key schedules are not reachable from here.
 pub fn wipe(bytes: &mut [u8]) {
     for b in bytes.iter_mut() {
         // SAFETY: a write through a valid, aligned, exclusive reference.
