@@ -37,7 +37,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const DISCARD: usize = 3072;
 pub use crate::protocol::{CipherKind, TAG_LEN};
 
-/// ring's algorithm for an AEAD cipher (`None`: RC4).
+/// aws-lc-rs's algorithm for an AEAD cipher (`None`: RC4).
 fn aead_of(kind: CipherKind) -> Option<&'static aead::Algorithm> {
     match kind {
         CipherKind::Rc4 => None,
