@@ -328,3 +328,48 @@ fn a_lane_request_is_read_and_answered_in_kind_and_other_bits_are_refused() {
         assert!(Message::parse(&raw).is_err(), "bit {bit}");
     }
 }
+
+#[test]
+fn a_low_order_ephemeral_key_is_refused_both_ways() {
+    // X25519 with a point of small order (0 here) gives a shared secret anyone knows: refused,
+    // whichever side sends it.
+    let d = dialer(None);
+    let Ok(Some((Message::Hello(mut hello), _))) = Message::parse(d.hello()) else {
+        panic!("a HELLO");
+    };
+    hello.ephemeral = [0; EPHEMERAL_LEN];
+    let raw = Message::Hello(hello.clone()).encode();
+    let refused = acceptor(Message::Hello(hello), &raw).err();
+    assert!(
+        matches!(refused, Some(HandshakeError::Malformed(_))),
+        "{refused:?}"
+    );
+
+    let mut d = dialer(None);
+    let (hello, _) = Message::parse(d.hello()).expect("ok").expect("whole");
+    let a = acceptor(hello, d.hello()).expect("hello");
+    let Ok(Some((
+        Message::Challenge {
+            nonce,
+            identity,
+            transport,
+            ..
+        },
+        _,
+    ))) = Message::parse(a.challenge())
+    else {
+        panic!("a CHALLENGE");
+    };
+    let challenge = Message::Challenge {
+        nonce,
+        identity,
+        ephemeral: [0; EPHEMERAL_LEN],
+        transport,
+    };
+    let raw = challenge.encode();
+    let refused = d.on_challenge(challenge, &raw).err();
+    assert!(
+        matches!(refused, Some(HandshakeError::Malformed(_))),
+        "{refused:?}"
+    );
+}
