@@ -71,27 +71,23 @@ fn rustcrypto_round<A: AeadInPlace + KeyInit>() -> impl FnMut(&mut Vec<u8>, u64)
 
 fn main() {
     println!("AEAD crates on 64 KiB frames, one core:");
-    measure(
-        "ring ChaCha20-Poly1305",
-        ring_round(&ring::aead::CHACHA20_POLY1305),
-    );
-    measure(
-        "aws-lc-rs ChaCha20-Poly1305",
-        aws_lc_round(&aws_lc_rs::aead::CHACHA20_POLY1305),
-    );
+    for (name, alg) in [
+        ("ChaCha20-Poly1305", &ring::aead::CHACHA20_POLY1305),
+        ("AES-256-GCM", &ring::aead::AES_256_GCM),
+        ("AES-128-GCM", &ring::aead::AES_128_GCM),
+    ] {
+        measure(&format!("ring {name}"), ring_round(alg));
+    }
+    for (name, alg) in [
+        ("ChaCha20-Poly1305", &aws_lc_rs::aead::CHACHA20_POLY1305),
+        ("AES-256-GCM", &aws_lc_rs::aead::AES_256_GCM),
+        ("AES-128-GCM", &aws_lc_rs::aead::AES_128_GCM),
+    ] {
+        measure(&format!("aws-lc-rs {name}"), aws_lc_round(alg));
+    }
     measure(
         "RustCrypto chacha20poly1305",
         rustcrypto_round::<chacha20poly1305::ChaCha20Poly1305>(),
-    );
-    measure("ring AES-256-GCM", ring_round(&ring::aead::AES_256_GCM));
-    measure("ring AES-128-GCM", ring_round(&ring::aead::AES_128_GCM));
-    measure(
-        "aws-lc-rs AES-256-GCM",
-        aws_lc_round(&aws_lc_rs::aead::AES_256_GCM),
-    );
-    measure(
-        "aws-lc-rs AES-128-GCM",
-        aws_lc_round(&aws_lc_rs::aead::AES_128_GCM),
     );
     measure(
         "RustCrypto aes-gcm",
