@@ -24,8 +24,6 @@ use aws_lc_rs::hkdf;
 use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use rc4::consts::U32;
-use rc4::{KeyInit, Rc4, StreamCipher};
 use sha2::Sha256;
 use thiserror::Error;
 
@@ -164,7 +162,7 @@ impl ServiceKey {
                 mac.update(b"menet-rc4-v2");
                 mac.update(&[d]);
                 mac.update(nonces);
-                DirectionCipher::Rc4(Keystream::new(&mac.finalize().into_bytes()))
+                DirectionCipher::Rc4(Keystream::new(&mac.finalize().into_bytes().into()))
             }
             Some(alg) => {
                 let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, nonces)
@@ -198,19 +196,44 @@ pub enum Direction {
     ToOpener = 2,
 }
 
-/// One direction's RC4 state, already past the discarded prefix.
-pub struct Keystream(Rc4<U32>);
+/// Bytes in an RC4 key here: an HMAC-SHA256 output.
+const RC4_KEY_LEN: usize = 32;
+
+/// One direction's RC4 state, already past the discarded prefix. aws-lc's RC4 (its state in 32-bit
+/// words) runs ~1.2 x the `rc4` crate's (bytes) on this host, and keyed bulk is bound by it; the
+/// tests hold it to the `rc4` crate's keystream byte for byte.
+pub struct Keystream(aws_lc_sys::RC4_KEY);
 
 impl Keystream {
-    fn new(key: &[u8]) -> Keystream {
-        let mut rc4 = <Rc4<U32> as KeyInit>::new(rc4::Key::<U32>::from_slice(key));
-        let mut drop = [0u8; DISCARD];
-        rc4.apply_keystream(&mut drop);
-        Keystream(rc4)
+    fn new(key: &[u8; RC4_KEY_LEN]) -> Keystream {
+        let mut state = aws_lc_sys::RC4_KEY {
+            x: 0,
+            y: 0,
+            data: [0; 256],
+        };
+        // SAFETY: `state` is a valid RC4_KEY to write; `key` is RC4_KEY_LEN (> 0) readable bytes.
+        unsafe { aws_lc_sys::RC4_set_key(&mut state, RC4_KEY_LEN as u32, key.as_ptr()) };
+        let mut keystream = Keystream(state);
+        keystream.apply(&mut [0u8; DISCARD]);
+        keystream
     }
 
     pub fn apply(&mut self, data: &mut [u8]) {
-        self.0.apply_keystream(data);
+        let at = data.as_mut_ptr();
+        // SAFETY: `at` is `data.len()` bytes this call holds exclusively; RC4 reads each byte
+        // before it writes the same byte, so input and output may be the same buffer.
+        unsafe { aws_lc_sys::RC4(&mut self.0, data.len(), at, at) };
+    }
+}
+
+impl Drop for Keystream {
+    /// The state is the rest of the keystream: zeros before the memory is given back.
+    fn drop(&mut self) {
+        for word in self.0.data.iter_mut().chain([&mut self.0.x, &mut self.0.y]) {
+            // SAFETY: a write through a valid, aligned, exclusive reference.
+            unsafe { std::ptr::write_volatile(word, 0) };
+        }
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -302,6 +325,8 @@ pub struct StreamCrypto {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rc4::consts::U32;
+    use rc4::{KeyInit, Rc4, StreamCipher};
 
     fn hex(s: &str) -> Vec<u8> {
         s.split_whitespace()
@@ -325,13 +350,34 @@ mod tests {
             hex("a1 3a 7c 79 c7 e1 19 b5 ab 02 96 ab 28 c3 00 b9")[..]
         );
         // Our Keystream drops exactly 3072 bytes, so its first bytes are RFC 6229's offset 0xc00.
-        let mut ours = Keystream::new(&key);
+        let mut ours = Keystream::new(&key[..].try_into().expect("32 bytes"));
         let mut first = [0u8; 16];
         ours.apply(&mut first);
         assert_eq!(
             first[..],
             hex("62 5a 1a b0 0e e3 9a 53 27 34 6b dd b0 1a 9c 18")[..]
         );
+    }
+
+    /// aws-lc's RC4 is RustCrypto's byte for byte, for random keys, applied in pieces of every
+    /// size a frame can have (0, 1, odd, large), so the wire is the same whichever computes it.
+    #[test]
+    fn the_keystream_is_the_rc4_crates_in_pieces_of_any_size() {
+        for _ in 0..20 {
+            let mut key = [0u8; RC4_KEY_LEN];
+            rand::thread_rng().fill_bytes(&mut key);
+            let mut reference = <Rc4<U32> as KeyInit>::new(rc4::Key::<U32>::from_slice(&key));
+            reference.apply_keystream(&mut [0u8; DISCARD]);
+            let mut ours = Keystream::new(&key);
+            for len in [0usize, 1, 7, 255, 256, 1_000, 16_384, 65_536 + 3] {
+                let mut data = vec![0u8; len];
+                rand::thread_rng().fill_bytes(&mut data);
+                let mut expected = data.clone();
+                reference.apply_keystream(&mut expected);
+                ours.apply(&mut data);
+                assert_eq!(data, expected, "a piece of {len} bytes");
+            }
+        }
     }
 
     fn pair(key: &ServiceKey) -> (StreamCrypto, StreamCrypto, [u8; NONCE_LEN]) {
