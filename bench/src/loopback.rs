@@ -12,8 +12,8 @@ use menet_actors::cipher::CipherKind;
 
 use crate::{
     beside_in_turn, beside_rows, cpu_split_ms_of_all, exchanges_per_second, latency,
-    latency_in_turn, latency_under_load, median, node_config, node_threads, rathole, real_clients,
-    row, row3, throughput, Node, Plan, TempFile, AEADS, KEY,
+    latency_in_turn, latency_interleaved, latency_under_load, median, node_config, node_threads,
+    rathole, real_clients, row, row3, throughput, Node, Plan, TempFile, AEADS, KEY,
 };
 
 /// The nodes and services every loopback row measures.
@@ -206,6 +206,16 @@ impl Loopback {
             println!(
                 "{when}: direct p50 {d50:.0} p99 {d99:.0} us, menet {menet}, clear tunnel \
                  {clear}{rathole}"
+            );
+        }
+        // One exchange of each in turn: the host's bursts of delay hit all alike.
+        if let Some(r) = rh {
+            let got = latency_interleaved(&[echo, echoed, r.ports[1], clear_echoed], plan.pings);
+            let [d, m, t, c] = [0, 1, 2, 3].map(|k| got[k]);
+            println!(
+                "one exchange of each in turn, p50 / p99 (us): direct {:.0} / {:.0}, menet {:.0} / \
+                 {:.0}, rathole {:.0} / {:.0}, clear tunnel {:.0} / {:.0}",
+                d.0, d.1, m.0, m.1, t.0, t.1, c.0, c.1
             );
         }
     }
@@ -417,6 +427,26 @@ impl Loopback {
                 "",
                 r.map_or(String::new(), |r| format!(" {:>12.1}", r[i]))
             );
+        }
+        // The same exchanges, one of each in turn (direct, menet, rathole, menet's clear
+        // tunnel): the host's bursts of delay hit all alike, so this compares the proxies fairly.
+        if let Some(r) = rh_port(1) {
+            let got = latency_interleaved(&[echo, echoed, r, clear_echoed], plan.pings);
+            for (what, i) in [("p50", 0), ("p99", 1)] {
+                let at = |k: usize| if i == 0 { got[k].0 } else { got[k].1 };
+                row3(
+                    &format!("  latency {what}, one exchange of each in turn (us)"),
+                    at(0),
+                    at(1),
+                    Some(at(2)),
+                );
+                println!(
+                    "{:<64} {:>12} {:>12.1}",
+                    format!("    the same through a clear tunnel ({what}, us)"),
+                    "-",
+                    at(3)
+                );
+            }
         }
         let (c50, c99) = latency(clear_echoed, plan.pings);
         row("  latency p50, sealed tunnel vs clear (us)", c50, m50);

@@ -68,7 +68,11 @@ pub async fn dial(addr: SocketAddr) -> Stream {
 /// p50 and p99 in microseconds of a 64-byte request/response on one connection, from a plain
 /// blocking socket (the least client overhead).
 pub fn latency(addr: SocketAddr, pings: usize) -> (f64, f64) {
-    let mut samples = latency_samples(addr, pings);
+    p50_p99(latency_samples(addr, pings))
+}
+
+/// The p50 and p99 of `samples`.
+fn p50_p99(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     (pct(0.50), pct(0.99))
@@ -76,17 +80,44 @@ pub fn latency(addr: SocketAddr, pings: usize) -> (f64, f64) {
 
 /// `pings` 64 B exchanges on one connection (after a tenth more to warm up), in us each.
 pub fn latency_samples(addr: SocketAddr, pings: usize) -> Vec<f64> {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).expect("nodelay");
+    interleaved_samples(&[addr], pings).remove(0)
+}
+
+/// p50 and p99 (us) of each target's 64 B exchanges, one connection each, taken one exchange of
+/// each in turn: a burst of the host's delays (they come every second or so on this shared
+/// machine and last tens of ms) lands on all of them alike, so the differences are the targets'.
+pub fn latency_interleaved(targets: &[SocketAddr], pings: usize) -> Vec<(f64, f64)> {
+    interleaved_samples(targets, pings)
+        .into_iter()
+        .map(p50_p99)
+        .collect()
+}
+
+/// `pings` 64 B exchanges with each target in turn, one connection each (after a tenth more to
+/// warm up): each target's times in us.
+fn interleaved_samples(targets: &[SocketAddr], pings: usize) -> Vec<Vec<f64>> {
+    let mut conns: Vec<TcpStream> = targets
+        .iter()
+        .map(|addr| {
+            let s = TcpStream::connect(addr).expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            s
+        })
+        .collect();
     let req = [7u8; 64];
     let mut resp = [0u8; 64];
-    let mut samples = Vec::with_capacity(pings);
+    let mut samples = vec![Vec::with_capacity(pings); targets.len()];
+    let n = targets.len();
     for i in 0..pings + pings / 10 {
-        let t = Instant::now();
-        s.write_all(&req).expect("ping");
-        s.read_exact(&mut resp).expect("pong");
-        if i >= pings / 10 {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        // Each round starts with the next target: what an exchange follows (a warm core, the
+        // one before it still finishing) shifts its time, so every target follows every other.
+        for k in (0..n).map(|k| (i + k) % n) {
+            let t = Instant::now();
+            conns[k].write_all(&req).expect("ping");
+            conns[k].read_exact(&mut resp).expect("pong");
+            if i >= pings / 10 {
+                samples[k].push(t.elapsed().as_secs_f64() * 1e6);
+            }
         }
     }
     samples
