@@ -18,10 +18,7 @@
 //! it read several quarters within microseconds); the rate can: such a reader is the limit
 //! itself, its rate times the round trip is small, and a larger window would only hold more
 //! unread ahead of other streams. The round trip used is the smallest seen on a quiet tunnel, so
-//! queueing does not feed growth, but at least [`SCHEDULING_FLOOR`]: between two of its reads
-//! the receiving thread may wait that long for a core, so a window must cover it even on a
-//! loopback path of microseconds (a reader the scheduler holds back then grows its window to
-//! eight such slices at its rate, no further). A window idle for [`IDLE`] falls back to its initial size;
+//! queueing does not feed growth. A window idle for [`IDLE`] falls back to its initial size;
 //! the peer's outstanding credit is then not topped up until it is below the new target. A
 //! stalled reader costs at most its current target.
 
@@ -34,12 +31,6 @@ pub const RATE_INTERVAL: Duration = Duration::from_millis(10);
 /// (eight, not one: the rate lags the window by an interval while it grows, and ramping up
 /// quickly matters more than one interval of overshoot).
 const BDP_CEILING: f64 = 8.0;
-
-/// The least round trip a window's growth reckons with: beside the path's own delay, a window
-/// must cover the time the receiving node's data thread waits for a core before it drains (and
-/// returns credit), which on a busy machine is a scheduler's slice, not the microseconds of a
-/// loopback or LAN path.
-pub const SCHEDULING_FLOOR: Duration = Duration::from_millis(1);
 
 /// A window unused this long shrinks back to its initial size.
 pub const IDLE: Duration = Duration::from_secs(1);
@@ -115,7 +106,6 @@ impl RecvWindow {
         room: u64,
     ) -> Option<u64> {
         self.buffered = self.buffered.saturating_sub(n);
-        let rtt = rtt.map(|rtt| rtt.max(SCHEDULING_FLOOR));
         if idle_since(self.last_active, now) {
             self.target = self.min;
             self.rate = Rate::new(now);
@@ -354,11 +344,10 @@ mod tests {
     }
 
     #[test]
-    fn a_held_back_reader_grows_its_window_only_to_a_few_scheduler_slices_at_its_rate() {
+    fn a_held_back_reader_draining_several_windows_at_once_does_not_grow_the_window() {
         // Every 10 ms our reader gets the CPU and drains four windows in 40 us (the sender
-        // refills as fast as credit comes back): its rounds are tiny, and its rate is 100 MB/s.
-        // On this 0.25 ms path the window reckons with a 1 ms round trip (the scheduler's), so
-        // eight of its products are 800 KB: the window grows once (to 1 MiB) and no further.
+        // refills as fast as credit comes back): its rounds are tiny, but the rate is 100 MB/s,
+        // whose bandwidth-delay product on this 0.25 ms path is 25 KB: 256 KiB is past eight.
         let t0 = Instant::now();
         let rtt = Some(Duration::from_micros(250));
         let mut w = RecvWindow::new(256 * KIB, 64 * 1024 * KIB, t0);
@@ -372,7 +361,7 @@ mod tests {
                 let _ = w.consume(n, now, rtt, u64::MAX);
             }
         }
-        assert_eq!(w.target(), 1024 * KIB);
+        assert_eq!(w.target(), 256 * KIB);
     }
 
     #[test]
