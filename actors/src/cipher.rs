@@ -227,7 +227,8 @@ impl Keystream {
 }
 
 impl Drop for Keystream {
-    /// The state is the rest of the keystream: zeros before the memory is given back.
+    /// The state is the rest of the keystream: zeros before the memory is given back (a copy a
+    /// move left on the stack while keying is not reached).
     fn drop(&mut self) {
         for word in self.0.data.iter_mut().chain([&mut self.0.x, &mut self.0.y]) {
             // SAFETY: a write through a valid, aligned, exclusive reference.
