@@ -28,6 +28,7 @@ use sha2::Sha256;
 use thiserror::Error;
 
 use crate::protocol::{KeyedOpen, CHECK_LEN, NONCE_LEN};
+use crate::record::wipe;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -230,11 +231,8 @@ impl Drop for Keystream {
     /// The state is the rest of the keystream: zeros before the memory is given back (a copy a
     /// move left on the stack while keying is not reached).
     fn drop(&mut self) {
-        for word in self.0.data.iter_mut().chain([&mut self.0.x, &mut self.0.y]) {
-            // SAFETY: a write through a valid, aligned, exclusive reference.
-            unsafe { std::ptr::write_volatile(word, 0) };
-        }
-        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+        wipe(&mut self.0.data);
+        (self.0.x, self.0.y) = (0, 0);
     }
 }
 

@@ -110,12 +110,13 @@ impl Default for RekeyPolicy {
     }
 }
 
-/// Overwrites key material with zeros before its memory is given back (volatile writes, so the
-/// compiler keeps them). aws-lc's own key schedules are not reachable from here.
-pub fn wipe(bytes: &mut [u8]) {
-    for b in bytes.iter_mut() {
+/// Overwrites key material (bytes, or an RC4 state's words) with zeros before its memory is given
+/// back (volatile writes, so the compiler keeps them). aws-lc's AEAD key schedules are not
+/// reachable from here.
+pub fn wipe<T: Copy + Default>(items: &mut [T]) {
+    for item in items.iter_mut() {
         // SAFETY: a write through a valid, aligned, exclusive reference.
-        unsafe { std::ptr::write_volatile(b, 0) };
+        unsafe { std::ptr::write_volatile(item, T::default()) };
     }
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
