@@ -122,6 +122,8 @@ struct LogTable {
 struct NodeTable {
     /// Data threads for tunnels and their connections; default: one per core.
     threads: Option<usize>,
+    /// µs a data thread polls on after its last read before it sleeps; 0: never.
+    busy_poll_us: Option<u64>,
 }
 
 /// `[limits]`: what peers and clients may use of this node.
@@ -237,6 +239,13 @@ struct Tunnel {
 }
 
 /// A duration written as seconds (an integer) or a number with a unit: `s`, `m`, `h` or `d`.
+/// `[node] busy_poll_us` when not given: a little more than a reply takes to come back through a
+/// pair of nodes whose threads are awake (`menet_actors::busy_poll`).
+const DEFAULT_BUSY_POLL_US: u64 = 50;
+
+/// The most `[node] busy_poll_us` may be: past a few round trips, polling only burns the core.
+const MAX_BUSY_POLL_US: u64 = 10_000;
+
 fn parse_duration(v: &toml::Value) -> Option<Duration> {
     match v {
         toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
@@ -324,6 +333,8 @@ pub struct Config {
     pub compact_bytes: u64,
     /// `[node] threads`: the data threads.
     pub threads: usize,
+    /// `[node] busy_poll_us`: how long a data thread polls on after its last read.
+    pub busy_poll: Duration,
     /// Tunnel secret and who may dial in.
     pub access: Access,
     /// Admin token and host names.
@@ -388,6 +399,12 @@ impl Config {
                 )))
             }
         };
+        let busy_poll_us = file.node.busy_poll_us.unwrap_or(DEFAULT_BUSY_POLL_US);
+        if busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(invalid(format!(
+                "[node] busy_poll_us = {busy_poll_us}: 0 (off) to {MAX_BUSY_POLL_US}"
+            )));
+        }
         Ok(Config {
             settings,
             access: Access {
@@ -408,6 +425,7 @@ impl Config {
             threads: cli.threads.or(file.node.threads).unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
+            busy_poll: Duration::from_micros(busy_poll_us),
             admin: cli
                 .admin
                 .unwrap_or(SocketAddr::new(file.admin.ip, file.admin.port)),
@@ -751,6 +769,15 @@ mod tests {
             let err = Config::load(&cli(&["--config", p])).expect_err("out of range");
             assert!(err.to_string().contains("lanes = "), "{err}");
         }
+
+        // Busy polling: 50 µs unless told; 0 turns it off; past 10 ms is refused.
+        assert_eq!(c.busy_poll, Duration::from_micros(50));
+        std::fs::write(&path, "[node]\nbusy_poll_us = 0\n").expect("write");
+        let c = Config::load(&cli(&["--config", p])).expect("loads");
+        assert_eq!(c.busy_poll, Duration::ZERO);
+        std::fs::write(&path, "[node]\nbusy_poll_us = 10001\n").expect("write");
+        let err = Config::load(&cli(&["--config", p])).expect_err("out of range");
+        assert!(err.to_string().contains("busy_poll_us = 10001"), "{err}");
 
         let missing = dir.join("missing.toml");
         let m = missing.to_str().expect("utf-8 path");

@@ -307,6 +307,7 @@ async fn run(config: Config, fd_limit: usize) -> Result<(), StartError> {
         access: config.access.clone(),
         fd_limit,
         threads: config.threads,
+        busy_poll: config.busy_poll,
     };
     let registry = menet_actors::start(setup, tunnel_port, store, restore);
     let routes = registry.clone();

@@ -59,10 +59,12 @@ pub struct DataThreadHandle {
 
 impl DataThread {
     /// Starts a thread named `name`, the node's data thread `number`, whose runtime is made by
-    /// `runtime` (on the thread itself). The actix `System` of the caller is the thread's too.
+    /// `runtime` (on the thread itself), polling for `busy_poll` after each read
+    /// (`crate::busy_poll`; zero: never). The actix `System` of the caller is the thread's too.
     pub fn spawn(
         name: String,
         number: usize,
+        busy_poll: std::time::Duration,
         runtime: impl FnOnce() -> io::Result<tokio::runtime::Runtime> + Send + 'static,
     ) -> io::Result<DataThread> {
         let system = actix::System::current();
@@ -81,6 +83,9 @@ impl DataThread {
             let local = tokio::task::LocalSet::new();
             let stop = Rc::new(Stop::default());
             local.spawn_local(serve(rx, stop.clone()));
+            if !busy_poll.is_zero() {
+                local.spawn_local(crate::busy_poll::spin(busy_poll));
+            }
             local.block_on(&rt, UntilStopped(stop));
         })?;
         match ready_rx.recv() {
@@ -310,7 +315,8 @@ mod tests {
     #[test]
     fn actors_run_on_the_thread_survive_a_neighbour_panicking_while_built_and_stop_with_it() {
         actix_rt::System::new().block_on(async {
-            let thread = DataThread::spawn("data-test".into(), 0, runtime).expect("thread");
+            let thread =
+                DataThread::spawn("data-test".into(), 0, Duration::ZERO, runtime).expect("thread");
             let here = std::thread::current().id();
             let addr = thread.handle().start(|_| Where);
             let there = addr.send(Ask).await.expect("an answer");

@@ -31,6 +31,7 @@
 
 pub mod admission;
 pub mod backends;
+pub mod busy_poll;
 pub mod cipher;
 pub mod connection;
 pub mod credit;
@@ -212,6 +213,8 @@ pub struct NodeSetup {
     pub fd_limit: usize,
     /// Data threads for tunnels and their connections.
     pub threads: usize,
+    /// How long a data thread polls on after its last read before it sleeps (`busy_poll`).
+    pub busy_poll: std::time::Duration,
 }
 
 /// Which peers may open tunnels to this node.

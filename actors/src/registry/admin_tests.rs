@@ -18,6 +18,7 @@ where
             access: Access::default(),
             fd_limit: 1024,
             threads: 0,
+            busy_poll: std::time::Duration::ZERO,
         };
         let registry = Registry::new(setup, port, None, None).start();
         f(registry, own).await;

@@ -420,6 +420,7 @@ impl Registry {
             access,
             fd_limit,
             threads,
+            busy_poll,
         } = setup;
         let port_addr = tunnel_port.local_addr();
         let loaded = restore
@@ -455,7 +456,7 @@ impl Registry {
             shutting_down: false,
             generation: 0,
             identity_unsaved,
-            data: (0..threads).map(data_thread).collect(),
+            data: (0..threads).map(|n| data_thread(n, busy_poll)).collect(),
             next_data: 0,
             new_names: SourceBuckets::new(settings.limits.new_names_per_minute, NAME_SOURCES),
         }
@@ -599,7 +600,7 @@ const EVENT_INTERVAL: u32 = 8;
 /// only: signals are the main thread's, and its actors' timers the timer thread's
 /// (`crate::timer`); a signal or time driver here would be checked at every park of the thread,
 /// twice per short exchange, for nothing.
-fn data_thread(n: usize) -> DataThread {
+fn data_thread(n: usize, busy_poll: Duration) -> DataThread {
     let runtime = || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -609,7 +610,7 @@ fn data_thread(n: usize) -> DataThread {
         Ok(runtime)
     };
     // As `Arbiter::new` does: a node whose data threads cannot start cannot run at all.
-    DataThread::spawn(format!("menet-data-{n}"), n, runtime).expect("a data thread")
+    DataThread::spawn(format!("menet-data-{n}"), n, busy_poll, runtime).expect("a data thread")
 }
 
 #[cfg(test)]

@@ -320,7 +320,7 @@ fn a_lane_on_another_thread_carries_streams_of_its_own_and_takes_the_tunnel_down
             .expect("backend");
         let routes = svc_route(backend.local_addr().expect("addr"));
         let (mut first, report, tunnel) = tunnel_peer_addr(routes).await;
-        let thread = DataThread::spawn("lane-test".into(), 1, || {
+        let thread = DataThread::spawn("lane-test".into(), 1, Duration::from_micros(50), || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
