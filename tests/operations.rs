@@ -117,6 +117,12 @@ fn metrics_count_real_traffic_and_survive_a_reconnect() {
         Some(1.0)
     );
     drop(held);
+    // Each small read started a round of busy polling (50 µs by default) on the data thread.
+    assert!(eventually(Duration::from_secs(5), || {
+        let m = metrics(&a);
+        series(&m, "menet_busy_poll_rounds_total").unwrap_or(0.0) >= 1.0
+            && series(&m, "menet_busy_poll_seconds_total").unwrap_or(0.0) > 0.0
+    }));
 
     // The peer goes away and comes back: the counters belong to the name, not the connection.
     b.kill9();

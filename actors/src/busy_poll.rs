@@ -149,8 +149,8 @@ pub async fn spin(budget: Duration) {
     let mut poller = Poller::new(budget, Instant::now());
     loop {
         ReadSince(READS.with(Cell::get)).await;
-        let now = Instant::now();
-        if !poller.start(READS.with(Cell::get), LAST_BULK.with(Cell::get), now) {
+        let started = Instant::now();
+        if !poller.start(READS.with(Cell::get), LAST_BULK.with(Cell::get), started) {
             continue;
         }
         loop {
@@ -161,6 +161,7 @@ pub async fn spin(budget: Duration) {
             let now = Instant::now();
             let (reads, bulk) = (READS.with(Cell::get), LAST_BULK.with(Cell::get));
             if !poller.poll_on(reads, bulk, now, now - before) {
+                crate::metrics::metrics().count_busy_poll(now - started);
                 break;
             }
             tokio::task::yield_now().await;
@@ -275,6 +276,7 @@ mod tests {
             .expect("runtime");
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async {
+            let rounds = crate::metrics::metrics().busy_poll_rounds();
             let poller = tokio::task::spawn_local(spin(Duration::from_millis(20)));
             // Asleep: the waker is kept.
             tokio::task::yield_now().await;
@@ -288,6 +290,8 @@ mod tests {
                 assert!(Instant::now() < deadline, "the poller never slept again");
                 tokio::task::yield_now().await;
             }
+            // The round is counted (other tests may count theirs too).
+            assert!(crate::metrics::metrics().busy_poll_rounds() > rounds);
             poller.abort();
         });
     }
