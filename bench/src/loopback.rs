@@ -13,7 +13,8 @@ use menet_actors::cipher::CipherKind;
 use crate::{
     beside_in_turn, beside_rows, cpu_split_ms_of_all, exchanges_per_second, latency,
     latency_in_turn, latency_interleaved, latency_under_load, median, node_config, node_threads,
-    rathole, real_clients, row, row3, throughput, Node, Plan, TempFile, AEADS, KEY,
+    p50_p99, paced_samples, rathole, real_clients, row, row3, throughput, Node, Plan, TempFile,
+    AEADS, KEY,
 };
 
 /// The nodes and services every loopback row measures.
@@ -166,6 +167,46 @@ impl Loopback {
         }
     }
 
+    /// 64 B exchanges one per ms (the client sleeps between them), direct, through menet and
+    /// through rathole: p50, p99, and both nodes' CPU per exchange. What busy polling buys
+    /// an exchange whose nodes went to sleep, and what it costs them.
+    pub fn paced_rows(&self, plan: &Plan) {
+        let Loopback { a, b, rh, .. } = self;
+        let count = plan.pings / 5;
+        let pause = Duration::from_millis(1);
+        let paced = |addr: SocketAddr, pids: &[u32]| {
+            let before = cpu_split_ms_of_all(pids);
+            let (p50, p99) = p50_p99(paced_samples(addr, count, pause));
+            let after = cpu_split_ms_of_all(pids);
+            let cpu = (after.0 + after.1 - before.0 - before.1) as f64 * 1000.0
+                / (count + count / 10) as f64;
+            (p50, p99, cpu)
+        };
+        let (d50, d99, _) = paced(self.echo, &[]);
+        let (m50, m99, mcpu) = paced(self.echoed, &[a.child.id(), b.child.id()]);
+        let r = rh.as_ref().map(|r| paced(r.ports[1], &r.pids()));
+        row3(
+            "64 B exchanges one per ms, p50 (us)",
+            d50,
+            m50,
+            r.map(|r| r.0),
+        );
+        row3(
+            "64 B exchanges one per ms, p99 (us)",
+            d99,
+            m99,
+            r.map(|r| r.1),
+        );
+        println!(
+            "{:<64} {:>12} {:>12.1} {:>7}{}",
+            "  both nodes' CPU per exchange, one per ms (us)",
+            "-",
+            mcpu,
+            "",
+            r.map_or(String::new(), |r| format!(" {:>12.1}", r.2))
+        );
+    }
+
     /// `--latency-only`: for profiling one connection's latency.
     pub fn latency_only(&self, rt: &Runtime, plan: &Plan) {
         let Loopback {
@@ -218,6 +259,7 @@ impl Loopback {
                 d.0, d.1, m.0, m.1, t.0, t.1, c.0, c.1
             );
         }
+        self.paced_rows(plan);
     }
 
     /// `--flow-only`: for tuning flow control.
@@ -429,7 +471,8 @@ impl Loopback {
             );
         }
         // The same exchanges, one of each in turn (direct, menet, rathole, menet's clear
-        // tunnel): the host's bursts of delay hit all alike, so this compares the proxies fairly.
+        // tunnel): the host's bursts of delay hit all alike, but menet's busy polling keeps the
+        // cores awake for the exchange after its own (`latency_interleaved`).
         if let Some(r) = rh_port(1) {
             let got = latency_interleaved(&[echo, echoed, r, clear_echoed], plan.pings);
             for (what, i) in [("p50", 0), ("p99", 1)] {
@@ -451,6 +494,7 @@ impl Loopback {
         let (c50, c99) = latency(clear_echoed, plan.pings);
         row("  latency p50, sealed tunnel vs clear (us)", c50, m50);
         row("  latency p99, sealed tunnel vs clear (us)", c99, m99);
+        self.paced_rows(plan);
         // Four bulk downloads beside the exchange: through the same tunnel, and (the baseline: the
         // same load generator on the same cores) directly.
         // The fair baseline for menet's own queueing: the same load through another tunnel between

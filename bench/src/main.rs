@@ -17,8 +17,8 @@ mod services;
 use backends::{backends, wait_bulk_drained};
 use measures::{
     dial, exchanges_per_second, handshakes_per_second, idle_memory, latency, latency_in_turn,
-    latency_interleaved, latency_samples, latency_under_load, median, runtime, stalled_reader,
-    throughput,
+    latency_interleaved, latency_samples, latency_under_load, median, p50_p99, paced_samples,
+    runtime, stalled_reader, throughput,
 };
 use node::{
     cpu_split_ms_of_all, dies_with_bench, menet_binary, node_config, node_threads, raise_fd_limit,

@@ -72,7 +72,7 @@ pub fn latency(addr: SocketAddr, pings: usize) -> (f64, f64) {
 }
 
 /// The p50 and p99 of `samples`.
-fn p50_p99(mut samples: Vec<f64>) -> (f64, f64) {
+pub fn p50_p99(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     (pct(0.50), pct(0.99))
@@ -81,6 +81,28 @@ fn p50_p99(mut samples: Vec<f64>) -> (f64, f64) {
 /// `pings` 64 B exchanges on one connection (after a tenth more to warm up), in us each.
 pub fn latency_samples(addr: SocketAddr, pings: usize) -> Vec<f64> {
     interleaved_samples(&[addr], pings).remove(0)
+}
+
+/// `count` 64 B exchanges on one connection, the client sleeping `pause` after each (as an
+/// interactive client thinks between requests): each one's time in us (after a tenth more to
+/// warm up). Measures what a proxy adds when its threads have gone to sleep between exchanges,
+/// and, with the CPU counted around it, what it spends per exchange then.
+pub fn paced_samples(addr: SocketAddr, count: usize, pause: Duration) -> Vec<f64> {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    let req = [7u8; 64];
+    let mut resp = [0u8; 64];
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count + count / 10 {
+        let t = Instant::now();
+        conn.write_all(&req).expect("ping");
+        conn.read_exact(&mut resp).expect("pong");
+        if i >= count / 10 {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        thread::sleep(pause);
+    }
+    samples
 }
 
 /// p50 and p99 (us) of each target's 64 B exchanges, one connection each, taken one exchange of
