@@ -122,7 +122,7 @@ struct LogTable {
 struct NodeTable {
     /// Data threads for tunnels and their connections; default: one per core.
     threads: Option<usize>,
-    /// µs a data thread polls on after its last read before it sleeps; 0: never.
+    /// µs a data thread polls on after its last small read before it sleeps; 0: never.
     busy_poll_us: Option<u64>,
 }
 
@@ -238,7 +238,6 @@ struct Tunnel {
     rekey_interval: Option<toml::Value>,
 }
 
-/// A duration written as seconds (an integer) or a number with a unit: `s`, `m`, `h` or `d`.
 /// `[node] busy_poll_us` when not given: a little more than a reply takes to come back through a
 /// pair of nodes whose threads are awake (`menet_actors::busy_poll`).
 const DEFAULT_BUSY_POLL_US: u64 = 50;
@@ -246,6 +245,7 @@ const DEFAULT_BUSY_POLL_US: u64 = 50;
 /// The most `[node] busy_poll_us` may be: past a few round trips, polling only burns the core.
 const MAX_BUSY_POLL_US: u64 = 10_000;
 
+/// A duration written as seconds (an integer) or a number with a unit: `s`, `m`, `h` or `d`.
 fn parse_duration(v: &toml::Value) -> Option<Duration> {
     match v {
         toml::Value::Integer(n) => u64::try_from(*n).ok().map(Duration::from_secs),
@@ -333,7 +333,7 @@ pub struct Config {
     pub compact_bytes: u64,
     /// `[node] threads`: the data threads.
     pub threads: usize,
-    /// `[node] busy_poll_us`: how long a data thread polls on after its last read.
+    /// `[node] busy_poll_us`: how long a data thread polls on after its last small read.
     pub busy_poll: Duration,
     /// Tunnel secret and who may dial in.
     pub access: Access,

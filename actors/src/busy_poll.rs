@@ -11,8 +11,11 @@
 //! menet p50 22–30 µs with 50 µs of polling, 96–105 without, rathole 80–94 in the same runs.
 //!
 //! What it costs: CPU, at most the budget after each small read on each data thread (none
-//! while the node is idle; a Python client with one exchange per ms: both nodes' CPU per
-//! exchange 130 µs against 70). When the cores are needed elsewhere it stops, in three ways:
+//! while the node is idle, none added while it is busy). Where the nodes sleep between
+//! exchanges it is twice the CPU for 20–28 µs less: one exchange a ms, both nodes' CPU per
+//! exchange 161–170 µs against 91 with polling off (rathole 84–86), p50 134–142 µs against 162
+//! (the bench's rows "64 B exchanges one per ms"). When the cores are needed elsewhere it stops,
+//! in three ways:
 //! - each turn yields the core (`sched_yield`); a yield that ran another thread ends the round,
 //!   as the core is then not going idle and a sleep costs a context switch, not a wake-up;
 //! - a yield that ran others for long ([`CONTENDED`]) means the cores are saturated: no polling
@@ -29,8 +32,12 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
 
 thread_local! {
     /// Small reads on this thread so far: the poller compares it to tell that something came.
@@ -39,6 +46,25 @@ thread_local! {
     static LAST_BULK: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The sleeping poller's waker; taken (None) while it polls, so a read then costs no wake-up.
     static SLEEPING: RefCell<Option<Waker>> = const { RefCell::new(None) };
+}
+
+/// What the data threads' polling ran and lasted, node-wide: `menet_busy_poll_rounds_total` and
+/// `menet_busy_poll_seconds_total` in `GET /metrics` (`crate::metrics` registers them).
+pub struct PollCounts {
+    /// Rounds of polling, so an operator sees how often it ran.
+    pub rounds: Counter,
+    /// How long they lasted, from the read that started each to its end, so an operator sees
+    /// what polling costs on this node's traffic.
+    pub seconds: Counter<f64, AtomicU64>,
+}
+
+/// The node's [`PollCounts`].
+pub fn counts() -> &'static PollCounts {
+    static COUNTS: LazyLock<PollCounts> = LazyLock::new(|| PollCounts {
+        rounds: Counter::default(),
+        seconds: Counter::default(),
+    });
+    &COUNTS
 }
 
 /// A read of at most this many bytes is an exchange's; a larger one is bulk's. Bulk moves a
@@ -161,7 +187,8 @@ pub async fn spin(budget: Duration) {
             let now = Instant::now();
             let (reads, bulk) = (READS.with(Cell::get), LAST_BULK.with(Cell::get));
             if !poller.poll_on(reads, bulk, now, now - before) {
-                crate::metrics::metrics().count_busy_poll(now - started);
+                counts().rounds.inc();
+                counts().seconds.inc_by((now - started).as_secs_f64());
                 break;
             }
             tokio::task::yield_now().await;
@@ -276,7 +303,7 @@ mod tests {
             .expect("runtime");
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async {
-            let rounds = crate::metrics::metrics().busy_poll_rounds();
+            let rounds = counts().rounds.get();
             let poller = tokio::task::spawn_local(spin(Duration::from_millis(20)));
             // Asleep: the waker is kept.
             tokio::task::yield_now().await;
@@ -291,7 +318,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
             // The round is counted (other tests may count theirs too).
-            assert!(crate::metrics::metrics().busy_poll_rounds() > rounds);
+            assert!(counts().rounds.get() > rounds);
             poller.abort();
         });
     }

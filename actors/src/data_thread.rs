@@ -59,7 +59,7 @@ pub struct DataThreadHandle {
 
 impl DataThread {
     /// Starts a thread named `name`, the node's data thread `number`, whose runtime is made by
-    /// `runtime` (on the thread itself), polling for `busy_poll` after each read
+    /// `runtime` (on the thread itself), polling for `busy_poll` after each small read
     /// (`crate::busy_poll`; zero: never). The actix `System` of the caller is the thread's too.
     pub fn spawn(
         name: String,

@@ -251,12 +251,6 @@ pub struct Metrics {
     state_writes: Counter,
     /// `menet_state_write_failures`: state file writes that failed.
     state_write_failures: Counter,
-    /// `menet_busy_poll_rounds`: the data threads' rounds of busy polling (`crate::busy_poll`),
-    /// so an operator sees how often polling ran.
-    busy_poll_rounds: Counter,
-    /// `menet_busy_poll_seconds`: how long those rounds lasted, so an operator sees what the
-    /// polling costs on this node's traffic.
-    busy_poll_seconds: FloatCounter,
     /// The services configured now: only they have series of their own, so a name a peer or
     /// client makes up never becomes a label.
     configured: RwLock<[HashSet<String>; 2]>,
@@ -367,8 +361,6 @@ impl Metrics {
             admin_requests: Family::default(),
             state_writes: Counter::default(),
             state_write_failures: Counter::default(),
-            busy_poll_rounds: Counter::default(),
-            busy_poll_seconds: FloatCounter::default(),
             configured: RwLock::new([HashSet::new(), HashSet::new()]),
             tunnel_names: RwLock::new(HashSet::new()),
             services_forgotten: AtomicU64::new(0),
@@ -635,17 +627,6 @@ impl Metrics {
         if !ok {
             self.state_write_failures.inc();
         }
-    }
-
-    /// A data thread polled for `lasted` after a small read (`crate::busy_poll`).
-    pub fn count_busy_poll(&self, lasted: std::time::Duration) {
-        self.busy_poll_rounds.inc();
-        self.busy_poll_seconds.inc_by(lasted.as_secs_f64());
-    }
-
-    /// Rounds of busy polling so far, all data threads.
-    pub fn busy_poll_rounds(&self) -> u64 {
-        self.busy_poll_rounds.get()
     }
 }
 

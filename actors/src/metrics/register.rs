@@ -158,12 +158,12 @@ pub(super) fn register_other_series(r: &mut Registry, m: &Metrics) {
     r.register(
         "busy_poll_rounds",
         "Rounds of busy polling by the data threads after a small read ([node] busy_poll_us)",
-        m.busy_poll_rounds.clone(),
+        crate::busy_poll::counts().rounds.clone(),
     );
     r.register(
         "busy_poll_seconds",
         "Time the data threads spent in rounds of busy polling, from the read that started each \
          to its end (the events handled meanwhile included; the CPU spent is at most this)",
-        m.busy_poll_seconds.clone(),
+        crate::busy_poll::counts().seconds.clone(),
     );
 }
