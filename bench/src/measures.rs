@@ -80,7 +80,7 @@ pub fn p50_p99(mut samples: Vec<f64>) -> (f64, f64) {
 
 /// `pings` 64 B exchanges on one connection (after a tenth more to warm up), in us each.
 pub fn latency_samples(addr: SocketAddr, pings: usize) -> Vec<f64> {
-    interleaved_samples(&[addr], pings).remove(0)
+    interleaved_samples(&[addr], pings, Duration::ZERO).remove(0)
 }
 
 /// `count` 64 B exchanges on one connection, the client sleeping `pause` after each (as an
@@ -88,21 +88,7 @@ pub fn latency_samples(addr: SocketAddr, pings: usize) -> Vec<f64> {
 /// warm up). Measures what a proxy adds when its threads have gone to sleep between exchanges,
 /// and, with the CPU counted around it, what it spends per exchange then.
 pub fn paced_samples(addr: SocketAddr, count: usize, pause: Duration) -> Vec<f64> {
-    let mut conn = TcpStream::connect(addr).expect("connect");
-    conn.set_nodelay(true).expect("nodelay");
-    let req = [7u8; 64];
-    let mut resp = [0u8; 64];
-    let mut samples = Vec::with_capacity(count);
-    for i in 0..count + count / 10 {
-        let t = Instant::now();
-        conn.write_all(&req).expect("ping");
-        conn.read_exact(&mut resp).expect("pong");
-        if i >= count / 10 {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        thread::sleep(pause);
-    }
-    samples
+    interleaved_samples(&[addr], count, pause).remove(0)
 }
 
 /// p50 and p99 (us) of each target's 64 B exchanges, one connection each, taken one exchange of
@@ -112,15 +98,16 @@ pub fn paced_samples(addr: SocketAddr, count: usize, pause: Duration) -> Vec<f64
 /// (`[node] busy_poll_us`), which keeps the cores awake for the exchange that follows through
 /// another target, while menet's own comes after the others, when its nodes may sleep again.
 pub fn latency_interleaved(targets: &[SocketAddr], pings: usize) -> Vec<(f64, f64)> {
-    interleaved_samples(targets, pings)
+    interleaved_samples(targets, pings, Duration::ZERO)
         .into_iter()
         .map(p50_p99)
         .collect()
 }
 
 /// `pings` 64 B exchanges with each target in turn, one connection each (after a tenth more to
-/// warm up): each target's times in us.
-fn interleaved_samples(targets: &[SocketAddr], pings: usize) -> Vec<Vec<f64>> {
+/// warm up), the client sleeping `pause` after each round (none when zero): each target's times
+/// in us.
+fn interleaved_samples(targets: &[SocketAddr], pings: usize, pause: Duration) -> Vec<Vec<f64>> {
     let mut conns: Vec<TcpStream> = targets
         .iter()
         .map(|addr| {
@@ -143,6 +130,9 @@ fn interleaved_samples(targets: &[SocketAddr], pings: usize) -> Vec<Vec<f64>> {
             if i >= pings / 10 {
                 samples[k].push(t.elapsed().as_secs_f64() * 1e6);
             }
+        }
+        if !pause.is_zero() {
+            thread::sleep(pause);
         }
     }
     samples
