@@ -11,11 +11,15 @@
 //! menet p50 22–30 µs with 50 µs of polling, 96–105 without, rathole 80–94 in the same runs.
 //!
 //! What it costs: CPU, at most the budget after each small read on each data thread (none
-//! while the node is idle, none added while it is busy). Where the nodes sleep between
-//! exchanges it is twice the CPU for 20–28 µs less: one exchange a ms, both nodes' CPU per
-//! exchange 161–170 µs against 91 with polling off (rathole 84–86), p50 134–142 µs against 162
-//! (the bench's rows "64 B exchanges one per ms"). When the cores are needed elsewhere it stops,
-//! in three ways:
+//! while the node is idle, none added while it is busy). So a thread polls only after the reads
+//! that pay: for each kind of read (a stream's, the tunnel's) it learns whether another read
+//! followed within the budget lately ([`Payoff`]). Node A of a client that pauses between
+//! exchanges polls after the request, which the reply follows at once, and sleeps after the
+//! reply; node B the other way round; neither polls after a request to a server that takes
+//! ms. One exchange a ms (the bench's rows "64 B exchanges one per ms"): both nodes' CPU per
+//! exchange 91–107 µs against 159–161 when every small read was polled after, and 89 with
+//! polling off (rathole 75–84); p50 123–129 µs against 134 and 158–162. When the cores are
+//! needed elsewhere it stops, in three ways:
 //! - each turn yields the core (`sched_yield`); a yield that ran another thread ends the round,
 //!   as the core is then not going idle and a sleep costs a context switch, not a wake-up;
 //! - a yield that ran others for long ([`CONTENDED`]) means the cores are saturated: no polling
@@ -27,7 +31,10 @@
 //! blocking, run what they woke, then poll the poller again.
 //!
 //! Lifecycle: [`spin`] runs as a task on each data thread for the thread's life. It sleeps until
-//! [`read_something`] wakes it, polls while [`Poller`] says so, then sleeps again.
+//! [`read_something`] wakes it, polls while [`Poller`] says so, then sleeps again. Each read it
+//! sees teaches the poller about the read before: found while polling, it paid; the budget
+//! passing first, it did not; found after a sleep, it would have paid if it came within the
+//! budget and a wake-up ([`WAKE_UP`]).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -42,6 +49,8 @@ use prometheus_client::metrics::counter::Counter;
 thread_local! {
     /// Small reads on this thread so far: the poller compares it to tell that something came.
     static READS: Cell<u64> = const { Cell::new(0) };
+    /// Where the last small read came from: the poller learns what follows each kind.
+    static LAST_FROM: Cell<ReadFrom> = const { Cell::new(ReadFrom::Stream) };
     /// When this thread last read a bulk-sized piece ([`SMALL_READ`]); None: never.
     static LAST_BULK: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The sleeping poller's waker; taken (None) while it polls, so a read then costs no wake-up.
@@ -76,14 +85,26 @@ pub const SMALL_READ: usize = 16 * 1024;
 /// the cores are busy.
 pub const BULK_QUIET: Duration = Duration::from_millis(1);
 
+/// Where a small read came from. On a node a request and its reply come from different kinds
+/// (node A: the request from a stream, the reply from the tunnel; node B the other way round),
+/// so the poller learns for each kind whether another read follows soon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// A stream's socket: a client's or a server's bytes.
+    Stream,
+    /// The tunnel's socket: the peer node's frame.
+    Tunnel,
+}
+
 /// A stream or tunnel on this thread read `bytes` from its socket: a small read is counted and
 /// wakes the poller if it sleeps; a bulk one keeps the thread from polling for a while.
-pub fn read_something(bytes: usize) {
+pub fn read_something(bytes: usize, from: ReadFrom) {
     if bytes > SMALL_READ {
         LAST_BULK.with(|b| b.set(Some(Instant::now())));
         return;
     }
     READS.with(|r| r.set(r.get().wrapping_add(1)));
+    LAST_FROM.with(|f| f.set(from));
     SLEEPING.with(|s| {
         if let Some(waker) = s.borrow_mut().take() {
             waker.wake();
@@ -105,8 +126,52 @@ pub const CONTENDED: Duration = Duration::from_micros(100);
 /// How long a thread does not poll after it found the cores saturated.
 pub const BACKOFF: Duration = Duration::from_millis(10);
 
+/// What a wake-up of a sleeping thread may take on a virtual machine (through the host): a read
+/// that came this long past the budget after one the thread did not poll for would have come
+/// within the budget to a thread polling for it.
+pub const WAKE_UP: Duration = Duration::from_micros(100);
+
+/// Whether polling after reads of one kind has paid lately: a count, saturating at
+/// [`Payoff::MAX`], up for each read of that kind that another read followed soon, down for each
+/// that none did. It pays from [`Payoff::PAYS`] up: two misses in a row stop polling after that
+/// kind, one or two hits start it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Payoff(u8);
+
+impl Payoff {
+    /// The most the count holds: how many misses polling outlives.
+    pub const MAX: u8 = 3;
+    /// From this count up, polling after this kind of read pays.
+    pub const PAYS: u8 = 2;
+
+    /// Whether to poll after a read of this kind.
+    pub fn pays(self) -> bool {
+        self.0 >= Payoff::PAYS
+    }
+
+    /// A read of this kind was `followed` by another soon, or not.
+    pub fn learn(&mut self, followed: bool) {
+        self.0 = if followed {
+            (self.0 + 1).min(Payoff::MAX)
+        } else {
+            self.0.saturating_sub(1)
+        };
+        debug_assert!(self.0 <= Payoff::MAX, "a payoff of {}", self.0);
+    }
+}
+
+impl Default for Payoff {
+    /// Polling pays until reads of the kind show otherwise.
+    fn default() -> Payoff {
+        Payoff(Payoff::MAX)
+    }
+}
+
 /// A data thread's polling, without the runtime: whether to poll after a read, and on after
-/// each turn, until `budget` has passed since the last read.
+/// each turn, until `budget` has passed since the last read; and, for each kind of read,
+/// whether another read has followed soon lately ([`Payoff`]), so a thread polls after the
+/// reads that are answered within the budget (a request the server answers at once) and not
+/// after those that are not (a reply, before a client that pauses; a request to a slow server).
 #[derive(Debug)]
 pub struct Poller {
     /// How long to poll after the last read.
@@ -115,6 +180,10 @@ pub struct Poller {
     seen: u64,
     /// When it last saw the count move.
     last_read: Instant,
+    /// The kind of that read while what follows it is not yet known; None once it is.
+    awaited: Option<ReadFrom>,
+    /// Whether polling after a stream's read pays, then after the tunnel's.
+    payoff: [Payoff; 2],
     /// No polling before this: the cores were saturated lately.
     quiet_until: Option<Instant>,
 }
@@ -126,41 +195,82 @@ impl Poller {
             budget,
             seen: 0,
             last_read: now,
+            awaited: None,
+            payoff: [Payoff::default(); 2],
             quiet_until: None,
         }
     }
 
-    /// A small read woke the poller at `now` (the count at `reads`; bulk last read at
-    /// `last_bulk`): whether to poll.
-    pub fn start(&mut self, reads: u64, last_bulk: Option<Instant>, now: Instant) -> bool {
-        self.seen = reads;
+    /// Whether polling after a read from `from` pays, as far as the poller learnt.
+    pub fn pays_after(&self, from: ReadFrom) -> bool {
+        self.payoff[from as usize].pays()
+    }
+
+    /// A read from `from` came at `now`; `soon` tells whether it came soon enough after the
+    /// awaited one for polling to have found it. It is awaited in turn.
+    fn learn(&mut self, from: ReadFrom, now: Instant, soon: bool) {
+        if let Some(before) = self.awaited {
+            self.payoff[before as usize].learn(soon);
+        }
+        self.awaited = Some(from);
         self.last_read = now;
+    }
+
+    /// A small read (the count at `reads`, the last from `from`) woke the sleeping poller at
+    /// `now`; bulk was last read at `last_bulk`: whether to poll.
+    pub fn start(
+        &mut self,
+        reads: u64,
+        from: ReadFrom,
+        last_bulk: Option<Instant>,
+        now: Instant,
+    ) -> bool {
+        self.seen = reads;
+        // The thread slept since the awaited read: the wake-up is part of the gap.
+        let gap = now.saturating_duration_since(self.last_read);
+        self.learn(from, now, gap <= self.budget + WAKE_UP);
         let quiet = self.quiet_until.is_some_and(|until| now < until);
-        !quiet && !bulk_lately(last_bulk, now) && !self.budget.is_zero()
+        !quiet && !bulk_lately(last_bulk, now) && !self.budget.is_zero() && self.pays_after(from)
     }
 
     /// After a turn of polling that gave the core away for `gave_away`: whether to poll on.
     /// Longer than [`CORE_WANTED`] means another thread ran meanwhile, so the core is not
     /// going idle and a sleep would cost a context switch, not a wake-up of an idle core;
     /// longer than [`CONTENDED`], that the cores are saturated.
+    /// A read whose kind does not pay ends the round too; so does the budget passing without a
+    /// read, which teaches the poller that the read before did not pay.
     pub fn poll_on(
         &mut self,
         reads: u64,
+        from: ReadFrom,
         last_bulk: Option<Instant>,
         now: Instant,
         gave_away: Duration,
     ) -> bool {
         if reads != self.seen {
             self.seen = reads;
-            self.last_read = now;
+            // Found while polling: the awaited read paid.
+            self.learn(from, now, true);
+            if !self.pays_after(from) {
+                return false;
+            }
         }
         debug_assert!(now >= self.last_read, "the clock went back");
         if gave_away > CONTENDED {
             self.quiet_until = Some(now + BACKOFF);
         }
-        !bulk_lately(last_bulk, now)
-            && gave_away <= CORE_WANTED
-            && now.saturating_duration_since(self.last_read) < self.budget
+        if bulk_lately(last_bulk, now) || gave_away > CORE_WANTED {
+            // Cut short: the next read's gap tells whether the awaited one would have paid.
+            return false;
+        }
+        if now.saturating_duration_since(self.last_read) >= self.budget {
+            // Polled through the budget for nothing: the awaited read did not pay.
+            if let Some(before) = self.awaited.take() {
+                self.payoff[before as usize].learn(false);
+            }
+            return false;
+        }
+        true
     }
 }
 
@@ -176,7 +286,12 @@ pub async fn spin(budget: Duration) {
     loop {
         ReadSince(READS.with(Cell::get)).await;
         let started = Instant::now();
-        if !poller.start(READS.with(Cell::get), LAST_BULK.with(Cell::get), started) {
+        let (reads, from, bulk) = (
+            READS.with(Cell::get),
+            LAST_FROM.with(Cell::get),
+            LAST_BULK.with(Cell::get),
+        );
+        if !poller.start(reads, from, bulk, started) {
             continue;
         }
         loop {
@@ -185,8 +300,12 @@ pub async fn spin(budget: Duration) {
             let before = Instant::now();
             std::thread::yield_now();
             let now = Instant::now();
-            let (reads, bulk) = (READS.with(Cell::get), LAST_BULK.with(Cell::get));
-            if !poller.poll_on(reads, bulk, now, now - before) {
+            let (reads, from, bulk) = (
+                READS.with(Cell::get),
+                LAST_FROM.with(Cell::get),
+                LAST_BULK.with(Cell::get),
+            );
+            if !poller.poll_on(reads, from, bulk, now, now - before) {
                 counts().rounds.inc();
                 counts().seconds.inc_by((now - started).as_secs_f64());
                 break;
@@ -215,25 +334,127 @@ impl Future for ReadSince {
 mod tests {
     use super::*;
 
+    const S: ReadFrom = ReadFrom::Stream;
+    const T: ReadFrom = ReadFrom::Tunnel;
+
+    #[test]
+    fn a_payoff_counts_up_and_down_within_its_bounds() {
+        let mut payoff = Payoff::default();
+        assert!(payoff.pays());
+        payoff.learn(true);
+        assert_eq!(payoff, Payoff(Payoff::MAX));
+        payoff.learn(false);
+        assert!(payoff.pays());
+        payoff.learn(false);
+        assert!(!payoff.pays());
+        payoff.learn(false);
+        payoff.learn(false);
+        assert_eq!(payoff, Payoff(0));
+        payoff.learn(true);
+        assert!(!payoff.pays());
+        payoff.learn(true);
+        assert!(payoff.pays());
+    }
+
+    /// Node A of exchanges one a ms: a request from a stream, its reply from the tunnel 30 µs
+    /// later, then nothing until the next request. Polling after the request pays; after the
+    /// reply it does not, and the poller learns to stop at the reply.
+    #[test]
+    fn the_poller_learns_to_stop_at_a_reply_a_pausing_client_does_not_follow() {
+        let t0 = Instant::now();
+        let us = |n| t0 + Duration::from_micros(n);
+        let idle = Duration::from_micros(1);
+        let mut poller = Poller::new(Duration::from_micros(50), t0);
+        let mut reads = 0;
+        let mut ends_at_reply = Vec::new();
+        for exchange in 0..5u64 {
+            let at = exchange * 1000;
+            reads += 1;
+            assert!(poller.start(reads, S, None, us(at)), "exchange {exchange}");
+            assert!(poller.poll_on(reads, S, None, us(at + 10), idle));
+            reads += 1;
+            let on = poller.poll_on(reads, T, None, us(at + 30), idle);
+            ends_at_reply.push(!on);
+            if on {
+                assert!(poller.poll_on(reads, T, None, us(at + 60), idle));
+                assert!(!poller.poll_on(reads, T, None, us(at + 80), idle));
+            }
+        }
+        assert_eq!(ends_at_reply, [false, false, true, true, true]);
+        assert!(poller.pays_after(S));
+        assert!(!poller.pays_after(T));
+    }
+
+    /// The same poller, once the client asks again at once: the reply is followed within the
+    /// budget and the wake-up, even unpolled, and polling after it starts again.
+    #[test]
+    fn the_poller_polls_after_replies_again_once_a_request_follows_each_at_once() {
+        let t0 = Instant::now();
+        let us = |n| t0 + Duration::from_micros(n);
+        let idle = Duration::from_micros(1);
+        let mut poller = Poller::new(Duration::from_micros(50), t0);
+        // Replies that no request follows for a ms.
+        for (reads, at) in [(1, 0), (2, 1000), (3, 2000)] {
+            if poller.start(reads, T, None, us(at)) {
+                assert!(!poller.poll_on(reads, T, None, us(at + 50), idle));
+            }
+        }
+        assert!(!poller.pays_after(T));
+        // Requests 80 µs after replies the thread slept through (a wake-up's worth late), and
+        // replies 80 µs after them.
+        let mut at = 3000;
+        for reads in 4..10 {
+            let from = if reads % 2 == 0 { S } else { T };
+            poller.start(reads, from, None, us(at));
+            at += 80;
+        }
+        assert!(poller.pays_after(T));
+        assert!(poller.pays_after(S));
+    }
+
+    /// A request to a server that answers in 5 ms: polling after it goes dry twice, then the
+    /// thread sleeps after requests at once.
+    #[test]
+    fn the_poller_stops_polling_after_requests_a_slow_server_answers() {
+        let t0 = Instant::now();
+        let us = |n| t0 + Duration::from_micros(n);
+        let idle = Duration::from_micros(1);
+        let mut poller = Poller::new(Duration::from_micros(50), t0);
+        let mut polled = Vec::new();
+        for exchange in 0..4u64 {
+            let at = exchange * 10_000;
+            let reads = exchange * 2 + 1;
+            let polls = poller.start(reads, S, None, us(at));
+            polled.push(polls);
+            if polls {
+                assert!(!poller.poll_on(reads, S, None, us(at + 50), idle));
+            }
+            // The reply, 5 ms on: the thread slept.
+            poller.start(reads + 1, T, None, us(at + 5000));
+            poller.poll_on(reads + 1, T, None, us(at + 5050), idle);
+        }
+        assert_eq!(polled, [true, true, false, false]);
+    }
+
     #[test]
     fn polling_goes_on_until_the_budget_passes_without_a_read() {
         let t0 = Instant::now();
         let us = |n| t0 + Duration::from_micros(n);
         let idle = Duration::from_micros(1);
         let mut poller = Poller::new(Duration::from_micros(50), t0);
-        assert!(poller.start(7, None, t0));
-        assert!(poller.poll_on(7, None, us(10), idle));
-        assert!(poller.poll_on(7, None, us(49), idle));
+        assert!(poller.start(7, S, None, t0));
+        assert!(poller.poll_on(7, S, None, us(10), idle));
+        assert!(poller.poll_on(7, S, None, us(49), idle));
         // A read at 40 µs: 50 more from there.
-        assert!(poller.start(7, None, t0));
-        assert!(poller.poll_on(8, None, us(40), idle));
-        assert!(poller.poll_on(8, None, us(89), idle));
-        assert!(!poller.poll_on(8, None, us(90), idle));
+        assert!(poller.start(7, S, None, t0));
+        assert!(poller.poll_on(8, S, None, us(40), idle));
+        assert!(poller.poll_on(8, S, None, us(89), idle));
+        assert!(!poller.poll_on(8, S, None, us(90), idle));
         // Nothing read: the budget from the start.
-        assert!(poller.start(8, None, t0));
-        assert!(!poller.poll_on(8, None, us(50), idle));
+        assert!(poller.start(8, S, None, t0));
+        assert!(!poller.poll_on(8, S, None, us(50), idle));
         // No budget, no polling.
-        assert!(!Poller::new(Duration::ZERO, t0).start(1, None, t0));
+        assert!(!Poller::new(Duration::ZERO, t0).start(1, S, None, t0));
     }
 
     #[test]
@@ -241,16 +462,16 @@ mod tests {
         let t0 = Instant::now();
         let mut poller = Poller::new(Duration::from_micros(50), t0);
         let at = t0 + Duration::from_micros(5);
-        assert!(poller.start(7, None, t0));
-        assert!(poller.poll_on(8, None, at, CORE_WANTED));
+        assert!(poller.start(7, S, None, t0));
+        assert!(poller.poll_on(8, S, None, at, CORE_WANTED));
         // Another thread ran: this round ends, the next one polls.
-        assert!(!poller.poll_on(9, None, at, CORE_WANTED + Duration::from_micros(1)));
-        assert!(poller.start(9, None, at));
+        assert!(!poller.poll_on(9, S, None, at, CORE_WANTED + Duration::from_micros(1)));
+        assert!(poller.start(9, S, None, at));
         // Threads with long bursts ran: no polling for the back-off.
         let busy = at + CONTENDED;
-        assert!(!poller.poll_on(9, None, busy, CONTENDED + Duration::from_micros(1)));
-        assert!(!poller.start(10, None, busy + BACKOFF - Duration::from_micros(1)));
-        assert!(poller.start(10, None, busy + BACKOFF));
+        assert!(!poller.poll_on(9, S, None, busy, CONTENDED + Duration::from_micros(1)));
+        assert!(!poller.start(10, S, None, busy + BACKOFF - Duration::from_micros(1)));
+        assert!(poller.start(10, S, None, busy + BACKOFF));
     }
 
     #[test]
@@ -259,12 +480,12 @@ mod tests {
         let idle = Duration::from_micros(1);
         let mut poller = Poller::new(Duration::from_micros(50), t0);
         let at = t0 + Duration::from_micros(5);
-        assert!(!poller.start(8, Some(t0), at));
-        assert!(poller.start(8, None, at));
-        assert!(!poller.poll_on(8, Some(at), at, idle));
+        assert!(!poller.start(8, S, Some(t0), at));
+        assert!(poller.start(8, S, None, at));
+        assert!(!poller.poll_on(8, S, Some(at), at, idle));
         let later = at + BULK_QUIET;
-        assert!(poller.start(9, Some(at), later));
-        assert!(poller.poll_on(9, Some(at), later, idle));
+        assert!(poller.start(9, S, Some(at), later));
+        assert!(poller.poll_on(9, S, Some(at), later, idle));
     }
 
     #[test]
@@ -284,14 +505,14 @@ mod tests {
         let mut sleep = ReadSince(READS.with(Cell::get));
         assert!(Pin::new(&mut sleep).poll(&mut cx).is_pending());
         // A bulk read neither counts nor wakes it.
-        read_something(SMALL_READ + 1);
+        read_something(SMALL_READ + 1, S);
         assert_eq!(count.0.load(Ordering::Relaxed), 0);
         assert!(Pin::new(&mut sleep).poll(&mut cx).is_pending());
-        read_something(64);
+        read_something(64, S);
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         assert!(Pin::new(&mut sleep).poll(&mut cx).is_ready());
         // While the poller polls, a read only counts.
-        read_something(64);
+        read_something(64, S);
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
     }
 
@@ -308,7 +529,7 @@ mod tests {
             // Asleep: the waker is kept.
             tokio::task::yield_now().await;
             assert!(SLEEPING.with(|s| s.borrow().is_some()));
-            read_something(64);
+            read_something(64, S);
             // Woken: the waker is taken. It polls (or, on a busy machine, stops at once), then
             // sleeps again: the waker is kept once more.
             assert!(SLEEPING.with(|s| s.borrow().is_none()));

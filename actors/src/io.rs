@@ -177,7 +177,7 @@ pub fn try_read_data_frame(
         buffer.clear();
         return Ok(Chunk::Eof);
     }
-    crate::busy_poll::read_something(n);
+    crate::busy_poll::read_something(n, crate::busy_poll::ReadFrom::Stream);
     set_frame_len(buffer, n);
     Ok(Chunk::Frame { drained: n < max })
 }

@@ -93,10 +93,11 @@ where
         for _ in 0..BURST {
             match Pin::new(&mut this.frames).poll_next(&mut socket) {
                 Poll::Ready(Some(item)) => {
-                    crate::busy_poll::read_something(match &item {
+                    let bytes = match &item {
                         Ok(Frame::Data { payload, .. }) => payload.len(),
                         _ => 0,
-                    });
+                    };
+                    crate::busy_poll::read_something(bytes, crate::busy_poll::ReadFrom::Tunnel);
                     <Tunnel as StreamHandler<Result<Frame, ProtocolError>>>::handle(act, item, ctx);
                     if ctx.waiting() {
                         // actix polls the items again once the wait is over, in this pass.
