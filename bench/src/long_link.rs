@@ -12,7 +12,9 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-use crate::{dial, latency, latency_under_load, rathole, Node, Plan, TempFile, CHUNK};
+use crate::{
+    cpu_split_ms_of_all, dial, latency, latency_under_load, rathole, Node, Plan, TempFile, CHUNK,
+};
 
 /// The tunnel link through `../shared/tools/delay_relay.py` (25 ms each way, 32 MiB in flight):
 /// one stream and eight each way, and a small exchange while one bulk stream fills the link.
@@ -49,6 +51,8 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     let mut theirs_rows = Vec::new();
     // The nodes' CPU time (ms), page faults and bytes moved over all menet bulk rows.
     let mut spent = (0u64, 0u64, 0f64);
+    // rathole's two processes' CPU time (ms) and bytes moved over its bulk rows.
+    let mut theirs_spent = (0u64, 0f64);
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -61,7 +65,15 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
                 ours.push(mbit);
                 if let Some(r) = &beside {
                     let port = r.rathole.ports[0];
-                    theirs.push(throughput_for(rt, port, streams, plan.long_run, upload));
+                    let cpu = || {
+                        let (user, kernel) = cpu_split_ms_of_all(&r.rathole.pids());
+                        user + kernel
+                    };
+                    let before = cpu();
+                    let mbit = throughput_for(rt, port, streams, plan.long_run, upload);
+                    theirs_spent.0 += cpu().saturating_sub(before);
+                    theirs_spent.1 += mbit * 1e6 / 8.0 * plan.long_run.as_secs_f64();
+                    theirs.push(mbit);
                 }
             }
             let name = format!("bulk {streams} stream(s) {dir} over 50 ms (Mbit/s)");
@@ -88,14 +100,33 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
             spent.1 as f64 / gib,
         );
     }
-    exchange_rows(&a, &b, &script, bulk, plain, echoed);
+    exchange_rows(
+        &a,
+        &b,
+        (&script, port),
+        (bulk, plain, echoed),
+        plan.long_pings,
+    );
     drop((a, b));
     if let Some(r) = beside {
         println!("{} over the same relay:", rathole::label());
         for (name, mut mbit) in theirs_rows {
             print_rounds(&name, &mut mbit);
         }
-        let (r50, r99) = latency_under_load(r.rathole.ports[0], 1, r.rathole.ports[1], 200);
+        let gib = theirs_spent.1 / f64::from(1u32 << 30);
+        if gib > 0.0 {
+            println!(
+                "{:<64} {:>12} {:>12.0}",
+                format!(
+                    "  CPU ms/GiB, {}'s two ends, over its bulk rows",
+                    rathole::label()
+                ),
+                "-",
+                theirs_spent.0 as f64 / gib,
+            );
+        }
+        let (r50, r99) =
+            latency_under_load(r.rathole.ports[0], 1, r.rathole.ports[1], plan.long_pings);
         println!(
             "{:<64} {:>12.1} {:>12.1}",
             format!(
@@ -109,16 +140,17 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
 }
 
 /// A 64 B exchange's p50 and p99 over the long link: idle, beside a bulk download on another
-/// tunnel (through a relay of its own), and beside one on the exchange's own tunnel.
+/// tunnel (through a relay of its own, then through the exchange's), and beside one on the
+/// exchange's own tunnel. `relay`: the relay's script and the port of the exchange's relay;
+/// the tuple: the bulk backend, and node A's bulk and echo services; `pings` exchanges a row.
 fn exchange_rows(
     a: &Node,
     b: &Node,
-    script: &PathBuf,
-    bulk: SocketAddr,
-    plain: SocketAddr,
-    echoed: SocketAddr,
+    (script, relay): (&PathBuf, u16),
+    (bulk, plain, echoed): (SocketAddr, SocketAddr, SocketAddr),
+    pings: usize,
 ) {
-    let (i50, i99) = latency(echoed, 200);
+    let (i50, i99) = latency(echoed, pings);
     println!(
         "{:<64} {:>12} {:>12.1}\n{:<64} {:>12} {:>12.1}",
         "64 B request/response p50 (ms), link idle",
@@ -136,8 +168,16 @@ fn exchange_rows(
         &format!(r#"{{"name":"t2","dest":["127.0.0.1","{port2}"]}}"#),
     );
     let elsewhere = a.carry_on("t2", b, "bulk2", None, bulk);
-    let (o50, o99) = latency_under_load(elsewhere, 1, echoed, 200);
-    let (l50, l99) = latency_under_load(plain, 1, echoed, 200);
+    let (o50, o99) = latency_under_load(elsewhere, 1, echoed, pings);
+    // Another tunnel through the exchange's relay: what sharing that one process (a Python
+    // event loop) costs the exchange, apart from sharing its tunnel.
+    a.post(
+        "/tunnel",
+        &format!(r#"{{"name":"t3","dest":["127.0.0.1","{relay}"]}}"#),
+    );
+    let beside = a.carry_on("t3", b, "bulk3", None, bulk);
+    let (r50, r99) = latency_under_load(beside, 1, echoed, pings);
+    let (l50, l99) = latency_under_load(plain, 1, echoed, pings);
     for (what, other, same) in [("p50", o50, l50), ("p99", o99, l99)] {
         println!(
             "{:<64} {:>12.1} {:>12.1}",
@@ -146,6 +186,12 @@ fn exchange_rows(
             same / 1000.0
         );
     }
+    println!(
+        "{:<64} {:>12.1} {:>12.1}",
+        "  p50, p99 (ms), the bulk on another tunnel through the same relay",
+        r50 / 1000.0,
+        r99 / 1000.0
+    );
 }
 
 /// The delay relay's script (`--relay PATH`, or the shared tools' beside the repository); None
