@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
 use crate::{
-    cpu_split_ms_of_all, dial, latency, latency_under_load, rathole, Node, Plan, TempFile, CHUNK,
+    cpu_split_ms_of_all, dial, latency, latency_under_load, machine_busy_ms, rathole, Node, Plan,
+    TempFile, CHUNK,
 };
 
 /// The tunnel link through `../shared/tools/delay_relay.py` (25 ms each way, 32 MiB in flight):
@@ -49,16 +50,20 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     );
     let mut results = Vec::new();
     let mut theirs_rows = Vec::new();
-    // The nodes' CPU time (ms), page faults and bytes moved over all menet bulk rows.
-    let mut spent = (0u64, 0u64, 0f64);
-    // rathole's two processes' CPU time (ms) and bytes moved over its bulk rows.
-    let mut theirs_spent = (0u64, 0f64);
+    // The nodes' CPU time (ms), page faults and bytes moved over all menet bulk rows, and the
+    // whole machine's CPU time meanwhile.
+    let mut spent = (0u64, 0u64, 0f64, 0u64);
+    // rathole's two processes' CPU time (ms) and bytes moved over its bulk rows, and the whole
+    // machine's CPU time meanwhile.
+    let mut theirs_spent = (0u64, 0f64, 0u64);
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 let (cpu, faults) = (a.cpu_ms() + b.cpu_ms(), a.minor_faults() + b.minor_faults());
+                let machine = machine_busy_ms();
                 let mbit = throughput_for(rt, plain, streams, plan.long_run, upload);
+                spent.3 += machine_busy_ms().saturating_sub(machine);
                 spent.0 += a.cpu_ms() + b.cpu_ms() - cpu;
                 spent.1 += (a.minor_faults() + b.minor_faults()).saturating_sub(faults);
                 spent.2 += mbit * 1e6 / 8.0 * plan.long_run.as_secs_f64();
@@ -69,8 +74,9 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
                         let (user, kernel) = cpu_split_ms_of_all(&r.rathole.pids());
                         user + kernel
                     };
-                    let before = cpu();
+                    let (before, machine) = (cpu(), machine_busy_ms());
                     let mbit = throughput_for(rt, port, streams, plan.long_run, upload);
+                    theirs_spent.2 += machine_busy_ms().saturating_sub(machine);
                     theirs_spent.0 += cpu().saturating_sub(before);
                     theirs_spent.1 += mbit * 1e6 / 8.0 * plan.long_run.as_secs_f64();
                     theirs.push(mbit);
@@ -90,6 +96,12 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     one_over_eight(&results);
     let gib = spent.2 / f64::from(1u32 << 30);
     if gib > 0.0 {
+        println!(
+            "{:<64} {:>12} {:>12.0}",
+            "  CPU ms/GiB, the whole machine (relay, client, server), same rows",
+            "-",
+            spent.3 as f64 / gib,
+        );
         println!(
             "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
             "  CPU ms/GiB, both nodes, over the bulk rows above",
@@ -116,13 +128,16 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
         let gib = theirs_spent.1 / f64::from(1u32 << 30);
         if gib > 0.0 {
             println!(
-                "{:<64} {:>12} {:>12.0}",
+                "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
                 format!(
                     "  CPU ms/GiB, {}'s two ends, over its bulk rows",
                     rathole::label()
                 ),
                 "-",
                 theirs_spent.0 as f64 / gib,
+                "  CPU ms/GiB, the whole machine, the same rows",
+                "-",
+                theirs_spent.2 as f64 / gib,
             );
         }
         let (r50, r99) =

@@ -21,8 +21,8 @@ use measures::{
     runtime, stalled_reader, throughput,
 };
 use node::{
-    cpu_split_ms_of_all, dies_with_bench, menet_binary, node_config, node_threads, raise_fd_limit,
-    rss_of, Node, TempFile,
+    cpu_split_ms_of_all, dies_with_bench, machine_busy_ms, menet_binary, node_config, node_threads,
+    raise_fd_limit, rss_of, Node, TempFile,
 };
 
 use std::net::SocketAddr;

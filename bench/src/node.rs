@@ -316,6 +316,30 @@ pub fn cpu_split_ms_of(pid: u32) -> (u64, u64) {
     (ms(11), ms(12))
 }
 
+/// CPU time the whole machine has spent busy (user, nice, system, irq, softirq over all cores),
+/// in ms: on loopback the kernel charges a packet's receive to whichever process sent it, so
+/// what two processes spent depends on who else is on the path; the machine's is what the path
+/// cost (0 if it cannot be read).
+pub fn machine_busy_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0))
+        .sum::<u64>()
+        * 1000
+        / hz
+}
+
 /// Minor page faults process `pid` has taken (0 if it cannot be read).
 fn minor_faults_of(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
