@@ -237,6 +237,7 @@ impl Poller {
     /// Longer than [`CORE_WANTED`] means another thread ran meanwhile, so the core is not
     /// going idle and a sleep would cost a context switch, not a wake-up of an idle core;
     /// longer than [`CONTENDED`], that the cores are saturated.
+    ///
     /// A read whose kind does not pay ends the round too; so does the budget passing without a
     /// read, which teaches the poller that the read before did not pay.
     pub fn poll_on(
