@@ -117,7 +117,8 @@ fn metrics_count_real_traffic_and_survive_a_reconnect() {
         Some(1.0)
     );
     drop(held);
-    // Each small read started a round of busy polling (50 µs by default) on the data thread.
+    // The first small reads started rounds of busy polling (50 µs by default) on the data
+    // thread: every kind of read pays until the thread learns otherwise.
     assert!(eventually(Duration::from_secs(5), || {
         let m = metrics(&a);
         series(&m, "menet_busy_poll_rounds_total").unwrap_or(0.0) >= 1.0

@@ -337,6 +337,15 @@ mod tests {
 
     const S: ReadFrom = ReadFrom::Stream;
     const T: ReadFrom = ReadFrom::Tunnel;
+    /// A yield that ran nothing else.
+    const IDLE: Duration = Duration::from_micros(1);
+
+    /// A poller with a 50 µs budget, made at some instant t0, and the instant `n` µs after t0.
+    fn poller_at_t0() -> (Poller, impl Fn(u64) -> Instant) {
+        let t0 = Instant::now();
+        let poller = Poller::new(Duration::from_micros(50), t0);
+        (poller, move |n| t0 + Duration::from_micros(n))
+    }
 
     #[test]
     fn a_payoff_counts_up_and_down_within_its_bounds() {
@@ -362,23 +371,20 @@ mod tests {
     /// reply it does not, and the poller learns to stop at the reply.
     #[test]
     fn the_poller_learns_to_stop_at_a_reply_a_pausing_client_does_not_follow() {
-        let t0 = Instant::now();
-        let us = |n| t0 + Duration::from_micros(n);
-        let idle = Duration::from_micros(1);
-        let mut poller = Poller::new(Duration::from_micros(50), t0);
+        let (mut poller, us) = poller_at_t0();
         let mut reads = 0;
         let mut ends_at_reply = Vec::new();
         for exchange in 0..5u64 {
             let at = exchange * 1000;
             reads += 1;
             assert!(poller.start(reads, S, None, us(at)), "exchange {exchange}");
-            assert!(poller.poll_on(reads, S, None, us(at + 10), idle));
+            assert!(poller.poll_on(reads, S, None, us(at + 10), IDLE));
             reads += 1;
-            let on = poller.poll_on(reads, T, None, us(at + 30), idle);
+            let on = poller.poll_on(reads, T, None, us(at + 30), IDLE);
             ends_at_reply.push(!on);
             if on {
-                assert!(poller.poll_on(reads, T, None, us(at + 60), idle));
-                assert!(!poller.poll_on(reads, T, None, us(at + 80), idle));
+                assert!(poller.poll_on(reads, T, None, us(at + 60), IDLE));
+                assert!(!poller.poll_on(reads, T, None, us(at + 80), IDLE));
             }
         }
         assert_eq!(ends_at_reply, [false, false, true, true, true]);
@@ -390,14 +396,11 @@ mod tests {
     /// budget and the wake-up, even unpolled, and polling after it starts again.
     #[test]
     fn the_poller_polls_after_replies_again_once_a_request_follows_each_at_once() {
-        let t0 = Instant::now();
-        let us = |n| t0 + Duration::from_micros(n);
-        let idle = Duration::from_micros(1);
-        let mut poller = Poller::new(Duration::from_micros(50), t0);
+        let (mut poller, us) = poller_at_t0();
         // Replies that no request follows for a ms.
         for (reads, at) in [(1, 0), (2, 1000), (3, 2000)] {
             if poller.start(reads, T, None, us(at)) {
-                assert!(!poller.poll_on(reads, T, None, us(at + 50), idle));
+                assert!(!poller.poll_on(reads, T, None, us(at + 50), IDLE));
             }
         }
         assert!(!poller.pays_after(T));
@@ -417,10 +420,7 @@ mod tests {
     /// thread sleeps after requests at once.
     #[test]
     fn the_poller_stops_polling_after_requests_a_slow_server_answers() {
-        let t0 = Instant::now();
-        let us = |n| t0 + Duration::from_micros(n);
-        let idle = Duration::from_micros(1);
-        let mut poller = Poller::new(Duration::from_micros(50), t0);
+        let (mut poller, us) = poller_at_t0();
         let mut polled = Vec::new();
         for exchange in 0..4u64 {
             let at = exchange * 10_000;
@@ -428,42 +428,38 @@ mod tests {
             let polls = poller.start(reads, S, None, us(at));
             polled.push(polls);
             if polls {
-                assert!(!poller.poll_on(reads, S, None, us(at + 50), idle));
+                assert!(!poller.poll_on(reads, S, None, us(at + 50), IDLE));
             }
             // The reply, 5 ms on: the thread slept.
             poller.start(reads + 1, T, None, us(at + 5000));
-            poller.poll_on(reads + 1, T, None, us(at + 5050), idle);
+            poller.poll_on(reads + 1, T, None, us(at + 5050), IDLE);
         }
         assert_eq!(polled, [true, true, false, false]);
     }
 
     #[test]
     fn polling_goes_on_until_the_budget_passes_without_a_read() {
-        let t0 = Instant::now();
-        let us = |n| t0 + Duration::from_micros(n);
-        let idle = Duration::from_micros(1);
-        let mut poller = Poller::new(Duration::from_micros(50), t0);
-        assert!(poller.start(7, S, None, t0));
-        assert!(poller.poll_on(7, S, None, us(10), idle));
-        assert!(poller.poll_on(7, S, None, us(49), idle));
+        let (mut poller, us) = poller_at_t0();
+        assert!(poller.start(7, S, None, us(0)));
+        assert!(poller.poll_on(7, S, None, us(10), IDLE));
+        assert!(poller.poll_on(7, S, None, us(49), IDLE));
         // A read at 40 µs: 50 more from there.
-        assert!(poller.start(7, S, None, t0));
-        assert!(poller.poll_on(8, S, None, us(40), idle));
-        assert!(poller.poll_on(8, S, None, us(89), idle));
-        assert!(!poller.poll_on(8, S, None, us(90), idle));
+        assert!(poller.start(7, S, None, us(0)));
+        assert!(poller.poll_on(8, S, None, us(40), IDLE));
+        assert!(poller.poll_on(8, S, None, us(89), IDLE));
+        assert!(!poller.poll_on(8, S, None, us(90), IDLE));
         // Nothing read: the budget from the start.
-        assert!(poller.start(8, S, None, t0));
-        assert!(!poller.poll_on(8, S, None, us(50), idle));
+        assert!(poller.start(8, S, None, us(0)));
+        assert!(!poller.poll_on(8, S, None, us(50), IDLE));
         // No budget, no polling.
-        assert!(!Poller::new(Duration::ZERO, t0).start(1, S, None, t0));
+        assert!(!Poller::new(Duration::ZERO, us(0)).start(1, S, None, us(0)));
     }
 
     #[test]
     fn polling_stops_when_another_thread_wants_the_core_and_backs_off_when_cores_are_busy() {
-        let t0 = Instant::now();
-        let mut poller = Poller::new(Duration::from_micros(50), t0);
-        let at = t0 + Duration::from_micros(5);
-        assert!(poller.start(7, S, None, t0));
+        let (mut poller, us) = poller_at_t0();
+        let at = us(5);
+        assert!(poller.start(7, S, None, us(0)));
         assert!(poller.poll_on(8, S, None, at, CORE_WANTED));
         // Another thread ran: this round ends, the next one polls.
         assert!(!poller.poll_on(9, S, None, at, CORE_WANTED + Duration::from_micros(1)));
@@ -477,16 +473,14 @@ mod tests {
 
     #[test]
     fn a_thread_that_read_bulk_lately_does_not_poll() {
-        let t0 = Instant::now();
-        let idle = Duration::from_micros(1);
-        let mut poller = Poller::new(Duration::from_micros(50), t0);
-        let at = t0 + Duration::from_micros(5);
-        assert!(!poller.start(8, S, Some(t0), at));
+        let (mut poller, us) = poller_at_t0();
+        let at = us(5);
+        assert!(!poller.start(8, S, Some(us(0)), at));
         assert!(poller.start(8, S, None, at));
-        assert!(!poller.poll_on(8, S, Some(at), at, idle));
+        assert!(!poller.poll_on(8, S, Some(at), at, IDLE));
         let later = at + BULK_QUIET;
         assert!(poller.start(9, S, Some(at), later));
-        assert!(poller.poll_on(9, S, Some(at), later, idle));
+        assert!(poller.poll_on(9, S, Some(at), later, IDLE));
     }
 
     #[test]

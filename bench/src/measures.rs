@@ -94,9 +94,10 @@ pub fn paced_samples(addr: SocketAddr, count: usize, pause: Duration) -> Vec<f64
 /// p50 and p99 (us) of each target's 64 B exchanges, one connection each, taken one exchange of
 /// each in turn: a burst of the host's delays (they come every second or so on this shared
 /// machine and last tens of ms) lands on all of them alike, so the differences are the targets'.
-/// But not the cores' sleep: menet's data threads poll for 50 µs after a small read
-/// (`[node] busy_poll_us`), which keeps the cores awake for the exchange that follows through
-/// another target, while menet's own comes after the others, when its nodes may sleep again.
+/// But not the cores' sleep: menet's data threads poll for 50 µs after a small read that
+/// another has followed soon lately (`[node] busy_poll_us`), which keeps the cores awake for the
+/// exchange that follows through another target, while menet's own comes after the others,
+/// when its nodes may sleep again.
 pub fn latency_interleaved(targets: &[SocketAddr], pings: usize) -> Vec<(f64, f64)> {
     interleaved_samples(targets, pings, Duration::ZERO)
         .into_iter()
