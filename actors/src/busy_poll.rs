@@ -22,9 +22,11 @@
 //! needed elsewhere it stops, in three ways:
 //! - each turn yields the core (`sched_yield`); a yield that ran another thread ends the round,
 //!   as the core is then not going idle and a sleep costs a context switch, not a wake-up;
-//! - a yield that ran others for long ([`CONTENDED`]) means the cores are saturated: no polling
-//!   for [`BACKOFF`], or the poller would spend the priority its thread needs to forward a
-//!   reply at once (p99 beside four bulk downloads went from 250–400 µs to 1 ms without this);
+//! - a yield that ran others for long ([`CONTENDED`]), or yields that often ran others even
+//!   briefly ([`Contention`]), mean the cores are saturated: no polling for [`BACKOFF`], or the
+//!   poller would spend the priority its thread needs to forward a reply at once (p99 beside
+//!   four bulk downloads went from 250–400 µs to 1 ms without this) and a context switch a
+//!   turn (requests/s through a pair, 32 connections on 2 cores: 64k with it, 70–74k without);
 //! - a thread that read bulk lately ([`BULK_QUIET`]) does not poll: bulk needs no wake-up saved.
 //!
 //! A turn polls the sockets once: tokio's `yield_now` has the runtime look for events without
@@ -167,6 +169,40 @@ impl Default for Payoff {
     }
 }
 
+/// How often a turn's yield ran another thread lately ([`CORE_WANTED`]): a share of turns in
+/// 1/[`Contention::ONE`]s, each turn weighing 1/64 (so the last hundred or so count). A thread
+/// whose yields often run others is on saturated cores even when each of those ran briefly:
+/// 64 B exchanges one after another give the core away in about 1 turn of 100, 32 connections
+/// of requests on 2 cores in about 27 (measured). Polling there saves no wake-up of an idle
+/// core and costs a context switch a turn; with it requests/s through a pair fell by a sixth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Contention(u16);
+
+impl Contention {
+    /// The share when every turn ran another thread.
+    pub const ONE: u16 = 1 << 12;
+    /// What one turn weighs, as a shift: 1/64.
+    const WEIGHT: u32 = 6;
+    /// From this share up (1 turn in 10) the cores count as saturated.
+    pub const SATURATED: u16 = Contention::ONE / 10;
+
+    /// A turn whose yield ran another thread (`gave_core`), or not.
+    pub fn turn(&mut self, gave_core: bool) {
+        let gained = if gave_core {
+            Contention::ONE >> Contention::WEIGHT
+        } else {
+            0
+        };
+        self.0 = self.0 - (self.0 >> Contention::WEIGHT) + gained;
+        debug_assert!(self.0 <= Contention::ONE, "a share of {}", self.0);
+    }
+
+    /// Whether the cores count as saturated.
+    pub fn saturated(self) -> bool {
+        self.0 >= Contention::SATURATED
+    }
+}
+
 /// A data thread's polling, without the runtime: whether to poll after a read, and on after
 /// each turn, until `budget` has passed since the last read; and, for each kind of read,
 /// whether another read has followed soon lately ([`Payoff`]), so a thread polls after the
@@ -186,6 +222,8 @@ pub struct Poller {
     payoff: [Payoff; 2],
     /// No polling before this: the cores were saturated lately.
     quiet_until: Option<Instant>,
+    /// How often the turns' yields ran other threads lately, the other sign of saturation.
+    contention: Contention,
 }
 
 impl Poller {
@@ -198,6 +236,7 @@ impl Poller {
             awaited: None,
             payoff: [Payoff::default(); 2],
             quiet_until: None,
+            contention: Contention::default(),
         }
     }
 
@@ -236,7 +275,8 @@ impl Poller {
     /// After a turn of polling that gave the core away for `gave_away`: whether to poll on.
     /// Longer than [`CORE_WANTED`] means another thread ran meanwhile, so the core is not
     /// going idle and a sleep would cost a context switch, not a wake-up of an idle core;
-    /// longer than [`CONTENDED`], that the cores are saturated.
+    /// longer than [`CONTENDED`], or often longer than [`CORE_WANTED`] ([`Contention`]), that
+    /// the cores are saturated.
     ///
     /// A read whose kind does not pay ends the round too; so does the budget passing without a
     /// read, which teaches the poller that the read before did not pay.
@@ -257,7 +297,8 @@ impl Poller {
             }
         }
         debug_assert!(now >= self.last_read, "the clock went back");
-        if gave_away > CONTENDED {
+        self.contention.turn(gave_away > CORE_WANTED);
+        if gave_away > CONTENDED || self.contention.saturated() {
             self.quiet_until = Some(now + BACKOFF);
         }
         if bulk_lately(last_bulk, now) || gave_away > CORE_WANTED {
@@ -469,6 +510,61 @@ mod tests {
         assert!(!poller.poll_on(9, S, None, busy, CONTENDED + Duration::from_micros(1)));
         assert!(!poller.start(10, S, None, busy + BACKOFF - Duration::from_micros(1)));
         assert!(poller.start(10, S, None, busy + BACKOFF));
+    }
+
+    #[test]
+    fn a_contention_share_follows_how_often_turns_ran_others_within_its_bounds() {
+        let mut share = Contention::default();
+        assert!(!share.saturated());
+        // Exchanges one after another: about 1 turn in 100 ran another thread.
+        for turn in 0..10_000 {
+            share.turn(turn % 100 == 0);
+            assert!(!share.saturated(), "turn {turn}");
+        }
+        // Requests on saturated cores: about 27 in 100.
+        let saturated_at = (0..1000).position(|turn| {
+            share.turn(turn % 100 < 27);
+            share.saturated()
+        });
+        assert!(saturated_at.is_some_and(|t| t < 100), "{saturated_at:?}");
+        // Every turn: the share stays within one.
+        for _ in 0..1000 {
+            share.turn(true);
+        }
+        assert_eq!(share, Contention(Contention::ONE));
+        // Turns that run nothing else bring it down within a couple of hundred.
+        let calm_at = (0..1000).position(|_| {
+            share.turn(false);
+            !share.saturated()
+        });
+        assert!(calm_at.is_some_and(|t| t < 200), "{calm_at:?}");
+    }
+
+    #[test]
+    fn polling_backs_off_when_its_yields_often_run_other_threads() {
+        let (mut poller, us) = poller_at_t0();
+        let brief = CORE_WANTED + Duration::from_micros(5);
+        let mut at = 0;
+        let mut reads = 0;
+        // Each round a read, an idle turn, then a turn another thread took briefly: rounds end
+        // one by one, until the share of such turns says the cores are saturated.
+        let mut rounds = 0;
+        loop {
+            reads += 1;
+            at += 20;
+            if !poller.start(reads, S, None, us(at)) {
+                break;
+            }
+            assert!(poller.poll_on(reads, S, None, us(at + 2), IDLE));
+            assert!(!poller.poll_on(reads, S, None, us(at + 17), brief));
+            rounds += 1;
+            assert!(rounds < 100, "never backed off");
+        }
+        assert!(rounds > 3, "backed off after {rounds} rounds");
+        // No polling for the back-off, then polling again.
+        let before_the_end = us(at) + BACKOFF - Duration::from_micros(20);
+        assert!(!poller.start(reads + 1, S, None, before_the_end));
+        assert!(poller.start(reads + 2, S, None, us(at) + BACKOFF));
     }
 
     #[test]
