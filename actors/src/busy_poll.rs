@@ -57,6 +57,21 @@ thread_local! {
     static LAST_BULK: Cell<Option<Instant>> = const { Cell::new(None) };
     /// The sleeping poller's waker; taken (None) while it polls, so a read then costs no wake-up.
     static SLEEPING: RefCell<Option<Waker>> = const { RefCell::new(None) };
+    /// Until when this thread's poller holds the cores saturated ([`cores_saturated`]).
+    static SATURATED_UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Whether this thread's poller found the cores saturated within its last back-off
+/// ([`BACKOFF`]). A connection's short frame then waits for its tunnel's writer, which sends it
+/// with the others of its pass in one write, instead of making a system call of its own
+/// (`connection/upstream.rs`): wrk and nginx through a pair, 32 connections on 2 cores, 74,017 -
+/// 75,414 requests/s against 69,354 - 72,729 when the frames went straight to the socket, the
+/// two nodes' CPU per request 12.5 - 12.6 us against 13.1 - 13.4. Never, on a thread that does
+/// not poll.
+pub fn cores_saturated() -> bool {
+    SATURATED_UNTIL
+        .with(Cell::get)
+        .is_some_and(|until| Instant::now() < until)
 }
 
 /// What the data threads' polling ran and lasted, node-wide: `menet_busy_poll_rounds_total` and
@@ -76,6 +91,12 @@ pub fn counts() -> &'static PollCounts {
         seconds: Counter::default(),
     });
     &COUNTS
+}
+
+/// Tests: holds this thread's cores saturated until `until` (None: not saturated).
+#[cfg(test)]
+pub fn saturate_for_tests(until: Option<Instant>) {
+    SATURATED_UNTIL.with(|u| u.set(until));
 }
 
 /// A read of at most this many bytes is an exchange's; a larger one is bulk's. Bulk moves a
@@ -347,7 +368,9 @@ pub async fn spin(budget: Duration) {
                 LAST_FROM.with(Cell::get),
                 LAST_BULK.with(Cell::get),
             );
-            if !poller.poll_on(reads, from, bulk, now, now - before) {
+            let on = poller.poll_on(reads, from, bulk, now, now - before);
+            SATURATED_UNTIL.with(|u| u.set(poller.quiet_until));
+            if !on {
                 counts().rounds.inc();
                 counts().seconds.inc_by((now - started).as_secs_f64());
                 break;
@@ -565,6 +588,17 @@ mod tests {
         let before_the_end = us(at) + BACKOFF - Duration::from_micros(20);
         assert!(!poller.start(reads + 1, S, None, before_the_end));
         assert!(poller.start(reads + 2, S, None, us(at) + BACKOFF));
+    }
+
+    #[test]
+    fn cores_count_as_saturated_until_the_back_off_ends() {
+        assert!(!cores_saturated());
+        saturate_for_tests(Some(Instant::now() + BACKOFF));
+        assert!(cores_saturated());
+        saturate_for_tests(Some(Instant::now()));
+        assert!(!cores_saturated());
+        saturate_for_tests(None);
+        assert!(!cores_saturated());
     }
 
     #[test]

@@ -35,7 +35,10 @@
 //! - the frame is a short exchange's, at most [`DIRECT_MAX`]: a bulk stream's 64 KiB frames, each
 //!   its own system call this way, had cut one stream over a 50 ms path to about half
 //!   (`tests/flow_control.rs`, the bench's long link); batched by the tunnel's writer they keep
-//!   its speed.
+//!   its speed;
+//! - the thread's poller does not hold the cores saturated (`busy_poll::cores_saturated`): there
+//!   the writer's one write for all the frames of its pass costs less than a system call each,
+//!   and on busy cores the frame waits for the core anyway.
 //!
 //! Whatever the socket does not take at once stays here as the way out's rest, sealed, and the
 //! report wakes the tunnel, whose writer sends the rest before anything else (the records must
@@ -166,7 +169,8 @@ impl Upstream {
     /// the usual way.
     pub fn send_data(&self, stream: u32, frame: &mut BytesMut, down: &Downstream) {
         let small = frame.len() <= DIRECT_MAX;
-        if !(small && down.passable() && self.0.open.get() && self.0.reports.is_empty()) {
+        let nothing_ahead = down.passable() && self.0.open.get() && self.0.reports.is_empty();
+        if !(small && nothing_ahead) || crate::busy_poll::cores_saturated() {
             let frame = take_frame(frame).freeze();
             self.send(FromConnection::Data { stream, frame });
             return;
@@ -378,6 +382,32 @@ mod tests {
             "the payload, left for the tunnel to count"
         );
         assert_eq!(down.take_unaccounted(), 0, "counted once");
+    }
+
+    #[actix_rt::test]
+    async fn on_saturated_cores_a_short_frame_waits_for_the_tunnels_writer() {
+        let (writer, mut peer) = socket_pair().await;
+        let tunnel = Upstream::new();
+        let connection = tunnel.clone();
+        tunnel.out().writer = Some(writer);
+        tunnel.set_open(true);
+        let down = passable();
+
+        let held = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        crate::busy_poll::saturate_for_tests(Some(held));
+        connection.send_data(5, &mut data_mut(b"a"), &down);
+        crate::busy_poll::saturate_for_tests(None);
+        assert!(matches!(tunnel.take(), Some(FromConnection::Data { .. })));
+        assert_eq!(down.take_unaccounted(), 0, "nothing went straight");
+
+        // The cores free again: the next frame goes straight, the first the peer reads.
+        connection.send_data(5, &mut data_mut(b"b"), &down);
+        let got = frames_read(&mut peer, 1).await;
+        assert!(matches!(&got[..], [Frame::Data { stream: 5, payload }] if &payload[..] == b"b"));
+        assert!(matches!(
+            tunnel.take(),
+            Some(FromConnection::Sent { stream: 5 })
+        ));
     }
 
     #[actix_rt::test]
