@@ -324,6 +324,17 @@ mod tests {
         (ours.unwrap().into_split().1, theirs.unwrap().0)
     }
 
+    /// A tunnel's end and a connection's of one upstream whose way out (a socket pair's write
+    /// half) is lent, and the peer's end of the socket.
+    async fn lent_way_out() -> (Upstream, Upstream, tokio::net::TcpStream) {
+        let (writer, peer) = socket_pair().await;
+        let tunnel = Upstream::new();
+        let connection = tunnel.clone();
+        tunnel.out().writer = Some(writer);
+        tunnel.set_open(true);
+        (tunnel, connection, peer)
+    }
+
     /// What the peer's end has read by now, decoded into frames.
     async fn frames_read(peer: &mut tokio::net::TcpStream, want: usize) -> Vec<Frame> {
         frames_decoded(peer, want, FrameCodec).await
@@ -386,11 +397,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn on_saturated_cores_a_short_frame_waits_for_the_tunnels_writer() {
-        let (writer, mut peer) = socket_pair().await;
-        let tunnel = Upstream::new();
-        let connection = tunnel.clone();
-        tunnel.out().writer = Some(writer);
-        tunnel.set_open(true);
+        let (tunnel, connection, mut peer) = lent_way_out().await;
         let down = passable();
 
         let held = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -556,11 +563,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_closed_way_out_holds_no_socket() {
-        let (writer, mut peer) = socket_pair().await;
-        let tunnel = Upstream::new();
-        let connection = tunnel.clone();
-        tunnel.out().writer = Some(writer);
-        tunnel.set_open(true);
+        let (tunnel, connection, mut peer) = lent_way_out().await;
         tunnel.close();
         connection.send_data(5, &mut data_mut(b"x"), &passable());
         assert!(matches!(tunnel.take(), Some(FromConnection::Data { .. })));
