@@ -50,36 +50,29 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     );
     let mut results = Vec::new();
     let mut theirs_rows = Vec::new();
-    // The nodes' CPU time (ms), page faults and bytes moved over all menet bulk rows, and the
-    // whole machine's CPU time meanwhile.
-    let mut spent = (0u64, 0u64, 0f64, 0u64);
-    // rathole's two processes' CPU time (ms) and bytes moved over its bulk rows, and the whole
-    // machine's CPU time meanwhile.
-    let mut theirs_spent = (0u64, 0f64, 0u64);
+    // What menet's bulk rows cost, and rathole's.
+    let (mut spent, mut theirs_spent) = (Spent::default(), Spent::default());
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
-                let (cpu, faults) = (a.cpu_ms() + b.cpu_ms(), a.minor_faults() + b.minor_faults());
-                let machine = machine_busy_ms();
-                let mbit = throughput_for(rt, plain, streams, plan.long_run, upload);
-                spent.3 += machine_busy_ms().saturating_sub(machine);
-                spent.0 += a.cpu_ms() + b.cpu_ms() - cpu;
-                spent.1 += (a.minor_faults() + b.minor_faults()).saturating_sub(faults);
-                spent.2 += mbit * 1e6 / 8.0 * plan.long_run.as_secs_f64();
-                ours.push(mbit);
+                ours.push(spent.round(
+                    plan.long_run,
+                    || a.cpu_ms() + b.cpu_ms(),
+                    || a.minor_faults() + b.minor_faults(),
+                    || throughput_for(rt, plain, streams, plan.long_run, upload),
+                ));
                 if let Some(r) = &beside {
                     let port = r.rathole.ports[0];
-                    let cpu = || {
-                        let (user, kernel) = cpu_split_ms_of_all(&r.rathole.pids());
-                        user + kernel
-                    };
-                    let (before, machine) = (cpu(), machine_busy_ms());
-                    let mbit = throughput_for(rt, port, streams, plan.long_run, upload);
-                    theirs_spent.2 += machine_busy_ms().saturating_sub(machine);
-                    theirs_spent.0 += cpu().saturating_sub(before);
-                    theirs_spent.1 += mbit * 1e6 / 8.0 * plan.long_run.as_secs_f64();
-                    theirs.push(mbit);
+                    theirs.push(theirs_spent.round(
+                        plan.long_run,
+                        || {
+                            let (user, kernel) = cpu_split_ms_of_all(&r.rathole.pids());
+                            user + kernel
+                        },
+                        || 0,
+                        || throughput_for(rt, port, streams, plan.long_run, upload),
+                    ));
                 }
             }
             let name = format!("bulk {streams} stream(s) {dir} over 50 ms (Mbit/s)");
@@ -94,22 +87,22 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
         }
     }
     one_over_eight(&results);
-    let gib = spent.2 / f64::from(1u32 << 30);
+    let gib = spent.gib();
     if gib > 0.0 {
         println!(
             "{:<64} {:>12} {:>12.0}",
             "  CPU ms/GiB, the whole machine (relay, client, server), same rows",
             "-",
-            spent.3 as f64 / gib,
+            spent.machine_ms as f64 / gib,
         );
         println!(
             "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
             "  CPU ms/GiB, both nodes, over the bulk rows above",
             "-",
-            spent.0 as f64 / gib,
+            spent.cpu_ms as f64 / gib,
             "  page faults/GiB, both nodes, over the bulk rows above",
             "-",
-            spent.1 as f64 / gib,
+            spent.faults as f64 / gib,
         );
     }
     exchange_rows(
@@ -125,7 +118,7 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
         for (name, mut mbit) in theirs_rows {
             print_rounds(&name, &mut mbit);
         }
-        let gib = theirs_spent.1 / f64::from(1u32 << 30);
+        let gib = theirs_spent.gib();
         if gib > 0.0 {
             println!(
                 "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
@@ -134,10 +127,10 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
                     rathole::label()
                 ),
                 "-",
-                theirs_spent.0 as f64 / gib,
+                theirs_spent.cpu_ms as f64 / gib,
                 "  CPU ms/GiB, the whole machine, the same rows",
                 "-",
-                theirs_spent.2 as f64 / gib,
+                theirs_spent.machine_ms as f64 / gib,
             );
         }
         let (r50, r99) =
@@ -151,6 +144,45 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
             r50 / 1000.0,
             r99 / 1000.0
         );
+    }
+}
+
+/// What one proxy's bulk rows cost, summed over their rounds.
+#[derive(Default)]
+struct Spent {
+    /// The proxy's own processes' CPU time (ms): what its two ends were charged.
+    cpu_ms: u64,
+    /// Their minor page faults: the memory they took from the kernel anew.
+    faults: u64,
+    /// Bytes moved, which turn the sums into figures per GiB.
+    bytes: f64,
+    /// The whole machine's busy CPU time meanwhile (ms), the relay, client and server's too: on
+    /// loopback the kernel charges packets to whoever is on the path.
+    machine_ms: u64,
+}
+
+impl Spent {
+    /// One round of a bulk row: `measure` runs it and returns its Mbit/s (over `run`), which
+    /// this returns; `cpu` and `faults` read the proxy's counters before and after.
+    fn round(
+        &mut self,
+        run: Duration,
+        cpu: impl Fn() -> u64,
+        faults: impl Fn() -> u64,
+        measure: impl FnOnce() -> f64,
+    ) -> f64 {
+        let (cpu_before, faults_before, machine) = (cpu(), faults(), machine_busy_ms());
+        let mbit = measure();
+        self.machine_ms += machine_busy_ms().saturating_sub(machine);
+        self.cpu_ms += cpu().saturating_sub(cpu_before);
+        self.faults += faults().saturating_sub(faults_before);
+        self.bytes += mbit * 1e6 / 8.0 * run.as_secs_f64();
+        mbit
+    }
+
+    /// The bytes moved, in GiB.
+    fn gib(&self) -> f64 {
+        self.bytes / f64::from(1u32 << 30)
     }
 }
 
