@@ -87,24 +87,7 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
         }
     }
     one_over_eight(&results);
-    let gib = spent.gib();
-    if gib > 0.0 {
-        println!(
-            "{:<64} {:>12} {:>12.0}",
-            "  CPU ms/GiB, the whole machine (relay, client, server), same rows",
-            "-",
-            spent.machine_ms as f64 / gib,
-        );
-        println!(
-            "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
-            "  CPU ms/GiB, both nodes, over the bulk rows above",
-            "-",
-            spent.cpu_ms as f64 / gib,
-            "  page faults/GiB, both nodes, over the bulk rows above",
-            "-",
-            spent.faults as f64 / gib,
-        );
-    }
+    spent.print_menet();
     exchange_rows(
         &a,
         &b,
@@ -114,36 +97,7 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     );
     drop((a, b));
     if let Some(r) = beside {
-        println!("{} over the same relay:", rathole::label());
-        for (name, mut mbit) in theirs_rows {
-            print_rounds(&name, &mut mbit);
-        }
-        let gib = theirs_spent.gib();
-        if gib > 0.0 {
-            println!(
-                "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
-                format!(
-                    "  CPU ms/GiB, {}'s two ends, over its bulk rows",
-                    rathole::label()
-                ),
-                "-",
-                theirs_spent.cpu_ms as f64 / gib,
-                "  CPU ms/GiB, the whole machine, the same rows",
-                "-",
-                theirs_spent.machine_ms as f64 / gib,
-            );
-        }
-        let (r50, r99) =
-            latency_under_load(r.rathole.ports[0], 1, r.rathole.ports[1], plan.long_pings);
-        println!(
-            "{:<64} {:>12.1} {:>12.1}",
-            format!(
-                "  64 B p50, p99 (ms) beside a bulk download, {}",
-                rathole::label()
-            ),
-            r50 / 1000.0,
-            r99 / 1000.0
-        );
+        r.print_rows(theirs_rows, &theirs_spent, plan.long_pings);
     }
 }
 
@@ -178,6 +132,29 @@ impl Spent {
         self.faults += faults().saturating_sub(faults_before);
         self.bytes += mbit * 1e6 / 8.0 * run.as_secs_f64();
         mbit
+    }
+
+    /// Prints menet's costs over its bulk rows: the whole machine's and its two nodes' CPU per
+    /// GiB, and the nodes' page faults per GiB.
+    fn print_menet(&self) {
+        let gib = self.gib();
+        if gib > 0.0 {
+            println!(
+                "{:<64} {:>12} {:>12.0}",
+                "  CPU ms/GiB, the whole machine (relay, client, server), same rows",
+                "-",
+                self.machine_ms as f64 / gib,
+            );
+            println!(
+                "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
+                "  CPU ms/GiB, both nodes, over the bulk rows above",
+                "-",
+                self.cpu_ms as f64 / gib,
+                "  page faults/GiB, both nodes, over the bulk rows above",
+                "-",
+                self.faults as f64 / gib,
+            );
+        }
     }
 
     /// The bytes moved, in GiB.
@@ -334,6 +311,42 @@ impl RatholeLink {
             rathole: r,
             _relay: relay,
         }
+    }
+
+    /// Prints rathole's bulk rows (`rows`: each row's name and its rounds' Mbit/s), what they
+    /// cost (`spent`), and a 64 B exchange's p50 and p99 beside one bulk download (`pings`
+    /// exchanges).
+    fn print_rows(&self, rows: Vec<(String, Vec<f64>)>, spent: &Spent, pings: usize) {
+        println!("{} over the same relay:", rathole::label());
+        for (name, mut mbit) in rows {
+            print_rounds(&name, &mut mbit);
+        }
+        let gib = spent.gib();
+        if gib > 0.0 {
+            println!(
+                "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
+                format!(
+                    "  CPU ms/GiB, {}'s two ends, over its bulk rows",
+                    rathole::label()
+                ),
+                "-",
+                spent.cpu_ms as f64 / gib,
+                "  CPU ms/GiB, the whole machine, the same rows",
+                "-",
+                spent.machine_ms as f64 / gib,
+            );
+        }
+        let ports = &self.rathole.ports;
+        let (r50, r99) = latency_under_load(ports[0], 1, ports[1], pings);
+        println!(
+            "{:<64} {:>12.1} {:>12.1}",
+            format!(
+                "  64 B p50, p99 (ms) beside a bulk download, {}",
+                rathole::label()
+            ),
+            r50 / 1000.0,
+            r99 / 1000.0
+        );
     }
 }
 

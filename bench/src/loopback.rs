@@ -2,6 +2,7 @@
 //! carrying the bench's backends, two more whose tunnel is clear, and (given `--rathole`) rathole
 //! carrying the same backends; each group of rows a method.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -323,7 +324,6 @@ impl Loopback {
         let bulk = self.bulk;
         let plain = self.plain;
         let keyed = self.keyed;
-        let clear_plain = self.clear_plain;
         let sealed = &self.sealed;
         let rh_port = |i: usize| self.rh_port(i);
         let mut cpu_rows: Vec<RunCost> = Vec::new();
@@ -351,7 +351,7 @@ impl Loopback {
                 }
                 m
             };
-        let mut plaintext = std::collections::HashMap::new();
+        let mut plaintext = HashMap::new();
         for (dir, upload) in [("upload", true), ("download", false)] {
             for streams in [1usize, 8] {
                 // Direct, menet and rathole in turn, three rounds: one run of each moved by a
@@ -377,30 +377,7 @@ impl Loopback {
                 plaintext.insert((upload, streams), m);
             }
         }
-        // The tunnel is sealed by default: the same plaintext service through a clear tunnel,
-        // the two measured alternately three times (medians), so a noisy neighbour hits both.
-        for (dir, upload) in [("upload", true), ("download", false)] {
-            for streams in [1usize, 8] {
-                let (mut c, mut m) = (Vec::new(), vec![plaintext[&(upload, streams)]]);
-                for round in 0..3 {
-                    c.push(throughput(
-                        rt,
-                        clear_plain,
-                        streams,
-                        plan.bulk_plain,
-                        upload,
-                    ));
-                    if round < 2 {
-                        m.push(throughput(rt, plain, streams, plan.bulk_plain, upload));
-                    }
-                }
-                row(
-                    &format!("bulk {streams} stream(s) {dir}, sealed tunnel vs clear (MiB/s)"),
-                    median(&mut c),
-                    median(&mut m),
-                );
-            }
-        }
+        self.sealed_vs_clear_rows(rt, plan, &plaintext);
         for (dir, upload) in [("upload", true), ("download", false)] {
             for streams in [1usize, 8] {
                 let name = format!("bulk {streams} stream(s) {dir}, keyed");
@@ -422,14 +399,37 @@ impl Loopback {
                 }
             }
         }
-        for (what, faults) in [("CPU ms", false), ("page faults", true)] {
-            for row in &cpu_rows {
-                let count = if faults { row.faults } else { row.cpu_ms };
-                let per_gib = count as f64 / (row.bytes as f64 / (1u64 << 30) as f64);
-                println!(
-                    "{:<64} {:>12} {per_gib:>12.0}",
-                    format!("  {what}/GiB, both nodes: {}", &row.name[5..]),
-                    "-"
+        print_costs(&cpu_rows);
+    }
+
+    /// The tunnel is sealed by default: the same plaintext service through a clear tunnel, the
+    /// two measured alternately three times (medians), so a noisy neighbour hits both; menet's
+    /// first round is its plaintext row's median (`plaintext`, by direction and streams).
+    fn sealed_vs_clear_rows(
+        &self,
+        rt: &Runtime,
+        plan: &Plan,
+        plaintext: &HashMap<(bool, usize), f64>,
+    ) {
+        for (dir, upload) in [("upload", true), ("download", false)] {
+            for streams in [1usize, 8] {
+                let (mut c, mut m) = (Vec::new(), vec![plaintext[&(upload, streams)]]);
+                for round in 0..3 {
+                    c.push(throughput(
+                        rt,
+                        self.clear_plain,
+                        streams,
+                        plan.bulk_plain,
+                        upload,
+                    ));
+                    if round < 2 {
+                        m.push(throughput(rt, self.plain, streams, plan.bulk_plain, upload));
+                    }
+                }
+                row(
+                    &format!("bulk {streams} stream(s) {dir}, sealed tunnel vs clear (MiB/s)"),
+                    median(&mut c),
+                    median(&mut m),
                 );
             }
         }
@@ -603,4 +603,19 @@ struct RunCost {
     faults: u64,
     /// Bytes moved.
     bytes: u64,
+}
+
+/// Prints the nodes' CPU time and page faults per GiB for each tunnelled bulk row.
+fn print_costs(cpu_rows: &[RunCost]) {
+    for (what, faults) in [("CPU ms", false), ("page faults", true)] {
+        for row in cpu_rows {
+            let count = if faults { row.faults } else { row.cpu_ms };
+            let per_gib = count as f64 / (row.bytes as f64 / (1u64 << 30) as f64);
+            println!(
+                "{:<64} {:>12} {per_gib:>12.0}",
+                format!("  {what}/GiB, both nodes: {}", &row.name[5..]),
+                "-"
+            );
+        }
+    }
 }
