@@ -9,7 +9,9 @@
 //! against a real web server and a real load generator sharing the same two cores.
 //! Beside them, the CPU each side spent per request, in user space and in the kernel: on
 //! loopback the kernel's TCP work (a connection accepted, dialled and closed twice instead of
-//! once) is most of what a new connection through a proxy costs.
+//! once) is most of what a new connection through a proxy costs. And, when nginx has its stream
+//! module, the same wrk runs through two chained nginx stream proxies (plain forwarding, no
+//! tunnel): the rate any two processes on the path leave on these cores.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,31 +41,61 @@ fn runs(program: &str, arg: &str) -> bool {
         .is_ok()
 }
 
-/// nginx serving `/1k` (1,024 bytes) on a free loopback port; killed and its files removed when
+/// An nginx process (one process: no master, no daemon) on a free loopback port, its
+/// configuration and files in a directory of its own; killed and the directory removed when
 /// dropped.
 struct Nginx {
-    /// The nginx process (one process: no master, no daemon).
+    /// The nginx process.
     child: Child,
     /// Where it listens.
     addr: SocketAddr,
-    /// Its configuration, the file it serves and its logs.
+    /// Its configuration, the files it serves and its logs.
     dir: PathBuf,
 }
 
 impl Nginx {
+    /// nginx serving `/1k` (1,024 bytes).
     fn start() -> Nginx {
+        Nginx::run("web", |d, port| {
+            std::fs::write(d.join("1k"), [b'x'; 1024]).expect("the served file");
+            let d = d.display();
+            // One worker process: the load a single-process backend puts on the cores.
+            format!(
+                "events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; keepalive_requests 1000000;\n\
+                 server {{ listen 127.0.0.1:{port} backlog=4096; root {d}; }} }}\n"
+            )
+        })
+    }
+
+    /// nginx forwarding each TCP connection to `to` (its stream module), or None when this
+    /// nginx has no stream module. `hop` names its directory.
+    fn forwarder(hop: &str, to: SocketAddr) -> Option<Nginx> {
+        let load = stream_module()?;
+        Some(Nginx::run(hop, |_, port| {
+            format!(
+                "{load}events {{ worker_connections 4096; }}\n\
+                 stream {{ server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass {to}; }} }}\n"
+            )
+        }))
+    }
+
+    /// Starts nginx with the configuration `body(dir, port)` returns (after the lines that keep
+    /// it one process in the foreground).
+    fn run(name: &str, body: impl FnOnce(&std::path::Path, u16) -> String) -> Nginx {
         let port = rathole::free_port();
-        let dir = std::env::temp_dir().join(format!("menet-bench-nginx-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("menet-bench-nginx-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("nginx directory");
-        std::fs::write(dir.join("1k"), [b'x'; 1024]).expect("the served file");
         let d = dir.display();
-        // One worker process (no master): the load a single-process backend puts on the cores.
         let conf = format!(
-            "master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; keepalive_requests 1000000;\n\
-             server {{ listen 127.0.0.1:{port} backlog=4096; root {d}; }} }}\n"
+            "master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n{}",
+            body(&dir, port)
         );
+        // nginx wants `load_module` before anything else: such a line goes to the front.
+        let (load, rest): (Vec<&str>, Vec<&str>) =
+            conf.lines().partition(|l| l.starts_with("load_module"));
+        let conf = load.into_iter().chain(rest).collect::<Vec<_>>().join("\n");
         std::fs::write(dir.join("nginx.conf"), conf).expect("nginx configuration");
         let mut cmd = Command::new("nginx");
         cmd.arg("-c")
@@ -75,9 +107,30 @@ impl Nginx {
         dies_with_bench(&mut cmd);
         let child = cmd.spawn().expect("start nginx");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_http(addr, "nginx");
         Nginx { child, addr, dir }
     }
+}
+
+/// The `load_module` line nginx needs for its stream module ("" when it is built in), or None
+/// when this nginx has none (`nginx -V` lists how it was built).
+fn stream_module() -> Option<String> {
+    let out = Command::new("nginx").arg("-V").output().ok()?;
+    let built = String::from_utf8_lossy(&out.stderr).into_owned();
+    let flags: Vec<&str> = built.split_whitespace().collect();
+    if flags.contains(&"--with-stream") {
+        return Some(String::new());
+    }
+    if !flags.contains(&"--with-stream=dynamic") {
+        return None;
+    }
+    let modules = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("--modules-path="))
+        .unwrap_or("/usr/lib/nginx/modules");
+    let module = std::path::Path::new(modules).join("ngx_stream_module.so");
+    module
+        .exists()
+        .then(|| format!("load_module {};\n", module.display()))
 }
 
 impl Drop for Nginx {
@@ -175,13 +228,14 @@ pub fn rows(a: &Node, b: &Node, row3: &Row3) {
 
 /// Requests/s over 32 keep-alive connections and new connections/s, each the median of three
 /// rounds, then the CPU per request of the load generator and the backend together (direct) and
-/// of each proxy's two processes.
+/// of each proxy's two processes, and what two chained plain forwarders carry ([`forward_chain`]).
 fn web_rows(a: &Node, b: &Node, row3: &Row3) {
     if !(runs("wrk", "--version") && runs("nginx", "-v")) {
         println!("(wrk or nginx not found: the rows of real clients are left out)");
         return;
     }
     let nginx = Nginx::start();
+    wait_http(nginx.addr, "nginx");
     let through = a.carry(b, "web", None, nginx.addr);
     wait_http(through, "menet");
     let rh = rathole::binary().map(|path| {
@@ -189,6 +243,10 @@ fn web_rows(a: &Node, b: &Node, row3: &Row3) {
         wait_http(r.ports[0], "rathole");
         r
     });
+    let chain = forward_chain(nginx.addr);
+    if chain.is_none() {
+        println!("(nginx has no stream module: the row of two chained forwarders is left out)");
+    }
     let nodes = [a.child.id(), b.child.id()];
     for (name, close) in [
         (
@@ -200,12 +258,15 @@ fn web_rows(a: &Node, b: &Node, row3: &Row3) {
             true,
         ),
     ] {
-        let (mut d, mut m, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut m, mut r, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             d.push(measured(nginx.addr, close, &[nginx.child.id()], true));
             m.push(measured(through, close, &nodes, false));
             if let Some(rh) = &rh {
                 r.push(measured(rh.ports[0], close, &rh.pids(), false));
+            }
+            if let Some([first, _]) = &chain {
+                c.push(wrk(first.addr, close).0);
             }
         }
         let mid = |v: &[(f64, f64, f64)], i: usize| {
@@ -234,7 +295,28 @@ fn web_rows(a: &Node, b: &Node, row3: &Row3) {
             ceiling(menet(1) + menet(2)),
             rathole,
         );
+        if !c.is_empty() {
+            row3(
+                "  two chained nginx stream proxies: plain forwarding, no tunnel",
+                direct(0),
+                median(&mut c),
+                None,
+            );
+        }
     }
+}
+
+/// Two nginx stream proxies in a chain in front of `backend` (wrk's side forwarding to the
+/// backend's side, which forwards to the backend), or None when nginx has no stream module.
+/// They forward each connection's bytes as they come: no tunnel, no framing, no seal, one
+/// event loop in C each. So what wrk gets through them is what any proxy of two processes on
+/// the path gets on these cores, however little it does per request: the floor under what a
+/// tunnel's two nodes cost, beside which to read menet's and rathole's rows.
+fn forward_chain(backend: SocketAddr) -> Option<[Nginx; 2]> {
+    let far = Nginx::forwarder("far", backend)?;
+    let near = Nginx::forwarder("near", far.addr)?;
+    wait_http(near.addr, "two chained nginx stream proxies");
+    Some([near, far])
 }
 
 /// An iperf3 server on a free loopback port; killed when dropped.
