@@ -153,7 +153,10 @@ impl Loopback {
         let rh_port = |i: usize| self.rh_port(i);
         // For profiling the request/response path: that measure alone, direct, through menet
         // and through rathole (given `--rathole`) in turn, three rounds of 5 s.
+        // And through two chained nginx stream proxies, when nginx has its stream module: the
+        // floor of any two processes on the path (`real_clients::forward_chain`).
         let window = Duration::from_secs(5);
+        let chain = real_clients::forward_chain(echo);
         for round in 1..=3 {
             let d = exchanges_per_second(rt, echo, 32, 128, false, window);
             let m = exchanges_per_second(rt, echoed, 32, 128, false, window);
@@ -161,8 +164,12 @@ impl Loopback {
                 let r = exchanges_per_second(rt, p, 32, 128, false, window);
                 format!(", rathole {r:.0} ({:.2})", r / d)
             });
+            let c = chain.as_ref().map_or(String::new(), |[near, _]| {
+                let c = exchanges_per_second(rt, near.addr, 32, 128, false, window);
+                format!(", two chained nginx stream proxies {c:.0} ({:.2})", c / d)
+            });
             println!(
-                "requests/s, round {round}: direct {d:.0}, menet {m:.0} ({:.2}){r}",
+                "requests/s, round {round}: direct {d:.0}, menet {m:.0} ({:.2}){r}{c}",
                 m / d
             );
         }
@@ -548,6 +555,15 @@ impl Loopback {
             exchanges_per_second(rt, echoed, 32, 128, false, plan.window),
             rh_port(1).map(|p| exchanges_per_second(rt, p, 32, 128, false, plan.window)),
         );
+        // The same through two processes that only forward bytes: what any proxy's two
+        // processes on the path leave of direct here, however little they do per request.
+        if let Some([near, _far]) = real_clients::forward_chain(echo) {
+            row(
+                "  requests/s: two chained nginx stream proxies (plain forwarding)",
+                exchanges_per_second(rt, echo, 32, 128, false, plan.window),
+                exchanges_per_second(rt, near.addr, 32, 128, false, plan.window),
+            );
+        }
         row3(
             "new connections/s, 32 clients (32 B echo)",
             exchanges_per_second(rt, echo, 32, 32, true, plan.window),

@@ -44,11 +44,11 @@ fn runs(program: &str, arg: &str) -> bool {
 /// An nginx process (one process: no master, no daemon) on a free loopback port, its
 /// configuration and files in a directory of its own; killed and the directory removed when
 /// dropped.
-struct Nginx {
+pub struct Nginx {
     /// The nginx process.
     child: Child,
     /// Where it listens.
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     /// Its configuration, the files it serves and its logs.
     dir: PathBuf,
 }
@@ -244,8 +244,11 @@ fn web_rows(a: &Node, b: &Node, row3: &Row3) {
         r
     });
     let chain = forward_chain(nginx.addr);
-    if chain.is_none() {
-        println!("(nginx has no stream module: the row of two chained forwarders is left out)");
+    match &chain {
+        Some([near, _]) => wait_http(near.addr, "two chained nginx stream proxies"),
+        None => println!(
+            "(nginx has no stream module: the rows of two chained forwarders are left out)"
+        ),
     }
     let nodes = [a.child.id(), b.child.id()];
     for (name, close) in [
@@ -312,11 +315,25 @@ fn web_rows(a: &Node, b: &Node, row3: &Row3) {
 /// event loop in C each. So what wrk gets through them is what any proxy of two processes on
 /// the path gets on these cores, however little it does per request: the floor under what a
 /// tunnel's two nodes cost, beside which to read menet's and rathole's rows.
-fn forward_chain(backend: SocketAddr) -> Option<[Nginx; 2]> {
+pub fn forward_chain(backend: SocketAddr) -> Option<[Nginx; 2]> {
     let far = Nginx::forwarder("far", backend)?;
     let near = Nginx::forwarder("near", far.addr)?;
-    wait_http(near.addr, "two chained nginx stream proxies");
+    for hop in [&far, &near] {
+        wait_listening(hop.addr, "an nginx stream proxy");
+    }
     Some([near, far])
+}
+
+/// Waits until `addr` accepts a TCP connection.
+fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen at {addr} within 10 s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// An iperf3 server on a free loopback port; killed when dropped.
