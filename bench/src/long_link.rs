@@ -1,6 +1,8 @@
 //! The long link: the tunnel's TCP connection through `../shared/tools/delay_relay.py` (25 ms
 //! each way, 32 MiB in flight), menet's rows and, with `--rathole PATH`, rathole's through the
-//! same relay.
+//! same relay. And, when nginx has its stream module and `openssl` is on the PATH, the bulk rows
+//! through two nginx stream proxies with TLS 1.3 between them (`nginx+TLS`): the simplest sealed
+//! path of two processes, a TLS connection per connection, to read the seal's cost against.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
+use crate::nginx::TlsChain;
 use crate::{
     cpu_split_ms_of_all, dial, latency, latency_under_load, machine_busy_ms, rathole, Node, Plan,
     TempFile, CHUNK,
@@ -40,21 +43,25 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
     );
     let plain = a.carry(&b, "bulk", None, bulk);
     let echoed = a.carry(&b, "echo", None, echo);
-    // rathole through a relay of its own, started now so that its bulk rows are measured in
-    // turn with menet's (this relay moves with the machine from one minute to the next).
-    let beside = rathole::binary().map(|path| RatholeLink::start(&path, &script, bulk, echo));
+    // rathole, and two nginx with TLS between them, each through a relay of its own, started
+    // now so that their bulk rows are measured in turn with menet's (this relay moves with the
+    // machine from one minute to the next).
+    let rathole_link = rathole::binary().map(|path| RatholeLink::start(&path, &script, bulk, echo));
+    let tls = TlsChain::start(bulk, |far| spawn_relay(&script, far));
+    let mut others: Vec<Beside> = rathole_link.iter().map(Beside::rathole).collect();
+    others.extend(tls.iter().map(Beside::tls));
     let rounds = long_rounds();
     println!(
         "\nlong link: the tunnel through a relay delaying 25 ms each way (50 ms RTT), {} MiB in flight per connection",
         relay_cap() >> 20
     );
     let mut results = Vec::new();
-    let mut theirs_rows = Vec::new();
-    // What menet's bulk rows cost, and rathole's.
-    let (mut spent, mut theirs_spent) = (Spent::default(), Spent::default());
+    // What menet's bulk rows cost.
+    let mut spent = Spent::default();
     for (dir, upload) in [("upload", true), ("download", false)] {
         for streams in [1usize, 8] {
-            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            let mut ours = Vec::new();
+            let mut theirs = vec![Vec::new(); others.len()];
             for _ in 0..rounds {
                 ours.push(spent.round(
                     plan.long_run,
@@ -62,27 +69,18 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
                     || a.minor_faults() + b.minor_faults(),
                     || throughput_for(rt, plain, streams, plan.long_run, upload),
                 ));
-                if let Some(r) = &beside {
-                    let port = r.rathole.ports[0];
-                    theirs.push(theirs_spent.round(
-                        plan.long_run,
-                        || {
-                            let (user, kernel) = cpu_split_ms_of_all(&r.rathole.pids());
-                            user + kernel
-                        },
-                        || 0,
-                        || throughput_for(rt, port, streams, plan.long_run, upload),
-                    ));
+                for (other, mbit) in others.iter_mut().zip(&mut theirs) {
+                    mbit.push(other.round(rt, plan.long_run, streams, upload));
                 }
             }
             let name = format!("bulk {streams} stream(s) {dir} over 50 ms (Mbit/s)");
             results.push(((upload, streams), print_rounds(&name, &mut ours)));
-            if !theirs.is_empty() {
+            for (other, mbit) in others.iter_mut().zip(theirs) {
                 let name = format!(
                     "  bulk {streams} stream(s) {dir} over 50 ms, {} (Mbit/s)",
-                    rathole::label()
+                    other.label
                 );
-                theirs_rows.push((name, theirs));
+                other.rows.push((name, mbit));
             }
         }
     }
@@ -96,8 +94,93 @@ pub fn long_link(menet: &PathBuf, rt: &Runtime, bulk: SocketAddr, echo: SocketAd
         plan.long_pings,
     );
     drop((a, b));
-    if let Some(r) = beside {
-        r.print_rows(theirs_rows, &theirs_spent, plan.long_pings);
+    for other in others {
+        other.print_rows();
+    }
+    if let Some(r) = rathole_link {
+        r.print_latency(plan.long_pings);
+    }
+}
+
+/// A path measured in turn with menet's tunnel over the long link, through a relay of its own:
+/// rathole, or two nginx with TLS between them.
+struct Beside {
+    /// What its rows are labelled with.
+    label: &'static str,
+    /// The heading of its rows: what it is.
+    title: String,
+    /// Where the bulk client dials it.
+    bulk: SocketAddr,
+    /// Its two processes, for their CPU time.
+    pids: [u32; 2],
+    /// Its rows so far: each row's name and its rounds' Mbit/s.
+    rows: Vec<(String, Vec<f64>)>,
+    /// What they cost.
+    spent: Spent,
+}
+
+impl Beside {
+    fn rathole(link: &RatholeLink) -> Beside {
+        let label = rathole::label();
+        Beside::new(
+            label,
+            label.into(),
+            link.rathole.ports[0],
+            link.rathole.pids(),
+        )
+    }
+
+    fn tls(chain: &TlsChain<RelayProcess>) -> Beside {
+        let title = "nginx+TLS (two nginx stream proxies, TLS 1.3 between them, a connection each)";
+        Beside::new("nginx+TLS", title.into(), chain.near.addr, chain.pids())
+    }
+
+    fn new(label: &'static str, title: String, bulk: SocketAddr, pids: [u32; 2]) -> Beside {
+        Beside {
+            label,
+            title,
+            bulk,
+            pids,
+            rows: Vec::new(),
+            spent: Spent::default(),
+        }
+    }
+
+    /// One round of `streams` streams over `run`: Mbit/s.
+    fn round(&mut self, rt: &Runtime, run: Duration, streams: usize, upload: bool) -> f64 {
+        let (pids, bulk) = (self.pids, self.bulk);
+        self.spent.round(
+            run,
+            || {
+                let (user, kernel) = cpu_split_ms_of_all(&pids);
+                user + kernel
+            },
+            || 0,
+            || throughput_for(rt, bulk, streams, run, upload),
+        )
+    }
+
+    /// Prints its bulk rows and what they cost.
+    fn print_rows(self) {
+        println!("{} over the same relay:", self.title);
+        for (name, mut mbit) in self.rows {
+            print_rounds(&name, &mut mbit);
+        }
+        let gib = self.spent.gib();
+        if gib > 0.0 {
+            println!(
+                "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
+                format!(
+                    "  CPU ms/GiB, {}'s two ends, over its bulk rows",
+                    self.label
+                ),
+                "-",
+                self.spent.cpu_ms as f64 / gib,
+                "  CPU ms/GiB, the whole machine, the same rows",
+                "-",
+                self.spent.machine_ms as f64 / gib,
+            );
+        }
     }
 }
 
@@ -313,29 +396,9 @@ impl RatholeLink {
         }
     }
 
-    /// Prints rathole's bulk rows (`rows`: each row's name and its rounds' Mbit/s), what they
-    /// cost (`spent`), and a 64 B exchange's p50 and p99 beside one bulk download (`pings`
+    /// Prints a 64 B exchange's p50 and p99 beside one bulk download through rathole (`pings`
     /// exchanges).
-    fn print_rows(&self, rows: Vec<(String, Vec<f64>)>, spent: &Spent, pings: usize) {
-        println!("{} over the same relay:", rathole::label());
-        for (name, mut mbit) in rows {
-            print_rounds(&name, &mut mbit);
-        }
-        let gib = spent.gib();
-        if gib > 0.0 {
-            println!(
-                "{:<64} {:>12} {:>12.0}\n{:<64} {:>12} {:>12.0}",
-                format!(
-                    "  CPU ms/GiB, {}'s two ends, over its bulk rows",
-                    rathole::label()
-                ),
-                "-",
-                spent.cpu_ms as f64 / gib,
-                "  CPU ms/GiB, the whole machine, the same rows",
-                "-",
-                spent.machine_ms as f64 / gib,
-            );
-        }
+    fn print_latency(&self, pings: usize) {
         let ports = &self.rathole.ports;
         let (r50, r99) = latency_under_load(ports[0], 1, ports[1], pings);
         println!(

@@ -156,7 +156,7 @@ impl Loopback {
         // And through two chained nginx stream proxies, when nginx has its stream module: the
         // floor of any two processes on the path (`real_clients::forward_chain`).
         let window = Duration::from_secs(5);
-        let chain = real_clients::forward_chain(echo);
+        let chain = crate::nginx::forward_chain(echo);
         for round in 1..=3 {
             let d = exchanges_per_second(rt, echo, 32, 128, false, window);
             let m = exchanges_per_second(rt, echoed, 32, 128, false, window);
@@ -557,7 +557,7 @@ impl Loopback {
         );
         // The same through two processes that only forward bytes: what any proxy's two
         // processes on the path leave of direct here, however little they do per request.
-        if let Some([near, _far]) = real_clients::forward_chain(echo) {
+        if let Some([near, _far]) = crate::nginx::forward_chain(echo) {
             row(
                 "  requests/s: two chained nginx stream proxies (plain forwarding)",
                 exchanges_per_second(rt, echo, 32, 128, false, plan.window),

@@ -8,6 +8,7 @@ mod instructions;
 mod long_link;
 mod loopback;
 mod measures;
+mod nginx;
 mod node;
 mod rathole;
 mod real_clients;

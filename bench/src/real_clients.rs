@@ -15,11 +15,11 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::nginx::{forward_chain, Nginx};
 use crate::{cpu_split_ms_of_all, dies_with_bench, median, rathole, Node};
 
 /// A table row with rathole's figure beside menet's when rathole runs: (name, direct, menet,
@@ -39,106 +39,6 @@ fn runs(program: &str, arg: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok()
-}
-
-/// An nginx process (one process: no master, no daemon) on a free loopback port, its
-/// configuration and files in a directory of its own; killed and the directory removed when
-/// dropped.
-pub struct Nginx {
-    /// The nginx process.
-    child: Child,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Its configuration, the files it serves and its logs.
-    dir: PathBuf,
-}
-
-impl Nginx {
-    /// nginx serving `/1k` (1,024 bytes).
-    fn start() -> Nginx {
-        Nginx::run("web", |d, port| {
-            std::fs::write(d.join("1k"), [b'x'; 1024]).expect("the served file");
-            let d = d.display();
-            // One worker process: the load a single-process backend puts on the cores.
-            format!(
-                "events {{ worker_connections 4096; }}\n\
-                 http {{ access_log off; keepalive_requests 1000000;\n\
-                 server {{ listen 127.0.0.1:{port} backlog=4096; root {d}; }} }}\n"
-            )
-        })
-    }
-
-    /// nginx forwarding each TCP connection to `to` (its stream module), or None when this
-    /// nginx has no stream module. `hop` names its directory.
-    fn forwarder(hop: &str, to: SocketAddr) -> Option<Nginx> {
-        let load = stream_module()?;
-        Some(Nginx::run(hop, |_, port| {
-            format!(
-                "{load}events {{ worker_connections 4096; }}\n\
-                 stream {{ server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass {to}; }} }}\n"
-            )
-        }))
-    }
-
-    /// Starts nginx with the configuration `body(dir, port)` returns (after the lines that keep
-    /// it one process in the foreground).
-    fn run(name: &str, body: impl FnOnce(&std::path::Path, u16) -> String) -> Nginx {
-        let port = rathole::free_port();
-        let dir =
-            std::env::temp_dir().join(format!("menet-bench-nginx-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("nginx directory");
-        let d = dir.display();
-        let conf = format!(
-            "master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n{}",
-            body(&dir, port)
-        );
-        // nginx wants `load_module` before anything else: such a line goes to the front.
-        let (load, rest): (Vec<&str>, Vec<&str>) =
-            conf.lines().partition(|l| l.starts_with("load_module"));
-        let conf = load.into_iter().chain(rest).collect::<Vec<_>>().join("\n");
-        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx configuration");
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        dies_with_bench(&mut cmd);
-        let child = cmd.spawn().expect("start nginx");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        Nginx { child, addr, dir }
-    }
-}
-
-/// The `load_module` line nginx needs for its stream module ("" when it is built in), or None
-/// when this nginx has none (`nginx -V` lists how it was built).
-fn stream_module() -> Option<String> {
-    let out = Command::new("nginx").arg("-V").output().ok()?;
-    let built = String::from_utf8_lossy(&out.stderr).into_owned();
-    let flags: Vec<&str> = built.split_whitespace().collect();
-    if flags.contains(&"--with-stream") {
-        return Some(String::new());
-    }
-    if !flags.contains(&"--with-stream=dynamic") {
-        return None;
-    }
-    let modules = flags
-        .iter()
-        .find_map(|f| f.strip_prefix("--modules-path="))
-        .unwrap_or("/usr/lib/nginx/modules");
-    let module = std::path::Path::new(modules).join("ngx_stream_module.so");
-    module
-        .exists()
-        .then(|| format!("load_module {};\n", module.display()))
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Waits until `GET /1k` at `addr` answers 200 (through a proxy: once it carries the service).
@@ -263,7 +163,7 @@ fn web_rows(a: &Node, b: &Node, row3: &Row3) {
     ] {
         let (mut d, mut m, mut r, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            d.push(measured(nginx.addr, close, &[nginx.child.id()], true));
+            d.push(measured(nginx.addr, close, &[nginx.pid()], true));
             m.push(measured(through, close, &nodes, false));
             if let Some(rh) = &rh {
                 r.push(measured(rh.ports[0], close, &rh.pids(), false));
@@ -306,33 +206,6 @@ fn web_rows(a: &Node, b: &Node, row3: &Row3) {
                 None,
             );
         }
-    }
-}
-
-/// Two nginx stream proxies in a chain in front of `backend` (wrk's side forwarding to the
-/// backend's side, which forwards to the backend), or None when nginx has no stream module.
-/// They forward each connection's bytes as they come: no tunnel, no framing, no seal, one
-/// event loop in C each. So what wrk gets through them is what any proxy of two processes on
-/// the path gets on these cores, however little it does per request: the floor under what a
-/// tunnel's two nodes cost, beside which to read menet's and rathole's rows.
-pub fn forward_chain(backend: SocketAddr) -> Option<[Nginx; 2]> {
-    let far = Nginx::forwarder("far", backend)?;
-    let near = Nginx::forwarder("near", far.addr)?;
-    for hop in [&far, &near] {
-        wait_listening(hop.addr, "an nginx stream proxy");
-    }
-    Some([near, far])
-}
-
-/// Waits until `addr` accepts a TCP connection.
-fn wait_listening(addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen at {addr} within 10 s"
-        );
-        thread::sleep(Duration::from_millis(20));
     }
 }
 
