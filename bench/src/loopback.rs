@@ -154,7 +154,7 @@ impl Loopback {
         // For profiling the request/response path: that measure alone, direct, through menet
         // and through rathole (given `--rathole`) in turn, three rounds of 5 s.
         // And through two chained nginx stream proxies, when nginx has its stream module: the
-        // floor of any two processes on the path (`real_clients::forward_chain`).
+        // floor of any two processes on the path (`nginx::forward_chain`).
         let window = Duration::from_secs(5);
         let chain = crate::nginx::forward_chain(echo);
         for round in 1..=3 {

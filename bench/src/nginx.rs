@@ -1,7 +1,7 @@
 //! nginx in the bench: the web server wrk loads (`real_clients`), and nginx's stream module as
 //! the simplest proxies there are, to read menet's and rathole's rows against: two of them in a
 //! chain forwarding plain TCP ([`forward_chain`]), or with TLS 1.3 between them
-//! ([`TlsChain`](crate::long_link)). They move each connection's bytes as they come, one event
+//! ([`TlsChain`], the long link's). They move each connection's bytes as they come, one event
 //! loop in C each: no tunnel, no framing, no flow control of their own. Present only when nginx
 //! is on the PATH (and, for the chains, has its stream module: `nginx -V` says how it was built).
 
@@ -40,28 +40,21 @@ impl Nginx {
         })
     }
 
-    /// nginx forwarding each TCP connection to `to` (its stream module), or None when this
-    /// nginx has no stream module. `hop` names its directory.
-    fn forwarder(hop: &str, to: SocketAddr) -> Option<Nginx> {
+    /// nginx forwarding each TCP connection to `to` (its stream module), inside TLS 1.3 when
+    /// `sealed` (`proxy_ssl`), or None when this nginx has no stream module. `hop` names its
+    /// directory.
+    fn forwarder(hop: &str, to: SocketAddr, sealed: bool) -> Option<Nginx> {
         let load = stream_module()?;
+        let seal = if sealed {
+            "proxy_ssl on; proxy_ssl_protocols TLSv1.3; "
+        } else {
+            ""
+        };
         Some(Nginx::run(hop, |_, port| {
             format!(
                 "{load}events {{ worker_connections 4096; }}\n\
                  stream {{ server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass {to};\n\
-                 proxy_half_close on; }} }}\n"
-            )
-        }))
-    }
-
-    /// nginx forwarding each TCP connection to `to` inside TLS 1.3 (`proxy_ssl`), or None
-    /// without a stream module.
-    fn tls_client(hop: &str, to: SocketAddr) -> Option<Nginx> {
-        let load = stream_module()?;
-        Some(Nginx::run(hop, |_, port| {
-            format!(
-                "{load}events {{ worker_connections 4096; }}\n\
-                 stream {{ server {{ listen 127.0.0.1:{port} backlog=4096; proxy_pass {to};\n\
-                 proxy_ssl on; proxy_ssl_protocols TLSv1.3; proxy_half_close on; }} }}\n"
+                 {seal}proxy_half_close on; }} }}\n"
             )
         }))
     }
@@ -146,7 +139,7 @@ fn stream_module() -> Option<String> {
         .iter()
         .find_map(|f| f.strip_prefix("--modules-path="))
         .unwrap_or("/usr/lib/nginx/modules");
-    let module = std::path::Path::new(modules).join("ngx_stream_module.so");
+    let module = Path::new(modules).join("ngx_stream_module.so");
     module
         .exists()
         .then(|| format!("load_module {};\n", module.display()))
@@ -167,8 +160,8 @@ impl Drop for Nginx {
 /// the path gets on these cores, however little it does per request: the floor under what a
 /// tunnel's two nodes cost, beside which to read menet's and rathole's rows.
 pub fn forward_chain(backend: SocketAddr) -> Option<[Nginx; 2]> {
-    let far = Nginx::forwarder("far", backend)?;
-    let near = Nginx::forwarder("near", far.addr)?;
+    let far = Nginx::forwarder("far", backend, false)?;
+    let near = Nginx::forwarder("near", far.addr, false)?;
     for hop in [&far, &near] {
         wait_listening(hop.addr, "an nginx stream proxy");
     }
@@ -206,7 +199,7 @@ impl<L> TlsChain<L> {
         let far = Nginx::tls_server("tls-far", backend)?;
         wait_listening(far.addr, "an nginx TLS server");
         let (link, port) = link(far.addr.port());
-        let near = Nginx::tls_client("tls-near", SocketAddr::from(([127, 0, 0, 1], port)))?;
+        let near = Nginx::forwarder("tls-near", SocketAddr::from(([127, 0, 0, 1], port)), true)?;
         wait_listening(near.addr, "an nginx TLS client");
         Some(TlsChain {
             near,
